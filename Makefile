@@ -1,0 +1,40 @@
+# moodloop: the two commands a newcomer needs are `make run` and `make test`.
+PIPELINE_PY := .venv/pipeline/bin/python
+ORCH_PY     := .venv/orchestration/bin/python
+MOODLOOP    := .venv/pipeline/bin/moodloop
+HOME_DIR    := $(or $(MOODLOOP_HOME),$(CURDIR)/.moodloop)
+BATCH       := $(HOME_DIR)/landing/synthetic-10k
+N           ?= 10000
+
+.PHONY: help setup run test test-fast lint format bench clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup:  ## create/update both environments from the lock files (idempotent)
+	@bash scripts/setup.sh
+
+run: setup  ## main job: synthetic 10k-face batch -> TFX pipeline -> pushed model
+	@test -e $(BATCH) || $(MOODLOOP) generate $(BATCH) --n $(N) --seed 0
+	$(MOODLOOP) train --data $(BATCH)
+
+test: setup  ## the whole test suite (what CI runs)
+	$(PIPELINE_PY) -m pytest tests -p no:cacheprovider -ra --durations=10 --ignore=tests/orchestration
+	$(ORCH_PY) -m pytest tests/orchestration -p no:cacheprovider -ra
+
+test-fast: setup  ## everything except the end-to-end pipeline runs
+	$(PIPELINE_PY) -m pytest tests -p no:cacheprovider -m "not pipeline" --ignore=tests/orchestration
+
+lint: setup  ## ruff check + format check
+	.venv/orchestration/bin/ruff check .
+	.venv/orchestration/bin/ruff format --check .
+
+format: setup  ## ruff format + autofix
+	.venv/orchestration/bin/ruff check --fix .
+	.venv/orchestration/bin/ruff format .
+
+bench: setup  ## pipeline vs bare tf_keras fit at 2k and 10k faces (prints ratios)
+	$(PIPELINE_PY) bench/pipeline_overhead.py --sizes 2000 10000
+
+clean:  ## remove runs, models and logs under MOODLOOP_HOME (keeps the environments)
+	rm -rf $(HOME_DIR)

@@ -1,0 +1,56 @@
+"""The contracts between stages, written down once (see ../shared/DESIGN.md, "Contracts").
+
+Every stage imports these names instead of repeating them: the label order, the face size,
+the curated-dataset feature keys and the model signature names.
+"""
+
+from __future__ import annotations
+
+# FER2013 label order: the integer in the `emotion` column is the index here.
+EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+NUM_CLASSES = len(EMOTIONS)
+FACE_SIZE = 48  # faces are FACE_SIZE x FACE_SIZE grayscale
+
+# FER2013 class counts (all 35,887 faces): the default class mix of the synthetic generator.
+FER2013_CLASS_COUNTS: dict[str, int] = {
+    "angry": 4953,
+    "disgust": 547,
+    "fear": 5121,
+    "happy": 8989,
+    "sad": 6077,
+    "surprise": 4002,
+    "neutral": 6198,
+}
+
+# Contract 2, curated dataset: gzipped TFRecord files of tf.Example under
+# <curated>/span-<N>/, one span per accepted landing batch.
+CURATED_SPAN_PREFIX = "span-"
+CURATED_SPAN_PATTERN = CURATED_SPAN_PREFIX + "{SPAN:5}/*.tfrecord.gz"  # span-00001/
+CURATED_MANIFEST = "manifest.json"
+FEATURE_IMAGE = "image"  # bytes: PNG-encoded face (any size; the model resizes to 48x48)
+FEATURE_LABEL = "label"  # int64: index into EMOTIONS
+
+# Contract 3, model: SavedModel signatures.
+SIGNATURE_IMAGES = "serving_default"  # input "images": [N] encoded JPEG/PNG bytes
+SIGNATURE_PIXELS = "serving_pixels"  # input "pixels": [N, 48, 48] uint8
+SIGNATURE_EXAMPLES = "serving_examples"  # input "examples": [N] serialized tf.Example (TFMA)
+OUTPUT_PROBABILITIES = "probabilities"  # [N, 7] float32
+OUTPUT_CLASS_IDS = "class_ids"  # [N] int64
+OUTPUT_CLASSES = "classes"  # [N] string, the emotion name
+
+
+def emotion_index(name_or_index: str | int) -> int:
+    """Map an emotion name or FER2013 code ("3", 3, "happy", "Happy") to its index.
+
+    Raises ValueError with the accepted values when it is neither.
+    """
+    text = str(name_or_index).strip().lower()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if 0 <= index < NUM_CLASSES:
+            return index
+    elif text in EMOTIONS:
+        return EMOTIONS.index(text)
+    raise ValueError(
+        f"label {name_or_index!r} is not an emotion: expected 0..{NUM_CLASSES - 1} or one of {', '.join(EMOTIONS)}"
+    )

@@ -1,0 +1,93 @@
+"""One settings object for every stage: environment variables with local defaults.
+
+Stages receive a `Settings` (or values taken from it) as arguments; nothing else reads the
+environment. `moodloop settings` prints the effective values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Beam on a 2-core machine: in-memory DirectRunner, one worker. A user with a Flink or Spark
+# cluster passes their own args (e.g. "--runner=FlinkRunner --flink_master=host:8081").
+DEFAULT_BEAM_ARGS = "--direct_running_mode=in_memory --direct_num_workers=1"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    home: Path
+    landing_dir: Path
+    curated_dir: Path
+    quarantine_dir: Path
+    pipeline_root: Path
+    metadata_path: Path
+    model_name: str
+    model_base: Path
+    pipeline_name: str
+    beam_args: tuple[str, ...]
+    # Training
+    epochs: int
+    batch_size: int
+    model_size: str
+    learning_rate: float
+    augment: bool  # train-time flips/shifts/zoom: on for real data; off speeds up tiny test runs
+    span_window: int  # train on the newest N spans; 0 = all
+    # Evaluator thresholds (overall slice)
+    min_accuracy: float
+    max_accuracy_drop: float
+    # Input limits
+    max_image_bytes: int
+    max_image_pixels: int
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Read MOODLOOP_* variables; keyword overrides win (used by the CLI and tests).
+
+        Paths default to folders under `home`, so overriding `home` moves them all.
+        """
+        home = Path(str(overrides.pop("home", None) or _env("MOODLOOP_HOME", str(REPO_ROOT / ".moodloop"))))
+        home = home.expanduser().resolve()
+        model_name = _env("MOODLOOP_MODEL_NAME", "emotion")
+        values: dict[str, object] = dict(
+            home=home,
+            landing_dir=Path(_env("MOODLOOP_LANDING_DIR", str(home / "landing"))),
+            curated_dir=Path(_env("MOODLOOP_CURATED_DIR", str(home / "curated"))),
+            quarantine_dir=Path(_env("MOODLOOP_QUARANTINE_DIR", str(home / "quarantine"))),
+            pipeline_root=Path(_env("MOODLOOP_PIPELINE_ROOT", str(home / "tfx"))),
+            metadata_path=Path(_env("MOODLOOP_METADATA_PATH", str(home / "tfx" / "metadata.sqlite"))),
+            model_name=model_name,
+            model_base=Path(_env("MOODLOOP_MODEL_BASE", str(home / "models" / model_name))),
+            pipeline_name=_env("MOODLOOP_PIPELINE_NAME", "moodloop"),
+            beam_args=tuple(shlex.split(_env("MOODLOOP_BEAM_ARGS", DEFAULT_BEAM_ARGS))),
+            epochs=int(_env("MOODLOOP_EPOCHS", "12")),
+            batch_size=int(_env("MOODLOOP_BATCH_SIZE", "64")),
+            model_size=_env("MOODLOOP_MODEL_SIZE", "small"),
+            learning_rate=float(_env("MOODLOOP_LEARNING_RATE", "0.001")),
+            augment=_env("MOODLOOP_AUGMENT", "1").lower() not in ("0", "false", "no"),
+            span_window=int(_env("MOODLOOP_SPAN_WINDOW", "0")),
+            min_accuracy=float(_env("MOODLOOP_MIN_ACCURACY", "0.40")),
+            max_accuracy_drop=float(_env("MOODLOOP_MAX_ACCURACY_DROP", "0.01")),
+            max_image_bytes=int(_env("MOODLOOP_MAX_IMAGE_BYTES", str(10 * 1024 * 1024))),
+            max_image_pixels=int(_env("MOODLOOP_MAX_IMAGE_PIXELS", str(40_000_000))),
+        )
+        unknown = set(overrides) - set(values)
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            f.name: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
