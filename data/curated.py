@@ -1,0 +1,113 @@
+"""The curated dataset (contract 2): one TFRecord span per accepted landing batch.
+
+<curated>/span-<N>/faces.tfrecord.gz   tf.Example {image: PNG bytes, label: int64}
+<curated>/span-<N>/manifest.json       source batch, counts, content hashes
+
+Faces are deduplicated by the SHA-256 of their 48x48 pixels against every earlier span, so a
+batch that lands twice, or a face repeated across batches, is curated once. A span is written
+to a hidden folder and renamed into place, so ExampleGen never sees a half-written span.
+Needs TensorFlow (pipeline env) for the TFRecord writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from data.landing import encode_png
+from moodloop.contracts import CURATED_MANIFEST, CURATED_SPAN_PREFIX, EMOTIONS, FEATURE_IMAGE, FEATURE_LABEL
+
+_SPAN_DIR = re.compile(re.escape(CURATED_SPAN_PREFIX) + r"(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanWritten:
+    span: int | None  # None when every face was a duplicate: no span is written
+    path: Path | None
+    written: int
+    duplicates: int
+
+
+def face_hash(pixels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def existing_spans(curated_dir: Path) -> dict[int, Path]:
+    if not curated_dir.is_dir():
+        return {}
+    spans = {}
+    for child in curated_dir.iterdir():
+        match = _SPAN_DIR.match(child.name)
+        if match and child.is_dir():
+            spans[int(match.group(1))] = child
+    return dict(sorted(spans.items()))
+
+
+def known_hashes(curated_dir: Path) -> set[str]:
+    hashes: set[str] = set()
+    for path in existing_spans(curated_dir).values():
+        manifest = json.loads((path / CURATED_MANIFEST).read_text())
+        hashes.update(manifest["hashes"])
+    return hashes
+
+
+def _example(pixels: np.ndarray, label: int) -> bytes:
+    import tensorflow as tf
+
+    feature = {
+        FEATURE_IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode_png(pixels)])),
+        FEATURE_LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_span(curated_dir: Path, pixels: Sequence[np.ndarray], labels: Sequence[int], source: str) -> SpanWritten:
+    """Append the new faces of a batch as the next span. Duplicates are counted, not written."""
+    import tensorflow as tf
+
+    curated_dir.mkdir(parents=True, exist_ok=True)
+    seen = known_hashes(curated_dir)
+    keep: list[int] = []
+    hashes: list[str] = []
+    for i, face in enumerate(pixels):
+        digest = face_hash(face)
+        if digest not in seen:
+            seen.add(digest)
+            keep.append(i)
+            hashes.append(digest)
+    duplicates = len(pixels) - len(keep)
+    if not keep:
+        return SpanWritten(None, None, 0, duplicates)
+
+    spans = existing_spans(curated_dir)
+    span = (max(spans) + 1) if spans else 1
+    final = curated_dir / f"{CURATED_SPAN_PREFIX}{span:05d}"
+    staging = curated_dir / f".{final.name}.{os.getpid()}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with tf.io.TFRecordWriter(str(staging / "faces.tfrecord.gz"), options) as writer:
+        for i in keep:
+            writer.write(_example(pixels[i], labels[i]))
+    counts = np.bincount([labels[i] for i in keep], minlength=len(EMOTIONS))
+    manifest = {
+        "span": span,
+        "source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "written": len(keep),
+        "duplicates_skipped": duplicates,
+        "class_counts": dict(zip(EMOTIONS, map(int, counts), strict=True)),
+        "hashes": hashes,
+    }
+    (staging / CURATED_MANIFEST).write_text(json.dumps(manifest, indent=1))
+    os.replace(staging, final)
+    return SpanWritten(span, final, len(keep), duplicates)

@@ -1,0 +1,48 @@
+"""Write landing batches (contract 1) in the layouts the readers accept.
+
+Used by the synthetic generator's CLI, tests and drift drills; a real team drops its own files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from moodloop.contracts import EMOTIONS
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_fer2013_csv(faces: Iterable[tuple[np.ndarray, int]], path: Path, usage: str = "Training") -> int:
+    """Write `emotion,pixels,Usage` rows; returns the number written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["emotion", "pixels", "Usage"])
+        for pixels, label in faces:
+            writer.writerow([label, " ".join(map(str, pixels.reshape(-1).tolist())), usage])
+            n += 1
+    return n
+
+
+def write_image_folders(
+    faces: Iterable[tuple[np.ndarray, int]], root: Path, split: str = "train", prefix: str = "face"
+) -> int:
+    """Write `<root>/<split>/<emotion>/<prefix>-<i>.png`; returns the number written."""
+    n = 0
+    for i, (pixels, label) in enumerate(faces):
+        folder = root / split / EMOTIONS[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{prefix}-{i:06d}.png").write_bytes(encode_png(pixels))
+        n += 1
+    return n

@@ -1,0 +1,257 @@
+"""Readers for the layouts FER2013 users have (landing-batch contract 1 in DESIGN.md).
+
+- `fer2013.csv`: columns `emotion,pixels[,Usage]`, pixels = 2304 space-separated 0..255 values.
+- Image folders: `<emotion>/*.png|jpg` or `train|test|.../<emotion>/*`, any size, grey or colour.
+- Images with a labels file: `labels.csv` with columns `file,label` (label = name or 0..6).
+
+Every bad row or file is reported by row number or file name with the reason; good rows are
+kept. Nothing is dropped silently: read = kept + rejected, always.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import sys
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from moodloop.contracts import EMOTIONS, FACE_SIZE, emotion_index
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+LABELS_FILE = "labels.csv"
+FER_PIXELS = FACE_SIZE * FACE_SIZE
+
+# FER2013 rows hold ~9 KB of text; a field limit well above that still stops a runaway row.
+csv.field_size_limit(1 << 20)
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+    pixels: np.ndarray  # (48, 48) uint8
+    label: int  # index into EMOTIONS
+    source: str  # "fer2013.csv:row 17" or a path relative to the batch
+    usage: str = ""  # FER2013 Usage column or the split folder name, if any
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    source: str
+    reason: str
+
+
+@dataclasses.dataclass
+class ReadResult:
+    faces: list[Face] = dataclasses.field(default_factory=list)
+    rejected: list[Rejected] = dataclasses.field(default_factory=list)
+
+    @property
+    def read(self) -> int:
+        return len(self.faces) + len(self.rejected)
+
+    def summary(self) -> str:
+        return f"read {self.read}, kept {len(self.faces)}, rejected {len(self.rejected)}"
+
+    def report(self, limit: int | None = None) -> str:
+        """Human-readable report: the counts, per-class counts, then one line per rejection."""
+        counts = np.bincount([f.label for f in self.faces], minlength=len(EMOTIONS))
+        per_class = ", ".join(f"{e} {c}" for e, c in zip(EMOTIONS, counts, strict=True))
+        lines = [self.summary(), f"kept per class: {per_class}"]
+        shown = self.rejected if limit is None else self.rejected[:limit]
+        lines += [f"rejected {r.source}: {r.reason}" for r in shown]
+        if len(shown) < len(self.rejected):
+            lines.append(f"... and {len(self.rejected) - len(shown)} more rejections")
+        return "\n".join(lines)
+
+    def extend(self, other: ReadResult) -> None:
+        self.faces.extend(other.faces)
+        self.rejected.extend(other.rejected)
+
+
+def decode_face(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Decode an encoded image (any size, grey or colour) to a 48x48 uint8 face.
+
+    Raises ValueError with a readable reason for empty, truncated, unreadable or oversized
+    images (decompression bombs included: the size is checked before pixels are decoded).
+    """
+    if not data:
+        raise ValueError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ValueError(f"image is {width}x{height}, over the {max_pixels}-pixel limit")
+            img.load()  # truncated files fail here, not later
+    except ValueError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"image too large to decode safely: {exc}") from exc
+    except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error ... for bad files
+        raise ValueError(f"unreadable or truncated image ({type(exc).__name__}: {exc})") from exc
+    gray = img.convert("L")
+    if gray.size != (FACE_SIZE, FACE_SIZE):
+        gray = gray.resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def parse_fer_pixels(text: str) -> np.ndarray:
+    """Parse FER2013's space-separated pixel string; ValueError names what is wrong."""
+    parts = text.split()
+    if len(parts) != FER_PIXELS:
+        raise ValueError(f"expected {FER_PIXELS} pixel values, got {len(parts)}")
+    try:
+        values = np.array([int(p) for p in parts], dtype=np.int64)
+    except ValueError:
+        bad = next(p for p in parts if not p.lstrip("-").isdigit())
+        raise ValueError(f"non-numeric pixel value {bad[:20]!r}") from None
+    if values.min() < 0 or values.max() > 255:
+        raise ValueError(f"pixel values must be 0..255, got {values.min()}..{values.max()}")
+    return values.astype(np.uint8).reshape(FACE_SIZE, FACE_SIZE)
+
+
+def read_fer2013_csv(path: Path, name: str | None = None) -> ReadResult:
+    """Read a FER2013 CSV; rows are numbered as a spreadsheet shows them (header = row 1)."""
+    name = name or path.name
+    result = ReadResult()
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            result.rejected.append(Rejected(name, "empty file"))
+            return result
+        columns = [h.strip().lower() for h in header]
+        if "emotion" not in columns or "pixels" not in columns:
+            result.rejected.append(Rejected(f"{name}:row 1", f"header must name emotion and pixels, got {header}"))
+            return result
+        i_label, i_pixels = columns.index("emotion"), columns.index("pixels")
+        i_usage = columns.index("usage") if "usage" in columns else None
+        for row_number, row in enumerate(reader, start=2):
+            source = f"{name}:row {row_number}"
+            if not row or all(not cell.strip() for cell in row):
+                continue  # blank lines carry no face; not counted as read
+            try:
+                if len(row) < len(columns):
+                    raise ValueError(f"expected {len(columns)} columns, got {len(row)}")
+                label = emotion_index(row[i_label])
+                pixels = parse_fer_pixels(row[i_pixels])
+            except ValueError as exc:
+                result.rejected.append(Rejected(source, str(exc)))
+                continue
+            usage = row[i_usage].strip() if i_usage is not None and i_usage < len(row) else ""
+            result.faces.append(Face(pixels, label, source, usage))
+    return result
+
+
+def _read_image_file(path: Path, source: str, label: int, usage: str, max_bytes: int, max_pixels: int) -> Face:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"file is {size} bytes, over the {max_bytes}-byte limit")
+    return Face(decode_face(path.read_bytes(), max_pixels), label, source, usage)
+
+
+def read_labelled_images(root: Path, max_bytes: int = 10 << 20, max_pixels: int = 40_000_000) -> ReadResult:
+    """Read `labels.csv` (file,label) and the images it names, relative to `root`."""
+    result = ReadResult()
+    labels_path = root / LABELS_FILE
+    with open(labels_path, newline="", encoding="utf-8", errors="replace") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        result.rejected.append(Rejected(LABELS_FILE, "empty file"))
+        return result
+    header = [h.strip().lower() for h in rows[0]]
+    if header[:2] != ["file", "label"]:
+        result.rejected.append(Rejected(f"{LABELS_FILE}:row 1", f"header must be file,label; got {rows[0]}"))
+        return result
+    for row_number, row in enumerate(rows[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        source = f"{LABELS_FILE}:row {row_number}"
+        try:
+            if len(row) < 2:
+                raise ValueError("expected file,label")
+            rel = row[0].strip()
+            path = (root / rel).resolve()
+            if root.resolve() not in path.parents:
+                raise ValueError(f"{rel!r} is outside the batch folder")
+            source = rel
+            label = emotion_index(row[1])
+            if not path.is_file():
+                raise ValueError("file not found")
+            result.faces.append(_read_image_file(path, rel, label, "", max_bytes, max_pixels))
+        except ValueError as exc:
+            result.rejected.append(Rejected(source, str(exc)))
+    return result
+
+
+def read_image_folders(root: Path, max_bytes: int = 10 << 20, max_pixels: int = 40_000_000) -> ReadResult:
+    """Read `<emotion>/*` or `<split>/<emotion>/*` image trees; the folder name is the label."""
+    result = ReadResult()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if path.suffix.lower() not in IMAGE_SUFFIXES or rel.name.startswith("."):
+            if path.suffix.lower() not in {".csv", ".json", ".md", ".txt"} and not rel.name.startswith("."):
+                result.rejected.append(Rejected(str(rel), f"not an image file ({path.suffix or 'no suffix'})"))
+            continue
+        parts = rel.parts[:-1]
+        try:
+            if not parts:
+                raise ValueError("image is not inside an <emotion>/ folder")
+            label = emotion_index(parts[-1])
+            usage = parts[-2] if len(parts) >= 2 else ""
+            result.faces.append(_read_image_file(path, str(rel), label, usage, max_bytes, max_pixels))
+        except ValueError as exc:
+            result.rejected.append(Rejected(str(rel), str(exc)))
+    return result
+
+
+def detect_layout(path: Path) -> str:
+    """'fer2013-csv', 'labels-csv' or 'image-folders' for a landing batch path."""
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "fer2013-csv"
+        raise ValueError(f"{path} is a file but not a .csv; expected a FER2013 CSV or a folder")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist")
+    if (path / LABELS_FILE).is_file():
+        return "labels-csv"
+    if list(path.glob("*.csv")):
+        return "fer2013-csv"
+    return "image-folders"
+
+
+def read_batch(path: Path, max_bytes: int = 10 << 20, max_pixels: int = 40_000_000) -> ReadResult:
+    """Read a landing batch in any supported layout."""
+    path = Path(path)
+    layout = detect_layout(path)
+    if layout == "labels-csv":
+        return read_labelled_images(path, max_bytes, max_pixels)
+    if layout == "image-folders":
+        return read_image_folders(path, max_bytes, max_pixels)
+    csv_files: Iterable[Path] = [path] if path.is_file() else sorted(path.glob("*.csv"))
+    result = ReadResult()
+    for csv_path in csv_files:
+        result.extend(read_fer2013_csv(csv_path))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m data.readers BATCH`: print the read report of a landing batch."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("batch", type=Path, help="a FER2013 CSV, an image folder tree, or a folder with labels.csv")
+    args = parser.parse_args(argv)
+    result = read_batch(args.batch)
+    print(result.report())
+    return 0 if result.faces else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
