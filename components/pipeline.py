@@ -1,0 +1,171 @@
+"""The TFX pipeline: one factory that only wires components (after TFX's penguin example).
+
+ExampleGen (newest span) -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator
+(stops on anomalies) -> [all spans] -> Transform -> Trainer -> Evaluator (baseline = latest blessed
+model) -> report, Pusher (atomic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
+
+from components.custom import (
+    AtomicPusherExecutor,
+    LatestVersionPerSpanStrategy,
+    ModelReportGen,
+    StrictExampleValidator,
+)
+from moodloop.contracts import (
+    CURATED_SPAN_PATTERN,
+    FEATURE_LABEL,
+    NUM_CLASSES,
+    OUTPUT_PROBABILITIES,
+    SIGNATURE_EXAMPLES,
+)
+
+ACCURACY = "sparse_categorical_accuracy"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the pipeline needs, passed in (built from Settings by the runners)."""
+
+    pipeline_name: str
+    pipeline_root: str
+    metadata_path: str
+    curated_dir: str
+    schema_path: str
+    module_file: str
+    model_base: str
+    beam_pipeline_args: tuple[str, ...]
+    train_config: dict[str, Any]  # epochs, batch_size, model_size, learning_rate, seed
+    min_accuracy: float
+    max_accuracy_drop: float
+    span_window: int = 0
+
+
+def eval_config(min_accuracy: float, max_accuracy_drop: float) -> tfma.EvalConfig:
+    """Accuracy, per-class recall and the confusion matrix; thresholds on the overall slice only
+    (an unscoped TFMA threshold would apply to every per-class slice too)."""
+    gate = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_accuracy}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_accuracy_drop}
+        ),
+    )
+    return tfma.EvalConfig(
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name=SIGNATURE_EXAMPLES, label_key=FEATURE_LABEL, prediction_key=OUTPUT_PROBABILITIES
+            )
+        ],
+        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[FEATURE_LABEL])],
+        metrics_specs=[
+            tfma.MetricsSpec(
+                metrics=[
+                    tfma.MetricConfig(class_name="ExampleCount"),
+                    tfma.MetricConfig(
+                        class_name="SparseCategoricalAccuracy",
+                        per_slice_thresholds=[
+                            tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=gate)
+                        ],
+                    ),
+                    tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
+                ]
+            ),
+            # Per-class recall of the top-1 prediction (not of a 0.5 probability cut-off).
+            tfma.MetricsSpec(
+                metrics=[tfma.MetricConfig(class_name="Recall", config='{"top_k": 1}')],
+                binarize=tfma.BinarizationOptions(class_ids={"values": list(range(NUM_CLASSES))}),
+            ),
+        ],
+    )
+
+
+def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=config.curated_dir,
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="faces", pattern=CURATED_SPAN_PATTERN)]),
+        output_config=tfx.proto.Output(
+            split_config=tfx.proto.SplitConfig(
+                splits=[
+                    tfx.proto.SplitConfig.Split(name="train", hash_buckets=4),
+                    tfx.proto.SplitConfig.Split(name="eval", hash_buckets=1),
+                ]
+            )
+        ),
+    )
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
+    example_validator = StrictExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
+    # Every span curated so far, newest version of each; only after the new span validated.
+    all_spans = tfx.dsl.Resolver(
+        strategy_class=LatestVersionPerSpanStrategy,
+        config={"num_spans": config.span_window},
+        examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples, producer_component_id=example_gen.id),
+    ).with_id("all_spans_resolver")
+    all_spans.add_upstream_node(example_validator)
+
+    transform = tfx.components.Transform(
+        examples=all_spans.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        module_file=config.module_file,
+        splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
+    )
+    trainer = tfx.components.Trainer(
+        module_file=config.module_file,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        custom_config=config.train_config,
+    )
+    champion = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("champion_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=all_spans.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=champion.outputs["model"],
+        example_splits=["eval"],
+        eval_config=eval_config(config.min_accuracy, config.max_accuracy_drop),
+    )
+    report = ModelReportGen(evaluation=evaluator.outputs["evaluation"], model_run=trainer.outputs["model_run"])
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_base)
+        ),
+        custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPusherExecutor),
+    )
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=[
+            example_gen,
+            statistics_gen,
+            schema_gen,
+            example_validator,
+            all_spans,
+            transform,
+            trainer,
+            champion,
+            evaluator,
+            report,
+            pusher,
+        ],
+        enable_cache=False,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
+        beam_pipeline_args=list(config.beam_pipeline_args),
+    )

@@ -1,0 +1,67 @@
+"""PNG plots a person reads: training curves and the confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+TRAINING_CURVES_PNG = "training_curves.png"
+CONFUSION_MATRIX_PNG = "confusion_matrix.png"
+
+
+def training_curves(history: Mapping[str, Sequence[float]], path: str) -> str:
+    """Loss and accuracy per epoch, train vs validation."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, title in ((axes[0], "loss", "Loss"), (axes[1], "sparse_categorical_accuracy", "Accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = history.get(prefix + metric)
+            if values:
+                epochs = np.arange(1, len(values) + 1)
+                ax.plot(epochs, values, style, marker="o", label="validation" if prefix else "train")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str, title: str = "") -> str:
+    """Row-normalised confusion matrix (rows = true class), with counts in each cell."""
+    matrix = np.asarray(matrix, dtype=float)
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.1 * n + 2, 1.0 * n + 1.5))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), [f"{c} ({int(t)})" for c, t in zip(class_names, totals[:, 0], strict=True)])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (faces)")
+    for i in range(n):
+        for j in range(n):
+            ax.text(
+                j,
+                i,
+                f"{share[i, j]:.0%}\n{int(matrix[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.55 else "black",
+            )
+    accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+    ax.set_title(title or f"Confusion matrix (accuracy {accuracy:.1%})")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

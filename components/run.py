@@ -1,0 +1,173 @@
+"""Thin local runner: build the pipeline from Settings, run it with LocalDagRunner, report.
+
+Progress goes to the console (one line per component); TFX's full log goes to a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from moodloop.contracts import EMOTIONS  # noqa: E402
+from moodloop.settings import REPO_ROOT, Settings  # noqa: E402
+
+MODULE_FILE = REPO_ROOT / "components" / "module.py"
+SCHEMA_FILE = REPO_ROOT / "data" / "schema" / "schema.pbtxt"
+
+
+@dataclasses.dataclass
+class RunOutcome:
+    seconds: float
+    component_seconds: dict[str, float]
+    pushed: bool
+    version: str | None
+    pushed_path: str | None
+    report: dict | None
+    report_dir: str | None
+    log_file: str
+
+
+def pipeline_config(settings: Settings, **train_overrides):
+    from components.pipeline import PipelineConfig
+
+    train_config = {
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "model_size": settings.model_size,
+        "learning_rate": settings.learning_rate,
+        "augment": settings.augment,
+        "seed": 0,
+    }
+    train_config.update({k: v for k, v in train_overrides.items() if v is not None})
+    return PipelineConfig(
+        pipeline_name=settings.pipeline_name,
+        pipeline_root=str(settings.pipeline_root),
+        metadata_path=str(settings.metadata_path),
+        curated_dir=str(settings.curated_dir),
+        schema_path=str(SCHEMA_FILE),
+        module_file=str(MODULE_FILE),
+        model_base=str(settings.model_base),
+        beam_pipeline_args=settings.beam_args,
+        train_config=train_config,
+        min_accuracy=settings.min_accuracy,
+        max_accuracy_drop=settings.max_accuracy_drop,
+        span_window=settings.span_window,
+    )
+
+
+class _Progress(logging.Handler):
+    """Turns LocalDagRunner's 'Component X is running/finished' lines into progress output."""
+
+    def __init__(self, total: int, out=sys.stdout):
+        super().__init__(logging.INFO)
+        self.total, self.out = total, out
+        self.started: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if not message.startswith("Component ") or not message.endswith((" is running.", " is finished.")):
+            return
+        node = message.split()[1]
+        if message.endswith("running."):
+            self.started[node] = time.monotonic()
+            print(f"[{len(self.seconds) + 1:2d}/{self.total}] {node} ...", file=self.out, flush=True)
+        else:
+            self.seconds[node] = time.monotonic() - self.started.get(node, time.monotonic())
+            print(f"        {node} done in {self.seconds[node]:.1f} s", file=self.out, flush=True)
+
+
+def _latest_artifact(store, type_name: str, since_ms: int):
+    artifacts = [a for a in store.get_artifacts_by_type(type_name) if a.create_time_since_epoch >= since_ms]
+    return max(artifacts, key=lambda a: a.id) if artifacts else None
+
+
+def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
+    """Run the whole pipeline once in this process. Raises on a failed component."""
+    from ml_metadata.metadata_store import metadata_store
+    from tfx import v1 as tfx
+
+    from components.pipeline import create_pipeline
+
+    settings.pipeline_root.mkdir(parents=True, exist_ok=True)
+    settings.metadata_path.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = settings.home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+    pipeline = create_pipeline(pipeline_config(settings, **train_overrides))
+    progress = _Progress(total=len(pipeline.components))
+    file_handler = logging.FileHandler(log_file)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    root.addHandler(progress)
+    root.addHandler(file_handler)
+    # TFX's INFO chatter goes to the log file, not the console.
+    console_handlers = [h for h in root.handlers if h not in (progress, file_handler)]
+    for handler in console_handlers:
+        handler.setLevel(logging.WARNING)
+    print(f"pipeline {settings.pipeline_name}: {len(pipeline.components)} components; full log: {log_file}", flush=True)
+    start_ms = int(time.time() * 1000) - 1
+    started = time.monotonic()
+    try:
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+    finally:
+        root.removeHandler(progress)
+        root.removeHandler(file_handler)
+        root.setLevel(old_level)
+        file_handler.close()
+    seconds = time.monotonic() - started
+
+    store = metadata_store.MetadataStore(
+        tfx.orchestration.metadata.sqlite_metadata_connection_config(str(settings.metadata_path))
+    )
+    pushed_model = _latest_artifact(store, "PushedModel", start_ms)
+    report_artifact = _latest_artifact(store, "MoodloopModelReport", start_ms)
+    pushed = bool(pushed_model and pushed_model.custom_properties["pushed"].int_value == 1)
+    report, report_dir = None, None
+    if report_artifact is not None:
+        report_dir = report_artifact.uri
+        report = json.loads((Path(report_dir) / "report.json").read_text())
+    return RunOutcome(
+        seconds=seconds,
+        component_seconds=progress.seconds,
+        pushed=pushed,
+        version=pushed_model.custom_properties["pushed_version"].string_value if pushed else None,
+        pushed_path=pushed_model.custom_properties["pushed_destination"].string_value if pushed else None,
+        report=report,
+        report_dir=report_dir,
+        log_file=str(log_file),
+    )
+
+
+def describe(outcome: RunOutcome) -> str:
+    lines = [f"pipeline finished in {outcome.seconds:.0f} s"]
+    report = outcome.report or {}
+    if report.get("accuracy") is not None:
+        change = report.get("accuracy_change_vs_champion")
+        vs = f", {change:+.1%} vs champion" if change is not None else ", no champion yet"
+        lines.append(
+            f"held-out accuracy: {report['accuracy']:.1%} on {int(report.get('example_count') or 0)} faces{vs}"
+        )
+        recall = report.get("per_class_recall") or {}
+        if recall:
+            lines.append("per-class recall: " + ", ".join(f"{e} {recall[e]:.0%}" for e in EMOTIONS if e in recall))
+    if outcome.pushed:
+        lines.append(f"BLESSED: pushed version {outcome.version} to {outcome.pushed_path}")
+    else:
+        reasons = report.get("reasons") or ["the Evaluator did not bless the candidate"]
+        lines.append("NOT BLESSED, nothing pushed:")
+        lines += [f"  - {r}" for r in reasons]
+    for name, path in (report.get("files") or {}).items():
+        lines.append(f"{name.replace('_', ' ')}: {path}")
+    return "\n".join(lines)

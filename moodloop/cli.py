@@ -1,0 +1,196 @@
+"""`moodloop`: the command line of the pipeline stage (run it from the pipeline env).
+
+moodloop generate OUT --n 10000          synthetic landing batch (SYNTHETIC faces, not FER2013)
+moodloop read BATCH                      read report: counts and every rejected row or file
+moodloop curate BATCH                    read + deduplicate + append as the next curated span
+moodloop train --data BATCH              curate, then run the TFX pipeline and push if blessed
+moodloop settings                        the effective settings (MOODLOOP_* variables)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from moodloop.settings import Settings
+
+EXIT_NOT_BLESSED = 3
+
+# TensorFlow's C++ start-up chatter (CUDA probes, CPU flags) is noise on a CPU machine.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _add_shift_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("distribution shift (drift drills)")
+    group.add_argument("--brightness", type=float, default=0.0, help="added brightness, -1..1 (default 0)")
+    group.add_argument("--contrast", type=float, default=1.0, help="contrast factor (default 1)")
+    group.add_argument("--blur", type=float, default=0.0, help="extra blur radius in pixels (default 0)")
+    group.add_argument("--noise", type=float, default=0.0, help="extra noise std, 0..1 (default 0)")
+    group.add_argument("--face-scale", type=float, default=1.0, help="face size factor (default 1)")
+    group.add_argument("--occlusion", type=float, default=0.0, help="extra occlusion probability (default 0)")
+    group.add_argument(
+        "--class-mix",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='relative class weights, e.g. \'{"happy": 1, "sad": 1}\' (default: FER2013 imbalance)',
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from data import landing, synthetic
+
+    shift = synthetic.Shift(
+        brightness=args.brightness,
+        contrast=args.contrast,
+        blur=args.blur,
+        noise=args.noise,
+        face_scale=args.face_scale,
+        occlusion=args.occlusion,
+        class_mix=args.class_mix,
+    )
+    faces = ((f.pixels, f.label) for f in synthetic.generate(args.n, args.seed, shift))
+    out: Path = args.out
+    if args.layout == "csv":
+        path = out / "fer2013.csv" if out.suffix != ".csv" else out
+        n = landing.write_fer2013_csv(faces, path)
+    else:
+        path = out
+        n = landing.write_image_folders(faces, out, split=args.split)
+    print(f"wrote {n} SYNTHETIC faces ({args.layout}, seed {args.seed}) to {path}")
+    return 0
+
+
+def _read(batch: Path, settings: Settings, show: int):
+    from data.readers import read_batch
+
+    result = read_batch(batch, settings.max_image_bytes, settings.max_image_pixels)
+    print(result.report(limit=show))
+    return result
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    result = _read(args.batch, Settings.from_env(), show=args.show)
+    return 0 if result.faces else 1
+
+
+def _curate(batch: Path, settings: Settings, show: int) -> bool:
+    from data.curated import write_span
+
+    result = _read(batch, settings, show)
+    if not result.faces:
+        print(f"error: no usable faces in {batch}", file=sys.stderr)
+        return False
+    written = write_span(
+        settings.curated_dir, [f.pixels for f in result.faces], [f.label for f in result.faces], source=str(batch)
+    )
+    if written.span is None:
+        print(f"no new faces: all {written.duplicates} were curated before (content hash)")
+    else:
+        print(
+            f"curated span {written.span}: {written.written} faces, "
+            f"{written.duplicates} duplicates skipped -> {written.path}"
+        )
+    return True
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    return 0 if _curate(args.batch, Settings.from_env(), args.show) else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(
+        epochs=args.epochs,
+        model_size=args.model_size,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        min_accuracy=args.min_accuracy,
+        beam_args=tuple(args.beam_args.split()) if args.beam_args else None,
+    )
+    if args.data is not None and not _curate(args.data, settings, args.show):
+        return 1
+    from data.curated import existing_spans
+
+    if not existing_spans(settings.curated_dir):
+        print(f"error: no curated spans in {settings.curated_dir}; pass --data BATCH", file=sys.stderr)
+        return 1
+    from components.custom import DataAnomaliesError
+    from components.run import describe, run_pipeline
+
+    try:
+        outcome = run_pipeline(settings)
+    except DataAnomaliesError as exc:
+        print(f"error: data validation stopped the run: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        print(f"error: the pipeline failed: {exc}\nsee the full log under {settings.home / 'logs'}", file=sys.stderr)
+        return 1
+    print(describe(outcome))
+    return 0 if outcome.pushed else EXIT_NOT_BLESSED
+
+
+def cmd_settings(_: argparse.Namespace) -> int:
+    print(json.dumps(Settings.from_env().as_dict(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moodloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write a SYNTHETIC landing batch (FER2013 cannot be downloaded here)")
+    p.add_argument("out", type=Path, help="output folder (or .csv path for --layout csv)")
+    p.add_argument("--n", type=int, default=2000, help="number of faces (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same faces (default 0)")
+    p.add_argument("--layout", choices=["csv", "folders"], default="csv", help="fer2013.csv or <split>/<emotion>/*.png")
+    p.add_argument("--split", default="train", help="split folder name for --layout folders (default train)")
+    _add_shift_options(p)
+    p.set_defaults(func=cmd_generate)
+
+    for name, func, text in (
+        ("read", cmd_read, "read a landing batch and report every rejected row or file"),
+        ("curate", cmd_curate, "read a landing batch and append its new faces as the next curated span"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("batch", type=Path, help="fer2013.csv, an image folder tree, or a folder with labels.csv")
+        p.add_argument("--show", type=int, default=50, help="rejections to list (default 50)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser(
+        "train",
+        help="curate a batch (optional) and run the TFX pipeline",
+        description="Runs ExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator -> Transform -> "
+        "Trainer -> Evaluator -> report -> Pusher with LocalDagRunner. Exit status: 0 pushed, "
+        f"{EXIT_NOT_BLESSED} not blessed (nothing pushed), 1 error.",
+    )
+    p.add_argument("--data", type=Path, help="landing batch to curate first (omit to retrain on the curated spans)")
+    p.add_argument("--epochs", type=int, help="training epochs (MOODLOOP_EPOCHS)")
+    p.add_argument("--model-size", choices=["tiny", "small", "vgg"], help="CNN width (MOODLOOP_MODEL_SIZE)")
+    p.add_argument("--batch-size", type=int, help="batch size (MOODLOOP_BATCH_SIZE)")
+    p.add_argument("--learning-rate", type=float, help="Adam learning rate (MOODLOOP_LEARNING_RATE)")
+    p.add_argument("--min-accuracy", type=float, help="accuracy floor for blessing (MOODLOOP_MIN_ACCURACY)")
+    p.add_argument(
+        "--beam-args",
+        help='Beam pipeline args, e.g. "--runner=FlinkRunner --flink_master=host:8081" '
+        "(MOODLOOP_BEAM_ARGS; default: in-memory DirectRunner)",
+    )
+    p.add_argument("--show", type=int, default=50, help="rejections to list (default 50)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("settings", help="print the effective settings")
+    p.set_defaults(func=cmd_settings)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
