@@ -1,0 +1,64 @@
+"""Settings, the model builder and the CLI's surface."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.model import MODEL_SIZES, build_model, class_weights
+from moodloop import cli
+from moodloop.settings import Settings
+
+
+def test_settings_derive_paths_from_home_and_read_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOODLOOP_HOME", str(tmp_path))
+    monkeypatch.setenv("MOODLOOP_EPOCHS", "7")
+    monkeypatch.setenv("MOODLOOP_BEAM_ARGS", "--runner=FlinkRunner --flink_master=host:8081")
+    settings = Settings.from_env(model_size="tiny")
+    assert settings.curated_dir == tmp_path / "curated"
+    assert settings.model_base == tmp_path / "models" / "emotion"
+    assert settings.epochs == 7 and settings.model_size == "tiny"
+    assert settings.beam_args == ("--runner=FlinkRunner", "--flink_master=host:8081")
+    with pytest.raises(TypeError, match="unknown settings"):
+        Settings.from_env(epochz=3)
+
+
+def test_class_weights_favour_rare_classes_and_are_capped():
+    weights = class_weights([500, 10, 0, 500, 500, 500, 500])
+    assert weights[1] > weights[0] and weights[2] == 0.0
+    assert max(weights.values()) <= 10.0
+
+
+@pytest.mark.parametrize("size", sorted(MODEL_SIZES))
+def test_model_sizes_build_and_output_seven_probabilities(size):
+    model = build_model(size)
+    assert model.output_shape == (None, 7)
+    assert model.input_shape == (None, 48, 48, 1)
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("generate", "read", "curate", "train", "settings"):
+        assert command in out
+
+
+def test_generate_then_read_in_both_layouts(tmp_path, capsys):
+    assert cli.main(["generate", str(tmp_path / "csv"), "--n", "25", "--seed", "3"]) == 0
+    assert cli.main(["generate", str(tmp_path / "png"), "--n", "25", "--seed", "3", "--layout", "folders"]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    assert cli.main(["read", str(tmp_path / "csv")]) == 0
+    assert capsys.readouterr().out.startswith("read 25, kept 25, rejected 0")
+    assert cli.main(["read", str(tmp_path / "png")]) == 0
+    assert capsys.readouterr().out.startswith("read 25, kept 25, rejected 0")
+
+
+def test_curate_uses_the_good_rows_of_a_mixed_csv(tmp_path, monkeypatch, capsys):
+    from moodloop.settings import REPO_ROOT
+
+    monkeypatch.setenv("MOODLOOP_HOME", str(tmp_path))
+    assert cli.main(["curate", str(REPO_ROOT / "data" / "samples" / "fer2013_mixed.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "rejected fer2013_mixed.csv:row 5" in out
+    assert "curated span 1: 8 faces" in out

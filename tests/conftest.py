@@ -1,0 +1,36 @@
+"""Shared fixtures. Tests are split by what they test: tests/code (units), tests/data (readers,
+generator, curation), tests/model (the TFX pipeline end to end and the model's behaviour)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from moodloop.settings import Settings  # noqa: E402
+
+# Small, fast training that still learns the synthetic faces well above chance (about 2 min).
+FAST_TRAINING = {
+    "MOODLOOP_EPOCHS": "15",
+    "MOODLOOP_MODEL_SIZE": "tiny",
+    "MOODLOOP_AUGMENT": "0",
+    "MOODLOOP_LEARNING_RATE": "0.003",
+    "MOODLOOP_BATCH_SIZE": "64",
+    "MOODLOOP_MIN_ACCURACY": "0.40",
+}
+
+
+@pytest.fixture
+def fast_env(monkeypatch: pytest.MonkeyPatch):
+    """Environment for a fast pipeline run under a given home: returns a function home -> Settings."""
+
+    def use(home: Path, **extra: str) -> Settings:
+        for key, value in {**FAST_TRAINING, **extra, "MOODLOOP_HOME": str(home)}.items():
+            monkeypatch.setenv(key, value)
+        return Settings.from_env()
+
+    return use

@@ -1,0 +1,128 @@
+"""Readers: every bad row or file is named with its reason, good rows are kept, nothing is lost."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data import landing, readers, synthetic
+from moodloop.contracts import EMOTIONS, emotion_index
+from moodloop.settings import REPO_ROOT
+
+MIXED_CSV = REPO_ROOT / "data" / "samples" / "fer2013_mixed.csv"
+
+
+def test_mixed_fer2013_csv_names_each_bad_row_and_keeps_the_good_ones():
+    result = readers.read_batch(MIXED_CSV)
+    assert (result.read, len(result.faces), len(result.rejected)) == (14, 8, 6)
+    reasons = {r.source: r.reason for r in result.rejected}
+    assert reasons == {
+        "fer2013_mixed.csv:row 5": "expected 2304 pixel values, got 2000",
+        "fer2013_mixed.csv:row 6": "non-numeric pixel value 'abc'",
+        "fer2013_mixed.csv:row 7": reasons["fer2013_mixed.csv:row 7"],
+        "fer2013_mixed.csv:row 11": reasons["fer2013_mixed.csv:row 11"],
+        "fer2013_mixed.csv:row 12": "pixel values must be 0..255, got 128..300",
+        "fer2013_mixed.csv:row 13": "expected 3 columns, got 1",
+    }
+    assert "not an emotion" in reasons["fer2013_mixed.csv:row 7"]
+    assert "'happy?'" in reasons["fer2013_mixed.csv:row 11"]
+    assert all(f.pixels.shape == (48, 48) and f.pixels.dtype == np.uint8 for f in result.faces)
+    report = result.report()
+    assert report.startswith("read 14, kept 8, rejected 6")
+    assert "rejected fer2013_mixed.csv:row 12" in report
+
+
+def test_csv_round_trip_keeps_pixels_labels_and_usage(tmp_path: Path):
+    pixels, labels = synthetic.generate_arrays(20, seed=5)
+    landing.write_fer2013_csv(zip(pixels, labels, strict=True), tmp_path / "fer2013.csv", usage="PublicTest")
+    result = readers.read_batch(tmp_path)
+    assert not result.rejected
+    np.testing.assert_array_equal(np.stack([f.pixels for f in result.faces]), pixels)
+    assert [f.label for f in result.faces] == labels.tolist()
+    assert {f.usage for f in result.faces} == {"PublicTest"}
+
+
+def test_csv_with_wrong_header_is_rejected_whole(tmp_path: Path):
+    (tmp_path / "faces.csv").write_text("label,image\n3,1 2 3\n")
+    result = readers.read_batch(tmp_path / "faces.csv")
+    assert not result.faces
+    assert "header must name emotion and pixels" in result.rejected[0].reason
+
+
+def _png(array: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_image_folders_any_size_colour_and_every_bad_file_named(tmp_path: Path):
+    happy = tmp_path / "train" / "happy"
+    sad = tmp_path / "test" / "sad"
+    happy.mkdir(parents=True)
+    sad.mkdir(parents=True)
+    (happy / "big_colour.jpg").write_bytes(_png(np.full((300, 200, 3), 90, np.uint8), "RGB", "JPEG"))
+    (happy / "small.png").write_bytes(_png(np.zeros((48, 48), np.uint8)))
+    (sad / "truncated.png").write_bytes(_png(np.full((64, 64), 7, np.uint8))[:60])
+    (sad / "empty.png").write_bytes(b"")
+    (sad / "text.png").write_bytes(b"this is not an image")
+    (tmp_path / "train" / "bored").mkdir()
+    (tmp_path / "train" / "bored" / "face.png").write_bytes(_png(np.zeros((48, 48), np.uint8)))
+    (tmp_path / "train" / "notes.docx").write_bytes(b"x")
+
+    result = readers.read_batch(tmp_path)
+    kept = {f.source: f for f in result.faces}
+    assert set(kept) == {"train/happy/big_colour.jpg", "train/happy/small.png"}
+    assert kept["train/happy/big_colour.jpg"].pixels.shape == (48, 48)
+    assert kept["train/happy/big_colour.jpg"].usage == "train"
+    assert kept["train/happy/small.png"].label == EMOTIONS.index("happy")
+    reasons = {r.source: r.reason for r in result.rejected}
+    assert set(reasons) == {
+        "test/sad/truncated.png",
+        "test/sad/empty.png",
+        "test/sad/text.png",
+        "train/bored/face.png",
+        "train/notes.docx",
+    }
+    assert reasons["test/sad/empty.png"] == "empty file"
+    assert "unreadable or truncated" in reasons["test/sad/truncated.png"]
+    assert "unreadable or truncated" in reasons["test/sad/text.png"]
+    assert "not an emotion" in reasons["train/bored/face.png"]
+    assert result.read == 7
+
+
+def test_oversized_files_and_decompression_bombs_are_rejected(tmp_path: Path):
+    folder = tmp_path / "neutral"
+    folder.mkdir()
+    (folder / "huge.png").write_bytes(_png(np.zeros((3000, 3000), np.uint8)))  # small file, 9 Mpx
+    (folder / "fat.png").write_bytes(_png(np.random.default_rng(0).integers(0, 255, (400, 400), np.uint8)))
+    result = readers.read_batch(tmp_path, max_bytes=50_000, max_pixels=1_000_000)
+    reasons = {r.source: r.reason for r in result.rejected}
+    assert "over the 1000000-pixel limit" in reasons["neutral/huge.png"]
+    assert "over the 50000-byte limit" in reasons["neutral/fat.png"]
+
+
+def test_labels_file_layout(tmp_path: Path):
+    (tmp_path / "a.png").write_bytes(_png(np.zeros((48, 48), np.uint8)))
+    (tmp_path / "b.png").write_bytes(_png(np.zeros((96, 96), np.uint8)))
+    (tmp_path / "labels.csv").write_text("file,label\na.png,fear\nb.png,5\nmissing.png,happy\na.png,joy\n../x.png,3\n")
+    result = readers.read_batch(tmp_path)
+    assert [(f.source, f.label) for f in result.faces] == [("a.png", 2), ("b.png", 5)]
+    reasons = {r.source: r.reason for r in result.rejected}
+    assert reasons["missing.png"] == "file not found"
+    assert "not an emotion" in reasons["a.png"]
+    assert "outside the batch folder" in reasons["labels.csv:row 6"]
+
+
+@pytest.mark.parametrize("value,expected", [("3", 3), (0, 0), ("Happy", 3), (" neutral ", 6)])
+def test_emotion_index_accepts_codes_and_names(value, expected):
+    assert emotion_index(value) == expected
+
+
+@pytest.mark.parametrize("value", ["7", "-1", "joy", "", "3.0"])
+def test_emotion_index_rejects_everything_else(value):
+    with pytest.raises(ValueError, match="not an emotion"):
+        emotion_index(value)
