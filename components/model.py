@@ -3,7 +3,8 @@
 The architecture follows the VGG variant that reaches 73.28 % on FER2013 (Khaireddin & Chen
 2021): stages of two 3x3 conv + BatchNorm + ReLU, max-pooling and dropout, then dense layers.
 `size` scales the widths: "vgg" is the paper's (64-128-256-512, 2x1024 dense; a GPU job),
-"small" is the CPU default, "tiny" is for tests.
+"medium" half of it, "small" the default for a 2-core CPU (10k faces, 10 epochs in minutes),
+"tiny" for tests.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from moodloop.contracts import FACE_SIZE, NUM_CLASSES  # noqa: E402
 # size -> (filters per stage, convs per stage, dense units per dense layer, dense layers)
 MODEL_SIZES: dict[str, tuple[tuple[int, ...], int, int, int]] = {
     "tiny": ((8, 16, 32), 1, 64, 1),
-    "small": ((16, 32, 64, 128), 2, 256, 1),
+    "small": ((16, 32, 64), 1, 128, 1),
+    "medium": ((32, 64, 128, 256), 2, 512, 1),
     "vgg": ((64, 128, 256, 512), 2, 1024, 2),
 }
 INPUT_KEY = "image_xf"  # the transformed feature the model reads

@@ -30,7 +30,7 @@ def training_curves(history: Mapping[str, Sequence[float]], path: str) -> str:
         ax.legend()
     fig.suptitle("Training curves")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -62,6 +62,6 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str, 
     ax.set_title(title or f"Confusion matrix (accuracy {accuracy:.1%})")
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

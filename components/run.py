@@ -109,13 +109,18 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
     root = logging.getLogger()
     old_level = root.level
     root.setLevel(logging.INFO)
+    # TFX logs through absl; Beam lowers the root level mid-run, which would silence
+    # "Component X is running" for every later component, so absl's own level is pinned.
+    absl_logger = logging.getLogger("absl")
+    old_absl_level = absl_logger.level
+    absl_logger.setLevel(logging.INFO)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     root.addHandler(progress)
     root.addHandler(file_handler)
-    # TFX's INFO chatter goes to the log file, not the console.
+    # TFX's INFO and deprecation chatter goes to the log file; the console keeps progress and errors.
     console_handlers = [h for h in root.handlers if h not in (progress, file_handler)]
     for handler in console_handlers:
-        handler.setLevel(logging.WARNING)
+        handler.setLevel(logging.ERROR)
     print(f"pipeline {settings.pipeline_name}: {len(pipeline.components)} components; full log: {log_file}", flush=True)
     start_ms = int(time.time() * 1000) - 1
     started = time.monotonic()
@@ -125,6 +130,7 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
         root.removeHandler(progress)
         root.removeHandler(file_handler)
         root.setLevel(old_level)
+        absl_logger.setLevel(old_absl_level)
         file_handler.close()
     seconds = time.monotonic() - started
 

@@ -6,7 +6,7 @@
 Faces are deduplicated by the SHA-256 of their 48x48 pixels against every earlier span, so a
 batch that lands twice, or a face repeated across batches, is curated once. A span is written
 to a hidden folder and renamed into place, so ExampleGen never sees a half-written span.
-Needs TensorFlow (pipeline env) for the TFRecord writer.
+Pure Python (no TensorFlow), so both environments can curate.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from data.landing import encode_png
+from data.tfrecord import encode_example, write_tfrecord_gz
 from moodloop.contracts import CURATED_MANIFEST, CURATED_SPAN_PREFIX, EMOTIONS, FEATURE_IMAGE, FEATURE_LABEL
 
 _SPAN_DIR = re.compile(re.escape(CURATED_SPAN_PREFIX) + r"(\d+)$")
@@ -61,19 +62,17 @@ def known_hashes(curated_dir: Path) -> set[str]:
 
 
 def _example(pixels: np.ndarray, label: int) -> bytes:
-    import tensorflow as tf
-
-    feature = {
-        FEATURE_IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode_png(pixels)])),
-        FEATURE_LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return encode_example({FEATURE_IMAGE: encode_png(pixels), FEATURE_LABEL: int(label)})
 
 
-def write_span(curated_dir: Path, pixels: Sequence[np.ndarray], labels: Sequence[int], source: str) -> SpanWritten:
+def write_span(
+    curated_dir: Path,
+    pixels: Sequence[np.ndarray],
+    labels: Sequence[int],
+    source: str,
+    extra: dict[str, object] | None = None,
+) -> SpanWritten:
     """Append the new faces of a batch as the next span. Duplicates are counted, not written."""
-    import tensorflow as tf
-
     curated_dir.mkdir(parents=True, exist_ok=True)
     seen = known_hashes(curated_dir)
     keep: list[int] = []
@@ -94,10 +93,7 @@ def write_span(curated_dir: Path, pixels: Sequence[np.ndarray], labels: Sequence
     staging = curated_dir / f".{final.name}.{os.getpid()}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    options = tf.io.TFRecordOptions(compression_type="GZIP")
-    with tf.io.TFRecordWriter(str(staging / "faces.tfrecord.gz"), options) as writer:
-        for i in keep:
-            writer.write(_example(pixels[i], labels[i]))
+    write_tfrecord_gz(staging / "faces.tfrecord.gz", (_example(pixels[i], labels[i]) for i in keep))
     counts = np.bincount([labels[i] for i in keep], minlength=len(EMOTIONS))
     manifest = {
         "span": span,
@@ -106,6 +102,7 @@ def write_span(curated_dir: Path, pixels: Sequence[np.ndarray], labels: Sequence
         "written": len(keep),
         "duplicates_skipped": duplicates,
         "class_counts": dict(zip(EMOTIONS, map(int, counts), strict=True)),
+        **(extra or {}),
         "hashes": hashes,
     }
     (staging / CURATED_MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -39,10 +39,40 @@ class Face:
     usage: str = ""  # FER2013 Usage column or the split folder name, if any
 
 
+class ReadError(ValueError):
+    """A row or file that cannot become a face; `kind` groups reasons for the data contract."""
+
+    kind = "layout"  # wrong header, columns, folder, file type, missing file
+
+
+class LabelError(ReadError):
+    kind = "label"
+
+
+class PixelError(ReadError):
+    kind = "pixels"
+
+
+class ImageError(ReadError):
+    kind = "unreadable"
+
+
+class SizeLimitError(ReadError):
+    kind = "too_large"
+
+
+REJECTION_KINDS = ("layout", "label", "pixels", "unreadable", "too_large")
+
+
 @dataclasses.dataclass(frozen=True)
 class Rejected:
     source: str
     reason: str
+    kind: str = "layout"  # one of REJECTION_KINDS
+
+    @classmethod
+    def from_error(cls, source: str, exc: ValueError) -> Rejected:
+        return cls(source, str(exc), getattr(exc, "kind", "layout"))
 
 
 @dataclasses.dataclass
@@ -80,39 +110,46 @@ def decode_face(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
     images (decompression bombs included: the size is checked before pixels are decoded).
     """
     if not data:
-        raise ValueError("empty file")
+        raise ImageError("empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
-                raise ValueError(f"image is {width}x{height}, over the {max_pixels}-pixel limit")
+                raise SizeLimitError(f"image is {width}x{height}, over the {max_pixels}-pixel limit")
             img.load()  # truncated files fail here, not later
-    except ValueError:
+    except ReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"image too large to decode safely: {exc}") from exc
+        raise SizeLimitError(f"image too large to decode safely: {exc}") from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error ... for bad files
-        raise ValueError(f"unreadable or truncated image ({type(exc).__name__}: {exc})") from exc
+        raise ImageError(f"unreadable or truncated image ({type(exc).__name__}: {exc})") from exc
     gray = img.convert("L")
     if gray.size != (FACE_SIZE, FACE_SIZE):
         gray = gray.resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)
     return np.asarray(gray, dtype=np.uint8)
 
 
+def parse_label(value: str | int) -> int:
+    try:
+        return emotion_index(value)
+    except ValueError as exc:
+        raise LabelError(str(exc)) from None
+
+
 def parse_fer_pixels(text: str) -> np.ndarray:
     """Parse FER2013's space-separated pixel string; ValueError names what is wrong."""
     parts = text.split()
     if len(parts) != FER_PIXELS:
-        raise ValueError(f"expected {FER_PIXELS} pixel values, got {len(parts)}")
+        raise PixelError(f"expected {FER_PIXELS} pixel values, got {len(parts)}")
     try:
         values = np.array([int(p) for p in parts], dtype=np.int64)
     except ValueError:
         bad = next(p for p in parts if not p.lstrip("-").isdigit())
-        raise ValueError(f"non-numeric pixel value {bad[:20]!r}") from None
+        raise PixelError(f"non-numeric pixel value {bad[:20]!r}") from None
     if values.min() < 0 or values.max() > 255:
-        raise ValueError(f"pixel values must be 0..255, got {values.min()}..{values.max()}")
+        raise PixelError(f"pixel values must be 0..255, got {values.min()}..{values.max()}")
     return values.astype(np.uint8).reshape(FACE_SIZE, FACE_SIZE)
 
 
@@ -138,11 +175,11 @@ def read_fer2013_csv(path: Path, name: str | None = None) -> ReadResult:
                 continue  # blank lines carry no face; not counted as read
             try:
                 if len(row) < len(columns):
-                    raise ValueError(f"expected {len(columns)} columns, got {len(row)}")
-                label = emotion_index(row[i_label])
+                    raise ReadError(f"expected {len(columns)} columns, got {len(row)}")
+                label = parse_label(row[i_label])
                 pixels = parse_fer_pixels(row[i_pixels])
             except ValueError as exc:
-                result.rejected.append(Rejected(source, str(exc)))
+                result.rejected.append(Rejected.from_error(source, exc))
                 continue
             usage = row[i_usage].strip() if i_usage is not None and i_usage < len(row) else ""
             result.faces.append(Face(pixels, label, source, usage))
@@ -152,7 +189,7 @@ def read_fer2013_csv(path: Path, name: str | None = None) -> ReadResult:
 def _read_image_file(path: Path, source: str, label: int, usage: str, max_bytes: int, max_pixels: int) -> Face:
     size = path.stat().st_size
     if size > max_bytes:
-        raise ValueError(f"file is {size} bytes, over the {max_bytes}-byte limit")
+        raise SizeLimitError(f"file is {size} bytes, over the {max_bytes}-byte limit")
     return Face(decode_face(path.read_bytes(), max_pixels), label, source, usage)
 
 
@@ -175,18 +212,18 @@ def read_labelled_images(root: Path, max_bytes: int = 10 << 20, max_pixels: int 
         source = f"{LABELS_FILE}:row {row_number}"
         try:
             if len(row) < 2:
-                raise ValueError("expected file,label")
+                raise ReadError("expected file,label")
             rel = row[0].strip()
             path = (root / rel).resolve()
             if root.resolve() not in path.parents:
-                raise ValueError(f"{rel!r} is outside the batch folder")
+                raise ReadError(f"{rel!r} is outside the batch folder")
             source = rel
-            label = emotion_index(row[1])
+            label = parse_label(row[1])
             if not path.is_file():
-                raise ValueError("file not found")
+                raise ReadError("file not found")
             result.faces.append(_read_image_file(path, rel, label, "", max_bytes, max_pixels))
         except ValueError as exc:
-            result.rejected.append(Rejected(source, str(exc)))
+            result.rejected.append(Rejected.from_error(source, exc))
     return result
 
 
@@ -197,17 +234,19 @@ def read_image_folders(root: Path, max_bytes: int = 10 << 20, max_pixels: int = 
         rel = path.relative_to(root)
         if path.suffix.lower() not in IMAGE_SUFFIXES or rel.name.startswith("."):
             if path.suffix.lower() not in {".csv", ".json", ".md", ".txt"} and not rel.name.startswith("."):
-                result.rejected.append(Rejected(str(rel), f"not an image file ({path.suffix or 'no suffix'})"))
+                result.rejected.append(
+                    Rejected(str(rel), f"not an image file ({path.suffix or 'no suffix'})", "unreadable")
+                )
             continue
         parts = rel.parts[:-1]
         try:
             if not parts:
-                raise ValueError("image is not inside an <emotion>/ folder")
-            label = emotion_index(parts[-1])
+                raise LabelError("image is not inside an <emotion>/ folder")
+            label = parse_label(parts[-1])
             usage = parts[-2] if len(parts) >= 2 else ""
             result.faces.append(_read_image_file(path, str(rel), label, usage, max_bytes, max_pixels))
         except ValueError as exc:
-            result.rejected.append(Rejected(str(rel), str(exc)))
+            result.rejected.append(Rejected.from_error(str(rel), exc))
     return result
 
 

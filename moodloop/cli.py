@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", type=Path, help="landing batch to curate first (omit to retrain on the curated spans)")
     p.add_argument("--epochs", type=int, help="training epochs (MOODLOOP_EPOCHS)")
-    p.add_argument("--model-size", choices=["tiny", "small", "vgg"], help="CNN width (MOODLOOP_MODEL_SIZE)")
+    p.add_argument("--model-size", choices=["tiny", "small", "medium", "vgg"], help="CNN width (MOODLOOP_MODEL_SIZE)")
     p.add_argument("--batch-size", type=int, help="batch size (MOODLOOP_BATCH_SIZE)")
     p.add_argument("--learning-rate", type=float, help="Adam learning rate (MOODLOOP_LEARNING_RATE)")
     p.add_argument("--min-accuracy", type=float, help="accuracy floor for blessing (MOODLOOP_MIN_ACCURACY)")

@@ -28,6 +28,15 @@ class Settings:
     landing_dir: Path
     curated_dir: Path
     quarantine_dir: Path
+    archive_dir: Path
+    ingest_dir: Path  # ingest ledger and per-batch work folders
+    landing_url: str  # "" = the local landing_dir; "s3://bucket" = landing/, archive/, quarantine/ there
+    s3_endpoint_url: str
+    s3_access_key: str
+    s3_secret_key: str
+    s3_region: str
+    landing_settle_seconds: float  # a batch without _SUCCESS is ready after this long unchanged
+    pipeline_python: Path  # the pipeline env's interpreter, which Airflow tasks run TFX with
     pipeline_root: Path
     metadata_path: Path
     model_name: str
@@ -62,13 +71,24 @@ class Settings:
             landing_dir=Path(_env("MOODLOOP_LANDING_DIR", str(home / "landing"))),
             curated_dir=Path(_env("MOODLOOP_CURATED_DIR", str(home / "curated"))),
             quarantine_dir=Path(_env("MOODLOOP_QUARANTINE_DIR", str(home / "quarantine"))),
+            archive_dir=Path(_env("MOODLOOP_ARCHIVE_DIR", str(home / "archive"))),
+            ingest_dir=Path(_env("MOODLOOP_INGEST_DIR", str(home / "ingest"))),
+            landing_url=_env("MOODLOOP_LANDING_URL", ""),
+            s3_endpoint_url=_env("MOODLOOP_S3_ENDPOINT_URL", ""),
+            s3_access_key=_env("MOODLOOP_S3_ACCESS_KEY", ""),
+            s3_secret_key=_env("MOODLOOP_S3_SECRET_KEY", ""),
+            s3_region=_env("MOODLOOP_S3_REGION", "us-east-1"),
+            landing_settle_seconds=float(_env("MOODLOOP_LANDING_SETTLE_SECONDS", "10")),
+            pipeline_python=Path(
+                _env("MOODLOOP_PIPELINE_PYTHON", str(REPO_ROOT / ".venv" / "pipeline" / "bin" / "python"))
+            ),
             pipeline_root=Path(_env("MOODLOOP_PIPELINE_ROOT", str(home / "tfx"))),
             metadata_path=Path(_env("MOODLOOP_METADATA_PATH", str(home / "tfx" / "metadata.sqlite"))),
             model_name=model_name,
             model_base=Path(_env("MOODLOOP_MODEL_BASE", str(home / "models" / model_name))),
             pipeline_name=_env("MOODLOOP_PIPELINE_NAME", "moodloop"),
             beam_args=tuple(shlex.split(_env("MOODLOOP_BEAM_ARGS", DEFAULT_BEAM_ARGS))),
-            epochs=int(_env("MOODLOOP_EPOCHS", "12")),
+            epochs=int(_env("MOODLOOP_EPOCHS", "10")),
             batch_size=int(_env("MOODLOOP_BATCH_SIZE", "64")),
             model_size=_env("MOODLOOP_MODEL_SIZE", "small"),
             learning_rate=float(_env("MOODLOOP_LEARNING_RATE", "0.001")),
@@ -86,8 +106,11 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            f.name: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-            for f in dataclasses.fields(self)
-            for v in [getattr(self, f.name)]
-        }
+        """Settings as JSON-able values, secrets masked."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "s3_secret_key" and value:
+                value = "***"
+            out[f.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+        return out
