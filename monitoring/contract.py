@@ -1,0 +1,198 @@
+"""The landing-batch data contract, checked with Great Expectations before anything is curated.
+
+The readers turn a batch into one row per item (CSV row or file) with the facts the contract
+needs; the GX suite below decides. A batch that fails any expectation is quarantined whole with
+`contract.json` (GX's own validation result plus our summary) and `REPORT.md` for people.
+
+Runs in the orchestration env (GX 1.x, pandas<3); no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from data.curated import face_hash
+from data.readers import ReadResult
+from moodloop.contracts import EMOTIONS, NUM_CLASSES
+
+SUITE_NAME = "landing_batch_contract"
+
+
+@dataclasses.dataclass(frozen=True)
+class ContractLimits:
+    max_faces: int = 100_000  # per batch
+    min_faces: int = 1
+
+
+@dataclasses.dataclass
+class ContractResult:
+    passed: bool
+    failures: list[dict[str, Any]]  # one per failed expectation: what, count, examples
+    class_counts: dict[str, int]
+    items: int
+    faces: int
+    gx_result: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "items": self.items,
+            "faces": self.faces,
+            "class_counts": self.class_counts,
+            "failures": self.failures,
+        }
+
+
+def batch_frame(result: ReadResult) -> pd.DataFrame:
+    """One row per item of the batch: the facts each expectation checks."""
+    rows = []
+    for face in result.faces:
+        rows.append(
+            {
+                "source": face.source,
+                "kind": "ok",
+                "reason": "",
+                "label": face.label,
+                "face_hash": face_hash(face.pixels),
+            }
+        )
+    for rejected in result.rejected:
+        rows.append(
+            {
+                "source": rejected.source,
+                "kind": rejected.kind,
+                "reason": rejected.reason,
+                "label": -1,
+                "face_hash": None,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=["source", "kind", "reason", "label", "face_hash"])
+    for kind in ("layout", "label", "pixels", "unreadable", "too_large"):
+        frame[f"ok_{kind}"] = frame["kind"] != kind
+    return frame
+
+
+# (expectation, what it means for a person) — the order is the report's order.
+def _expectations(limits: ContractLimits) -> list[tuple[Any, str]]:
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        (
+            e.ExpectTableRowCountToBeBetween(min_value=limits.min_faces, max_value=limits.max_faces),
+            f"the batch holds {limits.min_faces}..{limits.max_faces} items",
+        ),
+        (
+            e.ExpectColumnValuesToBeInSet(column="ok_layout", value_set=[True]),
+            "every row and file follows the layout (header, columns, folders, files that exist)",
+        ),
+        (
+            e.ExpectColumnValuesToBeInSet(column="ok_unreadable", value_set=[True]),
+            "every image decodes (not empty, not truncated, an image format)",
+        ),
+        (
+            e.ExpectColumnValuesToBeInSet(column="ok_too_large", value_set=[True]),
+            "every image is within the size limits (bytes and pixels)",
+        ),
+        (
+            e.ExpectColumnValuesToBeInSet(column="ok_pixels", value_set=[True]),
+            "every CSV row has 2304 pixel values in 0..255",
+        ),
+        (
+            e.ExpectColumnValuesToBeInSet(column="ok_label", value_set=[True]),
+            f"every label is one of the seven emotions ({', '.join(EMOTIONS)}) or 0..6",
+        ),
+        (e.ExpectColumnValuesToBeUnique(column="face_hash"), "no face appears twice in the batch (identical pixels)"),
+    ]
+
+
+def validate(result: ReadResult, limits: ContractLimits = ContractLimits()) -> ContractResult:
+    import great_expectations as gx
+
+    frame = batch_frame(result)
+    context = gx.get_context(mode="ephemeral")
+    batch_definition = (
+        context.data_sources.add_pandas("landing")
+        .add_dataframe_asset("batch")
+        .add_batch_definition_whole_dataframe("whole_batch")
+    )
+    expectations = _expectations(limits)
+    suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME))
+    meaning = {}
+    for expectation, text in expectations:
+        suite.add_expectation(expectation)
+        meaning[expectation.id] = text
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{SUITE_NAME}_run", data=batch_definition, suite=suite)
+    )
+    run = definition.run(
+        batch_parameters={"dataframe": frame},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["source"]},
+    )
+    reasons = dict(zip(frame["source"], frame["reason"], strict=True))
+    failures = []
+    for outcome in run.results:
+        if outcome.success:
+            continue
+        details = outcome.result or {}
+        sources = [row["source"] for row in details.get("unexpected_index_list") or [] if "source" in row]
+        failures.append(
+            {
+                "expectation": outcome.expectation_config.type,
+                "column": outcome.expectation_config.kwargs.get("column"),
+                "meaning": meaning.get(outcome.expectation_config.id, outcome.expectation_config.type),
+                "unexpected_count": details.get("unexpected_count", details.get("observed_value")),
+                "examples": [{"source": s, "reason": reasons.get(s) or "duplicate pixels"} for s in sources],
+            }
+        )
+    counts = Counter(int(label) for label in frame["label"] if 0 <= label < NUM_CLASSES)
+    return ContractResult(
+        passed=bool(run.success),
+        failures=failures,
+        class_counts={e: counts.get(i, 0) for i, e in enumerate(EMOTIONS)},
+        items=len(frame),
+        faces=len(result.faces),
+        gx_result=run.to_json_dict(),
+    )
+
+
+def render_report(batch: str, contract: ContractResult, limit: int = 50) -> str:
+    """REPORT.md: the verdict, the class counts, then each failed rule with its items."""
+    verdict = "ACCEPTED" if contract.passed else "QUARANTINED (the whole batch; nothing was curated or deleted)"
+    lines = [
+        f"# Landing batch `{batch}`: {verdict}",
+        "",
+        f"{contract.items} items read, {contract.faces} usable faces.",
+        "",
+        "| emotion | faces |",
+        "|---|---|",
+        *[f"| {e} | {n} |" for e, n in contract.class_counts.items()],
+        "",
+    ]
+    if contract.failures:
+        lines.append("## Rules this batch breaks")
+        for failure in contract.failures:
+            lines += [
+                "",
+                f"### {failure['meaning']}",
+                f"`{failure['expectation']}`: {failure['unexpected_count']} items",
+            ]
+            for example in failure["examples"][:limit]:
+                lines.append(f"- `{example['source']}`: {example['reason']}")
+            if len(failure["examples"]) > limit:
+                lines.append(f"- ... and {len(failure['examples']) - limit} more (see contract.json)")
+        lines += ["", "Fix the items above and drop the corrected batch into the landing zone again."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(folder: Path, batch: str, contract: ContractResult, extra: dict[str, Any] | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"batch": batch, **contract.summary(), **(extra or {}), "great_expectations": contract.gx_result}
+    (folder / "contract.json").write_text(json.dumps(payload, indent=1, default=str))
+    (folder / "REPORT.md").write_text(render_report(batch, contract))

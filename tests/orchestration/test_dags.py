@@ -1,0 +1,45 @@
+"""The DAG folder: imports cleanly, stays thin (no TensorFlow, no TFX), wires what it promises."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DAGS = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+NODES = json.loads((DAGS.parent / "components" / "pipeline_nodes.json").read_text())
+
+
+def test_dag_folder_imports_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert {"watch_landing", "ingest_faces", "train_emotion_model"} <= set(dagbag.dag_ids)
+
+
+def test_no_dag_file_imports_tensorflow_or_tfx():
+    code = (
+        "import runpy, sys, pathlib\n"
+        f"for f in sorted(pathlib.Path({str(DAGS)!r}).glob('*.py')): runpy.run_path(str(f))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tfx', 'tensorflow_transform'))\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ, capture_output=True)
+
+
+def test_train_dag_has_one_task_per_tfx_component_wired_like_the_pipeline(dagbag):
+    dag = dagbag.dags["train_emotion_model"]
+    assert {t.task_id for t in dag.tasks} == {"compile_pipeline"} | {n["id"] for n in NODES}
+    for node in NODES:
+        task = dag.get_task(node["id"])
+        assert task.upstream_task_ids == {"compile_pipeline", *node["upstream"]}
+        assert f"--node {node['id']}" in task.bash_command
+    assert dag.max_active_runs == 1, "one training at a time"
+    assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["curated_faces"]
+
+
+def test_ingest_dag_branches_to_curate_quarantine_or_skip(dagbag):
+    dag = dagbag.dags["ingest_faces"]
+    assert dag.get_task("route").downstream_task_ids == {"curate_span", "quarantine_batch", "skip_duplicate"}
+    assert [o.name for o in dag.get_task("curate_span").outlets] == ["curated_faces"]
+    assert dag.max_active_runs == 1
