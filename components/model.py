@@ -49,14 +49,14 @@ def build_model(size: str = "small", learning_rate: float = 1e-3, augment: bool 
     for stage, width in enumerate(filters):
         for conv in range(convs):
             x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{stage}_{conv}")(x)
-            x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.BatchNormalization(momentum=0.9)(x)
             x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x)
         x = keras.layers.Dropout(0.1 + 0.05 * stage)(x)
     x = keras.layers.Flatten()(x)
     for _ in range(dense_layers):
         x = keras.layers.Dense(dense_units, use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.Dropout(0.4)(x)
     outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
