@@ -6,7 +6,9 @@ HOME_DIR    := $(or $(MOODLOOP_HOME),$(CURDIR)/.moodloop)
 BATCH       := $(HOME_DIR)/landing/synthetic-10k
 N           ?= 10000
 
-.PHONY: help setup run test test-fast lint format bench clean
+STACK       := .venv/orchestration/bin/python -m moodloop.stack
+
+.PHONY: help setup run stop status train test test-fast lint format bench clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -14,7 +16,16 @@ help:  ## this list
 setup:  ## create/update both environments from the lock files (idempotent)
 	@bash scripts/setup.sh
 
-run: setup  ## main job: synthetic 10k-face batch -> TFX pipeline -> pushed model
+run: setup  ## main job: the whole loop on Airflow 3 (local folders, SQLite), first batch included
+	@$(STACK) start
+
+stop:  ## stop everything `make run` started
+	@$(STACK) stop
+
+status:  ## what runs, latest DAG runs, pushed model versions
+	@$(STACK) status
+
+train: setup  ## without Airflow: synthetic 10k-face batch -> TFX pipeline (LocalDagRunner) -> push
 	@test -e $(BATCH) || $(MOODLOOP) generate $(BATCH) --n $(N) --seed 0
 	$(MOODLOOP) train --data $(BATCH)
 
@@ -24,6 +35,7 @@ test: setup  ## the whole test suite (what CI runs)
 
 test-fast: setup  ## everything except the end-to-end pipeline runs
 	$(PIPELINE_PY) -m pytest tests -p no:cacheprovider -m "not pipeline" --ignore=tests/orchestration
+	$(ORCH_PY) -m pytest tests/orchestration -p no:cacheprovider -m "not pipeline"
 
 lint: setup  ## ruff check + format check
 	.venv/orchestration/bin/ruff check .

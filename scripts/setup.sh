@@ -54,4 +54,17 @@ install_env() {  # $1 = env name, $2 = python version
 
 install_env pipeline 3.10
 install_env orchestration 3.11
+
+# The UI tests drive a real headless Chromium with Playwright (no browser download: Debian's).
+if [[ "${MOODLOOP_SKIP_BROWSER:-0}" != 1 ]]; then
+    if [[ -x /usr/bin/chromium ]]; then
+        step "browser for UI tests: $(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium)"
+    elif [[ $(id -u) == 0 ]] && command -v apt-get > /dev/null; then
+        step "browser for UI tests: installing Debian's chromium (about 1 minute)"
+        apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null
+        echo "ok: $(/usr/bin/chromium --version)"
+    else
+        step "browser for UI tests: missing; install chromium (e.g. sudo apt-get install chromium), or set MOODLOOP_SKIP_BROWSER=1"
+    fi
+fi
 step "done in $((SECONDS - START)) s: .venv/pipeline/bin/moodloop --help"

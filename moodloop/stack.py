@@ -1,0 +1,315 @@
+"""The local stack: Airflow 3 (api-server, scheduler, dag-processor; SQLite, LocalExecutor) on
+127.0.0.1, running moodloop's DAGs on the embedded defaults (local folders). Orchestration env.
+
+  python -m moodloop.stack start [--faces N]   start, unpause the DAGs, drop a first batch
+  python -m moodloop.stack status              what runs, the latest DAG runs, pushed versions
+  python -m moodloop.stack stop                stop exactly what start started
+
+The admin password is generated at the first start and kept in <home>/airflow/passwords.json
+(mode 600); nothing secret is in git.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from moodloop.settings import REPO_ROOT, Settings
+
+SERVICES = ("api-server", "scheduler", "dag-processor")
+DAG_IDS = ("watch_landing", "ingest_faces", "train_emotion_model")
+ADMIN = "admin"
+STACK_MARK = "MOODLOOP_STACK_HOME"  # every process of the stack carries it in its environment
+
+
+def _port() -> int:
+    return int(os.environ.get("MOODLOOP_AIRFLOW_PORT", "8080"))
+
+
+def _paths(settings: Settings) -> dict[str, Path]:
+    airflow_home = settings.home / "airflow"
+    return {
+        "airflow_home": airflow_home,
+        "passwords": airflow_home / "passwords.json",
+        "secrets": airflow_home / "secrets.json",
+        "pids": settings.home / "stack" / "pids.json",
+        "logs": settings.home / "stack" / "logs",
+    }
+
+
+def _secret(path: Path, key: str, make) -> str:
+    values = json.loads(path.read_text()) if path.exists() else {}
+    if key not in values:
+        values[key] = make()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+        path.chmod(0o600)
+    return values[key]
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    paths = _paths(settings)
+    home = paths["airflow_home"]
+    _secret(paths["passwords"], ADMIN, lambda: secrets.token_urlsafe(12))
+    jwt_secret = _secret(paths["secrets"], "jwt_secret", lambda: secrets.token_urlsafe(32))
+    port = _port()
+    env = dict(os.environ)
+    env.update(
+        {
+            STACK_MARK: str(settings.home),
+            "MOODLOOP_HOME": str(settings.home),
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # Each LocalExecutor worker is a ~130 MB fork; 4 is plenty on 2 cores.
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(paths["passwords"]),
+            "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def _airflow_bin() -> str:
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def _request(method: str, path: str, token: str | None = None, body: dict | None = None, timeout: float = 10):
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{_port()}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, json.loads(response.read() or b"null")
+
+
+def token(settings: Settings) -> str:
+    password = json.loads(_paths(settings)["passwords"].read_text())[ADMIN]
+    _, payload = _request("POST", "/auth/token", body={"username": ADMIN, "password": password})
+    return payload["access_token"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not running; /proc tells.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _proc_table() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, process group, session) for every live process."""
+    table = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            table[int(proc.name)] = (int(fields[1]), int(fields[2]), int(fields[3]))
+    return table
+
+
+def stack_processes(settings: Settings, leaders: list[int] | None = None) -> list[int]:
+    """Every live process of this stack: in a service's session or process group, descending
+    from a service, or carrying the stack's mark in its environment. (Airflow renames its
+    processes with setproctitle, which can overwrite the environment block, hence all three.)"""
+    if leaders is None:
+        pids_file = _paths(settings)["pids"]
+        leaders = list(json.loads(pids_file.read_text()).values()) if pids_file.exists() else []
+    table = _proc_table()
+    members = {pid for pid, (_, group, session) in table.items() if group in leaders or session in leaders}
+    members |= {pid for pid in leaders if pid in table}
+    changed = True
+    while changed:  # descendants
+        grown = {pid for pid, (parent, _, _) in table.items() if parent in members}
+        changed = not grown <= members
+        members |= grown
+    mark = f"{STACK_MARK}={settings.home}".encode()
+    for pid in table:
+        try:
+            if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                members.add(pid)
+        except OSError:
+            continue
+    members.discard(os.getpid())
+    return sorted(members)
+
+
+def _wait(what: str, check, timeout: float, interval: float = 2.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except (urllib.error.URLError, OSError, KeyError, ValueError):
+            pass
+        time.sleep(interval)
+    raise SystemExit(f"error: {what} not ready after {timeout:.0f} s; see the logs in the stack's logs folder")
+
+
+def drop_synthetic_batch(settings: Settings, name: str, faces: int, seed: int) -> Path:
+    """Write a SYNTHETIC batch into the landing zone atomically (hidden folder, then rename)."""
+    from data import landing, synthetic
+
+    final = settings.landing_dir / name
+    staging = settings.landing_dir / f".{name}.partial"
+    pixels, labels = synthetic.generate_arrays(faces, seed=seed)
+    landing.write_fer2013_csv(zip(pixels, labels, strict=True), staging / "fer2013.csv")
+    (staging / "_SUCCESS").touch()
+    os.replace(staging, final)
+    return final
+
+
+def start(settings: Settings, faces: int) -> int:
+    paths = _paths(settings)
+    if stack_processes(settings):
+        print(f"the stack is already running for {settings.home}: python -m moodloop.stack status")
+        return 1
+    started = time.monotonic()
+    env = airflow_env(settings)
+    paths["logs"].mkdir(parents=True, exist_ok=True)
+    print(f"==> Airflow metadata DB (SQLite) in {paths['airflow_home']}", flush=True)
+    subprocess.run([_airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    pids = {}
+    for service in SERVICES:
+        log = open(paths["logs"] / f"{service}.log", "ab")  # noqa: SIM115 (the child keeps it)
+        process = subprocess.Popen(
+            [_airflow_bin(), service], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        pids[service] = process.pid
+        print(f"==> {service} started (pid {process.pid}, log {paths['logs'] / (service + '.log')})", flush=True)
+    paths["pids"].write_text(json.dumps(pids))
+
+    _wait("the api-server", lambda: _request("GET", "/api/v2/monitor/health")[0] == 200, 120)
+    bearer = token(settings)
+
+    def dags_parsed():
+        _, payload = _request("GET", "/api/v2/dags?limit=100", bearer)
+        return {d["dag_id"] for d in payload["dags"]} >= set(DAG_IDS)
+
+    _wait("the DAGs (dag-processor)", dags_parsed, 180)
+    for dag_id in DAG_IDS:
+        _request("PATCH", f"/api/v2/dags/{dag_id}", bearer, {"is_paused": False})
+    print(f"==> DAGs unpaused: {', '.join(DAG_IDS)} ({time.monotonic() - started:.0f} s)", flush=True)
+
+    password = json.loads(paths["passwords"].read_text())[ADMIN]
+    print(f"\nmoodloop is up.\n  Airflow UI   http://127.0.0.1:{_port()}   user {ADMIN}   password {password}")
+    if faces > 0:
+        batch = drop_synthetic_batch(settings, f"synthetic-{time.strftime('%Y%m%dT%H%M%S')}", faces, seed=0)
+        print(f"  first batch  {batch}  ({faces} SYNTHETIC faces)")
+        print("The loop runs by itself: watch_landing (every 30 s) -> ingest_faces -> train_emotion_model -> push.")
+        print(f"Expect a pushed model under {settings.model_base} within about 10 minutes on 2 cores.")
+    print(f"  status: make status     stop: make stop     logs: {paths['logs']}")
+    return 0
+
+
+def status(settings: Settings) -> int:
+    paths = _paths(settings)
+    pids = json.loads(paths["pids"].read_text()) if paths["pids"].exists() else {}
+    running = stack_processes(settings)
+    print(f"stack home {settings.home}: {len(running)} process(es) running")
+    for service, pid in pids.items():
+        print(f"  {service:<14s} pid {pid:<8d} {'running' if _alive(pid) else 'STOPPED'}")
+    if running:
+        try:
+            bearer = token(settings)
+            for dag_id in DAG_IDS:
+                _, payload = _request("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=3", bearer)
+                runs = ", ".join(f"{r['dag_run_id']}={r['state']}" for r in payload["dag_runs"]) or "no runs yet"
+                print(f"  {dag_id:<20s} {runs}")
+        except (urllib.error.URLError, OSError, KeyError) as exc:
+            print(f"  Airflow API not answering: {exc}")
+    versions = sorted(p.name for p in settings.model_base.glob("*") if p.name.isdigit())
+    print(f"  model versions under {settings.model_base}: {', '.join(versions) or 'none yet'}")
+    return 0
+
+
+def stop(settings: Settings, timeout: float = 30.0) -> int:
+    paths = _paths(settings)
+    pids = json.loads(paths["pids"].read_text()) if paths["pids"].exists() else {}
+    leaders = list(pids.values())
+    members = stack_processes(settings, leaders)
+    if not members:
+        print("nothing to stop: no moodloop process is running")
+        paths["pids"].unlink(missing_ok=True)
+        return 0
+    for service, pid in pids.items():
+        print(f"stopping {service} (pid {pid})")
+    for pid in members:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while stack_processes(settings, leaders) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftovers = stack_processes(settings, leaders)
+    for pid in leftovers:  # ignored SIGTERM for `timeout` seconds
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if leftovers:
+        print(f"killed {len(leftovers)} process(es) that did not stop within {timeout:.0f} s")
+        time.sleep(1)
+    remaining = stack_processes(settings, leaders)
+    if not remaining:
+        paths["pids"].unlink(missing_ok=True)
+    print("stopped: no moodloop process left" if not remaining else f"still running: {remaining}")
+    return 0 if not remaining else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m moodloop.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("start", help="start Airflow, unpause the DAGs, drop a first synthetic batch")
+    p.add_argument(
+        "--faces", type=int, default=5000, help="faces in the first synthetic batch; 0 = none (default 5000)"
+    )
+    sub.add_parser("status", help="what is running, latest DAG runs, pushed model versions")
+    sub.add_parser("stop", help="stop every process the start command started")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    if args.command == "start":
+        return start(settings, args.faces)
+    if args.command == "status":
+        return status(settings)
+    return stop(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

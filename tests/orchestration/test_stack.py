@@ -1,0 +1,166 @@
+"""The local stack as a user meets it: `python -m moodloop.stack start` brings Airflow 3 up, the
+loop runs by itself (watch -> ingest -> train -> push), the REST API v2 needs a token and
+triggers training, a bad and a good batch dropped together end in quarantine and curated, the
+UI (headless Chromium) shows the runs, and `stop` leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from data import landing, synthetic
+from moodloop.s3server import free_port
+from moodloop.settings import Settings
+
+pytestmark = pytest.mark.pipeline
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FAST = {
+    "MOODLOOP_EPOCHS": "15",
+    "MOODLOOP_MODEL_SIZE": "tiny",
+    "MOODLOOP_AUGMENT": "0",
+    "MOODLOOP_LEARNING_RATE": "0.003",
+    "MOODLOOP_MIN_ACCURACY": "0.40",
+    "MOODLOOP_LANDING_SETTLE_SECONDS": "2",
+}
+
+
+class Api:
+    def __init__(self, port: int, password: str | None = None):
+        self.base, self.token = f"http://127.0.0.1:{port}", None
+        if password:
+            self.token = self.call("POST", "/auth/token", {"username": "admin", "password": password})["access_token"]
+
+    def call(self, method: str, path: str, body: dict | None = None):
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=50")["dag_runs"]
+
+    def wait_for(self, dag_id: str, predicate, timeout: float, what: str) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.runs(dag_id)
+            if predicate(runs):
+                return runs
+            failed = [r["dag_run_id"] for r in runs if r["state"] == "failed"]
+            assert not failed, f"{dag_id} runs failed: {failed}"
+            time.sleep(5)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}: {self.runs(dag_id)}")
+
+
+@pytest.fixture
+def stack(tmp_path):
+    env = {**os.environ, **FAST, "MOODLOOP_HOME": str(tmp_path / "home"), "MOODLOOP_AIRFLOW_PORT": str(free_port())}
+    command = [sys.executable, "-m", "moodloop.stack"]
+    started = subprocess.run([*command, "start", "--faces", "2000"], env=env, capture_output=True, text=True)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield env, started.stdout
+    finally:
+        stopped = subprocess.run([*command, "stop"], env=env, capture_output=True, text=True)
+        print(stopped.stdout, stopped.stderr)
+        status = subprocess.run([*command, "status"], env=env, capture_output=True, text=True)
+        assert "0 process(es) running" in status.stdout, status.stdout
+        assert stopped.returncode == 0, stopped.stdout
+
+
+def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
+    env, output = stack
+    port = int(env["MOODLOOP_AIRFLOW_PORT"])
+    password = output.split("password ", 1)[1].split()[0]
+    settings = Settings.from_env(home=env["MOODLOOP_HOME"])
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        Api(port).call("GET", "/api/v2/dags")
+    assert refused.value.code == 401
+
+    api = Api(port, password)
+    succeeded = lambda runs: any(r["state"] == "success" for r in runs)  # noqa: E731
+    api.wait_for("ingest_faces", succeeded, 300, "the first batch to be ingested")
+    api.wait_for("train_emotion_model", succeeded, 900, "the asset-triggered training")
+    assert [p.name for p in settings.model_base.iterdir() if p.name.isdigit()], "no version pushed"
+    first = api.runs("train_emotion_model")[0]
+    assert first["run_type"] == "asset_triggered"
+    tasks = api.call("GET", f"/api/v2/dags/train_emotion_model/dagRuns/{first['dag_run_id']}/taskInstances")
+    assert {t["task_id"]: t["state"] for t in tasks["task_instances"]}["Trainer"] == "success"
+
+    # Training by hand through the REST API v2, as a drift trigger would.
+    triggered = api.call(
+        "POST", "/api/v2/dags/train_emotion_model/dagRuns",
+        {"logical_date": None, "conf": {"reason": "rest test", "epochs": 1}},
+    )  # fmt: skip
+    run_id = triggered["dag_run_id"]
+    api.wait_for(
+        "train_emotion_model",
+        lambda runs: any(r["dag_run_id"] == run_id and r["state"] == "success" for r in runs),
+        600,
+        "the REST-triggered training",
+    )
+
+    # A bad and a good batch dropped at the same moment.
+    for name, seed in (("bad-batch", 7), ("good-batch", 8)):
+        pixels, labels = synthetic.generate_arrays(60, seed=seed)
+        staging = settings.landing_dir / f".{name}"
+        landing.write_image_folders(zip(pixels, labels, strict=True), staging)
+        if name == "bad-batch":
+            (staging / "train" / "happy" / "corrupt.png").write_bytes(b"not a png")
+            (staging / "train" / "elated").mkdir()
+            shutil.copy(staging / "train" / "happy" / "corrupt.png", staging / "train" / "elated" / "x.png")
+        (staging / "_SUCCESS").touch()
+    for name in ("bad-batch", "good-batch"):
+        os.replace(settings.landing_dir / f".{name}", settings.landing_dir / name)
+    api.wait_for(
+        "ingest_faces",
+        lambda runs: sum(r["state"] == "success" for r in runs) >= 3,
+        300,
+        "both new batches to be ingested",
+    )
+    report = (settings.quarantine_dir / "bad-batch" / "REPORT.md").read_text()
+    assert "QUARANTINED" in report and "train/happy/corrupt.png" in report and "elated" in report
+    assert (settings.archive_dir / "good-batch" / "data").is_dir()
+    assert len(list(settings.curated_dir.glob("span-*"))) == 2
+
+    _check_ui(port, password, tmp_path / "airflow-ui.png")
+
+
+def _check_ui(port: int, password: str, screenshot: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+        page.locator("input[name=username]").fill("admin")
+        page.locator("input[type=password]").fill(password)
+        page.locator("button[type=submit]").click()
+        page.wait_for_url(f"http://127.0.0.1:{port}/", timeout=30_000)
+        page.goto(f"http://127.0.0.1:{port}/dags/train_emotion_model/runs", wait_until="networkidle")
+        page.get_by_text("success").first.wait_for(timeout=30_000)
+        text = page.inner_text("body")
+        page.screenshot(path=str(screenshot))
+        for task in ("compile_pipeline", "ImportExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"):
+            assert task in text, f"{task} not shown in the UI grid"
+        page.goto(f"http://127.0.0.1:{port}/dags/ingest_faces/runs", wait_until="networkidle")
+        page.get_by_text("success").first.wait_for(timeout=30_000)
+        assert "curate_span" in page.inner_text("body")
+        browser.close()
