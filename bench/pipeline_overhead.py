@@ -71,7 +71,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000], help="faces per run")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--model-size", default="tiny", choices=["tiny", "small", "medium", "vgg"])
+    parser.add_argument("--model-size", default="small", choices=["tiny", "small", "medium", "vgg"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=0.003)
     parser.add_argument("--augment", action="store_true", help="train-time augmentation (off by default)")

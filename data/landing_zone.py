@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from moodloop.contracts import READY_MARKER
+
 if TYPE_CHECKING:
     from moodloop.settings import Settings
 
-READY_MARKER = "_SUCCESS"
 AREAS = ("archive", "quarantine")
 
 

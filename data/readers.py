@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from moodloop.contracts import EMOTIONS, FACE_SIZE, emotion_index
+from moodloop.contracts import EMOTIONS, FACE_SIZE, READY_MARKER, emotion_index
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 LABELS_FILE = "labels.csv"
@@ -230,7 +230,7 @@ def read_labelled_images(root: Path, max_bytes: int = 10 << 20, max_pixels: int 
 def read_image_folders(root: Path, max_bytes: int = 10 << 20, max_pixels: int = 40_000_000) -> ReadResult:
     """Read `<emotion>/*` or `<split>/<emotion>/*` image trees; the folder name is the label."""
     result = ReadResult()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != READY_MARKER):
         rel = path.relative_to(root)
         if path.suffix.lower() not in IMAGE_SUFFIXES or rel.name.startswith("."):
             if path.suffix.lower() not in {".csv", ".json", ".md", ".txt"} and not rel.name.startswith("."):

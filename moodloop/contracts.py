@@ -22,6 +22,10 @@ FER2013_CLASS_COUNTS: dict[str, int] = {
     "neutral": 6198,
 }
 
+# Contract 1, landing batch: a batch is complete when this empty marker file is in it (or when
+# nothing in it changed for a while); it is never read as data.
+READY_MARKER = "_SUCCESS"
+
 # Contract 2, curated dataset: gzipped TFRecord files of tf.Example under
 # <curated>/span-<N>/, one span per accepted landing batch.
 CURATED_SPAN_PREFIX = "span-"

@@ -72,6 +72,7 @@ def test_image_folders_any_size_colour_and_every_bad_file_named(tmp_path: Path):
     (tmp_path / "train" / "bored").mkdir()
     (tmp_path / "train" / "bored" / "face.png").write_bytes(_png(np.zeros((48, 48), np.uint8)))
     (tmp_path / "train" / "notes.docx").write_bytes(b"x")
+    (tmp_path / "_SUCCESS").touch()  # the landing zone's ready marker is not data
 
     result = readers.read_batch(tmp_path)
     kept = {f.source: f for f in result.faces}

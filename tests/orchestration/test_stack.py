@@ -20,18 +20,13 @@ import pytest
 from data import landing, synthetic
 from moodloop.s3server import free_port
 from moodloop.settings import Settings
+from tests.conftest import FAST_TRAINING
 
 pytestmark = pytest.mark.pipeline
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FAST = {
-    "MOODLOOP_EPOCHS": "15",
-    "MOODLOOP_MODEL_SIZE": "tiny",
-    "MOODLOOP_AUGMENT": "0",
-    "MOODLOOP_LEARNING_RATE": "0.003",
-    "MOODLOOP_MIN_ACCURACY": "0.40",
-    "MOODLOOP_LANDING_SETTLE_SECONDS": "2",
-}
+# Debian's chromium (make setup installs it); GitHub's runners have Google Chrome instead.
+CHROMIUM = os.environ.get("MOODLOOP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+FAST = {**FAST_TRAINING, "MOODLOOP_LANDING_SETTLE_SECONDS": "2"}
 
 
 class Api:
@@ -164,3 +159,59 @@ def _check_ui(port: int, password: str, screenshot: Path) -> None:
         page.get_by_text("success").first.wait_for(timeout=30_000)
         assert "curate_span" in page.inner_text("body")
         browser.close()
+
+
+def _task_state(api: Api, dag_id: str, run_id: str, task_id: str) -> str | None:
+    tasks = api.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+    return {t["task_id"]: t["state"] for t in tasks}.get(task_id)
+
+
+def test_killing_the_scheduler_and_the_trainer_mid_run_ends_cleanly(tmp_path):
+    env = {
+        **os.environ, **FAST, "MOODLOOP_EPOCHS": "60", "MOODLOOP_HOME": str(tmp_path / "home"),
+        "MOODLOOP_AIRFLOW_PORT": str(free_port()),
+    }  # fmt: skip
+    command = [sys.executable, "-m", "moodloop.stack"]
+    settings = Settings.from_env(home=env["MOODLOOP_HOME"])
+    try:
+        started = subprocess.run([*command, "start", "--faces", "1500"], env=env, capture_output=True, text=True)
+        assert started.returncode == 0, started.stdout + started.stderr
+        password = started.stdout.split("password ", 1)[1].split()[0]
+        api = Api(int(env["MOODLOOP_AIRFLOW_PORT"]), password)
+        runs = api.wait_for("train_emotion_model", lambda r: bool(r), 300, "training to start")
+        run_id = runs[0]["dag_run_id"]
+        deadline = time.monotonic() + 600
+        while _task_state(api, "train_emotion_model", run_id, "Trainer") != "running":
+            assert time.monotonic() < deadline, "Trainer never started"
+            time.sleep(3)
+        time.sleep(10)  # mid-epoch
+
+        scheduler = json.loads((settings.home / "stack" / "pids.json").read_text())["scheduler"]
+        trainers = subprocess.run(["pgrep", "-f", "node_runner run .*--node Trainer"], capture_output=True, text=True)
+        for pid in [scheduler, *map(int, trainers.stdout.split())]:
+            os.kill(pid, 9)
+        subprocess.run([*command, "stop"], env=env, check=True, capture_output=True)
+        assert not any(p.name.isdigit() for p in settings.model_base.glob("*")), "pushed before training ended"
+
+        restarted = subprocess.run([*command, "start", "--faces", "0"], env=env, capture_output=True, text=True)
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        api = Api(int(env["MOODLOOP_AIRFLOW_PORT"]), password)
+        deadline = time.monotonic() + 900
+        while (state := next(r["state"] for r in api.runs("train_emotion_model") if r["dag_run_id"] == run_id)) not in (
+            "success", "failed",
+        ):  # fmt: skip
+            assert time.monotonic() < deadline, f"run still {state}"
+            time.sleep(5)
+    finally:
+        subprocess.run([*command, "stop"], env=env, capture_output=True)
+
+    # Either outcome is clean: a complete version or none, never a partial one; the batch once.
+    versions = [p for p in settings.model_base.glob("*") if p.name.isdigit()]
+    assert not [p for p in settings.model_base.glob(".*")], "staging folder left in the model base path"
+    if state == "success":
+        assert len(versions) == 1 and (versions[0] / "saved_model.pb").exists()
+    else:
+        assert versions == []
+    ledger = [json.loads(line) for line in (settings.ingest_dir / "ledger.jsonl").read_text().splitlines()]
+    assert [r["outcome"] for r in ledger] == ["curated"]
+    assert len(list(settings.curated_dir.glob("span-*"))) == 1

@@ -8,23 +8,12 @@ import subprocess
 import pytest
 
 from data import landing, synthetic
-from moodloop.settings import Settings
 
 pytestmark = pytest.mark.pipeline
 
-FAST = {
-    "MOODLOOP_EPOCHS": "15",
-    "MOODLOOP_MODEL_SIZE": "tiny",
-    "MOODLOOP_AUGMENT": "0",
-    "MOODLOOP_LEARNING_RATE": "0.003",
-    "MOODLOOP_MIN_ACCURACY": "0.40",
-}
 
-
-def test_ingest_then_train_pushes_a_model_one_task_per_component(dagbag, moodloop_home, monkeypatch):
-    for key, value in FAST.items():
-        monkeypatch.setenv(key, value)
-    settings = Settings.from_env()
+def test_ingest_then_train_pushes_a_model_one_task_per_component(dagbag, moodloop_home, fast_env):
+    settings = fast_env(moodloop_home)
     pixels, labels = synthetic.generate_arrays(2000, seed=1)
     landing.write_fer2013_csv(zip(pixels, labels, strict=True), settings.landing_dir / "batch-1" / "fer2013.csv")
 
