@@ -29,9 +29,11 @@ train: setup  ## without Airflow: synthetic 10k-face batch -> TFX pipeline (Loca
 	@test -e $(BATCH) || $(MOODLOOP) generate $(BATCH) --n $(N) --seed 0
 	$(MOODLOOP) train --data $(BATCH)
 
-test: setup  ## the whole test suite (what CI runs)
-	$(PIPELINE_PY) -m pytest tests -p no:cacheprovider -ra --durations=10 --ignore=tests/orchestration
-	$(ORCH_PY) -m pytest tests/orchestration -p no:cacheprovider -ra
+test: setup  ## the whole test suite (what CI runs): both environments' tests, then the verdict
+	@status=0; \
+	$(PIPELINE_PY) -m pytest tests -p no:cacheprovider -ra --durations=10 --ignore=tests/orchestration || status=1; \
+	$(ORCH_PY) -m pytest tests/orchestration -p no:cacheprovider -ra --durations=10 || status=1; \
+	exit $$status
 
 test-fast: setup  ## everything except the end-to-end pipeline runs
 	$(PIPELINE_PY) -m pytest tests -p no:cacheprovider -m "not pipeline" --ignore=tests/orchestration

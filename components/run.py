@@ -65,9 +65,13 @@ def pipeline_config(settings: Settings, **train_overrides):
 class _Progress(logging.Handler):
     """Turns LocalDagRunner's 'Component X is running/finished' lines into progress output."""
 
-    def __init__(self, total: int, out=sys.stdout):
+    def __init__(self, total: int, out=None):
         super().__init__(logging.INFO)
-        self.total, self.out = total, out
+        self.total, self._out = total, out
+
+    @property
+    def out(self):
+        return self._out or sys.stdout  # looked up when printing: sys.stdout may be replaced
         self.started: dict[str, float] = {}
         self.seconds: dict[str, float] = {}
 

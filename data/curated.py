@@ -94,7 +94,9 @@ def write_span(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     write_tfrecord_gz(staging / "faces.tfrecord.gz", (_example(pixels[i], labels[i]) for i in keep))
-    counts = np.bincount([labels[i] for i in keep], minlength=len(EMOTIONS))
+    kept_labels = np.array([labels[i] for i in keep])
+    # Labels outside 0..6 are counted apart; ExampleValidator stops such a span by the schema.
+    counts = np.bincount(kept_labels[(kept_labels >= 0) & (kept_labels < len(EMOTIONS))], minlength=len(EMOTIONS))
     manifest = {
         "span": span,
         "source": source,
@@ -102,6 +104,7 @@ def write_span(
         "written": len(keep),
         "duplicates_skipped": duplicates,
         "class_counts": dict(zip(EMOTIONS, map(int, counts), strict=True)),
+        "out_of_range_labels": int(len(kept_labels) - counts.sum()),
         **(extra or {}),
         "hashes": hashes,
     }
