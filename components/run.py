@@ -68,12 +68,12 @@ class _Progress(logging.Handler):
     def __init__(self, total: int, out=None):
         super().__init__(logging.INFO)
         self.total, self._out = total, out
+        self.started: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
 
     @property
     def out(self):
         return self._out or sys.stdout  # looked up when printing: sys.stdout may be replaced
-        self.started: dict[str, float] = {}
-        self.seconds: dict[str, float] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
