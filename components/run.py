@@ -5,6 +5,7 @@ Progress goes to the console (one line per component); TFX's full log goes to a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -62,30 +63,39 @@ def pipeline_config(settings: Settings, **train_overrides):
     )
 
 
-class _Progress(logging.Handler):
-    """Turns LocalDagRunner's 'Component X is running/finished' lines into progress output."""
+class _Progress:
+    """Prints one line as each component starts and ends, with its wall time.
 
-    def __init__(self, total: int, out=None):
-        super().__init__(logging.INFO)
-        self.total, self._out = total, out
-        self.started: dict[str, float] = {}
+    Wraps TFX's Launcher.launch, which LocalDagRunner calls once per component. (Its "Component X
+    is running" log lines are not reliable: Beam resets absl's verbosity in the middle of a run.)
+    """
+
+    def __init__(self, total: int):
+        self.total = total
         self.seconds: dict[str, float] = {}
 
-    @property
-    def out(self):
-        return self._out or sys.stdout  # looked up when printing: sys.stdout may be replaced
+    @contextlib.contextmanager
+    def installed(self):
+        from tfx.orchestration.portable import launcher
 
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if not message.startswith("Component ") or not message.endswith((" is running.", " is finished.")):
-            return
-        node = message.split()[1]
-        if message.endswith("running."):
-            self.started[node] = time.monotonic()
-            print(f"[{len(self.seconds) + 1:2d}/{self.total}] {node} ...", file=self.out, flush=True)
-        else:
-            self.seconds[node] = time.monotonic() - self.started.get(node, time.monotonic())
-            print(f"        {node} done in {self.seconds[node]:.1f} s", file=self.out, flush=True)
+        original = launcher.Launcher.launch
+        progress = self
+
+        def launch(launcher_self):
+            node = launcher_self._pipeline_node.node_info.id
+            print(f"[{len(progress.seconds) + 1:2d}/{progress.total}] {node} ...", file=sys.stdout, flush=True)
+            started = time.monotonic()
+            try:
+                return original(launcher_self)
+            finally:
+                progress.seconds[node] = time.monotonic() - started
+                print(f"        {node} done in {progress.seconds[node]:.1f} s", file=sys.stdout, flush=True)
+
+        launcher.Launcher.launch = launch
+        try:
+            yield self
+        finally:
+            launcher.Launcher.launch = original
 
 
 def _latest_artifact(store, type_name: str, since_ms: int):
@@ -113,28 +123,21 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
     root = logging.getLogger()
     old_level = root.level
     root.setLevel(logging.INFO)
-    # TFX logs through absl; Beam lowers the root level mid-run, which would silence
-    # "Component X is running" for every later component, so absl's own level is pinned.
-    absl_logger = logging.getLogger("absl")
-    old_absl_level = absl_logger.level
-    absl_logger.setLevel(logging.INFO)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    root.addHandler(progress)
     root.addHandler(file_handler)
     # TFX's INFO and deprecation chatter goes to the log file; the console keeps progress and errors.
-    console_handlers = [h for h in root.handlers if h not in (progress, file_handler)]
+    console_handlers = [h for h in root.handlers if h is not file_handler]
     for handler in console_handlers:
         handler.setLevel(logging.ERROR)
     print(f"pipeline {settings.pipeline_name}: {len(pipeline.components)} components; full log: {log_file}", flush=True)
     start_ms = int(time.time() * 1000) - 1
     started = time.monotonic()
     try:
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+        with progress.installed():
+            tfx.orchestration.LocalDagRunner().run(pipeline)
     finally:
-        root.removeHandler(progress)
         root.removeHandler(file_handler)
         root.setLevel(old_level)
-        absl_logger.setLevel(old_absl_level)
         file_handler.close()
     seconds = time.monotonic() - started
 
