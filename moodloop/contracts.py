@@ -58,3 +58,20 @@ def emotion_index(name_or_index: str | int) -> int:
     raise ValueError(
         f"label {name_or_index!r} is not an emotion: expected 0..{NUM_CLASSES - 1} or one of {', '.join(EMOTIONS)}"
     )
+
+
+# Contract 4, inference log: one record per classified image, Parquet files partitioned by hour
+# under <inference_log_url>/predictions/date=YYYY-MM-DD/hour=HH/ (feedback labels under feedback/).
+# Probabilities are flat columns (prob_<emotion>) so Evidently reads them as plain numbers.
+LOG_PREDICTIONS = "predictions"
+LOG_FEEDBACK = "feedback"
+LOG_IMAGE_PROPERTIES: tuple[str, ...] = (
+    "brightness",  # mean grey level, 0..1
+    "contrast",  # standard deviation of grey levels, 0..1
+    "sharpness",  # variance of the Laplacian of the 48x48 face (grey levels 0..255)
+    "width",  # the input image as sent, in pixels
+    "height",
+    "face_width",  # the detected face in the original photo (face analysis only; else null)
+    "face_area_ratio",  # face box area / photo area (face analysis only; else null)
+)
+LOG_PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"prob_{e}" for e in EMOTIONS)

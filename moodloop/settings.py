@@ -56,6 +56,23 @@ class Settings:
     # Input limits
     max_image_bytes: int
     max_image_pixels: int
+    # Serving (gateway and TF Serving share models.config; traffic.json holds the canary share)
+    serving_backend: str  # "embedded" (load SavedModels in-process) | "tfserving" (forward over gRPC)
+    tfserving_target: str  # host:port of TF Serving's gRPC port, for the tfserving backend
+    serving_config: Path  # TF Serving's models.config (labels stable / canary, version policy)
+    batching_config: Path  # TF Serving's batching parameters file
+    traffic_file: Path  # {"canary_share": 0.1}: the gateway's traffic split, re-read while running
+    canary_share: float  # used while traffic_file does not exist
+    gateway_host: str
+    rest_port: int
+    grpc_port: int
+    poll_seconds: float  # how often the gateway re-reads models.config and scans the base path
+    request_timeout_seconds: float
+    max_upload_bytes: int  # photo / video / JSON body limit
+    admin_token: str  # bearer token for reload / promote / rollback; "" disables those endpoints
+    inference_log_url: str  # local folder or s3://bucket/prefix; Parquet partitioned by hour
+    log_buffer_records: int  # bounded: overflow is counted in a metric, never blocks a request
+    log_flush_seconds: float
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -98,6 +115,24 @@ class Settings:
             max_accuracy_drop=float(_env("MOODLOOP_MAX_ACCURACY_DROP", "0.01")),
             max_image_bytes=int(_env("MOODLOOP_MAX_IMAGE_BYTES", str(10 * 1024 * 1024))),
             max_image_pixels=int(_env("MOODLOOP_MAX_IMAGE_PIXELS", str(40_000_000))),
+            serving_backend=_env("MOODLOOP_SERVING_BACKEND", "embedded"),
+            tfserving_target=_env("MOODLOOP_TFSERVING_TARGET", "127.0.0.1:8500"),
+            serving_config=Path(_env("MOODLOOP_SERVING_CONFIG", str(home / "serving" / "models.config"))),
+            batching_config=Path(
+                _env("MOODLOOP_BATCHING_CONFIG", str(REPO_ROOT / "serving" / "config" / "batching.config"))
+            ),
+            traffic_file=Path(_env("MOODLOOP_TRAFFIC_FILE", str(home / "serving" / "traffic.json"))),
+            canary_share=float(_env("MOODLOOP_CANARY_SHARE", "0.1")),
+            gateway_host=_env("MOODLOOP_GATEWAY_HOST", "127.0.0.1"),
+            rest_port=int(_env("MOODLOOP_REST_PORT", "8501")),
+            grpc_port=int(_env("MOODLOOP_GRPC_PORT", "8500")),
+            poll_seconds=float(_env("MOODLOOP_SERVING_POLL_SECONDS", "2")),
+            request_timeout_seconds=float(_env("MOODLOOP_REQUEST_TIMEOUT_SECONDS", "10")),
+            max_upload_bytes=int(_env("MOODLOOP_MAX_UPLOAD_BYTES", str(32 * 1024 * 1024))),
+            admin_token=_env("MOODLOOP_ADMIN_TOKEN", ""),
+            inference_log_url=_env("MOODLOOP_INFERENCE_LOG_URL", str(home / "inference_log")),
+            log_buffer_records=int(_env("MOODLOOP_LOG_BUFFER_RECORDS", "20000")),
+            log_flush_seconds=float(_env("MOODLOOP_LOG_FLUSH_SECONDS", "5")),
         )
         unknown = set(overrides) - set(values)
         if unknown:
@@ -110,7 +145,7 @@ class Settings:
         out: dict[str, object] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "s3_secret_key" and value:
+            if f.name in ("s3_secret_key", "admin_token") and value:
                 value = "***"
             out[f.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
         return out

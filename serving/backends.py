@@ -1,0 +1,434 @@
+"""The gateway's two model backends, behind one interface.
+
+- `EmbeddedBackend` loads every wanted version under each model's base path (TF Serving's
+  models.config, version policy and labels), loads new versions as they appear, warms each one up
+  before it takes traffic and batches concurrent requests. It is the local stand-in for TF Serving,
+  which cannot run on the machines moodloop is developed on.
+- `TFServingBackend` forwards to a real TF Serving over gRPC (docker-compose, CI).
+
+Errors are `ServingError`s carrying TF Serving's status code names, so the REST and gRPC surfaces
+answer exactly as TF Serving would.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from serving import models_config
+from serving.batching import BatchingParameters, DynamicBatcher, QueueFullError, Tensors
+
+log = logging.getLogger("moodloop.serving")
+
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+
+
+class ServingError(Exception):
+    """A request TF Serving would refuse: `code` is the grpc.StatusCode name (NOT_FOUND, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class VersionState:
+    version: int
+    state: str  # TF Serving's ModelVersionStatus.State name: LOADING, AVAILABLE, UNLOADING, END
+    error: str = ""  # non-empty when the version failed to load or warm up
+
+
+class Backend(Protocol):
+    def predict(
+        self, model: str, version: int | None, label: str | None, signature: str, inputs: Tensors
+    ) -> tuple[int, Tensors]: ...
+
+    def signature_defs(self, model: str, version: int | None, label: str | None) -> tuple[int, dict]: ...
+
+    def status(self, model: str, version: int | None, label: str | None) -> list[VersionState]: ...
+
+    def labels(self, model: str) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+def read_signature_defs(export_dir: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((Path(export_dir) / "saved_model.pb").read_bytes())
+    return dict(proto.meta_graphs[0].signature_def)
+
+
+def version_folders(base_path: Path) -> list[int]:
+    """Numeric folders holding a saved_model.pb. Hidden staging folders (atomic pushes) are skipped."""
+    if not base_path.is_dir():
+        return []
+    return sorted(int(p.name) for p in base_path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file())
+
+
+def _numpy_dtype(tensor_info: meta_graph_pb2.TensorInfo) -> np.dtype:
+    return (
+        np.dtype(object)
+        if tensor_info.dtype == tf.string.as_datatype_enum
+        else tf.as_dtype(tensor_info.dtype).as_numpy_dtype
+    )
+
+
+def check_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef, inputs: Tensors) -> Tensors:
+    """Validate names, dtypes and shapes against the signature, as TF Serving does; cast to its dtypes."""
+    expected = set(signature.inputs)
+    if set(inputs) != expected:
+        unknown, missing = sorted(set(inputs) - expected), sorted(expected - set(inputs))
+        detail = f"input tensor alias not found in signature: {', '.join(unknown)}" if unknown else ""
+        detail = detail or f"missing input tensor(s): {', '.join(missing)}"
+        raise ServingError(
+            "INVALID_ARGUMENT", f"{detail}. Inputs expected to be in the set {{{','.join(sorted(expected))}}}."
+        )
+    out = {}
+    for name, value in inputs.items():
+        info = signature.inputs[name]
+        dtype = _numpy_dtype(info)
+        try:
+            array = np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError) as error:
+            raise ServingError("INVALID_ARGUMENT", f"input '{name}': expected {dtype.name} values: {error}") from None
+        if not info.tensor_shape.unknown_rank:
+            dims = [d.size for d in info.tensor_shape.dim]
+            if array.ndim != len(dims) or any(d >= 0 and d != s for d, s in zip(dims, array.shape, strict=False)):
+                want = "[" + ",".join("?" if d < 0 else str(d) for d in dims) + "]"
+                raise ServingError(
+                    "INVALID_ARGUMENT", f"input '{name}': shape {list(array.shape)} does not match {want}"
+                )
+        out[name] = array
+    return out
+
+
+# ---------------------------------------------------------------- embedded backend
+
+
+@dataclass
+class _Servable:
+    model: str
+    version: int
+    path: Path
+    signature_defs: dict[str, meta_graph_pb2.SignatureDef]
+    loaded: object
+    batchers: dict[str, DynamicBatcher] = field(default_factory=dict)
+
+    def run(self, signature: str, inputs: Tensors) -> Tensors:
+        function = self.loaded.signatures[signature]  # type: ignore[attr-defined]
+        outputs = function(**{name: tf.constant(value) for name, value in inputs.items()})
+        return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+    def close(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.close()
+
+
+@dataclass
+class _ModelState:
+    policy: models_config.ModelPolicy
+    servables: dict[int, _Servable] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+class EmbeddedBackend:
+    """TF Serving's model manager, in-process: config polling, version policy, labels, warm-up, batching."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        batching: BatchingParameters,
+        poll_seconds: float = 2.0,
+        on_batch: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.config_path = Path(config_path)
+        self.batching = batching
+        self.poll_seconds = poll_seconds
+        self._on_batch = on_batch or (lambda model, version, rows: None)
+        self._models: dict[str, _ModelState] = {}
+        self._states: dict[str, dict[int, VersionState]] = {}
+        self._failed: dict[tuple[str, int], float] = {}  # (model, version) -> mtime that failed
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.config_error = ""
+
+    # lifecycle
+    def start(self) -> EmbeddedBackend:
+        self.sync()
+        self._poller = threading.Thread(target=self._poll, name="model-poller", daemon=True)
+        self._poller.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller:
+            self._poller.join(timeout=10)
+        with self._lock:
+            for state in self._models.values():
+                for servable in state.servables.values():
+                    servable.close()
+            self._models.clear()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.sync()
+            except Exception:  # noqa: BLE001 - the poller must survive a bad config or model
+                log.exception("model poll failed")
+
+    def sync(self) -> None:
+        """Re-read models.config, scan each base path, load/unload versions, then move labels."""
+        with self._sync_lock:
+            try:
+                policies = models_config.policies(models_config.read(self.config_path))
+                self.config_error = ""
+            except (OSError, ValueError) as error:
+                self.config_error = str(error)
+                log.error("model config unreadable, keeping the current one: %s", error)
+                return
+            for policy in policies.values():
+                self._sync_model(policy)
+            with self._lock:
+                for name in set(self._models) - set(policies):
+                    for servable in self._models.pop(name).servables.values():
+                        servable.close()
+
+    def _sync_model(self, policy: models_config.ModelPolicy) -> None:
+        current = self._models.get(policy.name)
+        loaded = dict(current.servables) if current else {}
+        on_disk = version_folders(policy.base_path)
+        wanted = set(policy.wanted(on_disk))
+        states = self._states.setdefault(policy.name, {})
+        for version in sorted(wanted - set(loaded)):
+            path = policy.base_path / str(version)
+            mtime = (path / "saved_model.pb").stat().st_mtime
+            if self._failed.get((policy.name, version)) == mtime:
+                continue  # failed before and unchanged since: do not retry in a loop
+            states[version] = VersionState(version, "LOADING")
+            try:
+                loaded[version] = self._load(policy.name, version, path)
+                states[version] = VersionState(version, "AVAILABLE")
+                log.info("model %s version %d loaded and warmed up: AVAILABLE", policy.name, version)
+            except Exception as error:  # noqa: BLE001 - a bad version must not stop the others
+                self._failed[(policy.name, version)] = mtime
+                states[version] = VersionState(version, "END", f"{type(error).__name__}: {error}")
+                log.error("model %s version %d failed to load: %s", policy.name, version, error)
+        labels = {}
+        for label, version in policy.labels.items():
+            if version in loaded and version in wanted:
+                labels[label] = version
+            else:
+                log.error("label %r -> version %d: that version is not available; label not applied", label, version)
+                if current and label in current.labels and current.labels[label] in loaded:
+                    labels[label] = current.labels[label]  # keep serving where it pointed
+        keep = wanted | set(labels.values())
+        removed = [loaded.pop(v) for v in sorted(set(loaded) - keep)]
+        with self._lock:
+            self._models[policy.name] = _ModelState(policy, loaded, labels)
+        for servable in removed:  # after the swap: requests already holding it finish first
+            servable.close()
+            states[servable.version] = VersionState(servable.version, "END")
+            log.info("model %s version %d unloaded", policy.name, servable.version)
+
+    def _load(self, model: str, version: int, path: Path) -> _Servable:
+        signature_defs = read_signature_defs(path)
+        servable = _Servable(model, version, path, signature_defs, tf.saved_model.load(str(path)))
+        self._warm_up(servable)
+        for signature in signature_defs:
+            if signature.startswith("__"):
+                continue
+            servable.batchers[signature] = DynamicBatcher(
+                lambda inputs, s=signature: servable.run(s, inputs),
+                self.batching,
+                on_batch=lambda rows: self._on_batch(model, version, rows),
+                name=f"{model}-v{version}-{signature}",
+            )
+        return servable
+
+    def _warm_up(self, servable: _Servable) -> None:
+        """Replay assets.extra/tf_serving_warmup_requests if the model has them (TF Serving's
+        behaviour); otherwise call every signature whose inputs are all numeric with zeros."""
+        records = servable.path / WARMUP_FILE
+        if records.exists():
+            from tensorflow_serving.apis import prediction_log_pb2
+
+            for raw in tf.data.TFRecordDataset(str(records)).as_numpy_iterator():
+                entry = prediction_log_pb2.PredictionLog.FromString(raw)
+                request = entry.predict_log.request
+                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+                servable.run(request.model_spec.signature_name or "serving_default", inputs)
+            return
+        for name, signature in servable.signature_defs.items():
+            if name.startswith("__") or any(i.dtype == tf.string.as_datatype_enum for i in signature.inputs.values()):
+                continue
+            inputs = {}
+            for input_name, info in signature.inputs.items():
+                shape = [1 if d.size < 0 else d.size for d in info.tensor_shape.dim]
+                inputs[input_name] = np.zeros(shape, dtype=_numpy_dtype(info))
+            servable.run(name, inputs)
+
+    # requests
+    def _resolve(self, model: str, version: int | None, label: str | None) -> _Servable:
+        with self._lock:
+            state = self._models.get(model)
+        if state is None or not state.servables:
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({model})")
+        if label is not None:
+            if label not in state.labels:
+                raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
+            version = state.labels[label]
+        if version is None:
+            return state.servables[max(state.servables)]
+        if version not in state.servables:
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Specific({model}, {version})")
+        return state.servables[version]
+
+    def predict(
+        self, model: str, version: int | None, label: str | None, signature: str, inputs: Tensors
+    ) -> tuple[int, Tensors]:
+        servable = self._resolve(model, version, label)
+        signature = signature or "serving_default"
+        if signature not in servable.batchers:
+            raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{signature}" not found.')
+        checked = check_inputs(signature, servable.signature_defs[signature], inputs)
+        try:
+            return servable.version, servable.batchers[signature].submit(checked)
+        except QueueFullError as error:
+            raise ServingError("RESOURCE_EXHAUSTED", str(error)) from None
+        except tf.errors.OpError as error:
+            raise ServingError(_op_error_code(error), error.message) from None
+
+    def signature_defs(self, model: str, version: int | None, label: str | None) -> tuple[int, dict]:
+        servable = self._resolve(model, version, label)
+        return servable.version, servable.signature_defs
+
+    def status(self, model: str, version: int | None, label: str | None) -> list[VersionState]:
+        if label is not None or version is not None:
+            servable = self._resolve(model, version, label)
+            return [VersionState(servable.version, "AVAILABLE")]
+        states = self._states.get(model)
+        if not states:
+            raise ServingError("NOT_FOUND", f"Could not find any versions of model {model}")
+        return [states[v] for v in sorted(states, reverse=True)]
+
+    def labels(self, model: str) -> dict[str, int]:
+        with self._lock:
+            state = self._models.get(model)
+            return dict(state.labels) if state else {}
+
+    def wait_for_version(self, model: str, version: int, timeout: float = 60.0) -> None:
+        """Block until `version` of `model` is AVAILABLE (tests, the local stack)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                state = self._models.get(model)
+                if state and version in state.servables:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"model {model} version {version} not available after {timeout:.0f} s")
+
+
+def _op_error_code(error: tf.errors.OpError) -> str:
+    # TF's error codes are the same numbers as gRPC's status codes.
+    import grpc
+
+    for code in grpc.StatusCode:
+        if code.value[0] == error.error_code:
+            return code.name
+    return "INTERNAL"
+
+
+# ---------------------------------------------------------------- TF Serving backend
+
+
+class TFServingBackend:
+    """Forward to a real TF Serving over gRPC (its PredictionService and ModelService)."""
+
+    def __init__(self, target: str, config_path: Path, timeout: float = 10.0) -> None:
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self._grpc = grpc
+        self.config_path = Path(config_path)
+        self._channel = grpc.insecure_channel(
+            target, options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        )
+        self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._timeout = timeout
+        self._signature_cache: dict[tuple[str, int], dict] = {}
+
+    def start(self) -> TFServingBackend:
+        return self
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _spec(self, spec, model: str, version: int | None, label: str | None, signature: str = "") -> None:
+        spec.name = model
+        if version is not None:
+            spec.version.value = version
+        if label is not None:
+            spec.version_label = label
+        if signature:
+            spec.signature_name = signature
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self._timeout)
+        except self._grpc.RpcError as error:
+            raise ServingError(error.code().name, error.details() or "") from None
+
+    def predict(
+        self, model: str, version: int | None, label: str | None, signature: str, inputs: Tensors
+    ) -> tuple[int, Tensors]:
+        from tensorflow_serving.apis import predict_pb2
+
+        _, signature_defs = self.signature_defs(model, version, label)
+        if signature and signature not in signature_defs:
+            raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{signature}" not found.')
+        checked = check_inputs(signature, signature_defs[signature or "serving_default"], inputs)
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, model, version, label, signature)
+        for name, value in checked.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        response = self._call(self._predict.Predict, request)
+        return response.model_spec.version.value, {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    def signature_defs(self, model: str, version: int | None, label: str | None) -> tuple[int, dict]:
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request.model_spec, model, version, label)
+        response = self._call(self._predict.GetModelMetadata, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return response.model_spec.version.value, dict(signature_map.signature_def)
+
+    def status(self, model: str, version: int | None, label: str | None) -> list[VersionState]:
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec, model, version, label)
+        response = self._call(self._models.GetModelStatus, request)
+        names = get_model_status_pb2.ModelVersionStatus.State.Name
+        return [VersionState(s.version, names(s.state), s.status.error_message) for s in response.model_version_status]
+
+    def labels(self, model: str) -> dict[str, int]:
+        try:
+            policy = models_config.policies(models_config.read(self.config_path)).get(model)
+        except (OSError, ValueError):
+            return {}
+        return dict(policy.labels) if policy else {}

@@ -1,0 +1,179 @@
+"""moodloop's serving gateway: one process, TF Serving's REST (uvicorn) and gRPC (grpcio) APIs.
+
+  python -m serving.gateway                      embedded backend, REST :8501, gRPC :8500
+  python -m serving.gateway --backend tfserving --tfserving-target host:8500
+  (also `moodloop serve`)
+
+Settings come from MOODLOOP_* variables (see `moodloop settings`); flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from moodloop.settings import Settings  # noqa: E402
+from serving import models_config  # noqa: E402
+from serving.batching import BatchingParameters  # noqa: E402
+
+log = logging.getLogger("moodloop.serving")
+
+
+def _s3_client_factory(settings: Settings):
+    def make():
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url or None,
+            aws_access_key_id=settings.s3_access_key or None,
+            aws_secret_access_key=settings.s3_secret_key or None,
+            region_name=settings.s3_region,
+        )
+
+    return make
+
+
+def build(settings: Settings):
+    """The gateway's parts, started: (gateway, backend)."""
+    from serving.backends import EmbeddedBackend, TFServingBackend
+    from serving.inference_log import InferenceLog
+    from serving.service import Gateway
+
+    models_config.ensure(settings.serving_config, settings.model_name, settings.model_base)
+    inference_log = InferenceLog(
+        settings.inference_log_url,
+        buffer_records=settings.log_buffer_records,
+        flush_seconds=settings.log_flush_seconds,
+        s3_client_factory=_s3_client_factory(settings),
+    )
+    gateway_ref: list = []
+
+    def on_batch(model: str, version: int, rows: int) -> None:
+        if gateway_ref:
+            gateway_ref[0].metrics.batch_size.labels(model, str(version)).observe(rows)
+
+    if settings.serving_backend == "embedded":
+        backend = EmbeddedBackend(
+            settings.serving_config, BatchingParameters.read(settings.batching_config), settings.poll_seconds, on_batch
+        )
+    elif settings.serving_backend == "tfserving":
+        backend = TFServingBackend(settings.tfserving_target, settings.serving_config, settings.request_timeout_seconds)
+    else:
+        raise ValueError(f"MOODLOOP_SERVING_BACKEND={settings.serving_backend!r}: use 'embedded' or 'tfserving'")
+    gateway = Gateway(settings, backend, inference_log)
+    gateway_ref.append(gateway)
+    backend.start()
+    return gateway
+
+
+@dataclass
+class RunningGateway:
+    gateway: object
+    rest_port: int
+    grpc_port: int
+
+
+@contextlib.contextmanager
+def serve_in_thread(settings: Settings) -> Iterator[RunningGateway]:
+    """Run the whole gateway in this process, in background threads (tests, benchmarks).
+    Port 0 picks free ports; the ones chosen are in the result."""
+    import socket
+    import time
+
+    import uvicorn
+
+    from serving.grpc_api import create_server
+    from serving.rest import create_app
+
+    gateway = build(settings)
+    server, grpc_port = create_server(gateway, f"{settings.gateway_host}:{settings.grpc_port}")
+    server.start()
+    sock = socket.socket()
+    sock.bind((settings.gateway_host, settings.rest_port))
+    rest_port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(gateway), log_level="warning", access_log=False, lifespan="off")
+    rest = uvicorn.Server(config)
+    thread = threading.Thread(target=rest.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not rest.started:
+        time.sleep(0.02)
+    try:
+        yield RunningGateway(gateway, rest_port, grpc_port)
+    finally:
+        rest.should_exit = True
+        thread.join(10)
+        server.stop(grace=2).wait()
+        gateway.backend.close()
+        gateway.inference_log.close()
+        sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="moodloop serve",
+        description="Serve the emotion models with TF Serving's REST and gRPC APIs, a stable/canary traffic split, "
+        "an inference log, face analysis for photos and videos, and Prometheus metrics.",
+        epilog="Try: curl localhost:8501/v1/models/emotion ; "
+        "curl -X POST --data-binary @photo.jpg 'localhost:8501/v1/faces:analyze'",
+    )
+    parser.add_argument("--backend", choices=["embedded", "tfserving"], help="default: $MOODLOOP_SERVING_BACKEND")
+    parser.add_argument("--tfserving-target", help="TF Serving's gRPC host:port (tfserving backend)")
+    parser.add_argument("--host", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--rest-port", type=int, help="default 8501, as TF Serving")
+    parser.add_argument("--grpc-port", type=int, help="default 8500, as TF Serving")
+    parser.add_argument("--model-config", help="TF Serving's models.config (created if missing)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    settings = Settings.from_env(
+        serving_backend=args.backend,
+        tfserving_target=args.tfserving_target,
+        gateway_host=args.host,
+        rest_port=args.rest_port,
+        grpc_port=args.grpc_port,
+        serving_config=args.model_config,
+    )
+
+    import uvicorn
+
+    from serving.grpc_api import create_server
+    from serving.rest import create_app
+
+    gateway = build(settings)
+    server, grpc_port = create_server(gateway, f"{settings.gateway_host}:{settings.grpc_port}")
+    server.start()
+    log.info(
+        "gateway up: REST http://%s:%d  gRPC %s:%d  backend %s  models.config %s  inference log %s",
+        settings.gateway_host,
+        settings.rest_port,
+        settings.gateway_host,
+        grpc_port,
+        settings.serving_backend,
+        settings.serving_config,
+        settings.inference_log_url,
+    )
+    try:
+        # uvicorn handles SIGINT/SIGTERM: it returns, and the finally block flushes the log.
+        uvicorn.run(
+            create_app(gateway), host=settings.gateway_host, port=settings.rest_port, log_level="info", access_log=False
+        )
+    finally:
+        log.info("shutting down: stopping gRPC, flushing %d log records", gateway.inference_log.buffered())
+        server.stop(grace=5).wait()
+        gateway.backend.close()
+        gateway.inference_log.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The inference log (contract 4 in moodloop/contracts.py): one record per classified image.
+
+Requests hand records to a bounded queue and return; a background thread computes the image
+properties, and writes Parquet files per hour partition, to a local folder or to S3 (boto3).
+Logging never blocks or fails a request: when the queue is full the record is dropped and
+counted (`dropped`, exported as a Prometheus counter). `close()` flushes what is queued.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from moodloop.contracts import EMOTIONS, FACE_SIZE, LOG_FEEDBACK, LOG_PREDICTIONS, LOG_PROBABILITY_COLUMNS
+
+log = logging.getLogger("moodloop.serving.log")
+
+
+@dataclass
+class Prediction:
+    """What a request knows; the writer thread turns it into a log row."""
+
+    request_id: str
+    instance: int
+    client_id: str
+    model_name: str
+    model_version: int
+    model_label: str  # stable | canary | the label asked for | "" (a version asked for by number)
+    signature: str
+    api: str  # rest | grpc | faces | videos
+    latency_ms: float
+    probabilities: np.ndarray  # [7]
+    pixels: np.ndarray | None = None  # [H, W] uint8, when the request sent pixels or a face crop
+    encoded: bytes | None = None  # encoded image, when the request sent one
+    face_width: float | None = None
+    face_area_ratio: float | None = None
+    timestamp: float = field(default_factory=time.time)
+
+
+@dataclass
+class Feedback:
+    request_id: str
+    instance: int
+    label: str
+    timestamp: float = field(default_factory=time.time)
+
+
+def image_properties(pixels: np.ndarray) -> dict[str, float]:
+    """Brightness, contrast and sharpness of a grey image (any size), on the 48x48 face the model sees."""
+    grey = np.asarray(pixels, dtype=np.float32)
+    if grey.shape != (FACE_SIZE, FACE_SIZE):
+        grey = np.asarray(Image.fromarray(grey.astype(np.uint8)).resize((FACE_SIZE, FACE_SIZE)), dtype=np.float32)
+    laplacian = -4 * grey[1:-1, 1:-1] + grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:]
+    return {
+        "brightness": float(grey.mean() / 255.0),
+        "contrast": float(grey.std() / 255.0),
+        "sharpness": float(laplacian.var()),
+    }
+
+
+def _decode_grey(encoded: bytes) -> np.ndarray | None:
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            return np.asarray(image.convert("L"))
+    except Exception:  # noqa: BLE001 - a request the model rejected may hold anything
+        return None
+
+
+def prediction_row(record: Prediction) -> dict[str, object]:
+    pixels = record.pixels if record.pixels is not None else (_decode_grey(record.encoded) if record.encoded else None)
+    properties = (
+        image_properties(pixels) if pixels is not None else {"brightness": None, "contrast": None, "sharpness": None}
+    )
+    probabilities = np.asarray(record.probabilities, dtype=np.float64).reshape(-1)
+    top = int(probabilities.argmax())
+    return {
+        "timestamp": datetime.fromtimestamp(record.timestamp, timezone.utc),
+        "request_id": record.request_id,
+        "instance": record.instance,
+        "client_id": record.client_id,
+        "model_name": record.model_name,
+        "model_version": record.model_version,
+        "model_label": record.model_label,
+        "signature": record.signature,
+        "api": record.api,
+        "latency_ms": record.latency_ms,
+        "predicted_class": EMOTIONS[top] if len(probabilities) == len(EMOTIONS) else str(top),
+        "confidence": float(probabilities[top]),
+        **{c: float(p) for c, p in zip(LOG_PROBABILITY_COLUMNS, probabilities, strict=False)},
+        **properties,
+        "width": int(pixels.shape[1]) if pixels is not None else None,
+        "height": int(pixels.shape[0]) if pixels is not None else None,
+        "face_width": record.face_width,
+        "face_area_ratio": record.face_area_ratio,
+    }
+
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("timestamp", pa.timestamp("ms", tz="UTC")),
+        ("request_id", pa.string()),
+        ("instance", pa.int32()),
+        ("client_id", pa.string()),
+        ("model_name", pa.string()),
+        ("model_version", pa.int64()),
+        ("model_label", pa.string()),
+        ("signature", pa.string()),
+        ("api", pa.string()),
+        ("latency_ms", pa.float64()),
+        ("predicted_class", pa.string()),
+        ("confidence", pa.float64()),
+        *[(c, pa.float64()) for c in LOG_PROBABILITY_COLUMNS],
+        ("brightness", pa.float64()),
+        ("contrast", pa.float64()),
+        ("sharpness", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("face_width", pa.float64()),
+        ("face_area_ratio", pa.float64()),
+    ]
+)
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("timestamp", pa.timestamp("ms", tz="UTC")),
+        ("request_id", pa.string()),
+        ("instance", pa.int32()),
+        ("label", pa.string()),
+    ]
+)
+
+
+class _Sink:
+    """Where Parquet files go: a local folder (atomic rename) or an S3 prefix (one PUT per file)."""
+
+    def __init__(self, url: str, s3_client_factory=None) -> None:
+        self.url = url
+        if url.startswith("s3://"):
+            bucket, _, prefix = url[5:].partition("/")
+            self._bucket, self._prefix = bucket, prefix.strip("/")
+            self._s3 = s3_client_factory() if s3_client_factory else None
+        else:
+            self._root = Path(url)
+
+    def put(self, relative: str, data: bytes) -> str:
+        if self.url.startswith("s3://"):
+            key = f"{self._prefix}/{relative}" if self._prefix else relative
+            self._s3.put_object(Bucket=self._bucket, Key=key, Body=data)
+            return f"s3://{self._bucket}/{key}"
+        path = self._root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return str(path)
+
+
+class InferenceLog:
+    """Bounded, batched, never-blocking writer of predictions and feedback."""
+
+    def __init__(
+        self,
+        url: str,
+        buffer_records: int = 20000,
+        flush_seconds: float = 5.0,
+        flush_records: int = 2000,
+        s3_client_factory=None,
+    ) -> None:
+        self.sink = _Sink(url, s3_client_factory)
+        self.flush_seconds = flush_seconds
+        self.flush_records = flush_records
+        self._queue: queue.Queue[Prediction | Feedback | None] = queue.Queue(maxsize=buffer_records)
+        self.dropped = 0
+        self.written = 0
+        self.write_errors = 0
+        self._thread = threading.Thread(target=self._loop, name="inference-log", daemon=True)
+        self._thread.start()
+
+    def log(self, record: Prediction | Feedback) -> bool:
+        """Queue a record; False (and counted in `dropped`) when the buffer is full."""
+        try:
+            self._queue.put_nowait(record)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def buffered(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        pending: list[Prediction | Feedback] = []
+        last_flush = time.monotonic()
+        while True:
+            wait = max(0.05, self.flush_seconds - (time.monotonic() - last_flush))
+            try:
+                record = self._queue.get(timeout=wait)
+            except queue.Empty:
+                record = ...
+            if record is None:
+                self._flush(pending)
+                return
+            if record is not ...:
+                pending.append(record)
+            if len(pending) >= self.flush_records or time.monotonic() - last_flush >= self.flush_seconds:
+                self._flush(pending)
+                pending = []
+                last_flush = time.monotonic()
+
+    def _flush(self, records: list[Prediction | Feedback]) -> None:
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for record in records:
+            try:
+                if isinstance(record, Prediction):
+                    kind, row = LOG_PREDICTIONS, prediction_row(record)
+                else:
+                    kind, row = LOG_FEEDBACK, {**record.__dict__}
+                    row["timestamp"] = datetime.fromtimestamp(record.timestamp, timezone.utc)
+            except Exception:  # noqa: BLE001 - one odd record must not lose the batch
+                log.exception("inference log: could not turn a record into a row")
+                self.write_errors += 1
+                continue
+            hour = row["timestamp"].strftime("date=%Y-%m-%d/hour=%H")
+            groups.setdefault((kind, hour), []).append(row)
+        for (kind, hour), rows in groups.items():
+            schema = PREDICTION_SCHEMA if kind == LOG_PREDICTIONS else FEEDBACK_SCHEMA
+            buffer = io.BytesIO()
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="snappy")
+            name = f"{kind}/{hour}/part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+            try:
+                self.sink.put(name, buffer.getvalue())
+                self.written += len(rows)
+            except Exception:  # noqa: BLE001 - a sink outage loses this batch, counted, not the gateway
+                log.exception("inference log: could not write %d %s records to %s", len(rows), kind, self.sink.url)
+                self.write_errors += len(rows)
+
+
+def read_predictions(url: str) -> list[dict]:
+    """All prediction rows under a local log folder (tests, quick looks)."""
+    root = Path(url) / LOG_PREDICTIONS
+    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+    return [row for f in files for row in pq.read_table(f).to_pylist()]

@@ -1,0 +1,151 @@
+"""TF Serving's `models.config` (ModelServerConfig, text format): read, change labels, write atomically.
+
+TF Serving re-polls this file (--model_config_file_poll_wait_seconds) and the embedded backend
+re-reads it, so moving a label here is how a canary is promoted or rolled back everywhere.
+TF Serving only accepts a label that points at a loaded version, so labelling switches the version
+policy to `specific` with every labelled version in it (and the version being labelled is loaded
+before the label moves: no request meets an unloaded version).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+STABLE = "stable"
+CANARY = "canary"
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """One model's entry: where its versions are and which of them should be loaded."""
+
+    name: str
+    base_path: Path
+    policy: str = "latest"  # latest | all | specific (TF Serving's ServableVersionPolicy)
+    latest: int = 1
+    specific: tuple[int, ...] = ()
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def wanted(self, available: list[int]) -> list[int]:
+        """The versions TF Serving would load out of those on disk."""
+        ordered = sorted(available)
+        if self.policy == "all":
+            return ordered
+        if self.policy == "specific":
+            return [v for v in ordered if v in self.specific]
+        return ordered[-self.latest :] if self.latest > 0 else []
+
+
+def default_config(model_name: str, base_path: Path) -> model_server_config_pb2.ModelServerConfig:
+    config = model_server_config_pb2.ModelServerConfig()
+    entry = config.model_config_list.config.add()
+    entry.name = model_name
+    entry.base_path = str(base_path)
+    entry.model_platform = "tensorflow"
+    entry.model_version_policy.latest.num_versions = 2
+    return config
+
+
+def read(path: Path) -> model_server_config_pb2.ModelServerConfig:
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(Path(path).read_text(), config)
+    except text_format.ParseError as error:
+        raise ValueError(f"{path}: not a TF Serving model config: {error}") from error
+    return config
+
+
+def write(path: Path, config: model_server_config_pb2.ModelServerConfig) -> None:
+    """Write to a temporary file beside `path`, then rename: a poller never reads half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text_format.MessageToString(config))
+    os.replace(tmp, path)
+
+
+def ensure(path: Path, model_name: str, base_path: Path) -> None:
+    """Create the config for one model if the file does not exist yet."""
+    if not Path(path).exists():
+        write(path, default_config(model_name, base_path))
+
+
+def policies(config: model_server_config_pb2.ModelServerConfig) -> dict[str, ModelPolicy]:
+    out = {}
+    for entry in config.model_config_list.config:
+        version_policy = entry.model_version_policy
+        kind = version_policy.WhichOneof("policy_choice") or "latest"
+        out[entry.name] = ModelPolicy(
+            name=entry.name,
+            base_path=Path(entry.base_path),
+            policy=kind,
+            latest=version_policy.latest.num_versions or 1,
+            specific=tuple(version_policy.specific.versions),
+            labels=dict(entry.version_labels),
+        )
+    return out
+
+
+def _entry(config: model_server_config_pb2.ModelServerConfig, model_name: str):
+    for entry in config.model_config_list.config:
+        if entry.name == model_name:
+            return entry
+    raise KeyError(f"model {model_name!r} is not in the model config")
+
+
+def _pin_labelled_versions(entry) -> None:
+    versions = sorted(set(entry.version_labels.values()))
+    if not versions:
+        entry.model_version_policy.latest.num_versions = 1
+        return
+    entry.model_version_policy.specific.ClearField("versions")
+    entry.model_version_policy.specific.versions.extend(versions)
+
+
+def set_label(path: Path, model_name: str, label: str, version: int) -> None:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", label):
+        raise ValueError(f"label {label!r}: use letters, digits, '-' and '_'")
+    config = read(path)
+    entry = _entry(config, model_name)
+    entry.version_labels[label] = int(version)
+    _pin_labelled_versions(entry)
+    write(path, config)
+
+
+def drop_label(path: Path, model_name: str, label: str) -> None:
+    config = read(path)
+    entry = _entry(config, model_name)
+    if label in entry.version_labels:
+        del entry.version_labels[label]
+    _pin_labelled_versions(entry)
+    write(path, config)
+
+
+def promote(path: Path, model_name: str) -> int:
+    """Move `stable` to the canary's version and drop `canary`, in one write. Returns that version."""
+    config = read(path)
+    entry = _entry(config, model_name)
+    if CANARY not in entry.version_labels:
+        raise LookupError(f"model {model_name!r} has no {CANARY!r} label to promote")
+    version = entry.version_labels[CANARY]
+    entry.version_labels[STABLE] = version
+    del entry.version_labels[CANARY]
+    _pin_labelled_versions(entry)
+    write(path, config)
+    return version
+
+
+def rollback(path: Path, model_name: str) -> int | None:
+    """Drop `canary`; `stable` keeps serving. Returns the dropped version (None if there was none)."""
+    config = read(path)
+    version = _entry(config, model_name).version_labels.get(CANARY)
+    drop_label(path, model_name, CANARY)
+    return version

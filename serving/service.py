@@ -1,0 +1,152 @@
+"""The gateway's core, shared by the REST and gRPC surfaces: routing (traffic split), the backend
+call, metrics and the inference log. Transports only translate to and from this."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from moodloop.contracts import EMOTIONS, OUTPUT_PROBABILITIES, SIGNATURE_IMAGES, SIGNATURE_PIXELS
+from moodloop.settings import Settings
+from serving import models_config
+from serving.backends import Backend, ServingError
+from serving.batching import Tensors
+from serving.faces import FaceDetector
+from serving.inference_log import Feedback, InferenceLog, Prediction
+from serving.metrics import GatewayMetrics
+from serving.traffic import TrafficFile, choose_label
+
+
+@dataclass(frozen=True)
+class Call:
+    """Who asks for what: the transport fills it in."""
+
+    api: str  # rest | grpc | faces | videos
+    model: str
+    version: int | None = None
+    label: str | None = None
+    signature: str = ""
+    client_id: str | None = None
+    request_id: str = ""
+
+
+class Gateway:
+    def __init__(self, settings: Settings, backend: Backend, inference_log: InferenceLog) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.inference_log = inference_log
+        self.metrics = GatewayMetrics()
+        self.traffic = TrafficFile(settings.traffic_file, settings.canary_share)
+        self._detector: FaceDetector | None = None
+
+    @property
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            self._detector = FaceDetector()
+        return self._detector
+
+    @staticmethod
+    def new_request_id() -> str:
+        return uuid.uuid4().hex
+
+    def route(self, call: Call) -> tuple[int | None, str | None]:
+        """A request pinned to a version or label goes there; the others are split stable/canary."""
+        if call.version is not None or call.label is not None:
+            return call.version, call.label
+        share = self.traffic.share()
+        self.metrics.canary_share.set(share)
+        return None, choose_label(call.client_id, self.backend.labels(call.model), share)
+
+    def predict(self, call: Call, inputs: Tensors, context: list[dict] | None = None) -> tuple[int, Tensors]:
+        """Route, predict, count, log. `context` adds per-row log fields (face sizes)."""
+        version, label = self.route(call)
+        started = time.perf_counter()
+        try:
+            served_version, outputs = self.backend.predict(call.model, version, label, call.signature, inputs)
+        except ServingError as error:
+            self.metrics.errors.labels(call.api, error.code).inc()
+            self.metrics.requests.labels(call.api, call.model, str(version or ""), label or "", error.code).inc()
+            raise
+        elapsed = time.perf_counter() - started
+        labels = (call.api, call.model, str(served_version), label or "")
+        self.metrics.requests.labels(*labels, "OK").inc()
+        self.metrics.latency.labels(*labels).observe(elapsed)
+        self._log(call, served_version, label or "", inputs, outputs, elapsed, context)
+        return served_version, outputs
+
+    def _log(self, call, version, label, inputs, outputs, elapsed, context) -> None:
+        probabilities = outputs.get(OUTPUT_PROBABILITIES)
+        if probabilities is None or probabilities.ndim != 2:
+            return  # not a classification signature: nothing of contract 4 to log
+        signature = call.signature or SIGNATURE_IMAGES
+        pixels = inputs.get("pixels") if signature == SIGNATURE_PIXELS else None
+        encoded = inputs.get("images") if signature == SIGNATURE_IMAGES else None
+        latency_ms = elapsed * 1000 / max(1, len(probabilities))
+        for i, probs in enumerate(probabilities):
+            extra = context[i] if context else {}
+            self.inference_log.log(
+                Prediction(
+                    request_id=call.request_id,
+                    instance=i,
+                    client_id=call.client_id or "",
+                    model_name=call.model,
+                    model_version=version,
+                    model_label=label,
+                    signature=signature,
+                    api=call.api,
+                    latency_ms=latency_ms,
+                    probabilities=probs,
+                    pixels=pixels[i] if pixels is not None else None,
+                    encoded=bytes(encoded[i]) if encoded is not None else None,
+                    face_width=extra.get("face_width"),
+                    face_area_ratio=extra.get("face_area_ratio"),
+                )
+            )
+        self.refresh_log_metrics()
+
+    def refresh_log_metrics(self) -> None:
+        self.metrics.log_dropped.set(self.inference_log.dropped)
+        self.metrics.log_buffered.set(self.inference_log.buffered())
+        self.metrics.log_written.set(self.inference_log.written)
+        self.metrics.log_write_errors.set(self.inference_log.write_errors)
+
+    def classifier(self, call: Call):
+        """A face classifier for photo/video analysis: crops [N,48,48] -> probabilities [N,7]."""
+
+        def classify(crops: np.ndarray, context: list[dict]) -> np.ndarray:
+            pinned = Call(
+                call.api, call.model, call.version, call.label, SIGNATURE_PIXELS, call.client_id, call.request_id
+            )
+            _, outputs = self.predict(pinned, {"pixels": crops}, context)
+            return outputs[OUTPUT_PROBABILITIES]
+
+        return classify
+
+    def feedback(self, request_id: str, label: str | int, instance: int = 0) -> Feedback:
+        from moodloop.contracts import emotion_index
+
+        if not request_id or not isinstance(request_id, str):
+            raise ServingError("INVALID_ARGUMENT", "'request_id' is required (the x-request-id of the prediction)")
+        try:
+            name = EMOTIONS[emotion_index(label)]
+        except ValueError as error:
+            raise ServingError("INVALID_ARGUMENT", str(error)) from None
+        record = Feedback(request_id=request_id, instance=int(instance), label=name)
+        if not self.inference_log.log(record):
+            raise ServingError("RESOURCE_EXHAUSTED", "the log buffer is full; retry the feedback later")
+        return record
+
+    # admin (token-protected by the transports)
+    def promote(self, model: str) -> int:
+        return models_config.promote(self.settings.serving_config, model)
+
+    def rollback(self, model: str) -> int | None:
+        return models_config.rollback(self.settings.serving_config, model)
+
+    def reload(self) -> None:
+        sync = getattr(self.backend, "sync", None)
+        if sync:
+            sync()

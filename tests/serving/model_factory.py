@@ -1,0 +1,49 @@
+"""Contract-compatible SavedModels for the serving tests and benchmarks, made in seconds.
+
+They go through the pipeline's own export (`components.module.export_serving_model`), so the
+signatures are exactly those a pushed model has; only the Transform graph is replaced by a fixed
+standardisation and the weights are untrained (different per seed, so versions answer differently).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from components.model import INPUT_KEY, build_model  # noqa: E402
+from components.module import decode_images, export_serving_model  # noqa: E402
+from moodloop.contracts import FEATURE_IMAGE, FEATURE_LABEL  # noqa: E402
+
+
+class _FixedTransform(keras.layers.Layer):
+    def call(self, features):
+        pixels = decode_images(tf.reshape(features[FEATURE_IMAGE], [-1])) / 255.0
+        return {INPUT_KEY: (pixels - 0.5) / 0.25}
+
+
+class _FixedTransformOutput:
+    """The two things export_serving_model asks of a TFTransformOutput."""
+
+    def transform_features_layer(self):
+        return _FixedTransform()
+
+    def raw_feature_spec(self):
+        return {FEATURE_IMAGE: tf.io.FixedLenFeature([], tf.string), FEATURE_LABEL: tf.io.FixedLenFeature([], tf.int64)}
+
+
+def export_version(model_base: Path, version: int, seed: int = 0, size: str = "tiny") -> Path:
+    """Write <model_base>/<version>/ atomically (staging folder + rename), as the Pusher does."""
+    keras.utils.set_random_seed(seed)
+    model = build_model(size, augment=False)
+    staging = Path(model_base) / f".staging-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    export_serving_model(model, _FixedTransformOutput(), str(staging))
+    target = Path(model_base) / str(version)
+    os.replace(staging, target)
+    return target

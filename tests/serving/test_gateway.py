@@ -1,0 +1,301 @@
+"""The gateway against the official clients: TF Serving's REST API with plain HTTP, and its gRPC
+API with tensorflow-serving-api's stubs, on the embedded backend."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from moodloop.contracts import EMOTIONS
+from tests.serving.conftest import ADMIN_TOKEN
+
+
+def png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (48, 48), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+@pytest.fixture(scope="module")
+def http(running):
+    with httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def channel(running):
+    with grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+        yield channel
+
+
+def saved_model_answer(model_base, version: int, images: list[bytes]) -> np.ndarray:
+    loaded = tf.saved_model.load(str(model_base / str(version)))
+    return loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+
+
+def test_rest_row_format_matches_the_saved_model(http, model_base):
+    images = [png(1), png(2)]
+    response = http.post("/v1/models/emotion/versions/1:predict", json={"instances": [b64(i) for i in images]})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [sorted(p) for p in predictions] == [["class_ids", "classes", "probabilities"]] * 2
+    expected = saved_model_answer(model_base, 1, images)
+    np.testing.assert_allclose([p["probabilities"] for p in predictions], expected, rtol=1e-5, atol=1e-6)
+    assert [p["classes"] for p in predictions] == [EMOTIONS[i] for i in expected.argmax(1)]
+    assert len(response.headers["x-request-id"]) == 32
+
+
+def test_rest_columnar_pixels_by_version_and_label(http, labels):
+    pixels = np.random.default_rng(3).integers(0, 255, (3, 48, 48)).tolist()
+    body = {"signature_name": "serving_pixels", "inputs": {"pixels": pixels}}
+    v1 = http.post("/v1/models/emotion/versions/1:predict", json=body).json()["outputs"]
+    v2 = http.post("/v1/models/emotion/versions/2:predict", json=body).json()["outputs"]
+    assert np.asarray(v1["probabilities"]).shape == (3, 7)
+    assert not np.allclose(v1["probabilities"], v2["probabilities"])  # two different models answered
+    labels(stable=1, canary=2)
+    assert http.post("/v1/models/emotion/labels/stable:predict", json=body).json()["outputs"] == v1
+    assert http.post("/v1/models/emotion/labels/canary:predict", json=body).json()["outputs"] == v2
+
+
+def test_rest_status_and_metadata_have_tf_servings_shape(http):
+    status = http.get("/v1/models/emotion").json()
+    assert status["model_version_status"][0] == {
+        "version": "2",
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
+    assert http.get("/v1/models/emotion/versions/1").json()["model_version_status"][0]["version"] == "1"
+    metadata = http.get("/v1/models/emotion/versions/1/metadata").json()
+    assert metadata["model_spec"] == {"name": "emotion", "signature_name": "", "version": "1"}
+    signatures = metadata["metadata"]["signature_def"]["signature_def"]
+    assert {"serving_default", "serving_pixels", "serving_examples"} <= set(signatures)
+    assert signatures["serving_default"]["inputs"]["images"]["dtype"] == "DT_STRING"
+
+
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("/v1/models/nomodel:predict", {"instances": [1]}, 404, "Servable not found"),
+        ("/v1/models/emotion/versions/99:predict", {"instances": [1]}, 404, "Specific(emotion, 99)"),
+        ("/v1/models/emotion/labels/nolabel:predict", {"instances": [1]}, 400, "Unrecognized servable version label"),
+        ("/v1/models/emotion:predict", {"signature_name": "nosig", "instances": [1]}, 400, "nosig"),
+        ("/v1/models/emotion:predict", {"instances": [{"wrong": 1}]}, 400, "alias not found"),
+        ("/v1/models/emotion:predict", {"signature_name": "serving_pixels", "instances": [[1, 2]]}, 400, "shape"),
+        ("/v1/models/emotion:predict", {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]}, 400, ""),
+        ("/v1/models/emotion:predict", {"nothing": 1}, 400, "Missing 'inputs' or 'instances'"),
+        ("/v1/models/emotion:frobnicate", {"instances": [1]}, 404, "Malformed request"),
+    ],
+)
+def test_rest_bad_requests_get_tf_serving_errors(http, path, body, status, message):
+    response = http.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_rest_unparseable_and_oversized_bodies(http, gateway_settings):
+    response = http.post("/v1/models/emotion:predict", content=b"{not json")
+    assert response.status_code == 400 and "JSON Parse error" in response.json()["error"]
+    too_big = b"x" * (gateway_settings.max_upload_bytes + 1)
+    response = http.post("/v1/models/emotion:predict", content=too_big)
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+
+
+def test_grpc_predict_metadata_status_with_official_stubs(channel, model_base):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    images = [png(5)]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "emotion"
+    request.model_spec.version.value = 1
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(images))
+    response, call = stub.Predict.with_call(request, timeout=30)
+    assert response.model_spec.version.value == 1 and response.model_spec.signature_name == "serving_default"
+    np.testing.assert_allclose(
+        tf.make_ndarray(response.outputs["probabilities"]), saved_model_answer(model_base, 1, images), rtol=1e-5
+    )
+    assert dict(call.initial_metadata())["x-request-id"]
+
+    meta_request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    meta_request.model_spec.name = "emotion"
+    meta = stub.GetModelMetadata(meta_request, timeout=10)
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    meta.metadata["signature_def"].Unpack(signature_map)
+    assert meta.model_spec.version.value == 2 and "serving_pixels" in signature_map.signature_def
+
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = "emotion"
+    status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request, timeout=10)
+    assert [(s.version, s.state) for s in status.model_version_status] == [
+        (2, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
+    ]
+
+
+def test_grpc_errors_carry_tf_serving_codes(channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "emotion"
+    request.model_spec.version.value = 42
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto([png(1)]))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    request.model_spec.ClearField("version")
+    request.model_spec.signature_name = "serving_pixels"
+    request.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 10, 10), np.uint8)))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_canary_split_is_sticky_and_every_request_is_logged(running, http, labels, gateway_settings):
+    from serving.inference_log import read_predictions
+
+    labels(stable=1, canary=2)
+    running.gateway.traffic.set(0.10)
+    body = {"signature_name": "serving_pixels", "inputs": {"pixels": np.zeros((1, 48, 48), int).tolist()}}
+    stable_answer = http.post("/v1/models/emotion/labels/stable:predict", json=body).json()
+    request_ids, sides = set(), {}
+    for i in range(1000):
+        response = http.post("/v1/models/emotion:predict", json=body, headers={"x-client-id": f"user-{i % 500}"})
+        assert response.status_code == 200
+        request_ids.add(response.headers["x-request-id"])
+        side = "stable" if response.json() == stable_answer else "canary"
+        assert sides.setdefault(f"user-{i % 500}", side) == side  # sticky per client
+    canary = sum(1 for i in range(1000) if sides[f"user-{i % 500}"] == "canary")
+    assert 60 <= canary <= 140, canary  # ~100 of 1000
+    running.gateway.traffic.set(0.0)
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        rows = {r["request_id"]: r for r in read_predictions(gateway_settings.inference_log_url)}
+        if request_ids <= set(rows):
+            break
+        time.sleep(0.5)
+    assert request_ids <= set(rows), f"{len(request_ids - set(rows))} requests missing from the inference log"
+    logged = [rows[r] for r in request_ids]
+    assert sum(r["model_label"] == "canary" for r in logged) == canary
+    assert {r["model_version"] for r in logged if r["model_label"] == "canary"} == {2}
+    row = logged[0]
+    assert abs(sum(row[f"prob_{e}"] for e in EMOTIONS) - 1) < 1e-4 and row["brightness"] == 0.0
+    assert running.gateway.inference_log.dropped == 0
+
+
+def test_feedback_attaches_a_label_to_a_request(http):
+    response = http.post("/v1/models/emotion:predict", json={"instances": [b64(png(9))]})
+    request_id = response.headers["x-request-id"]
+    ok = http.post("/v1/feedback", json={"request_id": request_id, "label": "happy"})
+    assert ok.status_code == 202 and ok.json() == {"request_id": request_id, "instance": 0, "label": "happy"}
+    bad = http.post("/v1/feedback", json={"request_id": request_id, "label": "bored"})
+    assert bad.status_code == 400 and "not an emotion" in bad.json()["error"]
+    assert http.post("/v1/feedback", json={"label": "happy"}).status_code == 400
+
+
+def test_admin_needs_token_and_promote_rollback_serve_every_request(running, http, labels):
+    assert http.post("/admin/promote").status_code == 401
+    assert http.post("/admin/promote", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    labels(stable=1, canary=2)
+    body = {"signature_name": "serving_pixels", "inputs": {"pixels": np.zeros((1, 48, 48), int).tolist()}}
+    failures, stop = [], threading.Event()
+
+    def traffic():
+        with httpx.Client(base_url=str(http.base_url), timeout=30) as client:
+            i = 0
+            while not stop.is_set():
+                response = client.post("/v1/models/emotion:predict", json=body, headers={"x-client-id": f"c{i}"})
+                i += 1
+                if response.status_code != 200:
+                    failures.append(response.text)
+
+    workers = [threading.Thread(target=traffic) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(0.5)
+        promoted = http.post("/admin/promote", headers=auth)
+        assert promoted.status_code == 200 and promoted.json() == {"promoted": 2, "labels": {"stable": 2}}
+        time.sleep(0.5)
+        labels(canary=1)
+        rolled = http.post("/admin/rollback", headers=auth)
+        assert rolled.json() == {"rolled_back": 1, "labels": {"stable": 2}}
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert failures == []
+    assert http.post("/admin/rollback", headers=auth).json()["rolled_back"] is None
+    assert http.put("/admin/traffic", headers=auth, json={"canary_share": 2}).status_code == 400
+
+
+def test_metrics_count_requests_by_version_and_label(http):
+    http.post("/v1/models/emotion/versions/1:predict", json={"instances": [b64(png(4))]})
+    text = http.get("/metrics").text
+    assert 'moodloop_requests_total{api="rest",code="OK",label="",model="emotion",version="1"}' in text
+    assert "moodloop_batch_size_bucket" in text and "moodloop_inference_log_dropped" in text
+    assert http.get("/monitoring/prometheus/metrics").status_code == 200
+    assert http.get("/healthz").json()["ready"] is True
+
+
+def test_faces_in_a_real_group_photo(http, media):
+    photo = (media / "multi_face.jpg").read_bytes()
+    response = http.post("/v1/faces:analyze", content=photo, headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert (result["width"], result["height"]) == (1000, 667)
+    assert len(result["faces"]) >= 4  # five people; one wears sunglasses
+    for face in result["faces"]:
+        assert set(face["probabilities"]) == set(EMOTIONS) and face["emotion"] in EMOTIONS
+        assert abs(sum(face["probabilities"].values()) - 1) < 0.01
+        assert 60 < face["box"]["width"] < 200 and 150 < face["box"]["y"] < 400
+    annotated = http.post("/v1/faces:analyze?annotate=1", files={"file": ("group.jpg", photo, "image/jpeg")})
+    assert annotated.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(annotated.content)).size == (1000, 667)
+    landscape = http.post("/v1/faces:analyze", content=(media / "free-mountain-vector-01.jpg").read_bytes())
+    assert landscape.status_code == 200 and landscape.json()["faces"] == []
+
+
+def test_faces_bad_uploads_are_refused_clearly(http, media):
+    truncated = (media / "single_face.jpg").read_bytes()[:2000]
+    response = http.post("/v1/faces:analyze", content=truncated)
+    assert response.status_code == 400 and "not a readable image" in response.json()["error"]
+    assert http.post("/v1/faces:analyze", content=b"").json()["error"] == "the upload is empty"
+    # A decompression bomb: a small PNG that claims 5000 x 5000 pixels (over the 4 Mpx test limit).
+    buffer = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(buffer, "PNG")
+    bomb = http.post("/v1/faces:analyze", content=buffer.getvalue())
+    assert bomb.status_code == 400 and "limit" in bomb.json()["error"]
+
+
+def test_video_becomes_an_emotion_timeline(http, media):
+    response = http.post("/v1/videos:analyze?every=1", content=(media / "single_face.mp4").read_bytes())
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["frames_read"] > 0 and len(result["timeline"]) >= 2
+    times = [entry["time"] for entry in result["timeline"]]
+    assert times == sorted(times) and times[1] - times[0] == pytest.approx(1.0, abs=0.1)
+    with_face = [entry for entry in result["timeline"] if entry["faces"]]
+    assert len(with_face) >= len(result["timeline"]) // 2
+    assert sum(result["emotion_counts"].values()) == sum(len(e["faces"]) for e in result["timeline"])
+    assert http.post("/v1/videos:analyze", content=b"not a video").status_code == 400

@@ -1,0 +1,157 @@
+"""Units of the gateway that need no model: TF Serving's config and REST formats, batching, traffic split."""
+
+from __future__ import annotations
+
+import base64
+import threading
+
+import numpy as np
+import pytest
+
+from serving import models_config
+from serving.backends import ServingError
+from serving.batching import BatchingParameters, DynamicBatcher
+from serving.rest_codec import parse_predict_request, predict_response
+from serving.traffic import TrafficFile, choose_label, client_bucket
+
+
+def test_models_config_labels_pin_versions_and_promote(tmp_path):
+    path = tmp_path / "models.config"
+    models_config.ensure(path, "emotion", tmp_path / "models")
+    policy = models_config.policies(models_config.read(path))["emotion"]
+    assert (policy.policy, policy.latest, policy.labels) == ("latest", 2, {})
+    assert policy.wanted([1, 5, 3]) == [3, 5]
+
+    models_config.set_label(path, "emotion", "stable", 3)
+    models_config.set_label(path, "emotion", "canary", 5)
+    policy = models_config.policies(models_config.read(path))["emotion"]
+    # TF Serving only accepts labels on loaded versions: labelling pins exactly those versions.
+    assert (policy.policy, policy.specific, policy.labels) == ("specific", (3, 5), {"stable": 3, "canary": 5})
+    assert "version_labels" in path.read_text()  # TF Serving's own text format
+
+    assert models_config.promote(path, "emotion") == 5
+    policy = models_config.policies(models_config.read(path))["emotion"]
+    assert (policy.specific, policy.labels) == ((5,), {"stable": 5})
+    with pytest.raises(LookupError, match="no 'canary'"):
+        models_config.promote(path, "emotion")
+
+    models_config.set_label(path, "emotion", "canary", 6)
+    assert models_config.rollback(path, "emotion") == 6
+    assert models_config.policies(models_config.read(path))["emotion"].labels == {"stable": 5}
+    with pytest.raises(ValueError, match="label"):
+        models_config.set_label(path, "emotion", "bad label", 1)
+
+
+def test_models_config_rejects_garbage(tmp_path):
+    path = tmp_path / "models.config"
+    path.write_text("model_config_list { config { nme: 'x' } }")
+    with pytest.raises(ValueError, match="not a TF Serving model config"):
+        models_config.read(path)
+
+
+def test_batching_parameters_read_tf_serving_format(tmp_path):
+    path = tmp_path / "batching.config"
+    path.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 500 }\nunknown_knob { value: 3 }\n")
+    params = BatchingParameters.read(path)
+    assert (params.max_batch_size, params.batch_timeout_micros) == (16, 500)
+    assert BatchingParameters.read(tmp_path / "absent") == BatchingParameters()
+
+
+def test_rest_row_and_columnar_formats():
+    image = b"\x89PNG fake"
+    b64 = {"b64": base64.b64encode(image).decode()}
+    signature, inputs, style = parse_predict_request({"instances": [b64, b64]}, ["images"])
+    assert (signature, style) == ("", "row") and list(inputs["images"]) == [image, image]
+
+    signature, inputs, style = parse_predict_request(
+        {"signature_name": "serving_pixels", "inputs": {"pixels": [[[1, 2]], [[3, 4]]]}}, ["pixels"]
+    )
+    assert (signature, style, inputs["pixels"].shape) == ("serving_pixels", "columnar", (2, 1, 2))
+
+    _, inputs, _ = parse_predict_request({"instances": [{"pixels": [[1]]}, {"pixels": [[2]]}]}, ["pixels"])
+    assert inputs["pixels"].tolist() == [[[1]], [[2]]]
+
+    outputs = {"classes": np.array([b"happy", b"sad"], dtype=object), "class_ids": np.array([3, 4])}
+    assert predict_response(outputs, "row") == {
+        "predictions": [{"class_ids": 3, "classes": "happy"}, {"class_ids": 4, "classes": "sad"}]
+    }
+    assert predict_response(outputs, "columnar") == {"outputs": {"class_ids": [3, 4], "classes": ["happy", "sad"]}}
+    assert predict_response({"thumb_bytes": np.array([b"\x00"], dtype=object)}, "row") == {
+        "predictions": [{"b64": "AA=="}]
+    }
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ([1, 2], "must be a JSON object"),
+        ({}, "Missing 'inputs' or 'instances'"),
+        ({"instances": [1], "inputs": [1]}, "either 'instances' or 'inputs'"),
+        ({"instances": []}, "non-empty"),
+        ({"instances": [[1, 2], [3]]}, "ragged"),
+        ({"instances": [{"b64": "***"}]}, "not valid base64"),
+        ({"instances": [{"a": 1}, {"b": 2}]}, "same named inputs"),
+        ({"signature_name": 3, "instances": [1]}, "signature_name"),
+    ],
+)
+def test_rest_bad_requests_are_invalid_argument(body, message):
+    with pytest.raises(ServingError, match=message) as caught:
+        parse_predict_request(body, ["images"])
+    assert caught.value.code == "INVALID_ARGUMENT"
+
+
+def test_dynamic_batcher_merges_concurrent_requests_and_splits_answers():
+    calls: list[int] = []
+
+    def run(inputs):
+        calls.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 10}
+
+    batcher = DynamicBatcher(
+        run, BatchingParameters(max_batch_size=64, batch_timeout_micros=50_000, num_batch_threads=1)
+    )
+    results: dict[int, np.ndarray] = {}
+
+    def client(i: int) -> None:
+        results[i] = batcher.submit({"x": np.full((2, 3), i)})["y"]
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert all((results[i] == i * 10).all() and results[i].shape == (2, 3) for i in range(16))
+    assert sum(calls) == 32 and len(calls) < 16  # merged: fewer model calls than requests
+
+
+def test_dynamic_batcher_passes_model_errors_to_every_caller():
+    def run(inputs):
+        raise RuntimeError("model failed")
+
+    batcher = DynamicBatcher(run, BatchingParameters(batch_timeout_micros=0))
+    with pytest.raises(RuntimeError, match="model failed"):
+        batcher.submit({"x": np.zeros((1, 2))})
+    with pytest.raises(ValueError, match="same batch size"):
+        batcher.submit({"x": np.zeros((1, 2)), "z": np.zeros((2, 2))})
+    batcher.close()
+
+
+def test_traffic_split_is_sticky_proportional_and_monotonic(tmp_path):
+    labels = {"stable": 1, "canary": 2}
+    clients = [f"client-{i}" for i in range(1000)]
+    at_10 = {c for c in clients if choose_label(c, labels, 0.10) == "canary"}
+    at_50 = {c for c in clients if choose_label(c, labels, 0.50) == "canary"}
+    assert 70 <= len(at_10) <= 130 and 440 <= len(at_50) <= 560
+    assert at_10 <= at_50  # ramping only moves clients to canary
+    assert all(choose_label(c, labels, 0.10) == ("canary" if c in at_10 else "stable") for c in clients)
+    assert choose_label("x", {"stable": 1}, 0.5) == "stable"  # no canary: everything to stable
+    assert choose_label("x", {}, 0.5) is None  # no labels yet: the newest version
+    assert 0 <= client_bucket("anything") < 1
+
+    traffic = TrafficFile(tmp_path / "traffic.json", default_share=0.1)
+    assert traffic.share() == 0.1
+    traffic.set(0.5)
+    assert traffic.share() == 0.5
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        traffic.set(1.5)
