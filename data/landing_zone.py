@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from moodloop.contracts import READY_MARKER
+from moodloop.settings import s3_client
 
 if TYPE_CHECKING:
     from moodloop.settings import Settings
@@ -177,18 +178,6 @@ class S3LandingZone:
             if self._objects(f"{area}/{name}/"):
                 return f"s3://{self.bucket}/{area}/{name}"
         return None
-
-
-def s3_client(settings: Settings):
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url or None,
-        aws_access_key_id=settings.s3_access_key or None,
-        aws_secret_access_key=settings.s3_secret_key or None,
-        region_name=settings.s3_region,
-    )
 
 
 def landing_zone(settings: Settings) -> LandingZone:

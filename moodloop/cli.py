@@ -4,6 +4,9 @@ moodloop generate OUT --n 10000          synthetic landing batch (SYNTHETIC face
 moodloop read BATCH                      read report: counts and every rejected row or file
 moodloop curate BATCH                    read + deduplicate + append as the next curated span
 moodloop train --data BATCH              curate, then run the TFX pipeline and push if blessed
+moodloop serve [--help]                  the gateway: TF Serving's REST :8501 and gRPC :8500, faces, videos
+moodloop models                          versions on disk, labels (stable, canary), canary share
+moodloop promote | rollback              move `stable` to the canary / drop the canary (models.config)
 moodloop settings                        the effective settings (MOODLOOP_* variables)
 """
 
@@ -137,6 +140,54 @@ def cmd_settings(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving import gateway
+
+    return gateway.main(args.gateway_args)
+
+
+def cmd_models(_: argparse.Namespace) -> int:
+    from serving import models_config
+    from serving.traffic import TrafficFile
+
+    settings = Settings.from_env()
+    models_config.ensure(settings.serving_config, settings.model_name, settings.model_base)
+    for name, policy in models_config.policies(models_config.read(settings.serving_config)).items():
+        on_disk = models_config.version_folders(policy.base_path)
+        print(f"model {name}: {policy.base_path}")
+        print(f"  versions on disk: {on_disk or 'none'}; served by the policy: {policy.wanted(on_disk) or 'none'}")
+        print(f"  labels: {policy.labels or 'none (unpinned requests go to the newest version)'}")
+    print(f"canary share: {TrafficFile(settings.traffic_file, settings.canary_share).share():.0%}")
+    print(f"config: {settings.serving_config}")
+    return 0
+
+
+def cmd_promote(_: argparse.Namespace) -> int:
+    from serving import models_config
+
+    settings = Settings.from_env()
+    try:
+        version = models_config.promote(settings.serving_config, settings.model_name)
+    except (LookupError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"promoted: stable -> version {version}; canary label dropped ({settings.serving_config})")
+    return 0
+
+
+def cmd_rollback(_: argparse.Namespace) -> int:
+    from serving import models_config
+
+    settings = Settings.from_env()
+    try:
+        version = models_config.rollback(settings.serving_config, settings.model_name)
+    except (LookupError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"rolled back: canary (version {version}) dropped; stable serves everything" if version else "no canary")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moodloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -182,12 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=50, help="rejections to list (default 50)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("serve", help="run the serving gateway (see `moodloop serve --help`)", add_help=False)
+    p.add_argument("gateway_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_serve)
+    for name, func, text in (
+        ("models", cmd_models, "versions on disk, labels and the canary share"),
+        ("promote", cmd_promote, "move the stable label to the canary's version and drop the canary"),
+        ("rollback", cmd_rollback, "drop the canary label; stable serves all traffic"),
+    ):
+        sub.add_parser(name, help=text).set_defaults(func=func)
+
     p = sub.add_parser("settings", help="print the effective settings")
     p.set_defaults(func=cmd_settings)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # the gateway has its own flags and --help
+        return cmd_serve(argparse.Namespace(gateway_args=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from moodloop.settings import REPO_ROOT
+
 
 def _is_free(port: int) -> bool:
     with socket.socket() as sock:
@@ -45,8 +47,11 @@ def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 def weed_binary() -> str:
-    found = Path(sys.executable).with_name("weed")
-    return str(found) if found.exists() else (shutil.which("weed") or "weed")
+    """`weed` of this env, else the orchestration env's (the pipeline env's tests use that one), else PATH's."""
+    for found in (Path(sys.executable).with_name("weed"), REPO_ROOT / ".venv" / "orchestration" / "bin" / "weed"):
+        if found.exists():
+            return str(found)
+    return shutil.which("weed") or "weed"
 
 
 def start_seaweedfs(

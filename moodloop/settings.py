@@ -149,3 +149,16 @@ class Settings:
                 value = "***"
             out[f.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
         return out
+
+
+def s3_client(settings: Settings):
+    """A boto3 S3 client for the endpoint and credentials in the settings (AWS defaults if unset)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url or None,
+        aws_access_key_id=settings.s3_access_key or None,
+        aws_secret_access_key=settings.s3_secret_key or None,
+        region_name=settings.s3_region,
+    )

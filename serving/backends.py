@@ -68,13 +68,6 @@ def read_signature_defs(export_dir: Path) -> dict[str, meta_graph_pb2.SignatureD
     return dict(proto.meta_graphs[0].signature_def)
 
 
-def version_folders(base_path: Path) -> list[int]:
-    """Numeric folders holding a saved_model.pb. Hidden staging folders (atomic pushes) are skipped."""
-    if not base_path.is_dir():
-        return []
-    return sorted(int(p.name) for p in base_path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file())
-
-
 def _numpy_dtype(tensor_info: meta_graph_pb2.TensorInfo) -> np.dtype:
     return (
         np.dtype(object)
@@ -208,7 +201,7 @@ class EmbeddedBackend:
     def _sync_model(self, policy: models_config.ModelPolicy) -> None:
         current = self._models.get(policy.name)
         loaded = dict(current.servables) if current else {}
-        on_disk = version_folders(policy.base_path)
+        on_disk = models_config.version_folders(policy.base_path)
         wanted = set(policy.wanted(on_disk))
         states = self._states.setdefault(policy.name, {})
         for version in sorted(wanted - set(loaded)):

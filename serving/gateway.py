@@ -18,29 +18,15 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from moodloop.settings import Settings  # noqa: E402
+from moodloop.settings import Settings, s3_client  # noqa: E402
 from serving import models_config  # noqa: E402
 from serving.batching import BatchingParameters  # noqa: E402
 
 log = logging.getLogger("moodloop.serving")
-
-
-def _s3_client_factory(settings: Settings):
-    def make():
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url or None,
-            aws_access_key_id=settings.s3_access_key or None,
-            aws_secret_access_key=settings.s3_secret_key or None,
-            region_name=settings.s3_region,
-        )
-
-    return make
 
 
 def build(settings: Settings):
@@ -54,7 +40,7 @@ def build(settings: Settings):
         settings.inference_log_url,
         buffer_records=settings.log_buffer_records,
         flush_seconds=settings.log_flush_seconds,
-        s3_client_factory=_s3_client_factory(settings),
+        s3_client_factory=lambda: s3_client(settings),
     )
     gateway_ref: list = []
 
@@ -84,9 +70,10 @@ class RunningGateway:
 
 
 @contextlib.contextmanager
-def serve_in_thread(settings: Settings) -> Iterator[RunningGateway]:
-    """Run the whole gateway in this process, in background threads (tests, benchmarks).
-    Port 0 picks free ports; the ones chosen are in the result."""
+def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[RunningGateway]:
+    """Run the whole gateway in background threads of this process; stop and flush on exit.
+    Port 0 picks free ports; the ones chosen are in the result. (uvicorn off the main thread
+    installs no signal handlers: the caller decides when to stop, and the log is always flushed.)"""
     import socket
     import time
 
@@ -101,7 +88,9 @@ def serve_in_thread(settings: Settings) -> Iterator[RunningGateway]:
     sock = socket.socket()
     sock.bind((settings.gateway_host, settings.rest_port))
     rest_port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(gateway), log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        create_app(gateway), log_level="info" if access_log else "warning", access_log=access_log, lifespan="off"
+    )
     rest = uvicorn.Server(config)
     thread = threading.Thread(target=rest.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -131,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="listen address (default 127.0.0.1)")
     parser.add_argument("--rest-port", type=int, help="default 8501, as TF Serving")
     parser.add_argument("--grpc-port", type=int, help="default 8500, as TF Serving")
-    parser.add_argument("--model-config", help="TF Serving's models.config (created if missing)")
+    parser.add_argument("--model-config", type=Path, help="TF Serving's models.config (created if missing)")
+    parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     settings = Settings.from_env(
@@ -143,35 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         serving_config=args.model_config,
     )
 
-    import uvicorn
-
-    from serving.grpc_api import create_server
-    from serving.rest import create_app
-
-    gateway = build(settings)
-    server, grpc_port = create_server(gateway, f"{settings.gateway_host}:{settings.grpc_port}")
-    server.start()
-    log.info(
-        "gateway up: REST http://%s:%d  gRPC %s:%d  backend %s  models.config %s  inference log %s",
-        settings.gateway_host,
-        settings.rest_port,
-        settings.gateway_host,
-        grpc_port,
-        settings.serving_backend,
-        settings.serving_config,
-        settings.inference_log_url,
-    )
-    try:
-        # uvicorn handles SIGINT/SIGTERM: it returns, and the finally block flushes the log.
-        uvicorn.run(
-            create_app(gateway), host=settings.gateway_host, port=settings.rest_port, log_level="info", access_log=False
-        )
-    finally:
-        log.info("shutting down: stopping gRPC, flushing %d log records", gateway.inference_log.buffered())
-        server.stop(grace=5).wait()
-        gateway.backend.close()
-        gateway.inference_log.close()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with serve_in_thread(settings, access_log=args.access_log) as running:
+        log.info(
+            "gateway up: REST http://%s:%d  gRPC %s:%d  backend %s  models.config %s  inference log %s",
+            settings.gateway_host, running.rest_port, settings.gateway_host, running.grpc_port,
+            settings.serving_backend, settings.serving_config, settings.inference_log_url,
+        )  # fmt: skip
+        stop.wait()
+        buffered = running.gateway.inference_log.buffered()
+        log.info("shutting down: stopping the servers, flushing %d log records", buffered)
+    log.info("stopped; inference log: %d records written", running.gateway.inference_log.written)
     return 0
 
 

@@ -180,8 +180,12 @@ class InferenceLog:
     ) -> None:
         self.sink = _Sink(url, s3_client_factory)
         self.flush_seconds = flush_seconds
-        self.flush_records = flush_records
-        self._queue: queue.Queue[Prediction | Feedback | None] = queue.Queue(maxsize=buffer_records)
+        # The bound covers every record held in memory: queued or waiting in the writer for a flush.
+        self.buffer_records = buffer_records
+        self.flush_records = min(flush_records, max(1, buffer_records // 2))
+        self._queue: queue.Queue[Prediction | Feedback | None] = queue.Queue()
+        self._held = 0
+        self._held_lock = threading.Lock()
         self.dropped = 0
         self.written = 0
         self.write_errors = 0
@@ -190,15 +194,16 @@ class InferenceLog:
 
     def log(self, record: Prediction | Feedback) -> bool:
         """Queue a record; False (and counted in `dropped`) when the buffer is full."""
-        try:
-            self._queue.put_nowait(record)
-            return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+        with self._held_lock:
+            if self._held >= self.buffer_records:
+                self.dropped += 1
+                return False
+            self._held += 1
+        self._queue.put_nowait(record)
+        return True
 
     def buffered(self) -> int:
-        return self._queue.qsize()
+        return self._held
 
     def close(self, timeout: float = 30.0) -> None:
         self._queue.put(None)
@@ -215,13 +220,19 @@ class InferenceLog:
                 record = ...
             if record is None:
                 self._flush(pending)
+                self._release(len(pending))
                 return
             if record is not ...:
                 pending.append(record)
             if len(pending) >= self.flush_records or time.monotonic() - last_flush >= self.flush_seconds:
                 self._flush(pending)
+                self._release(len(pending))
                 pending = []
                 last_flush = time.monotonic()
+
+    def _release(self, count: int) -> None:
+        with self._held_lock:
+            self._held -= count
 
     def _flush(self, records: list[Prediction | Feedback]) -> None:
         groups: dict[tuple[str, str], list[dict]] = {}

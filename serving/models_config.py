@@ -43,6 +43,15 @@ class ModelPolicy:
         return ordered[-self.latest :] if self.latest > 0 else []
 
 
+def version_folders(base_path: Path) -> list[int]:
+    """Numeric folders holding a saved_model.pb, as TF Serving sees them. Hidden staging folders of
+    atomic pushes, and versions still being copied (no saved_model.pb yet), are not versions."""
+    base_path = Path(base_path)
+    if not base_path.is_dir():
+        return []
+    return sorted(int(p.name) for p in base_path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file())
+
+
 def default_config(model_name: str, base_path: Path) -> model_server_config_pb2.ModelServerConfig:
     config = model_server_config_pb2.ModelServerConfig()
     entry = config.model_config_list.config.add()

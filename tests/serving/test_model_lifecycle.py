@@ -1,0 +1,164 @@
+"""Versions coming and going under the model base path while requests flow, and the inference log's
+guarantees (bounded, never blocking, flushed on close, S3 over boto3)."""
+
+from __future__ import annotations
+
+import io
+import secrets
+import threading
+import time
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from moodloop.s3server import free_port, start_seaweedfs, stop, wait_for_s3
+from moodloop.settings import Settings, s3_client
+from serving.gateway import serve_in_thread
+from serving.inference_log import InferenceLog, Prediction
+from tests.serving.model_factory import export_version
+
+PIXELS = {"signature_name": "serving_pixels", "inputs": {"pixels": np.zeros((1, 48, 48), int).tolist()}}
+
+
+def _settings(tmp_path, base) -> Settings:
+    return Settings.from_env(
+        home=tmp_path / "home", model_base=base, serving_config=tmp_path / "home" / "models.config",
+        rest_port=0, grpc_port=0, poll_seconds=0.3, inference_log_url=str(tmp_path / "log"),
+    )  # fmt: skip
+
+
+def _status(client) -> dict[str, tuple[str, str]]:
+    states = client.get("/v1/models/emotion").json()["model_version_status"]
+    return {s["version"]: (s["state"], s["status"]["error_message"]) for s in states}
+
+
+def test_new_version_hot_loads_while_requests_flow_and_broken_ones_are_refused(tmp_path, model_base):
+    base = tmp_path / "emotion"
+    base.mkdir()
+    (base / "1").symlink_to(model_base / "1", target_is_directory=True)
+    with (
+        serve_in_thread(_settings(tmp_path, base)) as running,
+        httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=30) as client,
+    ):
+        running.gateway.backend.wait_for_version("emotion", 1)
+        seen, failures, stop_flag = set(), [], threading.Event()
+
+        def traffic():
+            with httpx.Client(base_url=str(client.base_url), timeout=30) as own:
+                while not stop_flag.is_set():
+                    response = own.post("/v1/models/emotion:predict", json=PIXELS)
+                    if response.status_code != 200:
+                        failures.append(response.text)
+                    else:
+                        seen.add(own.get("/v1/models/emotion").json()["model_version_status"][0]["version"])
+
+        workers = [threading.Thread(target=traffic) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        try:
+            time.sleep(0.5)
+            export_version(base, 2, seed=7)  # staged, then renamed into place, as the Pusher does
+            running.gateway.backend.wait_for_version("emotion", 2, timeout=60)
+            time.sleep(0.5)
+        finally:
+            stop_flag.set()
+            for worker in workers:
+                worker.join()
+        assert failures == [], failures[:3]
+        assert {"1", "2"} <= seen  # answered by 1, then by 2, without a failed request
+        assert client.post("/v1/models/emotion/versions/2:predict", json=PIXELS).status_code == 200
+
+        # A half-written version (no saved_model.pb yet) is invisible; a corrupt one is refused
+        # with its reason in the status, and the good versions keep serving.
+        (base / "3" / "variables").mkdir(parents=True)
+        (base / "4").mkdir()
+        (base / "4" / "saved_model.pb").write_bytes(b"\x00 half written garbage")
+        time.sleep(1.5)
+        states = _status(client)
+        assert "3" not in states
+        assert states["4"][0] == "END" and "Error" in states["4"][1], states["4"]
+        assert states["2"] == ("AVAILABLE", "")
+        assert client.post("/v1/models/emotion:predict", json=PIXELS).status_code == 200
+        assert client.post("/v1/models/emotion/versions/4:predict", json=PIXELS).status_code == 404
+
+
+def _prediction(i: int) -> Prediction:
+    return Prediction(
+        request_id=f"r{i}", instance=0, client_id="c", model_name="emotion", model_version=1, model_label="stable",
+        signature="serving_pixels", api="rest", latency_ms=1.0, probabilities=np.full(7, 1 / 7),
+        pixels=np.full((48, 48), 128, np.uint8),
+    )  # fmt: skip
+
+
+def test_inference_log_is_bounded_never_blocks_and_flushes_on_close(tmp_path):
+    log = InferenceLog(str(tmp_path / "log"), buffer_records=10, flush_seconds=60)
+    release = threading.Event()
+    original_put = log.sink.put
+    log.sink.put = lambda name, data: (release.wait(), original_put(name, data))[1]  # a stalled sink
+    started = time.perf_counter()
+    accepted = sum(log.log(_prediction(i)) for i in range(50))
+    assert time.perf_counter() - started < 0.5  # requests never wait for the log
+    assert accepted == 10 and log.dropped == 50 - accepted  # overflow is counted, not hidden
+    release.set()
+    log.close()
+    files = list((tmp_path / "log" / "predictions").rglob("*.parquet"))
+    tables = [pq.read_table(f) for f in files]
+    assert log.written == accepted == sum(t.num_rows for t in tables)
+    assert all("date=" in str(f) and "hour=" in str(f) for f in files)
+    assert tables[0].column("brightness").to_pylist()[0] == pytest.approx(128 / 255)
+
+
+def test_inference_log_writes_parquet_to_s3(tmp_path):
+    port, access, secret = free_port(), "test-" + secrets.token_hex(4), secrets.token_urlsafe(16)
+    server = start_seaweedfs(tmp_path / "s3", port, access, secret, log_file=tmp_path / "weed.log")
+    try:
+        settings = Settings.from_env(
+            home=tmp_path, s3_endpoint_url=f"http://127.0.0.1:{port}", s3_access_key=access, s3_secret_key=secret
+        )
+        client = s3_client(settings)
+        wait_for_s3(client, "logs")
+        log = InferenceLog("s3://logs/inference", flush_seconds=60, s3_client_factory=lambda: s3_client(settings))
+        for i in range(5):
+            log.log(_prediction(i))
+        log.close()
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="logs", Prefix="inference/")["Contents"]]
+        assert len(keys) == 1 and keys[0].startswith("inference/predictions/date=")
+        body = client.get_object(Bucket="logs", Key=keys[0])["Body"].read()
+        assert pq.read_table(io.BytesIO(body)).column("request_id").to_pylist() == [f"r{i}" for i in range(5)]
+    finally:
+        stop(server)
+
+
+def test_gateway_process_flushes_the_log_on_sigterm(tmp_path, model_base):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ, "MOODLOOP_HOME": str(tmp_path / "home"), "MOODLOOP_MODEL_BASE": str(model_base),
+        "MOODLOOP_REST_PORT": "0", "MOODLOOP_GRPC_PORT": "0", "MOODLOOP_LOG_FLUSH_SECONDS": "600",
+    }  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moodloop.cli", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        port = None
+        for line in process.stdout:
+            if match := re.search(r"gateway up: REST http://127\.0\.0\.1:(\d+)", line):
+                port = int(match[1])
+                break
+        assert port, "the gateway did not start"
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/models/emotion:predict", json=PIXELS, timeout=30)
+        assert response.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=60)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0, rest
+    assert "inference log: 1 records written" in rest
+    assert len(list((tmp_path / "home" / "inference_log" / "predictions").rglob("*.parquet"))) == 1
