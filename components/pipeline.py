@@ -2,7 +2,8 @@
 
 ExampleGen (newest span) -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator
 (stops on anomalies) -> [all spans] -> Transform -> Trainer -> Evaluator (baseline = latest blessed
-model) -> report, Pusher (atomic).
+model) -> report; Trainer -> InfraValidator (loads and warms up the model in a real server);
+Pusher (atomic) when both blessed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from components.custom import (
     ModelReportGen,
     StrictExampleValidator,
 )
+from components.infra_validator import EmbeddedInfraValidator
 from moodloop.contracts import (
     CURATED_SPAN_PATTERN,
     FEATURE_LABEL,
@@ -47,6 +49,35 @@ class PipelineConfig:
     min_accuracy: float
     max_accuracy_drop: float
     span_window: int = 0
+    model_name: str = "emotion"
+    # "embedded": the gateway's embedded backend (local default); "tfserving": TFX's InfraValidator
+    # with TF Serving in Docker (needs a Docker engine: docker-compose, CI)
+    infra_validator: str = "embedded"
+    tfserving_image_tag: str = "2.16.1"
+
+
+def infra_validator(config: PipelineConfig, model, examples):
+    if config.infra_validator == "embedded":
+        # Same node id for both kinds: the Airflow DAG's task list does not depend on the choice.
+        return EmbeddedInfraValidator(model=model, examples=examples, model_name=config.model_name).with_id(
+            "InfraValidator"
+        )
+    if config.infra_validator == "tfserving":
+        return tfx.components.InfraValidator(
+            model=model,
+            examples=examples,
+            serving_spec=tfx.proto.ServingSpec(
+                tensorflow_serving=tfx.proto.TensorFlowServing(tags=[config.tfserving_image_tag]),
+                local_docker=tfx.proto.LocalDockerConfig(),
+                model_name=config.model_name,
+            ),
+            request_spec=tfx.proto.RequestSpec(
+                tensorflow_serving=tfx.proto.TensorFlowServingRequestSpec(signature_names=[SIGNATURE_EXAMPLES]),
+                num_examples=8,
+                make_warmup=True,
+            ),
+        )
+    raise ValueError(f"infra validator {config.infra_validator!r}: use 'embedded' or 'tfserving'")
 
 
 def eval_config(min_accuracy: float, max_accuracy_drop: float) -> tfma.EvalConfig:
@@ -144,9 +175,11 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         eval_config=eval_config(config.min_accuracy, config.max_accuracy_drop),
     )
     report = ModelReportGen(evaluation=evaluator.outputs["evaluation"], model_run=trainer.outputs["model_run"])
+    infra = infra_validator(config, trainer.outputs["model"], example_gen.outputs["examples"])
+    # No `model` input: the Pusher pushes the InfraValidator's stamped copy, warm-up records included.
     pusher = tfx.components.Pusher(
-        model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=infra.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_base)
         ),
@@ -166,6 +199,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             champion,
             evaluator,
             report,
+            infra,
             pusher,
         ],
         enable_cache=False,

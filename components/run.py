@@ -33,6 +33,7 @@ class RunOutcome:
     report: dict | None
     report_dir: str | None
     log_file: str
+    infra_blessed: bool | None = None  # None: the InfraValidator did not run
 
 
 def pipeline_config(settings: Settings, **train_overrides):
@@ -60,6 +61,8 @@ def pipeline_config(settings: Settings, **train_overrides):
         min_accuracy=settings.min_accuracy,
         max_accuracy_drop=settings.max_accuracy_drop,
         span_window=settings.span_window,
+        model_name=settings.model_name,
+        infra_validator=settings.infra_validator,
     )
 
 
@@ -146,6 +149,7 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
     )
     pushed_model = _latest_artifact(store, "PushedModel", start_ms)
     report_artifact = _latest_artifact(store, "MoodloopModelReport", start_ms)
+    infra = _latest_artifact(store, "InfraBlessing", start_ms)
     pushed = bool(pushed_model and pushed_model.custom_properties["pushed"].int_value == 1)
     report, report_dir = None, None
     if report_artifact is not None:
@@ -160,6 +164,7 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
         report=report,
         report_dir=report_dir,
         log_file=str(log_file),
+        infra_blessed=bool(infra.custom_properties["blessed"].int_value) if infra is not None else None,
     )
 
 
@@ -178,7 +183,10 @@ def describe(outcome: RunOutcome) -> str:
     if outcome.pushed:
         lines.append(f"BLESSED: pushed version {outcome.version} to {outcome.pushed_path}")
     else:
-        reasons = report.get("reasons") or ["the Evaluator did not bless the candidate"]
+        reasons = list(report.get("reasons") or [])
+        if outcome.infra_blessed is False:
+            reasons.append("the InfraValidator could not serve the model (see its task log / TFX log)")
+        reasons = reasons or ["the Evaluator did not bless the candidate"]
         lines.append("NOT BLESSED, nothing pushed:")
         lines += [f"  - {r}" for r in reasons]
     for name, path in (report.get("files") or {}).items():

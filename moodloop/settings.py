@@ -53,6 +53,7 @@ class Settings:
     # Evaluator thresholds (overall slice)
     min_accuracy: float
     max_accuracy_drop: float
+    infra_validator: str  # "embedded" (gateway's backend, local) | "tfserving" (TFX InfraValidator, Docker)
     # Input limits
     max_image_bytes: int
     max_image_pixels: int
@@ -113,6 +114,7 @@ class Settings:
             span_window=int(_env("MOODLOOP_SPAN_WINDOW", "0")),
             min_accuracy=float(_env("MOODLOOP_MIN_ACCURACY", "0.40")),
             max_accuracy_drop=float(_env("MOODLOOP_MAX_ACCURACY_DROP", "0.01")),
+            infra_validator=_env("MOODLOOP_INFRA_VALIDATOR", "embedded"),
             max_image_bytes=int(_env("MOODLOOP_MAX_IMAGE_BYTES", str(10 * 1024 * 1024))),
             max_image_pixels=int(_env("MOODLOOP_MAX_IMAGE_PIXELS", str(40_000_000))),
             serving_backend=_env("MOODLOOP_SERVING_BACKEND", "embedded"),

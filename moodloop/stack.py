@@ -1,12 +1,14 @@
 """The local stack: Airflow 3 (api-server, scheduler, dag-processor; SQLite, LocalExecutor) on
-127.0.0.1, running moodloop's DAGs on the embedded defaults (local folders). Orchestration env.
+127.0.0.1, running moodloop's DAGs on the embedded defaults (local folders), and the serving
+gateway (embedded backend, TF Serving's REST and gRPC APIs) on the pushed models. Orchestration env;
+the gateway runs in the pipeline env.
 
   python -m moodloop.stack start [--faces N]   start, unpause the DAGs, drop a first batch
   python -m moodloop.stack status              what runs, the latest DAG runs, pushed versions
   python -m moodloop.stack stop                stop exactly what start started
 
 The admin password is generated at the first start and kept in <home>/airflow/passwords.json
-(mode 600); nothing secret is in git.
+(mode 600), the gateway's admin token in <home>/stack/secrets.json (mode 600); nothing secret is in git.
 """
 
 from __future__ import annotations
@@ -35,12 +37,16 @@ def _port() -> int:
     return int(os.environ.get("MOODLOOP_AIRFLOW_PORT", "8080"))
 
 
+GATEWAY = "gateway"
+
+
 def _paths(settings: Settings) -> dict[str, Path]:
     airflow_home = settings.home / "airflow"
     return {
         "airflow_home": airflow_home,
         "passwords": airflow_home / "passwords.json",
         "secrets": airflow_home / "secrets.json",
+        "stack_secrets": settings.home / "stack" / "secrets.json",
         "pids": settings.home / "stack" / "pids.json",
         "logs": settings.home / "stack" / "logs",
     }
@@ -183,6 +189,31 @@ def _wait(what: str, check, timeout: float, interval: float = 2.0):
     raise SystemExit(f"error: {what} not ready after {timeout:.0f} s; see the logs in the stack's logs folder")
 
 
+def gateway_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            STACK_MARK: str(settings.home),
+            "MOODLOOP_HOME": str(settings.home),
+            "MOODLOOP_ADMIN_TOKEN": _secret(
+                _paths(settings)["stack_secrets"], "gateway_admin_token", lambda: secrets.token_urlsafe(24)
+            ),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def _gateway_health(settings: Settings) -> dict:
+    """The gateway's /healthz (503 with a body while no model is pushed yet counts as up)."""
+    url = f"http://{settings.gateway_host}:{settings.rest_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return json.loads(error.read())
+
+
 def drop_synthetic_batch(settings: Settings, name: str, faces: int, seed: int) -> Path:
     """Write a SYNTHETIC batch into the landing zone atomically (hidden folder, then rename)."""
     from data import landing, synthetic
@@ -214,8 +245,16 @@ def start(settings: Settings, faces: int) -> int:
         )
         pids[service] = process.pid
         print(f"==> {service} started (pid {process.pid}, log {paths['logs'] / (service + '.log')})", flush=True)
+    log = open(paths["logs"] / f"{GATEWAY}.log", "ab")  # noqa: SIM115 (the child keeps it)
+    process = subprocess.Popen(
+        [str(settings.pipeline_python), "-m", "serving.gateway"], env=gateway_env(settings), cwd=REPO_ROOT,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    pids[GATEWAY] = process.pid
+    print(f"==> {GATEWAY} started (pid {process.pid}, log {paths['logs'] / (GATEWAY + '.log')})", flush=True)
     paths["pids"].write_text(json.dumps(pids))
 
+    _wait("the serving gateway", lambda: _gateway_health(settings), 120)
     _wait("the api-server", lambda: _request("GET", "/api/v2/monitor/health")[0] == 200, 120)
     bearer = token(settings)
 
@@ -230,6 +269,10 @@ def start(settings: Settings, faces: int) -> int:
 
     password = json.loads(paths["passwords"].read_text())[ADMIN]
     print(f"\nmoodloop is up.\n  Airflow UI   http://127.0.0.1:{_port()}   user {ADMIN}   password {password}")
+    print(
+        f"  serving      REST http://{settings.gateway_host}:{settings.rest_port}/v1/models/{settings.model_name}"
+        f"   gRPC {settings.gateway_host}:{settings.grpc_port}   (TF Serving's APIs; embedded backend)"
+    )
     if faces > 0:
         batch = drop_synthetic_batch(settings, f"synthetic-{time.strftime('%Y%m%dT%H%M%S')}", faces, seed=0)
         print(f"  first batch  {batch}  ({faces} SYNTHETIC faces)")
@@ -257,6 +300,15 @@ def status(settings: Settings) -> int:
             print(f"  Airflow API not answering: {exc}")
     versions = sorted(p.name for p in settings.model_base.glob("*") if p.name.isdigit())
     print(f"  model versions under {settings.model_base}: {', '.join(versions) or 'none yet'}")
+    if running:
+        try:
+            health = _gateway_health(settings)
+            print(
+                f"  gateway :{settings.rest_port}  serving versions {health.get('available_versions', [])}"
+                f"  labels {health.get('labels', {})}"
+            )
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            print(f"  gateway not answering: {exc}")
     return 0
 
 

@@ -419,6 +419,16 @@ class TFServingBackend:
         names = get_model_status_pb2.ModelVersionStatus.State.Name
         return [VersionState(s.version, names(s.state), s.status.error_message) for s in response.model_version_status]
 
+    def sync(self) -> None:
+        """Push models.config to TF Serving now (ModelService.HandleReloadConfigRequest) instead of
+        waiting for its next poll: a promote or rollback takes effect when this returns."""
+        from tensorflow_serving.apis import model_management_pb2
+
+        request = model_management_pb2.ReloadConfigRequest(config=models_config.read(self.config_path))
+        response = self._call(self._models.HandleReloadConfigRequest, request)
+        if response.status.error_code != 0:
+            raise ServingError("FAILED_PRECONDITION", f"TF Serving refused the config: {response.status.error_message}")
+
     def labels(self, model: str) -> dict[str, int]:
         try:
             policy = models_config.policies(models_config.read(self.config_path)).get(model)

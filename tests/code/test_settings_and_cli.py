@@ -62,3 +62,14 @@ def test_curate_uses_the_good_rows_of_a_mixed_csv(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert "rejected fer2013_mixed.csv:row 5" in out
     assert "curated span 1: 8 faces" in out
+
+
+def test_dag_node_list_matches_the_compiled_pipeline():
+    """dags/train_emotion_model.py reads components/pipeline_nodes.json (it must not import TFX);
+    regenerate it with `python -m components.node_runner nodes > components/pipeline_nodes.json`."""
+    import json
+
+    from components.node_runner import NODES_FILE, _compiled, topology
+    from moodloop.settings import Settings
+
+    assert topology(_compiled(Settings.from_env(), {})) == json.loads(NODES_FILE.read_text())

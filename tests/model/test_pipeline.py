@@ -50,6 +50,9 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     versions = _versions(settings.model_base)
     assert len(versions) == 1
     assert not [p for p in settings.model_base.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    # Pushed from the InfraValidator's stamped copy: TF Serving replays these before serving it.
+    assert (settings.model_base / versions[0] / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
+    assert "INFRA BLESSED" in out
     confusion_png = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("confusion matrix:"))
     assert Path(confusion_png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

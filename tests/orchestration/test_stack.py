@@ -59,9 +59,13 @@ class Api:
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}: {self.runs(dag_id)}")
 
 
+def _ports() -> dict[str, str]:
+    return {name: str(free_port()) for name in ("MOODLOOP_AIRFLOW_PORT", "MOODLOOP_REST_PORT", "MOODLOOP_GRPC_PORT")}
+
+
 @pytest.fixture
 def stack(tmp_path):
-    env = {**os.environ, **FAST, "MOODLOOP_HOME": str(tmp_path / "home"), "MOODLOOP_AIRFLOW_PORT": str(free_port())}
+    env = {**os.environ, **FAST, "MOODLOOP_HOME": str(tmp_path / "home"), **_ports()}
     command = [sys.executable, "-m", "moodloop.stack"]
     started = subprocess.run([*command, "start", "--faces", "2000"], env=env, capture_output=True, text=True)
     try:
@@ -89,7 +93,9 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     succeeded = lambda runs: any(r["state"] == "success" for r in runs)  # noqa: E731
     api.wait_for("ingest_faces", succeeded, 300, "the first batch to be ingested")
     api.wait_for("train_emotion_model", succeeded, 900, "the asset-triggered training")
-    assert [p.name for p in settings.model_base.iterdir() if p.name.isdigit()], "no version pushed"
+    pushed = [int(p.name) for p in settings.model_base.iterdir() if p.name.isdigit()]
+    assert pushed, "no version pushed"
+    _check_gateway_serves(int(env["MOODLOOP_REST_PORT"]), max(pushed))
     first = api.runs("train_emotion_model")[0]
     assert first["run_type"] == "asset_triggered"
     tasks = api.call("GET", f"/api/v2/dags/train_emotion_model/dagRuns/{first['dag_run_id']}/taskInstances")
@@ -134,6 +140,27 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     _check_ui(port, password, tmp_path / "airflow-ui.png")
 
 
+def _check_gateway_serves(rest_port: int, version: int) -> None:
+    """The stack's gateway picks up the pushed version by itself and answers TF Serving's REST API."""
+    base = f"http://127.0.0.1:{rest_port}/v1/models/emotion"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(base, timeout=10) as response:
+                states = json.loads(response.read())["model_version_status"]
+            if {"version": str(version), "state": "AVAILABLE"}.items() <= states[0].items():
+                break
+        except urllib.error.URLError:
+            pass
+        assert time.monotonic() < deadline, f"the gateway does not serve version {version}"
+        time.sleep(2)
+    pixels, _ = synthetic.generate_arrays(4, seed=99)
+    body = json.dumps({"signature_name": "serving_pixels", "instances": pixels.tolist()}).encode()
+    with urllib.request.urlopen(urllib.request.Request(base + ":predict", data=body), timeout=30) as response:
+        predictions = json.loads(response.read())["predictions"]
+    assert len(predictions) == 4 and all(len(p["probabilities"]) == 7 for p in predictions)
+
+
 def _check_ui(port: int, password: str, screenshot: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -168,8 +195,7 @@ def _task_state(api: Api, dag_id: str, run_id: str, task_id: str) -> str | None:
 
 def test_killing_the_scheduler_and_the_trainer_mid_run_ends_cleanly(tmp_path):
     env = {
-        **os.environ, **FAST, "MOODLOOP_EPOCHS": "60", "MOODLOOP_HOME": str(tmp_path / "home"),
-        "MOODLOOP_AIRFLOW_PORT": str(free_port()),
+        **os.environ, **FAST, "MOODLOOP_EPOCHS": "60", "MOODLOOP_HOME": str(tmp_path / "home"), **_ports(),
     }  # fmt: skip
     command = [sys.executable, "-m", "moodloop.stack"]
     settings = Settings.from_env(home=env["MOODLOOP_HOME"])

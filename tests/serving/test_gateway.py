@@ -80,11 +80,9 @@ def test_rest_columnar_pixels_by_version_and_label(http, labels):
 
 def test_rest_status_and_metadata_have_tf_servings_shape(http):
     status = http.get("/v1/models/emotion").json()
-    assert status["model_version_status"][0] == {
-        "version": "2",
-        "state": "AVAILABLE",
-        "status": {"error_code": "OK", "error_message": ""},
-    }
+    assert sorted(status["model_version_status"], key=lambda s: s["version"]) == [
+        {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}} for v in ("1", "2")
+    ]
     assert http.get("/v1/models/emotion/versions/1").json()["model_version_status"][0]["version"] == "1"
     metadata = http.get("/v1/models/emotion/versions/1/metadata").json()
     assert metadata["model_spec"] == {"name": "emotion", "signature_name": "", "version": "1"}
@@ -145,9 +143,9 @@ def test_grpc_predict_metadata_status_with_official_stubs(channel, model_base):
     status_request = get_model_status_pb2.GetModelStatusRequest()
     status_request.model_spec.name = "emotion"
     status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request, timeout=10)
-    assert [(s.version, s.state) for s in status.model_version_status] == [
-        (2, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
+    assert sorted((s.version, s.state) for s in status.model_version_status) == [
         (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
+        (2, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
     ]
 
 
