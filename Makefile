@@ -8,7 +8,7 @@ N           ?= 10000
 
 STACK       := .venv/orchestration/bin/python -m moodloop.stack
 
-.PHONY: help setup run stop status train test test-fast lint format bench clean
+.PHONY: help setup run stop status train serve test test-fast lint format bench clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ train: setup  ## without Airflow: synthetic 10k-face batch -> TFX pipeline (Loca
 	@test -e $(BATCH) || $(MOODLOOP) generate $(BATCH) --n $(N) --seed 0
 	$(MOODLOOP) train --data $(BATCH)
 
+serve: setup  ## the serving gateway alone (REST :8501, gRPC :8500) on the pushed models
+	$(MOODLOOP) serve
+
 test: setup  ## the whole test suite (what CI runs): both environments' tests, then the verdict
 	@status=0; \
 	$(PIPELINE_PY) -m pytest tests -p no:cacheprovider -ra --durations=10 --ignore=tests/orchestration || status=1; \
@@ -47,8 +50,9 @@ format: setup  ## ruff format + autofix
 	.venv/orchestration/bin/ruff check --fix .
 	.venv/orchestration/bin/ruff format .
 
-bench: setup  ## pipeline vs bare tf_keras fit at 2k and 10k faces (prints ratios)
+bench: setup  ## benchmarks, each as a ratio to its baseline: pipeline vs bare fit; gateway vs raw model
 	$(PIPELINE_PY) bench/pipeline_overhead.py --sizes 2000 10000
+	$(PIPELINE_PY) bench/serving_throughput.py
 
 clean:  ## remove runs, models and logs under MOODLOOP_HOME (keeps the environments)
 	rm -rf $(HOME_DIR)

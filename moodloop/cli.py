@@ -162,29 +162,20 @@ def cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_promote(_: argparse.Namespace) -> int:
+def _move_labels(action: str) -> int:
+    """promote (stable := canary) or rollback (drop canary), written atomically into models.config."""
     from serving import models_config
 
     settings = Settings.from_env()
     try:
-        version = models_config.promote(settings.serving_config, settings.model_name)
+        version = getattr(models_config, action)(settings.serving_config, settings.model_name)
     except (LookupError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"promoted: stable -> version {version}; canary label dropped ({settings.serving_config})")
-    return 0
-
-
-def cmd_rollback(_: argparse.Namespace) -> int:
-    from serving import models_config
-
-    settings = Settings.from_env()
-    try:
-        version = models_config.rollback(settings.serving_config, settings.model_name)
-    except (LookupError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"rolled back: canary (version {version}) dropped; stable serves everything" if version else "no canary")
+    if action == "promote":
+        print(f"promoted: stable -> version {version}; canary label dropped ({settings.serving_config})")
+    else:
+        print(f"rolled back: canary (version {version}) dropped; stable serves everything" if version else "no canary")
     return 0
 
 
@@ -238,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
     for name, func, text in (
         ("models", cmd_models, "versions on disk, labels and the canary share"),
-        ("promote", cmd_promote, "move the stable label to the canary's version and drop the canary"),
-        ("rollback", cmd_rollback, "drop the canary label; stable serves all traffic"),
+        ("promote", lambda _: _move_labels("promote"), "move the stable label to the canary's version, drop canary"),
+        ("rollback", lambda _: _move_labels("rollback"), "drop the canary label; stable serves all traffic"),
     ):
         sub.add_parser(name, help=text).set_defaults(func=func)
 

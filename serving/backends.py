@@ -361,7 +361,10 @@ class TFServingBackend:
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._timeout = timeout
-        self._signature_cache: dict[tuple[str, int], dict] = {}
+        # GetModelMetadata per request would double the RPCs: signature defs are cached briefly
+        # (a new version or label move shows within SIGNATURE_TTL seconds), labels by file mtime.
+        self._signature_cache: dict[tuple, tuple[float, int, dict]] = {}
+        self._labels_cache: tuple[float, dict] = (-1.0, {})
 
     def start(self) -> TFServingBackend:
         return self
@@ -400,7 +403,18 @@ class TFServingBackend:
         response = self._call(self._predict.Predict, request)
         return response.model_spec.version.value, {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
+    SIGNATURE_TTL = 2.0
+
     def signature_defs(self, model: str, version: int | None, label: str | None) -> tuple[int, dict]:
+        key = (model, version, label)
+        cached = self._signature_cache.get(key)
+        if cached and time.monotonic() - cached[0] < self.SIGNATURE_TTL:
+            return cached[1], cached[2]
+        served, defs = self._fetch_signature_defs(model, version, label)
+        self._signature_cache[key] = (time.monotonic(), served, defs)
+        return served, defs
+
+    def _fetch_signature_defs(self, model: str, version: int | None, label: str | None) -> tuple[int, dict]:
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
@@ -431,7 +445,10 @@ class TFServingBackend:
 
     def labels(self, model: str) -> dict[str, int]:
         try:
-            policy = models_config.policies(models_config.read(self.config_path)).get(model)
+            mtime = self.config_path.stat().st_mtime
+            if mtime != self._labels_cache[0]:
+                policies = models_config.policies(models_config.read(self.config_path))
+                self._labels_cache = (mtime, {name: dict(p.labels) for name, p in policies.items()})
         except (OSError, ValueError):
             return {}
-        return dict(policy.labels) if policy else {}
+        return dict(self._labels_cache[1].get(model, {}))

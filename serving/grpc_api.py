@@ -13,6 +13,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -104,6 +105,20 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
             entry.status.error_code = 2 if state.error else 0  # UNKNOWN / OK (tensorflow.error.Code)
             entry.status.error_message = state.error
+        return response
+
+
+    def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
+        """TF Serving's config reload: the new config replaces models.config and is applied now."""
+        from serving import models_config
+
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            models_config.write(self.gateway.settings.serving_config, request.config)
+            self.gateway.reload()
+        except (OSError, ValueError) as error:
+            response.status.error_code = 3  # INVALID_ARGUMENT
+            response.status.error_message = str(error)
         return response
 
 

@@ -166,61 +166,42 @@ def create_app(gateway: Gateway) -> Starlette:
     def _flag(request: Request, name: str) -> bool:
         return request.query_params.get(name, "").lower() in ("1", "true", "yes")
 
-    async def faces(request: Request) -> Response:
-        call = Call("faces", settings.model_name, None, None, "", _client_id(request), gateway.new_request_id())
+    async def _analyze(request: Request, api: str, media_type: str, analyze) -> Response:
+        """Shared by photos and videos: upload, analyze in a worker thread, JSON or annotated media."""
+        call = Call(api, settings.model_name, None, None, "", _client_id(request), gateway.new_request_id())
         try:
             data = await _upload(request)
-            result, image = await in_thread(
-                analyze_photo,
-                data,
-                gateway.detector,
-                gateway.classifier(call),
-                settings.max_image_pixels,
-                _flag(request, "annotate"),
-            )
-        except PayloadTooLarge as error:
-            return JSONResponse({"error": str(error)}, status_code=413)
-        except BadMediaError as error:
-            return JSONResponse({"error": str(error)}, status_code=400)
-        except ServingError as error:
-            return _error(error.code, error.message)
-        headers = {"x-request-id": call.request_id}
-        if image is not None:
-            return Response(image, media_type="image/jpeg", headers=headers)
-        return JSONResponse({"request_id": call.request_id, **result}, headers=headers)
-
-    async def videos(request: Request) -> Response:
-        call = Call("videos", settings.model_name, None, None, "", _client_id(request), gateway.new_request_id())
-        try:
-            every = float(request.query_params.get("every", "0.5"))
-            if not 0.04 <= every <= 60:
-                raise BadMediaError("'every' (seconds between sampled frames) must be between 0.04 and 60")
-            data = await _upload(request)
-            result, video = await asyncio.wait_for(
-                run_in_threadpool(
-                    analyze_video,
-                    data,
-                    gateway.detector,
-                    gateway.classifier(call),
-                    settings.max_image_pixels,
-                    every,
-                    600,
-                    _flag(request, "annotate"),
-                ),
-                timeout=max(60.0, settings.request_timeout_seconds),
-            )
+            result, media = await analyze(data, gateway.classifier(call), _flag(request, "annotate"))
         except PayloadTooLarge as error:
             return JSONResponse({"error": str(error)}, status_code=413)
         except (BadMediaError, ValueError) as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         except asyncio.TimeoutError:
-            return _error("DEADLINE_EXCEEDED", "video analysis took too long; send a shorter clip or a larger 'every'")
+            return _error("DEADLINE_EXCEEDED", f"{api} analysis took too long; send something smaller")
         except ServingError as error:
             return _error(error.code, error.message)
         headers = {"x-request-id": call.request_id}
-        if video is not None:
-            return Response(video, media_type="video/mp4", headers=headers)
+        if media is not None:
+            return Response(media, media_type=media_type, headers=headers)
         return JSONResponse({"request_id": call.request_id, **result}, headers=headers)
+
+    async def faces(request: Request) -> Response:
+        async def analyze(data, classify, annotate):
+            return await in_thread(analyze_photo, data, gateway.detector, classify, settings.max_image_pixels, annotate)
+
+        return await _analyze(request, "faces", "image/jpeg", analyze)
+
+    async def videos(request: Request) -> Response:
+        async def analyze(data, classify, annotate):
+            every = float(request.query_params.get("every", "0.5"))
+            if not 0.04 <= every <= 60:
+                raise BadMediaError("'every' (seconds between sampled frames) must be between 0.04 and 60")
+            work = run_in_threadpool(
+                analyze_video, data, gateway.detector, classify, settings.max_image_pixels, every, 600, annotate
+            )
+            return await asyncio.wait_for(work, timeout=max(60.0, settings.request_timeout_seconds))
+
+        return await _analyze(request, "videos", "video/mp4", analyze)
 
     async def feedback(request: Request) -> Response:
         try:
