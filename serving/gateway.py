@@ -74,7 +74,6 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
     """Run the whole gateway in background threads of this process; stop and flush on exit.
     Port 0 picks free ports; the ones chosen are in the result. (uvicorn off the main thread
     installs no signal handlers: the caller decides when to stop, and the log is always flushed.)"""
-    import socket
     import time
 
     import uvicorn
@@ -85,17 +84,21 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
     gateway = build(settings)
     server, grpc_port = create_server(gateway, f"{settings.gateway_host}:{settings.grpc_port}")
     server.start()
-    sock = socket.socket()
-    sock.bind((settings.gateway_host, settings.rest_port))
-    rest_port = sock.getsockname()[1]
+    # uvicorn binds the port itself: a pre-bound socket handed to it answered every request
+    # 40 ms late (delayed ACKs), so port 0 is resolved after start-up instead.
     config = uvicorn.Config(
-        create_app(gateway), log_level="info" if access_log else "warning", access_log=access_log, lifespan="off"
-    )
+        create_app(gateway), host=settings.gateway_host, port=settings.rest_port,
+        log_level="info" if access_log else "warning", access_log=access_log, lifespan="off",
+    )  # fmt: skip
     rest = uvicorn.Server(config)
-    thread = threading.Thread(target=rest.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread = threading.Thread(target=rest.run, daemon=True)
     thread.start()
     while not rest.started:
+        if not thread.is_alive():
+            server.stop(grace=0)
+            raise OSError(f"the REST server could not start on {settings.gateway_host}:{settings.rest_port}")
         time.sleep(0.02)
+    rest_port = rest.servers[0].sockets[0].getsockname()[1]
     try:
         yield RunningGateway(gateway, rest_port, grpc_port)
     finally:
@@ -104,7 +107,6 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
         server.stop(grace=2).wait()
         gateway.backend.close()
         gateway.inference_log.close()
-        sock.close()
 
 
 def main(argv: list[str] | None = None) -> int:
