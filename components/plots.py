@@ -65,3 +65,43 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str, 
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def gate_report(result: dict, path: str) -> str:
+    """The A/B gate at a glance: per-class recall, candidate vs champion, and the verdict."""
+    per_class = result.get("per_class") or {}
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    names = list(per_class) or ["all"]
+    x = np.arange(len(names))
+    if per_class:
+        champion = [per_class[n]["champion_recall"] for n in names]
+        candidate = [per_class[n]["candidate_recall"] for n in names]
+        ax.bar(x - 0.2, champion, 0.4, label="champion", color="#9aa5b1")
+        bars = ax.bar(x + 0.2, candidate, 0.4, label="candidate", color="#2b7bba")
+        for bar, name in zip(bars, names, strict=True):
+            if per_class[name]["regression"]:
+                bar.set_color("#d9534f")
+                ax.annotate("regression", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                            va="bottom", fontsize=8, color="#d9534f")  # fmt: skip
+        ax.set_xticks(x, [f"{n}\n({per_class[n]['faces']})" for n in names])
+        ax.set_ylabel("recall on held-out faces")
+        ax.legend(loc="lower right")
+    else:
+        ax.bar([0], [result.get("candidate_accuracy", 0)], 0.4, color="#2b7bba", label="candidate accuracy")
+        ax.axhline(result["thresholds"]["min_accuracy"], color="#d9534f", linestyle="--", label="floor")
+        ax.set_xticks([0], ["no champion: accuracy vs floor"])
+        ax.legend()
+    ax.set_ylim(0, 1.08)
+    ax.grid(axis="y", alpha=0.3)
+    title = f"A/B gate: {result['verdict']} ({result['examples']} faces)"
+    if result.get("mcnemar"):
+        low, high = result["accuracy_difference_ci"]
+        title += (
+            f"\naccuracy {result['candidate_accuracy']:.3f} vs {result['champion_accuracy']:.3f}, "
+            f"diff CI [{low:+.3f}, {high:+.3f}], McNemar p = {result['mcnemar']['p_value']:.3g}"
+        )
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,245 @@
+"""The offline A/B gate: candidate and champion predict the same held-out faces, and statistics
+decide, not a single threshold.
+
+- McNemar's exact test on the paired per-face correctness: is the candidate better, beyond chance?
+- A paired bootstrap confidence interval of the accuracy difference (reported).
+- Per-class recall non-regression, each with its own bootstrap bound: disgust is ~1.5 % of FER2013,
+  and a collapse there must not hide inside a better overall accuracy.
+- A minimum number of held-out faces, below which the gate refuses to decide (and says so).
+- The first model (no champion yet) faces the absolute accuracy floor alone.
+
+The champion is the model the `stable` label serves (models.config, contract 3), or the newest
+version under the model base path while there are no labels: the gate compares with what users get.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+from pathlib import Path
+from typing import List  # noqa: UP035 - TFX's component parser reads typing.List annotations
+
+import numpy as np
+from tfx import v1 as tfx
+from tfx.types import artifact, artifact_utils, standard_artifacts
+
+from moodloop.contracts import EMOTIONS, OUTPUT_PROBABILITIES, SIGNATURE_EXAMPLES
+
+GATE_REPORT_JSON = "gate_report.json"
+GATE_REPORT_PNG = "gate_report.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class GateThresholds:
+    min_accuracy: float = 0.40  # absolute floor, for every candidate
+    alpha: float = 0.05  # false-promotion level of the superiority test (one-sided)
+    min_examples: int = 200  # fewer held-out faces: no decision
+    max_class_recall_drop: float = 0.05  # a per-class drop larger than this, and significant, blocks
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+def mcnemar_exact_p(candidate_only: int, champion_only: int) -> float:
+    """One-sided exact McNemar p-value for "the candidate is better": among the faces exactly one
+    model gets right, P(the candidate wins at least this many | both equally good)."""
+    from scipy.stats import binom
+
+    discordant = candidate_only + champion_only
+    if discordant == 0:
+        return 1.0
+    return float(binom.sf(candidate_only - 1, discordant, 0.5))
+
+
+def _bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of `values` over bootstrap resamples (paired: the same faces for both models)."""
+    if len(values) == 0:
+        return np.zeros(resamples)
+    index = rng.integers(0, len(values), size=(resamples, len(values)))
+    return values[index].mean(axis=1)
+
+
+def decide(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray | None, thresholds: GateThresholds) -> dict:
+    """The verdict and its numbers. `candidate` / `champion` are predicted class ids per face."""
+    rng = np.random.default_rng(thresholds.seed)
+    n = len(labels)
+    cand_correct = (candidate == labels).astype(np.float64)
+    accuracy = float(cand_correct.mean()) if n else 0.0
+    result: dict = {
+        "examples": n,
+        "candidate_accuracy": accuracy,
+        "thresholds": dataclasses.asdict(thresholds),
+        "has_champion": champion is not None,
+        "reasons": [],
+    }
+    if n < thresholds.min_examples:
+        result.update(
+            verdict="UNDECIDED",
+            blessed=False,
+            reasons=[
+                f"only {n} held-out faces; the gate decides from {thresholds.min_examples} (MOODLOOP_GATE_MIN_EXAMPLES)"
+            ],
+        )
+        return result
+    reasons = []
+    if accuracy < thresholds.min_accuracy:
+        reasons.append(f"accuracy {accuracy:.4f} is below the floor {thresholds.min_accuracy:.4f}")
+    if champion is None:
+        result.update(verdict="BLESSED" if not reasons else "REJECTED", blessed=not reasons, reasons=reasons)
+        return result
+
+    champ_correct = (champion == labels).astype(np.float64)
+    candidate_only = int(((cand_correct == 1) & (champ_correct == 0)).sum())
+    champion_only = int(((cand_correct == 0) & (champ_correct == 1)).sum())
+    p_value = mcnemar_exact_p(candidate_only, champion_only)
+    diffs = _bootstrap_means(cand_correct - champ_correct, thresholds.bootstrap, rng)
+    low, high = np.quantile(diffs, [thresholds.alpha / 2, 1 - thresholds.alpha / 2])
+    result.update(
+        champion_accuracy=float(champ_correct.mean()),
+        accuracy_difference=float(cand_correct.mean() - champ_correct.mean()),
+        accuracy_difference_ci=[float(low), float(high)],
+        mcnemar={"candidate_only": candidate_only, "champion_only": champion_only, "p_value": p_value},
+    )
+    if p_value >= thresholds.alpha:
+        reasons.append(
+            f"not better than the champion beyond chance: accuracy {accuracy:.4f} against the champion's "
+            f"{result['champion_accuracy']:.4f}, McNemar exact p = {p_value:.3g} (needs < {thresholds.alpha})"
+        )
+
+    per_class = {}
+    for k, emotion in enumerate(EMOTIONS):
+        members = labels == k
+        count = int(members.sum())
+        if count == 0:
+            continue
+        cand_recall, champ_recall = float(cand_correct[members].mean()), float(champ_correct[members].mean())
+        diff_boot = _bootstrap_means(cand_correct[members] - champ_correct[members], thresholds.bootstrap, rng)
+        upper = float(np.quantile(diff_boot, 1 - thresholds.alpha))  # one-sided upper bound of the change
+        regression = (cand_recall - champ_recall) < -thresholds.max_class_recall_drop and upper < 0
+        per_class[emotion] = {
+            "faces": count,
+            "candidate_recall": cand_recall,
+            "champion_recall": champ_recall,
+            "change": cand_recall - champ_recall,
+            "change_upper_bound": upper,
+            "regression": bool(regression),
+        }
+        if regression:
+            reasons.append(
+                f"{emotion} recall fell from {champ_recall:.3f} to {cand_recall:.3f} on {count} faces "
+                f"(upper {1 - thresholds.alpha:.0%} bound of the change {upper:+.3f}; allowed drop "
+                f"{thresholds.max_class_recall_drop})"
+            )
+    result.update(per_class=per_class, verdict="BLESSED" if not reasons else "REJECTED", blessed=not reasons)
+    result["reasons"] = reasons
+    return result
+
+
+# ---------------------------------------------------------------- the TFX component
+
+
+class GateReport(artifact.Artifact):
+    """The A/B gate's verdict, numbers (JSON) and picture (PNG)."""
+
+    TYPE_NAME = "MoodloopGateReport"
+
+
+def champion_dir(model_base: str, serving_config: str, model_name: str) -> str | None:
+    """The SavedModel users get now: the `stable` label, else the newest version, else None."""
+    from serving import models_config
+
+    base = Path(model_base)
+    versions = models_config.version_folders(base)
+    if not versions:
+        return None
+    stable = None
+    if Path(serving_config).exists():
+        policy = models_config.policies(models_config.read(Path(serving_config))).get(model_name)
+        stable = policy.labels.get(models_config.STABLE) if policy else None
+    version = stable if stable in versions else max(versions)
+    return str(base / str(version))
+
+
+def eval_examples(examples: list) -> tuple[list[bytes], np.ndarray]:
+    """Serialized eval-split tf.Examples of every span, and their labels."""
+    import tensorflow as tf
+
+    from moodloop.contracts import FEATURE_LABEL
+
+    files = []
+    for item in examples:
+        files += sorted(glob.glob(os.path.join(artifact_utils.get_split_uri([item], "eval"), "*")))
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    labels = np.array(
+        [tf.train.Example.FromString(s).features.feature[FEATURE_LABEL].int64_list.value[0] for s in serialized]
+    )
+    return serialized, labels
+
+
+def predict_classes(model_dir: str, serialized: list[bytes], batch: int = 256) -> np.ndarray:
+    import tensorflow as tf
+
+    predict = tf.saved_model.load(model_dir).signatures[SIGNATURE_EXAMPLES]
+    out = [
+        predict(examples=tf.constant(serialized[i : i + batch]))[OUTPUT_PROBABILITIES].numpy().argmax(axis=1)
+        for i in range(0, len(serialized), batch)
+    ]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def describe(result: dict) -> list[str]:
+    lines = [f"A/B gate: {result['verdict']} on {result['examples']} held-out faces"]
+    lines.append(f"  candidate accuracy {result['candidate_accuracy']:.4f}")
+    if result.get("champion_accuracy") is not None:
+        low, high = result["accuracy_difference_ci"]
+        m = result["mcnemar"]
+        lines.append(
+            f"  champion accuracy {result['champion_accuracy']:.4f}; difference {result['accuracy_difference']:+.4f} "
+            f"(95% bootstrap CI {low:+.4f} .. {high:+.4f}); McNemar: candidate-only {m['candidate_only']}, "
+            f"champion-only {m['champion_only']}, p = {m['p_value']:.3g}"
+        )
+    elif result["examples"] >= result["thresholds"]["min_examples"]:
+        lines.append("  no champion yet: the accuracy floor alone decides")
+    lines += [f"  - {reason}" for reason in result["reasons"]]
+    return lines
+
+
+@tfx.dsl.components.component
+def ABGate(
+    model: tfx.dsl.components.InputArtifact[standard_artifacts.Model],
+    examples: tfx.dsl.components.InputArtifact[List[standard_artifacts.Examples]],  # noqa: UP006
+    evaluation: tfx.dsl.components.InputArtifact[standard_artifacts.ModelEvaluation],
+    blessing: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelBlessing],
+    report: tfx.dsl.components.OutputArtifact[GateReport],
+    model_base: tfx.dsl.components.Parameter[str],
+    serving_config: tfx.dsl.components.Parameter[str],
+    model_name: tfx.dsl.components.Parameter[str] = "emotion",
+    min_accuracy: tfx.dsl.components.Parameter[float] = 0.40,
+    alpha: tfx.dsl.components.Parameter[float] = 0.05,
+    min_examples: tfx.dsl.components.Parameter[int] = 200,
+    max_class_recall_drop: tfx.dsl.components.Parameter[float] = 0.05,
+    bootstrap: tfx.dsl.components.Parameter[int] = 1000,
+) -> None:
+    """Champion vs candidate on the same held-out faces; blesses (or not) for the Pusher."""
+    from tfx.utils import path_utils
+
+    from components import plots
+
+    thresholds = GateThresholds(min_accuracy, alpha, min_examples, max_class_recall_drop, bootstrap)
+    serialized, labels = eval_examples(examples)
+    candidate = predict_classes(path_utils.serving_model_path(model.uri), serialized)
+    champion_path = champion_dir(model_base, serving_config, model_name)
+    champion = predict_classes(champion_path, serialized) if champion_path else None
+    result = decide(labels, candidate, champion, thresholds)
+    result.update(champion=champion_path, candidate=model.uri, tfma_evaluation=evaluation.uri)
+
+    os.makedirs(report.uri, exist_ok=True)
+    with open(os.path.join(report.uri, GATE_REPORT_JSON), "w") as fh:
+        json.dump(result, fh, indent=1)
+    plots.gate_report(result, os.path.join(report.uri, GATE_REPORT_PNG))
+    # The ModelBlessing contract the Pusher and LatestBlessedModelStrategy read (as the Evaluator writes it).
+    blessing.set_int_custom_property("blessed", int(result["blessed"]))
+    blessing.set_string_custom_property("current_model", model.uri)
+    blessing.set_int_custom_property("current_model_id", model.id)
+    Path(blessing.uri, "BLESSED" if result["blessed"] else "NOT_BLESSED").touch()
+    print("\n".join(describe(result)), flush=True)
+    print(f"gate report: {os.path.join(report.uri, GATE_REPORT_JSON)} and {GATE_REPORT_PNG}", flush=True)
