@@ -96,8 +96,39 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         shutil.copytree(model_path, staging)
         os.replace(staging, final)
         print(f"pushed model version {version} to {final}", flush=True)
+        label_pushed_version(json.loads(exec_properties.get("custom_config") or "null") or {}, base, version)
         io_utils.copy_dir(model_path, model_push.uri)
         self._MarkPushed(model_push, pushed_destination=final, pushed_version=str(version))
+
+
+def label_pushed_version(config: dict, model_base: str, version: int) -> str | None:
+    """Push as canary: the new version gets the `canary` label and the configured traffic share;
+    `stable` stays where it is. The first model of a model base becomes `stable` directly.
+    Returns the label given (None when no models.config is configured)."""
+    if not config.get("serving_config"):
+        return None
+    from pathlib import Path
+
+    from serving import models_config
+    from serving.traffic import TrafficFile
+
+    path, model_name = Path(config["serving_config"]), config.get("model_name", "emotion")
+    models_config.ensure(path, model_name, Path(model_base))
+    policy = models_config.policies(models_config.read(path)).get(model_name)
+    if policy is None or models_config.STABLE not in policy.labels:
+        models_config.set_label(path, model_name, models_config.STABLE, version)
+        print(f"version {version} is the first model: labelled {models_config.STABLE} in {path}", flush=True)
+        return models_config.STABLE
+    models_config.set_label(path, model_name, models_config.CANARY, version)
+    share = float(config.get("canary_share", 0.1))
+    if config.get("traffic_file"):
+        TrafficFile(Path(config["traffic_file"]), share).set(share)
+    print(
+        f"version {version} labelled {models_config.CANARY} ({share:.0%} of traffic); "
+        f"{models_config.STABLE} stays on version {policy.labels[models_config.STABLE]} ({path})",
+        flush=True,
+    )
+    return models_config.CANARY
 
 
 # ---------------------------------------------------------------- one Examples artifact per span
@@ -248,5 +279,6 @@ def ModelReportGen(
     }
     with open(os.path.join(report.uri, REPORT_JSON), "w") as fh:
         json.dump(summary, fh, indent=1)
-    verdict = "BLESSED" if blessed else "NOT BLESSED: " + "; ".join(reasons)
+    # TFMA's thresholds are reported here; the push decision is the A/B gate's (ABGate task).
+    verdict = "TFMA thresholds passed" if blessed else "TFMA thresholds failed: " + "; ".join(reasons)
     print(f"held-out accuracy {accuracy}; {verdict}; report in {report.uri}", flush=True)

@@ -2,8 +2,9 @@
 
 ExampleGen (newest span) -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator
 (stops on anomalies) -> [all spans] -> Transform -> Trainer -> Evaluator (baseline = latest blessed
-model) -> report; Trainer -> InfraValidator (loads and warms up the model in a real server);
-Pusher (atomic) when both blessed.
+model) -> report; A/B gate (candidate vs the stable champion on the same held-out faces);
+Trainer -> InfraValidator (loads and warms up the model in a real server); Pusher (atomic, as
+canary) when both blessed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
+from components.ab_gate import ABGate, GateThresholds
 from components.custom import (
     AtomicPusherExecutor,
     LatestVersionPerSpanStrategy,
@@ -49,6 +51,10 @@ class PipelineConfig:
     min_accuracy: float
     max_accuracy_drop: float
     span_window: int = 0
+    gate: GateThresholds = GateThresholds()
+    serving_config: str = ""  # models.config: the gate's champion is `stable`; the Pusher labels `canary`
+    traffic_file: str = ""
+    canary_share: float = 0.1
     model_name: str = "emotion"
     # "embedded": the gateway's embedded backend (local default); "tfserving": TFX's InfraValidator
     # with TF Serving in Docker (needs a Docker engine: docker-compose, CI)
@@ -162,10 +168,13 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=config.train_config,
     )
+    # TFMA's baseline: the latest model the A/B gate blessed (the gate itself compares with `stable`).
     champion = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        model_blessing=tfx.dsl.Channel(
+            type=tfx.types.standard_artifacts.ModelBlessing, producer_component_id="ABGate", output_key="blessing"
+        ),
     ).with_id("champion_resolver")
     evaluator = tfx.components.Evaluator(
         examples=all_spans.outputs["examples"],
@@ -175,14 +184,33 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         eval_config=eval_config(config.min_accuracy, config.max_accuracy_drop),
     )
     report = ModelReportGen(evaluation=evaluator.outputs["evaluation"], model_run=trainer.outputs["model_run"])
+    gate = ABGate(
+        model=trainer.outputs["model"],
+        examples=all_spans.outputs["examples"],
+        evaluation=evaluator.outputs["evaluation"],
+        model_base=config.model_base,
+        serving_config=config.serving_config,
+        model_name=config.model_name,
+        min_accuracy=config.min_accuracy,
+        alpha=config.gate.alpha,
+        min_examples=config.gate.min_examples,
+        max_class_recall_drop=config.gate.max_class_recall_drop,
+        bootstrap=config.gate.bootstrap,
+    ).with_id("ABGate")
     infra = infra_validator(config, trainer.outputs["model"], example_gen.outputs["examples"])
     # No `model` input: the Pusher pushes the InfraValidator's stamped copy, warm-up records included.
     pusher = tfx.components.Pusher(
-        model_blessing=evaluator.outputs["blessing"],
+        model_blessing=gate.outputs["blessing"],
         infra_blessing=infra.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_base)
         ),
+        custom_config={
+            "serving_config": config.serving_config,
+            "traffic_file": config.traffic_file,
+            "canary_share": config.canary_share,
+            "model_name": config.model_name,
+        },
         custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPusherExecutor),
     )
     return tfx.dsl.Pipeline(
@@ -199,6 +227,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             champion,
             evaluator,
             report,
+            gate,
             infra,
             pusher,
         ],

@@ -34,9 +34,12 @@ class RunOutcome:
     report_dir: str | None
     log_file: str
     infra_blessed: bool | None = None  # None: the InfraValidator did not run
+    gate: dict | None = None  # the A/B gate's result (gate_report.json)
+    gate_dir: str | None = None
 
 
 def pipeline_config(settings: Settings, **train_overrides):
+    from components.ab_gate import GateThresholds
     from components.pipeline import PipelineConfig
 
     train_config = {
@@ -63,6 +66,16 @@ def pipeline_config(settings: Settings, **train_overrides):
         span_window=settings.span_window,
         model_name=settings.model_name,
         infra_validator=settings.infra_validator,
+        gate=GateThresholds(
+            min_accuracy=settings.min_accuracy,
+            alpha=settings.gate_alpha,
+            min_examples=settings.gate_min_examples,
+            max_class_recall_drop=settings.gate_max_class_recall_drop,
+            bootstrap=settings.gate_bootstrap,
+        ),
+        serving_config=str(settings.serving_config),
+        traffic_file=str(settings.traffic_file),
+        canary_share=settings.canary_share,
     )
 
 
@@ -150,6 +163,7 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
     pushed_model = _latest_artifact(store, "PushedModel", start_ms)
     report_artifact = _latest_artifact(store, "MoodloopModelReport", start_ms)
     infra = _latest_artifact(store, "InfraBlessing", start_ms)
+    gate_artifact = _latest_artifact(store, "MoodloopGateReport", start_ms)
     pushed = bool(pushed_model and pushed_model.custom_properties["pushed"].int_value == 1)
     report, report_dir = None, None
     if report_artifact is not None:
@@ -165,6 +179,8 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
         report_dir=report_dir,
         log_file=str(log_file),
         infra_blessed=bool(infra.custom_properties["blessed"].int_value) if infra is not None else None,
+        gate=json.loads((Path(gate_artifact.uri) / "gate_report.json").read_text()) if gate_artifact else None,
+        gate_dir=gate_artifact.uri if gate_artifact else None,
     )
 
 
@@ -180,15 +196,21 @@ def describe(outcome: RunOutcome) -> str:
         recall = report.get("per_class_recall") or {}
         if recall:
             lines.append("per-class recall: " + ", ".join(f"{e} {recall[e]:.0%}" for e in EMOTIONS if e in recall))
+    if outcome.gate:
+        from components.ab_gate import describe as describe_gate
+
+        lines += describe_gate(outcome.gate)
     if outcome.pushed:
         lines.append(f"BLESSED: pushed version {outcome.version} to {outcome.pushed_path}")
     else:
-        reasons = list(report.get("reasons") or [])
+        reasons = list((outcome.gate or {}).get("reasons") or [])
         if outcome.infra_blessed is False:
             reasons.append("the InfraValidator could not serve the model (see its task log / TFX log)")
-        reasons = reasons or ["the Evaluator did not bless the candidate"]
+        reasons = reasons or report.get("reasons") or ["the candidate was not blessed"]
         lines.append("NOT BLESSED, nothing pushed:")
         lines += [f"  - {r}" for r in reasons]
     for name, path in (report.get("files") or {}).items():
         lines.append(f"{name.replace('_', ' ')}: {path}")
+    if outcome.gate_dir:
+        lines.append(f"A/B gate report: {outcome.gate_dir}/gate_report.png (and .json)")
     return "\n".join(lines)

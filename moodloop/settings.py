@@ -50,9 +50,13 @@ class Settings:
     learning_rate: float
     augment: bool  # train-time flips/shifts/zoom: on for real data; off speeds up tiny test runs
     span_window: int  # train on the newest N spans; 0 = all
-    # Evaluator thresholds (overall slice)
+    # Evaluator thresholds (overall slice) and the offline A/B gate
     min_accuracy: float
     max_accuracy_drop: float
+    gate_alpha: float  # false-promotion level of the gate's superiority test
+    gate_min_examples: int  # fewer held-out faces: the gate does not decide
+    gate_max_class_recall_drop: float
+    gate_bootstrap: int
     infra_validator: str  # "embedded" (gateway's backend, local) | "tfserving" (TFX InfraValidator, Docker)
     # Input limits
     max_image_bytes: int
@@ -74,6 +78,13 @@ class Settings:
     inference_log_url: str  # local folder or s3://bucket/prefix; Parquet partitioned by hour
     log_buffer_records: int  # bounded: overflow is counted in a metric, never blocks a request
     log_flush_seconds: float
+    # Canary analysis (monitoring/canary.py)
+    canary_steps: tuple[float, ...]  # canary share per step; after the last step: promote
+    canary_bake_seconds: float
+    canary_min_requests: int  # per side and step, before judging
+    canary_min_labels: int  # per side, for the accuracy test on feedback labels
+    canary_alpha: float
+    canary_max_accuracy_drop: float
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -114,6 +125,10 @@ class Settings:
             span_window=int(_env("MOODLOOP_SPAN_WINDOW", "0")),
             min_accuracy=float(_env("MOODLOOP_MIN_ACCURACY", "0.40")),
             max_accuracy_drop=float(_env("MOODLOOP_MAX_ACCURACY_DROP", "0.01")),
+            gate_alpha=float(_env("MOODLOOP_GATE_ALPHA", "0.05")),
+            gate_min_examples=int(_env("MOODLOOP_GATE_MIN_EXAMPLES", "200")),
+            gate_max_class_recall_drop=float(_env("MOODLOOP_GATE_MAX_CLASS_RECALL_DROP", "0.05")),
+            gate_bootstrap=int(_env("MOODLOOP_GATE_BOOTSTRAP", "1000")),
             infra_validator=_env("MOODLOOP_INFRA_VALIDATOR", "embedded"),
             max_image_bytes=int(_env("MOODLOOP_MAX_IMAGE_BYTES", str(10 * 1024 * 1024))),
             max_image_pixels=int(_env("MOODLOOP_MAX_IMAGE_PIXELS", str(40_000_000))),
@@ -135,6 +150,12 @@ class Settings:
             inference_log_url=_env("MOODLOOP_INFERENCE_LOG_URL", str(home / "inference_log")),
             log_buffer_records=int(_env("MOODLOOP_LOG_BUFFER_RECORDS", "20000")),
             log_flush_seconds=float(_env("MOODLOOP_LOG_FLUSH_SECONDS", "5")),
+            canary_steps=tuple(float(x) for x in _env("MOODLOOP_CANARY_STEPS", "0.1,0.5,1.0").split(",")),
+            canary_bake_seconds=float(_env("MOODLOOP_CANARY_BAKE_SECONDS", "600")),
+            canary_min_requests=int(_env("MOODLOOP_CANARY_MIN_REQUESTS", "200")),
+            canary_min_labels=int(_env("MOODLOOP_CANARY_MIN_LABELS", "100")),
+            canary_alpha=float(_env("MOODLOOP_CANARY_ALPHA", "0.05")),
+            canary_max_accuracy_drop=float(_env("MOODLOOP_CANARY_MAX_ACCURACY_DROP", "0.02")),
         )
         unknown = set(overrides) - set(values)
         if unknown:

@@ -28,7 +28,7 @@ from pathlib import Path
 from moodloop.settings import REPO_ROOT, Settings
 
 SERVICES = ("api-server", "scheduler", "dag-processor")
-DAG_IDS = ("watch_landing", "ingest_faces", "train_emotion_model")
+DAG_IDS = ("watch_landing", "ingest_faces", "train_emotion_model", "canary_analysis", "serving_control")
 ADMIN = "admin"
 STACK_MARK = "MOODLOOP_STACK_HOME"  # every process of the stack carries it in its environment
 

@@ -107,7 +107,6 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             entry.status.error_message = state.error
         return response
 
-
     def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
         """TF Serving's config reload: the new config replaces models.config and is applied now."""
         from serving import models_config

@@ -46,6 +46,7 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     assert cli.main(["train", "--data", str(batch)]) == 0
     out = capsys.readouterr().out
     assert "BLESSED: pushed version" in out and "held-out accuracy" in out
+    assert "A/B gate: BLESSED" in out and "no champion yet" in out
 
     versions = _versions(settings.model_base)
     assert len(versions) == 1
@@ -53,6 +54,11 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     # Pushed from the InfraValidator's stamped copy: TF Serving replays these before serving it.
     assert (settings.model_base / versions[0] / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
     assert "INFRA BLESSED" in out
+    # The first model of a model base is labelled stable (later ones are pushed as canary).
+    from serving import models_config
+
+    policy = models_config.policies(models_config.read(settings.serving_config))["emotion"]
+    assert policy.labels == {"stable": int(versions[0])}
     confusion_png = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("confusion matrix:"))
     assert Path(confusion_png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -78,7 +84,7 @@ def test_candidate_worse_than_champion_is_not_pushed(home, fast_env, capsys):
     assert cli.main(["train"]) == cli.EXIT_NOT_BLESSED
     out = capsys.readouterr().out
     assert "NOT BLESSED, nothing pushed" in out
-    assert "against the champion" in out
+    assert "not better than the champion beyond chance" in out and "McNemar" in out
     assert _versions(settings.model_base) == before
 
 
@@ -87,7 +93,7 @@ def test_shuffled_labels_are_never_blessed(fast_env, tmp_path, capsys):
     batch = _write_batch(tmp_path / "batch", N_TRAIN, seed=2, shuffle_labels=True)
     assert cli.main(["train", "--data", str(batch)]) == cli.EXIT_NOT_BLESSED
     out = capsys.readouterr().out
-    assert "the floor is 0.4000" in out
+    assert "below the floor 0.4000" in out
     assert _versions(settings.model_base) == []
 
 
@@ -102,3 +108,26 @@ def test_span_that_breaks_the_schema_stops_the_run(fast_env, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "data validation stopped the run" in err and "label" in err
     assert _versions(settings.model_base) == []
+
+
+def test_a_clearly_better_candidate_passes_the_gate_and_is_pushed_as_canary(fast_env, tmp_path, capsys):
+    from serving import models_config
+
+    # A weak first model (one epoch, floor off) becomes stable ...
+    settings = fast_env(tmp_path / "home", MOODLOOP_MIN_ACCURACY="0.0", MOODLOOP_EPOCHS="1")
+    batch = _write_batch(tmp_path / "batch", N_TRAIN, seed=5)
+    assert cli.main(["train", "--data", str(batch)]) == 0
+    (first,) = _versions(settings.model_base)
+    capsys.readouterr()
+    # ... then a properly trained candidate on the same faces beats it on the same held-out faces.
+    settings = fast_env(tmp_path / "home", MOODLOOP_MIN_ACCURACY="0.0")
+    assert cli.main(["train"]) == 0
+    out = capsys.readouterr().out
+    assert "A/B gate: BLESSED" in out and "McNemar" in out
+    second = [v for v in _versions(settings.model_base) if v != first]
+    assert len(second) == 1
+    labels = models_config.policies(models_config.read(settings.serving_config))["emotion"].labels
+    assert labels == {"stable": int(first), "canary": int(second[0])}  # stable stays until the canary proves itself
+    assert (settings.traffic_file.read_text()) == '{"canary_share": 0.1}'
+    gate_png = next(line for line in out.splitlines() if line.startswith("A/B gate report:")).split(": ")[1].split()[0]
+    assert Path(gate_png).read_bytes()[:4] == b"\x89PNG"

@@ -14,7 +14,9 @@ NODES = json.loads((DAGS.parent / "components" / "pipeline_nodes.json").read_tex
 
 def test_dag_folder_imports_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert {"watch_landing", "ingest_faces", "train_emotion_model"} <= set(dagbag.dag_ids)
+    assert {
+        "watch_landing", "ingest_faces", "train_emotion_model", "canary_analysis", "serving_control",
+    } <= set(dagbag.dag_ids)  # fmt: skip
 
 
 def test_no_dag_file_imports_tensorflow_or_tfx():
@@ -43,3 +45,13 @@ def test_ingest_dag_branches_to_curate_quarantine_or_skip(dagbag):
     assert dag.get_task("route").downstream_task_ids == {"curate_span", "quarantine_batch", "skip_duplicate"}
     assert [o.name for o in dag.get_task("curate_span").outlets] == ["curated_faces"]
     assert dag.max_active_runs == 1
+
+
+def test_canary_dags_run_the_analysis_on_a_schedule_and_promote_or_rollback_by_hand(dagbag):
+    analysis = dagbag.dags["canary_analysis"]
+    assert analysis.schedule is not None and analysis.max_active_runs == 1
+    assert "-m monitoring.canary analyze" in analysis.get_task("analyze_canary").bash_command
+    control = dagbag.dags["serving_control"]
+    assert control.params["action"] == "rollback"  # the safe default
+    assert control.params.get_param("action").schema["enum"] == ["promote", "rollback"]
+    assert '-m moodloop.cli "$ACTION"' in control.get_task("move_labels").bash_command

@@ -1,0 +1,33 @@
+"""canary_analysis: every 5 minutes, judge the live canary against stable on the inference log,
+then wait, ramp its traffic share (10 % -> 50 % -> 100 %), promote it, or roll it back.
+
+Runs monitoring/canary.py in the pipeline env (it reads TF Serving's models.config). Each run's
+log shows the decision and its numbers; all decisions are in <home>/serving/canary_decisions.jsonl.
+Thresholds: MOODLOOP_CANARY_* (steps, bake seconds, least requests and labels, alpha).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG
+
+from moodloop.settings import REPO_ROOT, Settings
+
+PYTHON = Settings.from_env().pipeline_python
+
+with DAG(
+    dag_id="canary_analysis",
+    schedule=timedelta(minutes=5),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["moodloop", "serving", "canary"],
+    doc_md=__doc__,
+) as dag:
+    BashOperator(
+        task_id="analyze_canary",
+        bash_command=f'"{PYTHON}" -m monitoring.canary analyze',
+        cwd=str(REPO_ROOT),
+    )
