@@ -85,13 +85,13 @@ def gate_report(result: dict, path: str) -> str:
                             va="bottom", fontsize=8, color="#d9534f")  # fmt: skip
         ax.set_xticks(x, [f"{n}\n({per_class[n]['faces']})" for n in names])
         ax.set_ylabel("recall on held-out faces")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper center", ncol=2, frameon=False)
     else:
         ax.bar([0], [result.get("candidate_accuracy", 0)], 0.4, color="#2b7bba", label="candidate accuracy")
         ax.axhline(result["thresholds"]["min_accuracy"], color="#d9534f", linestyle="--", label="floor")
         ax.set_xticks([0], ["no champion: accuracy vs floor"])
         ax.legend()
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.15)
     ax.grid(axis="y", alpha=0.3)
     title = f"A/B gate: {result['verdict']} ({result['examples']} faces)"
     if result.get("mcnemar"):
