@@ -23,10 +23,17 @@ import numpy as np
 from tfx import v1 as tfx
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
-from moodloop.contracts import EMOTIONS, OUTPUT_PROBABILITIES, SIGNATURE_EXAMPLES
+from moodloop.contracts import (
+    EMOTIONS,
+    FEATURE_IMAGE,
+    OUTPUT_EMBEDDING,
+    OUTPUT_PROBABILITIES,
+    SIGNATURE_EXAMPLES,
+)
 
 GATE_REPORT_JSON = "gate_report.json"
 GATE_REPORT_PNG = "gate_report.png"
+PROFILE_FILE = "reference_profile.parquet"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,15 +182,37 @@ def eval_examples(examples: list) -> tuple[list[bytes], np.ndarray]:
     return serialized, labels
 
 
-def predict_classes(model_dir: str, serialized: list[bytes], batch: int = 256) -> np.ndarray:
+def predict(model_dir: str, serialized: list[bytes], batch: int = 256) -> dict[str, np.ndarray]:
+    """The model's outputs for serialized tf.Examples, through its serving_examples signature."""
     import tensorflow as tf
 
-    predict = tf.saved_model.load(model_dir).signatures[SIGNATURE_EXAMPLES]
-    out = [
-        predict(examples=tf.constant(serialized[i : i + batch]))[OUTPUT_PROBABILITIES].numpy().argmax(axis=1)
-        for i in range(0, len(serialized), batch)
-    ]
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    signature = tf.saved_model.load(model_dir).signatures[SIGNATURE_EXAMPLES]
+    chunks = [signature(examples=tf.constant(serialized[i : i + batch])) for i in range(0, len(serialized), batch)]
+    return {key: np.concatenate([c[key].numpy() for c in chunks]) for key in (chunks[0] if chunks else {})}
+
+
+def write_reference_profile(path: str, serialized: list[bytes], labels: np.ndarray, outputs: dict) -> int:
+    """The candidate's eval faces as inference-log rows (contract 4): the reference for drift."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+
+    from moodloop.image_properties import decode_grey
+    from serving.inference_log import PREDICTION_SCHEMA, Prediction, prediction_row
+
+    rows = []
+    for i, (example, label) in enumerate(zip(serialized, labels, strict=True)):
+        image = tf.train.Example.FromString(example).features.feature[FEATURE_IMAGE].bytes_list.value[0]
+        record = Prediction(
+            request_id=f"reference-{i}", instance=0, client_id="", model_name="", model_version=0,
+            model_label="reference", signature=SIGNATURE_EXAMPLES, api="reference", latency_ms=0.0,
+            probabilities=outputs[OUTPUT_PROBABILITIES][i], pixels=decode_grey(image),
+            embedding=outputs[OUTPUT_EMBEDDING][i] if OUTPUT_EMBEDDING in outputs else None,
+        )  # fmt: skip
+        rows.append({**prediction_row(record), "label": EMOTIONS[int(label)]})
+    schema = PREDICTION_SCHEMA.append(pa.field("label", pa.string()))
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return len(rows)
 
 
 def describe(result: dict) -> list[str]:
@@ -226,13 +255,19 @@ def ABGate(
 
     thresholds = GateThresholds(min_accuracy, alpha, min_examples, max_class_recall_drop, bootstrap)
     serialized, labels = eval_examples(examples)
-    candidate = predict_classes(path_utils.serving_model_path(model.uri), serialized)
+    outputs = predict(path_utils.serving_model_path(model.uri), serialized)
+    candidate = outputs[OUTPUT_PROBABILITIES].argmax(axis=1)
     champion_path = champion_dir(model_base, serving_config, model_name)
-    champion = predict_classes(champion_path, serialized) if champion_path else None
+    champion = predict(champion_path, serialized)[OUTPUT_PROBABILITIES].argmax(axis=1) if champion_path else None
     result = decide(labels, candidate, champion, thresholds)
     result.update(champion=champion_path, candidate=model.uri, tfma_evaluation=evaluation.uri)
 
     os.makedirs(report.uri, exist_ok=True)
+    # The reference profile travels with the model: the Pusher copies it into the pushed version.
+    profile = os.path.join(report.uri, PROFILE_FILE)
+    faces = write_reference_profile(profile, serialized, labels, outputs)
+    blessing.set_string_custom_property("reference_profile", profile)
+    print(f"reference profile of {faces} held-out faces: {profile}", flush=True)
     with open(os.path.join(report.uri, GATE_REPORT_JSON), "w") as fh:
         json.dump(result, fh, indent=1)
     plots.gate_report(result, os.path.join(report.uri, GATE_REPORT_PNG))

@@ -94,11 +94,24 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         final = os.path.join(base, str(version))
         staging = os.path.join(base, f".incoming-{version}-{uuid.uuid4().hex[:8]}")
         shutil.copytree(model_path, staging)
+        _add_reference_profile(input_dict, staging)
         os.replace(staging, final)
         print(f"pushed model version {version} to {final}", flush=True)
         label_pushed_version(json.loads(exec_properties.get("custom_config") or "null") or {}, base, version)
         io_utils.copy_dir(model_path, model_push.uri)
         self._MarkPushed(model_push, pushed_destination=final, pushed_version=str(version))
+
+
+def _add_reference_profile(input_dict, model_dir: str) -> None:
+    """The A/B gate's reference profile goes into the version folder (contract 3's REFERENCE_PROFILE):
+    the drift jobs find the served model's reference beside it."""
+    from moodloop.contracts import REFERENCE_PROFILE
+
+    for blessing in input_dict.get("model_blessing", []):
+        profile = blessing.get_string_custom_property("reference_profile")
+        if profile and os.path.exists(profile):
+            os.makedirs(os.path.dirname(os.path.join(model_dir, REFERENCE_PROFILE)), exist_ok=True)
+            shutil.copy(profile, os.path.join(model_dir, REFERENCE_PROFILE))
 
 
 def label_pushed_version(config: dict, model_base: str, version: int) -> str | None:
@@ -119,16 +132,43 @@ def label_pushed_version(config: dict, model_base: str, version: int) -> str | N
         models_config.set_label(path, model_name, models_config.STABLE, version)
         print(f"version {version} is the first model: labelled {models_config.STABLE} in {path}", flush=True)
         return models_config.STABLE
-    models_config.set_label(path, model_name, models_config.CANARY, version)
     share = float(config.get("canary_share", 0.1))
-    if config.get("traffic_file"):
+    if config.get("traffic_file"):  # the share first: the new canary must never see an old ramp's share
         TrafficFile(Path(config["traffic_file"]), share).set(share)
+    if models_config.CANARY in policy.labels:
+        # Replacing a canary: TF Serving refuses to move a label to a version it has not loaded, so
+        # drop the old label and load the new version, wait until it is served, then label it.
+        models_config.drop_label_and_load(path, model_name, models_config.CANARY, version)
+        _wait_until_served(config.get("status_url", ""), version)
+    models_config.set_label(path, model_name, models_config.CANARY, version)
     print(
         f"version {version} labelled {models_config.CANARY} ({share:.0%} of traffic); "
         f"{models_config.STABLE} stays on version {policy.labels[models_config.STABLE]} ({path})",
         flush=True,
     )
     return models_config.CANARY
+
+
+def _wait_until_served(status_url: str, version: int, timeout: float = 120.0) -> None:
+    """Poll TF Serving's REST status (the gateway's or TF Serving's own) until `version` is AVAILABLE.
+    No server answering means nobody serves the old label either: go on at once."""
+    import urllib.error
+    import urllib.request
+
+    if not status_url:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{status_url}/versions/{version}", timeout=5) as response:
+                if b'"AVAILABLE"' in response.read():
+                    return
+        except urllib.error.HTTPError:
+            pass  # 404 while the server has not loaded it yet
+        except OSError:
+            return
+        time.sleep(1)
+    print(f"warning: version {version} not AVAILABLE after {timeout:.0f} s; labelling it anyway", flush=True)
 
 
 # ---------------------------------------------------------------- one Examples artifact per span

@@ -22,6 +22,7 @@ from tfx_bsl.public import tfxio  # noqa: E402
 from components import plots  # noqa: E402
 from components.model import INPUT_KEY, build_model, class_weights  # noqa: E402
 from moodloop.contracts import (  # noqa: E402
+    EMBEDDING_DIMS,
     EMOTIONS,
     FACE_SIZE,
     FEATURE_IMAGE,
@@ -29,6 +30,7 @@ from moodloop.contracts import (  # noqa: E402
     NUM_CLASSES,
     OUTPUT_CLASS_IDS,
     OUTPUT_CLASSES,
+    OUTPUT_EMBEDDING,
     OUTPUT_PROBABILITIES,
     SIGNATURE_EXAMPLES,
     SIGNATURE_IMAGES,
@@ -77,12 +79,45 @@ def _label_counts(dataset: tf.data.Dataset) -> list[int]:
     return counts.tolist()
 
 
+OUTPUT_LAYER = "probabilities"  # the classifier's last layer (components/model.py)
+
+
+def embedder(model) -> keras.Model:
+    """The penultimate layer: what the classifier sees of a face, for embedding drift."""
+    return keras.Model(model.inputs, model.get_layer(OUTPUT_LAYER).input)
+
+
+def fit_projection(model, dataset: tf.data.Dataset, max_faces: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of the penultimate layer on training faces: (mean [D], components [D, EMBEDDING_DIMS]).
+    Fitted once per model, baked into the SavedModel: live and reference embeddings share one space."""
+    encode, hidden, seen = embedder(model), [], 0
+    for features, _ in dataset:
+        hidden.append(encode(features, training=False).numpy())
+        seen += len(hidden[-1])
+        if seen >= max_faces:
+            break
+    values = np.concatenate(hidden)[:max_faces].astype(np.float64)
+    mean = values.mean(axis=0)
+    _, _, vt = np.linalg.svd(values - mean, full_matrices=False)
+    components = np.zeros((values.shape[1], EMBEDDING_DIMS))
+    kept = vt[:EMBEDDING_DIMS].T
+    components[:, : kept.shape[1]] = kept
+    return mean.astype(np.float32), components.astype(np.float32)
+
+
 class _ServingModule(tf.Module):
     """The three signatures of the model contract, all through the Transform graph."""
 
-    def __init__(self, model, tf_transform_output):
+    def __init__(self, model, tf_transform_output, projection: tuple[np.ndarray, np.ndarray] | None = None):
         super().__init__()
         self.model = model
+        self.embedder = embedder(model)
+        self.output_layer = model.get_layer(OUTPUT_LAYER)
+        width = self.embedder.output_shape[-1]
+        if projection is None:  # no fitted PCA (test models): the first EMBEDDING_DIMS units
+            projection = (np.zeros(width, np.float32), np.eye(width, EMBEDDING_DIMS, dtype=np.float32))
+        self._embedding_mean = tf.constant(projection[0], tf.float32)
+        self._embedding_components = tf.constant(projection[1], tf.float32)
         self.tft_layer = tf_transform_output.transform_features_layer()
         raw_spec = tf_transform_output.raw_feature_spec()
         raw_spec.pop(FEATURE_LABEL, None)
@@ -91,12 +126,14 @@ class _ServingModule(tf.Module):
 
     def _predict(self, encoded: tf.Tensor) -> dict[str, tf.Tensor]:
         transformed = self.tft_layer({FEATURE_IMAGE: tf.reshape(encoded, [-1, 1])})
-        probabilities = self.model(transformed[INPUT_KEY], training=False)
+        hidden = self.embedder(transformed[INPUT_KEY], training=False)
+        probabilities = self.output_layer(hidden)
         class_ids = tf.argmax(probabilities, axis=-1)
         return {
             OUTPUT_PROBABILITIES: probabilities,
             OUTPUT_CLASS_IDS: class_ids,
             OUTPUT_CLASSES: tf.gather(self._class_names, class_ids),
+            OUTPUT_EMBEDDING: tf.matmul(hidden - self._embedding_mean, self._embedding_components),
         }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
@@ -117,8 +154,8 @@ class _ServingModule(tf.Module):
         return self._predict(features[FEATURE_IMAGE])
 
 
-def export_serving_model(model, tf_transform_output, export_dir: str) -> None:
-    module = _ServingModule(model, tf_transform_output)
+def export_serving_model(model, tf_transform_output, export_dir: str, projection=None) -> None:
+    module = _ServingModule(model, tf_transform_output, projection)
     signatures = {
         SIGNATURE_IMAGES: module.serve_images.get_concrete_function(),
         SIGNATURE_PIXELS: module.serve_pixels.get_concrete_function(),
@@ -164,4 +201,5 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as fh:
         json.dump({"history": curves, "train_label_counts": counts}, fh, indent=1)
     plots.training_curves(curves, os.path.join(fn_args.model_run_dir, plots.TRAINING_CURVES_PNG))
-    export_serving_model(model, tf_transform_output, fn_args.serving_model_dir)
+    projection = fit_projection(model, train)
+    export_serving_model(model, tf_transform_output, fn_args.serving_model_dir, projection)

@@ -55,6 +55,7 @@ class PipelineConfig:
     serving_config: str = ""  # models.config: the gate's champion is `stable`; the Pusher labels `canary`
     traffic_file: str = ""
     canary_share: float = 0.1
+    serving_status_url: str = ""  # TF Serving REST status of the model (the gateway's), for label moves
     model_name: str = "emotion"
     # "embedded": the gateway's embedded backend (local default); "tfserving": TFX's InfraValidator
     # with TF Serving in Docker (needs a Docker engine: docker-compose, CI)
@@ -210,6 +211,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             "traffic_file": config.traffic_file,
             "canary_share": config.canary_share,
             "model_name": config.model_name,
+            "status_url": config.serving_status_url,
         },
         custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPusherExecutor),
     )

@@ -242,7 +242,12 @@ def analyze(settings: Settings, policy: CanaryPolicy, now: float | None = None, 
         share=traffic.share(), baked_seconds=round(baked, 1), stable=stable, canary=canary, errors=errors,
     )  # fmt: skip
     if verdict == "rollback":
-        models_config.rollback(settings.serving_config, settings.model_name)
+        try:
+            models_config.rollback(settings.serving_config, settings.model_name, expected_canary=canary_version)
+        except LookupError as error:  # a new canary arrived during the analysis: judge it next time
+            decision.update(action="none", reasons=[str(error)])
+            return decision
+        traffic.set(settings.canary_share)
         state_path.unlink(missing_ok=True)
         decision.update(action="rollback", reasons=reasons)
     elif verdict == "wait" or baked < policy.bake_seconds:
@@ -260,7 +265,14 @@ def analyze(settings: Settings, policy: CanaryPolicy, now: float | None = None, 
         _write_json(state_path, state)
         decision.update(action="ramp", share=share, reasons=[f"step {step + 1} passed: canary share -> {share:.0%}"])
     else:
-        promoted = models_config.promote(settings.serving_config, settings.model_name)
+        try:
+            promoted = models_config.promote(
+                settings.serving_config, settings.model_name, expected_canary=canary_version
+            )
+        except LookupError as error:
+            decision.update(action="none", reasons=[str(error)])
+            return decision
+        traffic.set(settings.canary_share)
         state_path.unlink(missing_ok=True)
         decision.update(action="promote", reasons=[f"every step passed: stable -> version {promoted}"])
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -113,52 +113,26 @@ def _expectations(limits: ContractLimits) -> list[tuple[Any, str]]:
 
 
 def validate(result: ReadResult, limits: ContractLimits = ContractLimits()) -> ContractResult:
-    import great_expectations as gx
+    from monitoring.gx_suite import run_suite
 
     frame = batch_frame(result)
-    context = gx.get_context(mode="ephemeral")
-    batch_definition = (
-        context.data_sources.add_pandas("landing")
-        .add_dataframe_asset("batch")
-        .add_batch_definition_whole_dataframe("whole_batch")
-    )
-    expectations = _expectations(limits)
-    suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME))
-    meaning = {}
-    for expectation, text in expectations:
-        suite.add_expectation(expectation)
-        meaning[expectation.id] = text
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{SUITE_NAME}_run", data=batch_definition, suite=suite)
-    )
-    run = definition.run(
-        batch_parameters={"dataframe": frame},
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["source"]},
-    )
+    passed, broken, gx_result = run_suite(SUITE_NAME, frame, _expectations(limits), index_column="source")
     reasons = dict(zip(frame["source"], frame["reason"], strict=True))
-    failures = []
-    for outcome in run.results:
-        if outcome.success:
-            continue
-        details = outcome.result or {}
-        sources = [row["source"] for row in details.get("unexpected_index_list") or [] if "source" in row]
-        failures.append(
-            {
-                "expectation": outcome.expectation_config.type,
-                "column": outcome.expectation_config.kwargs.get("column"),
-                "meaning": meaning.get(outcome.expectation_config.id, outcome.expectation_config.type),
-                "unexpected_count": details.get("unexpected_count", details.get("observed_value")),
-                "examples": [{"source": s, "reason": reasons.get(s) or "duplicate pixels"} for s in sources],
-            }
-        )
+    failures = [
+        {
+            **{k: v for k, v in failure.items() if k != "index"},
+            "examples": [{"source": s, "reason": reasons.get(s) or "duplicate pixels"} for s in failure["index"]],
+        }
+        for failure in broken
+    ]
     counts = Counter(int(label) for label in frame["label"] if 0 <= label < NUM_CLASSES)
     return ContractResult(
-        passed=bool(run.success),
+        passed=passed,
         failures=failures,
         class_counts={e: counts.get(i, 0) for i, e in enumerate(EMOTIONS)},
         items=len(frame),
         faces=len(result.faces),
-        gx_result=run.to_json_dict(),
+        gx_result=gx_result,
     )
 
 

@@ -169,6 +169,9 @@ def _move_labels(action: str) -> int:
     settings = Settings.from_env()
     try:
         version = getattr(models_config, action)(settings.serving_config, settings.model_name)
+        from serving.traffic import TrafficFile
+
+        TrafficFile(settings.traffic_file, settings.canary_share).set(settings.canary_share)
     except (LookupError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -41,6 +41,10 @@ SIGNATURE_EXAMPLES = "serving_examples"  # input "examples": [N] serialized tf.E
 OUTPUT_PROBABILITIES = "probabilities"  # [N, 7] float32
 OUTPUT_CLASS_IDS = "class_ids"  # [N] int64
 OUTPUT_CLASSES = "classes"  # [N] string, the emotion name
+OUTPUT_EMBEDDING = "embedding"  # [N, EMBEDDING_DIMS] float32: penultimate layer, PCA-reduced at training
+EMBEDDING_DIMS = 8
+REFERENCE_PROFILE = "assets.extra/reference_profile.parquet"  # in each pushed version: its eval faces as
+# inference-log rows (contract 4 columns), the reference the drift jobs compare live traffic with
 
 
 def emotion_index(name_or_index: str | int) -> int:
@@ -75,3 +79,4 @@ LOG_IMAGE_PROPERTIES: tuple[str, ...] = (
     "face_area_ratio",  # face box area / photo area (face analysis only; else null)
 )
 LOG_PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"prob_{e}" for e in EMOTIONS)
+LOG_EMBEDDING_COLUMNS: tuple[str, ...] = tuple(f"emb_{i}" for i in range(EMBEDDING_DIMS))

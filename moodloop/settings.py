@@ -85,6 +85,16 @@ class Settings:
     canary_min_labels: int  # per side, for the accuracy test on feedback labels
     canary_alpha: float
     canary_max_accuracy_drop: float
+    # Drift monitoring (monitoring/drift.py)
+    drift_window_records: int  # > 0: windows of this many records; 0: all new records once drift_min_records
+    drift_min_records: int
+    drift_share: float  # share of monitored columns that must drift to call it drift
+    drift_cooldown_minutes: float  # one shift, one retrain
+    evidently_workspace: Path
+    evidently_port: int
+    airflow_url: str  # where drift triggers retraining (REST API v2)
+    airflow_user: str
+    airflow_password_file: Path
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -156,6 +166,17 @@ class Settings:
             canary_min_labels=int(_env("MOODLOOP_CANARY_MIN_LABELS", "100")),
             canary_alpha=float(_env("MOODLOOP_CANARY_ALPHA", "0.05")),
             canary_max_accuracy_drop=float(_env("MOODLOOP_CANARY_MAX_ACCURACY_DROP", "0.02")),
+            drift_window_records=int(_env("MOODLOOP_DRIFT_WINDOW_RECORDS", "0")),
+            drift_min_records=int(_env("MOODLOOP_DRIFT_MIN_RECORDS", "200")),
+            drift_share=float(_env("MOODLOOP_DRIFT_SHARE", "0.3")),
+            drift_cooldown_minutes=float(_env("MOODLOOP_DRIFT_COOLDOWN_MINUTES", "60")),
+            evidently_workspace=Path(_env("MOODLOOP_EVIDENTLY_WORKSPACE", str(home / "evidently"))),
+            evidently_port=int(_env("MOODLOOP_EVIDENTLY_PORT", "8000")),
+            airflow_url=_env("MOODLOOP_AIRFLOW_URL", f"http://127.0.0.1:{_env('MOODLOOP_AIRFLOW_PORT', '8080')}"),
+            airflow_user=_env("MOODLOOP_AIRFLOW_USER", "admin"),
+            airflow_password_file=Path(
+                _env("MOODLOOP_AIRFLOW_PASSWORD_FILE", str(home / "airflow" / "passwords.json"))
+            ),
         )
         unknown = set(overrides) - set(values)
         if unknown:

@@ -28,7 +28,9 @@ from pathlib import Path
 from moodloop.settings import REPO_ROOT, Settings
 
 SERVICES = ("api-server", "scheduler", "dag-processor")
-DAG_IDS = ("watch_landing", "ingest_faces", "train_emotion_model", "canary_analysis", "serving_control")
+DAG_IDS = (
+    "watch_landing", "ingest_faces", "train_emotion_model", "canary_analysis", "serving_control", "monitor_drift",
+)  # fmt: skip
 ADMIN = "admin"
 STACK_MARK = "MOODLOOP_STACK_HOME"  # every process of the stack carries it in its environment
 
@@ -38,6 +40,7 @@ def _port() -> int:
 
 
 GATEWAY = "gateway"
+EVIDENTLY_UI = "evidently-ui"
 
 
 def _paths(settings: Settings) -> dict[str, Path]:
@@ -111,8 +114,17 @@ def _request(method: str, path: str, token: str | None = None, body: dict | None
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return response.status, json.loads(response.read() or b"null")
+    # SQLite allows one writer: while the scheduler and dag-processor write, the api-server can
+    # answer 500 ("database is locked" after 5 s) on a busy machine. Such a request is retried.
+    for attempt in range(4):
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            if error.code < 500 or attempt == 3:
+                raise
+            time.sleep(2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def token(settings: Settings) -> str:
@@ -252,6 +264,17 @@ def start(settings: Settings, faces: int) -> int:
     )  # fmt: skip
     pids[GATEWAY] = process.pid
     print(f"==> {GATEWAY} started (pid {process.pid}, log {paths['logs'] / (GATEWAY + '.log')})", flush=True)
+    # The drift reports' UI: monitor_drift adds each window's report to this workspace.
+    settings.evidently_workspace.mkdir(parents=True, exist_ok=True)
+    log = open(paths["logs"] / f"{EVIDENTLY_UI}.log", "ab")  # noqa: SIM115 (the child keeps it)
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("evidently")), "ui", "--workspace", str(settings.evidently_workspace),
+         "--host", "127.0.0.1", "--port", str(settings.evidently_port)],
+        env={**os.environ, STACK_MARK: str(settings.home)}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    pids[EVIDENTLY_UI] = process.pid
+    print(f"==> {EVIDENTLY_UI} started (pid {process.pid}, http://127.0.0.1:{settings.evidently_port})", flush=True)
     paths["pids"].write_text(json.dumps(pids))
 
     _wait("the serving gateway", lambda: _gateway_health(settings), 120)
@@ -273,6 +296,7 @@ def start(settings: Settings, faces: int) -> int:
         f"  serving      REST http://{settings.gateway_host}:{settings.rest_port}/v1/models/{settings.model_name}"
         f"   gRPC {settings.gateway_host}:{settings.grpc_port}   (TF Serving's APIs; embedded backend)"
     )
+    print(f"  drift UI     http://127.0.0.1:{settings.evidently_port}   (Evidently; DAG monitor_drift fills it)")
     if faces > 0:
         batch = drop_synthetic_batch(settings, f"synthetic-{time.strftime('%Y%m%dT%H%M%S')}", faces, seed=0)
         print(f"  first batch  {batch}  ({faces} SYNTHETIC faces)")

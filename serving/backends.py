@@ -25,7 +25,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving import models_config
-from serving.batching import BatchingParameters, DynamicBatcher, QueueFullError, Tensors
+from serving.batching import BatcherClosedError, BatchingParameters, DynamicBatcher, QueueFullError, Tensors
 
 log = logging.getLogger("moodloop.serving")
 
@@ -101,7 +101,12 @@ def check_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef, in
                 raise ServingError(
                     "INVALID_ARGUMENT", f"input '{name}': shape {list(array.shape)} does not match {want}"
                 )
+        if array.ndim == 0:
+            raise ServingError("INVALID_ARGUMENT", f"input '{name}' is a scalar; a batch dimension is needed")
         out[name] = array
+    if len({len(a) for a in out.values()}) > 1:
+        sizes = {n: len(a) for n, a in out.items()}
+        raise ServingError("INVALID_ARGUMENT", f"inputs disagree on the batch size: {sizes}")
     return out
 
 
@@ -203,7 +208,8 @@ class EmbeddedBackend:
         loaded = dict(current.servables) if current else {}
         on_disk = models_config.version_folders(policy.base_path)
         wanted = set(policy.wanted(on_disk))
-        states = self._states.setdefault(policy.name, {})
+        with self._lock:
+            states = self._states.setdefault(policy.name, {})
         for version in sorted(wanted - set(loaded)):
             path = policy.base_path / str(version)
             mtime = (path / "saved_model.pb").stat().st_mtime
@@ -291,17 +297,26 @@ class EmbeddedBackend:
     def predict(
         self, model: str, version: int | None, label: str | None, signature: str, inputs: Tensors
     ) -> tuple[int, Tensors]:
-        servable = self._resolve(model, version, label)
         signature = signature or "serving_default"
-        if signature not in servable.batchers:
-            raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{signature}" not found.')
-        checked = check_inputs(signature, servable.signature_defs[signature], inputs)
-        try:
-            return servable.version, servable.batchers[signature].submit(checked)
-        except QueueFullError as error:
-            raise ServingError("RESOURCE_EXHAUSTED", str(error)) from None
-        except tf.errors.OpError as error:
-            raise ServingError(_op_error_code(error), error.message) from None
+        for attempt in range(2):
+            servable = self._resolve(model, version, label)
+            if signature not in servable.batchers:
+                raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{signature}" not found.')
+            checked = check_inputs(signature, servable.signature_defs[signature], inputs)
+            try:
+                return servable.version, servable.batchers[signature].submit(checked)
+            except BatcherClosedError:
+                if attempt:  # unloaded twice in a row: the version is gone
+                    gone = f"model {model} version {servable.version} was unloaded"
+                    raise ServingError("UNAVAILABLE", gone) from None
+                # else a label moved or the version was unloaded between resolve and submit: resolve again
+            except QueueFullError as error:
+                raise ServingError("RESOURCE_EXHAUSTED", str(error)) from None
+            except TimeoutError:
+                raise ServingError("DEADLINE_EXCEEDED", "the model did not answer in time") from None
+            except tf.errors.OpError as error:
+                raise ServingError(_op_error_code(error), error.message) from None
+        raise AssertionError("unreachable: the loop returns or raises")
 
     def signature_defs(self, model: str, version: int | None, label: str | None) -> tuple[int, dict]:
         servable = self._resolve(model, version, label)
@@ -311,7 +326,8 @@ class EmbeddedBackend:
         if label is not None or version is not None:
             servable = self._resolve(model, version, label)
             return [VersionState(servable.version, "AVAILABLE")]
-        states = self._states.get(model)
+        with self._lock:
+            states = dict(self._states.get(model) or {})
         if not states:
             raise ServingError("NOT_FOUND", f"Could not find any versions of model {model}")
         return [states[v] for v in sorted(states, reverse=True)]
@@ -365,6 +381,7 @@ class TFServingBackend:
         # (a new version or label move shows within SIGNATURE_TTL seconds), labels by file mtime.
         self._signature_cache: dict[tuple, tuple[float, int, dict]] = {}
         self._labels_cache: tuple[float, dict] = (-1.0, {})
+        self._available_cache: dict[str, tuple[float, set[int]]] = {}
 
     def start(self) -> TFServingBackend:
         return self
@@ -451,4 +468,18 @@ class TFServingBackend:
                 self._labels_cache = (mtime, {name: dict(p.labels) for name, p in policies.items()})
         except (OSError, ValueError):
             return {}
-        return dict(self._labels_cache[1].get(model, {}))
+        # Only labels TF Serving can already serve: right after a push it has not re-read the
+        # config or loaded the version yet, and a request routed there would fail.
+        available = self._available(model)
+        return {label: v for label, v in self._labels_cache[1].get(model, {}).items() if v in available}
+
+    def _available(self, model: str) -> set[int]:
+        cached = self._available_cache.get(model)
+        if cached and time.monotonic() - cached[0] < self.SIGNATURE_TTL:
+            return cached[1]
+        try:
+            versions = {s.version for s in self.status(model, None, None) if s.state == "AVAILABLE"}
+        except ServingError:
+            versions = set()
+        self._available_cache[model] = (time.monotonic(), versions)
+        return versions

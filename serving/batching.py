@@ -45,6 +45,10 @@ class QueueFullError(RuntimeError):
     """More requests are waiting than max_enqueued_batches allows (TF Serving: RESOURCE_EXHAUSTED)."""
 
 
+class BatcherClosedError(RuntimeError):
+    """The model version behind this batcher was unloaded; resolve the version again."""
+
+
 @dataclass
 class _Item:
     inputs: Tensors
@@ -69,9 +73,10 @@ class DynamicBatcher:
         self._run = run
         self._params = params
         self._on_batch = on_batch or (lambda rows: None)
-        self._queue: queue.Queue[_Item | None] = queue.Queue(
-            maxsize=params.max_enqueued_batches * params.max_batch_size
-        )
+        self._limit = params.max_enqueued_batches * params.max_batch_size
+        self._queue: queue.Queue[_Item | None] = queue.Queue()  # bounded by submit(); sentinels always fit
+        self._closed = False
+        self._lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
             for i in range(max(1, params.num_batch_threads))
@@ -79,21 +84,27 @@ class DynamicBatcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, inputs: Tensors, timeout: float | None = None) -> Tensors:
+    def submit(self, inputs: Tensors, timeout: float | None = 60.0) -> Tensors:
+        """Raises ValueError (inputs disagree on the batch size), QueueFullError, BatcherClosedError,
+        TimeoutError, or the model's own error."""
         rows = {len(v) for v in inputs.values()}
         if len(rows) != 1:
             raise ValueError(f"all inputs need the same batch size, got {sorted(rows)}")
         item = _Item(inputs, rows.pop(), Future())
-        try:
+        with self._lock:  # an item is either queued before the closing sentinels, or refused
+            if self._closed:
+                raise BatcherClosedError("this model version was unloaded")
+            if self._queue.qsize() >= self._limit:
+                raise QueueFullError("the batching queue is full; retry later")
             self._queue.put_nowait(item)
-        except queue.Full:
-            raise QueueFullError("the batching queue is full; retry later") from None
         return item.future.result(timeout)
 
     def close(self) -> None:
-        """Let queued requests finish, then stop the threads."""
-        for _ in self._threads:
-            self._queue.put(None)
+        """Refuse new requests, let queued ones finish, then stop the threads."""
+        with self._lock:
+            self._closed = True
+            for _ in self._threads:
+                self._queue.put_nowait(None)
 
     def _loop(self) -> None:
         carry: _Item | None = None

@@ -22,9 +22,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
-from moodloop.contracts import EMOTIONS, FACE_SIZE, LOG_FEEDBACK, LOG_PREDICTIONS, LOG_PROBABILITY_COLUMNS
+from moodloop.contracts import (
+    EMOTIONS,
+    LOG_EMBEDDING_COLUMNS,
+    LOG_FEEDBACK,
+    LOG_PREDICTIONS,
+    LOG_PROBABILITY_COLUMNS,
+)
+from moodloop.image_properties import decode_grey, image_properties
 
 log = logging.getLogger("moodloop.serving.log")
 
@@ -47,6 +53,7 @@ class Prediction:
     encoded: bytes | None = None  # encoded image, when the request sent one
     face_width: float | None = None
     face_area_ratio: float | None = None
+    embedding: np.ndarray | None = None  # [EMBEDDING_DIMS], when the model outputs one
     timestamp: float = field(default_factory=time.time)
 
 
@@ -58,29 +65,8 @@ class Feedback:
     timestamp: float = field(default_factory=time.time)
 
 
-def image_properties(pixels: np.ndarray) -> dict[str, float]:
-    """Brightness, contrast and sharpness of a grey image (any size), on the 48x48 face the model sees."""
-    grey = np.asarray(pixels, dtype=np.float32)
-    if grey.shape != (FACE_SIZE, FACE_SIZE):
-        grey = np.asarray(Image.fromarray(grey.astype(np.uint8)).resize((FACE_SIZE, FACE_SIZE)), dtype=np.float32)
-    laplacian = -4 * grey[1:-1, 1:-1] + grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:]
-    return {
-        "brightness": float(grey.mean() / 255.0),
-        "contrast": float(grey.std() / 255.0),
-        "sharpness": float(laplacian.var()),
-    }
-
-
-def _decode_grey(encoded: bytes) -> np.ndarray | None:
-    try:
-        with Image.open(io.BytesIO(encoded)) as image:
-            return np.asarray(image.convert("L"))
-    except Exception:  # noqa: BLE001 - a request the model rejected may hold anything
-        return None
-
-
 def prediction_row(record: Prediction) -> dict[str, object]:
-    pixels = record.pixels if record.pixels is not None else (_decode_grey(record.encoded) if record.encoded else None)
+    pixels = record.pixels if record.pixels is not None else (decode_grey(record.encoded) if record.encoded else None)
     properties = (
         image_properties(pixels) if pixels is not None else {"brightness": None, "contrast": None, "sharpness": None}
     )
@@ -105,7 +91,13 @@ def prediction_row(record: Prediction) -> dict[str, object]:
         "height": int(pixels.shape[0]) if pixels is not None else None,
         "face_width": record.face_width,
         "face_area_ratio": record.face_area_ratio,
+        **embedding_columns(record.embedding),
     }
+
+
+def embedding_columns(embedding: np.ndarray | None) -> dict[str, float | None]:
+    values = list(np.asarray(embedding, dtype=np.float64).reshape(-1)) if embedding is not None else []
+    return {c: (float(values[i]) if i < len(values) else None) for i, c in enumerate(LOG_EMBEDDING_COLUMNS)}
 
 
 PREDICTION_SCHEMA = pa.schema(
@@ -130,6 +122,7 @@ PREDICTION_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("face_width", pa.float64()),
         ("face_area_ratio", pa.float64()),
+        *[(c, pa.float64()) for c in LOG_EMBEDDING_COLUMNS],
     ]
 )
 FEEDBACK_SCHEMA = pa.schema(
@@ -219,14 +212,18 @@ class InferenceLog:
             except queue.Empty:
                 record = ...
             if record is None:
-                self._flush(pending)
-                self._release(len(pending))
+                try:
+                    self._flush(pending)
+                finally:
+                    self._release(len(pending))
                 return
             if record is not ...:
                 pending.append(record)
             if len(pending) >= self.flush_records or time.monotonic() - last_flush >= self.flush_seconds:
-                self._flush(pending)
-                self._release(len(pending))
+                try:
+                    self._flush(pending)
+                finally:  # whatever happened to this batch, its slots in the buffer are free again
+                    self._release(len(pending))
                 pending = []
                 last_flush = time.monotonic()
 
@@ -251,10 +248,10 @@ class InferenceLog:
             groups.setdefault((kind, hour), []).append(row)
         for (kind, hour), rows in groups.items():
             schema = PREDICTION_SCHEMA if kind == LOG_PREDICTIONS else FEEDBACK_SCHEMA
-            buffer = io.BytesIO()
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="snappy")
             name = f"{kind}/{hour}/part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
             try:
+                buffer = io.BytesIO()
+                pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="snappy")
                 self.sink.put(name, buffer.getvalue())
                 self.written += len(rows)
             except Exception:  # noqa: BLE001 - a sink outage loses this batch, counted, not the gateway

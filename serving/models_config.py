@@ -9,9 +9,12 @@ before the label moves: no request meets an unloaded version).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,8 +113,8 @@ def _entry(config: model_server_config_pb2.ModelServerConfig, model_name: str):
     raise KeyError(f"model {model_name!r} is not in the model config")
 
 
-def _pin_labelled_versions(entry) -> None:
-    versions = sorted(set(entry.version_labels.values()))
+def _pin_labelled_versions(entry, keep: tuple[int, ...] = ()) -> None:
+    versions = sorted(set(entry.version_labels.values()) | set(keep))
     if not versions:
         entry.model_version_policy.latest.num_versions = 1
         return
@@ -119,42 +122,66 @@ def _pin_labelled_versions(entry) -> None:
     entry.model_version_policy.specific.versions.extend(versions)
 
 
+@contextlib.contextmanager
+def _changing(path: Path, model_name: str, keep: tuple[int, ...] = ()) -> Iterator:
+    """Read-modify-write of one model's entry under an exclusive lock (the Pusher, the canary
+    analysis and people may all move labels), written atomically. `keep`: versions to load besides
+    the labelled ones."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        config = read(path)
+        entry = _entry(config, model_name)
+        yield entry
+        _pin_labelled_versions(entry, keep)
+        write(path, config)
+
+
+def _check_canary(entry, model_name: str, expected: int | None) -> int:
+    if CANARY not in entry.version_labels:
+        raise LookupError(f"model {model_name!r} has no {CANARY!r} label")
+    if expected is not None and entry.version_labels[CANARY] != expected:
+        raise LookupError(f"the canary is now version {entry.version_labels[CANARY]}, not {expected}: nothing changed")
+    return entry.version_labels[CANARY]
+
+
 def set_label(path: Path, model_name: str, label: str, version: int) -> None:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", label):
         raise ValueError(f"label {label!r}: use letters, digits, '-' and '_'")
-    config = read(path)
-    entry = _entry(config, model_name)
-    entry.version_labels[label] = int(version)
-    _pin_labelled_versions(entry)
-    write(path, config)
+    with _changing(path, model_name) as entry:
+        entry.version_labels[label] = int(version)
 
 
 def drop_label(path: Path, model_name: str, label: str) -> None:
-    config = read(path)
-    entry = _entry(config, model_name)
-    if label in entry.version_labels:
-        del entry.version_labels[label]
-    _pin_labelled_versions(entry)
-    write(path, config)
+    with _changing(path, model_name) as entry:
+        if label in entry.version_labels:
+            del entry.version_labels[label]
 
 
-def promote(path: Path, model_name: str) -> int:
-    """Move `stable` to the canary's version and drop `canary`, in one write. Returns that version."""
-    config = read(path)
-    entry = _entry(config, model_name)
-    if CANARY not in entry.version_labels:
-        raise LookupError(f"model {model_name!r} has no {CANARY!r} label to promote")
-    version = entry.version_labels[CANARY]
-    entry.version_labels[STABLE] = version
-    del entry.version_labels[CANARY]
-    _pin_labelled_versions(entry)
-    write(path, config)
+def drop_label_and_load(path: Path, model_name: str, label: str, version: int) -> None:
+    """Drop `label` and load `version`: the first half of moving a label to a version TF Serving has
+    not loaded yet (it refuses to move a label to an unavailable version, but accepts a new label)."""
+    with _changing(path, model_name, keep=(int(version),)) as entry:
+        if label in entry.version_labels:
+            del entry.version_labels[label]
+
+
+def promote(path: Path, model_name: str, expected_canary: int | None = None) -> int:
+    """Move `stable` to the canary's version and drop `canary`, in one write. Returns that version.
+    With `expected_canary`, refuse (LookupError) if the canary changed meanwhile."""
+    with _changing(path, model_name) as entry:
+        version = _check_canary(entry, model_name, expected_canary)
+        entry.version_labels[STABLE] = version
+        del entry.version_labels[CANARY]
     return version
 
 
-def rollback(path: Path, model_name: str) -> int | None:
+def rollback(path: Path, model_name: str, expected_canary: int | None = None) -> int | None:
     """Drop `canary`; `stable` keeps serving. Returns the dropped version (None if there was none)."""
-    config = read(path)
-    version = _entry(config, model_name).version_labels.get(CANARY)
-    drop_label(path, model_name, CANARY)
+    with _changing(path, model_name) as entry:
+        if CANARY not in entry.version_labels:
+            return None
+        version = _check_canary(entry, model_name, expected_canary)
+        del entry.version_labels[CANARY]
     return version

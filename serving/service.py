@@ -3,13 +3,14 @@ call, metrics and the inference log. Transports only translate to and from this.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
-from moodloop.contracts import EMOTIONS, OUTPUT_PROBABILITIES, SIGNATURE_IMAGES, SIGNATURE_PIXELS
+from moodloop.contracts import EMOTIONS, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES, SIGNATURE_IMAGES, SIGNATURE_PIXELS
 from moodloop.settings import Settings
 from serving import models_config
 from serving.backends import Backend, ServingError
@@ -40,13 +41,14 @@ class Gateway:
         self.inference_log = inference_log
         self.metrics = GatewayMetrics()
         self.traffic = TrafficFile(settings.traffic_file, settings.canary_share)
-        self._detector: FaceDetector | None = None
+        self._local = threading.local()
 
     @property
     def detector(self) -> FaceDetector:
-        if self._detector is None:
-            self._detector = FaceDetector()
-        return self._detector
+        """One per thread: OpenCV's cascade classifier is not safe to share between threads."""
+        if not hasattr(self._local, "detector"):
+            self._local.detector = FaceDetector()
+        return self._local.detector
 
     @staticmethod
     def new_request_id() -> str:
@@ -60,7 +62,9 @@ class Gateway:
         self.metrics.canary_share.set(share)
         return None, choose_label(call.client_id, self.backend.labels(call.model), share)
 
-    def predict(self, call: Call, inputs: Tensors, context: list[dict] | None = None) -> tuple[int, Tensors]:
+    def predict(
+        self, call: Call, inputs: Tensors, context: list[dict] | None = None, first_instance: int = 0
+    ) -> tuple[int, Tensors]:
         """Route, predict, count, log. `context` adds per-row log fields (face sizes)."""
         version, label = self.route(call)
         started = time.perf_counter()
@@ -74,10 +78,10 @@ class Gateway:
         labels = (call.api, call.model, str(served_version), label or "")
         self.metrics.requests.labels(*labels, "OK").inc()
         self.metrics.latency.labels(*labels).observe(elapsed)
-        self._log(call, served_version, label or "", inputs, outputs, elapsed, context)
+        self._log(call, served_version, label or "", inputs, outputs, elapsed, context, first_instance)
         return served_version, outputs
 
-    def _log(self, call, version, label, inputs, outputs, elapsed, context) -> None:
+    def _log(self, call, version, label, inputs, outputs, elapsed, context, first_instance) -> None:
         probabilities = outputs.get(OUTPUT_PROBABILITIES)
         if probabilities is None or probabilities.ndim != 2:
             return  # not a classification signature: nothing of contract 4 to log
@@ -85,12 +89,13 @@ class Gateway:
         pixels = inputs.get("pixels") if signature == SIGNATURE_PIXELS else None
         encoded = inputs.get("images") if signature == SIGNATURE_IMAGES else None
         latency_ms = elapsed * 1000 / max(1, len(probabilities))
+        embeddings = outputs.get(OUTPUT_EMBEDDING)
         for i, probs in enumerate(probabilities):
             extra = context[i] if context else {}
             self.inference_log.log(
                 Prediction(
                     request_id=call.request_id,
-                    instance=i,
+                    instance=first_instance + i,
                     client_id=call.client_id or "",
                     model_name=call.model,
                     model_version=version,
@@ -103,6 +108,7 @@ class Gateway:
                     encoded=bytes(encoded[i]) if encoded is not None else None,
                     face_width=extra.get("face_width"),
                     face_area_ratio=extra.get("face_area_ratio"),
+                    embedding=embeddings[i] if embeddings is not None else None,
                 )
             )
         self.refresh_log_metrics()
@@ -134,6 +140,8 @@ class Gateway:
             name = EMOTIONS[emotion_index(label)]
         except ValueError as error:
             raise ServingError("INVALID_ARGUMENT", str(error)) from None
+        if not 0 <= int(instance) < 2**31:
+            raise ServingError("INVALID_ARGUMENT", "'instance' is the row of the request: 0 or more")
         record = Feedback(request_id=request_id, instance=int(instance), label=name)
         if not self.inference_log.log(record):
             raise ServingError("RESOURCE_EXHAUSTED", "the log buffer is full; retry the feedback later")
@@ -141,10 +149,14 @@ class Gateway:
 
     # admin (token-protected by the transports)
     def promote(self, model: str) -> int:
-        return models_config.promote(self.settings.serving_config, model)
+        version = models_config.promote(self.settings.serving_config, model)
+        self.traffic.set(self.settings.canary_share)  # the next canary starts small again
+        return version
 
     def rollback(self, model: str) -> int | None:
-        return models_config.rollback(self.settings.serving_config, model)
+        version = models_config.rollback(self.settings.serving_config, model)
+        self.traffic.set(self.settings.canary_share)
+        return version
 
     def reload(self) -> None:
         sync = getattr(self.backend, "sync", None)

@@ -51,6 +51,14 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     versions = _versions(settings.model_base)
     assert len(versions) == 1
     assert not [p for p in settings.model_base.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    # The reference profile for drift travels with the version: the eval faces as log rows.
+    import pyarrow.parquet as pq
+
+    profile = pq.read_table(settings.model_base / versions[0] / "assets.extra" / "reference_profile.parquet")
+    assert profile.num_rows > 300 and {"brightness", "sharpness", "prob_disgust", "emb_7", "label"} <= set(
+        profile.column_names
+    )
+    assert None not in profile.column("emb_0").to_pylist()
     # Pushed from the InfraValidator's stamped copy: TF Serving replays these before serving it.
     assert (settings.model_base / versions[0] / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
     assert "INFRA BLESSED" in out

@@ -15,7 +15,7 @@ NODES = json.loads((DAGS.parent / "components" / "pipeline_nodes.json").read_tex
 def test_dag_folder_imports_without_errors(dagbag):
     assert dagbag.import_errors == {}
     assert {
-        "watch_landing", "ingest_faces", "train_emotion_model", "canary_analysis", "serving_control",
+        "watch_landing", "ingest_faces", "train_emotion_model", "canary_analysis", "serving_control", "monitor_drift",
     } <= set(dagbag.dag_ids)  # fmt: skip
 
 

@@ -41,8 +41,14 @@ class Api:
             headers["Authorization"] = f"Bearer {self.token}"
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
+        for attempt in range(3):  # SQLite's one writer: a busy api-server may answer 500; users retry
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return json.loads(response.read() or b"null")
+            except urllib.error.HTTPError as error:
+                if error.code != 500 or attempt == 2:
+                    raise
+                time.sleep(3)
 
     def runs(self, dag_id: str) -> list[dict]:
         return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=50")["dag_runs"]
@@ -60,7 +66,8 @@ class Api:
 
 
 def _ports() -> dict[str, str]:
-    return {name: str(free_port()) for name in ("MOODLOOP_AIRFLOW_PORT", "MOODLOOP_REST_PORT", "MOODLOOP_GRPC_PORT")}
+    names = ("MOODLOOP_AIRFLOW_PORT", "MOODLOOP_REST_PORT", "MOODLOOP_GRPC_PORT", "MOODLOOP_EVIDENTLY_PORT")
+    return {name: str(free_port()) for name in names}
 
 
 @pytest.fixture
@@ -138,6 +145,8 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     assert len(list(settings.curated_dir.glob("span-*"))) == 2
 
     _check_ui(port, password, tmp_path / "airflow-ui.png")
+    with urllib.request.urlopen(f"http://127.0.0.1:{env['MOODLOOP_EVIDENTLY_PORT']}/", timeout=30) as response:
+        assert response.status == 200  # the drift reports' UI is up (filled by monitor_drift)
 
 
 def _check_gateway_serves(rest_port: int, version: int) -> None:

@@ -59,7 +59,8 @@ def test_rest_row_format_matches_the_saved_model(http, model_base):
     response = http.post("/v1/models/emotion/versions/1:predict", json={"instances": [b64(i) for i in images]})
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    assert [sorted(p) for p in predictions] == [["class_ids", "classes", "probabilities"]] * 2
+    assert [sorted(p) for p in predictions] == [["class_ids", "classes", "embedding", "probabilities"]] * 2
+    assert len(predictions[0]["embedding"]) == 8
     expected = saved_model_answer(model_base, 1, images)
     np.testing.assert_allclose([p["probabilities"] for p in predictions], expected, rtol=1e-5, atol=1e-6)
     assert [p["classes"] for p in predictions] == [EMOTIONS[i] for i in expected.argmax(1)]
@@ -196,6 +197,7 @@ def test_canary_split_is_sticky_and_every_request_is_logged(running, http, label
     assert {r["model_version"] for r in logged if r["model_label"] == "canary"} == {2}
     row = logged[0]
     assert abs(sum(row[f"prob_{e}"] for e in EMOTIONS) - 1) < 1e-4 and row["brightness"] == 0.0
+    assert all(row[f"emb_{i}"] is not None for i in range(8))  # the model's embedding, for drift
     assert running.gateway.inference_log.dropped == 0
 
 

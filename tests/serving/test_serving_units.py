@@ -155,3 +155,13 @@ def test_traffic_split_is_sticky_proportional_and_monotonic(tmp_path):
     assert traffic.share() == 0.5
     with pytest.raises(ValueError, match="between 0 and 1"):
         traffic.set(1.5)
+
+
+def test_dynamic_batcher_refuses_work_after_close_instead_of_hanging():
+    from serving.batching import BatcherClosedError
+
+    batcher = DynamicBatcher(lambda inputs: inputs, BatchingParameters(batch_timeout_micros=0))
+    assert batcher.submit({"x": np.ones((1, 2))})["x"].shape == (1, 2)
+    batcher.close()
+    with pytest.raises(BatcherClosedError):  # a request that resolved the old version just before the swap
+        batcher.submit({"x": np.ones((1, 2))}, timeout=5)

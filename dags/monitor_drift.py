@@ -1,0 +1,38 @@
+"""monitor_drift: every 10 minutes, judge the newest window of the inference log against the
+served model's reference profile: data quality (Great Expectations) first, then Evidently drift
+reports (image properties, predictions, embeddings) into the Evidently workspace and an HTML file,
+then triage. Drift triggers `train_emotion_model` (REST API v2, conf {"reason": "drift", ...}),
+at most once per cool-down; a data-quality incident is reported and retrains nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import dag, task
+
+from moodloop.settings import Settings
+
+
+@dag(
+    dag_id="monitor_drift",
+    schedule=timedelta(minutes=10),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["moodloop", "monitoring", "drift"],
+    doc_md=__doc__,
+)
+def monitor_drift():
+    @task
+    def judge_window() -> dict:
+        from monitoring import drift
+
+        result = drift.run_window(Settings.from_env())
+        print(drift.describe(result))
+        return {"outcome": result.outcome, "report": result.report_html, "retrain": result.retrain}
+
+    judge_window()
+
+
+monitor_drift()

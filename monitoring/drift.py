@@ -1,0 +1,303 @@
+"""Drift monitoring: windows of the inference log against the served model's reference profile.
+
+Each window (the records since the last window, once there are enough of them):
+1. data quality first (Great Expectations on the logged records: schema, nulls, ranges). A broken
+   client is an incident, not drift: it is reported and nothing is retrained;
+2. Evidently reports image-property drift (brightness, contrast, sharpness), prediction drift
+   (predicted class, confidence) and embedding drift (the model's PCA-reduced penultimate layer)
+   against the reference profile that travels with the served version (contract 3's
+   REFERENCE_PROFILE); the report goes into the Evidently workspace (`evidently ui`) and to a
+   standalone HTML file;
+3. triage: no drift / data-quality incident / drift. Drift triggers `train_emotion_model` through
+   Airflow's REST API v2 with a conf naming the reason and the report, unless a retrain was
+   triggered within the cool-down (one shift, one retrain);
+4. with feedback labels, live accuracy per model version is reported too.
+
+Runs in the orchestration env (Evidently, GX, pandas). `python -m monitoring.drift run` once;
+the DAG `monitor_drift` runs it on a schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from moodloop.contracts import (
+    EMOTIONS,
+    LOG_EMBEDDING_COLUMNS,
+    LOG_FEEDBACK,
+    LOG_PREDICTIONS,
+    LOG_PROBABILITY_COLUMNS,
+    REFERENCE_PROFILE,
+)
+from moodloop.settings import Settings
+
+PROPERTY_COLUMNS = ("brightness", "contrast", "sharpness")
+PREDICTION_COLUMNS = ("confidence",)
+PROJECT = "moodloop drift"
+KS_P_VALUE = 0.005
+
+
+@dataclass
+class WindowResult:
+    outcome: str  # no_drift | drift | incident | waiting | no_reference
+    window: dict[str, Any]
+    reasons: list[str] = field(default_factory=list)
+    drift: dict[str, Any] = field(default_factory=dict)
+    quality_failures: list[dict[str, Any]] = field(default_factory=list)
+    live_accuracy: dict[str, Any] = field(default_factory=dict)
+    report_html: str | None = None
+    retrain: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_log(log_url: str, kind: str, since: pd.Timestamp | None = None) -> pd.DataFrame:
+    root = Path(log_url) / kind
+    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith(".")) if root.is_dir() else []
+    if not files:
+        return pd.DataFrame()
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    if since is not None and len(frame):
+        frame = frame[frame["timestamp"] > since]
+    return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def reference_for(settings: Settings, window: pd.DataFrame) -> tuple[int | None, pd.DataFrame]:
+    """The reference profile of the version that served most of the window's `stable` traffic
+    (all traffic when there are no labels)."""
+    stable = window[window["model_label"] == "stable"] if (window["model_label"] == "stable").any() else window
+    for version in stable["model_version"].value_counts().index:
+        path = settings.model_base / str(int(version)) / REFERENCE_PROFILE
+        if path.exists():
+            return int(version), pd.read_parquet(path)
+    return None, pd.DataFrame()
+
+
+# ---------------------------------------------------------------- 1. quality
+
+
+def quality_expectations() -> list[tuple[Any, str]]:
+    import great_expectations as gx
+
+    e = gx.expectations
+    checks: list[tuple[Any, str]] = [
+        (e.ExpectColumnValuesToNotBeNull(column="predicted_class"), "every record has a predicted class"),
+        (e.ExpectColumnValuesToBeInSet(column="predicted_class", value_set=list(EMOTIONS)), "classes are emotions"),
+        (e.ExpectColumnValuesToNotBeNull(column="model_version"), "every record names its model version"),
+        (e.ExpectColumnValuesToBeBetween(column="prob_sum", min_value=0.99, max_value=1.01), "probabilities sum to 1"),
+        (e.ExpectColumnValuesToBeBetween(column="confidence", min_value=0, max_value=1), "confidence in 0..1"),
+    ]
+    for column in ("brightness", "contrast"):
+        checks.append((e.ExpectColumnValuesToNotBeNull(column=column), f"{column} is known (the image decoded)"))
+        checks.append((e.ExpectColumnValuesToBeBetween(column=column, min_value=0, max_value=1), f"{column} in 0..1"))
+    checks.append((e.ExpectColumnValuesToBeBetween(column="sharpness", min_value=0), "sharpness is not negative"))
+    return checks
+
+
+def check_quality(window: pd.DataFrame) -> list[dict[str, Any]]:
+    from monitoring.gx_suite import run_suite
+
+    missing = [
+        c for c in ("predicted_class", "confidence", *PROPERTY_COLUMNS, *LOG_PROBABILITY_COLUMNS) if c not in window
+    ]
+    if missing:
+        return [
+            {"meaning": "the records follow contract 4", "column": ", ".join(missing), "unexpected_count": len(window)}
+        ]
+    frame = window.assign(prob_sum=window[list(LOG_PROBABILITY_COLUMNS)].sum(axis=1))
+    _, failures, _ = run_suite("inference_log_quality", frame, quality_expectations(), index_column="request_id")
+    return [{k: v for k, v in f.items() if k != "index"} | {"examples": f["index"][:10]} for f in failures]
+
+
+# ---------------------------------------------------------------- 2. drift
+
+
+def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: float):
+    """Evidently's DataDriftPreset over image properties, predictions and embeddings -> (snapshot, summary)."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    embedding = [c for c in LOG_EMBEDDING_COLUMNS if c in reference and c in current and reference[c].notna().all()]
+    numerical = [*PROPERTY_COLUMNS, *PREDICTION_COLUMNS, *embedding]
+    columns = [*numerical, "predicted_class"]
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=["predicted_class"])
+    # Windows hold a few hundred records: Evidently's default distance thresholds (Wasserstein 0.1)
+    # would fire on sampling noise there, so numeric columns get the Kolmogorov-Smirnov test at a
+    # strict p-value, which accounts for the window size.
+    report = Report(
+        [DataDriftPreset(columns=columns, drift_share=drift_share, num_method="ks", num_threshold=KS_P_VALUE)],
+        include_tests=True,
+    )
+    snapshot = report.run(
+        current_data=Dataset.from_pandas(current[columns].reset_index(drop=True), data_definition=definition),
+        reference_data=Dataset.from_pandas(reference[columns].reset_index(drop=True), data_definition=definition),
+    )
+    per_column: dict[str, dict[str, Any]] = {}
+    share = 0.0
+    results = snapshot.dict()
+    for metric in results["metrics"]:
+        name = metric["metric_name"]
+        if name.startswith("DriftedColumnsCount"):
+            share = float(metric["value"]["share"])
+        elif name.startswith("ValueDrift(column="):
+            column = name.split("column=", 1)[1].split(",", 1)[0]
+            method = name.split("method=", 1)[1].split(",threshold", 1)[0]
+            per_column[column] = {"method": method, "score": float(metric["value"]), "drifted": False}
+    for test in results.get("tests", []):  # Evidently's own verdict per column (p-value or distance)
+        if str(test.get("name", "")).startswith("Value Drift for column "):
+            column = test["name"].removeprefix("Value Drift for column ")
+            if column in per_column:
+                per_column[column]["drifted"] = str(test.get("status")).endswith("FAIL")
+    groups = {
+        "image_properties": [c for c in PROPERTY_COLUMNS if per_column.get(c, {}).get("drifted")],
+        "predictions": [c for c in ("predicted_class", *PREDICTION_COLUMNS) if per_column.get(c, {}).get("drifted")],
+        "embedding": [c for c in embedding if per_column.get(c, {}).get("drifted")],
+    }
+    summary = {"drift_share": share, "threshold": drift_share, "columns": per_column, "drifted_by_group": groups}
+    return snapshot, summary
+
+
+def live_accuracy(window: pd.DataFrame, feedback: pd.DataFrame) -> dict[str, Any]:
+    if feedback.empty or window.empty:
+        return {}
+    joined = window.merge(feedback[["request_id", "instance", "label"]], on=["request_id", "instance"])
+    return {
+        str(int(version)): {
+            "labelled": int(len(rows)),
+            "accuracy": float((rows["predicted_class"] == rows["label"]).mean()),
+        }
+        for version, rows in joined.groupby("model_version")
+    }
+
+
+# ---------------------------------------------------------------- 3. triage and retrain
+
+
+def trigger_retrain(settings: Settings, conf: dict[str, Any]) -> dict[str, Any]:
+    """POST /api/v2/dags/train_emotion_model/dagRuns with a token from /auth/token (Airflow 3)."""
+    password = json.loads(settings.airflow_password_file.read_text())[settings.airflow_user]
+
+    def call(path: str, body: dict, token: str | None = None) -> dict:
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        request = urllib.request.Request(settings.airflow_url + path, json.dumps(body).encode(), headers, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    token = call("/auth/token", {"username": settings.airflow_user, "password": password})["access_token"]
+    run = call("/api/v2/dags/train_emotion_model/dagRuns", {"logical_date": None, "conf": conf}, token)
+    return {"dag_run_id": run["dag_run_id"], "conf": conf}
+
+
+def _state(settings: Settings) -> tuple[Path, dict[str, Any]]:
+    path = settings.home / "monitoring" / "drift_state.json"
+    return path, (json.loads(path.read_text()) if path.exists() else {})
+
+
+def _workspace_project(settings: Settings, state: dict[str, Any]):
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace.create(str(settings.evidently_workspace))
+    project_id = state.get("project_id")
+    if not project_id or workspace.get_project(project_id) is None:
+        project = workspace.create_project(PROJECT)
+        project.description = "Live inference log vs the served model's reference profile (moodloop)"
+        workspace.update_project(project)
+        project_id = str(project.id)
+    return workspace, project_id
+
+
+def run_window(settings: Settings, now: float | None = None, retrain=trigger_retrain) -> WindowResult:
+    """Take the next window of the inference log, judge it, act. `retrain` is injectable for tests."""
+    now = time.time() if now is None else now
+    state_path, state = _state(settings)
+    since = pd.Timestamp(state["last_end"]) if state.get("last_end") else None
+    log = read_log(settings.inference_log_url, LOG_PREDICTIONS, since)
+    if settings.drift_window_records > 0:
+        window = log.head(settings.drift_window_records)
+        enough = len(window) == settings.drift_window_records
+    else:
+        window = log
+        enough = len(window) >= settings.drift_min_records
+    info = {"since": str(since) if since is not None else None, "records": int(len(window))}
+    if not enough:
+        return WindowResult(
+            "waiting", info, [f"{len(window)} new records; a window needs {settings.drift_min_records}"]
+        )
+    info["until"] = str(window["timestamp"].max())
+    version, reference = reference_for(settings, window)
+    info["reference_version"] = version
+    result = WindowResult("no_drift", info)
+    failures = check_quality(window)
+    if failures:
+        result.outcome, result.quality_failures = "incident", failures
+        result.reasons = ["data-quality incident (not drift): " + "; ".join(f["meaning"] for f in failures)]
+    elif reference.empty:
+        result.outcome, result.reasons = "no_reference", [f"no reference profile for version {version}"]
+    else:
+        snapshot, result.drift = drift_report(reference, window, settings.drift_share)
+        workspace, state["project_id"] = _workspace_project(settings, state)
+        stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%dT%H%M%S")
+        workspace.add_run(state["project_id"], snapshot, name=f"window {stamp}")
+        html = settings.home / "monitoring" / "drift" / f"drift-{stamp}.html"
+        html.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.save_html(str(html))
+        result.report_html = str(html)
+        result.live_accuracy = live_accuracy(window, read_log(settings.inference_log_url, LOG_FEEDBACK))
+        if result.drift["drift_share"] >= settings.drift_share:
+            groups = {g: c for g, c in result.drift["drifted_by_group"].items() if c}
+            result.outcome = "drift"
+            result.reasons = [f"{result.drift['drift_share']:.0%} of the monitored columns drifted: {groups}"]
+            last = state.get("last_retrain", 0.0)
+            if now - last < settings.drift_cooldown_minutes * 60:
+                result.retrain = {"suppressed": f"cool-down: a retrain was triggered {now - last:.0f} s ago"}
+            else:
+                conf = {"reason": "drift", "report": str(html), "drifted": groups, "window": info}
+                result.retrain = retrain(settings, conf)
+                state["last_retrain"] = now
+    state["last_end"] = info["until"]
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps(state, indent=1))
+    with (state_path.parent / "drift_decisions.jsonl").open("a") as fh:
+        fh.write(json.dumps({"time": now, **result.as_dict()}, default=str) + "\n")
+    return result
+
+
+def describe(result: WindowResult) -> str:
+    lines = [f"drift monitor: {result.outcome.upper()} ({result.window.get('records', 0)} records)"]
+    lines += [f"  - {r}" for r in result.reasons]
+    for column, value in (result.drift.get("columns") or {}).items():
+        flag = "DRIFT" if value["drifted"] else "ok"
+        lines.append(f"    {column:<16} {value['method']}: {value['score']:.4g} {flag}")
+    for version, value in result.live_accuracy.items():
+        lines.append(f"  live accuracy of version {version}: {value['accuracy']:.3f} on {value['labelled']} labels")
+    if result.report_html:
+        lines.append(f"  report: {result.report_html} (and the Evidently UI, project '{PROJECT}')")
+    if result.retrain:
+        lines.append(f"  retrain: {result.retrain}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.drift", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["run"], help="judge the next window of the inference log")
+    parser.parse_args(argv)
+    print(describe(run_window(Settings.from_env())), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
