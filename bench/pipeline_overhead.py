@@ -33,6 +33,11 @@ def bare_fit_seconds(pixels: np.ndarray, labels: np.ndarray, args: argparse.Name
     x = pixels[..., None].astype(np.float32) / 255.0
     x = (x - x.mean()) / x.std()
     cut = int(0.8 * len(x))
+    # Warm TensorFlow up first (graph tracing, kernel selection): otherwise the first size measured
+    # pays it and the later ones do not, and the baseline depends on the order of --sizes.
+    warm = build_model(args.model_size, args.learning_rate, augment=args.augment)
+    warm.fit(x[:512], labels[:512], validation_data=(x[:64], labels[:64]), epochs=1, batch_size=args.batch_size,
+             verbose=0)  # fmt: skip
     model = build_model(args.model_size, args.learning_rate, augment=args.augment)
     started = time.perf_counter()
     history = model.fit(
