@@ -126,7 +126,9 @@ def check_quality(window: pd.DataFrame) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- 2. drift
 
 
-def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: float):
+def drift_report(
+    reference: pd.DataFrame, current: pd.DataFrame, drift_share: float, metadata: dict[str, str] | None = None
+):
     """Evidently's DataDriftPreset over image properties, predictions and embeddings -> (snapshot, summary)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -145,6 +147,9 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: fl
     snapshot = report.run(
         current_data=Dataset.from_pandas(current[columns].reset_index(drop=True), data_definition=definition),
         reference_data=Dataset.from_pandas(reference[columns].reset_index(drop=True), data_definition=definition),
+        timestamp=current["timestamp"].max().to_pydatetime() if "timestamp" in current and len(current) else None,
+        metadata=metadata or {},
+        tags=["moodloop", "drift"],
     )
     per_column: dict[str, dict[str, Any]] = {}
     share = 0.0
@@ -248,10 +253,11 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
     elif reference.empty:
         result.outcome, result.reasons = "no_reference", [f"no reference profile for version {version}"]
     else:
-        snapshot, result.drift = drift_report(reference, window, settings.drift_share)
+        metadata = {"reference_version": str(version), "records": str(len(window)), "until": info["until"]}
+        snapshot, result.drift = drift_report(reference, window, settings.drift_share, metadata)
         workspace, state["project_id"] = _workspace_project(settings, state)
         stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%dT%H%M%S")
-        workspace.add_run(state["project_id"], snapshot, name=f"window {stamp}")
+        workspace.add_run(state["project_id"], snapshot, name=f"window until {info['until'][:19]} (v{version})")
         html = settings.home / "monitoring" / "drift" / f"drift-{stamp}.html"
         html.parent.mkdir(parents=True, exist_ok=True)
         snapshot.save_html(str(html))

@@ -145,8 +145,23 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     assert len(list(settings.curated_dir.glob("span-*"))) == 2
 
     _check_ui(port, password, tmp_path / "airflow-ui.png")
-    with urllib.request.urlopen(f"http://127.0.0.1:{env['MOODLOOP_EVIDENTLY_PORT']}/", timeout=30) as response:
-        assert response.status == 200  # the drift reports' UI is up (filled by monitor_drift)
+
+    # Live traffic, then the drift monitor (triggered now rather than waiting for its schedule):
+    # its report must open in the Evidently UI of the stack.
+    pixels, _ = synthetic.generate_arrays(250, seed=123)
+    body = json.dumps({"signature_name": "serving_pixels", "inputs": {"pixels": pixels.tolist()}}).encode()
+    gateway = f"http://127.0.0.1:{env['MOODLOOP_REST_PORT']}/v1/models/emotion:predict"
+    with urllib.request.urlopen(urllib.request.Request(gateway, data=body), timeout=60) as response:
+        assert response.status == 200
+    time.sleep(8)  # the inference log's flush interval
+    run_id = api.call("POST", "/api/v2/dags/monitor_drift/dagRuns", {"logical_date": None, "conf": {}})["dag_run_id"]
+    api.wait_for(
+        "monitor_drift",
+        lambda runs: any(r["dag_run_id"] == run_id and r["state"] == "success" for r in runs),
+        300,
+        "the drift monitor",
+    )
+    _check_evidently_ui(int(env["MOODLOOP_EVIDENTLY_PORT"]), tmp_path / "evidently-ui.png")
 
 
 def _check_gateway_serves(rest_port: int, version: int) -> None:
@@ -194,6 +209,25 @@ def _check_ui(port: int, password: str, screenshot: Path) -> None:
         page.goto(f"http://127.0.0.1:{port}/dags/ingest_faces/runs", wait_until="networkidle")
         page.get_by_text("success").first.wait_for(timeout=30_000)
         assert "curate_span" in page.inner_text("body")
+        browser.close()
+
+
+def _check_evidently_ui(port: int, screenshot: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+        page.get_by_text("moodloop drift").first.click()
+        page.get_by_text("Reports").first.click()
+        page.get_by_text("window until").first.wait_for(timeout=30_000)
+        assert "View" in page.inner_text("body")  # the latest report, openable
+        page.screenshot(path=str(screenshot))
         browser.close()
 
 
