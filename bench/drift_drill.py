@@ -136,7 +136,8 @@ class Drill:
         self.retrained_at = time.monotonic()
         out = self.run(self.moodloop, "train")
         pushed = re.search(r"pushed version (\d+)", out)
-        verdict = [line.strip() for line in out.splitlines() if line.startswith(("A/B gate", "  - "))]
+        lines = [line.strip() for line in out.splitlines() if line.startswith(("A/B gate:", "  - "))]
+        verdict = list(dict.fromkeys(lines))
         return {"pushed_version": int(pushed[1]) if pushed else None, "gate": verdict, "conf": conf}
 
     def stop(self) -> None:
