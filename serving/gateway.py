@@ -30,9 +30,10 @@ log = logging.getLogger("moodloop.serving")
 
 
 def build(settings: Settings):
-    """The gateway's parts, started: (gateway, backend)."""
+    """The gateway with its backend started."""
     from serving.backends import EmbeddedBackend, TFServingBackend
     from serving.inference_log import InferenceLog
+    from serving.metrics import GatewayMetrics
     from serving.service import Gateway
 
     models_config.ensure(settings.serving_config, settings.model_name, settings.model_base)
@@ -42,11 +43,10 @@ def build(settings: Settings):
         flush_seconds=settings.log_flush_seconds,
         s3_client_factory=lambda: s3_client(settings),
     )
-    gateway_ref: list = []
+    metrics = GatewayMetrics()
 
     def on_batch(model: str, version: int, rows: int) -> None:
-        if gateway_ref:
-            gateway_ref[0].metrics.batch_size.labels(model, str(version)).observe(rows)
+        metrics.batch_size.labels(model, str(version)).observe(rows)
 
     if settings.serving_backend == "embedded":
         backend = EmbeddedBackend(
@@ -56,8 +56,7 @@ def build(settings: Settings):
         backend = TFServingBackend(settings.tfserving_target, settings.serving_config, settings.request_timeout_seconds)
     else:
         raise ValueError(f"MOODLOOP_SERVING_BACKEND={settings.serving_backend!r}: use 'embedded' or 'tfserving'")
-    gateway = Gateway(settings, backend, inference_log)
-    gateway_ref.append(gateway)
+    gateway = Gateway(settings, backend, inference_log, metrics)
     backend.start()
     return gateway
 

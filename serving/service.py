@@ -35,11 +35,13 @@ class Call:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, backend: Backend, inference_log: InferenceLog) -> None:
+    def __init__(
+        self, settings: Settings, backend: Backend, inference_log: InferenceLog, metrics: GatewayMetrics
+    ) -> None:
         self.settings = settings
         self.backend = backend
         self.inference_log = inference_log
-        self.metrics = GatewayMetrics()
+        self.metrics = metrics
         self.traffic = TrafficFile(settings.traffic_file, settings.canary_share)
         self._local = threading.local()
 
@@ -111,7 +113,6 @@ class Gateway:
                     embedding=embeddings[i] if embeddings is not None else None,
                 )
             )
-        self.refresh_log_metrics()
 
     def refresh_log_metrics(self) -> None:
         self.metrics.log_dropped.set(self.inference_log.dropped)
@@ -121,12 +122,15 @@ class Gateway:
 
     def classifier(self, call: Call):
         """A face classifier for photo/video analysis: crops [N,48,48] -> probabilities [N,7]."""
+        # One route for the whole photo or video (every frame on the same side of the split), and
+        # instances numbered across frames, so feedback names exactly one face.
+        version, label = self.route(call)
+        pinned = Call(call.api, call.model, version, label, SIGNATURE_PIXELS, call.client_id, call.request_id)
+        faces_so_far = [0]
 
         def classify(crops: np.ndarray, context: list[dict]) -> np.ndarray:
-            pinned = Call(
-                call.api, call.model, call.version, call.label, SIGNATURE_PIXELS, call.client_id, call.request_id
-            )
-            _, outputs = self.predict(pinned, {"pixels": crops}, context)
+            _, outputs = self.predict(pinned, {"pixels": crops}, context, first_instance=faces_so_far[0])
+            faces_so_far[0] += len(crops)
             return outputs[OUTPUT_PROBABILITIES]
 
         return classify

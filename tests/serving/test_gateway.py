@@ -288,7 +288,7 @@ def test_faces_bad_uploads_are_refused_clearly(http, media):
     assert bomb.status_code == 400 and "limit" in bomb.json()["error"]
 
 
-def test_video_becomes_an_emotion_timeline(http, media):
+def test_video_becomes_an_emotion_timeline(http, media, gateway_settings):
     response = http.post("/v1/videos:analyze?every=1", content=(media / "single_face.mp4").read_bytes())
     assert response.status_code == 200, response.text
     result = response.json()
@@ -299,3 +299,18 @@ def test_video_becomes_an_emotion_timeline(http, media):
     assert len(with_face) >= len(result["timeline"]) // 2
     assert sum(result["emotion_counts"].values()) == sum(len(e["faces"]) for e in result["timeline"])
     assert http.post("/v1/videos:analyze", content=b"not a video").status_code == 400
+
+    # One face, one log row: instances count across frames, and the whole clip took one side of the split.
+    from serving.inference_log import read_predictions
+
+    faces = sum(result["emotion_counts"].values())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        rows = [
+            r for r in read_predictions(gateway_settings.inference_log_url) if r["request_id"] == result["request_id"]
+        ]
+        if len(rows) == faces:
+            break
+        time.sleep(0.3)
+    assert sorted(r["instance"] for r in rows) == list(range(faces))
+    assert len({(r["model_version"], r["model_label"]) for r in rows}) == 1
