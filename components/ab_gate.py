@@ -152,7 +152,7 @@ class GateReport(artifact.Artifact):
 
 def champion_dir(model_base: str, serving_config: str, model_name: str) -> str | None:
     """The SavedModel users get now: the `stable` label, else the newest version, else None."""
-    from serving import models_config
+    from moodloop import models_config
 
     base = Path(model_base)
     versions = models_config.version_folders(base)
@@ -198,7 +198,7 @@ def write_reference_profile(path: str, serialized: list[bytes], labels: np.ndarr
     import tensorflow as tf
 
     from moodloop.image_properties import decode_grey
-    from serving.inference_log import PREDICTION_SCHEMA, Prediction, prediction_row
+    from moodloop.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
 
     rows = []
     for i, (example, label) in enumerate(zip(serialized, labels, strict=True)):

@@ -122,8 +122,8 @@ def label_pushed_version(config: dict, model_base: str, version: int) -> str | N
         return None
     from pathlib import Path
 
-    from serving import models_config
-    from serving.traffic import TrafficFile
+    from moodloop import models_config
+    from moodloop.traffic import TrafficFile
 
     path, model_name = Path(config["serving_config"]), config.get("model_name", "emotion")
     models_config.ensure(path, model_name, Path(model_base))

@@ -79,7 +79,7 @@ def check_in_embedded_server(model_dir: str, model_name: str, serialized_example
     Returns the problems found; empty means servable."""
     import numpy as np
 
-    from serving import models_config
+    from moodloop import models_config
     from serving.backends import EmbeddedBackend, ServingError
     from serving.batching import BatchingParameters
 

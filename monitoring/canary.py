@@ -27,10 +27,10 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+from moodloop import models_config
 from moodloop.contracts import EMOTIONS, LOG_FEEDBACK, LOG_PREDICTIONS
 from moodloop.settings import Settings
-from serving import models_config
-from serving.traffic import TrafficFile
+from moodloop.traffic import TrafficFile
 
 
 @dataclasses.dataclass(frozen=True)

@@ -147,8 +147,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(_: argparse.Namespace) -> int:
-    from serving import models_config
-    from serving.traffic import TrafficFile
+    from moodloop import models_config
+    from moodloop.traffic import TrafficFile
 
     settings = Settings.from_env()
     models_config.ensure(settings.serving_config, settings.model_name, settings.model_base)
@@ -164,12 +164,12 @@ def cmd_models(_: argparse.Namespace) -> int:
 
 def _move_labels(action: str) -> int:
     """promote (stable := canary) or rollback (drop canary), written atomically into models.config."""
-    from serving import models_config
+    from moodloop import models_config
 
     settings = Settings.from_env()
     try:
         version = getattr(models_config, action)(settings.serving_config, settings.model_name)
-        from serving.traffic import TrafficFile
+        from moodloop.traffic import TrafficFile
 
         TrafficFile(settings.traffic_file, settings.canary_share).set(settings.canary_share)
     except (LookupError, OSError, ValueError) as error:

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from serving import models_config
+from moodloop import models_config
 from serving.batching import BatcherClosedError, BatchingParameters, DynamicBatcher, QueueFullError, Tensors
 
 log = logging.getLogger("moodloop.serving")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from moodloop import models_config  # noqa: E402
 from moodloop.settings import Settings, s3_client  # noqa: E402
-from serving import models_config  # noqa: E402
 from serving.batching import BatchingParameters  # noqa: E402
 
 log = logging.getLogger("moodloop.serving")

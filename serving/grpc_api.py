@@ -109,7 +109,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
         """TF Serving's config reload: the new config replaces models.config and is applied now."""
-        from serving import models_config
+        from moodloop import models_config
 
         response = model_management_pb2.ReloadConfigResponse()
         try:

@@ -10,15 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moodloop import models_config
 from moodloop.contracts import EMOTIONS, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES, SIGNATURE_IMAGES, SIGNATURE_PIXELS
+from moodloop.log_records import Feedback, Prediction
 from moodloop.settings import Settings
-from serving import models_config
+from moodloop.traffic import TrafficFile, choose_label
 from serving.backends import Backend, ServingError
 from serving.batching import Tensors
 from serving.faces import FaceDetector
-from serving.inference_log import Feedback, InferenceLog, Prediction
+from serving.inference_log import InferenceLog
 from serving.metrics import GatewayMetrics
-from serving.traffic import TrafficFile, choose_label
 
 
 @dataclass(frozen=True)

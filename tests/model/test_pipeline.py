@@ -63,7 +63,7 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     assert (settings.model_base / versions[0] / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
     assert "INFRA BLESSED" in out
     # The first model of a model base is labelled stable (later ones are pushed as canary).
-    from serving import models_config
+    from moodloop import models_config
 
     policy = models_config.policies(models_config.read(settings.serving_config))["emotion"]
     assert policy.labels == {"stable": int(versions[0])}
@@ -119,7 +119,7 @@ def test_span_that_breaks_the_schema_stops_the_run(fast_env, tmp_path, capsys):
 
 
 def test_a_clearly_better_candidate_passes_the_gate_and_is_pushed_as_canary(fast_env, tmp_path, capsys):
-    from serving import models_config
+    from moodloop import models_config
 
     # A weak first model (one epoch, floor off) becomes stable ...
     settings = fast_env(tmp_path / "home", MOODLOOP_MIN_ACCURACY="0.0", MOODLOOP_EPOCHS="1")

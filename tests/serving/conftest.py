@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from moodloop import models_config
 from moodloop.settings import Settings
-from serving import models_config
 from serving.gateway import serve_in_thread
 from tests.serving.model_factory import TEST_VERSIONS, export_version
 

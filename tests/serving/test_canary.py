@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from monitoring.canary import CanaryPolicy, analyze, describe
+from moodloop import models_config
 from moodloop.contracts import EMOTIONS
-from serving import models_config
 from serving.inference_log import read_predictions
 
 FAST = CanaryPolicy(steps=(0.1, 0.5, 1.0), bake_seconds=0, min_requests=30, min_labels=20, max_class_shift=1.01)

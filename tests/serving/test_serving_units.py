@@ -8,11 +8,11 @@ import threading
 import numpy as np
 import pytest
 
-from serving import models_config
+from moodloop import models_config
+from moodloop.traffic import TrafficFile, choose_label, client_bucket
 from serving.backends import ServingError
 from serving.batching import BatchingParameters, DynamicBatcher
 from serving.rest_codec import parse_predict_request, predict_response
-from serving.traffic import TrafficFile, choose_label, client_bucket
 
 
 def test_models_config_labels_pin_versions_and_promote(tmp_path):

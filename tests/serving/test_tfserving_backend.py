@@ -9,7 +9,7 @@ import dataclasses
 import httpx
 import numpy as np
 
-from serving import models_config
+from moodloop import models_config
 from serving.gateway import serve_in_thread
 
 PIXELS = {"signature_name": "serving_pixels", "inputs": {"pixels": np.zeros((2, 48, 48), int).tolist()}}

@@ -16,7 +16,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from serving.models_config import CANARY, STABLE
+from moodloop.models_config import CANARY, STABLE
 
 
 def client_bucket(client_id: str) -> float:

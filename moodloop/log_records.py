@@ -1,0 +1,117 @@
+"""Contract 4's records: what one prediction and one feedback label look like in the inference
+log (moodloop/contracts.py names the columns). The gateway writes them (serving/inference_log.py);
+the A/B gate writes the reference profile in the same shape, so that the drift job compares like
+with like.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from moodloop.contracts import EMOTIONS, LOG_EMBEDDING_COLUMNS, LOG_PROBABILITY_COLUMNS
+from moodloop.image_properties import decode_grey, image_properties
+
+
+@dataclass
+class Prediction:
+    """What a request knows; the writer thread turns it into a log row."""
+
+    request_id: str
+    instance: int
+    client_id: str
+    model_name: str
+    model_version: int
+    model_label: str  # stable | canary | the label asked for | "" (a version asked for by number)
+    signature: str
+    api: str  # rest | grpc | faces | videos
+    latency_ms: float
+    probabilities: np.ndarray  # [7]
+    pixels: np.ndarray | None = None  # [H, W] uint8, when the request sent pixels or a face crop
+    encoded: bytes | None = None  # encoded image, when the request sent one
+    face_width: float | None = None
+    face_area_ratio: float | None = None
+    embedding: np.ndarray | None = None  # [EMBEDDING_DIMS], when the model outputs one
+    timestamp: float = field(default_factory=time.time)
+
+
+@dataclass
+class Feedback:
+    request_id: str
+    instance: int
+    label: str
+    timestamp: float = field(default_factory=time.time)
+
+
+def prediction_row(record: Prediction) -> dict[str, object]:
+    pixels = record.pixels if record.pixels is not None else (decode_grey(record.encoded) if record.encoded else None)
+    properties = (
+        image_properties(pixels) if pixels is not None else {"brightness": None, "contrast": None, "sharpness": None}
+    )
+    probabilities = np.asarray(record.probabilities, dtype=np.float64).reshape(-1)
+    top = int(probabilities.argmax())
+    return {
+        "timestamp": datetime.fromtimestamp(record.timestamp, timezone.utc),
+        "request_id": record.request_id,
+        "instance": record.instance,
+        "client_id": record.client_id,
+        "model_name": record.model_name,
+        "model_version": record.model_version,
+        "model_label": record.model_label,
+        "signature": record.signature,
+        "api": record.api,
+        "latency_ms": record.latency_ms,
+        "predicted_class": EMOTIONS[top] if len(probabilities) == len(EMOTIONS) else str(top),
+        "confidence": float(probabilities[top]),
+        **{c: float(p) for c, p in zip(LOG_PROBABILITY_COLUMNS, probabilities, strict=False)},
+        **properties,
+        "width": int(pixels.shape[1]) if pixels is not None else None,
+        "height": int(pixels.shape[0]) if pixels is not None else None,
+        "face_width": record.face_width,
+        "face_area_ratio": record.face_area_ratio,
+        **embedding_columns(record.embedding),
+    }
+
+
+def embedding_columns(embedding: np.ndarray | None) -> dict[str, float | None]:
+    values = list(np.asarray(embedding, dtype=np.float64).reshape(-1)) if embedding is not None else []
+    return {c: (float(values[i]) if i < len(values) else None) for i, c in enumerate(LOG_EMBEDDING_COLUMNS)}
+
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("timestamp", pa.timestamp("ms", tz="UTC")),
+        ("request_id", pa.string()),
+        ("instance", pa.int32()),
+        ("client_id", pa.string()),
+        ("model_name", pa.string()),
+        ("model_version", pa.int64()),
+        ("model_label", pa.string()),
+        ("signature", pa.string()),
+        ("api", pa.string()),
+        ("latency_ms", pa.float64()),
+        ("predicted_class", pa.string()),
+        ("confidence", pa.float64()),
+        *[(c, pa.float64()) for c in LOG_PROBABILITY_COLUMNS],
+        ("brightness", pa.float64()),
+        ("contrast", pa.float64()),
+        ("sharpness", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("face_width", pa.float64()),
+        ("face_area_ratio", pa.float64()),
+        *[(c, pa.float64()) for c in LOG_EMBEDDING_COLUMNS],
+    ]
+)
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("timestamp", pa.timestamp("ms", tz="UTC")),
+        ("request_id", pa.string()),
+        ("instance", pa.int32()),
+        ("label", pa.string()),
+    ]
+)
