@@ -8,7 +8,7 @@ N           ?= 10000
 
 STACK       := .venv/orchestration/bin/python -m moodloop.stack
 
-.PHONY: help setup run stop status train serve test test-fast lint format bench clean
+.PHONY: help setup run stop status train serve test test-fast lint format bench drill clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ format: setup  ## ruff format + autofix
 bench: setup  ## benchmarks, each as a ratio to its baseline: pipeline vs bare fit; gateway vs raw model
 	$(PIPELINE_PY) bench/pipeline_overhead.py --sizes 2000 10000
 	$(PIPELINE_PY) bench/serving_throughput.py
+
+drill: setup  ## the drift drill on a stack of its own: clean traffic, shift, drift, retrain, canary, promotion
+	$(ORCH_PY) bench/drift_drill.py --stack $(DRILL_ARGS)
 
 clean:  ## remove runs, models and logs under MOODLOOP_HOME (keeps the environments)
 	rm -rf $(HOME_DIR)

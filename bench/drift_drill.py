@@ -1,21 +1,29 @@
 """The drift drill: does the loop notice a shift in live traffic and heal the model by itself?
 
-1. Train on clean SYNTHETIC faces; serve the model with the gateway (embedded backend).
+1. Train on clean SYNTHETIC faces; serve the model.
 2. Send clean traffic for some windows (with feedback labels); the drift job judges each window.
-3. Shift the traffic (darker, blurrier, smaller faces: the generator's knobs) while a labelled
-   batch from the shifted distribution lands; the drift job flags the shift and triggers the
-   retrain itself (here the pipeline run stands in for Airflow's train_emotion_model run: the
-   trigger is the same function, no person in between).
-4. The retrained model is pushed as canary; the drill measures it on shifted faces.
+3. Shift the traffic (dimmer light, blur, smaller faces: the generator's knobs) while a labelled
+   batch from the shifted distribution lands; the drift job flags the shift and the retrain starts.
+4. The retrained model comes up; the drill measures it on shifted faces.
+
+Two ways to run it:
+  --stack   on a local stack of its own (`make drill`): Airflow's scheduler runs monitor_drift
+            (every minute here), which triggers train_emotion_model through the REST API (or joins
+            the run the landed batch started); the new version is pushed as canary and
+            canary_analysis ramps and promotes it. The drill only plays the users and the labellers.
+            The stack stays up at the end so the reports can be opened in the browser.
+  (default) in process, quicker: the pipeline run stands in for the Airflow DAG run (the drift job
+            calls it through the same retrain hook), the gateway runs alone, no canary analysis.
 
 Prints: windows until drift is flagged, false alarms over the clean windows, accuracy on clean
 faces before the shift, on shifted faces before the retrain and after it (ratio to the clean
 accuracy: the goal is >= 0.95), and the time from the shift to the new model serving.
 
-  .venv/orchestration/bin/python bench/drift_drill.py                 # the full drill
+  .venv/orchestration/bin/python bench/drift_drill.py --stack      # make drill
+  .venv/orchestration/bin/python bench/drift_drill.py              # in process, 20 clean windows
   .venv/orchestration/bin/python bench/drift_drill.py --clean-windows 3 --faces 2000   # smaller
 
-Runs in the orchestration env (Evidently, GX); training and serving run in the pipeline env.
+Runs in the orchestration env (Evidently, GX, Airflow); training and serving run in the pipeline env.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,7 +51,14 @@ from moodloop.contracts import EMOTIONS  # noqa: E402
 from moodloop.settings import Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SHIFT = synthetic.Shift(brightness=-0.25, blur=1.0, face_scale=0.8)
+AFTER_FACES = 1000  # the retrained model is measured on this many new shifted faces (not fed back)
+# "dim": dimmer light (darker, flatter) and blurrier faces; the information is still there, so
+# a retrain can learn it. "harsh": so dark that dark features clip to black, so blurred and small
+# that a model trained on 4000 harsh faces alone reaches 0.40: no retrain can reach the goal there.
+SHIFTS = {
+    "dim": synthetic.Shift(brightness=-0.2, contrast=0.6, blur=0.4),
+    "harsh": synthetic.Shift(brightness=-0.25, blur=1.0, face_scale=0.8),
+}
 # The 2-core default model ("small"), without augmentation: the tiny test model underfits a
 # mixed clean + shifted set, and the A/B gate then (rightly) refuses the retrained candidate.
 TRAINING = {
@@ -52,11 +68,11 @@ TRAINING = {
 
 
 class Drill:
-    def __init__(self, home: Path, args: argparse.Namespace) -> None:
+    def __init__(self, home: Path, args: argparse.Namespace, env: dict[str, str] | None = None) -> None:
         from moodloop.s3server import free_port
 
         self.args = args
-        self.env = {
+        self.env = env or {
             **os.environ, **TRAINING, "MOODLOOP_HOME": str(home), "MOODLOOP_LOG_FLUSH_SECONDS": "1",
             "MOODLOOP_REST_PORT": str(free_port()), "MOODLOOP_GRPC_PORT": str(free_port()),
         }  # fmt: skip
@@ -109,9 +125,12 @@ class Drill:
             time.sleep(1)
         raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
 
-    def traffic(self, seed: int, shift: synthetic.Shift | None, label: str = "", feedback: bool = True) -> float:
+    def traffic(
+        self, seed: int, shift: synthetic.Shift | None, label: str = "", feedback: bool = True, faces: int = 0
+    ) -> float:
         """One window of live requests (25 faces each) with feedback labels; returns the accuracy."""
-        pixels, labels = synthetic.generate_arrays(self.args.window, seed=seed, shift=shift or synthetic.Shift())
+        n = faces or self.args.window
+        pixels, labels = synthetic.generate_arrays(n, seed=seed, shift=shift or synthetic.Shift())
         path = f"/v1/models/emotion/labels/{label}:predict" if label else "/v1/models/emotion:predict"
         right = 0
         for start in range(0, len(pixels), 25):
@@ -140,6 +159,19 @@ class Drill:
         verdict = list(dict.fromkeys(lines))
         return {"pushed_version": int(pushed[1]) if pushed else None, "gate": verdict, "conf": conf}
 
+    def labels(self) -> dict[str, int]:
+        return self.call("GET", "/healthz").get("labels") or {}
+
+    def next_decision(self, seen: int, timeout: float) -> dict:
+        """Wait for the drift job's next judged window (line `seen + 1` of drift_decisions.jsonl)."""
+        path = self.settings.home / "monitoring" / "drift_decisions.jsonl"
+
+        def judged():
+            lines = path.read_text().splitlines() if path.exists() else []
+            return json.loads(lines[seen]) if len(lines) > seen else None
+
+        return self.wait_until(judged, timeout, "the drift job's verdict")
+
     def stop(self) -> None:
         if self.gateway:
             self.gateway.terminate()
@@ -162,12 +194,12 @@ def drill(args: argparse.Namespace, home: Path) -> dict:
         figures["false_alarms"] = sum(o == "drift" for o in outcomes)
         figures["clean_accuracy"] = float(np.mean(clean_accuracy))
 
-        print("3. the shift: darker, blurrier, smaller faces; a shifted labelled batch lands", flush=True)
+        print(f"3. the shift ({args.shift}); a shifted labelled batch lands", flush=True)
         shifted_at = time.monotonic()
-        d.run(d.moodloop, "curate", str(d.batch("shifted", args.faces, seed=1, shift=SHIFT)))
+        d.run(d.moodloop, "curate", str(d.batch("shifted", args.faces, seed=1, shift=args.shift)))
         figures["windows_to_flag"], before = None, []
         for w in range(args.shift_windows):
-            before.append(d.traffic(seed=2000 + w, shift=SHIFT))
+            before.append(d.traffic(seed=2000 + w, shift=args.shift))
             result = drift.run_window(d.settings, retrain=d.retrain)
             print(f"   shifted window {w + 1}: {result.outcome}, accuracy {before[-1]:.3f}", flush=True)
             if result.outcome == "drift":
@@ -182,24 +214,146 @@ def drill(args: argparse.Namespace, home: Path) -> dict:
             )
             figures["seconds_shift_to_new_model_serving"] = round(time.monotonic() - shifted_at, 1)
             label = "canary" if "canary" in d.call("GET", "/healthz")["labels"] else "stable"
-            figures["shifted_accuracy_after"] = d.traffic(seed=3000, shift=SHIFT, label=label, feedback=False)
+            figures["shifted_accuracy_after"] = d.traffic(
+                seed=3000, shift=args.shift, label=label, feedback=False, faces=AFTER_FACES
+            )
             figures["after_over_clean"] = figures["shifted_accuracy_after"] / figures["clean_accuracy"]
     finally:
         d.stop()
     return figures
 
 
+# The loop's own timings, shortened so that a drill ends in minutes, not hours.
+STACK_TIMINGS = {
+    "MOODLOOP_DRIFT_EVERY_MINUTES": "1", "MOODLOOP_CANARY_EVERY_MINUTES": "1",
+    "MOODLOOP_CANARY_BAKE_SECONDS": "60", "MOODLOOP_CANARY_STEPS": "0.5,1.0",
+    "MOODLOOP_CANARY_MIN_REQUESTS": "100", "MOODLOOP_CANARY_MIN_LABELS": "50",
+    "MOODLOOP_LANDING_SETTLE_SECONDS": "2", "MOODLOOP_LOG_FLUSH_SECONDS": "1",
+}  # fmt: skip
+
+
+def stack_drill(args: argparse.Namespace, home: Path) -> dict:
+    """The drill on the local stack: Airflow's scheduler runs monitor_drift, train_emotion_model and
+    canary_analysis; the drill only plays the users (live requests, feedback labels) and the
+    labellers (a shifted batch lands in the landing zone)."""
+    from moodloop import stack
+    from moodloop.s3server import free_port
+
+    ports = ("MOODLOOP_AIRFLOW_PORT", "MOODLOOP_REST_PORT", "MOODLOOP_GRPC_PORT", "MOODLOOP_EVIDENTLY_PORT")
+    os.environ.update(
+        {**TRAINING, **STACK_TIMINGS, **{p: str(free_port()) for p in ports}, "MOODLOOP_HOME": str(home),
+         "MOODLOOP_DRIFT_WINDOW_RECORDS": str(args.window)}
+    )  # fmt: skip
+    settings = Settings.from_env()
+    if stack.start(settings, faces=args.faces) != 0:
+        raise SystemExit("the drill's stack is already running: stop it first (see --help)")
+    d = Drill(home, args, env=dict(os.environ))
+    figures: dict = {"clean_windows": args.clean_windows}
+    print(f"\n1. the stack trains the first model on {args.faces} clean faces by itself ...", flush=True)
+    d.wait_until(lambda: d.labels().get("stable"), args.timeout, "the first model")
+    first = d.labels()["stable"]
+    print(f"   version {first} serves as stable", flush=True)
+
+    print(f"2. {args.clean_windows} clean windows of {args.window} requests; monitor_drift judges each", flush=True)
+    outcomes, clean_accuracy, seen = [], [], 0
+    for w in range(args.clean_windows):
+        clean_accuracy.append(d.traffic(seed=1000 + w, shift=None))
+        outcomes.append(d.next_decision(seen, 600)["outcome"])
+        seen += 1
+        print(f"   clean window {w + 1}: {outcomes[-1]}, accuracy {clean_accuracy[-1]:.3f}", flush=True)
+    figures["false_alarms"] = sum(o == "drift" for o in outcomes)
+    figures["clean_accuracy"] = float(np.mean(clean_accuracy))
+
+    print(f"3. the shift ({args.shift}); a shifted labelled batch lands", flush=True)
+    shifted_at, shifted_wall = time.monotonic(), time.time()
+    stack.drop_synthetic_batch(settings, f"shifted-{time.strftime('%Y%m%dT%H%M%S')}", args.faces, 1, args.shift)
+    figures["windows_to_flag"], before, w = None, [], 0
+    while figures["windows_to_flag"] is None and w < args.shift_windows:
+        before.append(d.traffic(seed=2000 + w, shift=args.shift))
+        decision = d.next_decision(seen, 600)
+        seen, w = seen + 1, w + 1
+        print(f"   shifted window {w}: {decision['outcome']}, accuracy {before[-1]:.3f}", flush=True)
+        if decision["outcome"] == "drift":
+            figures["windows_to_flag"], figures["retrain"] = w, decision.get("retrain")
+    figures["shifted_accuracy_before"] = float(np.mean(before))
+
+    print("4. shifted traffic goes on while the loop retrains, canaries and promotes by itself", flush=True)
+    deadline, canary = time.monotonic() + args.timeout, None
+    while time.monotonic() < deadline:
+        try:
+            labels = d.labels()
+        except OSError:  # the gateway busy on a loaded machine: ask again
+            labels = {}
+        if not labels.get("stable"):
+            time.sleep(5)
+            continue
+        if canary is None and labels.get("canary"):
+            canary = labels["canary"]
+            figures["seconds_shift_to_canary"] = round(time.monotonic() - shifted_at, 1)
+            print(f"   version {canary} is the canary ({figures['seconds_shift_to_canary']:.0f} s after the shift)")
+        if labels.get("stable") != first:
+            figures["seconds_shift_to_new_model_serving"] = round(time.monotonic() - shifted_at, 1)
+            figures["new_stable_version"] = labels["stable"]
+            print(f"   version {labels['stable']} promoted to stable by canary_analysis", flush=True)
+            break
+        if canary is not None and not labels.get("canary"):
+            figures["canary_rolled_back"] = canary
+            print(f"   the canary (version {canary}) was rolled back", flush=True)
+            break
+        d.traffic(seed=4000 + w, shift=args.shift)
+        w += 1
+        time.sleep(args.pause)  # users, not a load test: leave the 2 cores to the training
+    if "new_stable_version" in figures:
+        figures["shifted_accuracy_after"] = d.traffic(
+            seed=3000, shift=args.shift, label="stable", feedback=False, faces=AFTER_FACES
+        )
+        figures["after_over_clean"] = figures["shifted_accuracy_after"] / figures["clean_accuracy"]
+    figures["train_runs_after_shift"] = train_runs_since(settings, shifted_wall)
+    figures["drift_reports"] = str(home / "monitoring" / "drift")
+    return figures
+
+
+def train_runs_since(settings: Settings, since: float) -> list[dict]:
+    """train_emotion_model's runs since the shift, and what started each (drift or new data)."""
+    from moodloop import stack
+
+    _, payload = stack.airflow_request(
+        "GET", "/api/v2/dags/train_emotion_model/dagRuns?limit=20&order_by=-id", stack.token(settings)
+    )
+    return [
+        {"run_id": r["dag_run_id"], "run_type": r["run_type"], "reason": (r.get("conf") or {}).get("reason"),
+         "state": r["state"]}
+        for r in payload["dag_runs"]
+        if datetime.fromisoformat(r["run_after"]).timestamp() >= since
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stack", action="store_true", help="run it on the local stack (Airflow schedules all)")
     parser.add_argument("--faces", type=int, default=4000, help="faces per labelled batch (clean, shifted)")
+    parser.add_argument("--shift", choices=sorted(SHIFTS), default="dim", help="which shift (default dim)")
     parser.add_argument("--window", type=int, default=200, help="requests per window")
-    parser.add_argument("--clean-windows", type=int, default=20)
+    parser.add_argument("--clean-windows", type=int, help="clean windows (default 20; 5 with --stack)")
     parser.add_argument("--shift-windows", type=int, default=4, help="shifted windows at most before giving up")
-    parser.add_argument("--home", type=Path, help="work folder (default: a new temporary one)")
+    parser.add_argument("--timeout", type=float, default=2400, help="--stack: seconds to wait for each model")
+    parser.add_argument("--pause", type=float, default=10, help="--stack: seconds between windows while retraining")
+    parser.add_argument("--stop", action="store_true", help="--stack: stop the stack at the end")
+    parser.add_argument(
+        "--home", type=Path, help="work folder (default: a new temporary one; .moodloop/drill-<time> with --stack)"
+    )
     args = parser.parse_args(argv)
-    home = args.home or Path(tempfile.mkdtemp(prefix="moodloop-drill-"))
-    figures = drill(args, home)
-    print("\n== drift drill (SYNTHETIC faces) ==")
+    args.shift_name, args.shift = args.shift, SHIFTS[args.shift]
+    if args.clean_windows is None:
+        args.clean_windows = 5 if args.stack else 20
+    if args.stack:
+        home = (args.home or REPO / ".moodloop" / f"drill-{time.strftime('%Y%m%dT%H%M%S')}").resolve()
+        figures = stack_drill(args, home)
+    else:
+        home = args.home or Path(tempfile.mkdtemp(prefix="moodloop-drill-"))
+        figures = drill(args, home)
+    where = "local stack" if args.stack else "in process"
+    print(f"\n== drift drill ({where}, shift {args.shift_name}: {args.shift}, SYNTHETIC faces) ==")
     print(json.dumps(figures, indent=1, default=str))
     flagged = figures["windows_to_flag"] is not None and figures["windows_to_flag"] <= 2
     print(
@@ -207,6 +361,19 @@ def main(argv: list[str] | None = None) -> int:
         f"no false alarm in {args.clean_windows} clean windows: {figures['false_alarms'] == 0}; "
         f"after/clean accuracy >= 0.95: {figures.get('after_over_clean', 0) >= 0.95}"
     )
+    if args.stack:
+        settings = Settings.from_env()
+        if args.stop:
+            from moodloop import stack
+
+            return stack.stop(settings)
+        print(
+            "\nThe stack is still running, so you can look:\n"
+            f'  drift reports  http://127.0.0.1:{settings.evidently_port}  (Evidently UI, project "{drift.PROJECT}")'
+            f"  and {home / 'monitoring' / 'drift'}/*.html\n"
+            f"  Airflow UI     {settings.airflow_url}  user admin, password in {settings.airflow_password_file}\n"
+            f"  stop it        MOODLOOP_HOME={home} make stop"
+        )
     return 0
 
 

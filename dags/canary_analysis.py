@@ -1,5 +1,6 @@
-"""canary_analysis: every 5 minutes, judge the live canary against stable on the inference log,
-then wait, ramp its traffic share (10 % -> 50 % -> 100 %), promote it, or roll it back.
+"""canary_analysis: every 5 minutes (MOODLOOP_CANARY_EVERY_MINUTES), judge the live canary
+against stable on the inference log, then wait, ramp its traffic share (10 % -> 50 % -> 100 %),
+promote it, or roll it back.
 
 Runs monitoring/canary.py in the pipeline env (it reads TF Serving's models.config). Each run's
 log shows the decision and its numbers; all decisions are in <home>/serving/canary_decisions.jsonl.
@@ -15,11 +16,12 @@ from airflow.sdk import DAG
 
 from moodloop.settings import REPO_ROOT, Settings
 
-PYTHON = Settings.from_env().pipeline_python
+SETTINGS = Settings.from_env()
+PYTHON = SETTINGS.pipeline_python
 
 with DAG(
     dag_id="canary_analysis",
-    schedule=timedelta(minutes=5),
+    schedule=timedelta(minutes=SETTINGS.canary_every_minutes),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -1,8 +1,9 @@
-"""monitor_drift: every 10 minutes, judge the newest window of the inference log against the
-served model's reference profile: data quality (Great Expectations) first, then Evidently drift
-reports (image properties, predictions, embeddings) into the Evidently workspace and an HTML file,
-then triage. Drift triggers `train_emotion_model` (REST API v2, conf {"reason": "drift", ...}),
-at most once per cool-down; a data-quality incident is reported and retrains nothing.
+"""monitor_drift: every 10 minutes (MOODLOOP_DRIFT_EVERY_MINUTES), judge the newest window of the
+inference log against the served model's reference profile: data quality (Great Expectations)
+first, then Evidently drift reports (image properties, predictions, embeddings) into the
+Evidently workspace and an HTML file, then triage. Drift triggers `train_emotion_model` (REST
+API v2, conf {"reason": "drift", ...}), at most once per cool-down and not while one
+runs; a data-quality incident is reported and retrains nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from moodloop.settings import Settings
 
 @dag(
     dag_id="monitor_drift",
-    schedule=timedelta(minutes=10),
+    schedule=timedelta(minutes=Settings.from_env().drift_every_minutes),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

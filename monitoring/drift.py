@@ -10,7 +10,7 @@ Each window (the records since the last window, once there are enough of them):
    standalone HTML file;
 3. triage: no drift / data-quality incident / drift. Drift triggers `train_emotion_model` through
    Airflow's REST API v2 with a conf naming the reason and the report, unless a retrain was
-   triggered within the cool-down (one shift, one retrain);
+   triggered within the cool-down (one shift, one retrain) or one is already running;
 4. with feedback labels, live accuracy per model version is reported too.
 
 Runs in the orchestration env (Evidently, GX, pandas). `python -m monitoring.drift run` once;
@@ -193,17 +193,24 @@ def live_accuracy(window: pd.DataFrame, feedback: pd.DataFrame) -> dict[str, Any
 
 
 def trigger_retrain(settings: Settings, conf: dict[str, Any]) -> dict[str, Any]:
-    """POST /api/v2/dags/train_emotion_model/dagRuns with a token from /auth/token (Airflow 3)."""
+    """POST /api/v2/dags/train_emotion_model/dagRuns with a token from /auth/token (Airflow 3),
+    unless a run is already queued or running (new labelled data may have started one): that run
+    trains on the newest spans too, and a second one would only queue behind it."""
     password = json.loads(settings.airflow_password_file.read_text())[settings.airflow_user]
 
-    def call(path: str, body: dict, token: str | None = None) -> dict:
+    def call(method: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
         headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-        request = urllib.request.Request(settings.airflow_url + path, json.dumps(body).encode(), headers, method="POST")
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(settings.airflow_url + path, data, headers, method=method)
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
-    token = call("/auth/token", {"username": settings.airflow_user, "password": password})["access_token"]
-    run = call("/api/v2/dags/train_emotion_model/dagRuns", {"logical_date": None, "conf": conf}, token)
+    token = call("POST", "/auth/token", {"username": settings.airflow_user, "password": password})["access_token"]
+    runs = "/api/v2/dags/train_emotion_model/dagRuns"
+    active = call("GET", f"{runs}?state=queued&state=running", token=token)["dag_runs"]
+    if active:
+        return {"already_running": active[0]["dag_run_id"], "conf": conf}
+    run = call("POST", runs, {"logical_date": None, "conf": conf}, token)
     return {"dag_run_id": run["dag_run_id"], "conf": conf}
 
 
@@ -222,7 +229,34 @@ def _workspace_project(settings: Settings, state: dict[str, Any]):
         project.description = "Live inference log vs the served model's reference profile (moodloop)"
         workspace.update_project(project)
         project_id = str(project.id)
+    dashboard = workspace.get_project(project_id).dashboard
+    if not dashboard.model().panels:
+        for panel in dashboard_panels():
+            dashboard.add_panel(panel, tab="Drift")
     return workspace, project_id
+
+
+def dashboard_panels() -> list:
+    """The project's dashboard in the Evidently UI: drift over time at a glance, the reports behind it."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import counter_panel, line_plot_panel
+
+    share = PanelMetric(legend="drifted share", metric="DriftedColumnsCount", metric_labels={"value_type": "share"})
+
+    def per_column(columns: tuple[str, ...]) -> list:
+        return [PanelMetric(legend=c, metric="ValueDrift", metric_labels={"column": c}) for c in columns]
+
+    return [
+        counter_panel("Share of drifted columns, latest window", [share], size="half"),
+        line_plot_panel("Share of drifted columns per window", [share], size="half"),
+        line_plot_panel(
+            "Image properties per window", per_column(PROPERTY_COLUMNS), "Kolmogorov-Smirnov p-value", size="half"
+        ),
+        line_plot_panel(
+            "Predictions per window", per_column(("predicted_class", *PREDICTION_COLUMNS)),
+            "class mix: Jensen-Shannon distance; confidence: Kolmogorov-Smirnov p-value", size="half",
+        ),
+    ]  # fmt: skip
 
 
 def run_window(settings: Settings, now: float | None = None, retrain=trigger_retrain) -> WindowResult:
@@ -269,7 +303,7 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
             result.reasons = [f"{result.drift['drift_share']:.0%} of the monitored columns drifted: {groups}"]
             last = state.get("last_retrain", 0.0)
             if now - last < settings.drift_cooldown_minutes * 60:
-                result.retrain = {"suppressed": f"cool-down: a retrain was triggered {now - last:.0f} s ago"}
+                result.retrain = {"suppressed": f"cool-down: drift started or joined a retrain {now - last:.0f} s ago"}
             else:
                 conf = {"reason": "drift", "report": str(html), "drifted": groups, "window": info}
                 result.retrain = retrain(settings, conf)

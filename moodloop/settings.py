@@ -85,11 +85,13 @@ class Settings:
     canary_min_labels: int  # per side, for the accuracy test on feedback labels
     canary_alpha: float
     canary_max_accuracy_drop: float
+    canary_every_minutes: float  # the canary_analysis DAG's schedule
     # Drift monitoring (monitoring/drift.py)
     drift_window_records: int  # > 0: windows of this many records; 0: all new records once drift_min_records
     drift_min_records: int
     drift_share: float  # share of monitored columns that must drift to call it drift
     drift_cooldown_minutes: float  # one shift, one retrain
+    drift_every_minutes: float  # the monitor_drift DAG's schedule
     evidently_workspace: Path
     evidently_port: int
     airflow_url: str  # where drift triggers retraining (REST API v2)
@@ -166,10 +168,12 @@ class Settings:
             canary_min_labels=int(_env("MOODLOOP_CANARY_MIN_LABELS", "100")),
             canary_alpha=float(_env("MOODLOOP_CANARY_ALPHA", "0.05")),
             canary_max_accuracy_drop=float(_env("MOODLOOP_CANARY_MAX_ACCURACY_DROP", "0.02")),
+            canary_every_minutes=float(_env("MOODLOOP_CANARY_EVERY_MINUTES", "5")),
             drift_window_records=int(_env("MOODLOOP_DRIFT_WINDOW_RECORDS", "0")),
             drift_min_records=int(_env("MOODLOOP_DRIFT_MIN_RECORDS", "200")),
             drift_share=float(_env("MOODLOOP_DRIFT_SHARE", "0.3")),
             drift_cooldown_minutes=float(_env("MOODLOOP_DRIFT_COOLDOWN_MINUTES", "60")),
+            drift_every_minutes=float(_env("MOODLOOP_DRIFT_EVERY_MINUTES", "10")),
             evidently_workspace=Path(_env("MOODLOOP_EVIDENTLY_WORKSPACE", str(home / "evidently"))),
             evidently_port=int(_env("MOODLOOP_EVIDENTLY_PORT", "8000")),
             airflow_url=_env("MOODLOOP_AIRFLOW_URL", f"http://127.0.0.1:{_env('MOODLOOP_AIRFLOW_PORT', '8080')}"),

@@ -107,7 +107,7 @@ def _airflow_bin() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
 
-def _request(method: str, path: str, token: str | None = None, body: dict | None = None, timeout: float = 10):
+def airflow_request(method: str, path: str, token: str | None = None, body: dict | None = None, timeout: float = 10):
     request = urllib.request.Request(
         f"http://127.0.0.1:{_port()}{path}",
         method=method,
@@ -129,7 +129,7 @@ def _request(method: str, path: str, token: str | None = None, body: dict | None
 
 def token(settings: Settings) -> str:
     password = json.loads(_paths(settings)["passwords"].read_text())[ADMIN]
-    _, payload = _request("POST", "/auth/token", body={"username": ADMIN, "password": password})
+    _, payload = airflow_request("POST", "/auth/token", body={"username": ADMIN, "password": password})
     return payload["access_token"]
 
 
@@ -226,13 +226,14 @@ def _gateway_health(settings: Settings) -> dict:
         return json.loads(error.read())
 
 
-def drop_synthetic_batch(settings: Settings, name: str, faces: int, seed: int) -> Path:
-    """Write a SYNTHETIC batch into the landing zone atomically (hidden folder, then rename)."""
+def drop_synthetic_batch(settings: Settings, name: str, faces: int, seed: int, shift=None) -> Path:
+    """Write a SYNTHETIC batch (optionally shifted: a `data.synthetic.Shift`) into the landing zone
+    atomically (hidden folder, then rename)."""
     from data import landing, synthetic
 
     final = settings.landing_dir / name
     staging = settings.landing_dir / f".{name}.partial"
-    pixels, labels = synthetic.generate_arrays(faces, seed=seed)
+    pixels, labels = synthetic.generate_arrays(faces, seed=seed, shift=shift or synthetic.Shift())
     landing.write_fer2013_csv(zip(pixels, labels, strict=True), staging / "fer2013.csv")
     (staging / "_SUCCESS").touch()
     os.replace(staging, final)
@@ -278,16 +279,16 @@ def start(settings: Settings, faces: int) -> int:
     paths["pids"].write_text(json.dumps(pids))
 
     _wait("the serving gateway", lambda: _gateway_health(settings), 120)
-    _wait("the api-server", lambda: _request("GET", "/api/v2/monitor/health")[0] == 200, 120)
+    _wait("the api-server", lambda: airflow_request("GET", "/api/v2/monitor/health")[0] == 200, 120)
     bearer = token(settings)
 
     def dags_parsed():
-        _, payload = _request("GET", "/api/v2/dags?limit=100", bearer)
+        _, payload = airflow_request("GET", "/api/v2/dags?limit=100", bearer)
         return {d["dag_id"] for d in payload["dags"]} >= set(DAG_IDS)
 
     _wait("the DAGs (dag-processor)", dags_parsed, 180)
     for dag_id in DAG_IDS:
-        _request("PATCH", f"/api/v2/dags/{dag_id}", bearer, {"is_paused": False})
+        airflow_request("PATCH", f"/api/v2/dags/{dag_id}", bearer, {"is_paused": False})
     print(f"==> DAGs unpaused: {', '.join(DAG_IDS)} ({time.monotonic() - started:.0f} s)", flush=True)
 
     password = json.loads(paths["passwords"].read_text())[ADMIN]
@@ -302,7 +303,9 @@ def start(settings: Settings, faces: int) -> int:
         print(f"  first batch  {batch}  ({faces} SYNTHETIC faces)")
         print("The loop runs by itself: watch_landing (every 30 s) -> ingest_faces -> train_emotion_model -> push.")
         print(f"Expect a pushed model under {settings.model_base} within about 10 minutes on 2 cores.")
-    print(f"  status: make status     stop: make stop     logs: {paths['logs']}")
+    # `make status` / `make stop` find a stack by MOODLOOP_HOME: name it when it is not the default.
+    home = "" if settings.home == (REPO_ROOT / ".moodloop").resolve() else f"MOODLOOP_HOME={settings.home} "
+    print(f"  status: {home}make status     stop: {home}make stop     logs: {paths['logs']}")
     return 0
 
 
@@ -317,7 +320,9 @@ def status(settings: Settings) -> int:
         try:
             bearer = token(settings)
             for dag_id in DAG_IDS:
-                _, payload = _request("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=3", bearer)
+                _, payload = airflow_request(
+                    "GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=3", bearer
+                )
                 runs = ", ".join(f"{r['dag_run_id']}={r['state']}" for r in payload["dag_runs"]) or "no runs yet"
                 print(f"  {dag_id:<20s} {runs}")
         except (urllib.error.URLError, OSError, KeyError) as exc:

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 from data import synthetic
 from monitoring import drift
 from moodloop.contracts import REFERENCE_PROFILE
+from moodloop.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
 from moodloop.settings import Settings
-from serving.inference_log import PREDICTION_SCHEMA, Prediction, prediction_row
 
 
 def _rows(n: int, seed: int, shift: synthetic.Shift | None = None, t0: float = 0.0) -> list[dict]:
@@ -100,30 +100,43 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
     workspace = Workspace.create(str(settings.evidently_workspace))
     (project,) = workspace.list_projects()
     assert project.name == "moodloop drift" and len(workspace.list_runs(project.id)) == 7
+    panels = [panel.title for panel in project.dashboard.model().panels]  # made once, not once per window
+    assert panels == [panel.title for panel in drift.dashboard_panels()] and len(panels) == 4
     decisions = (settings.home / "monitoring" / "drift_decisions.jsonl").read_text().splitlines()
     assert [json.loads(line)["outcome"] for line in decisions] == ["no_drift"] * 5 + ["drift", "drift", "incident"]
 
 
 def test_retrain_goes_through_airflow_rest_api_v2_with_a_token(tmp_path):
-    seen: list[tuple[str, dict, str | None]] = []
+    seen: list[tuple[str, str, dict | None, str | None]] = []
+    active_runs: list[dict] = []
 
     class FakeAirflow(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((self.path, body, self.headers.get("Authorization")))
+        def answer(self, body: dict | None) -> None:
+            seen.append((self.command, self.path, body, self.headers.get("Authorization")))
+            authorized = self.headers.get("Authorization") == "Bearer tok"
             if self.path == "/auth/token":
                 answer = {"access_token": "tok"} if body == {"username": "admin", "password": "pw"} else None
+            elif self.command == "GET":
+                wanted = self.path.endswith("/dagRuns?state=queued&state=running")
+                answer = {"dag_runs": active_runs, "total_entries": len(active_runs)} if authorized and wanted else None
             else:
-                answer = {"dag_run_id": "manual__x"} if self.headers.get("Authorization") == "Bearer tok" else None
+                answer = {"dag_run_id": "manual__x"} if authorized else None
             self.send_response(200 if answer else 401)
             self.end_headers()
             self.wfile.write(json.dumps(answer or {"detail": "no"}).encode())
+
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            self.answer(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+        def do_GET(self):  # noqa: N802
+            self.answer(None)
 
         def log_message(self, *args):
             pass
 
     server = HTTPServer(("127.0.0.1", 0), FakeAirflow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    conf = {"reason": "drift", "report": "r.html"}
     try:
         (tmp_path / "passwords.json").write_text('{"admin": "pw"}')
         settings = Settings.from_env(
@@ -131,13 +144,22 @@ def test_retrain_goes_through_airflow_rest_api_v2_with_a_token(tmp_path):
             airflow_password_file=tmp_path / "passwords.json",
         )  # fmt: skip
         started = time.monotonic()
-        run = drift.trigger_retrain(settings, {"reason": "drift", "report": "r.html"})
+        run = drift.trigger_retrain(settings, conf)
         assert time.monotonic() - started < 10
+        # New labelled data already started a run: the drift joins it instead of queueing another.
+        active_runs.append({"dag_run_id": "asset_triggered__y", "state": "running"})
+        joined = drift.trigger_retrain(settings, conf)
     finally:
         server.shutdown()
-    assert run == {"dag_run_id": "manual__x", "conf": {"reason": "drift", "report": "r.html"}}
-    assert seen[1] == (
+    assert run == {"dag_run_id": "manual__x", "conf": conf}
+    assert seen[2] == (
+        "POST",
         "/api/v2/dags/train_emotion_model/dagRuns",
-        {"logical_date": None, "conf": {"reason": "drift", "report": "r.html"}},
+        {"logical_date": None, "conf": conf},
         "Bearer tok",
     )
+    assert joined == {"already_running": "asset_triggered__y", "conf": conf}
+    assert [(method, path) for method, path, _, _ in seen[3:]] == [
+        ("POST", "/auth/token"),
+        ("GET", "/api/v2/dags/train_emotion_model/dagRuns?state=queued&state=running"),
+    ]

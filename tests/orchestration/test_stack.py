@@ -225,6 +225,8 @@ def _check_evidently_ui(port: int, screenshot: Path) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
         page.get_by_text("moodloop drift").first.click()
+        page.get_by_text("Share of drifted columns per window").first.wait_for(timeout=30_000)  # the dashboard
+        page.screenshot(path=str(screenshot.with_name("evidently-dashboard.png")))
         page.get_by_text("Reports").first.click()
         page.get_by_text("window until").first.wait_for(timeout=30_000)
         assert "View" in page.inner_text("body")  # the latest report, openable
