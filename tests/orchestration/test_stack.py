@@ -5,6 +5,7 @@ UI (headless Chromium) shows the runs, and `stop` leaves no process behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -108,12 +109,15 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     tasks = api.call("GET", f"/api/v2/dags/train_emotion_model/dagRuns/{first['dag_run_id']}/taskInstances")
     assert {t["task_id"]: t["state"] for t in tasks["task_instances"]}["Trainer"] == "success"
 
-    # Training by hand through the REST API v2, as a drift trigger would.
-    triggered = api.call(
-        "POST", "/api/v2/dags/train_emotion_model/dagRuns",
-        {"logical_date": None, "conf": {"reason": "rest test", "epochs": 1}},
-    )  # fmt: skip
+    # The drift job's trigger against the real REST API v2: a run with its conf, then, while that
+    # run is queued or running, a second drift joins it instead of queueing another.
+    from monitoring import drift
+
+    airflow = dataclasses.replace(settings, airflow_url=f"http://127.0.0.1:{port}")
+    triggered = drift.trigger_retrain(airflow, {"reason": "drift", "report": "r.html", "epochs": 1})
     run_id = triggered["dag_run_id"]
+    assert drift.trigger_retrain(airflow, {"reason": "drift"})["already_running"] == run_id
+    assert api.call("GET", f"/api/v2/dags/train_emotion_model/dagRuns/{run_id}")["conf"]["reason"] == "drift"
     api.wait_for(
         "train_emotion_model",
         lambda runs: any(r["dag_run_id"] == run_id and r["state"] == "success" for r in runs),
