@@ -29,6 +29,7 @@ Runs in the orchestration env (Evidently, GX, Airflow); training and serving run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -59,6 +60,7 @@ SHIFTS = {
     "dim": synthetic.Shift(brightness=-0.2, contrast=0.6, blur=0.4),
     "harsh": synthetic.Shift(brightness=-0.25, blur=1.0, face_scale=0.8),
 }
+NO_SHIFT = synthetic.Shift()
 # The 2-core default model ("small"), without augmentation: the tiny test model underfits a
 # mixed clean + shifted set, and the A/B gate then (rightly) refuses the retrained candidate.
 TRAINING = {
@@ -194,7 +196,7 @@ def drill(args: argparse.Namespace, home: Path) -> dict:
         figures["false_alarms"] = sum(o == "drift" for o in outcomes)
         figures["clean_accuracy"] = float(np.mean(clean_accuracy))
 
-        print(f"3. the shift ({args.shift}); a shifted labelled batch lands", flush=True)
+        print(f"3. the shift ({args.shift_name}); a shifted labelled batch lands", flush=True)
         shifted_at = time.monotonic()
         d.run(d.moodloop, "curate", str(d.batch("shifted", args.faces, seed=1, shift=args.shift)))
         figures["windows_to_flag"], before = None, []
@@ -264,7 +266,7 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
     figures["false_alarms"] = sum(o == "drift" for o in outcomes)
     figures["clean_accuracy"] = float(np.mean(clean_accuracy))
 
-    print(f"3. the shift ({args.shift}); a shifted labelled batch lands", flush=True)
+    print(f"3. the shift ({args.shift_name}); a shifted labelled batch lands", flush=True)
     shifted_at, shifted_wall = time.monotonic(), time.time()
     stack.drop_synthetic_batch(settings, f"shifted-{time.strftime('%Y%m%dT%H%M%S')}", args.faces, 1, args.shift)
     figures["windows_to_flag"], before, w = None, [], 0
@@ -348,12 +350,24 @@ def main(argv: list[str] | None = None) -> int:
         args.clean_windows = 5 if args.stack else 20
     if args.stack:
         home = (args.home or REPO / ".moodloop" / f"drill-{time.strftime('%Y%m%dT%H%M%S')}").resolve()
-        figures = stack_drill(args, home)
+        try:
+            figures = stack_drill(args, home)
+        except BaseException:
+            if args.stop:
+                from moodloop import stack
+
+                stack.stop(Settings.from_env())
+            else:
+                print(
+                    f"\nthe drill failed; its stack is still running: MOODLOOP_HOME={home} make stop", file=sys.stderr
+                )
+            raise
     else:
         home = args.home or Path(tempfile.mkdtemp(prefix="moodloop-drill-"))
         figures = drill(args, home)
     where = "local stack" if args.stack else "in process"
-    print(f"\n== drift drill ({where}, shift {args.shift_name}: {args.shift}, SYNTHETIC faces) ==")
+    knobs = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(args.shift).items() if v != getattr(NO_SHIFT, k))
+    print(f"\n== drift drill ({where}, shift {args.shift_name}: {knobs}; SYNTHETIC faces) ==")
     print(json.dumps(figures, indent=1, default=str))
     flagged = figures["windows_to_flag"] is not None and figures["windows_to_flag"] <= 2
     print(

@@ -19,7 +19,9 @@ def test_a_shift_is_flagged_and_retraining_starts_without_a_person(tmp_path):
     spec = importlib.util.spec_from_file_location("drift_drill", DRILL)
     drift_drill = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(drift_drill)
-    args = argparse.Namespace(faces=2000, window=200, clean_windows=3, shift_windows=2, shift=drift_drill.SHIFTS["dim"])
+    args = argparse.Namespace(
+        faces=2000, window=200, clean_windows=3, shift_windows=2, shift=drift_drill.SHIFTS["dim"], shift_name="dim"
+    )
     figures = drift_drill.drill(args, tmp_path / "home")
     print(figures)
     assert figures["false_alarms"] == 0
