@@ -206,7 +206,7 @@ def drill(args: argparse.Namespace, home: Path) -> dict:
             print(f"   shifted window {w + 1}: {result.outcome}, accuracy {before[-1]:.3f}", flush=True)
             if result.outcome == "drift":
                 figures["windows_to_flag"] = w + 1
-                figures["retrain"] = result.retrain
+                figures["retrain"] = brief(result.retrain)
                 break
         figures["shifted_accuracy_before"] = float(np.mean(before))
         version = (figures.get("retrain") or {}).get("pushed_version")
@@ -223,6 +223,12 @@ def drill(args: argparse.Namespace, home: Path) -> dict:
     finally:
         d.stop()
     return figures
+
+
+def brief(retrain: dict | None) -> dict:
+    """What the drift job did about the retrain, without the conf it sent (the drift decisions
+    file has that in full)."""
+    return {k: v for k, v in (retrain or {}).items() if k != "conf"}
 
 
 # The loop's own timings, shortened so that a drill ends in minutes, not hours.
@@ -276,7 +282,7 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
         seen, w = seen + 1, w + 1
         print(f"   shifted window {w}: {decision['outcome']}, accuracy {before[-1]:.3f}", flush=True)
         if decision["outcome"] == "drift":
-            figures["windows_to_flag"], figures["retrain"] = w, decision.get("retrain")
+            figures["windows_to_flag"], figures["retrain"] = w, brief(decision.get("retrain"))
     figures["shifted_accuracy_before"] = float(np.mean(before))
 
     print("4. shifted traffic goes on while the loop retrains, canaries and promotes by itself", flush=True)
