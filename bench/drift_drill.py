@@ -247,9 +247,8 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
     from moodloop import stack
     from moodloop.s3server import free_port
 
-    ports = ("MOODLOOP_AIRFLOW_PORT", "MOODLOOP_REST_PORT", "MOODLOOP_GRPC_PORT", "MOODLOOP_EVIDENTLY_PORT")
     os.environ.update(
-        {**TRAINING, **STACK_TIMINGS, **{p: str(free_port()) for p in ports}, "MOODLOOP_HOME": str(home),
+        {**TRAINING, **STACK_TIMINGS, **{p: str(free_port()) for p in stack.PORT_VARIABLES}, "MOODLOOP_HOME": str(home),
          "MOODLOOP_DRIFT_WINDOW_RECORDS": str(args.window)}
     )  # fmt: skip
     settings = Settings.from_env()
@@ -295,20 +294,25 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
         if not labels.get("stable"):
             time.sleep(5)
             continue
-        if canary is None and labels.get("canary"):
+        if labels.get("canary") and labels["canary"] != canary:  # the first canary, or a newer one
             canary = labels["canary"]
-            figures["seconds_shift_to_canary"] = round(time.monotonic() - shifted_at, 1)
-            print(f"   version {canary} is the canary ({figures['seconds_shift_to_canary']:.0f} s after the shift)")
+            figures.setdefault("seconds_shift_to_canary", round(time.monotonic() - shifted_at, 1))
+            print(f"   version {canary} is the canary ({time.monotonic() - shifted_at:.0f} s after the shift)")
         if labels.get("stable") != first:
             figures["seconds_shift_to_new_model_serving"] = round(time.monotonic() - shifted_at, 1)
             figures["new_stable_version"] = labels["stable"]
             print(f"   version {labels['stable']} promoted to stable by canary_analysis", flush=True)
             break
-        if canary is not None and not labels.get("canary"):
+        # Not "no canary label right now": the pusher drops the label for a moment when it
+        # replaces a canary. The canary analysis's own decision says it was rolled back.
+        if canary is not None and rolled_back(home, canary):
             figures["canary_rolled_back"] = canary
             print(f"   the canary (version {canary}) was rolled back", flush=True)
             break
-        d.traffic(seed=4000 + w, shift=args.shift)
+        try:
+            d.traffic(seed=4000 + w, shift=args.shift)
+        except OSError as error:  # a request timed out while training holds the 2 cores
+            print(f"   (a window of traffic failed: {error}; going on)", flush=True)
         w += 1
         time.sleep(args.pause)  # users, not a load test: leave the 2 cores to the training
     if "new_stable_version" in figures:
@@ -319,6 +323,12 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
     figures["train_runs_after_shift"] = train_runs_since(settings, shifted_wall)
     figures["drift_reports"] = str(home / "monitoring" / "drift")
     return figures
+
+
+def rolled_back(home: Path, version: int) -> bool:
+    decisions = home / "serving" / "canary_decisions.jsonl"
+    lines = decisions.read_text().splitlines() if decisions.exists() else []
+    return any(d.get("action") == "rollback" and d.get("canary_version") == version for d in map(json.loads, lines))
 
 
 def train_runs_since(settings: Settings, since: float) -> list[dict]:

@@ -194,8 +194,10 @@ def live_accuracy(window: pd.DataFrame, feedback: pd.DataFrame) -> dict[str, Any
 
 def trigger_retrain(settings: Settings, conf: dict[str, Any]) -> dict[str, Any]:
     """POST /api/v2/dags/train_emotion_model/dagRuns with a token from /auth/token (Airflow 3),
-    unless a run is already queued or running (new labelled data may have started one): that run
-    trains on the newest spans too, and a second one would only queue behind it."""
+    unless a run is already queued or running that was started after the drifted window began
+    (new labelled data of the shift may have started one): that run trains on the newest spans
+    too, and a second one would only queue behind it. An older run is not joined: it may have
+    started before the shift's data was curated."""
     password = json.loads(settings.airflow_password_file.read_text())[settings.airflow_user]
 
     def call(method: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
@@ -208,6 +210,8 @@ def trigger_retrain(settings: Settings, conf: dict[str, Any]) -> dict[str, Any]:
     token = call("POST", "/auth/token", {"username": settings.airflow_user, "password": password})["access_token"]
     runs = "/api/v2/dags/train_emotion_model/dagRuns"
     active = call("GET", f"{runs}?state=queued&state=running", token=token)["dag_runs"]
+    since = (conf.get("window") or {}).get("since")
+    active = [r for r in active if since is None or pd.Timestamp(r["run_after"]) >= pd.Timestamp(since)]
     if active:
         return {"already_running": active[0]["dag_run_id"], "conf": conf}
     run = call("POST", runs, {"logical_date": None, "conf": conf}, token)
@@ -273,9 +277,8 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
         enough = len(window) >= settings.drift_min_records
     info = {"since": str(since) if since is not None else None, "records": int(len(window))}
     if not enough:
-        return WindowResult(
-            "waiting", info, [f"{len(window)} new records; a window needs {settings.drift_min_records}"]
-        )
+        needed = settings.drift_window_records or settings.drift_min_records
+        return WindowResult("waiting", info, [f"{len(window)} new records; a window needs {needed}"])
     info["until"] = str(window["timestamp"].max())
     version, reference = reference_for(settings, window)
     info["reference_version"] = version

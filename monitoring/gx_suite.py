@@ -14,7 +14,6 @@ def run_suite(
     """-> (passed, one failure per broken expectation with its meaning and offending index values,
     GX's own validation result as JSON). `expectations` pairs each expectation with what it means."""
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")

@@ -43,6 +43,17 @@ GATEWAY = "gateway"
 EVIDENTLY_UI = "evidently-ui"
 
 
+PORT_VARIABLES = ("MOODLOOP_AIRFLOW_PORT", "MOODLOOP_REST_PORT", "MOODLOOP_GRPC_PORT", "MOODLOOP_EVIDENTLY_PORT")
+
+
+def adopt_ports(home: Path) -> None:
+    """`status` and `stop` of a stack started on other ports (the drift drill's) find it by its
+    home alone: start saves the ports there; variables set by hand still win."""
+    saved = home / "stack" / "ports.json"
+    for name, value in (json.loads(saved.read_text()) if saved.exists() else {}).items():
+        os.environ.setdefault(name, value)
+
+
 def _paths(settings: Settings) -> dict[str, Path]:
     airflow_home = settings.home / "airflow"
     return {
@@ -277,6 +288,9 @@ def start(settings: Settings, faces: int) -> int:
     pids[EVIDENTLY_UI] = process.pid
     print(f"==> {EVIDENTLY_UI} started (pid {process.pid}, http://127.0.0.1:{settings.evidently_port})", flush=True)
     paths["pids"].write_text(json.dumps(pids))
+    ports = (_port(), settings.rest_port, settings.grpc_port, settings.evidently_port)
+    ports = {name: str(port) for name, port in zip(PORT_VARIABLES, ports, strict=True)}
+    (settings.home / "stack" / "ports.json").write_text(json.dumps(ports))
 
     _wait("the serving gateway", lambda: _gateway_health(settings), 120)
     _wait("the api-server", lambda: airflow_request("GET", "/api/v2/monitor/health")[0] == 200, 120)
@@ -388,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="what is running, latest DAG runs, pushed model versions")
     sub.add_parser("stop", help="stop every process the start command started")
     args = parser.parse_args(argv)
+    if args.command != "start":
+        adopt_ports(Settings.from_env().home)
     settings = Settings.from_env()
     if args.command == "start":
         return start(settings, args.faces)

@@ -146,9 +146,15 @@ def test_retrain_goes_through_airflow_rest_api_v2_with_a_token(tmp_path):
         started = time.monotonic()
         run = drift.trigger_retrain(settings, conf)
         assert time.monotonic() - started < 10
-        # New labelled data already started a run: the drift joins it instead of queueing another.
-        active_runs.append({"dag_run_id": "asset_triggered__y", "state": "running"})
-        joined = drift.trigger_retrain(settings, conf)
+        # A run from before the drifted window is not joined: it may train on pre-shift data only.
+        window = {"window": {"since": "2026-11-22 00:47:04+00:00"}}
+        active_runs.append({"dag_run_id": "old__z", "state": "running", "run_after": "2026-11-22T00:40:00Z"})
+        not_joined = drift.trigger_retrain(settings, conf | window)
+        # New labelled data started a run after the window began: the drift joins it.
+        active_runs.insert(
+            0, {"dag_run_id": "asset_triggered__y", "state": "queued", "run_after": "2026-11-22T00:48:38Z"}
+        )
+        joined = drift.trigger_retrain(settings, conf | window)
     finally:
         server.shutdown()
     assert run == {"dag_run_id": "manual__x", "conf": conf}
@@ -158,8 +164,9 @@ def test_retrain_goes_through_airflow_rest_api_v2_with_a_token(tmp_path):
         {"logical_date": None, "conf": conf},
         "Bearer tok",
     )
-    assert joined == {"already_running": "asset_triggered__y", "conf": conf}
-    assert [(method, path) for method, path, _, _ in seen[3:]] == [
+    assert not_joined == {"dag_run_id": "manual__x", "conf": conf | window}
+    assert joined == {"already_running": "asset_triggered__y", "conf": conf | window}
+    assert [(method, path) for method, path, _, _ in seen[6:]] == [
         ("POST", "/auth/token"),
         ("GET", "/api/v2/dags/train_emotion_model/dagRuns?state=queued&state=running"),
     ]

@@ -67,8 +67,9 @@ class Api:
 
 
 def _ports() -> dict[str, str]:
-    names = ("MOODLOOP_AIRFLOW_PORT", "MOODLOOP_REST_PORT", "MOODLOOP_GRPC_PORT", "MOODLOOP_EVIDENTLY_PORT")
-    return {name: str(free_port()) for name in names}
+    from moodloop.stack import PORT_VARIABLES
+
+    return {name: str(free_port()) for name in PORT_VARIABLES}
 
 
 @pytest.fixture
