@@ -335,9 +335,7 @@ def train_runs_since(settings: Settings, since: float) -> list[dict]:
     """train_emotion_model's runs since the shift, and what started each (drift or new data)."""
     from moodloop import stack
 
-    _, payload = stack.airflow_request(
-        "GET", "/api/v2/dags/train_emotion_model/dagRuns?limit=20&order_by=-id", stack.token(settings)
-    )
+    payload = stack.api(settings).call("GET", "/api/v2/dags/train_emotion_model/dagRuns?limit=20&order_by=-id")
     return [
         {"run_id": r["dag_run_id"], "run_type": r["run_type"], "reason": (r.get("conf") or {}).get("reason"),
          "state": r["state"]}

@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from moodloop.airflow_api import AirflowApi
 from moodloop.contracts import (
     EMOTIONS,
     LOG_EMBEDDING_COLUMNS,
@@ -199,22 +199,14 @@ def trigger_retrain(settings: Settings, conf: dict[str, Any]) -> dict[str, Any]:
     too, and a second one would only queue behind it. An older run is not joined: it may have
     started before the shift's data was curated."""
     password = json.loads(settings.airflow_password_file.read_text())[settings.airflow_user]
-
-    def call(method: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
-        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(settings.airflow_url + path, data, headers, method=method)
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
-    token = call("POST", "/auth/token", {"username": settings.airflow_user, "password": password})["access_token"]
+    airflow = AirflowApi(settings.airflow_url, settings.airflow_user, password, timeout=30)
     runs = "/api/v2/dags/train_emotion_model/dagRuns"
-    active = call("GET", f"{runs}?state=queued&state=running", token=token)["dag_runs"]
+    active = airflow.call("GET", f"{runs}?state=queued&state=running")["dag_runs"]
     since = (conf.get("window") or {}).get("since")
     active = [r for r in active if since is None or pd.Timestamp(r["run_after"]) >= pd.Timestamp(since)]
     if active:
         return {"already_running": active[0]["dag_run_id"], "conf": conf}
-    run = call("POST", runs, {"logical_date": None, "conf": conf}, token)
+    run = airflow.call("POST", runs, {"logical_date": None, "conf": conf})
     return {"dag_run_id": run["dag_run_id"], "conf": conf}
 
 

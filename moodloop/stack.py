@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from moodloop.airflow_api import AirflowApi
 from moodloop.settings import REPO_ROOT, Settings
 
 SERVICES = ("api-server", "scheduler", "dag-processor")
@@ -118,30 +119,10 @@ def _airflow_bin() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
 
-def airflow_request(method: str, path: str, token: str | None = None, body: dict | None = None, timeout: float = 10):
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{_port()}{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
-    )
-    # SQLite allows one writer: while the scheduler and dag-processor write, the api-server can
-    # answer 500 ("database is locked" after 5 s) on a busy machine. Such a request is retried.
-    for attempt in range(4):
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            if error.code < 500 or attempt == 3:
-                raise
-            time.sleep(2 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def token(settings: Settings) -> str:
+def api(settings: Settings) -> AirflowApi:
+    """The stack's Airflow REST API, as its admin."""
     password = json.loads(_paths(settings)["passwords"].read_text())[ADMIN]
-    _, payload = airflow_request("POST", "/auth/token", body={"username": ADMIN, "password": password})
-    return payload["access_token"]
+    return AirflowApi(f"http://127.0.0.1:{_port()}", ADMIN, password)
 
 
 def _alive(pid: int) -> bool:
@@ -293,16 +274,15 @@ def start(settings: Settings, faces: int) -> int:
     (settings.home / "stack" / "ports.json").write_text(json.dumps(ports))
 
     _wait("the serving gateway", lambda: _gateway_health(settings), 120)
-    _wait("the api-server", lambda: airflow_request("GET", "/api/v2/monitor/health")[0] == 200, 120)
-    bearer = token(settings)
+    airflow = api(settings)
+    _wait("the api-server", lambda: airflow.status("GET", "/api/v2/monitor/health") == 200, 120)
 
     def dags_parsed():
-        _, payload = airflow_request("GET", "/api/v2/dags?limit=100", bearer)
-        return {d["dag_id"] for d in payload["dags"]} >= set(DAG_IDS)
+        return {d["dag_id"] for d in airflow.call("GET", "/api/v2/dags?limit=100")["dags"]} >= set(DAG_IDS)
 
     _wait("the DAGs (dag-processor)", dags_parsed, 180)
     for dag_id in DAG_IDS:
-        airflow_request("PATCH", f"/api/v2/dags/{dag_id}", bearer, {"is_paused": False})
+        airflow.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
     print(f"==> DAGs unpaused: {', '.join(DAG_IDS)} ({time.monotonic() - started:.0f} s)", flush=True)
 
     password = json.loads(paths["passwords"].read_text())[ADMIN]
@@ -332,11 +312,9 @@ def status(settings: Settings) -> int:
         print(f"  {service:<14s} pid {pid:<8d} {'running' if _alive(pid) else 'STOPPED'}")
     if running:
         try:
-            bearer = token(settings)
+            airflow = api(settings)
             for dag_id in DAG_IDS:
-                _, payload = airflow_request(
-                    "GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=3", bearer
-                )
+                payload = airflow.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=3")
                 runs = ", ".join(f"{r['dag_run_id']}={r['state']}" for r in payload["dag_runs"]) or "no runs yet"
                 print(f"  {dag_id:<20s} {runs}")
         except (urllib.error.URLError, OSError, KeyError) as exc:
