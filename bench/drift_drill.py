@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -84,7 +85,6 @@ class Drill:
         self.moodloop = str(self.settings.pipeline_python.with_name("moodloop"))
         self.rest = f"http://127.0.0.1:{self.env['MOODLOOP_REST_PORT']}"
         self.gateway: subprocess.Popen | None = None
-        self.retrained_at: float | None = None
 
     def run(self, *command: str) -> str:
         done = subprocess.run(command, env=self.env, cwd=REPO, capture_output=True, text=True)
@@ -154,7 +154,6 @@ class Drill:
 
     def retrain(self, settings: Settings, conf: dict) -> dict:
         """What the drift job calls: here the pipeline itself instead of the Airflow DAG run."""
-        self.retrained_at = time.monotonic()
         out = self.run(self.moodloop, "train")
         pushed = re.search(r"pushed version (\d+)", out)
         lines = [line.strip() for line in out.splitlines() if line.startswith(("A/B gate:", "  - "))]
@@ -182,33 +181,18 @@ class Drill:
 
 def drill(args: argparse.Namespace, home: Path) -> dict:
     d = Drill(home, args)
-    figures: dict = {"clean_windows": args.clean_windows}
     print(f"1. training on {args.faces} clean SYNTHETIC faces ...", flush=True)
     d.run(d.moodloop, "train", "--data", str(d.batch("clean", args.faces, seed=0, shift=None)))
     d.start_gateway()
     try:
-        print(f"2. {args.clean_windows} clean windows of {args.window} requests", flush=True)
-        outcomes, clean_accuracy = [], []
-        for w in range(args.clean_windows):
-            clean_accuracy.append(d.traffic(seed=1000 + w, shift=None))
-            outcomes.append(drift.run_window(d.settings, retrain=d.retrain).outcome)
-            print(f"   clean window {w + 1}: {outcomes[-1]}, accuracy {clean_accuracy[-1]:.3f}", flush=True)
-        figures["false_alarms"] = sum(o == "drift" for o in outcomes)
-        figures["clean_accuracy"] = float(np.mean(clean_accuracy))
 
-        print(f"3. the shift ({args.shift_name}); a shifted labelled batch lands", flush=True)
-        shifted_at = time.monotonic()
-        d.run(d.moodloop, "curate", str(d.batch("shifted", args.faces, seed=1, shift=args.shift)))
-        figures["windows_to_flag"], before = None, []
-        for w in range(args.shift_windows):
-            before.append(d.traffic(seed=2000 + w, shift=args.shift))
-            result = drift.run_window(d.settings, retrain=d.retrain)
-            print(f"   shifted window {w + 1}: {result.outcome}, accuracy {before[-1]:.3f}", flush=True)
-            if result.outcome == "drift":
-                figures["windows_to_flag"] = w + 1
-                figures["retrain"] = brief(result.retrain)
-                break
-        figures["shifted_accuracy_before"] = float(np.mean(before))
+        def judge() -> dict:  # the drift job in process, retraining through the drill's hook
+            return drift.run_window(d.settings, retrain=d.retrain).as_dict()
+
+        def shifted_batch() -> None:
+            d.run(d.moodloop, "curate", str(d.batch("shifted", args.faces, seed=1, shift=args.shift)))
+
+        figures, shifted_at, _ = clean_then_shifted_windows(d, args, judge, shifted_batch)
         version = (figures.get("retrain") or {}).get("pushed_version")
         if version:
             d.wait_until(
@@ -223,6 +207,35 @@ def drill(args: argparse.Namespace, home: Path) -> dict:
     finally:
         d.stop()
     return figures
+
+
+def clean_then_shifted_windows(d: Drill, args: argparse.Namespace, judge, shifted_batch) -> tuple[dict, float, float]:
+    """Phases 2 and 3, the same in both ways of running: clean windows, then the shift. `judge()`
+    returns the drift job's verdict on the window just sent; `shifted_batch()` lands the shifted
+    labelled faces. -> (figures, shift time on the monotonic clock, shift time on the wall clock)."""
+    print(f"2. {args.clean_windows} clean windows of {args.window} requests; the drift job judges each", flush=True)
+    figures: dict = {"clean_windows": args.clean_windows}
+    outcomes, clean_accuracy = [], []
+    for w in range(args.clean_windows):
+        clean_accuracy.append(d.traffic(seed=1000 + w, shift=None))
+        outcomes.append(judge()["outcome"])
+        print(f"   clean window {w + 1}: {outcomes[-1]}, accuracy {clean_accuracy[-1]:.3f}", flush=True)
+    figures["false_alarms"] = sum(o == "drift" for o in outcomes)
+    figures["clean_accuracy"] = float(np.mean(clean_accuracy))
+
+    print(f"3. the shift ({args.shift_name}); a shifted labelled batch lands", flush=True)
+    shifted_at, shifted_wall = time.monotonic(), time.time()
+    shifted_batch()
+    figures["windows_to_flag"], before = None, []
+    for w in range(args.shift_windows):
+        before.append(d.traffic(seed=2000 + w, shift=args.shift))
+        decision = judge()
+        print(f"   shifted window {w + 1}: {decision['outcome']}, accuracy {before[-1]:.3f}", flush=True)
+        if decision["outcome"] == "drift":
+            figures["windows_to_flag"], figures["retrain"] = w + 1, brief(decision.get("retrain"))
+            break
+    figures["shifted_accuracy_before"] = float(np.mean(before))
+    return figures, shifted_at, shifted_wall
 
 
 def brief(retrain: dict | None) -> dict:
@@ -255,37 +268,23 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
     if stack.start(settings, faces=args.faces) != 0:
         raise SystemExit("the drill's stack is already running: stop it first (see --help)")
     d = Drill(home, args, env=dict(os.environ))
-    figures: dict = {"clean_windows": args.clean_windows}
     print(f"\n1. the stack trains the first model on {args.faces} clean faces by itself ...", flush=True)
     d.wait_until(lambda: d.labels().get("stable"), args.timeout, "the first model")
     first = d.labels()["stable"]
     print(f"   version {first} serves as stable", flush=True)
 
-    print(f"2. {args.clean_windows} clean windows of {args.window} requests; monitor_drift judges each", flush=True)
-    outcomes, clean_accuracy, seen = [], [], 0
-    for w in range(args.clean_windows):
-        clean_accuracy.append(d.traffic(seed=1000 + w, shift=None))
-        outcomes.append(d.next_decision(seen, 600)["outcome"])
-        seen += 1
-        print(f"   clean window {w + 1}: {outcomes[-1]}, accuracy {clean_accuracy[-1]:.3f}", flush=True)
-    figures["false_alarms"] = sum(o == "drift" for o in outcomes)
-    figures["clean_accuracy"] = float(np.mean(clean_accuracy))
+    judged = itertools.count()
 
-    print(f"3. the shift ({args.shift_name}); a shifted labelled batch lands", flush=True)
-    shifted_at, shifted_wall = time.monotonic(), time.time()
-    stack.drop_synthetic_batch(settings, f"shifted-{time.strftime('%Y%m%dT%H%M%S')}", args.faces, 1, args.shift)
-    figures["windows_to_flag"], before, w = None, [], 0
-    while figures["windows_to_flag"] is None and w < args.shift_windows:
-        before.append(d.traffic(seed=2000 + w, shift=args.shift))
-        decision = d.next_decision(seen, 600)
-        seen, w = seen + 1, w + 1
-        print(f"   shifted window {w}: {decision['outcome']}, accuracy {before[-1]:.3f}", flush=True)
-        if decision["outcome"] == "drift":
-            figures["windows_to_flag"], figures["retrain"] = w, brief(decision.get("retrain"))
-    figures["shifted_accuracy_before"] = float(np.mean(before))
+    def judge() -> dict:  # monitor_drift's verdict, run by Airflow's scheduler
+        return d.next_decision(next(judged), 600)
+
+    def shifted_batch() -> None:  # into the landing zone: watch_landing and ingest_faces take it
+        stack.drop_synthetic_batch(settings, f"shifted-{time.strftime('%Y%m%dT%H%M%S')}", args.faces, 1, args.shift)
+
+    figures, shifted_at, shifted_wall = clean_then_shifted_windows(d, args, judge, shifted_batch)
 
     print("4. shifted traffic goes on while the loop retrains, canaries and promotes by itself", flush=True)
-    deadline, canary = time.monotonic() + args.timeout, None
+    deadline, canary, seeds = time.monotonic() + args.timeout, None, itertools.count()
     while time.monotonic() < deadline:
         try:
             labels = d.labels()
@@ -310,10 +309,9 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
             print(f"   the canary (version {canary}) was rolled back", flush=True)
             break
         try:
-            d.traffic(seed=4000 + w, shift=args.shift)
+            d.traffic(seed=4000 + next(seeds), shift=args.shift)
         except OSError as error:  # a request timed out while training holds the 2 cores
             print(f"   (a window of traffic failed: {error}; going on)", flush=True)
-        w += 1
         time.sleep(args.pause)  # users, not a load test: leave the 2 cores to the training
     if "new_stable_version" in figures:
         figures["shifted_accuracy_after"] = d.traffic(

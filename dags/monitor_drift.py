@@ -2,8 +2,8 @@
 inference log against the served model's reference profile: data quality (Great Expectations)
 first, then Evidently drift reports (image properties, predictions, embeddings) into the
 Evidently workspace and an HTML file, then triage. Drift triggers `train_emotion_model` (REST
-API v2, conf {"reason": "drift", ...}), at most once per cool-down and not while one
-runs; a data-quality incident is reported and retrains nothing.
+API v2, conf {"reason": "drift", ...}) at most once per cool-down, or joins a retrain that new
+data started; a data-quality incident is reported and retrains nothing.
 """
 
 from __future__ import annotations

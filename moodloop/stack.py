@@ -24,9 +24,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from moodloop.airflow_api import AirflowApi
 from moodloop.settings import REPO_ROOT, Settings
+
+if TYPE_CHECKING:  # imported where used: the stack's start-up does not need the generator
+    from data import synthetic
 
 SERVICES = ("api-server", "scheduler", "dag-processor")
 DAG_IDS = (
@@ -218,9 +222,11 @@ def _gateway_health(settings: Settings) -> dict:
         return json.loads(error.read())
 
 
-def drop_synthetic_batch(settings: Settings, name: str, faces: int, seed: int, shift=None) -> Path:
-    """Write a SYNTHETIC batch (optionally shifted: a `data.synthetic.Shift`) into the landing zone
-    atomically (hidden folder, then rename)."""
+def drop_synthetic_batch(
+    settings: Settings, name: str, faces: int, seed: int, shift: synthetic.Shift | None = None
+) -> Path:
+    """Write a SYNTHETIC batch (optionally shifted) into the landing zone atomically (hidden
+    folder, then rename)."""
     from data import landing, synthetic
 
     final = settings.landing_dir / name
