@@ -74,6 +74,8 @@ class Settings:
     poll_seconds: float  # how often the gateway re-reads models.config and scans the base path
     request_timeout_seconds: float
     max_upload_bytes: int  # photo / video / JSON body limit
+    face_detector: str  # face analysis: "mtcnn" (eye landmarks, faces aligned) | "haar" (OpenCV cascade)
+    min_confidence: float  # face analysis: a face whose top probability is below this is "uncertain"
     admin_token: str  # bearer token for reload / promote / rollback; "" disables those endpoints
     inference_log_url: str  # local folder or s3://bucket/prefix; Parquet partitioned by hour
     log_buffer_records: int  # bounded: overflow is counted in a metric, never blocks a request
@@ -158,6 +160,8 @@ class Settings:
             poll_seconds=float(_env("MOODLOOP_SERVING_POLL_SECONDS", "2")),
             request_timeout_seconds=float(_env("MOODLOOP_REQUEST_TIMEOUT_SECONDS", "10")),
             max_upload_bytes=int(_env("MOODLOOP_MAX_UPLOAD_BYTES", str(32 * 1024 * 1024))),
+            face_detector=_env("MOODLOOP_FACE_DETECTOR", "mtcnn"),
+            min_confidence=float(_env("MOODLOOP_MIN_CONFIDENCE", "0.5")),
             admin_token=_env("MOODLOOP_ADMIN_TOKEN", ""),
             inference_log_url=_env("MOODLOOP_INFERENCE_LOG_URL", str(home / "inference_log")),
             log_buffer_records=int(_env("MOODLOOP_LOG_BUFFER_RECORDS", "20000")),

@@ -187,7 +187,12 @@ def create_app(gateway: Gateway) -> Starlette:
 
     async def faces(request: Request) -> Response:
         async def analyze(data, classify, annotate):
-            return await in_thread(analyze_photo, data, gateway.detector, classify, settings.max_image_pixels, annotate)
+            def run():  # gateway.detector is per thread: read it on the worker thread that detects
+                return analyze_photo(
+                    data, gateway.detector, classify, settings.max_image_pixels, annotate, settings.min_confidence
+                )
+
+            return await in_thread(run)
 
         return await _analyze(request, "faces", "image/jpeg", analyze)
 
@@ -196,9 +201,14 @@ def create_app(gateway: Gateway) -> Starlette:
             every = float(request.query_params.get("every", "0.5"))
             if not 0.04 <= every <= 60:
                 raise BadMediaError("'every' (seconds between sampled frames) must be between 0.04 and 60")
-            work = run_in_threadpool(
-                analyze_video, data, gateway.detector, classify, settings.max_image_pixels, every, 600, annotate
-            )
+
+            def run():  # gateway.detector is per thread: read it on the worker thread that detects
+                detector, limit = gateway.detector, settings.max_image_pixels
+                return analyze_video(
+                    data, detector, classify, limit, every, 600, annotate, min_confidence=settings.min_confidence
+                )
+
+            work = run_in_threadpool(run)
             return await asyncio.wait_for(work, timeout=max(60.0, settings.request_timeout_seconds))
 
         return await _analyze(request, "videos", "video/mp4", analyze)

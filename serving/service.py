@@ -17,7 +17,7 @@ from moodloop.settings import Settings
 from moodloop.traffic import TrafficFile, choose_label
 from serving.backends import Backend, ServingError
 from serving.batching import Tensors
-from serving.faces import FaceDetector
+from serving.faces import FaceDetector, check_face_detector, make_face_detector
 from serving.inference_log import InferenceLog
 from serving.metrics import GatewayMetrics
 
@@ -45,12 +45,14 @@ class Gateway:
         self.metrics = metrics
         self.traffic = TrafficFile(settings.traffic_file, settings.canary_share)
         self._local = threading.local()
+        self.face_detector = check_face_detector(settings.face_detector)  # a bad value fails at start
 
     @property
     def detector(self) -> FaceDetector:
-        """One per thread: OpenCV's cascade classifier is not safe to share between threads."""
+        """One per thread, built on first use: OpenCV's cascade classifier is not safe to share between
+        threads, and MTCNN does not say its stages are. Read it on the thread that detects."""
         if not hasattr(self._local, "detector"):
-            self._local.detector = FaceDetector()
+            self._local.detector = make_face_detector(self.face_detector)
         return self._local.detector
 
     @staticmethod

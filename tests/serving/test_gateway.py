@@ -258,22 +258,45 @@ def test_metrics_count_requests_by_version_and_label(http):
     assert http.get("/healthz").json()["ready"] is True
 
 
-def test_faces_in_a_real_group_photo(http, media):
+def test_faces_in_a_real_group_photo(http, media, gateway_settings):
+    assert gateway_settings.face_detector == "mtcnn"  # the default
     photo = (media / "multi_face.jpg").read_bytes()
     response = http.post("/v1/faces:analyze", content=photo, headers={"Content-Type": "image/jpeg"})
     assert response.status_code == 200, response.text
     result = response.json()
     assert (result["width"], result["height"]) == (1000, 667)
-    assert len(result["faces"]) >= 4  # five people; one wears sunglasses
+    assert len(result["faces"]) == 5  # five people; one wears sunglasses (Haar misses him)
     for face in result["faces"]:
         assert set(face["probabilities"]) == set(EMOTIONS) and face["emotion"] in EMOTIONS
         assert abs(sum(face["probabilities"].values()) - 1) < 0.01
-        assert 60 < face["box"]["width"] < 200 and 150 < face["box"]["y"] < 400
+        box = face["box"]
+        assert 60 < box["width"] < 200 and 40 < box["y"] < 400
+        assert face["uncertain"] is (face["confidence"] < gateway_settings.min_confidence)
+        for x, y in (face["landmarks"]["left_eye"], face["landmarks"]["right_eye"]):
+            assert box["x"] < x < box["x"] + box["width"] and box["y"] < y < box["y"] + box["height"]
     annotated = http.post("/v1/faces:analyze?annotate=1", files={"file": ("group.jpg", photo, "image/jpeg")})
     assert annotated.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(annotated.content)).size == (1000, 667)
     landscape = http.post("/v1/faces:analyze", content=(media / "free-mountain-vector-01.jpg").read_bytes())
     assert landscape.status_code == 200 and landscape.json()["faces"] == []
+
+
+def test_concurrent_photos_get_the_same_faces(running, media):
+    # Each worker thread detects with its own detector (neither OpenCV's cascade nor MTCNN is shared).
+    photo = (media / "multi_face.jpg").read_bytes()
+    results = []
+
+    def ask() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=60) as client:
+            results.append(client.post("/v1/faces:analyze", content=photo).json())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    boxes = [[face["box"] for face in result["faces"]] for result in results]
+    assert len(boxes) == 4 and len(boxes[0]) == 5 and all(b == boxes[0] for b in boxes)
 
 
 def test_faces_bad_uploads_are_refused_clearly(http, media):
