@@ -24,12 +24,14 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from moodloop import console  # noqa: E402
 from moodloop.settings import REPO_ROOT, Settings  # noqa: E402
 
+console.quiet_console()  # before TensorFlow is imported (see moodloop/console.py)
+
 NODES_FILE = REPO_ROOT / "components" / "pipeline_nodes.json"
-TRAIN_CONF_KEYS = ("epochs", "batch_size", "model_size", "learning_rate", "augment")
+TRAIN_CONF_KEYS = ("epochs", "batch_size", "model_size", "learning_rate", "augment", "warm_start")
 
 
 def run_dir(settings: Settings, run_id: str) -> Path:
@@ -169,8 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from components.custom import DataAnomaliesError
 
+    log_file = run_dir(settings, args.run_id) / f"{args.node}.log"
+    print(f"{args.node}: full TFX log in {log_file}", flush=True)
     try:
-        return run_node(settings, args.run_id, args.node)
+        with console.log_to_file(log_file):
+            return run_node(settings, args.run_id, args.node)
     except DataAnomaliesError as exc:
         print(f"error: data validation stopped the run: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ canary) when both blessed.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import tensorflow_model_analysis as tfma
@@ -33,6 +34,12 @@ from moodloop.contracts import (
 )
 
 ACCURACY = "sparse_categorical_accuracy"
+
+# Every executor runs where the repository is importable (the pipeline env installs it), so TFX
+# need not build a wheel of the module file and pip-install it before each Transform and Trainer
+# run: that cost seconds per component and filled the console with setuptools output. Read by
+# TFX when the components are constructed; executors then import the module file by its path.
+os.environ.setdefault("UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES", "1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from moodloop import console  # noqa: E402
 from moodloop.contracts import EMOTIONS  # noqa: E402
 from moodloop.settings import REPO_ROOT, Settings  # noqa: E402
 
@@ -135,27 +136,13 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
 
     pipeline = create_pipeline(pipeline_config(settings, **train_overrides))
     progress = _Progress(total=len(pipeline.components))
-    file_handler = logging.FileHandler(log_file)
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    old_level = root.level
-    root.setLevel(logging.INFO)
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    root.addHandler(file_handler)
-    # TFX's INFO and deprecation chatter goes to the log file; the console keeps progress and errors.
-    console_handlers = [h for h in root.handlers if h is not file_handler]
-    for handler in console_handlers:
-        handler.setLevel(logging.ERROR)
     print(f"pipeline {settings.pipeline_name}: {len(pipeline.components)} components; full log: {log_file}", flush=True)
     start_ms = int(time.time() * 1000) - 1
     started = time.monotonic()
-    try:
-        with progress.installed():
-            tfx.orchestration.LocalDagRunner().run(pipeline)
-    finally:
-        root.removeHandler(file_handler)
-        root.setLevel(old_level)
-        file_handler.close()
+    # TFX's INFO and the libraries' deprecation chatter go to the log file; the console keeps
+    # moodloop's progress, the components' own lines, and errors.
+    with console.log_to_file(log_file), progress.installed():
+        tfx.orchestration.LocalDagRunner().run(pipeline)
     seconds = time.monotonic() - started
 
     store = metadata_store.MetadataStore(

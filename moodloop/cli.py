@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from moodloop import console
 from moodloop.settings import Settings
 
 EXIT_NOT_BLESSED = 3
@@ -106,6 +107,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    console.quiet_console()  # before TensorFlow is imported: third-party chatter to the run's log file
     settings = Settings.from_env(
         epochs=args.epochs,
         model_size=args.model_size,
