@@ -302,9 +302,12 @@ def ModelReportGen(
             title=f"Held-out confusion matrix (accuracy {accuracy:.1%})" if accuracy is not None else "",
         )
     }
-    curves = os.path.join(model_run.uri, plots.TRAINING_CURVES_PNG)
-    if os.path.exists(curves):
-        files["training_curves"] = shutil.copy(curves, os.path.join(report.uri, plots.TRAINING_CURVES_PNG))
+    for name, png in (("training_curves", plots.TRAINING_CURVES_PNG), ("reliability_diagram", plots.RELIABILITY_PNG)):
+        if os.path.exists(os.path.join(model_run.uri, png)):
+            files[name] = shutil.copy(os.path.join(model_run.uri, png), os.path.join(report.uri, png))
+    training_path = os.path.join(model_run.uri, "history.json")  # the Trainer's summary (components/module.py)
+    training = json.loads(open(training_path).read()) if os.path.exists(training_path) else {}
+    calibration = training.get("calibration") or {}
     summary = {
         "accuracy": accuracy,
         "accuracy_change_vs_champion": overall.get("diff:sparse_categorical_accuracy"),
@@ -314,6 +317,10 @@ def ModelReportGen(
         "class_names": list(EMOTIONS),
         "blessed": blessed,
         "reasons": reasons,
+        "warm_start": training.get("warm_start"),
+        "calibration": {k: calibration[k] for k in ("temperature", "ece_before", "ece_after", "check_faces")}
+        if calibration
+        else None,
         "evaluation": evaluation.uri,
         "files": files,
     }

@@ -14,8 +14,26 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tf_keras as keras  # noqa: E402
+from tensorflow.python.autograph.core import config as autograph_config  # noqa: E402
+from tensorflow.python.autograph.core import config_lib as autograph_rules  # noqa: E402
 
 from moodloop.contracts import FACE_SIZE, NUM_CLASSES  # noqa: E402
+
+
+def keep_autograph_out_of_tf_keras() -> None:
+    """AutoGraph must not transpile tf_keras's own code.
+
+    TensorFlow's rules exempt the `keras` package but not `tf_keras` (Keras 2, which TFX 1.16
+    needs), so the first `fit` of every process converted all of Keras's layer and training code
+    to graph code: about 28 s on 2 cores, before one step ran, and about 2 s more per new model.
+    Keras's code is already graph-safe (that is why `keras` is exempt); ours still converts.
+    """
+    rule = autograph_rules.DoNotConvert("tf_keras")
+    if not any(r.matches("tf_keras") for r in autograph_config.CONVERSION_RULES if isinstance(r, type(rule))):
+        autograph_config.CONVERSION_RULES = (rule, *autograph_config.CONVERSION_RULES)
+
+
+keep_autograph_out_of_tf_keras()
 
 # size -> (filters per stage, convs per stage, dense units per dense layer, dense layers)
 MODEL_SIZES: dict[str, tuple[tuple[int, ...], int, int, int]] = {

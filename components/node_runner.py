@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import sys
@@ -160,8 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("nodes", help="print the components and their upstream components as JSON")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     settings = Settings.from_env()
     if args.command == "nodes":
         print(json.dumps(topology(_compiled(settings, {})), indent=1))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import sys
 import time
@@ -50,6 +49,13 @@ def pipeline_config(settings: Settings, **train_overrides):
         "learning_rate": settings.learning_rate,
         "augment": settings.augment,
         "seed": 0,
+        "warm_start": settings.warm_start,
+        "warm_epochs_fraction": settings.warm_epochs_fraction,
+        "warm_learning_rate_factor": settings.warm_learning_rate_factor,
+        # where the Trainer finds the stable champion to warm-start from
+        "model_base": str(settings.model_base),
+        "serving_config": str(settings.serving_config),
+        "model_name": settings.model_name,
     }
     train_config.update({k: v for k, v in train_overrides.items() if v is not None})
     return PipelineConfig(
@@ -184,6 +190,15 @@ def describe(outcome: RunOutcome) -> str:
         recall = report.get("per_class_recall") or {}
         if recall:
             lines.append("per-class recall: " + ", ".join(f"{e} {recall[e]:.0%}" for e in EMOTIONS if e in recall))
+    if report.get("warm_start"):
+        warm = report["warm_start"]
+        lines.append(f"{'warm start' if warm['warm'] else 'cold start'}: {warm['reason']}")
+    if report.get("calibration"):
+        cal = report["calibration"]
+        lines.append(
+            f"calibration: temperature {cal['temperature']:.2f}; expected calibration error "
+            f"{cal['ece_before']:.3f} -> {cal['ece_after']:.3f} on {cal['check_faces']} held-out faces"
+        )
     if outcome.gate:
         from components.ab_gate import describe as describe_gate
 

@@ -50,6 +50,10 @@ class Settings:
     learning_rate: float
     augment: bool  # train-time flips/shifts/zoom: on for real data; off speeds up tiny test runs
     span_window: int  # train on the newest N spans; 0 = all
+    # Warm start: a retrain starts from the stable champion's weights when the architecture matches
+    warm_start: bool
+    warm_epochs_fraction: float  # a warm retrain runs this share of `epochs` (at least one)
+    warm_learning_rate_factor: float  # and fine-tunes at learning_rate x this
     # Evaluator thresholds (overall slice) and the offline A/B gate
     min_accuracy: float
     max_accuracy_drop: float
@@ -137,6 +141,9 @@ class Settings:
             learning_rate=float(_env("MOODLOOP_LEARNING_RATE", "0.001")),
             augment=_env("MOODLOOP_AUGMENT", "1").lower() not in ("0", "false", "no"),
             span_window=int(_env("MOODLOOP_SPAN_WINDOW", "0")),
+            warm_start=_env("MOODLOOP_WARM_START", "1").lower() not in ("0", "false", "no"),
+            warm_epochs_fraction=float(_env("MOODLOOP_WARM_EPOCHS_FRACTION", "0.2")),
+            warm_learning_rate_factor=float(_env("MOODLOOP_WARM_LEARNING_RATE_FACTOR", "0.3")),
             min_accuracy=float(_env("MOODLOOP_MIN_ACCURACY", "0.40")),
             max_accuracy_drop=float(_env("MOODLOOP_MAX_ACCURACY_DROP", "0.01")),
             gate_alpha=float(_env("MOODLOOP_GATE_ALPHA", "0.05")),

@@ -44,9 +44,21 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     settings = fast_env(home)
     batch = _write_batch(tmp_path / "batch", N_TRAIN, seed=1)
     assert cli.main(["train", "--data", str(batch)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "BLESSED: pushed version" in out and "held-out accuracy" in out
     assert "A/B gate: BLESSED" in out and "no champion yet" in out
+    assert "cold start: no champion yet" in out
+    # The console shows moodloop's lines; the libraries' chatter is in the run's log file only.
+    err = captured.err
+    for noise in ("FutureWarning", "non-supported Python version", "adding '", "SetuptoolsDeprecationWarning"):
+        assert noise not in out and noise not in err, noise
+    # Calibrated probabilities: the temperature is fitted on held-out faces and baked in.
+    calibration_line = next(line for line in out.splitlines() if line.startswith("calibration: temperature"))
+    ece_after = float(calibration_line.split("->")[1].split()[0])
+    assert ece_after < 0.1, calibration_line
+    reliability_png = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("reliability"))
+    assert Path(reliability_png).read_bytes()[:4] == b"\x89PNG"
 
     versions = _versions(settings.model_base)
     assert len(versions) == 1
@@ -61,6 +73,8 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     assert None not in profile.column("emb_0").to_pylist()
     # Pushed from the InfraValidator's stamped copy: TF Serving replays these before serving it.
     assert (settings.model_base / versions[0] / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
+    # ... and the weights a later retrain warm-starts from.
+    assert (settings.model_base / versions[0] / "assets.extra" / "warm_start.npz").stat().st_size > 0
     assert "INFRA BLESSED" in out
     # The first model of a model base is labelled stable (later ones are pushed as canary).
     from moodloop import models_config
@@ -86,7 +100,14 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
 def test_candidate_worse_than_champion_is_not_pushed(home, fast_env, capsys):
     # A deliberately undertrained candidate on the same spans; the floor is off, so only the
     # comparison with the champion can stop it.
-    settings = fast_env(home, MOODLOOP_MIN_ACCURACY="0.0", MOODLOOP_EPOCHS="1", MOODLOOP_LEARNING_RATE="0.000001")
+    # Cold: warm-started from the champion it would be the champion, not a worse model.
+    settings = fast_env(
+        home,
+        MOODLOOP_MIN_ACCURACY="0.0",
+        MOODLOOP_EPOCHS="1",
+        MOODLOOP_LEARNING_RATE="0.000001",
+        MOODLOOP_WARM_START="0",
+    )
     before = _versions(settings.model_base)
     assert before, "needs the champion of the previous test"
     assert cli.main(["train"]) == cli.EXIT_NOT_BLESSED
@@ -127,10 +148,12 @@ def test_a_clearly_better_candidate_passes_the_gate_and_is_pushed_as_canary(fast
     assert cli.main(["train", "--data", str(batch)]) == 0
     (first,) = _versions(settings.model_base)
     capsys.readouterr()
-    # ... then a properly trained candidate on the same faces beats it on the same held-out faces.
-    settings = fast_env(tmp_path / "home", MOODLOOP_MIN_ACCURACY="0.0")
+    # ... then a candidate warm-started from it and trained further beats it on the same held-out faces
+    # (half the epochs, for a clear margin over a one-epoch champion).
+    settings = fast_env(tmp_path / "home", MOODLOOP_MIN_ACCURACY="0.0", MOODLOOP_WARM_EPOCHS_FRACTION="0.5")
     assert cli.main(["train"]) == 0
     out = capsys.readouterr().out
+    assert "warm start: from the champion's weights" in out
     assert "A/B gate: BLESSED" in out and "McNemar" in out
     second = [v for v in _versions(settings.model_base) if v != first]
     assert len(second) == 1

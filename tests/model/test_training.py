@@ -1,0 +1,89 @@
+"""The Trainer's parts that decide model quality, without a pipeline run: the input pipeline's
+in-memory split, temperature scaling and its error measure, warm start, and AutoGraph kept out
+of Keras (which cost about 28 s per training process)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from components import calibration
+
+
+def _sampled(logits: np.ndarray, temperature: float, seed: int) -> np.ndarray:
+    """Labels drawn from softmax(logits / T): a model whose calibrated temperature is exactly T."""
+    rng = np.random.default_rng(seed)
+    probabilities = softmax(logits / temperature, axis=1)
+    return np.array([rng.choice(len(p), p=p) for p in probabilities])
+
+
+def test_fit_temperature_recovers_the_temperature_that_generated_the_labels():
+    logits = np.random.default_rng(0).normal(0, 3, size=(4000, 7))
+    for true_t in (0.5, 1.0, 2.5):
+        fitted = calibration.fit_temperature(logits, _sampled(logits, true_t, seed=1))
+        assert fitted == pytest.approx(true_t, rel=0.1)
+
+
+def test_temperature_scaling_lowers_the_calibration_error_of_an_overconfident_model_and_keeps_its_answers():
+    logits = np.random.default_rng(2).normal(0, 1.5, size=(6000, 7))
+    labels = _sampled(logits, 1.0, seed=3)
+    overconfident = logits * 3  # the same ranking, three times too sure
+    result = calibration.calibrate(overconfident, labels)
+    assert result.temperature == pytest.approx(3.0, rel=0.1)
+    assert result.ece_before > 0.15
+    assert result.ece_after < 0.03
+    assert result.fit_faces == result.check_faces == 3000
+    before = softmax(overconfident, axis=1).argmax(1)
+    after = softmax(overconfident / result.temperature, axis=1).argmax(1)
+    np.testing.assert_array_equal(before, after)
+
+
+def test_expected_calibration_error_is_the_weighted_gap_between_accuracy_and_confidence():
+    # Two bins: 100 faces at confidence 0.9 with 60 % right, 100 at 0.55 with 55 % right.
+    probabilities = np.zeros((200, 7))
+    probabilities[:100, 0], probabilities[:100, 1] = 0.9, 0.1
+    probabilities[100:, 0], probabilities[100:, 1] = 0.55, 0.45
+    labels = np.array([0] * 60 + [1] * 40 + [0] * 55 + [1] * 45)
+    assert calibration.expected_calibration_error(probabilities, labels) == pytest.approx(0.5 * 0.3 + 0.5 * 0.0)
+
+
+def test_too_few_held_out_faces_keep_the_raw_softmax():
+    logits = np.random.default_rng(4).normal(size=(30, 7))
+    result = calibration.calibrate(logits, np.zeros(30, dtype=int))
+    assert result.temperature == 1.0 and result.fit_faces == 0
+
+
+def test_autograph_leaves_keras_code_alone():
+    import tf_keras as keras
+    from tensorflow.python.autograph.impl import conversion
+
+    import components.model  # noqa: F401  (installs the rule)
+
+    assert conversion.is_allowlisted(keras.layers.Dense.call)
+    assert conversion.is_allowlisted(keras.Model.train_step)
+
+
+def test_warm_start_loads_the_champions_weights_only_into_the_same_architecture(tmp_path):
+    from components.model import build_model
+    from components.warm_start import save_weights, warm_start
+
+    champion = build_model("tiny", augment=False)
+    champion.fit(np.random.rand(64, 48, 48, 1), np.arange(64) % 7, epochs=1, verbose=0)
+    save_weights(champion, str(tmp_path))
+
+    same = build_model("tiny", augment=False)
+    result = warm_start(same, str(tmp_path))
+    assert result.warm and str(tmp_path) in result.reason
+    for a, b in zip(champion.get_weights(), same.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    other = build_model("small", augment=False)
+    untouched = [w.copy() for w in other.get_weights()]
+    result = warm_start(other, str(tmp_path))
+    assert not result.warm and "differs" in result.reason
+    for a, b in zip(untouched, other.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    assert not warm_start(same, None).warm
+    assert "carries no weights" in warm_start(same, str(tmp_path / "adopted")).reason
