@@ -318,6 +318,7 @@ def ModelReportGen(
         "blessed": blessed,
         "reasons": reasons,
         "warm_start": training.get("warm_start"),
+        "hyperparameters": training.get("hyperparameters"),
         "calibration": {k: calibration[k] for k in ("temperature", "ece_before", "ece_after", "check_faces")}
         if calibration
         else None,

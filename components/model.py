@@ -58,10 +58,16 @@ def augmentation() -> keras.Sequential:
     )
 
 
-def build_model(size: str = "small", learning_rate: float = 1e-3, augment: bool = True) -> keras.Model:
+def build_model(
+    size: str = "small", learning_rate: float = 1e-3, augment: bool = True, width: float = 1.0, dropout: float = 0.4
+) -> keras.Model:
+    """`width` scales every layer's filters and units (the Tuner's knob, with `dropout`, the dense
+    layers' dropout rate, and the learning rate); 1.0 and 0.4 are the architecture above."""
     if size not in MODEL_SIZES:
         raise ValueError(f"model size {size!r} is not one of {sorted(MODEL_SIZES)}")
     filters, convs, dense_units, dense_layers = MODEL_SIZES[size]
+    filters = tuple(max(4, round(f * width)) for f in filters)
+    dense_units = max(8, round(dense_units * width))
     inputs = keras.Input(shape=(FACE_SIZE, FACE_SIZE, 1), name=INPUT_KEY)
     x = augmentation()(inputs) if augment else inputs
     for stage, width in enumerate(filters):
@@ -76,7 +82,7 @@ def build_model(size: str = "small", learning_rate: float = 1e-3, augment: bool 
         x = keras.layers.Dense(dense_units, use_bias=False)(x)
         x = keras.layers.BatchNormalization(momentum=0.9)(x)
         x = keras.layers.ReLU()(x)
-        x = keras.layers.Dropout(0.4)(x)
+        x = keras.layers.Dropout(dropout)(x)
     outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name=f"emotion_vgg_{size}")
     model.compile(

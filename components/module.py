@@ -19,8 +19,9 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
+from tfx.components.tuner.component import TunerFnResult  # noqa: E402
 
-from components import calibration, plots  # noqa: E402
+from components import calibration, plots, tuning  # noqa: E402
 from components.ab_gate import champion_dir  # noqa: E402
 from components.model import INPUT_KEY, build_model, class_weights  # noqa: E402
 from components.projection import pca_projection  # noqa: E402
@@ -203,12 +204,25 @@ def _warm_or_cold(model, config: dict) -> WarmStart:
     return warm_start(model, champion)
 
 
+def tuner_fn(fn_args: tfx.components.FnArgs) -> TunerFnResult:
+    """TFX Tuner (MOODLOOP_TUNE=1): a random search over learning rate, width and dropout."""
+    config = fn_args.custom_config or {}
+    x_train, y_train = load_split(fn_args.train_files, tft.TFTransformOutput(fn_args.transform_graph_path))
+    tuner, fit_kwargs = tuning.make_tuner(x_train, y_train, config, fn_args.working_dir)
+    print(
+        f"tuning: {tuner.oracle.max_trials} trials of {tuner.epochs} epochs on {len(fit_kwargs['y'])} training faces, "
+        f"scored on {len(fit_kwargs['validation_data'][1])} others",
+        flush=True,
+    )
+    return TunerFnResult(tuner=tuner, fit_kwargs=fit_kwargs)
+
+
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     config = fn_args.custom_config or {}
     epochs = int(config.get("epochs", 10))
     batch_size = int(config.get("batch_size", 64))
     learning_rate = float(config.get("learning_rate", 1e-3))
-    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
 
     started = time.perf_counter()
     x_train, y_train = load_split(fn_args.train_files, tf_transform_output)
@@ -223,8 +237,14 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     )
     print(f"class weights: {', '.join(f'{EMOTIONS[k]} {w:.2f}' for k, w in weights.items())}", flush=True)
 
+    tuned = tuning.best_values(fn_args.hyperparameters)
+    if tuned:
+        learning_rate = float(tuned.pop("learning_rate", learning_rate))
+        print(f"hyperparameters from the Tuner: learning rate {learning_rate:g}, {tuned}", flush=True)
     keras.utils.set_random_seed(int(config.get("seed", 0)))
-    model = build_model(config.get("model_size", "small"), learning_rate, augment=bool(config.get("augment", True)))
+    model = build_model(
+        config.get("model_size", "small"), learning_rate, augment=bool(config.get("augment", True)), **tuned
+    )
     warm = _warm_or_cold(model, config)
     if warm.warm:
         # Fine-tuning: fewer epochs at a smaller learning rate than a cold fit (README, "Warm start").
@@ -264,6 +284,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "epochs": epochs,
         "learning_rate": learning_rate,
         "warm_start": warm.as_dict(),
+        "hyperparameters": {"learning_rate": learning_rate, **tuned, "tuned": bool(tuned)},
         "calibration": dataclasses.asdict(calibrated),
     }
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY), "w") as fh:
@@ -273,7 +294,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         calibrated.reliability_before,
         calibrated.reliability_after,
         (calibrated.ece_before, calibrated.ece_after),
-        calibrated.temperature,
+        calibrated.check_temperature,
         os.path.join(fn_args.model_run_dir, plots.RELIABILITY_PNG),
     )
     projection = fit_projection(model, x_train)

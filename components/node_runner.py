@@ -30,7 +30,9 @@ from moodloop.settings import REPO_ROOT, Settings  # noqa: E402
 console.quiet_console()  # before TensorFlow is imported (see moodloop/console.py)
 
 NODES_FILE = REPO_ROOT / "components" / "pipeline_nodes.json"
-TRAIN_CONF_KEYS = ("epochs", "batch_size", "model_size", "learning_rate", "augment", "warm_start")
+TRAIN_CONF_KEYS = ("epochs", "batch_size", "model_size", "learning_rate", "augment", "warm_start", "tune")
+# Components the DAG always has a task for but a run may leave out (the Tuner: MOODLOOP_TUNE or conf "tune").
+OPTIONAL_NODES = ("Tuner",)
 
 
 def run_dir(settings: Settings, run_id: str) -> Path:
@@ -66,6 +68,8 @@ def compile_run(settings: Settings, run_id: str, conf: dict) -> Path:
     partial.write_bytes(ir.SerializeToString())
     os.replace(partial, path)
     (path.parent / "conf.json").write_text(json.dumps({"run_id": run_id, "conf": conf}, indent=1))
+    # Plain JSON: a task can tell it has nothing to do without importing TFX.
+    (path.parent / "nodes.json").write_text(json.dumps([n.pipeline_node.node_info.id for n in ir.nodes]))
     print(f"compiled {len(ir.nodes)} components for run {run_id} -> {path}")
     print(f"run conf: {json.dumps(conf)}")
     return path
@@ -160,14 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
-    if args.command == "nodes":
-        print(json.dumps(topology(_compiled(settings, {})), indent=1))
+    if args.command == "nodes":  # every component a run can have: the Airflow DAG's tasks
+        print(json.dumps(topology(_compiled(settings, {"tune": True})), indent=1))
         return 0
     if args.command == "compile":
         compile_run(settings, args.run_id, json.loads(args.conf or "{}") or {})
         return 0
     from components.custom import DataAnomaliesError
 
+    compiled = run_dir(settings, args.run_id) / "nodes.json"
+    if args.node in OPTIONAL_NODES and compiled.exists() and args.node not in json.loads(compiled.read_text()):
+        print(f'{args.node}: not in this run\'s pipeline (MOODLOOP_TUNE=0 and no conf "tune": true); nothing to do')
+        return 0
     log_file = run_dir(settings, args.run_id) / f"{args.node}.log"
     print(f"{args.node}: full TFX log in {log_file}", flush=True)
     try:

@@ -58,6 +58,7 @@ class PipelineConfig:
     min_accuracy: float
     max_accuracy_drop: float
     span_window: int = 0
+    tune: bool = False  # a Tuner (KerasTuner random search) before the Trainer
     gate: GateThresholds = GateThresholds()
     serving_config: str = ""  # models.config: the gate's champion is `stable`; the Pusher labels `canary`
     traffic_file: str = ""
@@ -167,11 +168,26 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         # per face would cost more than the transform itself.
         disable_statistics=True,
     )
+    tuner = (
+        tfx.components.Tuner(
+            module_file=config.module_file,
+            examples=transform.outputs["transformed_examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            schema=schema_gen.outputs["schema"],
+            # Trials are scored on a part of the train split: the eval split stays unseen until the Evaluator.
+            train_args=tfx.proto.TrainArgs(splits=["train"]),
+            eval_args=tfx.proto.EvalArgs(splits=["train"]),
+            custom_config=config.train_config,
+        )
+        if config.tune
+        else None
+    )
     trainer = tfx.components.Trainer(
         module_file=config.module_file,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=config.train_config,
@@ -232,6 +248,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             example_validator,
             all_spans,
             transform,
+            *([tuner] if tuner else []),
             trainer,
             champion,
             evaluator,

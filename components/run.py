@@ -52,12 +52,15 @@ def pipeline_config(settings: Settings, **train_overrides):
         "warm_start": settings.warm_start,
         "warm_epochs_fraction": settings.warm_epochs_fraction,
         "warm_learning_rate_factor": settings.warm_learning_rate_factor,
+        "tune_trials": settings.tune_trials,
+        "tune_epochs": settings.tune_epochs,
         # where the Trainer finds the stable champion to warm-start from
         "model_base": str(settings.model_base),
         "serving_config": str(settings.serving_config),
         "model_name": settings.model_name,
     }
     train_config.update({k: v for k, v in train_overrides.items() if v is not None})
+    tune = bool(train_config.pop("tune", settings.tune))
     return PipelineConfig(
         pipeline_name=settings.pipeline_name,
         pipeline_root=str(settings.pipeline_root),
@@ -71,6 +74,7 @@ def pipeline_config(settings: Settings, **train_overrides):
         min_accuracy=settings.min_accuracy,
         max_accuracy_drop=settings.max_accuracy_drop,
         span_window=settings.span_window,
+        tune=tune,
         model_name=settings.model_name,
         infra_validator=settings.infra_validator,
         gate=GateThresholds(
@@ -193,6 +197,10 @@ def describe(outcome: RunOutcome) -> str:
     if report.get("warm_start"):
         warm = report["warm_start"]
         lines.append(f"{'warm start' if warm['warm'] else 'cold start'}: {warm['reason']}")
+    hyperparameters = report.get("hyperparameters") or {}
+    if hyperparameters.get("tuned"):
+        values = ", ".join(f"{k} {v:g}" for k, v in hyperparameters.items() if k != "tuned")
+        lines.append(f"hyperparameters from the Tuner: {values}")
     if report.get("calibration"):
         cal = report["calibration"]
         lines.append(

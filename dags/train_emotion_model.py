@@ -32,6 +32,8 @@ with DAG(
         "reason": Param("manual", type="string", description="why this run: new data, drift, manual ..."),
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="override MOODLOOP_EPOCHS"),
         "model_size": Param(None, type=["null", "string"], enum=[None, "tiny", "small", "medium", "vgg"]),
+        "warm_start": Param(None, type=["null", "boolean"], description="start from the stable champion's weights"),
+        "tune": Param(None, type=["null", "boolean"], description="run the Tuner first (MOODLOOP_TUNE)"),
     },
     default_args={"retries": 1, "retry_delay": timedelta(seconds=15)},
     tags=["moodloop", "training", "tfx"],

@@ -54,6 +54,9 @@ class Settings:
     warm_start: bool
     warm_epochs_fraction: float  # a warm retrain runs this share of `epochs` (at least one)
     warm_learning_rate_factor: float  # and fine-tunes at learning_rate x this
+    tune: bool  # a TFX Tuner (KerasTuner random search) before the Trainer; its best values train the model
+    tune_trials: int
+    tune_epochs: int  # per trial
     # Evaluator thresholds (overall slice) and the offline A/B gate
     min_accuracy: float
     max_accuracy_drop: float
@@ -144,6 +147,9 @@ class Settings:
             warm_start=_env("MOODLOOP_WARM_START", "1").lower() not in ("0", "false", "no"),
             warm_epochs_fraction=float(_env("MOODLOOP_WARM_EPOCHS_FRACTION", "0.2")),
             warm_learning_rate_factor=float(_env("MOODLOOP_WARM_LEARNING_RATE_FACTOR", "0.3")),
+            tune=_env("MOODLOOP_TUNE", "0").lower() not in ("0", "false", "no", ""),
+            tune_trials=int(_env("MOODLOOP_TUNE_TRIALS", "6")),
+            tune_epochs=int(_env("MOODLOOP_TUNE_EPOCHS", "3")),
             min_accuracy=float(_env("MOODLOOP_MIN_ACCURACY", "0.40")),
             max_accuracy_drop=float(_env("MOODLOOP_MAX_ACCURACY_DROP", "0.01")),
             gate_alpha=float(_env("MOODLOOP_GATE_ALPHA", "0.05")),

@@ -162,3 +162,23 @@ def test_a_clearly_better_candidate_passes_the_gate_and_is_pushed_as_canary(fast
     assert (settings.traffic_file.read_text()) == '{"canary_share": 0.1}'
     gate_png = next(line for line in out.splitlines() if line.startswith("A/B gate report:")).split(": ")[1].split()[0]
     assert Path(gate_png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tuner_searches_and_the_trainer_trains_with_its_best_hyperparameters(fast_env, tmp_path, capsys):
+    import json
+
+    settings = fast_env(
+        tmp_path / "home", MOODLOOP_TUNE="1", MOODLOOP_TUNE_TRIALS="2", MOODLOOP_TUNE_EPOCHS="1", MOODLOOP_EPOCHS="3"
+    )
+    batch = _write_batch(tmp_path / "batch", 1000, seed=6)
+    cli.main(["train", "--data", str(batch)])  # pushed or not: the floor is not what this tests
+    out = capsys.readouterr().out
+    assert out.count("tuner trial ") == 2
+    (best_file,) = (settings.pipeline_root / "Tuner" / "best_hyperparameters").glob("*/*.txt")
+    best = json.loads(best_file.read_text())["values"]
+    assert set(best) == {"learning_rate", "width", "dropout"}
+    used = next(line for line in out.splitlines() if line.startswith("hyperparameters from the Tuner: learning"))
+    assert f"learning rate {best['learning_rate']:g}" in used
+    (report_file,) = (settings.pipeline_root / "ModelReportGen" / "report").glob("*/report.json")
+    report = json.loads(report_file.read_text())["hyperparameters"]
+    assert report["tuned"] and report["width"] == best["width"] and report["dropout"] == pytest.approx(best["dropout"])
