@@ -528,17 +528,6 @@ def _move_into_place(staging: Path, base: Path) -> int:
         version += 1
 
 
-def pusher_config(settings: Settings) -> dict:
-    """The Pusher's custom_config (components/pipeline.py) from settings: label_pushed_version reads it."""
-    return {
-        "serving_config": str(settings.serving_config),
-        "traffic_file": str(settings.traffic_file),
-        "canary_share": settings.canary_share,
-        "model_name": settings.model_name,
-        "status_url": f"http://{settings.gateway_host}:{settings.rest_port}/v1/models/{settings.model_name}",
-    }
-
-
 def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_faces: FaceSource | None) -> Adopted:
     """Wrap, check and push the model at `model_path`. Raises AdoptError (NotServable when the
     InfraValidator refuses it); nothing is pushed then and no staging folder is left behind."""
@@ -600,6 +589,8 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
     from components.ab_gate import write_reference_profile
     from components.custom import label_pushed_version
     from components.infra_validator import check_in_embedded_server, write_warmup_requests
+    from components.pipeline import pusher_config
+    from components.run import pipeline_config
 
     base = Path(settings.model_base)
     base.mkdir(parents=True, exist_ok=True)
@@ -623,7 +614,7 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
         raise
     final = base / str(version)
     _say(f"pushed version {version} to {final}")
-    label = label_pushed_version(pusher_config(settings), str(base), version)
+    label = label_pushed_version(pusher_config(pipeline_config(settings)), str(base), version)
     seconds = time.monotonic() - started
     _say(f"adopted {classifier.path.name} as version {version} ({label or 'no label'}) in {seconds:.0f} s")
     return Adopted(version, final, label, where, accuracy)

@@ -133,6 +133,18 @@ def eval_config(min_accuracy: float, max_accuracy_drop: float) -> tfma.EvalConfi
     )
 
 
+def pusher_config(config: PipelineConfig) -> dict[str, Any]:
+    """Where a pushed version is labelled (models.config, traffic.json) and watched being served:
+    the Pusher's custom_config, also what `moodloop adopt` labels its push with."""
+    return {
+        "serving_config": config.serving_config,
+        "traffic_file": config.traffic_file,
+        "canary_share": config.canary_share,
+        "model_name": config.model_name,
+        "status_url": config.serving_status_url,
+    }
+
+
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     example_gen = tfx.components.ImportExampleGen(
         input_base=config.curated_dir,
@@ -229,13 +241,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_base)
         ),
-        custom_config={
-            "serving_config": config.serving_config,
-            "traffic_file": config.traffic_file,
-            "canary_share": config.canary_share,
-            "model_name": config.model_name,
-            "status_url": config.serving_status_url,
-        },
+        custom_config=pusher_config(config),
         custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPusherExecutor),
     )
     return tfx.dsl.Pipeline(
