@@ -67,10 +67,14 @@ def bare_fit(
     """What a notebook does: standardise with the training faces' statistics, fit, score."""
     import tf_keras as keras
 
-    from components.model import build_model, class_weights
+    from components.model import build_model, class_weights, in_canonical_order
 
-    x_train = train[0][..., None].astype(np.float32) / 255.0
-    mean, std = x_train.mean(), x_train.std()
+    # The Trainer's order: the seeded shuffle then sees the faces as the Trainer does.
+    pixels, labels = in_canonical_order(train[0], train[1])
+    x_train = pixels[..., None].astype(np.float32) / 255.0
+    # Transform's standardisation (components/module.py preprocessing_fn): float64 statistics.
+    mean = np.float32(x_train.mean(dtype=np.float64))
+    std = np.sqrt(np.float32(x_train.var(dtype=np.float64)) + np.float32(1e-6))
     x_train = (x_train - mean) / std
     x_eval = (held_out[0][..., None].astype(np.float32) / 255.0 - mean) / std
     keras.utils.set_random_seed(0)  # the Trainer's seed
@@ -78,12 +82,12 @@ def bare_fit(
     started = time.perf_counter()
     history = model.fit(
         x_train,
-        train[1],
+        labels,
         validation_data=(x_eval, held_out[1]),
         epochs=args.epochs,
         batch_size=args.batch_size,
         verbose=0,
-        class_weight=class_weights(np.bincount(train[1], minlength=7).tolist()),
+        class_weight=class_weights(np.bincount(labels, minlength=7).tolist()),
     )
     return BareFit(time.perf_counter() - started, history.history["val_sparse_categorical_accuracy"][-1])
 

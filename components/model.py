@@ -13,6 +13,7 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from tensorflow.python.autograph.core import config as autograph_config  # noqa: E402
 from tensorflow.python.autograph.core import config_lib as autograph_rules  # noqa: E402
@@ -99,3 +100,22 @@ def class_weights(label_counts: list[int]) -> dict[int, float]:
     present = [c for c in label_counts if c > 0]
     total, k = sum(present), len(present)
     return {i: (min(total / (k * c), 10.0) if c > 0 else 0.0) for i, c in enumerate(label_counts)}
+
+
+def in_canonical_order(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The faces sorted by their content, so that a fit with a given seed sees them in one order.
+
+    Why: Transform's Beam workers write the transformed examples in a different order on every
+    run, and the order is what a seeded shuffle starts from: the same faces gave 82.6 % and
+    80.2 % held-out accuracy. The key is a fixed positive projection of the pixels, so any
+    increasing affine map of them (raw pixels, the standardised faces) sorts the same way: the
+    benchmark's bare fit sees its faces in the Trainer's order. Ties (duplicates) go by label;
+    the key is rescaled to [0, 1] and rounded to 2^-32 because BLAS may give two identical faces
+    keys that differ in their last bits.
+    """
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    key = flat @ np.random.default_rng(0).uniform(0.5, 1.5, flat.shape[1])
+    span = float(key.max() - key.min()) if len(key) else 0.0
+    key = np.round((key - (key.min() if len(key) else 0.0)) / (span or 1.0) * 2**32)
+    order = np.lexsort((labels, key))
+    return images[order], labels[order]

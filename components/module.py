@@ -23,7 +23,7 @@ from tfx.components.tuner.component import TunerFnResult  # noqa: E402
 
 from components import calibration, plots, tuning  # noqa: E402
 from components.ab_gate import champion_dir  # noqa: E402
-from components.model import INPUT_KEY, build_model, class_weights  # noqa: E402
+from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order  # noqa: E402
 from components.projection import pca_projection  # noqa: E402
 from components.warm_start import WarmStart, save_weights, warm_start  # noqa: E402
 from moodloop.contracts import (  # noqa: E402
@@ -62,8 +62,10 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     encoded = tf.reshape(inputs[FEATURE_IMAGE], [-1])
     pixels = decode_images(encoded) / 255.0
     # Full-pass analyzers: the dataset's statistics become constants of the serving graph.
-    mean = tft.mean(pixels)
-    std = tf.sqrt(tft.var(pixels) + 1e-6)
+    # In float64: Beam adds the partial sums up in a different order on every run, and in float32
+    # that changed the standardised faces in their last bits, enough to train a different model.
+    mean = tf.cast(tft.mean(pixels, output_dtype=tf.float64), tf.float32)
+    std = tf.sqrt(tf.cast(tft.var(pixels, output_dtype=tf.float64), tf.float32) + 1e-6)
     outputs = {INPUT_KEY: (pixels - mean) / std}
     if FEATURE_LABEL in inputs:
         outputs[LABEL_KEY] = tf.reshape(inputs[FEATURE_LABEL], [-1])
@@ -87,7 +89,8 @@ def load_split(file_patterns: list[str], tf_transform_output) -> tuple[np.ndarra
         labels.append(batch[LABEL_KEY].numpy().reshape(-1))
     if not images:
         raise ValueError(f"no transformed examples in {file_patterns}")
-    return np.concatenate(images).reshape(-1, FACE_SIZE, FACE_SIZE, 1), np.concatenate(labels).astype(np.int64)
+    faces = np.concatenate(images).reshape(-1, FACE_SIZE, FACE_SIZE, 1)
+    return in_canonical_order(faces, np.concatenate(labels).astype(np.int64))
 
 
 OUTPUT_LAYER = "probabilities"  # the classifier's last layer (components/model.py)

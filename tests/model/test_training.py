@@ -87,3 +87,20 @@ def test_warm_start_loads_the_champions_weights_only_into_the_same_architecture(
 
     assert not warm_start(same, None).warm
     assert "carries no weights" in warm_start(same, str(tmp_path / "adopted")).reason
+
+
+def test_canonical_order_depends_on_the_faces_only_not_on_their_order_or_standardisation():
+    from components.model import in_canonical_order
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (500, 48, 48, 1)).astype(np.uint8)
+    labels = rng.integers(0, 7, 500)
+    pixels[7], labels[7] = pixels[3], 5  # a duplicate face with another label
+    ordered, ordered_labels = in_canonical_order(pixels, labels)
+    shuffled = rng.permutation(500)
+    # What Transform writes: the same faces standardised, in another order.
+    standardised = ((pixels[shuffled] / 255.0 - 0.48) / 0.21).astype(np.float32)
+    again, again_labels = in_canonical_order(standardised, labels[shuffled])
+    np.testing.assert_array_equal(again_labels, ordered_labels)
+    np.testing.assert_allclose(again, (ordered / 255.0 - 0.48) / 0.21, rtol=1e-5)
+    assert sorted(map(bytes, ordered)) == sorted(map(bytes, pixels))  # a permutation: nothing lost
