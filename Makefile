@@ -6,7 +6,7 @@ HOME_DIR    := $(or $(MOODLOOP_HOME),$(CURDIR)/.moodloop)
 BATCH       := $(HOME_DIR)/landing/synthetic-10k
 N           ?= 10000
 
-STACK       := .venv/orchestration/bin/python -m moodloop.stack
+STACK       := .venv/orchestration/bin/python -m moodloop.local.stack
 
 .PHONY: help setup run stop status train serve test test-fast lint format bench drill clean
 
@@ -42,9 +42,10 @@ test-fast: setup  ## everything except the end-to-end pipeline runs
 	$(PIPELINE_PY) -m pytest tests -p no:cacheprovider -m "not pipeline" --ignore=tests/orchestration
 	$(ORCH_PY) -m pytest tests/orchestration -p no:cacheprovider -m "not pipeline"
 
-lint: setup  ## ruff check + format check
+lint: setup  ## ruff check + format check + import-linter (stages meet only through moodloop/)
 	.venv/orchestration/bin/ruff check .
 	.venv/orchestration/bin/ruff format --check .
+	.venv/orchestration/bin/lint-imports
 
 format: setup  ## ruff format + autofix
 	.venv/orchestration/bin/ruff check --fix .

@@ -45,12 +45,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from data import landing, synthetic  # noqa: E402
-from monitoring import drift  # noqa: E402
-from moodloop.contracts import EMOTIONS  # noqa: E402
-from moodloop.settings import Settings  # noqa: E402
+from data import landing, synthetic
+from monitoring import drift
+from moodloop.contracts import EMOTIONS
+from moodloop.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 AFTER_FACES = 1000  # the retrained model is measured on this many new shifted faces (not fed back)
@@ -72,7 +72,7 @@ TRAINING = {
 
 class Drill:
     def __init__(self, home: Path, args: argparse.Namespace, env: dict[str, str] | None = None) -> None:
-        from moodloop.s3server import free_port
+        from moodloop.local.s3server import free_port
 
         self.args = args
         self.env = env or {
@@ -257,8 +257,8 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
     """The drill on the local stack: Airflow's scheduler runs monitor_drift, train_emotion_model and
     canary_analysis; the drill only plays the users (live requests, feedback labels) and the
     labellers (a shifted batch lands in the landing zone)."""
-    from moodloop import stack
-    from moodloop.s3server import free_port
+    from moodloop.local import stack
+    from moodloop.local.s3server import free_port
 
     os.environ.update(
         {**TRAINING, **STACK_TIMINGS, **{p: str(free_port()) for p in stack.PORT_VARIABLES}, "MOODLOOP_HOME": str(home),
@@ -331,7 +331,7 @@ def rolled_back(home: Path, version: int) -> bool:
 
 def train_runs_since(settings: Settings, since: float) -> list[dict]:
     """train_emotion_model's runs since the shift, and what started each (drift or new data)."""
-    from moodloop import stack
+    from moodloop.local import stack
 
     payload = stack.api(settings).call("GET", "/api/v2/dags/train_emotion_model/dagRuns?limit=20&order_by=-id")
     return [
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             figures = stack_drill(args, home)
         except BaseException:
             if args.stop:
-                from moodloop import stack
+                from moodloop.local import stack
 
                 stack.stop(Settings.from_env())
             else:
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stack:
         settings = Settings.from_env()
         if args.stop:
-            from moodloop import stack
+            from moodloop.local import stack
 
             return stack.stop(settings)
         print(

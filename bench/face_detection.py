@@ -23,11 +23,11 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from data import wheel_media  # noqa: E402
-from serving.faces import make_face_detector  # noqa: E402
+from data import wheel_media
+from serving.faces import make_face_detector
 
 KINDS = ("haar", "mtcnn")  # baseline first
 ROW = "{:28} {:>10} {:>10} {:>8} {:>11} {:>9} {:>6}"

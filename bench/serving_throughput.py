@@ -31,11 +31,11 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from data import synthetic  # noqa: E402
-from serving.batching import BatchingParameters  # noqa: E402
+from data import synthetic
+from serving.batching import BatchingParameters
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,7 +127,7 @@ def main() -> int:
     if args.model_dir:
         (model_base / "1").symlink_to(args.model_dir.resolve(), target_is_directory=True)
     else:
-        from tests.serving.model_factory import export_version
+        from components.untrained_model import export_version
 
         export_version(model_base, 1, size=args.model_size)
     faces = encoded_faces(256)

@@ -11,7 +11,7 @@ decide, not a single threshold.
 - A minimum number of held-out faces, below which the gate refuses to decide (and says so).
 - The first model (no champion yet) faces the absolute accuracy floor alone.
 
-The champion is the model the `stable` label serves (models.config, contract 3), or the newest
+The champion is the model the `stable` label serves (models.config, the model contract), or the newest
 version under the model base path while there are no labels: the gate compares with what users get.
 """
 
@@ -199,7 +199,7 @@ def predict(model_dir: str, serialized: list[bytes], batch: int = 256) -> dict[s
 
 
 def write_reference_profile(path: str, serialized: list[bytes], labels: np.ndarray, outputs: dict) -> int:
-    """The candidate's eval faces as inference-log rows (contract 4): the reference for drift."""
+    """The candidate's eval faces as inference-log rows (the inference-log contract): the reference for drift."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import tensorflow as tf

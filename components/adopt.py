@@ -1,10 +1,10 @@
-"""Adopt an existing emotion classifier: wrap it into moodloop's model contract 3 and push it.
+"""Adopt an existing emotion classifier: wrap it into moodloop's model contract and push it.
 
 Teams come with a model. This turns a Keras (.h5 / .hdf5 / .keras) or SavedModel classifier of the
 seven FER2013 emotions into a version that the gateway, TF Serving, the A/B gate, the drift job and
 the canary analysis treat like one moodloop trained:
 
-- the three signatures of contract 3 (encoded images, [N, 48, 48] uint8 pixels, serialized
+- the three signatures of the model contract (encoded images, [N, 48, 48] uint8 pixels, serialized
   tf.Examples) with the contract's outputs (probabilities, class_ids, classes, embedding). The
   adopted model keeps its own preprocessing (decode -> grey or RGB -> its input size -> its scaling),
   written into the wrapper's tf.functions, so it sees faces as it was trained to see them;
@@ -31,11 +31,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from components.projection import pca_projection  # noqa: E402
-from moodloop.contracts import (  # noqa: E402
+from components.projection import pca_projection
+from moodloop.contracts import (
     CURATED_SPAN_PREFIX,
     EMBEDDING_DIMS,
     EMOTIONS,
@@ -52,7 +52,7 @@ from moodloop.contracts import (  # noqa: E402
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
 )
-from moodloop.settings import Settings  # noqa: E402
+from moodloop.settings import Settings
 
 COLORS = ("grey", "rgb")
 # How the model wants its pixels (0..255 in): the names the CLI takes, and what each one does.
@@ -351,7 +351,7 @@ def _class_permutation(class_order: tuple[str, ...]) -> list[int]:
 
 
 class AdoptedModule(tf.Module):
-    """Contract 3's signatures around an adopted classifier, with the classifier's own preprocessing
+    """The model contract's signatures around an adopted classifier, with the classifier's own preprocessing
     (components/module.py's _ServingModule has the same signatures around the Transform graph).
 
     The signatures are traced with autograph off: they hold no Python control flow on tensors, and
@@ -588,7 +588,7 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
     # The pipeline's own pieces (they import TFX: seconds, so only once the model is known to fit).
     from components.ab_gate import write_reference_profile
     from components.custom import label_pushed_version
-    from components.infra_validator import check_in_embedded_server, write_warmup_requests
+    from components.infra_validator import check_in_model_server, write_warmup_requests
     from components.pipeline import pusher_config
     from components.run import pipeline_config
 
@@ -603,11 +603,11 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
         profile = staging / REFERENCE_PROFILE
         profile.parent.mkdir(parents=True, exist_ok=True)
         rows = write_reference_profile(str(profile), serialized, labels, outputs)
-        _say(f"wrapped as contract 3 (3 signatures, warm-up records, reference profile of {rows} faces)")
-        problems = check_in_embedded_server(str(staging), settings.model_name, serialized[:WARMUP_FACES])
+        _say(f"wrapped in the model contract (3 signatures, warm-up records, reference profile of {rows} faces)")
+        problems = check_in_model_server(str(staging), settings.model_name, serialized[:WARMUP_FACES])
         if problems:
             raise NotServable("InfraValidator: NOT BLESSED, nothing pushed:\n  " + "\n  ".join(problems))
-        _say("InfraValidator (embedded server): BLESSED: loads, replays its warm-up requests, answers every signature")
+        _say("InfraValidator (model server): BLESSED: loads, replays its warm-up requests, answers every signature")
         version = _move_into_place(staging, base)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

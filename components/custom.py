@@ -6,6 +6,7 @@ import os
 import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from tfx import v1 as tfx
@@ -103,7 +104,7 @@ class AtomicPusherExecutor(pusher_executor.Executor):
 
 
 def _add_reference_profile(input_dict, model_dir: str) -> None:
-    """The A/B gate's reference profile goes into the version folder (contract 3's REFERENCE_PROFILE):
+    """The A/B gate's reference profile goes into the version folder (the model contract's REFERENCE_PROFILE):
     the drift jobs find the served model's reference beside it."""
     from moodloop.contracts import REFERENCE_PROFILE
 
@@ -122,31 +123,26 @@ def label_pushed_version(config: dict, model_base: str, version: int) -> str | N
         return None
     from pathlib import Path
 
-    from moodloop import models_config
-    from moodloop.traffic import TrafficFile
+    from moodloop.rollout import STABLE, Rollout
 
-    path, model_name = Path(config["serving_config"]), config.get("model_name", "emotion")
-    models_config.ensure(path, model_name, Path(model_base))
-    policy = models_config.policies(models_config.read(path)).get(model_name)
-    if policy is None or models_config.STABLE not in policy.labels:
-        models_config.set_label(path, model_name, models_config.STABLE, version)
-        print(f"version {version} is the first model: labelled {models_config.STABLE} in {path}", flush=True)
-        return models_config.STABLE
-    share = float(config.get("canary_share", 0.1))
-    if config.get("traffic_file"):  # the share first: the new canary must never see an old ramp's share
-        TrafficFile(Path(config["traffic_file"]), share).set(share)
-    if models_config.CANARY in policy.labels:
-        # Replacing a canary: TF Serving refuses to move a label to a version it has not loaded, so
-        # drop the old label and load the new version, wait until it is served, then label it.
-        models_config.drop_label_and_load(path, model_name, models_config.CANARY, version)
-        _wait_until_served(config.get("status_url", ""), version)
-    models_config.set_label(path, model_name, models_config.CANARY, version)
-    print(
-        f"version {version} labelled {models_config.CANARY} ({share:.0%} of traffic); "
-        f"{models_config.STABLE} stays on version {policy.labels[models_config.STABLE]} ({path})",
-        flush=True,
+    rollout = Rollout(
+        Path(config["serving_config"]),
+        config.get("model_name", "emotion"),
+        float(config.get("canary_share", 0.1)),
+        Path(config["traffic_file"]) if config.get("traffic_file") else None,
     )
-    return models_config.CANARY
+    label = rollout.label_new_version(
+        version, Path(model_base), lambda v: _wait_until_served(config.get("status_url", ""), v)
+    )
+    if label == STABLE:
+        print(f"version {version} is the first model: labelled {STABLE} in {rollout.serving_config}", flush=True)
+    else:
+        print(
+            f"version {version} labelled {label} ({rollout.initial_share:.0%} of traffic); "
+            f"{STABLE} stays on version {rollout.labels()[STABLE]} ({rollout.serving_config})",
+            flush=True,
+        )
+    return label
 
 
 def _wait_until_served(status_url: str, version: int, timeout: float = 120.0) -> None:
@@ -306,7 +302,7 @@ def ModelReportGen(
         if os.path.exists(os.path.join(model_run.uri, png)):
             files[name] = shutil.copy(os.path.join(model_run.uri, png), os.path.join(report.uri, png))
     training_path = os.path.join(model_run.uri, "history.json")  # the Trainer's summary (components/module.py)
-    training = json.loads(open(training_path).read()) if os.path.exists(training_path) else {}
+    training = json.loads(Path(training_path).read_text()) if os.path.exists(training_path) else {}
     calibration = training.get("calibration") or {}
     summary = {
         "accuracy": accuracy,

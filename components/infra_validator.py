@@ -1,11 +1,12 @@
-"""InfraValidator on the embedded backend: the candidate must load and answer in the server that
-will serve it before it can be pushed.
+"""InfraValidator on moodloop's model server: the candidate must load and answer in the server
+that will serve it before it can be pushed.
 
 TFX's own InfraValidator starts TF Serving in Docker (`local_docker`) or Kubernetes; neither runs
 on the machines moodloop is developed on, so locally this component does the same job with the
-gateway's embedded backend (serving/backends.py), which loads SavedModels and replays warm-up
-records exactly as the gateway will. It speaks TFX's contract: an `InfraBlessing` artifact with
-the `blessed` custom property and, as with `request_spec.make_warmup`, a stamped copy of the model
+gateway (`python -m serving.gateway`, embedded backend): it starts it as a process on the stamped
+model, which loads it and replays its warm-up records exactly as the gateway will, and asks it
+through TF Serving's gRPC API. It speaks TFX's contract: an `InfraBlessing` artifact with the
+`blessed` custom property and, as with `request_spec.make_warmup`, a stamped copy of the model
 with `assets.extra/tf_serving_warmup_requests` that the Pusher pushes. With TF Serving available
 (docker-compose, CI) the pipeline uses TFX's InfraValidator instead (`MOODLOOP_INFRA_VALIDATOR=tfserving`).
 """
@@ -13,6 +14,9 @@ with `assets.extra/tf_serving_warmup_requests` that the Pusher pushes. With TF S
 import glob
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -74,30 +78,117 @@ def write_warmup_requests(model_dir: str, model_name: str, serialized_examples: 
     return path
 
 
-def check_in_embedded_server(model_dir: str, model_name: str, serialized_examples: list[bytes]) -> list[str]:
-    """Load the model in the embedded backend (warm-up replayed), then ask each signature once.
-    Returns the problems found; empty means servable."""
-    import numpy as np
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    from moodloop import models_config
-    from serving.backends import EmbeddedBackend, ServingError
-    from serving.batching import BatchingParameters
+
+class ModelServerProcess:
+    """moodloop's model server, started through its public entry point (`python -m serving.gateway`,
+    what `moodloop serve` runs) on one model version, and asked through TF Serving's gRPC API: as
+    TFX's InfraValidator does with TF Serving, nothing of the serving stage is imported.
+
+    It runs in a home of its own, so its inference log and traffic file are thrown away with it."""
+
+    def __init__(self, model_dir: str, model_name: str, workdir: Path) -> None:
+        from moodloop import models_config
+
+        self.model_name = model_name
+        base = workdir / "models" / model_name
+        base.mkdir(parents=True)
+        (base / "1").symlink_to(os.path.abspath(model_dir), target_is_directory=True)
+        config = workdir / "models.config"
+        models_config.ensure(config, model_name, base)
+        self.grpc_port, rest_port = _free_port(), _free_port()
+        home = workdir / "home"
+        environment = {
+            **os.environ,
+            "MOODLOOP_HOME": str(home),
+            "MOODLOOP_MODEL_NAME": model_name,
+            "MOODLOOP_MODEL_BASE": str(base),
+            "MOODLOOP_INFERENCE_LOG_URL": str(home / "inference_log"),
+            "MOODLOOP_TRAFFIC_FILE": str(home / "traffic.json"),
+            "MOODLOOP_SERVING_POLL_SECONDS": "0.5",
+        }
+        command = [
+            sys.executable, "-m", "serving.gateway", "--backend", "embedded", "--host", "127.0.0.1",
+            "--grpc-port", str(self.grpc_port), "--rest-port", str(rest_port), "--model-config", str(config),
+        ]  # fmt: skip
+        self.log_path = workdir / "model_server.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+
+    def log_tail(self, lines: int = 5) -> str:
+        return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+
+    def wait_until_loaded(self, timeout_s: float = 180.0) -> str | None:
+        """None once version 1 is AVAILABLE (its warm-up requests replayed), else why not."""
+        import grpc
+        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model_name
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    return f"the model server exited ({self.process.returncode}): {self.log_tail()}"
+                try:
+                    versions = stub.GetModelStatus(request, timeout=5).model_version_status
+                except grpc.RpcError:
+                    time.sleep(0.2)  # not listening yet
+                    continue
+                states = {get_model_status_pb2.ModelVersionStatus.State.Name(v.state): v for v in versions}
+                if "AVAILABLE" in states:
+                    return None
+                failed = [v for v in versions if v.status.error_code]
+                if failed:
+                    return f"the model did not load: {failed[0].status.error_message}"
+                time.sleep(0.2)
+        return f"the model did not load within {timeout_s:.0f} s: {self.log_tail()}"
+
+    def predict(self, signature: str, inputs: dict) -> dict:
+        """One Predict call on version 1; outputs as numpy arrays. Raises grpc.RpcError."""
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.version.value = 1
+        request.model_spec.signature_name = signature
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+        return {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def check_in_model_server(model_dir: str, model_name: str, serialized_examples: list[bytes]) -> list[str]:
+    """Load the model in the model server (warm-up replayed), then ask each signature once.
+    Returns the problems found; empty means servable."""
+    import grpc
+    import numpy as np
 
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="moodloop-infra-") as tmp:
-        base = Path(tmp) / model_name
-        base.mkdir()
-        (base / "1").symlink_to(os.path.abspath(model_dir), target_is_directory=True)
-        config = Path(tmp) / "models.config"
-        models_config.ensure(config, model_name, base)
-        backend = EmbeddedBackend(config, BatchingParameters(batch_timeout_micros=0))
+        started = time.perf_counter()
+        server = ModelServerProcess(model_dir, model_name, Path(tmp))
         try:
-            started = time.perf_counter()
-            backend.start()
-            states = backend.status(model_name, None, None)
-            print(f"loaded and warmed up in {time.perf_counter() - started:.1f} s: {states}", flush=True)
-            if [s.state for s in states] != ["AVAILABLE"]:
-                return [f"the model did not load: {states[0].error if states else 'no version found'}"]
+            not_loaded = server.wait_until_loaded()
+            if not_loaded:
+                return [not_loaded]
+            print(f"model server up, model loaded and warmed up in {time.perf_counter() - started:.1f} s", flush=True)
             for signature, inputs in (
                 (SIGNATURE_IMAGES, {"images": np.array(_images(serialized_examples), dtype=object)}),
                 (SIGNATURE_PIXELS, {"pixels": np.zeros((2, FACE_SIZE, FACE_SIZE), np.uint8)}),
@@ -105,19 +196,17 @@ def check_in_embedded_server(model_dir: str, model_name: str, serialized_example
             ):
                 rows = len(next(iter(inputs.values())))
                 try:
-                    _, outputs = backend.predict(model_name, 1, None, signature, inputs)
-                except ServingError as error:
-                    problems.append(f"{signature}: {error.code}: {error.message}")
+                    outputs = server.predict(signature, inputs)
+                except grpc.RpcError as error:
+                    problems.append(f"{signature}: {error.code().name}: {error.details()}")
                     continue
                 probabilities = outputs.get(OUTPUT_PROBABILITIES)
                 if probabilities is None or probabilities.shape != (rows, NUM_CLASSES):
                     problems.append(f"{signature}: expected {OUTPUT_PROBABILITIES} of shape ({rows}, {NUM_CLASSES})")
                 elif not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3):
                     problems.append(f"{signature}: probabilities do not sum to 1")
-        except Exception as error:  # noqa: BLE001 - any failure to serve is the verdict, not a crash
-            problems.append(f"{type(error).__name__}: {error}")
         finally:
-            backend.close()
+            server.stop()
     return problems
 
 
@@ -129,13 +218,13 @@ def EmbeddedInfraValidator(
     model_name: tfx.dsl.components.Parameter[str] = "emotion",
     num_examples: tfx.dsl.components.Parameter[int] = 8,
 ) -> None:
-    """Stamp the model with warm-up requests, load it in the embedded backend, ask every signature."""
+    """Stamp the model with warm-up requests, load it in the model server, ask every signature."""
     stamped = path_utils.stamped_model_path(blessing.uri)
     shutil.copytree(path_utils.serving_model_path(model.uri), stamped)
     serialized = sample_examples(artifact_utils.get_split_uri([examples], "eval"), num_examples)
     warmup = write_warmup_requests(stamped, model_name, serialized)
     print(f"warm-up requests ({len(serialized)} eval faces, 3 signatures) written to {warmup}", flush=True)
-    problems = check_in_embedded_server(stamped, model_name, serialized)
+    problems = check_in_model_server(stamped, model_name, serialized)
     blessed = not problems
     blessing.set_int_custom_property("blessed", int(blessed))
     blessing.set_int_custom_property("has_model", int(blessed))

@@ -13,12 +13,12 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import tf_keras as keras  # noqa: E402
-from tensorflow.python.autograph.core import config as autograph_config  # noqa: E402
-from tensorflow.python.autograph.core import config_lib as autograph_rules  # noqa: E402
+import numpy as np
+import tf_keras as keras
+from tensorflow.python.autograph.core import config as autograph_config
+from tensorflow.python.autograph.core import config_lib as autograph_rules
 
-from moodloop.contracts import FACE_SIZE, NUM_CLASSES  # noqa: E402
+from moodloop.contracts import FACE_SIZE, NUM_CLASSES
 
 
 def keep_autograph_out_of_tf_keras() -> None:

@@ -14,19 +14,19 @@ import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-import tf_keras as keras  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
-from tfx.components.tuner.component import TunerFnResult  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from tfx import v1 as tfx
+from tfx.components.tuner.component import TunerFnResult
 
-from components import calibration, plots, tuning  # noqa: E402
-from components.ab_gate import champion_dir  # noqa: E402
-from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order  # noqa: E402
-from components.projection import pca_projection  # noqa: E402
-from components.warm_start import WarmStart, save_weights, warm_start  # noqa: E402
-from moodloop.contracts import (  # noqa: E402
+from components import calibration, plots, tuning
+from components.ab_gate import champion_dir
+from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order
+from components.projection import pca_projection
+from components.warm_start import WarmStart, save_weights, warm_start
+from moodloop.contracts import (
     EMBEDDING_DIMS,
     EMOTIONS,
     FACE_SIZE,

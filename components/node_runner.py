@@ -24,8 +24,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from moodloop import console  # noqa: E402
-from moodloop.settings import REPO_ROOT, Settings  # noqa: E402
+from moodloop import console
+from moodloop.files import atomic_write_bytes
+from moodloop.settings import REPO_ROOT, Settings
 
 console.quiet_console()  # before TensorFlow is imported (see moodloop/console.py)
 
@@ -63,10 +64,7 @@ def compile_run(settings: Settings, run_id: str, conf: dict) -> Path:
         print(f"pipeline IR for run {run_id} already compiled: {path}")
         return path
     ir = _compiled(settings, conf)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    partial.write_bytes(ir.SerializeToString())
-    os.replace(partial, path)
+    atomic_write_bytes(path, ir.SerializeToString())
     (path.parent / "conf.json").write_text(json.dumps({"run_id": run_id, "conf": conf}, indent=1))
     # Plain JSON: a task can tell it has nothing to do without importing TFX.
     (path.parent / "nodes.json").write_text(json.dumps([n.pipeline_node.node_info.id for n in ir.nodes]))

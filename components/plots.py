@@ -8,8 +8,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 TRAINING_CURVES_PNG = "training_curves.png"
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"

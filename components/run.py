@@ -15,9 +15,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from moodloop import console  # noqa: E402
-from moodloop.contracts import EMOTIONS  # noqa: E402
-from moodloop.settings import REPO_ROOT, Settings  # noqa: E402
+from moodloop import console
+from moodloop.contracts import EMOTIONS
+from moodloop.settings import REPO_ROOT, Settings
 
 MODULE_FILE = REPO_ROOT / "components" / "module.py"
 SCHEMA_FILE = REPO_ROOT / "data" / "schema" / "schema.pbtxt"
@@ -48,7 +48,7 @@ def pipeline_config(settings: Settings, **train_overrides):
         "model_size": settings.model_size,
         "learning_rate": settings.learning_rate,
         "augment": settings.augment,
-        "seed": 0,
+        "seed": settings.seed,
         "warm_start": settings.warm_start,
         "warm_epochs_fraction": settings.warm_epochs_fraction,
         "warm_learning_rate_factor": settings.warm_learning_rate_factor,

@@ -1,4 +1,5 @@
-"""Contract-compatible SavedModels for the serving tests and benchmarks, made in seconds.
+"""Contract-compatible untrained SavedModels, made in seconds: for the serving tests, the
+benchmarks and CI's TF Serving job (`python -m components.untrained_model MODEL_BASE`).
 
 They go through the pipeline's own export (`components.module.export_serving_model`), so the
 signatures are exactly those a pushed model has; only the Transform graph is replaced by a fixed
@@ -15,12 +16,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import tensorflow as tf
+import tf_keras as keras
 
-from components.model import INPUT_KEY, build_model  # noqa: E402
-from components.module import decode_images, export_serving_model  # noqa: E402
-from moodloop.contracts import FEATURE_IMAGE, FEATURE_LABEL  # noqa: E402
+from components.model import INPUT_KEY, build_model
+from components.module import decode_images, export_serving_model
+from moodloop.contracts import FEATURE_IMAGE, FEATURE_LABEL
 
 
 class _FixedTransform(keras.layers.Layer):

@@ -30,7 +30,7 @@ from moodloop.settings import Settings
 def ingest_faces():
     @task
     def check_contract(params: dict | None = None) -> dict:
-        from monitoring import ingest
+        from data import ingest
 
         if not params or not params.get("batch"):
             raise ValueError('trigger with conf {"batch": "<name of a folder or CSV in the landing zone>"}')
@@ -44,7 +44,7 @@ def ingest_faces():
 
     @task(outlets=[CURATED_FACES])
     def curate_span(checked: dict) -> dict:
-        from monitoring import ingest
+        from data import ingest
 
         outcome = ingest.curate(Settings.from_env(), checked)
         print(f"curated: {outcome}")
@@ -55,13 +55,13 @@ def ingest_faces():
 
     @task
     def quarantine_batch(checked: dict) -> dict:
-        from monitoring import ingest
+        from data import ingest
 
         return ingest.quarantine(Settings.from_env(), checked)
 
     @task
     def skip_duplicate(checked: dict) -> dict:
-        from monitoring import ingest
+        from data import ingest
 
         return ingest.skip_duplicate(Settings.from_env(), checked)
 

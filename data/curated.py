@@ -1,4 +1,4 @@
-"""The curated dataset (contract 2): one TFRecord span per accepted landing batch.
+"""The curated dataset (the curated-dataset contract): one TFRecord span per accepted landing batch.
 
 <curated>/span-<N>/faces.tfrecord.gz   tf.Example {image: PNG bytes, label: int64}
 <curated>/span-<N>/manifest.json       source batch, counts, content hashes

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from data.curated import existing_spans, write_span
+from data.landing_contract import ContractLimits, render_report, validate
 from data.landing_zone import LandingZone, batch_content_hash, landing_zone
 from data.readers import read_batch
-from monitoring.contract import ContractLimits, render_report, validate
 from moodloop.contracts import CURATED_MANIFEST
 from moodloop.settings import Settings
 

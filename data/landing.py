@@ -1,4 +1,4 @@
-"""Write landing batches (contract 1) in the layouts the readers accept.
+"""Write landing batches (the landing-batch contract) in the layouts the readers accept.
 
 Used by the synthetic generator's CLI, tests and drift drills; a real team drops its own files.
 """

@@ -113,7 +113,7 @@ def _expectations(limits: ContractLimits) -> list[tuple[Any, str]]:
 
 
 def validate(result: ReadResult, limits: ContractLimits = ContractLimits()) -> ContractResult:
-    from monitoring.gx_suite import run_suite
+    from moodloop.expectations import run_suite
 
     frame = batch_frame(result)
     passed, broken, gx_result = run_suite(SUITE_NAME, frame, _expectations(limits), index_column="source")

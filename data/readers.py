@@ -1,4 +1,4 @@
-"""Readers for the layouts FER2013 users have (landing-batch contract 1 in DESIGN.md).
+"""Readers for the layouts FER2013 users have (the landing-batch contract in moodloop/contracts.py).
 
 - `fer2013.csv`: columns `emotion,pixels[,Usage]`, pixels = 2304 space-separated 0..255 values.
 - Image folders: `<emotion>/*.png|jpg` or `train|test|.../<emotion>/*`, any size, grey or colour.

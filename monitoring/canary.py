@@ -19,18 +19,16 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-from moodloop import models_config
-from moodloop.contracts import EMOTIONS, LOG_FEEDBACK, LOG_PREDICTIONS
+from moodloop.contracts import EMOTIONS, LOG_FEEDBACK, LOG_PREDICTIONS, METRIC_REQUESTS
+from moodloop.files import atomic_write_text
+from moodloop.rollout import CANARY, STABLE, Rollout
 from moodloop.settings import Settings
-from moodloop.traffic import TrafficFile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +126,7 @@ def gateway_error_counts(metrics_url: str, model: str) -> dict[str, dict[str, fl
         return None
     counts: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
-        if family.name != "moodloop_requests":
+        if family.name != METRIC_REQUESTS:
             continue
         for sample in family.samples:
             if sample.name.endswith("_total") and sample.labels.get("model") == model:
@@ -170,11 +168,9 @@ def judge(stable: dict, canary: dict, errors: dict | None, policy: CanaryPolicy)
         problems.append(f"canary's predicted-class mix differs from stable's by {shift:.2f} (total variation)")
     if errors:
         rates = {side: e["errors"] / max(1.0, e["errors"] + e["ok"]) for side, e in errors.items()}
-        increase = rates.get(models_config.CANARY, 0.0) - rates.get(models_config.STABLE, 0.0)
+        increase = rates.get(CANARY, 0.0) - rates.get(STABLE, 0.0)
         if increase > policy.max_error_rate_increase:
-            problems.append(
-                f"canary error rate {rates[models_config.CANARY]:.3f} vs stable {rates.get('stable', 0):.3f}"
-            )
+            problems.append(f"canary error rate {rates[CANARY]:.3f} vs stable {rates.get('stable', 0):.3f}")
     return ("rollback", problems) if problems else ("pass", [])
 
 
@@ -187,11 +183,7 @@ def _paths(settings: Settings) -> tuple[Path, Path]:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(value, fh, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value, indent=1))
 
 
 def _error_delta(now: dict | None, before: dict | None) -> dict | None:
@@ -206,12 +198,11 @@ def analyze(settings: Settings, policy: CanaryPolicy, now: float | None = None, 
     now = time.time() if now is None else now
     state_path, log_path = _paths(settings)
     metrics_url = metrics_url or f"http://{settings.gateway_host}:{settings.rest_port}/metrics"
-    config = models_config.policies(models_config.read(settings.serving_config)).get(settings.model_name)
-    labels = config.labels if config else {}
-    traffic = TrafficFile(settings.traffic_file, settings.canary_share)
+    rollout = Rollout.from_settings(settings)
+    labels = rollout.labels()
     decision: dict = {"time": datetime.fromtimestamp(now, timezone.utc).isoformat(), "labels": labels}
-    canary_version = labels.get(models_config.CANARY)
-    if canary_version is None or models_config.STABLE not in labels:
+    canary_version = labels.get(CANARY)
+    if canary_version is None or STABLE not in labels:
         state_path.unlink(missing_ok=True)
         decision.update(action="none", reasons=["no canary is deployed"])
         return decision
@@ -219,7 +210,7 @@ def analyze(settings: Settings, policy: CanaryPolicy, now: float | None = None, 
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state.get("version") != canary_version:  # a new canary: its first step starts now
         state = {"version": canary_version, "step": 0, "since": now, "stable_since": now, "errors_at_start": None}
-        traffic.set(policy.steps[0])
+        rollout.set_share(policy.steps[0])
         state["errors_at_start"] = gateway_error_counts(metrics_url, settings.model_name)
         _write_json(state_path, state)
     # At a 100 % step stable gets no unpinned traffic: it is judged on the previous step's requests.
@@ -229,25 +220,24 @@ def analyze(settings: Settings, policy: CanaryPolicy, now: float | None = None, 
         side: [
             r for r in rows
             if r["model_label"] == side and r["model_version"] == labels[side]
-            and r["timestamp"].timestamp() >= (stable_since if side == models_config.STABLE else since)
+            and r["timestamp"].timestamp() >= (stable_since if side == STABLE else since)
         ]
-        for side in (models_config.STABLE, models_config.CANARY)
+        for side in (STABLE, CANARY)
     }  # fmt: skip
-    stable, canary = (side_stats(by_side[s], feedback) for s in (models_config.STABLE, models_config.CANARY))
+    stable, canary = (side_stats(by_side[s], feedback) for s in (STABLE, CANARY))
     errors = _error_delta(gateway_error_counts(metrics_url, settings.model_name), state.get("errors_at_start"))
     verdict, reasons = judge(stable, canary, errors, policy)
     baked = now - since
     decision.update(
-        canary_version=canary_version, stable_version=labels[models_config.STABLE], step=step,
-        share=traffic.share(), baked_seconds=round(baked, 1), stable=stable, canary=canary, errors=errors,
+        canary_version=canary_version, stable_version=labels[STABLE], step=step,
+        share=rollout.share(), baked_seconds=round(baked, 1), stable=stable, canary=canary, errors=errors,
     )  # fmt: skip
     if verdict == "rollback":
         try:
-            models_config.rollback(settings.serving_config, settings.model_name, expected_canary=canary_version)
+            rollout.rollback(expected_canary=canary_version)
         except LookupError as error:  # a new canary arrived during the analysis: judge it next time
             decision.update(action="none", reasons=[str(error)])
             return decision
-        traffic.set(settings.canary_share)
         state_path.unlink(missing_ok=True)
         decision.update(action="rollback", reasons=reasons)
     elif verdict == "wait" or baked < policy.bake_seconds:
@@ -255,7 +245,7 @@ def analyze(settings: Settings, policy: CanaryPolicy, now: float | None = None, 
         decision.update(action="wait", reasons=reasons)
     elif step + 1 < len(policy.steps):
         share = policy.steps[step + 1]
-        traffic.set(share)
+        rollout.set_share(share)
         state.update(
             step=step + 1,
             since=now,
@@ -266,13 +256,10 @@ def analyze(settings: Settings, policy: CanaryPolicy, now: float | None = None, 
         decision.update(action="ramp", share=share, reasons=[f"step {step + 1} passed: canary share -> {share:.0%}"])
     else:
         try:
-            promoted = models_config.promote(
-                settings.serving_config, settings.model_name, expected_canary=canary_version
-            )
+            promoted = rollout.promote(expected_canary=canary_version)
         except LookupError as error:
             decision.update(action="none", reasons=[str(error)])
             return decision
-        traffic.set(settings.canary_share)
         state_path.unlink(missing_ok=True)
         decision.update(action="promote", reasons=[f"every step passed: stable -> version {promoted}"])
     log_path.parent.mkdir(parents=True, exist_ok=True)

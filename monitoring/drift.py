@@ -5,7 +5,7 @@ Each window (the records since the last window, once there are enough of them):
    client is an incident, not drift: it is reported and nothing is retrained;
 2. Evidently reports image-property drift (brightness, contrast, sharpness), prediction drift
    (predicted class, confidence) and embedding drift (the model's PCA-reduced penultimate layer)
-   against the reference profile that travels with the served version (contract 3's
+   against the reference profile that travels with the served version (the model contract's
    REFERENCE_PROFILE); the report goes into the Evidently workspace (`evidently ui`) and to a
    standalone HTML file;
 3. triage: no drift / data-quality incident / drift. Drift triggers `train_emotion_model` through
@@ -109,15 +109,14 @@ def quality_expectations() -> list[tuple[Any, str]]:
 
 
 def check_quality(window: pd.DataFrame) -> list[dict[str, Any]]:
-    from monitoring.gx_suite import run_suite
+    from moodloop.expectations import run_suite
 
     missing = [
         c for c in ("predicted_class", "confidence", *PROPERTY_COLUMNS, *LOG_PROBABILITY_COLUMNS) if c not in window
     ]
     if missing:
-        return [
-            {"meaning": "the records follow contract 4", "column": ", ".join(missing), "unexpected_count": len(window)}
-        ]
+        meaning = "the records follow the inference-log contract"
+        return [{"meaning": meaning, "column": ", ".join(missing), "unexpected_count": len(window)}]
     frame = window.assign(prob_sum=window[list(LOG_PROBABILITY_COLUMNS)].sum(axis=1))
     _, failures, _ = run_suite("inference_log_quality", frame, quality_expectations(), index_column="request_id")
     return [{k: v for k, v in f.items() if k != "index"} | {"examples": f["index"][:10]} for f in failures]

@@ -177,7 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_models(_: argparse.Namespace) -> int:
     from moodloop import models_config
-    from moodloop.traffic import TrafficFile
+    from moodloop.rollout import Rollout
 
     settings = Settings.from_env()
     models_config.ensure(settings.serving_config, settings.model_name, settings.model_base)
@@ -186,21 +186,18 @@ def cmd_models(_: argparse.Namespace) -> int:
         print(f"model {name}: {policy.base_path}")
         print(f"  versions on disk: {on_disk or 'none'}; served by the policy: {policy.wanted(on_disk) or 'none'}")
         print(f"  labels: {policy.labels or 'none (unpinned requests go to the newest version)'}")
-    print(f"canary share: {TrafficFile(settings.traffic_file, settings.canary_share).share():.0%}")
+    print(f"canary share: {Rollout.from_settings(settings).share():.0%}")
     print(f"config: {settings.serving_config}")
     return 0
 
 
 def _move_labels(action: str) -> int:
     """promote (stable := canary) or rollback (drop canary), written atomically into models.config."""
-    from moodloop import models_config
+    from moodloop.rollout import Rollout
 
     settings = Settings.from_env()
     try:
-        version = getattr(models_config, action)(settings.serving_config, settings.model_name)
-        from moodloop.traffic import TrafficFile
-
-        TrafficFile(settings.traffic_file, settings.canary_share).set(settings.canary_share)
+        version = getattr(Rollout.from_settings(settings), action)()
     except (LookupError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -1,7 +1,20 @@
-"""The contracts between stages, written down once (see ../shared/DESIGN.md, "Contracts").
+"""The contracts between stages, written down once. A stage talks to the next only through one
+of these; each has one writer and one reader module, named here.
 
-Every stage imports these names instead of repeating them: the label order, the face size,
-the curated-dataset feature keys and the model signature names.
+- The landing-batch contract (data arrives): a folder of images, an image-folder tree or a
+  FER2013 CSV, complete when READY_MARKER is in it. Read by data/readers.py, checked by
+  data/landing_contract.py.
+- The curated-dataset contract (data -> training): TFRecord spans ExampleGen reads. Written by
+  data/curated.py.
+- The model contract (training -> serving and monitoring): a SavedModel version with the three
+  signatures below and its reference profile; which version serves as `stable` or `canary` is
+  the rollout contract (moodloop/rollout.py, over TF Serving's models.config).
+- The inference-log contract (serving -> monitoring): Parquet records by hour, written by
+  serving/inference_log.py from moodloop/log_records.py's rows, read by moodloop/log_records.py.
+- The serving-metrics contract (serving -> the canary analysis): the gateway's Prometheus names.
+- The retrain-trigger contract (monitoring -> training): an Airflow REST API v2 run of the
+  training DAG with a conf naming the reason (moodloop/airflow_api.py), or the curated-faces
+  asset event (moodloop/airflow_assets.py).
 """
 
 from __future__ import annotations
@@ -22,11 +35,11 @@ FER2013_CLASS_COUNTS: dict[str, int] = {
     "neutral": 6198,
 }
 
-# Contract 1, landing batch: a batch is complete when this empty marker file is in it (or when
+# The landing-batch contract: a batch is complete when this empty marker file is in it (or when
 # nothing in it changed for a while); it is never read as data.
 READY_MARKER = "_SUCCESS"
 
-# Contract 2, curated dataset: gzipped TFRecord files of tf.Example under
+# The curated-dataset contract: gzipped TFRecord files of tf.Example under
 # <curated>/span-<N>/, one span per accepted landing batch.
 CURATED_SPAN_PREFIX = "span-"
 CURATED_SPAN_PATTERN = CURATED_SPAN_PREFIX + "{SPAN:5}/*.tfrecord.gz"  # span-00001/
@@ -34,7 +47,7 @@ CURATED_MANIFEST = "manifest.json"
 FEATURE_IMAGE = "image"  # bytes: PNG-encoded face (any size; the model resizes to 48x48)
 FEATURE_LABEL = "label"  # int64: index into EMOTIONS
 
-# Contract 3, model: SavedModel signatures.
+# The model contract: SavedModel signatures.
 SIGNATURE_IMAGES = "serving_default"  # input "images": [N] encoded JPEG/PNG bytes
 SIGNATURE_PIXELS = "serving_pixels"  # input "pixels": [N, 48, 48] uint8
 SIGNATURE_EXAMPLES = "serving_examples"  # input "examples": [N] serialized tf.Example (TFMA)
@@ -64,7 +77,7 @@ def emotion_index(name_or_index: str | int) -> int:
     )
 
 
-# Contract 4, inference log: one record per classified image, Parquet files partitioned by hour
+# The inference-log contract: one record per classified image, Parquet files partitioned by hour
 # under <inference_log_url>/predictions/date=YYYY-MM-DD/hour=HH/ (feedback labels under feedback/).
 # Probabilities are flat columns (prob_<emotion>) so Evidently reads them as plain numbers.
 LOG_PREDICTIONS = "predictions"
@@ -80,3 +93,9 @@ LOG_IMAGE_PROPERTIES: tuple[str, ...] = (
 )
 LOG_PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"prob_{e}" for e in EMOTIONS)
 LOG_EMBEDDING_COLUMNS: tuple[str, ...] = tuple(f"emb_{i}" for i in range(EMBEDDING_DIMS))
+
+# The serving-metrics contract: the gateway's Prometheus counters the canary analysis reads
+# (prometheus_client adds "_total" to a counter's samples).
+METRIC_REQUESTS = "moodloop_requests"  # labels: api, model, version, label, code (TF Serving's status name)
+METRIC_REQUEST_LATENCY = "moodloop_request_latency_seconds"
+METRIC_ERRORS = "moodloop_errors"

@@ -1,4 +1,4 @@
-"""What describes a face image for drift monitoring (contract 4's image properties), defined once:
+"""What describes a face image for drift monitoring (the inference-log contract's image properties), defined once:
 the gateway computes them for live requests, the A/B gate for the reference profile of each model,
 so both sides of a drift report measure exactly the same thing."""
 

@@ -1,4 +1,4 @@
-"""Contract 4's records: what one prediction and one feedback label look like in the inference
+"""The inference-log contract's records: what one prediction and one feedback label look like in the inference
 log (moodloop/contracts.py names the columns). The gateway writes them (serving/inference_log.py);
 the A/B gate writes the reference profile in the same shape, so that the drift job compares like
 with like.

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from moodloop.files import atomic_write_text
 
 STABLE = "stable"
 CANARY = "canary"
@@ -76,12 +76,7 @@ def read(path: Path) -> model_server_config_pb2.ModelServerConfig:
 
 def write(path: Path, config: model_server_config_pb2.ModelServerConfig) -> None:
     """Write to a temporary file beside `path`, then rename: a poller never reads half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text_format.MessageToString(config))
-    os.replace(tmp, path)
+    atomic_write_text(path, text_format.MessageToString(config))
 
 
 def ensure(path: Path, model_name: str, base_path: Path) -> None:

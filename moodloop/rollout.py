@@ -1,22 +1,30 @@
-"""The stable/canary traffic split. TF Serving has labels but no split, so the gateway adds it.
+"""The rollout contract: which version is `stable`, which is the `canary`, and the canary's share
+of the traffic. The Pusher labels a new version, the canary analysis ramps, promotes or rolls
+back, the gateway routes by it and people move it with the CLI: all of them through `Rollout`.
 
-A request that names no version or label goes to `canary` for a share of clients, else to
-`stable`. The choice hashes the client id, so a client always lands on the same side, and
-raising the share (10 % -> 50 % -> 100 %) only moves clients from stable to canary, never back.
-The share lives in a small JSON file beside models.config so the canary analysis can ramp it
-while the gateway runs.
+Labels live in TF Serving's `models.config` (models_config.py; TF Serving and the embedded backend
+both re-read it). TF Serving has labels but no split, so the gateway adds it: a request that
+names no version or label goes to `canary` for a share of clients, else to `stable`. The choice
+hashes the client id, so a client always lands on the same side, and raising the share
+(10 % -> 50 % -> 100 %) only moves clients from stable to canary, never back. The share lives in
+a small JSON file beside models.config (`traffic.json`) so the canary analysis can ramp it while
+the gateway runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from moodloop import models_config
+from moodloop.files import atomic_write_text
 from moodloop.models_config import CANARY, STABLE
+
+__all__ = ["CANARY", "STABLE", "Rollout", "TrafficFile", "choose_label", "client_bucket"]
 
 
 def client_bucket(client_id: str) -> float:
@@ -27,9 +35,8 @@ def client_bucket(client_id: str) -> float:
 
 def choose_label(client_id: str | None, labels: dict[str, int], canary_share: float) -> str | None:
     """stable / canary for a request that pinned nothing; None = the newest version (no labels yet)."""
-    if CANARY in labels and canary_share > 0:
-        if client_bucket(client_id or uuid.uuid4().hex) < canary_share:
-            return CANARY
+    if CANARY in labels and canary_share > 0 and client_bucket(client_id or uuid.uuid4().hex) < canary_share:
+        return CANARY
     return STABLE if STABLE in labels else None
 
 
@@ -56,12 +63,7 @@ class TrafficFile:
         return self._share
 
     def set(self, share: float) -> None:
-        share = _valid(share)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"canary_share": share}, fh)
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps({"canary_share": _valid(share)}))
 
 
 def _valid(share: object) -> float:
@@ -69,3 +71,67 @@ def _valid(share: object) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"canary share must be between 0 and 1, got {value}")
     return value
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One model's rollout: its labels in `serving_config` and its canary share in `traffic_file`.
+    `initial_share` is where every new canary starts, and where the share returns after a
+    promotion or a rollback (the next canary starts small again)."""
+
+    serving_config: Path
+    model_name: str
+    initial_share: float = 0.1
+    traffic_file: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings) -> Rollout:
+        return cls(Path(settings.serving_config), settings.model_name, settings.canary_share, settings.traffic_file)
+
+    @property
+    def traffic(self) -> TrafficFile | None:
+        return TrafficFile(self.traffic_file, self.initial_share) if self.traffic_file else None
+
+    def labels(self) -> dict[str, int]:
+        policy = models_config.policies(models_config.read(self.serving_config)).get(self.model_name)
+        return dict(policy.labels) if policy else {}
+
+    def share(self) -> float:
+        return self.traffic.share() if self.traffic else self.initial_share
+
+    def set_share(self, share: float) -> None:
+        if self.traffic:
+            self.traffic.set(share)
+
+    def label_new_version(self, version: int, model_base: Path, wait_until_served: Callable[[int], None]) -> str:
+        """A pushed version becomes the canary at `initial_share`; `stable` stays where it is. The
+        first version of a model becomes `stable` directly. Returns the label given.
+
+        Replacing a canary: TF Serving refuses to move a label to a version it has not loaded, so
+        the old label is dropped and the new version loaded first; `wait_until_served(version)`
+        returns once it is, then the label moves."""
+        models_config.ensure(self.serving_config, self.model_name, Path(model_base))
+        labels = self.labels()
+        if STABLE not in labels:
+            models_config.set_label(self.serving_config, self.model_name, STABLE, version)
+            return STABLE
+        self.set_share(self.initial_share)  # the share first: a new canary never sees an old ramp's share
+        if CANARY in labels:
+            models_config.drop_label_and_load(self.serving_config, self.model_name, CANARY, version)
+            wait_until_served(version)
+        models_config.set_label(self.serving_config, self.model_name, CANARY, version)
+        return CANARY
+
+    def promote(self, expected_canary: int | None = None) -> int:
+        """`stable` := the canary's version, `canary` dropped, in one write; the share back to its
+        start. With `expected_canary`, refuse (LookupError) if the canary changed meanwhile."""
+        version = models_config.promote(self.serving_config, self.model_name, expected_canary=expected_canary)
+        self.set_share(self.initial_share)
+        return version
+
+    def rollback(self, expected_canary: int | None = None) -> int | None:
+        """`canary` dropped, `stable` serves everything; the share back to its start. Returns the
+        dropped version (None if there was no canary)."""
+        version = models_config.rollback(self.serving_config, self.model_name, expected_canary=expected_canary)
+        self.set_share(self.initial_share)
+        return version

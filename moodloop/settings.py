@@ -49,6 +49,7 @@ class Settings:
     model_size: str
     learning_rate: float
     augment: bool  # train-time flips/shifts/zoom: on for real data; off speeds up tiny test runs
+    seed: int  # the Trainer's random seed: the same faces and seed train the same model
     span_window: int  # train on the newest N spans; 0 = all
     # Warm start: a retrain starts from the stable champion's weights when the architecture matches
     warm_start: bool
@@ -143,6 +144,7 @@ class Settings:
             model_size=_env("MOODLOOP_MODEL_SIZE", "small"),
             learning_rate=float(_env("MOODLOOP_LEARNING_RATE", "0.001")),
             augment=_env("MOODLOOP_AUGMENT", "1").lower() not in ("0", "false", "no"),
+            seed=int(_env("MOODLOOP_SEED", "0")),
             span_window=int(_env("MOODLOOP_SPAN_WINDOW", "0")),
             warm_start=_env("MOODLOOP_WARM_START", "1").lower() not in ("0", "false", "no"),
             warm_epochs_fraction=float(_env("MOODLOOP_WARM_EPOCHS_FRACTION", "0.2")),

@@ -183,7 +183,7 @@ class EmbeddedBackend:
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.sync()
-            except Exception:  # noqa: BLE001 - the poller must survive a bad config or model
+            except Exception:
                 log.exception("model poll failed")
 
     def sync(self) -> None:

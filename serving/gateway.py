@@ -22,9 +22,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from moodloop import models_config  # noqa: E402
-from moodloop.settings import Settings, s3_client  # noqa: E402
-from serving.batching import BatchingParameters  # noqa: E402
+from moodloop import models_config
+from moodloop.settings import Settings, s3_client
+from serving.batching import BatchingParameters
 
 log = logging.getLogger("moodloop.serving")
 

@@ -1,4 +1,4 @@
-"""The inference log (contract 4 in moodloop/contracts.py): one record per classified image.
+"""The inference log (the inference-log contract in moodloop/contracts.py): one record per classified image.
 
 Requests hand records to a bounded queue and return; a background thread computes the image
 properties, and writes Parquet files per hour partition, to a local folder or to S3 (boto3).
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import queue
 import threading
 import time
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moodloop.contracts import LOG_FEEDBACK, LOG_PREDICTIONS
+from moodloop.files import atomic_write_bytes
 from moodloop.log_records import FEEDBACK_SCHEMA, PREDICTION_SCHEMA, Feedback, Prediction, prediction_row
 
 log = logging.getLogger("moodloop.serving.log")
@@ -44,12 +44,7 @@ class _Sink:
             key = f"{self._prefix}/{relative}" if self._prefix else relative
             self._s3.put_object(Bucket=self._bucket, Key=key, Body=data)
             return f"s3://{self._bucket}/{key}"
-        path = self._root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        return str(path)
+        return str(atomic_write_bytes(self._root / relative, data))
 
 
 class InferenceLog:
@@ -132,7 +127,7 @@ class InferenceLog:
                 else:
                     kind, row = LOG_FEEDBACK, {**record.__dict__}
                     row["timestamp"] = datetime.fromtimestamp(record.timestamp, timezone.utc)
-            except Exception:  # noqa: BLE001 - one odd record must not lose the batch
+            except Exception:
                 log.exception("inference log: could not turn a record into a row")
                 self.write_errors += 1
                 continue
@@ -146,7 +141,7 @@ class InferenceLog:
                 pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="snappy")
                 self.sink.put(name, buffer.getvalue())
                 self.written += len(rows)
-            except Exception:  # noqa: BLE001 - a sink outage loses this batch, counted, not the gateway
+            except Exception:
                 log.exception("inference log: could not write %d %s records to %s", len(rows), kind, self.sink.url)
                 self.write_errors += len(rows)
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from moodloop.contracts import METRIC_ERRORS, METRIC_REQUEST_LATENCY, METRIC_REQUESTS
+
 
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "moodloop_requests",
+            METRIC_REQUESTS,
             "Requests by API, model, version, label and outcome code",
             ["api", "model", "version", "label", "code"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "moodloop_request_latency_seconds",
+            METRIC_REQUEST_LATENCY,
             "Request latency by API, model, version and label",
             ["api", "model", "version", "label"],
             buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -29,7 +31,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.errors = Counter(
-            "moodloop_errors",
+            METRIC_ERRORS,
             "Failed requests by API and TF Serving status code",
             ["api", "code"],
             registry=self.registry,

@@ -12,6 +12,10 @@ moodloop's own:
   GET  /metrics             Prometheus (also /monitoring/prometheus/metrics, TF Serving's path)
   POST /admin/reload | /admin/promote | /admin/rollback, PUT /admin/traffic  (Bearer token)
 Every prediction answers with an `x-request-id` header: the id feedback refers to.
+
+Shaped like KServe's REST server: the endpoints are methods of one class over the transport-free
+gateway (serving/service.py), the routes are declared in one table (`routes`), and errors are
+turned into responses by handlers registered once (`EXCEPTION_HANDLERS`): an endpoint raises.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import re
 from typing import Any
 
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -35,29 +40,52 @@ from serving.faces import BadMediaError, analyze_photo, analyze_video
 from serving.rest_codec import HTTP_STATUS, parse_predict_request, predict_response
 from serving.service import Call, Gateway
 
-MODEL_PATH = re.compile(
-    r"^(?P<name>[^/:]+)(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?:(?P<metadata>/metadata)|:(?P<verb>[a-z]+))?$"
-)
+
+class HttpError(Exception):
+    """A refusal that is not one of TF Serving's status codes (413, 401, 403, a bad admin call)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
-def _error(code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=HTTP_STATUS.get(code, 500))
+def payload_too_large(message: str) -> HttpError:
+    return HttpError(413, message)
 
 
-class PayloadTooLarge(Exception):
-    pass
+class _ModelName(Convertor):
+    regex = "[^/:]+"  # TF Serving's paths put ":predict" right after the name or label
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class _Version(Convertor):
+    regex = "-?[0-9]+"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("model", _ModelName())
+register_url_convertor("version", _Version())
 
 
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {int(declared)} bytes; the limit is {limit}")
+        raise payload_too_large(f"request body is {int(declared)} bytes; the limit is {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            raise payload_too_large(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -66,55 +94,53 @@ def _client_id(request: Request) -> str | None:
     return request.headers.get("x-client-id") or None
 
 
-def create_app(gateway: Gateway) -> Starlette:
-    settings = gateway.settings
-    limit = settings.max_upload_bytes
+def _flag(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
 
-    async def in_thread(function, *args):
+
+def _model_path(request: Request) -> tuple[str, int | None, str | None]:
+    params = request.path_params
+    return params["name"], params.get("version"), params.get("label")
+
+
+class RestEndpoints:
+    """The REST API's endpoints over one gateway; each raises, the app's handlers answer."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.limit = gateway.settings.max_upload_bytes
+
+    async def _in_thread(self, function, *args):
+        timeout = self.settings.request_timeout_seconds
         try:
-            return await asyncio.wait_for(run_in_threadpool(function, *args), settings.request_timeout_seconds)
+            return await asyncio.wait_for(run_in_threadpool(function, *args), timeout)
         except asyncio.TimeoutError:
-            raise ServingError(
-                "DEADLINE_EXCEEDED", f"Deadline Exceeded ({settings.request_timeout_seconds:g} s)"
-            ) from None
+            raise ServingError("DEADLINE_EXCEEDED", f"Deadline Exceeded ({timeout:g} s)") from None
 
-    async def models(request: Request) -> Response:
-        match = MODEL_PATH.match(request.path_params["path"])
-        if not match:
-            return _error("NOT_FOUND", f"Malformed request: {request.method} {request.url.path}")
-        name, label = match["name"], match["label"]
-        version = int(match["version"]) if match["version"] is not None else None
-        try:
-            if request.method == "GET" and not match["verb"]:
-                if match["metadata"]:
-                    return await in_thread(_metadata, name, version, label)
-                states = await in_thread(gateway.backend.status, name, version, label)
-                return JSONResponse(
+    # TF Serving's API
+    async def model_status(self, request: Request) -> Response:
+        states = await self._in_thread(self.gateway.backend.status, *_model_path(request))
+        return JSONResponse(
+            {
+                "model_version_status": [
                     {
-                        "model_version_status": [
-                            {
-                                "version": str(s.version),
-                                "state": s.state,
-                                "status": {"error_code": "UNKNOWN" if s.error else "OK", "error_message": s.error},
-                            }
-                            for s in states
-                        ]
+                        "version": str(s.version),
+                        "state": s.state,
+                        "status": {"error_code": "UNKNOWN" if s.error else "OK", "error_message": s.error},
                     }
-                )
-            if request.method == "POST" and match["verb"] == "predict" and not match["metadata"]:
-                return await _predict(request, name, version, label)
-            if request.method == "POST" and match["verb"] in ("classify", "regress"):
-                return _error("UNIMPLEMENTED", f"{match['verb']} is not offered: the emotion models use predict")
-            return _error("NOT_FOUND", f"Malformed request: {request.method} {request.url.path}")
-        except ServingError as error:
-            return _error(error.code, error.message)
-        except PayloadTooLarge as error:
-            return JSONResponse({"error": str(error)}, status_code=413)
+                    for s in states
+                ]
+            }
+        )
 
-    def _metadata(name: str, version: int | None, label: str | None) -> Response:
+    async def model_metadata(self, request: Request) -> Response:
+        return await self._in_thread(self._metadata, *_model_path(request))
+
+    def _metadata(self, name: str, version: int | None, label: str | None) -> Response:
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        served, signature_defs = gateway.backend.signature_defs(name, version, label)
+        served, signature_defs = self.gateway.backend.signature_defs(name, version, label)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for key, value in signature_defs.items():
             signature_map.signature_def[key].CopyFrom(value)
@@ -127,76 +153,51 @@ def create_app(gateway: Gateway) -> Starlette:
             }
         )
 
-    async def _predict(request: Request, name: str, version: int | None, label: str | None) -> Response:
-        raw = await _body(request, limit)
+    async def predict(self, request: Request) -> Response:
+        name, version, label = _model_path(request)
+        raw = await _body(request, self.limit)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: {error}") from None
-        call = Call("rest", name, version, label, "", _client_id(request), gateway.new_request_id())
+        call = Call("rest", name, version, label, "", _client_id(request), self.gateway.new_request_id())
         signature_name = body.get("signature_name", "") if isinstance(body, dict) else ""
 
         def run() -> dict[str, Any]:
-            _, signature_defs = gateway.backend.signature_defs(name, version, label)
+            _, signature_defs = self.gateway.backend.signature_defs(name, version, label)
             signature = signature_defs.get(signature_name or "serving_default")
             if signature is None:
                 key = signature_name or "serving_default"
                 raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{key}" not found.')
-            input_names = sorted(signature.inputs)
-            signature_key, inputs, style = parse_predict_request(body, input_names)
+            signature_key, inputs, style = parse_predict_request(body, sorted(signature.inputs))
             pinned = Call(call.api, name, version, label, signature_key, call.client_id, call.request_id)
-            _, outputs = gateway.predict(pinned, inputs)
+            _, outputs = self.gateway.predict(pinned, inputs)
             return predict_response(outputs, style)
 
-        result = await in_thread(run)
+        result = await self._in_thread(run)
         return JSONResponse(result, headers={"x-request-id": call.request_id})
 
-    async def _upload(request: Request) -> bytes:
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > limit:
-                raise PayloadTooLarge(f"request body is {int(declared)} bytes; the limit is {limit}")
-            async with request.form(max_part_size=limit) as form:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise BadMediaError("multipart upload needs a 'file' field")
-                return await upload.read()
-        return await _body(request, limit)
+    async def classify_or_regress(self, request: Request) -> Response:
+        verb = request.url.path.rsplit(":", 1)[1]
+        raise ServingError("UNIMPLEMENTED", f"{verb} is not offered: the emotion models use predict")
 
-    def _flag(request: Request, name: str) -> bool:
-        return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+    # face analysis
+    async def faces(self, request: Request) -> Response:
+        gateway, settings = self.gateway, self.settings
 
-    async def _analyze(request: Request, api: str, media_type: str, analyze) -> Response:
-        """Shared by photos and videos: upload, analyze in a worker thread, JSON or annotated media."""
-        call = Call(api, settings.model_name, None, None, "", _client_id(request), gateway.new_request_id())
-        try:
-            data = await _upload(request)
-            result, media = await analyze(data, gateway.classifier(call), _flag(request, "annotate"))
-        except PayloadTooLarge as error:
-            return JSONResponse({"error": str(error)}, status_code=413)
-        except (BadMediaError, ValueError) as error:
-            return JSONResponse({"error": str(error)}, status_code=400)
-        except asyncio.TimeoutError:
-            return _error("DEADLINE_EXCEEDED", f"{api} analysis took too long; send something smaller")
-        except ServingError as error:
-            return _error(error.code, error.message)
-        headers = {"x-request-id": call.request_id}
-        if media is not None:
-            return Response(media, media_type=media_type, headers=headers)
-        return JSONResponse({"request_id": call.request_id, **result}, headers=headers)
-
-    async def faces(request: Request) -> Response:
         async def analyze(data, classify, annotate):
             def run():  # gateway.detector is per thread: read it on the worker thread that detects
                 return analyze_photo(
                     data, gateway.detector, classify, settings.max_image_pixels, annotate, settings.min_confidence
                 )
 
-            return await in_thread(run)
+            return await self._in_thread(run)
 
-        return await _analyze(request, "faces", "image/jpeg", analyze)
+        return await self._analyze(request, "faces", "image/jpeg", analyze)
 
-    async def videos(request: Request) -> Response:
+    async def videos(self, request: Request) -> Response:
+        gateway, settings = self.gateway, self.settings
+
         async def analyze(data, classify, annotate):
             every = float(request.query_params.get("every", "0.5"))
             if not 0.04 <= every <= 60:
@@ -209,86 +210,168 @@ def create_app(gateway: Gateway) -> Starlette:
                 )
 
             work = run_in_threadpool(run)
-            return await asyncio.wait_for(work, timeout=max(60.0, settings.request_timeout_seconds))
+            try:
+                return await asyncio.wait_for(work, timeout=max(60.0, settings.request_timeout_seconds))
+            except asyncio.TimeoutError:
+                message = "videos analysis took too long; send something smaller"
+                raise ServingError("DEADLINE_EXCEEDED", message) from None
 
-        return await _analyze(request, "videos", "video/mp4", analyze)
+        return await self._analyze(request, "videos", "video/mp4", analyze)
 
-    async def feedback(request: Request) -> Response:
+    async def _analyze(self, request: Request, api: str, media_type: str, analyze) -> Response:
+        """Shared by photos and videos: upload, analyze in a worker thread, JSON or annotated media."""
+        call = Call(api, self.settings.model_name, None, None, "", _client_id(request), self.gateway.new_request_id())
+        data = await self._upload(request)
+        try:
+            result, media = await analyze(data, self.gateway.classifier(call), _flag(request, "annotate"))
+        except ValueError as error:  # what the decoders say of a broken or hostile file
+            raise BadMediaError(str(error)) from error
+        headers = {"x-request-id": call.request_id}
+        if media is not None:
+            return Response(media, media_type=media_type, headers=headers)
+        return JSONResponse({"request_id": call.request_id, **result}, headers=headers)
+
+    async def _upload(self, request: Request) -> bytes:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            declared = request.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > self.limit:
+                raise payload_too_large(f"request body is {int(declared)} bytes; the limit is {self.limit}")
+            async with request.form(max_part_size=self.limit) as form:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise BadMediaError("multipart upload needs a 'file' field")
+                return await upload.read()
+        return await _body(request, self.limit)
+
+    async def feedback(self, request: Request) -> Response:
         try:
             body = json.loads(await _body(request, 64 * 1024))
             if not isinstance(body, dict):
                 raise ServingError("INVALID_ARGUMENT", "body must be a JSON object")
-            record = gateway.feedback(body.get("request_id", ""), body.get("label", ""), int(body.get("instance", 0)))
+            record = self.gateway.feedback(
+                body.get("request_id", ""), body.get("label", ""), int(body.get("instance", 0))
+            )
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as error:
-            return _error("INVALID_ARGUMENT", f"feedback: {error}")
-        except PayloadTooLarge as error:
-            return JSONResponse({"error": str(error)}, status_code=413)
-        except ServingError as error:
-            return _error(error.code, error.message)
+            raise ServingError("INVALID_ARGUMENT", f"feedback: {error}") from None
         return JSONResponse({"request_id": record.request_id, "instance": record.instance, "label": record.label}, 202)
 
-    async def metrics(request: Request) -> Response:
-        gateway.refresh_log_metrics()
-        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # operations
+    async def metrics(self, request: Request) -> Response:
+        self.gateway.refresh_log_metrics()
+        return Response(generate_latest(self.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def health(request: Request) -> Response:
-        labels = gateway.backend.labels(settings.model_name)
+    async def health(self, request: Request) -> Response:
+        model = self.settings.model_name
+        labels = self.gateway.backend.labels(model)
         try:
-            states = gateway.backend.status(settings.model_name, None, None)
+            states = self.gateway.backend.status(model, None, None)
         except ServingError as error:
             return JSONResponse({"ready": False, "reason": error.message}, status_code=503)
         available = [s.version for s in states if s.state == "AVAILABLE"]
-        body = {
-            "ready": bool(available),
-            "model": settings.model_name,
-            "available_versions": available,
-            "labels": labels,
-        }
+        body = {"ready": bool(available), "model": model, "available_versions": available, "labels": labels}
         return JSONResponse(body, status_code=200 if available else 503)
 
-    def _authorised(request: Request) -> Response | None:
-        if not settings.admin_token:
-            return JSONResponse({"error": "admin endpoints are disabled: set MOODLOOP_ADMIN_TOKEN"}, status_code=403)
+    # admin (Bearer token)
+    def _authorise(self, request: Request) -> str:
+        """The model the admin call is about; raises unless the caller holds the admin token."""
+        if not self.settings.admin_token:
+            raise HttpError(403, "admin endpoints are disabled: set MOODLOOP_ADMIN_TOKEN")
         supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(supplied.encode(), settings.admin_token.encode()):
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
-        return None
+        if not hmac.compare_digest(supplied.encode(), self.settings.admin_token.encode()):
+            raise HttpError(401, "missing or wrong bearer token")
+        return request.query_params.get("model", self.settings.model_name)
 
-    async def admin(request: Request) -> Response:
-        denied = _authorised(request)
-        if denied:
-            return denied
-        action = request.path_params["action"]
-        model = request.query_params.get("model", settings.model_name)
+    async def _admin(self, request: Request, action) -> Any:
+        model = self._authorise(request)
         try:
-            if action == "reload" and request.method == "POST":
-                await run_in_threadpool(gateway.reload)
-                return JSONResponse({"reloaded": True, "labels": gateway.backend.labels(model)})
-            if action == "promote" and request.method == "POST":
-                version = await run_in_threadpool(gateway.promote, model)
-                await run_in_threadpool(gateway.reload)
-                return JSONResponse({"promoted": version, "labels": gateway.backend.labels(model)})
-            if action == "rollback" and request.method == "POST":
-                version = await run_in_threadpool(gateway.rollback, model)
-                await run_in_threadpool(gateway.reload)
-                return JSONResponse({"rolled_back": version, "labels": gateway.backend.labels(model)})
-            if action == "traffic" and request.method in ("GET", "PUT"):
-                if request.method == "PUT":
-                    gateway.traffic.set(json.loads(await _body(request, 4096))["canary_share"])
-                return JSONResponse({"canary_share": gateway.traffic.share()})
+            return model, await action(model)
         except (LookupError, ValueError, TypeError) as error:
-            return JSONResponse({"error": str(error)}, status_code=400)
-        return JSONResponse({"error": f"no admin action {request.method} {action}"}, status_code=404)
+            raise HttpError(400, str(error)) from error
 
-    return Starlette(
-        routes=[
-            Route("/v1/models/{path:path}", models, methods=["GET", "POST"]),
-            Route("/v1/faces:analyze", faces, methods=["POST"]),
-            Route("/v1/videos:analyze", videos, methods=["POST"]),
-            Route("/v1/feedback", feedback, methods=["POST"]),
-            Route("/metrics", metrics),
-            Route("/monitoring/prometheus/metrics", metrics),
-            Route("/healthz", health),
-            Route("/admin/{action}", admin, methods=["GET", "POST", "PUT"]),
-        ]
-    )
+    async def reload(self, request: Request) -> Response:
+        model, _ = await self._admin(request, lambda _: run_in_threadpool(self.gateway.reload))
+        return JSONResponse({"reloaded": True, "labels": self.gateway.backend.labels(model)})
+
+    async def promote(self, request: Request) -> Response:
+        model, version = await self._admin(request, self._moving_labels(self.gateway.promote))
+        return JSONResponse({"promoted": version, "labels": self.gateway.backend.labels(model)})
+
+    async def rollback(self, request: Request) -> Response:
+        model, version = await self._admin(request, self._moving_labels(self.gateway.rollback))
+        return JSONResponse({"rolled_back": version, "labels": self.gateway.backend.labels(model)})
+
+    def _moving_labels(self, move):
+        async def action(model: str):
+            version = await run_in_threadpool(move, model)
+            await run_in_threadpool(self.gateway.reload)
+            return version
+
+        return action
+
+    async def traffic(self, request: Request) -> Response:
+        async def action(_: str) -> float:
+            if request.method == "PUT":
+                self.gateway.traffic.set(json.loads(await _body(request, 4096))["canary_share"])
+            return self.gateway.traffic.share()
+
+        _, share = await self._admin(request, action)
+        return JSONResponse({"canary_share": share})
+
+
+def routes(endpoints: RestEndpoints) -> list[Route]:
+    """The REST API, one route per line. A model is addressed as TF Serving does: by name, by
+    name and version, or by name and label."""
+    model = "/v1/models/{name:model}"
+    addressed = (model, model + "/versions/{version:version}", model + "/labels/{label:model}")
+    return [
+        *(Route(path, endpoints.model_status, methods=["GET"]) for path in addressed),
+        *(Route(path + "/metadata", endpoints.model_metadata, methods=["GET"]) for path in addressed),
+        *(Route(path + ":predict", endpoints.predict, methods=["POST"]) for path in addressed),
+        *(Route(path + ":" + verb, endpoints.classify_or_regress, methods=["POST"]) for path in addressed
+          for verb in ("classify", "regress")),
+        Route("/v1/faces:analyze", endpoints.faces, methods=["POST"]),
+        Route("/v1/videos:analyze", endpoints.videos, methods=["POST"]),
+        Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
+        Route("/metrics", endpoints.metrics),
+        Route("/monitoring/prometheus/metrics", endpoints.metrics),
+        Route("/healthz", endpoints.health),
+        Route("/admin/reload", endpoints.reload, methods=["POST"]),
+        Route("/admin/promote", endpoints.promote, methods=["POST"]),
+        Route("/admin/rollback", endpoints.rollback, methods=["POST"]),
+        Route("/admin/traffic", endpoints.traffic, methods=["GET", "PUT"]),
+    ]  # fmt: skip
+
+
+def _error(code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=HTTP_STATUS.get(code, 500))
+
+
+async def _serving_error(request: Request, error: ServingError) -> Response:
+    return _error(error.code, error.message)
+
+
+async def _http_error(request: Request, error: HttpError) -> Response:
+    return JSONResponse({"error": error.message}, status_code=error.status)
+
+
+async def _bad_media(request: Request, error: BadMediaError) -> Response:
+    return JSONResponse({"error": str(error)}, status_code=400)
+
+
+async def _no_route(request: Request, error: HTTPException) -> Response:
+    if error.status_code == 404:  # TF Serving's answer to a path it does not serve
+        return _error("NOT_FOUND", f"Malformed request: {request.method} {request.url.path}")
+    return JSONResponse({"error": f"{request.method} {request.url.path}: {error.detail}"}, error.status_code)
+
+
+EXCEPTION_HANDLERS = {
+    ServingError: _serving_error,
+    HttpError: _http_error,
+    BadMediaError: _bad_media,
+    HTTPException: _no_route,
+}
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    """The gateway's REST app (ASGI): TF Serving's REST API and moodloop's own endpoints."""
+    return Starlette(routes=routes(RestEndpoints(gateway)), exception_handlers=EXCEPTION_HANDLERS)

@@ -73,7 +73,7 @@ def parse_predict_request(body: Any, input_names: list[str]) -> tuple[str, Tenso
         instances = body["instances"]
         if not isinstance(instances, list) or not instances:
             raise ServingError("INVALID_ARGUMENT", "'instances' must be a non-empty JSON list")
-        named = isinstance(instances[0], dict) and not (set(instances[0]) == {"b64"})
+        named = isinstance(instances[0], dict) and set(instances[0]) != {"b64"}
         if named:
             if not all(isinstance(i, dict) for i in instances):
                 raise ServingError("INVALID_ARGUMENT", "every instance must be an object with the same keys")

@@ -3,6 +3,7 @@ call, metrics and the inference log. Transports only translate to and from this.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -10,11 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moodloop import models_config
 from moodloop.contracts import EMOTIONS, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES, SIGNATURE_IMAGES, SIGNATURE_PIXELS
 from moodloop.log_records import Feedback, Prediction
+from moodloop.rollout import Rollout, TrafficFile, choose_label
 from moodloop.settings import Settings
-from moodloop.traffic import TrafficFile, choose_label
 from serving.backends import Backend, ServingError
 from serving.batching import Tensors
 from serving.faces import FaceDetector, check_face_detector, make_face_detector
@@ -89,7 +89,7 @@ class Gateway:
     def _log(self, call, version, label, inputs, outputs, elapsed, context, first_instance) -> None:
         probabilities = outputs.get(OUTPUT_PROBABILITIES)
         if probabilities is None or probabilities.ndim != 2:
-            return  # not a classification signature: nothing of contract 4 to log
+            return  # not a classification signature: nothing of the inference-log contract to log
         signature = call.signature or SIGNATURE_IMAGES
         pixels = inputs.get("pixels") if signature == SIGNATURE_PIXELS else None
         encoded = inputs.get("images") if signature == SIGNATURE_IMAGES else None
@@ -156,14 +156,13 @@ class Gateway:
 
     # admin (token-protected by the transports)
     def promote(self, model: str) -> int:
-        version = models_config.promote(self.settings.serving_config, model)
-        self.traffic.set(self.settings.canary_share)  # the next canary starts small again
-        return version
+        return self._rollout(model).promote()
 
     def rollback(self, model: str) -> int | None:
-        version = models_config.rollback(self.settings.serving_config, model)
-        self.traffic.set(self.settings.canary_share)
-        return version
+        return self._rollout(model).rollback()
+
+    def _rollout(self, model: str) -> Rollout:
+        return dataclasses.replace(Rollout.from_settings(self.settings), model_name=model)
 
     def reload(self) -> None:
         sync = getattr(self.backend, "sync", None)

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from moodloop.settings import Settings  # noqa: E402
+from moodloop.settings import Settings
 
 # Small, fast training that still learns the synthetic faces well above chance (about 2 min).
 FAST_TRAINING = {

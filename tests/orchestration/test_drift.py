@@ -1,4 +1,4 @@
-"""The drift job on windows of a real inference log (contract 4 Parquet) against a reference
+"""The drift job on windows of a real inference log (the inference-log contract's Parquet) against a reference
 profile: clean windows raise nothing, a darker and blurrier shift is flagged and triggers exactly
 one retrain (cool-down), malformed records are an incident and trigger nothing."""
 
@@ -125,10 +125,10 @@ def test_retrain_goes_through_airflow_rest_api_v2_with_a_token(tmp_path):
             self.end_headers()
             self.wfile.write(json.dumps(answer or {"detail": "no"}).encode())
 
-        def do_POST(self):  # noqa: N802 - http.server's naming
+        def do_POST(self):
             self.answer(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.answer(None)
 
         def log_message(self, *args):

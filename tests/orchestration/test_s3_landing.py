@@ -7,10 +7,9 @@ import secrets
 
 import pytest
 
-from data import landing, synthetic
+from data import ingest, landing, synthetic
 from data.landing_zone import S3LandingZone
-from monitoring import ingest
-from moodloop.s3server import free_port, start_seaweedfs, stop, wait_for_s3
+from moodloop.local.s3server import free_port, start_seaweedfs, stop, wait_for_s3
 from moodloop.settings import Settings, s3_client
 
 BUCKET = "moodloop-test"

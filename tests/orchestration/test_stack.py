@@ -1,4 +1,4 @@
-"""The local stack as a user meets it: `python -m moodloop.stack start` brings Airflow 3 up, the
+"""The local stack as a user meets it: `python -m moodloop.local.stack start` brings Airflow 3 up, the
 loop runs by itself (watch -> ingest -> train -> push), the REST API v2 needs a token and
 triggers training, a bad and a good batch dropped together end in quarantine and curated, the
 UI (headless Chromium) shows the runs, and `stop` leaves no process behind."""
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from data import landing, synthetic
-from moodloop.s3server import free_port
+from moodloop.local.s3server import free_port
 from moodloop.settings import Settings
 from tests.conftest import FAST_TRAINING
 
@@ -67,7 +67,7 @@ class Api:
 
 
 def _ports() -> dict[str, str]:
-    from moodloop.stack import PORT_VARIABLES
+    from moodloop.local.stack import PORT_VARIABLES
 
     return {name: str(free_port()) for name in PORT_VARIABLES}
 
@@ -75,7 +75,7 @@ def _ports() -> dict[str, str]:
 @pytest.fixture
 def stack(tmp_path):
     env = {**os.environ, **FAST, "MOODLOOP_HOME": str(tmp_path / "home"), **_ports()}
-    command = [sys.executable, "-m", "moodloop.stack"]
+    command = [sys.executable, "-m", "moodloop.local.stack"]
     started = subprocess.run([*command, "start", "--faces", "2000"], env=env, capture_output=True, text=True)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -248,7 +248,7 @@ def test_killing_the_scheduler_and_the_trainer_mid_run_ends_cleanly(tmp_path):
     env = {
         **os.environ, **FAST, "MOODLOOP_EPOCHS": "60", "MOODLOOP_HOME": str(tmp_path / "home"), **_ports(),
     }  # fmt: skip
-    command = [sys.executable, "-m", "moodloop.stack"]
+    command = [sys.executable, "-m", "moodloop.local.stack"]
     settings = Settings.from_env(home=env["MOODLOOP_HOME"])
     try:
         started = subprocess.run([*command, "start", "--faces", "1500"], env=env, capture_output=True, text=True)

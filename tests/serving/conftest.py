@@ -4,7 +4,7 @@
 By default the gateway uses its embedded backend. With MOODLOOP_TEST_TFSERVING=host:port (the CI
 job that runs the real tensorflow/serving image) the same tests run against the gateway in front
 of that TF Serving; MOODLOOP_TEST_MODEL_BASE and MOODLOOP_TEST_SERVING_CONFIG then name the
-model folder TF Serving serves (exported by `python -m tests.serving.model_factory`) and its
+model folder TF Serving serves (exported by `python -m components.untrained_model`) and its
 models.config, as seen from the test machine.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from components.untrained_model import TEST_VERSIONS, export_version
 from data import wheel_media
 from moodloop import models_config
 from moodloop.settings import Settings
 from serving.gateway import serve_in_thread
-from tests.serving.model_factory import TEST_VERSIONS, export_version
 
 ADMIN_TOKEN = "test-admin-token"
 TFSERVING = os.environ.get("MOODLOOP_TEST_TFSERVING", "")

@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from components.untrained_model import export_version
+from moodloop.local.s3server import free_port, start_seaweedfs, stop, wait_for_s3
 from moodloop.log_records import Prediction
-from moodloop.s3server import free_port, start_seaweedfs, stop, wait_for_s3
 from moodloop.settings import Settings, s3_client
 from serving.gateway import serve_in_thread
 from serving.inference_log import InferenceLog
-from tests.serving.model_factory import export_version
 
 PIXELS = {"signature_name": "serving_pixels", "inputs": {"pixels": np.zeros((1, 48, 48), int).tolist()}}
 

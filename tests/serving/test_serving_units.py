@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from moodloop import models_config
-from moodloop.traffic import TrafficFile, choose_label, client_bucket
+from moodloop.rollout import TrafficFile, choose_label, client_bucket
 from serving.backends import ServingError
 from serving.batching import BatchingParameters, DynamicBatcher
 from serving.rest_codec import parse_predict_request, predict_response
