@@ -87,7 +87,7 @@ def pipeline_config(settings: Settings, **train_overrides):
         serving_config=str(settings.serving_config),
         traffic_file=str(settings.traffic_file),
         canary_share=settings.canary_share,
-        serving_status_url=f"http://{settings.gateway_host}:{settings.rest_port}/v1/models/{settings.model_name}",
+        serving_status_url=f"{settings.gateway_url}/v1/models/{settings.model_name}",
     )
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from moodloop.contracts import EMOTIONS, LOG_FEEDBACK, LOG_PREDICTIONS, METRIC_REQUESTS
 from moodloop.files import atomic_write_text
+from moodloop.log_records import read_log
 from moodloop.rollout import CANARY, STABLE, Rollout
 from moodloop.settings import Settings
 
@@ -60,28 +61,10 @@ class CanaryPolicy:
 # ---------------------------------------------------------------- evidence
 
 
-def _read_parquet(root: Path, since: float) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    if not root.is_dir():
-        return []
-    rows = []
-    for path in sorted(root.rglob("*.parquet")):
-        if path.name.startswith("."):
-            continue
-        for row in pq.read_table(path).to_pylist():
-            if row["timestamp"].timestamp() >= since:
-                rows.append(row)
-    return rows
-
-
 def load_log(log_url: str, since: float) -> tuple[list[dict], dict[tuple[str, int], str]]:
     """Predictions since `since` and every feedback label, keyed by (request id, instance)."""
-    if log_url.startswith("s3://"):
-        raise NotImplementedError("canary analysis reads a local inference log; sync the S3 prefix first")
-    root = Path(log_url)
-    predictions = _read_parquet(root / LOG_PREDICTIONS, since)
-    feedback = {(r["request_id"], r["instance"]): r["label"] for r in _read_parquet(root / LOG_FEEDBACK, 0)}
+    predictions = read_log(log_url, LOG_PREDICTIONS, since).to_pylist()
+    feedback = {(r["request_id"], r["instance"]): r["label"] for r in read_log(log_url, LOG_FEEDBACK).to_pylist()}
     return predictions, feedback
 
 
@@ -197,7 +180,7 @@ def analyze(settings: Settings, policy: CanaryPolicy, now: float | None = None, 
     """Look at the current canary once and act: wait, ramp, promote or roll back. Returns the decision."""
     now = time.time() if now is None else now
     state_path, log_path = _paths(settings)
-    metrics_url = metrics_url or f"http://{settings.gateway_host}:{settings.rest_port}/metrics"
+    metrics_url = metrics_url or f"{settings.gateway_url}/metrics"
     rollout = Rollout.from_settings(settings)
     labels = rollout.labels()
     decision: dict = {"time": datetime.fromtimestamp(now, timezone.utc).isoformat(), "labels": labels}

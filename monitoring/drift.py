@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from moodloop import log_records
 from moodloop.airflow_api import AirflowApi
 from moodloop.contracts import (
     EMOTIONS,
@@ -66,14 +67,8 @@ class WindowResult:
 
 
 def read_log(log_url: str, kind: str, since: pd.Timestamp | None = None) -> pd.DataFrame:
-    root = Path(log_url) / kind
-    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith(".")) if root.is_dir() else []
-    if not files:
-        return pd.DataFrame()
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    if since is not None and len(frame):
-        frame = frame[frame["timestamp"] > since]
-    return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    """The inference log as a frame, through the log's one reader (moodloop/log_records.py)."""
+    return log_records.read_log(log_url, kind, since).to_pandas()
 
 
 def reference_for(settings: Settings, window: pd.DataFrame) -> tuple[int | None, pd.DataFrame]:

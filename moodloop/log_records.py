@@ -1,7 +1,8 @@
-"""The inference-log contract's records: what one prediction and one feedback label look like in the inference
-log (moodloop/contracts.py names the columns). The gateway writes them (serving/inference_log.py);
-the A/B gate writes the reference profile in the same shape, so that the drift job compares like
-with like.
+"""The inference-log contract's records: what one prediction and one feedback label look like in
+the inference log (moodloop/contracts.py names the columns), and the log's one reader. The
+gateway writes them (serving/inference_log.py); the A/B gate writes the reference profile in the
+same shape, so that the drift job compares like with like; the canary analysis and the drift job
+read them back with `read_log`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from moodloop.contracts import EMOTIONS, LOG_EMBEDDING_COLUMNS, LOG_PROBABILITY_COLUMNS
+from moodloop.contracts import EMOTIONS, LOG_EMBEDDING_COLUMNS, LOG_PREDICTIONS, LOG_PROBABILITY_COLUMNS
 from moodloop.image_properties import decode_grey, image_properties
 
 
@@ -115,3 +117,32 @@ FEEDBACK_SCHEMA = pa.schema(
         ("label", pa.string()),
     ]
 )
+
+
+def read_log(log_url: str | Path, kind: str = LOG_PREDICTIONS, since: datetime | float | None = None) -> pa.Table:
+    """The records of one kind (LOG_PREDICTIONS or LOG_FEEDBACK) under a local inference log, in
+    time order; with `since` (a datetime or a Unix time), only those after it. Files being written
+    (hidden names) are skipped. Empty table when there is none."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if str(log_url).startswith("s3://"):
+        raise NotImplementedError("the monitoring jobs read a local inference log; sync the S3 prefix first")
+    root = Path(log_url) / kind
+    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith(".")) if root.is_dir() else []
+    tables = [pq.read_table(f) for f in files]
+    if not tables:
+        return pa.table({})
+    if all(t.schema.equals(tables[0].schema) for t in tables):
+        table = pa.concat_tables(tables)
+    else:  # files from before a column was added: pandas aligns the columns, nulls where one is missing
+        import pandas as pd
+
+        frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    if since is not None:
+        cutoff = since if isinstance(since, datetime) else datetime.fromtimestamp(float(since), timezone.utc)
+        table = table.filter(
+            pc.greater(table["timestamp"], pa.scalar(cutoff, type=table.schema.field("timestamp").type))
+        )
+    return table.take(pc.sort_indices(table, sort_keys=[("timestamp", "ascending")]))

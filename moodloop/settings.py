@@ -104,6 +104,7 @@ class Settings:
     drift_every_minutes: float  # the monitor_drift DAG's schedule
     evidently_workspace: Path
     evidently_port: int
+    airflow_port: int  # the local stack's api-server
     airflow_url: str  # where drift triggers retraining (REST API v2)
     airflow_user: str
     airflow_password_file: Path
@@ -195,6 +196,7 @@ class Settings:
             drift_every_minutes=float(_env("MOODLOOP_DRIFT_EVERY_MINUTES", "10")),
             evidently_workspace=Path(_env("MOODLOOP_EVIDENTLY_WORKSPACE", str(home / "evidently"))),
             evidently_port=int(_env("MOODLOOP_EVIDENTLY_PORT", "8000")),
+            airflow_port=int(_env("MOODLOOP_AIRFLOW_PORT", "8080")),
             airflow_url=_env("MOODLOOP_AIRFLOW_URL", f"http://127.0.0.1:{_env('MOODLOOP_AIRFLOW_PORT', '8080')}"),
             airflow_user=_env("MOODLOOP_AIRFLOW_USER", "admin"),
             airflow_password_file=Path(
@@ -206,6 +208,12 @@ class Settings:
             raise TypeError(f"unknown settings: {sorted(unknown)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway's REST base URL (TF Serving's :8501), as the Pusher, the canary analysis and
+        the stack reach it."""
+        return f"http://{self.gateway_host}:{self.rest_port}"
 
     def as_dict(self) -> dict[str, object]:
         """Settings as JSON-able values, secrets masked."""

@@ -144,10 +144,3 @@ class InferenceLog:
             except Exception:
                 log.exception("inference log: could not write %d %s records to %s", len(rows), kind, self.sink.url)
                 self.write_errors += len(rows)
-
-
-def read_predictions(url: str) -> list[dict]:
-    """All prediction rows under a local log folder (tests, quick looks)."""
-    root = Path(url) / LOG_PREDICTIONS
-    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
-    return [row for f in files for row in pq.read_table(f).to_pylist()]

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from moodloop.settings import REPO_ROOT
+from moodloop.settings import REPO_ROOT, Settings
 
 
 def _is_free(port: int) -> bool:
@@ -113,7 +113,6 @@ def wait_for_s3(client, bucket: str, timeout: float = 90.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import os
 
     import boto3
 
@@ -123,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--bucket", default="moodloop", help="bucket to create (default moodloop)")
     args = parser.parse_args(argv)
-    access, secret = os.environ["MOODLOOP_S3_ACCESS_KEY"], os.environ["MOODLOOP_S3_SECRET_KEY"]
+    settings = Settings.from_env()
+    access, secret = settings.s3_access_key, settings.s3_secret_key
+    if not access or not secret:
+        parser.error("set MOODLOOP_S3_ACCESS_KEY and MOODLOOP_S3_SECRET_KEY: the server's credentials")
     server = start_seaweedfs(args.dir, args.port, access, secret, bind=args.bind)
     client = boto3.client(
         "s3", endpoint_url=f"http://127.0.0.1:{args.port}", aws_access_key_id=access,

@@ -41,10 +41,6 @@ ADMIN = "admin"
 STACK_MARK = "MOODLOOP_STACK_HOME"  # every process of the stack carries it in its environment
 
 
-def _port() -> int:
-    return int(os.environ.get("MOODLOOP_AIRFLOW_PORT", "8080"))
-
-
 GATEWAY = "gateway"
 EVIDENTLY_UI = "evidently-ui"
 
@@ -87,7 +83,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     home = paths["airflow_home"]
     _secret(paths["passwords"], ADMIN, lambda: secrets.token_urlsafe(12))
     jwt_secret = _secret(paths["secrets"], "jwt_secret", lambda: secrets.token_urlsafe(32))
-    port = _port()
+    port = settings.airflow_port
     env = dict(os.environ)
     env.update(
         {
@@ -127,7 +123,7 @@ def _airflow_bin() -> str:
 def api(settings: Settings) -> AirflowApi:
     """The stack's Airflow REST API, as its admin."""
     password = json.loads(_paths(settings)["passwords"].read_text())[ADMIN]
-    return AirflowApi(f"http://127.0.0.1:{_port()}", ADMIN, password)
+    return AirflowApi(f"http://127.0.0.1:{settings.airflow_port}", ADMIN, password)
 
 
 def _alive(pid: int) -> bool:
@@ -215,7 +211,7 @@ def gateway_env(settings: Settings) -> dict[str, str]:
 
 def _gateway_health(settings: Settings) -> dict:
     """The gateway's /healthz (503 with a body while no model is pushed yet counts as up)."""
-    url = f"http://{settings.gateway_host}:{settings.rest_port}/healthz"
+    url = f"{settings.gateway_url}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             return json.loads(response.read())
@@ -276,7 +272,7 @@ def start(settings: Settings, faces: int) -> int:
     pids[EVIDENTLY_UI] = process.pid
     print(f"==> {EVIDENTLY_UI} started (pid {process.pid}, http://127.0.0.1:{settings.evidently_port})", flush=True)
     paths["pids"].write_text(json.dumps(pids))
-    ports = (_port(), settings.rest_port, settings.grpc_port, settings.evidently_port)
+    ports = (settings.airflow_port, settings.rest_port, settings.grpc_port, settings.evidently_port)
     ports = {name: str(port) for name, port in zip(PORT_VARIABLES, ports, strict=True)}
     (settings.home / "stack" / "ports.json").write_text(json.dumps(ports))
 
@@ -293,9 +289,10 @@ def start(settings: Settings, faces: int) -> int:
     print(f"==> DAGs unpaused: {', '.join(DAG_IDS)} ({time.monotonic() - started:.0f} s)", flush=True)
 
     password = json.loads(paths["passwords"].read_text())[ADMIN]
-    print(f"\nmoodloop is up.\n  Airflow UI   http://127.0.0.1:{_port()}   user {ADMIN}   password {password}")
+    airflow_ui = f"http://127.0.0.1:{settings.airflow_port}"
+    print(f"\nmoodloop is up.\n  Airflow UI   {airflow_ui}   user {ADMIN}   password {password}")
     print(
-        f"  serving      REST http://{settings.gateway_host}:{settings.rest_port}/v1/models/{settings.model_name}"
+        f"  serving      REST {settings.gateway_url}/v1/models/{settings.model_name}"
         f"   gRPC {settings.gateway_host}:{settings.grpc_port}   (TF Serving's APIs; embedded backend)"
     )
     print(f"  drift UI     http://127.0.0.1:{settings.evidently_port}   (Evidently; DAG monitor_drift fills it)")

@@ -15,7 +15,7 @@ import pytest
 from monitoring.canary import CanaryPolicy, analyze, describe
 from moodloop import models_config
 from moodloop.contracts import EMOTIONS
-from serving.inference_log import read_predictions
+from moodloop.log_records import read_log
 
 FAST = CanaryPolicy(steps=(0.1, 0.5, 1.0), bake_seconds=0, min_requests=30, min_labels=20, max_class_shift=1.01)
 
@@ -53,7 +53,7 @@ def send_traffic(http, settings, n: int, accuracy: dict[str, float], seed: int) 
 def wait_for_rows(settings, ids: set[str]) -> list[dict]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        rows = [r for r in read_predictions(settings.inference_log_url) if r["request_id"] in ids]
+        rows = [r for r in read_log(settings.inference_log_url).to_pylist() if r["request_id"] in ids]
         if len(rows) == len(ids):
             return rows
         time.sleep(0.3)

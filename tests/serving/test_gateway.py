@@ -168,7 +168,7 @@ def test_grpc_errors_carry_tf_serving_codes(channel):
 
 
 def test_canary_split_is_sticky_and_every_request_is_logged(running, http, labels, gateway_settings):
-    from serving.inference_log import read_predictions
+    from moodloop.log_records import read_log
 
     labels(stable=1, canary=2)
     running.gateway.traffic.set(0.10)
@@ -187,7 +187,7 @@ def test_canary_split_is_sticky_and_every_request_is_logged(running, http, label
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        rows = {r["request_id"]: r for r in read_predictions(gateway_settings.inference_log_url)}
+        rows = {r["request_id"]: r for r in read_log(gateway_settings.inference_log_url).to_pylist()}
         if request_ids <= set(rows):
             break
         time.sleep(0.5)
@@ -324,13 +324,15 @@ def test_video_becomes_an_emotion_timeline(http, media, gateway_settings):
     assert http.post("/v1/videos:analyze", content=b"not a video").status_code == 400
 
     # One face, one log row: instances count across frames, and the whole clip took one side of the split.
-    from serving.inference_log import read_predictions
+    from moodloop.log_records import read_log
 
     faces = sum(result["emotion_counts"].values())
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         rows = [
-            r for r in read_predictions(gateway_settings.inference_log_url) if r["request_id"] == result["request_id"]
+            r
+            for r in read_log(gateway_settings.inference_log_url).to_pylist()
+            if r["request_id"] == result["request_id"]
         ]
         if len(rows) == faces:
             break
