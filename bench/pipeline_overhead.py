@@ -78,7 +78,7 @@ def bare_fit(
     # The Trainer's order: the seeded shuffle then sees the faces as the Trainer does.
     pixels, labels = in_canonical_order(train[0], train[1])
     x_train = pixels[..., None].astype(np.float32) / 255.0
-    # Transform's standardisation (components/module.py preprocessing_fn): float64 statistics.
+    # Transform's standardisation (components/preprocessing.py preprocessing_fn): float64 statistics.
     mean = np.float32(x_train.mean(dtype=np.float64))
     std = np.sqrt(np.float32(x_train.var(dtype=np.float64)) + np.float32(1e-6))
     x_train = (x_train - mean) / std
@@ -135,7 +135,7 @@ def split_like_pipeline(pixels: np.ndarray, labels: np.ndarray, held_out: set[st
 
 
 def parity(n: int, args: argparse.Namespace) -> dict:
-    from components.run import run_pipeline
+    from components.local_runner import run_pipeline
 
     pixels, labels = synthetic.generate_arrays(n, seed=11)
     pipeline_runs, fits, ece, temperature = [], [], None, 1.0
@@ -183,7 +183,7 @@ def parity(n: int, args: argparse.Namespace) -> dict:
 def warm_vs_cold(args: argparse.Namespace) -> dict:
     """A first model on 4k faces becomes stable; a new 2k span lands; the retrain runs cold (from
     random weights, the baseline) and warm (from the stable champion), on the same spans."""
-    from components.run import run_pipeline
+    from components.local_runner import run_pipeline
 
     first, new = synthetic.generate_arrays(4000, seed=21), synthetic.generate_arrays(2000, seed=22)
     with tempfile.TemporaryDirectory(prefix="moodloop-bench-warm-") as home:

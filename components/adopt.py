@@ -352,7 +352,7 @@ def _class_permutation(class_order: tuple[str, ...]) -> list[int]:
 
 class AdoptedModule(tf.Module):
     """The model contract's signatures around an adopted classifier, with the classifier's own preprocessing
-    (components/module.py's _ServingModule has the same signatures around the Transform graph).
+    (components/trainer.py's _ServingModule has the same signatures around the Transform graph).
 
     The signatures are traced with autograph off: they hold no Python control flow on tensors, and
     autograph converting every Keras layer's `call` made the first trace of mini-Xception take 12 s
@@ -587,10 +587,10 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
 
     # The pipeline's own pieces (they import TFX: seconds, so only once the model is known to fit).
     from components.ab_gate import write_reference_profile
-    from components.custom import label_pushed_version
     from components.infra_validator import check_in_model_server, write_warmup_requests
+    from components.local_runner import pipeline_config
     from components.pipeline import pusher_config
-    from components.run import pipeline_config
+    from components.pusher import label_pushed_version
 
     base = Path(settings.model_base)
     base.mkdir(parents=True, exist_ok=True)

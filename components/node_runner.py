@@ -43,8 +43,8 @@ def run_dir(settings: Settings, run_id: str) -> Path:
 def _compiled(settings: Settings, conf: dict):
     from tfx.dsl.compiler import compiler
 
+    from components.local_runner import pipeline_config
     from components.pipeline import create_pipeline
-    from components.run import pipeline_config
 
     overrides = {k: conf[k] for k in TRAIN_CONF_KEYS if conf.get(k) is not None}
     return compiler.Compiler().compile(create_pipeline(pipeline_config(settings, **overrides)))
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compile":
         compile_run(settings, args.run_id, json.loads(args.conf or "{}") or {})
         return 0
-    from components.custom import DataAnomaliesError
+    from components.strict_example_validator import DataAnomaliesError
 
     compiled = run_dir(settings, args.run_id) / "nodes.json"
     if args.node in OPTIONAL_NODES and compiled.exists() and args.node not in json.loads(compiled.read_text()):

@@ -18,13 +18,11 @@ from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
 from components.ab_gate import ABGate, GateThresholds
-from components.custom import (
-    AtomicPusherExecutor,
-    LatestVersionPerSpanStrategy,
-    ModelReportGen,
-    StrictExampleValidator,
-)
 from components.infra_validator import EmbeddedInfraValidator
+from components.model_report import ModelReportGen
+from components.pusher import AtomicPusherExecutor
+from components.span_resolver import LatestVersionPerSpanStrategy
+from components.strict_example_validator import StrictExampleValidator
 from moodloop.contracts import (
     CURATED_SPAN_PATTERN,
     FEATURE_LABEL,
@@ -51,7 +49,8 @@ class PipelineConfig:
     metadata_path: str
     curated_dir: str
     schema_path: str
-    module_file: str
+    preprocessing_module_file: str  # Transform's preprocessing_fn
+    trainer_module_file: str  # the Trainer's run_fn and the Tuner's tuner_fn
     model_base: str
     beam_pipeline_args: tuple[str, ...]
     train_config: dict[str, Any]  # epochs, batch_size, model_size, learning_rate, seed
@@ -174,7 +173,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     transform = tfx.components.Transform(
         examples=all_spans.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        module_file=config.module_file,
+        module_file=config.preprocessing_module_file,
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
         # StatisticsGen already profiles the raw span; statistics over 2,304 transformed floats
         # per face would cost more than the transform itself.
@@ -182,7 +181,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     )
     tuner = (
         tfx.components.Tuner(
-            module_file=config.module_file,
+            module_file=config.trainer_module_file,
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
             schema=schema_gen.outputs["schema"],
@@ -195,7 +194,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         else None
     )
     trainer = tfx.components.Trainer(
-        module_file=config.module_file,
+        module_file=config.trainer_module_file,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],

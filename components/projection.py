@@ -1,6 +1,6 @@
 """The embedding's projection (the model contract's OUTPUT_EMBEDDING): a PCA of a model's feature layer.
 
-Numpy only, so any exporter can share it: the trained model's (components/module.py fits it on its
+Numpy only, so any exporter can share it: the trained model's (components/trainer.py fits it on its
 training faces) and an adopted model's (components/adopt.py fits it on the faces at hand).
 """
 

@@ -1,7 +1,7 @@
 """Contract-compatible untrained SavedModels, made in seconds: for the serving tests, the
 benchmarks and CI's TF Serving job (`python -m components.untrained_model MODEL_BASE`).
 
-They go through the pipeline's own export (`components.module.export_serving_model`), so the
+They go through the pipeline's own export (`components.trainer.export_serving_model`), so the
 signatures are exactly those a pushed model has; only the Transform graph is replaced by a fixed
 standardisation and the weights are untrained (different per seed, so versions answer differently).
 """
@@ -20,7 +20,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components.model import INPUT_KEY, build_model
-from components.module import decode_images, export_serving_model
+from components.preprocessing import decode_images
+from components.trainer import export_serving_model
 from moodloop.contracts import FEATURE_IMAGE, FEATURE_LABEL
 
 

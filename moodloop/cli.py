@@ -123,8 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not existing_spans(settings.curated_dir):
         print(f"error: no curated spans in {settings.curated_dir}; pass --data BATCH", file=sys.stderr)
         return 1
-    from components.custom import DataAnomaliesError
-    from components.run import describe, run_pipeline
+    from components.local_runner import describe, run_pipeline
+    from components.strict_example_validator import DataAnomaliesError
 
     try:
         outcome = run_pipeline(settings)

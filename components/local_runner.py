@@ -19,7 +19,8 @@ from moodloop import console
 from moodloop.contracts import EMOTIONS
 from moodloop.settings import REPO_ROOT, Settings
 
-MODULE_FILE = REPO_ROOT / "components" / "module.py"
+PREPROCESSING_MODULE_FILE = REPO_ROOT / "components" / "preprocessing.py"
+TRAINER_MODULE_FILE = REPO_ROOT / "components" / "trainer.py"
 SCHEMA_FILE = REPO_ROOT / "data" / "schema" / "schema.pbtxt"
 
 
@@ -67,7 +68,8 @@ def pipeline_config(settings: Settings, **train_overrides):
         metadata_path=str(settings.metadata_path),
         curated_dir=str(settings.curated_dir),
         schema_path=str(SCHEMA_FILE),
-        module_file=str(MODULE_FILE),
+        preprocessing_module_file=str(PREPROCESSING_MODULE_FILE),
+        trainer_module_file=str(TRAINER_MODULE_FILE),
         model_base=str(settings.model_base),
         beam_pipeline_args=settings.beam_args,
         train_config=train_config,

@@ -1,8 +1,9 @@
-"""TFX module file: `preprocessing_fn` (Transform) and `run_fn` (Trainer).
+"""The Trainer's module file: `run_fn` (Trainer) and `tuner_fn` (Tuner); Transform's is
+components/preprocessing.py.
 
-TFX executors import this file by path, so it keeps to the contracts (moodloop.contracts) and
-the model builder. The exported SavedModel embeds the Transform graph: serving decodes and
-normalises images exactly as training did.
+TFX executors import this file by path. `run_fn` reads the transformed splits into memory, fits
+(warm or cold), calibrates, and exports the model contract's three signatures around the
+Transform graph: serving decodes and normalises images exactly as training did.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from tfx.components.tuner.component import TunerFnResult
 from components import calibration, plots, tuning
 from components.ab_gate import champion_dir
 from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order
+from components.model_report import TRAINING_SUMMARY
+from components.preprocessing import LABEL_KEY
 from components.projection import pca_projection
 from components.warm_start import WarmStart, save_weights, warm_start
 from moodloop.contracts import (
@@ -41,35 +44,6 @@ from moodloop.contracts import (
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
 )
-
-LABEL_KEY = "label_xf"
-TRAINING_SUMMARY = "history.json"  # in the Trainer's model_run: curves, warm start, calibration
-
-
-def decode_images(encoded: tf.Tensor) -> tf.Tensor:
-    """[N] encoded JPEG/PNG/... (any size, grey or colour) -> [N, 48, 48, 1] float32 in 0..255."""
-
-    def one(data: tf.Tensor) -> tf.Tensor:
-        image = tf.io.decode_image(data, channels=1, expand_animations=False)
-        image = tf.image.resize(image, [FACE_SIZE, FACE_SIZE])
-        return tf.ensure_shape(image, [FACE_SIZE, FACE_SIZE, 1])
-
-    return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([FACE_SIZE, FACE_SIZE, 1], tf.float32))
-
-
-def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Decode, resize to 48x48 grey, standardise with the training set's pixel mean and std."""
-    encoded = tf.reshape(inputs[FEATURE_IMAGE], [-1])
-    pixels = decode_images(encoded) / 255.0
-    # Full-pass analyzers: the dataset's statistics become constants of the serving graph.
-    # In float64: Beam adds the partial sums up in a different order on every run, and in float32
-    # that changed the standardised faces in their last bits, enough to train a different model.
-    mean = tf.cast(tft.mean(pixels, output_dtype=tf.float64), tf.float32)
-    std = tf.sqrt(tf.cast(tft.var(pixels, output_dtype=tf.float64), tf.float32) + 1e-6)
-    outputs = {INPUT_KEY: (pixels - mean) / std}
-    if FEATURE_LABEL in inputs:
-        outputs[LABEL_KEY] = tf.reshape(inputs[FEATURE_LABEL], [-1])
-    return outputs
 
 
 def load_split(file_patterns: list[str], tf_transform_output) -> tuple[np.ndarray, np.ndarray]:

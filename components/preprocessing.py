@@ -1,0 +1,45 @@
+"""Transform's module file: `preprocessing_fn`. Decoding is shared with the exported model's
+signatures (components/trainer.py), so serving decodes faces exactly as training did.
+
+TFX's Transform imports this file by path.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from components.model import INPUT_KEY
+from moodloop.contracts import FACE_SIZE, FEATURE_IMAGE, FEATURE_LABEL
+
+LABEL_KEY = "label_xf"
+
+
+def decode_images(encoded: tf.Tensor) -> tf.Tensor:
+    """[N] encoded JPEG/PNG/... (any size, grey or colour) -> [N, 48, 48, 1] float32 in 0..255."""
+
+    def one(data: tf.Tensor) -> tf.Tensor:
+        image = tf.io.decode_image(data, channels=1, expand_animations=False)
+        image = tf.image.resize(image, [FACE_SIZE, FACE_SIZE])
+        return tf.ensure_shape(image, [FACE_SIZE, FACE_SIZE, 1])
+
+    return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([FACE_SIZE, FACE_SIZE, 1], tf.float32))
+
+
+def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Decode, resize to 48x48 grey, standardise with the training set's pixel mean and std."""
+    encoded = tf.reshape(inputs[FEATURE_IMAGE], [-1])
+    pixels = decode_images(encoded) / 255.0
+    # Full-pass analyzers: the dataset's statistics become constants of the serving graph.
+    # In float64: Beam adds the partial sums up in a different order on every run, and in float32
+    # that changed the standardised faces in their last bits, enough to train a different model.
+    mean = tf.cast(tft.mean(pixels, output_dtype=tf.float64), tf.float32)
+    std = tf.sqrt(tf.cast(tft.var(pixels, output_dtype=tf.float64), tf.float32) + 1e-6)
+    outputs = {INPUT_KEY: (pixels - mean) / std}
+    if FEATURE_LABEL in inputs:
+        outputs[LABEL_KEY] = tf.reshape(inputs[FEATURE_LABEL], [-1])
+    return outputs

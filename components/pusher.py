@@ -1,0 +1,120 @@
+"""AtomicPusher: TFX's Pusher, except that a version appears in the model base path in one rename,
+and the pushed version is labelled through the rollout contract (moodloop/rollout.py): `stable`
+for the first model, `canary` after that."""
+
+import json
+import os
+import shutil
+import time
+import uuid
+
+from tfx import v1 as tfx
+from tfx.components.pusher import executor as pusher_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+
+
+class AtomicPusherExecutor(pusher_executor.Executor):
+    """Push by copying to a hidden staging folder beside the version, then one rename.
+
+    TF Serving (and the embedded backend) poll the base path for numeric folders; TFX's own
+    Pusher copies file by file into the numeric folder, so a poller can see a half-written
+    version. A rename within one filesystem is atomic. Other filesystems (gs://, s3://) fall
+    back to TFX's behaviour, which at least writes saved_model.pb last.
+    """
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        destination = tfx.proto.PushDestination()
+        from tfx.utils import proto_utils
+
+        proto_utils.json_to_proto(exec_properties["push_destination"], destination)
+        base = destination.filesystem.base_directory
+        if "://" in base:
+            return super().Do(input_dict, output_dict, exec_properties)
+
+        self._log_startup(input_dict, output_dict, exec_properties)
+        model_push = artifact_utils.get_single_instance(output_dict["pushed_model"])
+        if not self.CheckBlessing(input_dict):
+            self._MarkNotPushed(model_push)
+            return
+        model_path = self.GetModelPath(input_dict)
+        os.makedirs(base, exist_ok=True)
+        version = int(time.time())
+        while os.path.exists(os.path.join(base, str(version))):
+            version += 1  # two pushes in one second must not collide
+        final = os.path.join(base, str(version))
+        staging = os.path.join(base, f".incoming-{version}-{uuid.uuid4().hex[:8]}")
+        shutil.copytree(model_path, staging)
+        _add_reference_profile(input_dict, staging)
+        os.replace(staging, final)
+        print(f"pushed model version {version} to {final}", flush=True)
+        label_pushed_version(json.loads(exec_properties.get("custom_config") or "null") or {}, base, version)
+        io_utils.copy_dir(model_path, model_push.uri)
+        self._MarkPushed(model_push, pushed_destination=final, pushed_version=str(version))
+
+
+def _add_reference_profile(input_dict, model_dir: str) -> None:
+    """The A/B gate's reference profile goes into the version folder (the model contract's REFERENCE_PROFILE):
+    the drift jobs find the served model's reference beside it."""
+    from moodloop.contracts import REFERENCE_PROFILE
+
+    for blessing in input_dict.get("model_blessing", []):
+        profile = blessing.get_string_custom_property("reference_profile")
+        if profile and os.path.exists(profile):
+            os.makedirs(os.path.dirname(os.path.join(model_dir, REFERENCE_PROFILE)), exist_ok=True)
+            shutil.copy(profile, os.path.join(model_dir, REFERENCE_PROFILE))
+
+
+def label_pushed_version(config: dict, model_base: str, version: int) -> str | None:
+    """Push as canary: the new version gets the `canary` label and the configured traffic share;
+    `stable` stays where it is. The first model of a model base becomes `stable` directly.
+    Returns the label given (None when no models.config is configured)."""
+    if not config.get("serving_config"):
+        return None
+    from pathlib import Path
+
+    from moodloop.rollout import STABLE, Rollout
+
+    rollout = Rollout(
+        Path(config["serving_config"]),
+        config.get("model_name", "emotion"),
+        float(config.get("canary_share", 0.1)),
+        Path(config["traffic_file"]) if config.get("traffic_file") else None,
+    )
+    label = rollout.label_new_version(
+        version, Path(model_base), lambda v: _wait_until_served(config.get("status_url", ""), v)
+    )
+    if label == STABLE:
+        print(f"version {version} is the first model: labelled {STABLE} in {rollout.serving_config}", flush=True)
+    else:
+        print(
+            f"version {version} labelled {label} ({rollout.initial_share:.0%} of traffic); "
+            f"{STABLE} stays on version {rollout.labels()[STABLE]} ({rollout.serving_config})",
+            flush=True,
+        )
+    return label
+
+
+def _wait_until_served(status_url: str, version: int, timeout: float = 120.0) -> None:
+    """Poll TF Serving's REST status (the gateway's or TF Serving's own) until `version` is AVAILABLE.
+    No server answering means nobody serves the old label either: go on at once."""
+    import urllib.error
+    import urllib.request
+
+    if not status_url:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{status_url}/versions/{version}", timeout=5) as response:
+                if b'"AVAILABLE"' in response.read():
+                    return
+        except urllib.error.HTTPError:
+            pass  # 404 while the server has not loaded it yet
+        except OSError:
+            return
+        time.sleep(1)
+    print(f"warning: version {version} not AVAILABLE after {timeout:.0f} s; labelling it anyway", flush=True)
+
+
+# ---------------------------------------------------------------- one Examples artifact per span
