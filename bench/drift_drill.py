@@ -40,7 +40,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -333,12 +332,15 @@ def train_runs_since(settings: Settings, since: float) -> list[dict]:
     """train_emotion_model's runs since the shift, and what started each (drift or new data)."""
     from moodloop.local import stack
 
-    payload = stack.api(settings).call("GET", "/api/v2/dags/train_emotion_model/dagRuns?limit=20&order_by=-id")
+    airflow = stack.api(settings)
+    runs = airflow.dag_runs.get_dag_runs(
+        "train_emotion_model", limit=20, order_by=["-id"], _request_timeout=airflow.timeout
+    ).dag_runs
     return [
-        {"run_id": r["dag_run_id"], "run_type": r["run_type"], "reason": (r.get("conf") or {}).get("reason"),
-         "state": r["state"]}
-        for r in payload["dag_runs"]
-        if datetime.fromisoformat(r["run_after"]).timestamp() >= since
+        {"run_id": r.dag_run_id, "run_type": r.run_type.value, "reason": (r.conf or {}).get("reason"),
+         "state": r.state.value}
+        for r in runs
+        if r.run_after.timestamp() >= since
     ]  # fmt: skip
 
 

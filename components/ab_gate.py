@@ -69,7 +69,19 @@ def _bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generato
 
 
 def decide(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray | None, thresholds: GateThresholds) -> dict:
-    """The verdict and its numbers. `candidate` / `champion` are predicted class ids per face."""
+    """The verdict and its numbers. `candidate` / `champion` are predicted class ids per face.
+
+    The result (report.json's `gate`):
+    - `verdict`: BLESSED, REJECTED, or UNDECIDED (fewer held-out faces than `min_examples`);
+      `blessed`: the verdict as a boolean; `reasons`: one sentence per rule that refused;
+    - `examples`, `candidate_accuracy`, `thresholds`, `has_champion`;
+    - with a champion: `champion_accuracy`, `accuracy_difference` (candidate - champion) and its
+      bootstrap interval `accuracy_difference_ci`, `mcnemar` (faces only the candidate got right,
+      only the champion got right, and the one-sided exact p-value that the candidate is better);
+    - `per_class`: per emotion, its `faces`, both recalls, their `change`, the bootstrap
+      `change_upper_bound`, `mcnemar_p_worse` (exact, within the class) and `regression` (a drop
+      beyond `max_class_recall_drop` that is significant: it blocks the candidate).
+    """
     rng = np.random.default_rng(thresholds.seed)
     n = len(labels)
     cand_correct = (candidate == labels).astype(np.float64)

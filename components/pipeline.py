@@ -145,6 +145,12 @@ def pusher_config(config: PipelineConfig) -> dict[str, Any]:
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    """The training pipeline, wired and nothing else: ImportExampleGen (the newest curated span) ->
+    StatisticsGen, the curated schema, StrictExampleValidator -> the span resolver (every span, or
+    the newest MOODLOOP_SPAN_WINDOW) -> Transform -> [Tuner] -> Trainer (warm from the champion
+    found by champion_resolver) -> Evaluator (TFMA thresholds) and the A/B gate -> InfraValidator
+    -> AtomicPusher (canary) -> ModelReportGen. The logic lives in the module files
+    (preprocessing.py, trainer.py) and in one module per custom component."""
     example_gen = tfx.components.ImportExampleGen(
         input_base=config.curated_dir,
         input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="faces", pattern=CURATED_SPAN_PATTERN)]),

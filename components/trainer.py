@@ -195,6 +195,10 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> TunerFnResult:
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    """TFX Trainer: fit the CNN on the transformed train split (in memory, canonical order, class
+    weights; warm from the champion when it fits), calibrate a temperature on the eval split,
+    and export the model contract's signatures with the Transform graph, the PCA projection of
+    the embedding and the warm-start weights; the training summary goes to the model run."""
     config = fn_args.custom_config or {}
     epochs = int(config.get("epochs", 10))
     batch_size = int(config.get("batch_size", 64))

@@ -25,6 +25,8 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
+    # A monitor that fails once (the api-server busy, a restart) tries again instead of failing its run.
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=20)},
     tags=["moodloop", "serving", "canary"],
     doc_md=__doc__,
 ) as dag:

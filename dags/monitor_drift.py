@@ -21,6 +21,8 @@ from moodloop.settings import Settings
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
+    # A monitor that fails once (the api-server busy, a restart) tries again instead of failing its run.
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=20)},
     tags=["moodloop", "monitoring", "drift"],
     doc_md=__doc__,
 )

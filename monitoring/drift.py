@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from moodloop import log_records
-from moodloop.airflow_api import AirflowApi
+from moodloop.airflow_api import Airflow
 from moodloop.contracts import (
     EMOTIONS,
     LOG_EMBEDDING_COLUMNS,
@@ -186,22 +186,29 @@ def live_accuracy(window: pd.DataFrame, feedback: pd.DataFrame) -> dict[str, Any
 # ---------------------------------------------------------------- 3. triage and retrain
 
 
+TRAIN_DAG = "train_emotion_model"  # the DAG a drift retrains with (dags/train_emotion_model.py)
+
+
 def trigger_retrain(settings: Settings, conf: dict[str, Any]) -> dict[str, Any]:
     """POST /api/v2/dags/train_emotion_model/dagRuns with a token from /auth/token (Airflow 3),
     unless a run is already queued or running that was started after the drifted window began
     (new labelled data of the shift may have started one): that run trains on the newest spans
     too, and a second one would only queue behind it. An older run is not joined: it may have
     started before the shift's data was curated."""
+    from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
+
     password = json.loads(settings.airflow_password_file.read_text())[settings.airflow_user]
-    airflow = AirflowApi(settings.airflow_url, settings.airflow_user, password, timeout=30)
-    runs = "/api/v2/dags/train_emotion_model/dagRuns"
-    active = airflow.call("GET", f"{runs}?state=queued&state=running")["dag_runs"]
+    airflow = Airflow.connect(settings.airflow_url, settings.airflow_user, password, timeout=30)
+    dag_runs, timeout = airflow.dag_runs, airflow.timeout
+    active = dag_runs.get_dag_runs(TRAIN_DAG, state=["queued", "running"], _request_timeout=timeout).dag_runs
     since = (conf.get("window") or {}).get("since")
-    active = [r for r in active if since is None or pd.Timestamp(r["run_after"]) >= pd.Timestamp(since)]
+    active = [r for r in active if since is None or pd.Timestamp(r.run_after) >= pd.Timestamp(since)]
     if active:
-        return {"already_running": active[0]["dag_run_id"], "conf": conf}
-    run = airflow.call("POST", runs, {"logical_date": None, "conf": conf})
-    return {"dag_run_id": run["dag_run_id"], "conf": conf}
+        return {"already_running": active[0].dag_run_id, "conf": conf}
+    run = dag_runs.trigger_dag_run(
+        TRAIN_DAG, TriggerDAGRunPostBody(logical_date=None, conf=conf), _request_timeout=timeout
+    )
+    return {"dag_run_id": run.dag_run_id, "conf": conf}
 
 
 def _state(settings: Settings) -> tuple[Path, dict[str, Any]]:

@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moodloop.airflow_api import AirflowApi
+from moodloop.airflow_api import Airflow, unreachable_errors
 from moodloop.settings import REPO_ROOT, Settings
 
 if TYPE_CHECKING:  # imported where used: the stack's start-up does not need the generator
@@ -120,10 +120,10 @@ def _airflow_bin() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
 
-def api(settings: Settings) -> AirflowApi:
+def api(settings: Settings) -> Airflow:
     """The stack's Airflow REST API, as its admin."""
     password = json.loads(_paths(settings)["passwords"].read_text())[ADMIN]
-    return AirflowApi(f"http://127.0.0.1:{settings.airflow_port}", ADMIN, password)
+    return Airflow.connect(f"http://127.0.0.1:{settings.airflow_port}", ADMIN, password)
 
 
 def _alive(pid: int) -> bool:
@@ -188,7 +188,7 @@ def _wait(what: str, check, timeout: float, interval: float = 2.0):
             result = check()
             if result:
                 return result
-        except (urllib.error.URLError, OSError, KeyError, ValueError):
+        except (KeyError, ValueError, *unreachable_errors()):
             pass
         time.sleep(interval)
     raise SystemExit(f"error: {what} not ready after {timeout:.0f} s; see the logs in the stack's logs folder")
@@ -235,6 +235,12 @@ def drop_synthetic_batch(
     return final
 
 
+def _api_server_healthy(settings: Settings) -> bool:
+    anonymous = Airflow.connect(f"http://127.0.0.1:{settings.airflow_port}", timeout=5)
+    anonymous.monitor.get_health(_request_timeout=5)
+    return True
+
+
 def start(settings: Settings, faces: int) -> int:
     paths = _paths(settings)
     if stack_processes(settings):
@@ -253,6 +259,10 @@ def start(settings: Settings, faces: int) -> int:
         )
         pids[service] = process.pid
         print(f"==> {service} started (pid {process.pid}, log {paths['logs'] / (service + '.log')})", flush=True)
+        if service == "api-server":
+            # The DAGs are unpaused at creation: without the execution API up, the scheduler's first
+            # task (monitor_drift's, at once) fails with "connection refused" and fails its run.
+            _wait("the api-server", lambda: _api_server_healthy(settings), 120)
     log = open(paths["logs"] / f"{GATEWAY}.log", "ab")  # noqa: SIM115 (the child keeps it)
     process = subprocess.Popen(
         [str(settings.pipeline_python), "-m", "serving.gateway"], env=gateway_env(settings), cwd=REPO_ROOT,
@@ -277,15 +287,17 @@ def start(settings: Settings, faces: int) -> int:
     (settings.home / "stack" / "ports.json").write_text(json.dumps(ports))
 
     _wait("the serving gateway", lambda: _gateway_health(settings), 120)
+    from airflow_client.client.models.dag_patch_body import DAGPatchBody
+
     airflow = api(settings)
-    _wait("the api-server", lambda: airflow.status("GET", "/api/v2/monitor/health") == 200, 120)
 
     def dags_parsed():
-        return {d["dag_id"] for d in airflow.call("GET", "/api/v2/dags?limit=100")["dags"]} >= set(DAG_IDS)
+        dags = airflow.dags.get_dags(limit=100, _request_timeout=airflow.timeout).dags
+        return {d.dag_id for d in dags} >= set(DAG_IDS)
 
     _wait("the DAGs (dag-processor)", dags_parsed, 180)
     for dag_id in DAG_IDS:
-        airflow.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+        airflow.dags.patch_dag(dag_id, DAGPatchBody(is_paused=False), _request_timeout=airflow.timeout)
     print(f"==> DAGs unpaused: {', '.join(DAG_IDS)} ({time.monotonic() - started:.0f} s)", flush=True)
 
     password = json.loads(paths["passwords"].read_text())[ADMIN]
@@ -318,10 +330,12 @@ def status(settings: Settings) -> int:
         try:
             airflow = api(settings)
             for dag_id in DAG_IDS:
-                payload = airflow.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=3")
-                runs = ", ".join(f"{r['dag_run_id']}={r['state']}" for r in payload["dag_runs"]) or "no runs yet"
+                latest = airflow.dag_runs.get_dag_runs(
+                    dag_id, order_by=["-run_after"], limit=3, _request_timeout=airflow.timeout
+                ).dag_runs
+                runs = ", ".join(f"{r.dag_run_id}={r.state.value}" for r in latest) or "no runs yet"
                 print(f"  {dag_id:<20s} {runs}")
-        except (urllib.error.URLError, OSError, KeyError) as exc:
+        except (KeyError, *unreachable_errors()) as exc:
             print(f"  Airflow API not answering: {exc}")
     versions = sorted(p.name for p in settings.model_base.glob("*") if p.name.isdigit())
     print(f"  model versions under {settings.model_base}: {', '.join(versions) or 'none yet'}")

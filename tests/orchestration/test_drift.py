@@ -106,6 +106,14 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
     assert [json.loads(line)["outcome"] for line in decisions] == ["no_drift"] * 5 + ["drift", "drift", "incident"]
 
 
+def _dag_run(run_id: str, state: str, run_after: str) -> dict:
+    """A DAG run as Airflow 3.3's REST API v2 answers it (the official client checks every field)."""
+    return {
+        "dag_id": "train_emotion_model", "dag_display_name": "train_emotion_model", "dag_run_id": run_id,
+        "dag_versions": [], "run_after": run_after, "run_type": "manual", "state": state, "conf": {},
+    }  # fmt: skip
+
+
 def test_retrain_goes_through_airflow_rest_api_v2_with_a_token(tmp_path):
     seen: list[tuple[str, str, dict | None, str | None]] = []
     active_runs: list[dict] = []
@@ -120,7 +128,7 @@ def test_retrain_goes_through_airflow_rest_api_v2_with_a_token(tmp_path):
                 wanted = self.path.endswith("/dagRuns?state=queued&state=running")
                 answer = {"dag_runs": active_runs, "total_entries": len(active_runs)} if authorized and wanted else None
             else:
-                answer = {"dag_run_id": "manual__x"} if authorized else None
+                answer = _dag_run("manual__x", "queued", "2026-11-22T00:50:00Z") if authorized else None
             self.send_response(200 if answer else 401)
             self.end_headers()
             self.wfile.write(json.dumps(answer or {"detail": "no"}).encode())
@@ -148,12 +156,10 @@ def test_retrain_goes_through_airflow_rest_api_v2_with_a_token(tmp_path):
         assert time.monotonic() - started < 10
         # A run from before the drifted window is not joined: it may train on pre-shift data only.
         window = {"window": {"since": "2026-11-22 00:47:04+00:00"}}
-        active_runs.append({"dag_run_id": "old__z", "state": "running", "run_after": "2026-11-22T00:40:00Z"})
+        active_runs.append(_dag_run("old__z", "running", "2026-11-22T00:40:00Z"))
         not_joined = drift.trigger_retrain(settings, conf | window)
         # New labelled data started a run after the window began: the drift joins it.
-        active_runs.insert(
-            0, {"dag_run_id": "asset_triggered__y", "state": "queued", "run_after": "2026-11-22T00:48:38Z"}
-        )
+        active_runs.insert(0, _dag_run("asset_triggered__y", "queued", "2026-11-22T00:48:38Z"))
         joined = drift.trigger_retrain(settings, conf | window)
     finally:
         server.shutdown()

@@ -17,8 +17,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from airflow_client.client.exceptions import ApiException
+from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
 
 from data import landing, synthetic
+from moodloop.airflow_api import Airflow
 from moodloop.local.s3server import free_port
 from moodloop.settings import Settings
 from tests.conftest import FAST_TRAINING
@@ -31,28 +34,21 @@ FAST = {**FAST_TRAINING, "MOODLOOP_LANDING_SETTLE_SECONDS": "2"}
 
 
 class Api:
-    def __init__(self, port: int, password: str | None = None):
-        self.base, self.token = f"http://127.0.0.1:{port}", None
-        if password:
-            self.token = self.call("POST", "/auth/token", {"username": "admin", "password": password})["access_token"]
+    """The stack's REST API v2 through moodloop's client (the official apache-airflow-client)."""
 
-    def call(self, method: str, path: str, body: dict | None = None):
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        for attempt in range(3):  # SQLite's one writer: a busy api-server may answer 500; users retry
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    return json.loads(response.read() or b"null")
-            except urllib.error.HTTPError as error:
-                if error.code != 500 or attempt == 2:
-                    raise
-                time.sleep(3)
+    def __init__(self, port: int, password: str):
+        self.airflow = Airflow.connect(f"http://127.0.0.1:{port}", "admin", password)
 
     def runs(self, dag_id: str) -> list[dict]:
-        return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=50")["dag_runs"]
+        return [r.to_dict() for r in self.airflow.dag_runs.get_dag_runs(dag_id, limit=50, _request_timeout=30).dag_runs]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        tasks = self.airflow.task_instances.get_task_instances(dag_id, run_id, _request_timeout=30).task_instances
+        return {t.task_id: t.state for t in tasks}
+
+    def trigger(self, dag_id: str, conf: dict) -> str:
+        body = TriggerDAGRunPostBody(logical_date=None, conf=conf)
+        return self.airflow.dag_runs.trigger_dag_run(dag_id, body, _request_timeout=30).dag_run_id
 
     def wait_for(self, dag_id: str, predicate, timeout: float, what: str) -> list[dict]:
         deadline = time.monotonic() + timeout
@@ -94,9 +90,9 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     password = output.split("password ", 1)[1].split()[0]
     settings = Settings.from_env(home=env["MOODLOOP_HOME"])
 
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        Api(port).call("GET", "/api/v2/dags")
-    assert refused.value.code == 401
+    with pytest.raises(ApiException) as refused:  # no token
+        Airflow.connect(f"http://127.0.0.1:{port}").dags.get_dags(_request_timeout=30)
+    assert refused.value.status == 401
 
     api = Api(port, password)
     succeeded = lambda runs: any(r["state"] == "success" for r in runs)  # noqa: E731
@@ -107,8 +103,7 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     _check_gateway_serves(int(env["MOODLOOP_REST_PORT"]), max(pushed))
     first = api.runs("train_emotion_model")[0]
     assert first["run_type"] == "asset_triggered"
-    tasks = api.call("GET", f"/api/v2/dags/train_emotion_model/dagRuns/{first['dag_run_id']}/taskInstances")
-    assert {t["task_id"]: t["state"] for t in tasks["task_instances"]}["Trainer"] == "success"
+    assert api.task_states("train_emotion_model", first["dag_run_id"])["Trainer"] == "success"
 
     # The drift job's trigger against the real REST API v2: a run with its conf, then, while that
     # run is queued or running, a second drift joins it instead of queueing another.
@@ -118,7 +113,8 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     triggered = drift.trigger_retrain(airflow, {"reason": "drift", "report": "r.html", "epochs": 1})
     run_id = triggered["dag_run_id"]
     assert drift.trigger_retrain(airflow, {"reason": "drift"})["already_running"] == run_id
-    assert api.call("GET", f"/api/v2/dags/train_emotion_model/dagRuns/{run_id}")["conf"]["reason"] == "drift"
+    conf = api.airflow.dag_runs.get_dag_run("train_emotion_model", run_id, _request_timeout=30).conf
+    assert conf["reason"] == "drift"
     api.wait_for(
         "train_emotion_model",
         lambda runs: any(r["dag_run_id"] == run_id and r["state"] == "success" for r in runs),
@@ -159,7 +155,7 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     with urllib.request.urlopen(urllib.request.Request(gateway, data=body), timeout=60) as response:
         assert response.status == 200
     time.sleep(8)  # the inference log's flush interval
-    run_id = api.call("POST", "/api/v2/dags/monitor_drift/dagRuns", {"logical_date": None, "conf": {}})["dag_run_id"]
+    run_id = api.trigger("monitor_drift", {})
     api.wait_for(
         "monitor_drift",
         lambda runs: any(r["dag_run_id"] == run_id and r["state"] == "success" for r in runs),
@@ -239,11 +235,6 @@ def _check_evidently_ui(port: int, screenshot: Path) -> None:
         browser.close()
 
 
-def _task_state(api: Api, dag_id: str, run_id: str, task_id: str) -> str | None:
-    tasks = api.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-    return {t["task_id"]: t["state"] for t in tasks}.get(task_id)
-
-
 def test_killing_the_scheduler_and_the_trainer_mid_run_ends_cleanly(tmp_path):
     env = {
         **os.environ, **FAST, "MOODLOOP_EPOCHS": "60", "MOODLOOP_HOME": str(tmp_path / "home"), **_ports(),
@@ -258,7 +249,7 @@ def test_killing_the_scheduler_and_the_trainer_mid_run_ends_cleanly(tmp_path):
         runs = api.wait_for("train_emotion_model", lambda r: bool(r), 300, "training to start")
         run_id = runs[0]["dag_run_id"]
         deadline = time.monotonic() + 600
-        while _task_state(api, "train_emotion_model", run_id, "Trainer") != "running":
+        while api.task_states("train_emotion_model", run_id).get("Trainer") != "running":
             assert time.monotonic() < deadline, "Trainer never started"
             time.sleep(3)
         time.sleep(10)  # mid-epoch
