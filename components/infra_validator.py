@@ -140,8 +140,7 @@ class ModelServerProcess:
                 except grpc.RpcError:
                     time.sleep(0.2)  # not listening yet
                     continue
-                states = {get_model_status_pb2.ModelVersionStatus.State.Name(v.state): v for v in versions}
-                if "AVAILABLE" in states:
+                if any(v.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE for v in versions):
                     return None
                 failed = [v for v in versions if v.status.error_code]
                 if failed:

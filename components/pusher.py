@@ -115,6 +115,3 @@ def _wait_until_served(status_url: str, version: int, timeout: float = 120.0) ->
             return
         time.sleep(1)
     print(f"warning: version {version} not AVAILABLE after {timeout:.0f} s; labelling it anyway", flush=True)
-
-
-# ---------------------------------------------------------------- one Examples artifact per span

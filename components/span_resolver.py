@@ -37,6 +37,3 @@ class LatestVersionPerSpanStrategy(tfx.dsl.experimental.ResolverStrategy):
                 spans = spans[: self._num_spans]
             result[key] = [newest[s] for s in spans]
         return result
-
-
-# ---------------------------------------------------------------- model report
