@@ -79,7 +79,9 @@ class Drill:
             "MOODLOOP_REST_PORT": str(free_port()), "MOODLOOP_GRPC_PORT": str(free_port()),
         }  # fmt: skip
         self.settings = Settings.from_env(
-            home=home, drift_window_records=args.window, rest_port=int(self.env["MOODLOOP_REST_PORT"])
+            home=home,
+            drift={"window_records": args.window},
+            serving={"rest_port": int(self.env["MOODLOOP_REST_PORT"])},
         )
         self.moodloop = str(self.settings.pipeline_python.with_name("moodloop"))
         self.rest = f"http://127.0.0.1:{self.env['MOODLOOP_REST_PORT']}"
@@ -397,9 +399,10 @@ def main(argv: list[str] | None = None) -> int:
             return stack.stop(settings)
         print(
             "\nThe stack is still running, so you can look:\n"
-            f'  drift reports  http://127.0.0.1:{settings.evidently_port}  (Evidently UI, project "{drift.PROJECT}")'
+            f"  drift reports  http://127.0.0.1:{settings.drift.evidently_port}"
+            f'  (Evidently UI, project "{drift.PROJECT}")'
             f"  and {home / 'monitoring' / 'drift'}/*.html\n"
-            f"  Airflow UI     {settings.airflow_url}  user admin, password in {settings.airflow_password_file}\n"
+            f"  Airflow UI     {settings.airflow.url}  user admin, password in {settings.airflow.password_file}\n"
             f"  stop it        MOODLOOP_HOME={home} make stop"
         )
     return 0

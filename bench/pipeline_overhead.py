@@ -98,16 +98,18 @@ def bare_fit(
     return BareFit(time.perf_counter() - started, history.history["val_sparse_categorical_accuracy"][-1])
 
 
-def bench_settings(home: Path, args: argparse.Namespace, **overrides) -> Settings:
+def bench_settings(home: Path, args: argparse.Namespace, **training) -> Settings:
     return Settings.from_env(
         home=home,
-        epochs=args.epochs,
-        model_size=args.model_size,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        augment=args.augment,
-        min_accuracy=0.0,
-        **overrides,
+        training={
+            "epochs": args.epochs,
+            "model_size": args.model_size,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "augment": args.augment,
+            **training,
+        },
+        gate={"min_accuracy": 0.0},
     )
 
 

@@ -18,6 +18,7 @@ version under the model base path while there are no labels: the gate compares w
 import dataclasses
 import glob
 import json
+import logging
 import os
 from pathlib import Path
 from typing import List  # noqa: UP035 - TFX's component parser reads typing.List annotations
@@ -33,20 +34,13 @@ from moodloop.contracts import (
     OUTPUT_PROBABILITIES,
     SIGNATURE_EXAMPLES,
 )
+from moodloop.settings import GateSettings
+
+log = logging.getLogger(__name__)
 
 GATE_REPORT_JSON = "gate_report.json"
 GATE_REPORT_PNG = "gate_report.png"
 PROFILE_FILE = "reference_profile.parquet"
-
-
-@dataclasses.dataclass(frozen=True)
-class GateThresholds:
-    min_accuracy: float = 0.40  # absolute floor, for every candidate
-    alpha: float = 0.05  # false-promotion level of the superiority test (one-sided)
-    min_examples: int = 200  # fewer held-out faces: no decision
-    max_class_recall_drop: float = 0.05  # a per-class drop larger than this, and significant, blocks
-    bootstrap: int = 1000
-    seed: int = 0
 
 
 def mcnemar_exact_p(candidate_only: int, champion_only: int) -> float:
@@ -68,7 +62,7 @@ def _bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generato
     return values[index].mean(axis=1)
 
 
-def decide(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray | None, thresholds: GateThresholds) -> dict:
+def decide(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray | None, thresholds: GateSettings) -> dict:
     """The verdict and its numbers. `candidate` / `champion` are predicted class ids per face.
 
     The result (report.json's `gate`):
@@ -82,7 +76,7 @@ def decide(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray | Non
       `change_upper_bound`, `mcnemar_p_worse` (exact, within the class) and `regression` (a drop
       beyond `max_class_recall_drop` that is significant: it blocks the candidate).
     """
-    rng = np.random.default_rng(thresholds.seed)
+    rng = np.random.default_rng(0)  # the same faces and models, the same verdict
     n = len(labels)
     cand_correct = (candidate == labels).astype(np.float64)
     accuracy = float(cand_correct.mean()) if n else 0.0
@@ -260,19 +254,29 @@ def ABGate(
     report: tfx.dsl.components.OutputArtifact[GateReport],
     model_base: tfx.dsl.components.Parameter[str],
     serving_config: tfx.dsl.components.Parameter[str],
-    model_name: tfx.dsl.components.Parameter[str] = "emotion",
-    min_accuracy: tfx.dsl.components.Parameter[float] = 0.40,
-    alpha: tfx.dsl.components.Parameter[float] = 0.05,
-    min_examples: tfx.dsl.components.Parameter[int] = 200,
-    max_class_recall_drop: tfx.dsl.components.Parameter[float] = 0.05,
-    bootstrap: tfx.dsl.components.Parameter[int] = 1000,
+    model_name: tfx.dsl.components.Parameter[str],
+    # The thresholds (moodloop.settings.GateSettings, where their defaults live), one by one:
+    # a TFX component's parameters are primitives.
+    min_accuracy: tfx.dsl.components.Parameter[float],
+    max_accuracy_drop: tfx.dsl.components.Parameter[float],
+    alpha: tfx.dsl.components.Parameter[float],
+    min_examples: tfx.dsl.components.Parameter[int],
+    max_class_recall_drop: tfx.dsl.components.Parameter[float],
+    bootstrap: tfx.dsl.components.Parameter[int],
 ) -> None:
     """Champion vs candidate on the same held-out faces; blesses (or not) for the Pusher."""
     from tfx.utils import path_utils
 
     from components import plots
 
-    thresholds = GateThresholds(min_accuracy, alpha, min_examples, max_class_recall_drop, bootstrap)
+    thresholds = GateSettings(
+        min_accuracy=min_accuracy,
+        max_accuracy_drop=max_accuracy_drop,
+        alpha=alpha,
+        min_examples=min_examples,
+        max_class_recall_drop=max_class_recall_drop,
+        bootstrap=bootstrap,
+    )
     serialized, labels = eval_examples(examples)
     outputs = predict(path_utils.serving_model_path(model.uri), serialized)
     candidate = outputs[OUTPUT_PROBABILITIES].argmax(axis=1)
@@ -286,7 +290,7 @@ def ABGate(
     profile = os.path.join(report.uri, PROFILE_FILE)
     faces = write_reference_profile(profile, serialized, labels, outputs)
     blessing.set_string_custom_property("reference_profile", profile)
-    print(f"reference profile of {faces} held-out faces: {profile}", flush=True)
+    log.info(f"reference profile of {faces} held-out faces: {profile}")
     with open(os.path.join(report.uri, GATE_REPORT_JSON), "w") as fh:
         json.dump(result, fh, indent=1)
     plots.gate_report(result, os.path.join(report.uri, GATE_REPORT_PNG))
@@ -295,5 +299,5 @@ def ABGate(
     blessing.set_string_custom_property("current_model", model.uri)
     blessing.set_int_custom_property("current_model_id", model.id)
     Path(blessing.uri, "BLESSED" if result["blessed"] else "NOT_BLESSED").touch()
-    print("\n".join(describe(result)), flush=True)
-    print(f"gate report: {os.path.join(report.uri, GATE_REPORT_JSON)} and {GATE_REPORT_PNG}", flush=True)
+    log.info("\n".join(describe(result)))
+    log.info(f"gate report: {os.path.join(report.uri, GATE_REPORT_JSON)} and {GATE_REPORT_PNG}")

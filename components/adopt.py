@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 import shutil
 import time
@@ -53,6 +54,8 @@ from moodloop.contracts import (
     SIGNATURE_PIXELS,
 )
 from moodloop.settings import Settings
+
+log = logging.getLogger(__name__)
 
 COLORS = ("grey", "rgb")
 # How the model wants its pixels (0..255 in): the names the CLI takes, and what each one does.
@@ -132,7 +135,7 @@ class Adopted:
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    log.info(line)
 
 
 # ---------------------------------------------------------------- loading the team's model
@@ -588,8 +591,7 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
     # The pipeline's own pieces (they import TFX: seconds, so only once the model is known to fit).
     from components.ab_gate import write_reference_profile
     from components.infra_validator import check_in_model_server, write_warmup_requests
-    from components.local_runner import pipeline_config
-    from components.pipeline import pusher_config
+    from components.pipeline import PipelineConfig, pusher_config
     from components.pusher import label_pushed_version
 
     base = Path(settings.model_base)
@@ -614,7 +616,7 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
         raise
     final = base / str(version)
     _say(f"pushed version {version} to {final}")
-    label = label_pushed_version(pusher_config(pipeline_config(settings)), str(base), version)
+    label = label_pushed_version(pusher_config(PipelineConfig.from_settings(settings)), str(base), version)
     seconds = time.monotonic() - started
     _say(f"adopted {classifier.path.name} as version {version} ({label or 'no label'}) in {seconds:.0f} s")
     return Adopted(version, final, label, where, accuracy)

@@ -12,6 +12,7 @@ with `assets.extra/tf_serving_warmup_requests` that the Pusher pushes. With TF S
 """
 
 import glob
+import logging
 import os
 import shutil
 import socket
@@ -34,6 +35,8 @@ from moodloop.contracts import (
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
 )
+
+log = logging.getLogger(__name__)
 
 BLESSED_FILE, NOT_BLESSED_FILE = "INFRA_BLESSED", "INFRA_NOT_BLESSED"  # TFX InfraValidator's markers
 
@@ -187,7 +190,7 @@ def check_in_model_server(model_dir: str, model_name: str, serialized_examples: 
             not_loaded = server.wait_until_loaded()
             if not_loaded:
                 return [not_loaded]
-            print(f"model server up, model loaded and warmed up in {time.perf_counter() - started:.1f} s", flush=True)
+            log.info(f"model server up, model loaded and warmed up in {time.perf_counter() - started:.1f} s")
             for signature, inputs in (
                 (SIGNATURE_IMAGES, {"images": np.array(_images(serialized_examples), dtype=object)}),
                 (SIGNATURE_PIXELS, {"pixels": np.zeros((2, FACE_SIZE, FACE_SIZE), np.uint8)}),
@@ -222,13 +225,13 @@ def EmbeddedInfraValidator(
     shutil.copytree(path_utils.serving_model_path(model.uri), stamped)
     serialized = sample_examples(artifact_utils.get_split_uri([examples], "eval"), num_examples)
     warmup = write_warmup_requests(stamped, model_name, serialized)
-    print(f"warm-up requests ({len(serialized)} eval faces, 3 signatures) written to {warmup}", flush=True)
+    log.info(f"warm-up requests ({len(serialized)} eval faces, 3 signatures) written to {warmup}")
     problems = check_in_model_server(stamped, model_name, serialized)
     blessed = not problems
     blessing.set_int_custom_property("blessed", int(blessed))
     blessing.set_int_custom_property("has_model", int(blessed))
     Path(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE).touch()
     if blessed:
-        print("INFRA BLESSED: the model loads, replays its warm-up requests and answers every signature", flush=True)
+        log.info("INFRA BLESSED: the model loads, replays its warm-up requests and answers every signature")
     else:
-        print("INFRA NOT BLESSED (nothing will be pushed):\n  " + "\n  ".join(problems), flush=True)
+        log.info("INFRA NOT BLESSED (nothing will be pushed):\n  " + "\n  ".join(problems))

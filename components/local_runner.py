@@ -17,11 +17,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from moodloop import console
 from moodloop.contracts import EMOTIONS
-from moodloop.settings import REPO_ROOT, Settings
-
-PREPROCESSING_MODULE_FILE = REPO_ROOT / "components" / "preprocessing.py"
-TRAINER_MODULE_FILE = REPO_ROOT / "components" / "trainer.py"
-SCHEMA_FILE = REPO_ROOT / "data" / "schema" / "schema.pbtxt"
+from moodloop.settings import Settings
 
 
 @dataclasses.dataclass
@@ -37,60 +33,6 @@ class RunOutcome:
     infra_blessed: bool | None = None  # None: the InfraValidator did not run
     gate: dict | None = None  # the A/B gate's result (gate_report.json)
     gate_dir: str | None = None
-
-
-def pipeline_config(settings: Settings, **train_overrides):
-    from components.ab_gate import GateThresholds
-    from components.pipeline import PipelineConfig
-
-    train_config = {
-        "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
-        "model_size": settings.model_size,
-        "learning_rate": settings.learning_rate,
-        "augment": settings.augment,
-        "seed": settings.seed,
-        "warm_start": settings.warm_start,
-        "warm_epochs_fraction": settings.warm_epochs_fraction,
-        "warm_learning_rate_factor": settings.warm_learning_rate_factor,
-        "tune_trials": settings.tune_trials,
-        "tune_epochs": settings.tune_epochs,
-        # where the Trainer finds the stable champion to warm-start from
-        "model_base": str(settings.model_base),
-        "serving_config": str(settings.serving_config),
-        "model_name": settings.model_name,
-    }
-    train_config.update({k: v for k, v in train_overrides.items() if v is not None})
-    tune = bool(train_config.pop("tune", settings.tune))
-    return PipelineConfig(
-        pipeline_name=settings.pipeline_name,
-        pipeline_root=str(settings.pipeline_root),
-        metadata_path=str(settings.metadata_path),
-        curated_dir=str(settings.curated_dir),
-        schema_path=str(SCHEMA_FILE),
-        preprocessing_module_file=str(PREPROCESSING_MODULE_FILE),
-        trainer_module_file=str(TRAINER_MODULE_FILE),
-        model_base=str(settings.model_base),
-        beam_pipeline_args=settings.beam_args,
-        train_config=train_config,
-        min_accuracy=settings.min_accuracy,
-        max_accuracy_drop=settings.max_accuracy_drop,
-        span_window=settings.span_window,
-        tune=tune,
-        model_name=settings.model_name,
-        infra_validator=settings.infra_validator,
-        gate=GateThresholds(
-            min_accuracy=settings.min_accuracy,
-            alpha=settings.gate_alpha,
-            min_examples=settings.gate_min_examples,
-            max_class_recall_drop=settings.gate_max_class_recall_drop,
-            bootstrap=settings.gate_bootstrap,
-        ),
-        serving_config=str(settings.serving_config),
-        traffic_file=str(settings.traffic_file),
-        canary_share=settings.canary_share,
-        serving_status_url=f"{settings.gateway_url}/v1/models/{settings.model_name}",
-    )
 
 
 class _Progress:
@@ -138,7 +80,7 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
     from ml_metadata.metadata_store import metadata_store
     from tfx import v1 as tfx
 
-    from components.pipeline import create_pipeline
+    from components.pipeline import PipelineConfig, create_pipeline
 
     settings.pipeline_root.mkdir(parents=True, exist_ok=True)
     settings.metadata_path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +88,7 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
-    pipeline = create_pipeline(pipeline_config(settings, **train_overrides))
+    pipeline = create_pipeline(PipelineConfig.from_settings(settings, **train_overrides))
     progress = _Progress(total=len(pipeline.components))
     print(f"pipeline {settings.pipeline_name}: {len(pipeline.components)} components; full log: {log_file}", flush=True)
     start_ms = int(time.time() * 1000) - 1

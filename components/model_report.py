@@ -2,6 +2,7 @@
 Evaluator's metrics, the A/B gate's verdict and the Trainer's summary."""
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,8 @@ from tfx import v1 as tfx
 from tfx.types import artifact, standard_artifacts
 
 from moodloop.contracts import EMOTIONS
+
+log = logging.getLogger(__name__)
 
 TRAINING_SUMMARY = "history.json"  # the Trainer's summary in its model_run (components/trainer.py writes it)
 
@@ -134,4 +137,4 @@ def ModelReportGen(
         json.dump(summary, fh, indent=1)
     # TFMA's thresholds are reported here; the push decision is the A/B gate's (ABGate task).
     verdict = "TFMA thresholds passed" if blessed else "TFMA thresholds failed: " + "; ".join(reasons)
-    print(f"held-out accuracy {accuracy}; {verdict}; report in {report.uri}", flush=True)
+    log.info(f"held-out accuracy {accuracy}; {verdict}; report in {report.uri}")

@@ -43,11 +43,10 @@ def run_dir(settings: Settings, run_id: str) -> Path:
 def _compiled(settings: Settings, conf: dict):
     from tfx.dsl.compiler import compiler
 
-    from components.local_runner import pipeline_config
-    from components.pipeline import create_pipeline
+    from components.pipeline import PipelineConfig, create_pipeline
 
     overrides = {k: conf[k] for k in TRAIN_CONF_KEYS if conf.get(k) is not None}
-    return compiler.Compiler().compile(create_pipeline(pipeline_config(settings, **overrides)))
+    return compiler.Compiler().compile(create_pipeline(PipelineConfig.from_settings(settings, **overrides)))
 
 
 def topology(ir) -> list[dict]:

@@ -17,7 +17,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
-from components.ab_gate import ABGate, GateThresholds
+from components.ab_gate import ABGate
 from components.infra_validator import EmbeddedInfraValidator
 from components.model_report import ModelReportGen
 from components.pusher import AtomicPusherExecutor
@@ -30,8 +30,12 @@ from moodloop.contracts import (
     OUTPUT_PROBABILITIES,
     SIGNATURE_EXAMPLES,
 )
+from moodloop.settings import REPO_ROOT, GateSettings, Settings
 
 ACCURACY = "sparse_categorical_accuracy"
+PREPROCESSING_MODULE_FILE = REPO_ROOT / "components" / "preprocessing.py"
+TRAINER_MODULE_FILE = REPO_ROOT / "components" / "trainer.py"
+SCHEMA_FILE = REPO_ROOT / "data" / "schema" / "schema.pbtxt"
 
 # Every executor runs where the repository is importable (the pipeline env installs it), so TFX
 # need not build a wheel of the module file and pip-install it before each Transform and Trainer
@@ -54,20 +58,63 @@ class PipelineConfig:
     model_base: str
     beam_pipeline_args: tuple[str, ...]
     train_config: dict[str, Any]  # epochs, batch_size, model_size, learning_rate, seed
-    min_accuracy: float
-    max_accuracy_drop: float
+    gate: GateSettings  # the Evaluator's thresholds and the A/B gate's
+    canary_share: float  # the Pusher's first share for a new canary
     span_window: int = 0
     tune: bool = False  # a Tuner (KerasTuner random search) before the Trainer
-    gate: GateThresholds = GateThresholds()
     serving_config: str = ""  # models.config: the gate's champion is `stable`; the Pusher labels `canary`
     traffic_file: str = ""
-    canary_share: float = 0.1
     serving_status_url: str = ""  # TF Serving REST status of the model (the gateway's), for label moves
     model_name: str = "emotion"
     # "embedded": the gateway's embedded backend (local default); "tfserving": TFX's InfraValidator
     # with TF Serving in Docker (needs a Docker engine: docker-compose, CI)
     infra_validator: str = "embedded"
     tfserving_image_tag: str = "2.16.1"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **train_overrides: Any) -> PipelineConfig:
+        """The pipeline's configuration from the settings; `train_overrides` (a run's conf: epochs,
+        tune, ...) replace the Trainer's values."""
+        train_config = {
+            "epochs": settings.training.epochs,
+            "batch_size": settings.training.batch_size,
+            "model_size": settings.training.model_size,
+            "learning_rate": settings.training.learning_rate,
+            "augment": settings.training.augment,
+            "seed": settings.training.seed,
+            "warm_start": settings.training.warm_start,
+            "warm_epochs_fraction": settings.training.warm_epochs_fraction,
+            "warm_learning_rate_factor": settings.training.warm_learning_rate_factor,
+            "tune_trials": settings.training.tune_trials,
+            "tune_epochs": settings.training.tune_epochs,
+            # where the Trainer finds the stable champion to warm-start from
+            "model_base": str(settings.model_base),
+            "serving_config": str(settings.serving_config),
+            "model_name": settings.model_name,
+        }
+        train_config.update({k: v for k, v in train_overrides.items() if v is not None})
+        tune = bool(train_config.pop("tune", settings.training.tune))
+        return cls(
+            pipeline_name=settings.pipeline_name,
+            pipeline_root=str(settings.pipeline_root),
+            metadata_path=str(settings.metadata_path),
+            curated_dir=str(settings.curated_dir),
+            schema_path=str(SCHEMA_FILE),
+            preprocessing_module_file=str(PREPROCESSING_MODULE_FILE),
+            trainer_module_file=str(TRAINER_MODULE_FILE),
+            model_base=str(settings.model_base),
+            beam_pipeline_args=settings.beam_args,
+            train_config=train_config,
+            span_window=settings.training.span_window,
+            tune=tune,
+            model_name=settings.model_name,
+            infra_validator=settings.infra_validator,
+            gate=settings.gate,
+            serving_config=str(settings.serving_config),
+            traffic_file=str(settings.traffic_file),
+            canary_share=settings.canary.share,
+            serving_status_url=f"{settings.gateway_url}/v1/models/{settings.model_name}",
+        )
 
 
 def infra_validator(config: PipelineConfig, model, examples):
@@ -222,7 +269,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         model=trainer.outputs["model"],
         baseline_model=champion.outputs["model"],
         example_splits=["eval"],
-        eval_config=eval_config(config.min_accuracy, config.max_accuracy_drop),
+        eval_config=eval_config(config.gate.min_accuracy, config.gate.max_accuracy_drop),
     )
     report = ModelReportGen(evaluation=evaluator.outputs["evaluation"], model_run=trainer.outputs["model_run"])
     gate = ABGate(
@@ -232,7 +279,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         model_base=config.model_base,
         serving_config=config.serving_config,
         model_name=config.model_name,
-        min_accuracy=config.min_accuracy,
+        min_accuracy=config.gate.min_accuracy,
+        max_accuracy_drop=config.gate.max_accuracy_drop,
         alpha=config.gate.alpha,
         min_examples=config.gate.min_examples,
         max_class_recall_drop=config.gate.max_class_recall_drop,

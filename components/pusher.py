@@ -3,6 +3,7 @@ and the pushed version is labelled through the rollout contract (moodloop/rollou
 for the first model, `canary` after that."""
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -12,6 +13,8 @@ from tfx import v1 as tfx
 from tfx.components.pusher import executor as pusher_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
+
+log = logging.getLogger(__name__)
 
 
 class AtomicPusherExecutor(pusher_executor.Executor):
@@ -47,7 +50,7 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         shutil.copytree(model_path, staging)
         _add_reference_profile(input_dict, staging)
         os.replace(staging, final)
-        print(f"pushed model version {version} to {final}", flush=True)
+        log.info(f"pushed model version {version} to {final}")
         label_pushed_version(json.loads(exec_properties.get("custom_config") or "null") or {}, base, version)
         io_utils.copy_dir(model_path, model_push.uri)
         self._MarkPushed(model_push, pushed_destination=final, pushed_version=str(version))
@@ -78,19 +81,18 @@ def label_pushed_version(config: dict, model_base: str, version: int) -> str | N
     rollout = Rollout(
         Path(config["serving_config"]),
         config.get("model_name", "emotion"),
-        float(config.get("canary_share", 0.1)),
+        float(config["canary_share"]),
         Path(config["traffic_file"]) if config.get("traffic_file") else None,
     )
     label = rollout.label_new_version(
         version, Path(model_base), lambda v: _wait_until_served(config.get("status_url", ""), v)
     )
     if label == STABLE:
-        print(f"version {version} is the first model: labelled {STABLE} in {rollout.serving_config}", flush=True)
+        log.info(f"version {version} is the first model: labelled {STABLE} in {rollout.serving_config}")
     else:
-        print(
+        log.info(
             f"version {version} labelled {label} ({rollout.initial_share:.0%} of traffic); "
-            f"{STABLE} stays on version {rollout.labels()[STABLE]} ({rollout.serving_config})",
-            flush=True,
+            f"{STABLE} stays on version {rollout.labels()[STABLE]} ({rollout.serving_config})"
         )
     return label
 
@@ -114,4 +116,4 @@ def _wait_until_served(status_url: str, version: int, timeout: float = 120.0) ->
         except OSError:
             return
         time.sleep(1)
-    print(f"warning: version {version} not AVAILABLE after {timeout:.0f} s; labelling it anyway", flush=True)
+    log.info(f"warning: version {version} not AVAILABLE after {timeout:.0f} s; labelling it anyway")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 
@@ -44,6 +45,8 @@ from moodloop.contracts import (
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
 )
+
+log = logging.getLogger("components.trainer")  # by name: TFX imports the module file by its path
 
 
 def load_split(file_patterns: list[str], tf_transform_output) -> tuple[np.ndarray, np.ndarray]:
@@ -186,10 +189,9 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> TunerFnResult:
     config = fn_args.custom_config or {}
     x_train, y_train = load_split(fn_args.train_files, tft.TFTransformOutput(fn_args.transform_graph_path))
     tuner, fit_kwargs = tuning.make_tuner(x_train, y_train, config, fn_args.working_dir)
-    print(
+    log.info(
         f"tuning: {tuner.oracle.max_trials} trials of {tuner.epochs} epochs on {len(fit_kwargs['y'])} training faces, "
-        f"scored on {len(fit_kwargs['validation_data'][1])} others",
-        flush=True,
+        f"scored on {len(fit_kwargs['validation_data'][1])} others"
     )
     return TunerFnResult(tuner=tuner, fit_kwargs=fit_kwargs)
 
@@ -211,17 +213,16 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     counts = np.bincount(y_train, minlength=NUM_CLASSES)[:NUM_CLASSES].tolist()
     weights = class_weights(counts)
     loaded_s = time.perf_counter() - started
-    print(
+    log.info(
         f"training on {len(y_train)} faces, validating on {len(y_eval)} (loaded in {loaded_s:.1f} s)"
-        f"; per class: {dict(zip(EMOTIONS, counts, strict=True))}",
-        flush=True,
+        f"; per class: {dict(zip(EMOTIONS, counts, strict=True))}"
     )
-    print(f"class weights: {', '.join(f'{EMOTIONS[k]} {w:.2f}' for k, w in weights.items())}", flush=True)
+    log.info(f"class weights: {', '.join(f'{EMOTIONS[k]} {w:.2f}' for k, w in weights.items())}")
 
     tuned = tuning.best_values(fn_args.hyperparameters)
     if tuned:
         learning_rate = float(tuned.pop("learning_rate", learning_rate))
-        print(f"hyperparameters from the Tuner: learning rate {learning_rate:g}, {tuned}", flush=True)
+        log.info(f"hyperparameters from the Tuner: learning rate {learning_rate:g}, {tuned}")
     keras.utils.set_random_seed(int(config.get("seed", 0)))
     model = build_model(
         config.get("model_size", "small"), learning_rate, augment=bool(config.get("augment", True)), **tuned
@@ -232,8 +233,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         epochs = max(1, round(epochs * float(config.get("warm_epochs_fraction", 0.2))))
         learning_rate *= float(config.get("warm_learning_rate_factor", 0.3))
         model.optimizer.learning_rate.assign(learning_rate)
-    print(f"{warm.summary()}; {epochs} epochs at learning rate {learning_rate:g}", flush=True)
-    print(f"model {model.name}: {model.count_params():,} parameters", flush=True)
+    log.info(f"{warm.summary()}; {epochs} epochs at learning rate {learning_rate:g}")
+    log.info(f"model {model.name}: {model.count_params():,} parameters")
     callbacks = [
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-5),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
@@ -251,11 +252,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         verbose=2,  # one line per epoch: readable in the Airflow task log
     )
     fit_s = time.perf_counter() - started
-    print(f"fitted {epochs} epochs in {fit_s:.1f} s", flush=True)
+    log.info(f"fitted {epochs} epochs in {fit_s:.1f} s")
 
     started = time.perf_counter()
     calibrated = calibration.calibrate(logits_of(model, x_eval), y_eval)
-    print(calibrated.summary(), flush=True)
+    log.info(calibrated.summary())
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     curves = {k: [float(v) for v in values] for k, values in history.history.items()}
     summary = {
@@ -281,4 +282,4 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     projection = fit_projection(model, x_train)
     export_serving_model(model, tf_transform_output, fn_args.serving_model_dir, projection, calibrated.temperature)
     save_weights(model, fn_args.serving_model_dir)
-    print(f"calibration, plots, embedding projection and export in {time.perf_counter() - started:.1f} s", flush=True)
+    log.info(f"calibration, plots, embedding projection and export in {time.perf_counter() - started:.1f} s")

@@ -10,12 +10,16 @@ Evaluator and the A/B gate judge the final model on.
 
 from __future__ import annotations
 
+import logging
+
 import keras_tuner
 import numpy as np
 from keras_tuner.src.engine.base_tuner import BaseTuner
 
 from components.model import build_model, class_weights
 from moodloop.contracts import NUM_CLASSES
+
+log = logging.getLogger(__name__)
 
 OBJECTIVE = "val_sparse_categorical_accuracy"
 TUNED = ("learning_rate", "width", "dropout")  # what build_model takes from a trial
@@ -47,7 +51,7 @@ class FaceTuner(BaseTuner):
             verbose=0,
         )
         best = max(history.history[OBJECTIVE])
-        print(f"tuner trial {trial.trial_id}: {_describe(values)} -> validation accuracy {best:.3f}", flush=True)
+        log.info(f"tuner trial {trial.trial_id}: {_describe(values)} -> validation accuracy {best:.3f}")
         return {OBJECTIVE: best}
 
     def save_model(self, trial_id, model, step=0) -> None:

@@ -21,7 +21,7 @@ PYTHON = SETTINGS.pipeline_python
 
 with DAG(
     dag_id="canary_analysis",
-    schedule=timedelta(minutes=SETTINGS.canary_every_minutes),
+    schedule=timedelta(minutes=SETTINGS.canary.every_minutes),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

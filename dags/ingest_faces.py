@@ -7,6 +7,7 @@ ingested before is archived as a duplicate. Nothing is deleted.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
@@ -14,6 +15,8 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from moodloop.airflow_assets import CURATED_FACES
 from moodloop.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dag(
@@ -47,7 +50,7 @@ def ingest_faces():
         from data import ingest
 
         outcome = ingest.curate(Settings.from_env(), checked)
-        print(f"curated: {outcome}")
+        log.info(f"curated: {outcome}")
         if outcome["span"] is None:
             # Skipped, so no asset event: nothing new to train on.
             raise AirflowSkipException(f"every face of {checked['batch']} was curated before")

@@ -8,16 +8,19 @@ data started; a data-quality incident is reported and retrains nothing.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
 from moodloop.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 @dag(
     dag_id="monitor_drift",
-    schedule=timedelta(minutes=Settings.from_env().drift_every_minutes),
+    schedule=timedelta(minutes=Settings.from_env().drift.every_minutes),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -32,7 +35,7 @@ def monitor_drift():
         from monitoring import drift
 
         result = drift.run_window(Settings.from_env())
-        print(drift.describe(result))
+        log.info(drift.describe(result))
         return {"outcome": result.outcome, "report": result.report_html, "retrain": result.retrain}
 
     judge_window()

@@ -6,6 +6,7 @@ ingested once however often it is seen; the same name landing again later gets a
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime, timedelta
 
@@ -13,6 +14,8 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import dag, task
 
 from moodloop.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dag(
@@ -30,7 +33,7 @@ def watch_landing():
         from data.landing_zone import landing_zone
 
         batches = [b for b in landing_zone(Settings.from_env()).list_batches() if b.ready]
-        print(f"{len(batches)} ready batch(es): {', '.join(b.name for b in batches) or '-'}")
+        log.info(f"{len(batches)} ready batch(es): {', '.join(b.name for b in batches) or '-'}")
         return [
             {
                 "trigger_run_id": f"ingest__{re.sub(r'[^A-Za-z0-9_.-]', '_', b.name)}__{int(b.modified)}",

@@ -13,17 +13,23 @@ Every outcome is appended to `<ingest_dir>/ledger.jsonl`.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from data.curated import existing_spans, write_span
 from data.landing_contract import ContractLimits, render_report, validate
-from data.landing_zone import LandingZone, batch_content_hash, landing_zone
+from data.landing_zone import GivenBatch, LandingZone, batch_content_hash, landing_zone
 from data.readers import read_batch
+from moodloop import console
 from moodloop.contracts import CURATED_MANIFEST
 from moodloop.settings import Settings
+
+log = logging.getLogger("data.ingest")  # by name: `python -m data.ingest` runs it as __main__
 
 LEDGER = "ledger.jsonl"
 
@@ -52,8 +58,12 @@ def _work(settings: Settings, batch: str) -> Path:
     return folder
 
 
-def check(settings: Settings, batch: str, zone: LandingZone | None = None) -> dict[str, Any]:
-    """Returns {"decision": "curate" | "quarantine" | "duplicate" | "done", ...} for the branch."""
+def check(
+    settings: Settings, batch: str, zone: LandingZone | None = None, keep_good_rows: bool = False
+) -> dict[str, Any]:
+    """Returns {"decision": "curate" | "quarantine" | "duplicate" | "done", ...} for the branch.
+    `keep_good_rows` (by hand only, `moodloop curate --keep-good-rows`): a batch that breaks the
+    contract is curated with its usable faces instead of quarantined; the ledger says "partial"."""
     zone = zone or landing_zone(settings)
     try:
         local = zone.fetch(batch)
@@ -76,9 +86,11 @@ def check(settings: Settings, batch: str, zone: LandingZone | None = None) -> di
     (work / "contract.json").write_text(
         json.dumps({**summary, "great_expectations": contract.gx_result}, indent=1, default=str)
     )
-    (work / "REPORT.md").write_text(render_report(batch, contract))
-    print(render_report(batch, contract))
-    decision = "curate" if contract.passed else "quarantine"
+    report = render_report(batch, contract, keep_good_rows=keep_good_rows)
+    (work / "REPORT.md").write_text(report)
+    log.info(report)
+    partial = keep_good_rows and not contract.passed and contract.faces > 0
+    decision = "curate" if contract.passed or partial else "quarantine"
     return {
         "batch": batch,
         "batch_hash": batch_hash,
@@ -87,6 +99,7 @@ def check(settings: Settings, batch: str, zone: LandingZone | None = None) -> di
         "items": contract.items,
         "class_counts": contract.class_counts,
         "failures": len(contract.failures),
+        "partial": partial,
     }
 
 
@@ -120,6 +133,7 @@ def curate(settings: Settings, checked: dict[str, Any], zone: LandingZone | None
         )
         outcome = {"span": written.span, "written": written.written, "duplicates": written.duplicates}
     outcome["archived"] = zone.move(batch, "archive", _reports(settings, batch))
+    outcome["partial"] = bool(checked.get("partial"))
     _append_ledger(settings, {"batch": batch, "batch_hash": batch_hash, "outcome": "curated", **outcome})
     return {"batch": batch, **outcome}
 
@@ -138,7 +152,7 @@ def quarantine(settings: Settings, checked: dict[str, Any], zone: LandingZone | 
             "failures": checked.get("failures"),
         },
     )
-    print(f"batch {batch} QUARANTINED whole -> {where} (see REPORT.md there)")
+    log.info(f"batch {batch} QUARANTINED whole -> {where} (see REPORT.md there)")
     return {"batch": batch, "quarantined": where}
 
 
@@ -160,14 +174,16 @@ def skip_duplicate(settings: Settings, checked: dict[str, Any], zone: LandingZon
             "same_as": first["batch"],
         },
     )
-    print(f"batch {batch} is a duplicate of {first['batch']}: archived to {where}, nothing curated")
+    log.info(f"batch {batch} is a duplicate of {first['batch']}: archived to {where}, nothing curated")
     return {"batch": batch, "duplicate_of": first["batch"], "archived": where}
 
 
-def ingest(settings: Settings, batch: str, zone: LandingZone | None = None) -> dict[str, Any]:
+def ingest(
+    settings: Settings, batch: str, zone: LandingZone | None = None, keep_good_rows: bool = False
+) -> dict[str, Any]:
     """All steps in one call (CLI and tests); the DAG runs them as separate tasks."""
     zone = zone or landing_zone(settings)
-    checked = check(settings, batch, zone)
+    checked = check(settings, batch, zone, keep_good_rows)
     decision = checked["decision"]
     if decision == "curate":
         return {"decision": decision, **curate(settings, checked, zone)}
@@ -176,3 +192,45 @@ def ingest(settings: Settings, batch: str, zone: LandingZone | None = None) -> d
     if decision == "duplicate":
         return {"decision": decision, **skip_duplicate(settings, checked, zone)}
     return checked
+
+
+def ingest_given(settings: Settings, batch: Path, keep_good_rows: bool = False) -> bool:
+    """`moodloop curate PATH`: these steps on a batch given by path, copied to archive/ or
+    quarantine/, never moved. Prints what happened; False when nothing could be curated."""
+    if not batch.exists():
+        print(f"error: {batch} does not exist", file=sys.stderr)
+        return False
+    zone = GivenBatch(batch, settings.archive_dir, settings.quarantine_dir)
+    outcome = ingest(settings, batch.name, zone, keep_good_rows=keep_good_rows)
+    if outcome["decision"] == "quarantine":
+        print(
+            f"error: {batch} breaks the data contract; a copy and its REPORT.md are in {outcome['quarantined']}. "
+            "Fix it, or pass --keep-good-rows to curate its usable faces anyway.",
+            file=sys.stderr,
+        )
+        return False
+    if outcome["decision"] == "duplicate":
+        return True
+    if outcome["span"] is None:
+        print(f"no new faces: all {outcome['duplicates']} were curated before (content hash)")
+    else:
+        print(
+            f"curated span {outcome['span']}{' IN PART' if outcome['partial'] else ''}: {outcome['written']} faces, "
+            f"{outcome['duplicates']} duplicates skipped; the batch is copied to {outcome['archived']}"
+        )
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m data.ingest", description="Ingest a batch given by path (what `moodloop curate` runs)."
+    )
+    parser.add_argument("batch", type=Path, help="fer2013.csv, an image folder tree, or a folder with labels.csv")
+    parser.add_argument("--keep-good-rows", action="store_true", help="curate a failed batch's usable faces")
+    args = parser.parse_args(argv)
+    console.show_progress()
+    return 0 if ingest_given(Settings.from_env(), args.batch, args.keep_good_rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

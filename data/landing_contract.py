@@ -136,9 +136,16 @@ def validate(result: ReadResult, limits: ContractLimits = ContractLimits()) -> C
     )
 
 
-def render_report(batch: str, contract: ContractResult, limit: int = 50) -> str:
-    """REPORT.md: the verdict, the class counts, then each failed rule with its items."""
-    verdict = "ACCEPTED" if contract.passed else "QUARANTINED (the whole batch; nothing was curated or deleted)"
+def render_report(batch: str, contract: ContractResult, limit: int = 50, keep_good_rows: bool = False) -> str:
+    """REPORT.md: the verdict, the class counts, then each failed rule with its items.
+    `keep_good_rows`: a failed batch's usable faces are curated anyway (asked for by hand)."""
+    partial = keep_good_rows and not contract.passed and contract.faces > 0
+    if contract.passed:
+        verdict = "ACCEPTED"
+    elif partial:
+        verdict = f"CURATED IN PART (its {contract.faces} usable faces, as asked; the items below were left out)"
+    else:
+        verdict = "QUARANTINED (the whole batch; nothing was curated or deleted)"
     lines = [
         f"# Landing batch `{batch}`: {verdict}",
         "",
@@ -161,7 +168,12 @@ def render_report(batch: str, contract: ContractResult, limit: int = 50) -> str:
                 lines.append(f"- `{example['source']}`: {example['reason']}")
             if len(failure["examples"]) > limit:
                 lines.append(f"- ... and {len(failure['examples']) - limit} more (see contract.json)")
-        lines += ["", "Fix the items above and drop the corrected batch into the landing zone again."]
+        lines += [
+            "",
+            "The whole batch is kept in the archive; fix the items above and curate them again."
+            if partial
+            else "Fix the items above and drop the corrected batch into the landing zone again.",
+        ]
     return "\n".join(lines) + "\n"
 
 

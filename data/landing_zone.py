@@ -102,17 +102,40 @@ class LocalLandingZone:
         data = staging / "data"
         if source.is_file():
             data.mkdir()
-            os.replace(source, data / source.name)
+            self._transfer(source, data / source.name)
         else:
-            os.replace(source, data)
+            self._transfer(source, data)
         os.replace(staging, destination)
         return str(destination)
+
+    def _transfer(self, source: Path, target: Path) -> None:
+        os.replace(source, target)
 
     def locate(self, name: str) -> str | None:
         for folder in self.areas.values():
             if (folder / name).exists():
                 return str(folder / name)
         return None
+
+
+class GivenBatch(LocalLandingZone):
+    """One batch outside the landing zone (`moodloop curate PATH`, `moodloop train --data PATH`),
+    ingested by the same steps as a landed one (contract, ledger, duplicates, quarantine), but
+    copied, not moved, to archive/ or quarantine/: the user's own folder stays as it was."""
+
+    def __init__(self, path: Path, archive: Path, quarantine: Path):
+        path = Path(path).resolve()
+        super().__init__(path.parent, archive, quarantine, settle_seconds=0.0)
+        self.name = path.name
+
+    def list_batches(self) -> list[Batch]:
+        return [batch for batch in super().list_batches() if batch.name == self.name]
+
+    def _transfer(self, source: Path, target: Path) -> None:
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
 
 
 class S3LandingZone:

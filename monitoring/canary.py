@@ -16,7 +16,6 @@ Decisions append to <home>/serving/canary_decisions.jsonl; the state is <home>/s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -29,34 +28,7 @@ from moodloop.contracts import EMOTIONS, LOG_FEEDBACK, LOG_PREDICTIONS, METRIC_R
 from moodloop.files import atomic_write_text
 from moodloop.log_records import read_log
 from moodloop.rollout import CANARY, STABLE, Rollout
-from moodloop.settings import Settings
-
-
-@dataclasses.dataclass(frozen=True)
-class CanaryPolicy:
-    steps: tuple[float, ...] = (0.1, 0.5, 1.0)  # canary share per step; after the last: promote
-    bake_seconds: float = 600.0  # least time per step
-    min_requests: int = 200  # least predictions per side per step before judging
-    min_labels: int = 100  # least feedback labels per side for the accuracy test
-    alpha: float = 0.05
-    max_accuracy_drop: float = 0.02  # labels: canary worse than this, significantly -> roll back
-    max_confidence_drop: float = 0.10  # no labels: mean top-1 probability
-    max_latency_ratio: float = 2.0  # p95 canary / p95 stable ...
-    min_latency_increase_ms: float = 20.0  # ... and by more than this (a few ms is noise)
-    max_class_shift: float = 0.25  # total variation distance between the predicted-class mixes
-    max_error_rate_increase: float = 0.02
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> CanaryPolicy:
-        return cls(
-            steps=settings.canary_steps,
-            bake_seconds=settings.canary_bake_seconds,
-            min_requests=settings.canary_min_requests,
-            min_labels=settings.canary_min_labels,
-            alpha=settings.canary_alpha,
-            max_accuracy_drop=settings.canary_max_accuracy_drop,
-        )
-
+from moodloop.settings import CanarySettings, Settings
 
 # ---------------------------------------------------------------- evidence
 
@@ -118,7 +90,7 @@ def gateway_error_counts(metrics_url: str, model: str) -> dict[str, dict[str, fl
     return counts
 
 
-def judge(stable: dict, canary: dict, errors: dict | None, policy: CanaryPolicy) -> tuple[str, list[str]]:
+def judge(stable: dict, canary: dict, errors: dict | None, policy: CanarySettings) -> tuple[str, list[str]]:
     """ "rollback" with reasons, "wait" (not enough evidence yet) or "pass" for this step."""
     if stable.get("requests", 0) < policy.min_requests or canary.get("requests", 0) < policy.min_requests:
         return "wait", [
@@ -176,7 +148,9 @@ def _error_delta(now: dict | None, before: dict | None) -> dict | None:
     return {side: {k: v - before.get(side, {}).get(k, 0.0) for k, v in counts.items()} for side, counts in now.items()}
 
 
-def analyze(settings: Settings, policy: CanaryPolicy, now: float | None = None, metrics_url: str | None = None) -> dict:
+def analyze(
+    settings: Settings, policy: CanarySettings, now: float | None = None, metrics_url: str | None = None
+) -> dict:
     """Look at the current canary once and act: wait, ramp, promote or roll back. Returns the decision."""
     now = time.time() if now is None else now
     state_path, log_path = _paths(settings)
@@ -276,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "analyze":
-        print(describe(analyze(settings, CanaryPolicy.from_settings(settings))), flush=True)
+        print(describe(analyze(settings, settings.canary)), flush=True)
         return 0
     state_path, log_path = _paths(settings)
     print(f"state: {state_path.read_text() if state_path.exists() else 'no canary under analysis'}")

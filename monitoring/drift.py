@@ -197,8 +197,8 @@ def trigger_retrain(settings: Settings, conf: dict[str, Any]) -> dict[str, Any]:
     started before the shift's data was curated."""
     from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
 
-    password = json.loads(settings.airflow_password_file.read_text())[settings.airflow_user]
-    airflow = Airflow.connect(settings.airflow_url, settings.airflow_user, password, timeout=30)
+    password = json.loads(settings.airflow.password_file.read_text())[settings.airflow.user]
+    airflow = Airflow.connect(settings.airflow.url, settings.airflow.user, password, timeout=30)
     dag_runs, timeout = airflow.dag_runs, airflow.timeout
     active = dag_runs.get_dag_runs(TRAIN_DAG, state=["queued", "running"], _request_timeout=timeout).dag_runs
     since = (conf.get("window") or {}).get("since")
@@ -219,7 +219,7 @@ def _state(settings: Settings) -> tuple[Path, dict[str, Any]]:
 def _workspace_project(settings: Settings, state: dict[str, Any]):
     from evidently.ui.workspace import Workspace
 
-    workspace = Workspace.create(str(settings.evidently_workspace))
+    workspace = Workspace.create(str(settings.drift.evidently_workspace))
     project_id = state.get("project_id")
     if not project_id or workspace.get_project(project_id) is None:
         project = workspace.create_project(PROJECT)
@@ -262,15 +262,15 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
     state_path, state = _state(settings)
     since = pd.Timestamp(state["last_end"]) if state.get("last_end") else None
     log = read_log(settings.inference_log_url, LOG_PREDICTIONS, since)
-    if settings.drift_window_records > 0:
-        window = log.head(settings.drift_window_records)
-        enough = len(window) == settings.drift_window_records
+    if settings.drift.window_records > 0:
+        window = log.head(settings.drift.window_records)
+        enough = len(window) == settings.drift.window_records
     else:
         window = log
-        enough = len(window) >= settings.drift_min_records
+        enough = len(window) >= settings.drift.min_records
     info = {"since": str(since) if since is not None else None, "records": int(len(window))}
     if not enough:
-        needed = settings.drift_window_records or settings.drift_min_records
+        needed = settings.drift.window_records or settings.drift.min_records
         return WindowResult("waiting", info, [f"{len(window)} new records; a window needs {needed}"])
     info["until"] = str(window["timestamp"].max())
     version, reference = reference_for(settings, window)
@@ -284,7 +284,7 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
         result.outcome, result.reasons = "no_reference", [f"no reference profile for version {version}"]
     else:
         metadata = {"reference_version": str(version), "records": str(len(window)), "until": info["until"]}
-        snapshot, result.drift = drift_report(reference, window, settings.drift_share, metadata)
+        snapshot, result.drift = drift_report(reference, window, settings.drift.share, metadata)
         workspace, state["project_id"] = _workspace_project(settings, state)
         stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%dT%H%M%S")
         workspace.add_run(state["project_id"], snapshot, name=f"window until {info['until'][:19]} (v{version})")
@@ -293,12 +293,12 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
         snapshot.save_html(str(html))
         result.report_html = str(html)
         result.live_accuracy = live_accuracy(window, read_log(settings.inference_log_url, LOG_FEEDBACK))
-        if result.drift["drift_share"] >= settings.drift_share:
+        if result.drift["drift_share"] >= settings.drift.share:
             groups = {g: c for g, c in result.drift["drifted_by_group"].items() if c}
             result.outcome = "drift"
             result.reasons = [f"{result.drift['drift_share']:.0%} of the monitored columns drifted: {groups}"]
             last = state.get("last_retrain", 0.0)
-            if now - last < settings.drift_cooldown_minutes * 60:
+            if now - last < settings.drift.cooldown_minutes * 60:
                 result.retrain = {"suppressed": f"cool-down: drift started or joined a retrain {now - last:.0f} s ago"}
             else:
                 conf = {"reason": "drift", "report": str(html), "drifted": groups, "window": info}

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from moodloop import console
-from moodloop.settings import Settings
+from moodloop.settings import REPO_ROOT, Settings
 
 EXIT_NOT_BLESSED = 3
 
@@ -82,41 +82,39 @@ def cmd_read(args: argparse.Namespace) -> int:
     return 0 if result.faces else 1
 
 
-def _curate(batch: Path, settings: Settings, show: int) -> bool:
-    from data.curated import write_span
+def _curate(batch: Path, settings: Settings, keep_good_rows: bool) -> bool:
+    """The landing zone's ingest on a batch given by path (data/ingest.py `ingest_given`). Great
+    Expectations lives in the orchestration env: from the pipeline env it runs there."""
+    import importlib.util
+    import subprocess
 
-    result = _read(batch, settings, show)
-    if not result.faces:
-        print(f"error: no usable faces in {batch}", file=sys.stderr)
-        return False
-    written = write_span(
-        settings.curated_dir, [f.pixels for f in result.faces], [f.label for f in result.faces], source=str(batch)
-    )
-    if written.span is None:
-        print(f"no new faces: all {written.duplicates} were curated before (content hash)")
-    else:
-        print(
-            f"curated span {written.span}: {written.written} faces, "
-            f"{written.duplicates} duplicates skipped -> {written.path}"
-        )
-    return True
+    if importlib.util.find_spec("great_expectations") is not None:
+        from data.ingest import ingest_given
+
+        return ingest_given(settings, batch, keep_good_rows)
+    command = [str(settings.orchestration_python), "-m", "data.ingest", str(batch.resolve())]
+    env = {**os.environ, "MOODLOOP_HOME": str(settings.home)}
+    done = subprocess.run(command + ["--keep-good-rows"] * keep_good_rows, cwd=REPO_ROOT, env=env)
+    return done.returncode == 0
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
-    return 0 if _curate(args.batch, Settings.from_env(), args.show) else 1
+    return 0 if _curate(args.batch, Settings.from_env(), args.keep_good_rows) else 1
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     console.quiet_console()  # before TensorFlow is imported: third-party chatter to the run's log file
     settings = Settings.from_env(
-        epochs=args.epochs,
-        model_size=args.model_size,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        min_accuracy=args.min_accuracy,
         beam_args=tuple(args.beam_args.split()) if args.beam_args else None,
+        training={
+            "epochs": args.epochs,
+            "model_size": args.model_size,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+        },
+        gate={"min_accuracy": args.min_accuracy},
     )
-    if args.data is not None and not _curate(args.data, settings, args.show):
+    if args.data is not None and not _curate(args.data, settings, args.keep_good_rows):
         return 1
     from data.curated import existing_spans
 
@@ -223,14 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shift_options(p)
     p.set_defaults(func=cmd_generate)
 
-    for name, func, text in (
-        ("read", cmd_read, "read a landing batch and report every rejected row or file"),
-        ("curate", cmd_curate, "read a landing batch and append its new faces as the next curated span"),
-    ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("batch", type=Path, help="fer2013.csv, an image folder tree, or a folder with labels.csv")
-        p.add_argument("--show", type=int, default=50, help="rejections to list (default 50)")
-        p.set_defaults(func=func)
+    batch_help = "fer2013.csv, an image folder tree, or a folder with labels.csv"
+    keep_help = (
+        "curate the usable faces of a batch that breaks the data contract, instead of quarantining it whole "
+        "(the report lists what was left out)"
+    )
+    p = sub.add_parser("read", help="read a landing batch and report every rejected row or file")
+    p.add_argument("batch", type=Path, help=batch_help)
+    p.add_argument("--show", type=int, default=50, help="rejections to list (default 50)")
+    p.set_defaults(func=cmd_read)
+    p = sub.add_parser(
+        "curate",
+        help="ingest a batch by path: data contract, then its new faces as the next curated span",
+        description="The landing zone's ingest on a batch you name: the Great Expectations contract, the ledger "
+        "(a batch ingested before is skipped), then its new faces as the next curated span. A batch that breaks "
+        "the contract is quarantined whole, with REPORT.md. Your files are copied (to archive/ or "
+        "quarantine/), never moved.",
+    )
+    p.add_argument("batch", type=Path, help=batch_help)
+    p.add_argument("--keep-good-rows", action="store_true", help=keep_help)
+    p.set_defaults(func=cmd_curate)
 
     p = sub.add_parser(
         "train",
@@ -250,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='Beam pipeline args, e.g. "--runner=FlinkRunner --flink_master=host:8081" '
         "(MOODLOOP_BEAM_ARGS; default: in-memory DirectRunner)",
     )
-    p.add_argument("--show", type=int, default=50, help="rejections to list (default 50)")
+    p.add_argument("--keep-good-rows", action="store_true", help=keep_help)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -315,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:  # the gateway has its own flags and --help
         return cmd_serve(argparse.Namespace(gateway_args=argv[1:]))
     args = build_parser().parse_args(argv)
+    console.show_progress()  # the stages' log lines are this command's output
     return args.func(args)
 
 

@@ -86,7 +86,7 @@ class Rollout:
 
     @classmethod
     def from_settings(cls, settings) -> Rollout:
-        return cls(Path(settings.serving_config), settings.model_name, settings.canary_share, settings.traffic_file)
+        return cls(Path(settings.serving_config), settings.model_name, settings.canary.share, settings.traffic_file)
 
     @property
     def traffic(self) -> TrafficFile | None:

@@ -73,7 +73,7 @@ class FaceDetector:
 
     Subclasses implement `_detect` on the image in the colour they want (`wants_rgb`); large
     photos are searched at <= MAX_SEARCH_SIDE px on the long side (faster, same faces) and the
-    boxes and landmarks scaled back. Use one instance per thread (see `Gateway.detector`).
+    boxes and landmarks scaled back. Use one instance per thread (see `DataPlane.detector`).
     """
 
     wants_rgb = False

@@ -32,15 +32,15 @@ log = logging.getLogger("moodloop.serving")
 def build(settings: Settings):
     """The gateway with its backend started."""
     from serving.backends import EmbeddedBackend, TFServingBackend
+    from serving.dataplane import DataPlane
     from serving.inference_log import InferenceLog
     from serving.metrics import GatewayMetrics
-    from serving.service import Gateway
 
     models_config.ensure(settings.serving_config, settings.model_name, settings.model_base)
     inference_log = InferenceLog(
         settings.inference_log_url,
-        buffer_records=settings.log_buffer_records,
-        flush_seconds=settings.log_flush_seconds,
+        buffer_records=settings.serving.log_buffer_records,
+        flush_seconds=settings.serving.log_flush_seconds,
         s3_client_factory=lambda: s3_client(settings),
     )
     metrics = GatewayMetrics()
@@ -48,15 +48,20 @@ def build(settings: Settings):
     def on_batch(model: str, version: int, rows: int) -> None:
         metrics.batch_size.labels(model, str(version)).observe(rows)
 
-    if settings.serving_backend == "embedded":
+    if settings.serving.backend == "embedded":
         backend = EmbeddedBackend(
-            settings.serving_config, BatchingParameters.read(settings.batching_config), settings.poll_seconds, on_batch
+            settings.serving_config,
+            BatchingParameters.read(settings.batching_config),
+            settings.serving.poll_seconds,
+            on_batch,
         )
-    elif settings.serving_backend == "tfserving":
-        backend = TFServingBackend(settings.tfserving_target, settings.serving_config, settings.request_timeout_seconds)
+    elif settings.serving.backend == "tfserving":
+        backend = TFServingBackend(
+            settings.serving.tfserving_target, settings.serving_config, settings.serving.request_timeout_seconds
+        )
     else:
-        raise ValueError(f"MOODLOOP_SERVING_BACKEND={settings.serving_backend!r}: use 'embedded' or 'tfserving'")
-    gateway = Gateway(settings, backend, inference_log, metrics)
+        raise ValueError(f"MOODLOOP_SERVING_BACKEND={settings.serving.backend!r}: use 'embedded' or 'tfserving'")
+    gateway = DataPlane(settings, backend, inference_log, metrics)
     backend.start()
     return gateway
 
@@ -81,12 +86,12 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
     from serving.rest import create_app
 
     gateway = build(settings)
-    server, grpc_port = create_server(gateway, f"{settings.gateway_host}:{settings.grpc_port}")
+    server, grpc_port = create_server(gateway, f"{settings.serving.gateway_host}:{settings.serving.grpc_port}")
     server.start()
     # uvicorn binds the port itself: a pre-bound socket handed to it answered every request
     # 40 ms late (delayed ACKs), so port 0 is resolved after start-up instead.
     config = uvicorn.Config(
-        create_app(gateway), host=settings.gateway_host, port=settings.rest_port,
+        create_app(gateway), host=settings.serving.gateway_host, port=settings.serving.rest_port,
         log_level="info" if access_log else "warning", access_log=access_log, lifespan="off",
     )  # fmt: skip
     rest = uvicorn.Server(config)
@@ -95,7 +100,9 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
     while not rest.started:
         if not thread.is_alive():
             server.stop(grace=0)
-            raise OSError(f"the REST server could not start on {settings.gateway_host}:{settings.rest_port}")
+            raise OSError(
+                f"the REST server could not start on {settings.serving.gateway_host}:{settings.serving.rest_port}"
+            )
         time.sleep(0.02)
     rest_port = rest.servers[0].sockets[0].getsockname()[1]
     try:
@@ -126,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     settings = Settings.from_env(
-        serving_backend=args.backend,
-        tfserving_target=args.tfserving_target,
-        gateway_host=args.host,
-        rest_port=args.rest_port,
-        grpc_port=args.grpc_port,
         serving_config=args.model_config,
+        serving={
+            "backend": args.backend,
+            "tfserving_target": args.tfserving_target,
+            "gateway_host": args.host,
+            "rest_port": args.rest_port,
+            "grpc_port": args.grpc_port,
+        },
     )
 
     stop = threading.Event()
@@ -140,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     with serve_in_thread(settings, access_log=args.access_log) as running:
         log.info(
             "gateway up: REST http://%s:%d  gRPC %s:%d  backend %s  models.config %s  inference log %s",
-            settings.gateway_host, running.rest_port, settings.gateway_host, running.grpc_port,
-            settings.serving_backend, settings.serving_config, settings.inference_log_url,
+            settings.serving.gateway_host, running.rest_port, settings.serving.gateway_host, running.grpc_port,
+            settings.serving.backend, settings.serving_config, settings.inference_log_url,
         )  # fmt: skip
         stop.wait()
         buffered = running.gateway.inference_log.buffered()

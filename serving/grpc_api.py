@@ -20,7 +20,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.backends import ServingError
-from serving.service import Call, Gateway
+from serving.dataplane import Call, DataPlane
 
 MAX_MESSAGE = 64 << 20
 
@@ -36,7 +36,7 @@ def _abort(context: grpc.ServicerContext, error: ServingError):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: DataPlane) -> None:
         self.gateway = gateway
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext):
@@ -89,7 +89,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: DataPlane) -> None:
         self.gateway = gateway
 
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
@@ -121,7 +121,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def create_server(gateway: Gateway, address: str, workers: int = 16) -> tuple[grpc.Server, int]:
+def create_server(gateway: DataPlane, address: str, workers: int = 16) -> tuple[grpc.Server, int]:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         options=[("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)],

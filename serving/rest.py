@@ -14,7 +14,7 @@ moodloop's own:
 Every prediction answers with an `x-request-id` header: the id feedback refers to.
 
 Shaped like KServe's REST server: the endpoints are methods of one class over the transport-free
-gateway (serving/service.py), the routes are declared in one table (`routes`), and errors are
+gateway (serving/dataplane.py), the routes are declared in one table (`routes`), and errors are
 turned into responses by handlers registered once (`EXCEPTION_HANDLERS`): an endpoint raises.
 """
 
@@ -36,9 +36,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from serving.backends import ServingError
+from serving.dataplane import Call, DataPlane
 from serving.faces import BadMediaError, analyze_photo, analyze_video
 from serving.rest_codec import HTTP_STATUS, parse_predict_request, predict_response
-from serving.service import Call, Gateway
 
 
 class HttpError(Exception):
@@ -106,13 +106,13 @@ def _model_path(request: Request) -> tuple[str, int | None, str | None]:
 class RestEndpoints:
     """The REST API's endpoints over one gateway; each raises, the app's handlers answer."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: DataPlane) -> None:
         self.gateway = gateway
         self.settings = gateway.settings
-        self.limit = gateway.settings.max_upload_bytes
+        self.limit = gateway.settings.serving.max_upload_bytes
 
     async def _in_thread(self, function, *args):
-        timeout = self.settings.request_timeout_seconds
+        timeout = self.settings.serving.request_timeout_seconds
         try:
             return await asyncio.wait_for(run_in_threadpool(function, *args), timeout)
         except asyncio.TimeoutError:
@@ -188,7 +188,12 @@ class RestEndpoints:
         async def analyze(data, classify, annotate):
             def run():  # gateway.detector is per thread: read it on the worker thread that detects
                 return analyze_photo(
-                    data, gateway.detector, classify, settings.max_image_pixels, annotate, settings.min_confidence
+                    data,
+                    gateway.detector,
+                    classify,
+                    settings.max_image_pixels,
+                    annotate,
+                    settings.serving.min_confidence,
                 )
 
             return await self._in_thread(run)
@@ -206,12 +211,19 @@ class RestEndpoints:
             def run():  # gateway.detector is per thread: read it on the worker thread that detects
                 detector, limit = gateway.detector, settings.max_image_pixels
                 return analyze_video(
-                    data, detector, classify, limit, every, 600, annotate, min_confidence=settings.min_confidence
+                    data,
+                    detector,
+                    classify,
+                    limit,
+                    every,
+                    600,
+                    annotate,
+                    min_confidence=settings.serving.min_confidence,
                 )
 
             work = run_in_threadpool(run)
             try:
-                return await asyncio.wait_for(work, timeout=max(60.0, settings.request_timeout_seconds))
+                return await asyncio.wait_for(work, timeout=max(60.0, settings.serving.request_timeout_seconds))
             except asyncio.TimeoutError:
                 message = "videos analysis took too long; send something smaller"
                 raise ServingError("DEADLINE_EXCEEDED", message) from None
@@ -274,10 +286,10 @@ class RestEndpoints:
     # admin (Bearer token)
     def _authorise(self, request: Request) -> str:
         """The model the admin call is about; raises unless the caller holds the admin token."""
-        if not self.settings.admin_token:
+        if not self.settings.serving.admin_token:
             raise HttpError(403, "admin endpoints are disabled: set MOODLOOP_ADMIN_TOKEN")
         supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(supplied.encode(), self.settings.admin_token.encode()):
+        if not hmac.compare_digest(supplied.encode(), self.settings.serving.admin_token.encode()):
             raise HttpError(401, "missing or wrong bearer token")
         return request.query_params.get("model", self.settings.model_name)
 
@@ -372,6 +384,6 @@ EXCEPTION_HANDLERS = {
 }
 
 
-def create_app(gateway: Gateway) -> Starlette:
+def create_app(gateway: DataPlane) -> Starlette:
     """The gateway's REST app (ASGI): TF Serving's REST API and moodloop's own endpoints."""
     return Starlette(routes=routes(RestEndpoints(gateway)), exception_handlers=EXCEPTION_HANDLERS)

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bucket", default="moodloop", help="bucket to create (default moodloop)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    access, secret = settings.s3_access_key, settings.s3_secret_key
+    access, secret = settings.s3.access_key, settings.s3.secret_key
     if not access or not secret:
         parser.error("set MOODLOOP_S3_ACCESS_KEY and MOODLOOP_S3_SECRET_KEY: the server's credentials")
     server = start_seaweedfs(args.dir, args.port, access, secret, bind=args.bind)

@@ -48,12 +48,11 @@ EVIDENTLY_UI = "evidently-ui"
 PORT_VARIABLES = ("MOODLOOP_AIRFLOW_PORT", "MOODLOOP_REST_PORT", "MOODLOOP_GRPC_PORT", "MOODLOOP_EVIDENTLY_PORT")
 
 
-def adopt_ports(home: Path) -> None:
+def saved_ports(home: Path) -> dict[str, str]:
     """`status` and `stop` of a stack started on other ports (the drift drill's) find it by its
-    home alone: start saves the ports there; variables set by hand still win."""
+    home alone: start saves the ports there (as variables; those set by hand still win)."""
     saved = home / "stack" / "ports.json"
-    for name, value in (json.loads(saved.read_text()) if saved.exists() else {}).items():
-        os.environ.setdefault(name, value)
+    return json.loads(saved.read_text()) if saved.exists() else {}
 
 
 def _paths(settings: Settings) -> dict[str, Path]:
@@ -83,7 +82,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     home = paths["airflow_home"]
     _secret(paths["passwords"], ADMIN, lambda: secrets.token_urlsafe(12))
     jwt_secret = _secret(paths["secrets"], "jwt_secret", lambda: secrets.token_urlsafe(32))
-    port = settings.airflow_port
+    port = settings.airflow.port
     env = dict(os.environ)
     env.update(
         {
@@ -123,7 +122,7 @@ def _airflow_bin() -> str:
 def api(settings: Settings) -> Airflow:
     """The stack's Airflow REST API, as its admin."""
     password = json.loads(_paths(settings)["passwords"].read_text())[ADMIN]
-    return Airflow.connect(f"http://127.0.0.1:{settings.airflow_port}", ADMIN, password)
+    return Airflow.connect(f"http://127.0.0.1:{settings.airflow.port}", ADMIN, password)
 
 
 def _alive(pid: int) -> bool:
@@ -236,7 +235,7 @@ def drop_synthetic_batch(
 
 
 def _api_server_healthy(settings: Settings) -> bool:
-    anonymous = Airflow.connect(f"http://127.0.0.1:{settings.airflow_port}", timeout=5)
+    anonymous = Airflow.connect(f"http://127.0.0.1:{settings.airflow.port}", timeout=5)
     anonymous.monitor.get_health(_request_timeout=5)
     return True
 
@@ -271,18 +270,25 @@ def start(settings: Settings, faces: int) -> int:
     pids[GATEWAY] = process.pid
     print(f"==> {GATEWAY} started (pid {process.pid}, log {paths['logs'] / (GATEWAY + '.log')})", flush=True)
     # The drift reports' UI: monitor_drift adds each window's report to this workspace.
-    settings.evidently_workspace.mkdir(parents=True, exist_ok=True)
+    settings.drift.evidently_workspace.mkdir(parents=True, exist_ok=True)
     log = open(paths["logs"] / f"{EVIDENTLY_UI}.log", "ab")  # noqa: SIM115 (the child keeps it)
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("evidently")), "ui", "--workspace", str(settings.evidently_workspace),
-         "--host", "127.0.0.1", "--port", str(settings.evidently_port)],
+        [str(Path(sys.executable).with_name("evidently")), "ui", "--workspace", str(settings.drift.evidently_workspace),
+         "--host", "127.0.0.1", "--port", str(settings.drift.evidently_port)],
         env={**os.environ, STACK_MARK: str(settings.home)}, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
     pids[EVIDENTLY_UI] = process.pid
-    print(f"==> {EVIDENTLY_UI} started (pid {process.pid}, http://127.0.0.1:{settings.evidently_port})", flush=True)
+    print(
+        f"==> {EVIDENTLY_UI} started (pid {process.pid}, http://127.0.0.1:{settings.drift.evidently_port})", flush=True
+    )
     paths["pids"].write_text(json.dumps(pids))
-    ports = (settings.airflow_port, settings.rest_port, settings.grpc_port, settings.evidently_port)
+    ports = (
+        settings.airflow.port,
+        settings.serving.rest_port,
+        settings.serving.grpc_port,
+        settings.drift.evidently_port,
+    )
     ports = {name: str(port) for name, port in zip(PORT_VARIABLES, ports, strict=True)}
     (settings.home / "stack" / "ports.json").write_text(json.dumps(ports))
 
@@ -301,13 +307,13 @@ def start(settings: Settings, faces: int) -> int:
     print(f"==> DAGs unpaused: {', '.join(DAG_IDS)} ({time.monotonic() - started:.0f} s)", flush=True)
 
     password = json.loads(paths["passwords"].read_text())[ADMIN]
-    airflow_ui = f"http://127.0.0.1:{settings.airflow_port}"
+    airflow_ui = f"http://127.0.0.1:{settings.airflow.port}"
     print(f"\nmoodloop is up.\n  Airflow UI   {airflow_ui}   user {ADMIN}   password {password}")
     print(
         f"  serving      REST {settings.gateway_url}/v1/models/{settings.model_name}"
-        f"   gRPC {settings.gateway_host}:{settings.grpc_port}   (TF Serving's APIs; embedded backend)"
+        f"   gRPC {settings.serving.gateway_host}:{settings.serving.grpc_port}   (TF Serving's APIs; embedded backend)"
     )
-    print(f"  drift UI     http://127.0.0.1:{settings.evidently_port}   (Evidently; DAG monitor_drift fills it)")
+    print(f"  drift UI     http://127.0.0.1:{settings.drift.evidently_port}   (Evidently; DAG monitor_drift fills it)")
     if faces > 0:
         batch = drop_synthetic_batch(settings, f"synthetic-{time.strftime('%Y%m%dT%H%M%S')}", faces, seed=0)
         print(f"  first batch  {batch}  ({faces} SYNTHETIC faces)")
@@ -343,7 +349,7 @@ def status(settings: Settings) -> int:
         try:
             health = _gateway_health(settings)
             print(
-                f"  gateway :{settings.rest_port}  serving versions {health.get('available_versions', [])}"
+                f"  gateway :{settings.serving.rest_port}  serving versions {health.get('available_versions', [])}"
                 f"  labels {health.get('labels', {})}"
             )
         except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -394,9 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="what is running, latest DAG runs, pushed model versions")
     sub.add_parser("stop", help="stop every process the start command started")
     args = parser.parse_args(argv)
-    if args.command != "start":
-        adopt_ports(Settings.from_env().home)
     settings = Settings.from_env()
+    if args.command != "start":
+        settings = Settings.from_env(fallback=saved_ports(settings.home))
     if args.command == "start":
         return start(settings, args.faces)
     if args.command == "status":

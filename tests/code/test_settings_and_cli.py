@@ -13,10 +13,10 @@ def test_settings_derive_paths_from_home_and_read_the_environment(tmp_path, monk
     monkeypatch.setenv("MOODLOOP_HOME", str(tmp_path))
     monkeypatch.setenv("MOODLOOP_EPOCHS", "7")
     monkeypatch.setenv("MOODLOOP_BEAM_ARGS", "--runner=FlinkRunner --flink_master=host:8081")
-    settings = Settings.from_env(model_size="tiny")
+    settings = Settings.from_env(training={"model_size": "tiny"})
     assert settings.curated_dir == tmp_path / "curated"
     assert settings.model_base == tmp_path / "models" / "emotion"
-    assert settings.epochs == 7 and settings.model_size == "tiny"
+    assert settings.training.epochs == 7 and settings.training.model_size == "tiny"
     assert settings.beam_args == ("--runner=FlinkRunner", "--flink_master=host:8081")
     with pytest.raises(TypeError, match="unknown settings"):
         Settings.from_env(epochz=3)
@@ -54,14 +54,30 @@ def test_generate_then_read_in_both_layouts(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("read 25, kept 25, rejected 0")
 
 
-def test_curate_uses_the_good_rows_of_a_mixed_csv(tmp_path, monkeypatch, capsys):
-    from moodloop.settings import REPO_ROOT
+def test_curate_applies_the_ingest_contract_and_keeps_good_rows_only_when_asked(tmp_path, monkeypatch, capfd):
+    """`moodloop curate` runs the landing zone's ingest (contract, ledger, quarantine) on the
+    user's file, which it copies, never moves."""
+    from data.ingest import ledger_records
+    from moodloop.settings import REPO_ROOT, Settings
 
     monkeypatch.setenv("MOODLOOP_HOME", str(tmp_path))
-    assert cli.main(["curate", str(REPO_ROOT / "data" / "samples" / "fer2013_mixed.csv")]) == 0
-    out = capsys.readouterr().out
-    assert "rejected fer2013_mixed.csv:row 5" in out
-    assert "curated span 1: 8 faces" in out
+    sample = REPO_ROOT / "data" / "samples" / "fer2013_mixed.csv"
+    before = sample.read_bytes()
+    assert cli.main(["curate", str(sample)]) == 1
+    captured = capfd.readouterr()
+    assert "`fer2013_mixed.csv:row 5`: expected 2304 pixel values" in captured.out
+    assert "breaks the data contract" in captured.err
+    quarantined = tmp_path / "quarantine" / "fer2013_mixed.csv"
+    assert (quarantined / "data" / "fer2013_mixed.csv").read_bytes() == before
+    assert "QUARANTINED" in (quarantined / "REPORT.md").read_text()
+
+    assert cli.main(["curate", "--keep-good-rows", str(sample)]) == 0
+    out = capfd.readouterr().out
+    assert "`fer2013_mixed.csv:row 5`: expected 2304 pixel values" in out
+    assert "curated span 1 IN PART: 8 faces" in out
+    assert sample.read_bytes() == before
+    outcomes = [(r["outcome"], r.get("partial")) for r in ledger_records(Settings.from_env())]
+    assert outcomes == [("quarantined", None), ("curated", True)]
 
 
 def test_dag_node_list_matches_the_compiled_pipeline():

@@ -7,12 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.ab_gate import GateThresholds, decide, mcnemar_exact_p
+from components.ab_gate import decide, mcnemar_exact_p
 from moodloop.contracts import EMOTIONS, FER2013_CLASS_COUNTS
+from moodloop.settings import GateSettings
 
 SHARES = np.array([FER2013_CLASS_COUNTS[e] for e in EMOTIONS], dtype=float)
 SHARES /= SHARES.sum()
-GATE = GateThresholds(min_accuracy=0.4, alpha=0.05, min_examples=200, max_class_recall_drop=0.05, bootstrap=300)
+GATE = GateSettings(min_accuracy=0.4, alpha=0.05, min_examples=200, max_class_recall_drop=0.05, bootstrap=300)
 
 
 def faces(n: int, rng: np.random.Generator) -> np.ndarray:

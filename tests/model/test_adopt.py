@@ -59,7 +59,9 @@ def home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def settings(home) -> Settings:
-    return Settings.from_env(home=home, rest_port=0, grpc_port=0, poll_seconds=0.5, log_flush_seconds=0.5)
+    return Settings.from_env(
+        home=home, serving={"rest_port": 0, "grpc_port": 0, "poll_seconds": 0.5, "log_flush_seconds": 0.5}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +182,7 @@ def test_adopting_again_pushes_a_canary_and_leaves_stable_alone(first, fer_model
     assert labels_now["stable"] == stable and labels_now["canary"] != stable
     assert f"version {labels_now['canary']} labelled canary" in printed
     assert models_config.version_folders(settings.model_base) == sorted([stable, labels_now["canary"]])
-    assert json.loads(settings.traffic_file.read_text())["canary_share"] == pytest.approx(settings.canary_share)
+    assert json.loads(settings.traffic_file.read_text())["canary_share"] == pytest.approx(settings.canary.share)
 
 
 def _save(model, path: Path) -> Path:

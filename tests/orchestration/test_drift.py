@@ -52,9 +52,10 @@ def _log_window(settings: Settings, name: str, rows: list[dict]) -> None:
 
 def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_incident(tmp_path):
     settings = Settings.from_env(
-        home=tmp_path / "home", drift_window_records=300, drift_cooldown_minutes=60,
+        home=tmp_path / "home",
         inference_log_url=str(tmp_path / "home" / "inference_log"),
-    )  # fmt: skip
+        drift={"window_records": 300, "cooldown_minutes": 60},
+    )
     _write(settings.model_base / "1" / REFERENCE_PROFILE, _rows(1500, seed=1))
     retrains: list[dict] = []
 
@@ -97,7 +98,7 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
 
     from evidently.ui.workspace import Workspace
 
-    workspace = Workspace.create(str(settings.evidently_workspace))
+    workspace = Workspace.create(str(settings.drift.evidently_workspace))
     (project,) = workspace.list_projects()
     assert project.name == "moodloop drift" and len(workspace.list_runs(project.id)) == 7
     panels = [panel.title for panel in project.dashboard.model().panels]  # made once, not once per window
@@ -148,9 +149,9 @@ def test_retrain_goes_through_airflow_rest_api_v2_with_a_token(tmp_path):
     try:
         (tmp_path / "passwords.json").write_text('{"admin": "pw"}')
         settings = Settings.from_env(
-            home=tmp_path, airflow_url=f"http://127.0.0.1:{server.server_port}",
-            airflow_password_file=tmp_path / "passwords.json",
-        )  # fmt: skip
+            home=tmp_path,
+            airflow={"url": f"http://127.0.0.1:{server.server_port}", "password_file": tmp_path / "passwords.json"},
+        )
         started = time.monotonic()
         run = drift.trigger_retrain(settings, conf)
         assert time.monotonic() - started < 10

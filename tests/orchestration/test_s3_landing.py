@@ -22,9 +22,11 @@ def s3_settings(tmp_path_factory):
     server = start_seaweedfs(folder / "data", port, access, secret, log_file=folder / "weed.log")
     try:
         settings = Settings.from_env(
-            home=folder / "home", landing_url=f"s3://{BUCKET}", s3_endpoint_url=f"http://127.0.0.1:{port}",
-            s3_access_key=access, s3_secret_key=secret, landing_settle_seconds=0.0,
-        )  # fmt: skip
+            home=folder / "home",
+            landing_url=f"s3://{BUCKET}",
+            landing_settle_seconds=0.0,
+            s3={"endpoint_url": f"http://127.0.0.1:{port}", "access_key": access, "secret_key": secret},
+        )
         wait_for_s3(s3_client(settings), BUCKET)
         yield settings
     finally:

@@ -109,7 +109,9 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     # run is queued or running, a second drift joins it instead of queueing another.
     from monitoring import drift
 
-    airflow = dataclasses.replace(settings, airflow_url=f"http://127.0.0.1:{port}")
+    airflow = dataclasses.replace(
+        settings, airflow=dataclasses.replace(settings.airflow, url=f"http://127.0.0.1:{port}")
+    )
     triggered = drift.trigger_retrain(airflow, {"reason": "drift", "report": "r.html", "epochs": 1})
     run_id = triggered["dag_run_id"]
     assert drift.trigger_retrain(airflow, {"reason": "drift"})["already_running"] == run_id

@@ -50,19 +50,21 @@ def gateway_settings(tmp_path_factory, model_base) -> Settings:
     return Settings.from_env(
         home=home,
         model_base=model_base,
-        serving_backend="tfserving" if TFSERVING else "embedded",
-        tfserving_target=TFSERVING or None,
         serving_config=config,
         traffic_file=home / "serving" / "traffic.json",
         inference_log_url=str(home / "inference_log"),
-        rest_port=0,
-        grpc_port=0,
-        poll_seconds=0.5,
-        admin_token=ADMIN_TOKEN,
-        log_flush_seconds=0.5,
-        max_upload_bytes=4 * 1024 * 1024,
         max_image_pixels=4_000_000,
-        face_detector="mtcnn",
+        serving={
+            "backend": "tfserving" if TFSERVING else "embedded",
+            "tfserving_target": TFSERVING or None,
+            "rest_port": 0,
+            "grpc_port": 0,
+            "poll_seconds": 0.5,
+            "admin_token": ADMIN_TOKEN,
+            "log_flush_seconds": 0.5,
+            "max_upload_bytes": 4 * 1024 * 1024,
+            "face_detector": "mtcnn",
+        },
     )
 
 

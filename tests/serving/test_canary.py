@@ -12,12 +12,13 @@ import httpx
 import numpy as np
 import pytest
 
-from monitoring.canary import CanaryPolicy, analyze, describe
+from monitoring.canary import analyze, describe
 from moodloop import models_config
 from moodloop.contracts import EMOTIONS
 from moodloop.log_records import read_log
+from moodloop.settings import CanarySettings
 
-FAST = CanaryPolicy(steps=(0.1, 0.5, 1.0), bake_seconds=0, min_requests=30, min_labels=20, max_class_shift=1.01)
+FAST = CanarySettings(steps=(0.1, 0.5, 1.0), bake_seconds=0, min_requests=30, min_labels=20, max_class_shift=1.01)
 
 
 @pytest.fixture
@@ -119,7 +120,7 @@ def test_a_worse_canary_is_rolled_back_before_full_traffic_and_every_request_is_
 
 def test_without_labels_a_canary_that_answers_differently_is_rolled_back(running, canary_home):
     http = httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=30)
-    strict = CanaryPolicy(steps=(0.5, 1.0), bake_seconds=0, min_requests=30, min_labels=10_000, max_class_shift=0.25)
+    strict = CanarySettings(steps=(0.5, 1.0), bake_seconds=0, min_requests=30, min_labels=10_000, max_class_shift=0.25)
     metrics = f"http://127.0.0.1:{running.rest_port}/metrics"
     assert analyze(canary_home, strict, metrics_url=metrics)["action"] == "wait"
     rng = np.random.default_rng(3)

@@ -14,6 +14,7 @@ from PIL import Image
 from data.wheel_media import LABELLED, MULTI_FACE, NO_FACE
 from moodloop.contracts import FACE_SIZE
 from moodloop.settings import Settings
+from serving.dataplane import DataPlane
 from serving.faces import (
     Face,
     HaarFaceDetector,
@@ -22,7 +23,6 @@ from serving.faces import (
     crop_faces,
     make_face_detector,
 )
-from serving.service import Gateway
 
 
 def rgb_of(path) -> np.ndarray:
@@ -179,24 +179,24 @@ def test_settings_choose_the_detector_and_the_uncertainty_floor(monkeypatch):
     monkeypatch.delenv("MOODLOOP_FACE_DETECTOR", raising=False)
     monkeypatch.delenv("MOODLOOP_MIN_CONFIDENCE", raising=False)
     default = Settings.from_env()
-    assert (default.face_detector, default.min_confidence) == ("mtcnn", 0.5)
+    assert (default.serving.face_detector, default.serving.min_confidence) == ("mtcnn", 0.5)
     monkeypatch.setenv("MOODLOOP_FACE_DETECTOR", "haar")
     monkeypatch.setenv("MOODLOOP_MIN_CONFIDENCE", "0.7")
     chosen = Settings.from_env()
-    assert (chosen.face_detector, chosen.min_confidence) == ("haar", 0.7)
-    assert isinstance(make_face_detector(chosen.face_detector), HaarFaceDetector)
+    assert (chosen.serving.face_detector, chosen.serving.min_confidence) == ("haar", 0.7)
+    assert isinstance(make_face_detector(chosen.serving.face_detector), HaarFaceDetector)
 
 
 def test_a_bad_detector_name_is_refused_clearly_when_the_gateway_is_built(tmp_path):
     with pytest.raises(ValueError, match=r"MOODLOOP_FACE_DETECTOR='yolo'.*'mtcnn'.*'haar'"):
         make_face_detector("yolo")
-    settings = Settings.from_env(home=tmp_path, face_detector="yolo")
+    settings = Settings.from_env(home=tmp_path, serving={"face_detector": "yolo"})
     with pytest.raises(ValueError, match="MOODLOOP_FACE_DETECTOR"):
-        Gateway(settings, backend=None, inference_log=None, metrics=None)
+        DataPlane(settings, backend=None, inference_log=None, metrics=None)
 
 
 def test_the_gateway_builds_one_detector_per_thread(tmp_path):
-    gateway = Gateway(Settings.from_env(home=tmp_path, face_detector="haar"), None, None, None)
+    gateway = DataPlane(Settings.from_env(home=tmp_path, serving={"face_detector": "haar"}), None, None, None)
     seen = []
     threads = [threading.Thread(target=lambda: seen.append(gateway.detector)) for _ in range(3)]
     for thread in threads:

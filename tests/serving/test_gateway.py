@@ -115,7 +115,7 @@ def test_rest_bad_requests_get_tf_serving_errors(http, path, body, status, messa
 def test_rest_unparseable_and_oversized_bodies(http, gateway_settings):
     response = http.post("/v1/models/emotion:predict", content=b"{not json")
     assert response.status_code == 400 and "JSON Parse error" in response.json()["error"]
-    too_big = b"x" * (gateway_settings.max_upload_bytes + 1)
+    too_big = b"x" * (gateway_settings.serving.max_upload_bytes + 1)
     response = http.post("/v1/models/emotion:predict", content=too_big)
     assert response.status_code == 413 and "limit" in response.json()["error"]
 
@@ -259,7 +259,7 @@ def test_metrics_count_requests_by_version_and_label(http):
 
 
 def test_faces_in_a_real_group_photo(http, media, gateway_settings):
-    assert gateway_settings.face_detector == "mtcnn"  # the default
+    assert gateway_settings.serving.face_detector == "mtcnn"  # the default
     photo = (media / "multi_face.jpg").read_bytes()
     response = http.post("/v1/faces:analyze", content=photo, headers={"Content-Type": "image/jpeg"})
     assert response.status_code == 200, response.text
@@ -271,7 +271,7 @@ def test_faces_in_a_real_group_photo(http, media, gateway_settings):
         assert abs(sum(face["probabilities"].values()) - 1) < 0.01
         box = face["box"]
         assert 60 < box["width"] < 200 and 40 < box["y"] < 400
-        assert face["uncertain"] is (face["confidence"] < gateway_settings.min_confidence)
+        assert face["uncertain"] is (face["confidence"] < gateway_settings.serving.min_confidence)
         for x, y in (face["landmarks"]["left_eye"], face["landmarks"]["right_eye"]):
             assert box["x"] < x < box["x"] + box["width"] and box["y"] < y < box["y"] + box["height"]
     annotated = http.post("/v1/faces:analyze?annotate=1", files={"file": ("group.jpg", photo, "image/jpeg")})

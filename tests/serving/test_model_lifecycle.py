@@ -25,9 +25,12 @@ PIXELS = {"signature_name": "serving_pixels", "inputs": {"pixels": np.zeros((1, 
 
 def _settings(tmp_path, base) -> Settings:
     return Settings.from_env(
-        home=tmp_path / "home", model_base=base, serving_config=tmp_path / "home" / "models.config",
-        rest_port=0, grpc_port=0, poll_seconds=0.3, inference_log_url=str(tmp_path / "log"),
-    )  # fmt: skip
+        home=tmp_path / "home",
+        model_base=base,
+        serving_config=tmp_path / "home" / "models.config",
+        inference_log_url=str(tmp_path / "log"),
+        serving={"rest_port": 0, "grpc_port": 0, "poll_seconds": 0.3},
+    )
 
 
 def _status(client) -> dict[str, tuple[str, str]]:
@@ -116,7 +119,7 @@ def test_inference_log_writes_parquet_to_s3(tmp_path):
     server = start_seaweedfs(tmp_path / "s3", port, access, secret, log_file=tmp_path / "weed.log")
     try:
         settings = Settings.from_env(
-            home=tmp_path, s3_endpoint_url=f"http://127.0.0.1:{port}", s3_access_key=access, s3_secret_key=secret
+            home=tmp_path, s3={"endpoint_url": f"http://127.0.0.1:{port}", "access_key": access, "secret_key": secret}
         )
         client = s3_client(settings)
         wait_for_s3(client, "logs")

@@ -18,8 +18,9 @@ PIXELS = {"signature_name": "serving_pixels", "inputs": {"pixels": np.zeros((2, 
 def test_a_gateway_in_front_of_a_tf_serving_protocol_server(running, gateway_settings, tmp_path):
     front_settings = dataclasses.replace(
         gateway_settings,
-        serving_backend="tfserving",
-        tfserving_target=f"127.0.0.1:{running.grpc_port}",
+        serving=dataclasses.replace(
+            gateway_settings.serving, backend="tfserving", tfserving_target=f"127.0.0.1:{running.grpc_port}"
+        ),
         inference_log_url=str(tmp_path / "front-log"),
         traffic_file=tmp_path / "traffic.json",
     )

@@ -1,5 +1,6 @@
-"""The gateway's core, shared by the REST and gRPC surfaces: routing (traffic split), the backend
-call, metrics and the inference log. Transports only translate to and from this."""
+"""The gateway's data plane, shared by the REST and gRPC surfaces and free of either transport
+(as KServe's `protocol/dataplane.py`): routing (traffic split), the backend call, metrics and the
+inference log. The transports (rest.py, grpc_api.py) only translate to and from it."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class Call:
     request_id: str = ""
 
 
-class Gateway:
+class DataPlane:
     def __init__(
         self, settings: Settings, backend: Backend, inference_log: InferenceLog, metrics: GatewayMetrics
     ) -> None:
@@ -43,9 +44,9 @@ class Gateway:
         self.backend = backend
         self.inference_log = inference_log
         self.metrics = metrics
-        self.traffic = TrafficFile(settings.traffic_file, settings.canary_share)
+        self.traffic = TrafficFile(settings.traffic_file, settings.canary.share)
         self._local = threading.local()
-        self.face_detector = check_face_detector(settings.face_detector)  # a bad value fails at start
+        self.face_detector = check_face_detector(settings.serving.face_detector)  # a bad value fails at start
 
     @property
     def detector(self) -> FaceDetector:
