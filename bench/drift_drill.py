@@ -64,9 +64,12 @@ NO_SHIFT = synthetic.Shift()
 # The 2-core default model ("small"), without augmentation: the tiny test model underfits a
 # mixed clean + shifted set, and the A/B gate then (rightly) refuses the retrained candidate.
 TRAINING = {
-    "MOODLOOP_EPOCHS": "15", "MOODLOOP_MODEL_SIZE": "small", "MOODLOOP_AUGMENT": "0",
-    "MOODLOOP_LEARNING_RATE": "0.002", "MOODLOOP_MIN_ACCURACY": "0.40",
-}  # fmt: skip
+    "MOODLOOP_EPOCHS": "15",
+    "MOODLOOP_MODEL_SIZE": "small",
+    "MOODLOOP_AUGMENT": "0",
+    "MOODLOOP_LEARNING_RATE": "0.002",
+    "MOODLOOP_MIN_ACCURACY": "0.40",
+}
 
 
 class Drill:
@@ -75,9 +78,13 @@ class Drill:
 
         self.args = args
         self.env = env or {
-            **os.environ, **TRAINING, "MOODLOOP_HOME": str(home), "MOODLOOP_LOG_FLUSH_SECONDS": "1",
-            "MOODLOOP_REST_PORT": str(free_port()), "MOODLOOP_GRPC_PORT": str(free_port()),
-        }  # fmt: skip
+            **os.environ,
+            **TRAINING,
+            "MOODLOOP_HOME": str(home),
+            "MOODLOOP_LOG_FLUSH_SECONDS": "1",
+            "MOODLOOP_REST_PORT": str(free_port()),
+            "MOODLOOP_GRPC_PORT": str(free_port()),
+        }
         self.settings = Settings.from_env(
             home=home,
             drift={"window_records": args.window},
@@ -102,9 +109,12 @@ class Drill:
     def start_gateway(self) -> None:
         log = open(self.settings.home / "gateway.log", "ab")  # noqa: SIM115 (the child keeps it)
         self.gateway = subprocess.Popen(
-            [str(self.settings.pipeline_python), "-m", "serving.gateway"], env=self.env, cwd=REPO, stdout=log,
+            [str(self.settings.pipeline_python), "-m", "serving.gateway"],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         self.wait_until(lambda: self.call("GET", "/healthz").get("ready"), 120, "the gateway")
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -247,11 +257,15 @@ def brief(retrain: dict | None) -> dict:
 
 # The loop's own timings, shortened so that a drill ends in minutes, not hours.
 STACK_TIMINGS = {
-    "MOODLOOP_DRIFT_EVERY_MINUTES": "1", "MOODLOOP_CANARY_EVERY_MINUTES": "1",
-    "MOODLOOP_CANARY_BAKE_SECONDS": "60", "MOODLOOP_CANARY_STEPS": "0.5,1.0",
-    "MOODLOOP_CANARY_MIN_REQUESTS": "100", "MOODLOOP_CANARY_MIN_LABELS": "50",
-    "MOODLOOP_LANDING_SETTLE_SECONDS": "2", "MOODLOOP_LOG_FLUSH_SECONDS": "1",
-}  # fmt: skip
+    "MOODLOOP_DRIFT_EVERY_MINUTES": "1",
+    "MOODLOOP_CANARY_EVERY_MINUTES": "1",
+    "MOODLOOP_CANARY_BAKE_SECONDS": "60",
+    "MOODLOOP_CANARY_STEPS": "0.5,1.0",
+    "MOODLOOP_CANARY_MIN_REQUESTS": "100",
+    "MOODLOOP_CANARY_MIN_LABELS": "50",
+    "MOODLOOP_LANDING_SETTLE_SECONDS": "2",
+    "MOODLOOP_LOG_FLUSH_SECONDS": "1",
+}
 
 
 def stack_drill(args: argparse.Namespace, home: Path) -> dict:
@@ -262,9 +276,14 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
     from moodloop.local.s3server import free_port
 
     os.environ.update(
-        {**TRAINING, **STACK_TIMINGS, **{p: str(free_port()) for p in stack.PORT_VARIABLES}, "MOODLOOP_HOME": str(home),
-         "MOODLOOP_DRIFT_WINDOW_RECORDS": str(args.window)}
-    )  # fmt: skip
+        {
+            **TRAINING,
+            **STACK_TIMINGS,
+            **{p: str(free_port()) for p in stack.PORT_VARIABLES},
+            "MOODLOOP_HOME": str(home),
+            "MOODLOOP_DRIFT_WINDOW_RECORDS": str(args.window),
+        }
+    )
     settings = Settings.from_env()
     if stack.start(settings, faces=args.faces) != 0:
         raise SystemExit("the drill's stack is already running: stop it first (see --help)")
@@ -339,11 +358,15 @@ def train_runs_since(settings: Settings, since: float) -> list[dict]:
         "train_emotion_model", limit=20, order_by=["-id"], _request_timeout=airflow.timeout
     ).dag_runs
     return [
-        {"run_id": r.dag_run_id, "run_type": r.run_type.value, "reason": (r.conf or {}).get("reason"),
-         "state": r.state.value}
+        {
+            "run_id": r.dag_run_id,
+            "run_type": r.run_type.value,
+            "reason": (r.conf or {}).get("reason"),
+            "state": r.state.value,
+        }
         for r in runs
         if r.run_after.timestamp() >= since
-    ]  # fmt: skip
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

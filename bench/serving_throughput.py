@@ -65,13 +65,20 @@ def baseline(model_dir: Path, faces: list[bytes], batch: int, seconds: float) ->
 
 def start_gateway(model_base: Path, home: Path) -> tuple[subprocess.Popen, int, int]:
     env = {
-        **os.environ, "MOODLOOP_HOME": str(home), "MOODLOOP_MODEL_BASE": str(model_base),
-        "MOODLOOP_REST_PORT": "0", "MOODLOOP_GRPC_PORT": "0",
-    }  # fmt: skip
+        **os.environ,
+        "MOODLOOP_HOME": str(home),
+        "MOODLOOP_MODEL_BASE": str(model_base),
+        "MOODLOOP_REST_PORT": "0",
+        "MOODLOOP_GRPC_PORT": "0",
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving.gateway"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "serving.gateway"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in process.stdout:
         if match := re.search(r"REST http://[\d.]+:(\d+)\s+gRPC [\d.]+:(\d+)", line):
             threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # drain
@@ -147,9 +154,10 @@ def main() -> int:
             if not hasattr(http_clients, "c"):
                 http_clients.c = httpx.Client(base_url=f"http://127.0.0.1:{rest_port}", timeout=60)
             response = http_clients.c.post(
-                "/v1/models/emotion:predict", json=payloads[(client * 31 + i) % len(faces)],
+                "/v1/models/emotion:predict",
+                json=payloads[(client * 31 + i) % len(faces)],
                 headers={"x-client-id": f"bench-{client}"},
-            )  # fmt: skip
+            )
             response.raise_for_status()
 
         channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")

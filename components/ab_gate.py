@@ -217,11 +217,19 @@ def write_reference_profile(path: str, serialized: list[bytes], labels: np.ndarr
     for i, (example, label) in enumerate(zip(serialized, labels, strict=True)):
         image = tf.train.Example.FromString(example).features.feature[FEATURE_IMAGE].bytes_list.value[0]
         record = Prediction(
-            request_id=f"reference-{i}", instance=0, client_id="", model_name="", model_version=0,
-            model_label="reference", signature=SIGNATURE_EXAMPLES, api="reference", latency_ms=0.0,
-            probabilities=outputs[OUTPUT_PROBABILITIES][i], pixels=decode_grey(image),
+            request_id=f"reference-{i}",
+            instance=0,
+            client_id="",
+            model_name="",
+            model_version=0,
+            model_label="reference",
+            signature=SIGNATURE_EXAMPLES,
+            api="reference",
+            latency_ms=0.0,
+            probabilities=outputs[OUTPUT_PROBABILITIES][i],
+            pixels=decode_grey(image),
             embedding=outputs[OUTPUT_EMBEDDING][i] if OUTPUT_EMBEDDING in outputs else None,
-        )  # fmt: skip
+        )
         rows.append({**prediction_row(record), "label": EMOTIONS[int(label)]})
     schema = PREDICTION_SCHEMA.append(pa.field("label", pa.string()))
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)

@@ -115,9 +115,20 @@ class ModelServerProcess:
             "MOODLOOP_SERVING_POLL_SECONDS": "0.5",
         }
         command = [
-            sys.executable, "-m", "serving.gateway", "--backend", "embedded", "--host", "127.0.0.1",
-            "--grpc-port", str(self.grpc_port), "--rest-port", str(rest_port), "--model-config", str(config),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "serving.gateway",
+            "--backend",
+            "embedded",
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(self.grpc_port),
+            "--rest-port",
+            str(rest_port),
+            "--model-config",
+            str(config),
+        ]
         self.log_path = workdir / "model_server.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)

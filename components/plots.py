@@ -81,8 +81,14 @@ def gate_report(result: dict, path: str) -> str:
         for bar, name in zip(bars, names, strict=True):
             if per_class[name]["regression"]:
                 bar.set_color("#d9534f")
-                ax.annotate("regression", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                            va="bottom", fontsize=8, color="#d9534f")  # fmt: skip
+                ax.annotate(
+                    "regression",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    color="#d9534f",
+                )
         ax.set_xticks(x, [f"{n}\n({per_class[n]['faces']})" for n in names])
         ax.set_ylabel("recall on held-out faces")
         ax.legend(loc="upper center", ncol=2, frameon=False)
@@ -124,8 +130,16 @@ def reliability_diagram(
         ax.bar(
             lows, rows["accuracy"], width=highs - lows, align="edge", edgecolor="black", alpha=0.75, label="accuracy"
         )
-        ax.bar(lows, rows["confidence"], width=highs - lows, align="edge", fill=False, edgecolor="tab:red",
-               hatch="//", label="mean confidence (the gap: miscalibration)")  # fmt: skip
+        ax.bar(
+            lows,
+            rows["confidence"],
+            width=highs - lows,
+            align="edge",
+            fill=False,
+            edgecolor="tab:red",
+            hatch="//",
+            label="mean confidence (the gap: miscalibration)",
+        )
         ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)

@@ -47,8 +47,11 @@ def side_stats(rows: list[dict], feedback: dict) -> dict:
         return {"requests": 0}
     latencies = sorted(r["latency_ms"] for r in rows)
     mix = [sum(r["predicted_class"] == e for r in rows) / n for e in EMOTIONS]
-    labelled = [(r["predicted_class"], feedback[(r["request_id"], r["instance"])]) for r in rows
-                if (r["request_id"], r["instance"]) in feedback]  # fmt: skip
+    labelled = [
+        (r["predicted_class"], feedback[(r["request_id"], r["instance"])])
+        for r in rows
+        if (r["request_id"], r["instance"]) in feedback
+    ]
     stats = {
         "requests": n,
         "versions": sorted({r["model_version"] for r in rows}),
@@ -175,20 +178,28 @@ def analyze(
     rows, feedback = load_log(settings.inference_log_url, min(since, stable_since))
     by_side = {
         side: [
-            r for r in rows
-            if r["model_label"] == side and r["model_version"] == labels[side]
+            r
+            for r in rows
+            if r["model_label"] == side
+            and r["model_version"] == labels[side]
             and r["timestamp"].timestamp() >= (stable_since if side == STABLE else since)
         ]
         for side in (STABLE, CANARY)
-    }  # fmt: skip
+    }
     stable, canary = (side_stats(by_side[s], feedback) for s in (STABLE, CANARY))
     errors = _error_delta(gateway_error_counts(metrics_url, settings.model_name), state.get("errors_at_start"))
     verdict, reasons = judge(stable, canary, errors, policy)
     baked = now - since
     decision.update(
-        canary_version=canary_version, stable_version=labels[STABLE], step=step,
-        share=rollout.share(), baked_seconds=round(baked, 1), stable=stable, canary=canary, errors=errors,
-    )  # fmt: skip
+        canary_version=canary_version,
+        stable_version=labels[STABLE],
+        step=step,
+        share=rollout.share(),
+        baked_seconds=round(baked, 1),
+        stable=stable,
+        canary=canary,
+        errors=errors,
+    )
     if verdict == "rollback":
         try:
             rollout.rollback(expected_canary=canary_version)

@@ -250,10 +250,12 @@ def dashboard_panels() -> list:
             "Image properties per window", per_column(PROPERTY_COLUMNS), "Kolmogorov-Smirnov p-value", size="half"
         ),
         line_plot_panel(
-            "Predictions per window", per_column(("predicted_class", *PREDICTION_COLUMNS)),
-            "class mix: Jensen-Shannon distance; confidence: Kolmogorov-Smirnov p-value", size="half",
+            "Predictions per window",
+            per_column(("predicted_class", *PREDICTION_COLUMNS)),
+            "class mix: Jensen-Shannon distance; confidence: Kolmogorov-Smirnov p-value",
+            size="half",
         ),
-    ]  # fmt: skip
+    ]
 
 
 def run_window(settings: Settings, now: float | None = None, retrain=trigger_retrain) -> WindowResult:

@@ -91,9 +91,13 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
     # uvicorn binds the port itself: a pre-bound socket handed to it answered every request
     # 40 ms late (delayed ACKs), so port 0 is resolved after start-up instead.
     config = uvicorn.Config(
-        create_app(gateway), host=settings.serving.gateway_host, port=settings.serving.rest_port,
-        log_level="info" if access_log else "warning", access_log=access_log, lifespan="off",
-    )  # fmt: skip
+        create_app(gateway),
+        host=settings.serving.gateway_host,
+        port=settings.serving.rest_port,
+        log_level="info" if access_log else "warning",
+        access_log=access_log,
+        lifespan="off",
+    )
     rest = uvicorn.Server(config)
     thread = threading.Thread(target=rest.run, daemon=True)
     thread.start()
@@ -149,9 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     with serve_in_thread(settings, access_log=args.access_log) as running:
         log.info(
             "gateway up: REST http://%s:%d  gRPC %s:%d  backend %s  models.config %s  inference log %s",
-            settings.serving.gateway_host, running.rest_port, settings.serving.gateway_host, running.grpc_port,
-            settings.serving.backend, settings.serving_config, settings.inference_log_url,
-        )  # fmt: skip
+            settings.serving.gateway_host,
+            running.rest_port,
+            settings.serving.gateway_host,
+            running.grpc_port,
+            settings.serving.backend,
+            settings.serving_config,
+            settings.inference_log_url,
+        )
         stop.wait()
         buffered = running.gateway.inference_log.buffered()
         log.info("shutting down: stopping the servers, flushing %d log records", buffered)

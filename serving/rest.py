@@ -339,8 +339,11 @@ def routes(endpoints: RestEndpoints) -> list[Route]:
         *(Route(path, endpoints.model_status, methods=["GET"]) for path in addressed),
         *(Route(path + "/metadata", endpoints.model_metadata, methods=["GET"]) for path in addressed),
         *(Route(path + ":predict", endpoints.predict, methods=["POST"]) for path in addressed),
-        *(Route(path + ":" + verb, endpoints.classify_or_regress, methods=["POST"]) for path in addressed
-          for verb in ("classify", "regress")),
+        *(
+            Route(path + ":" + verb, endpoints.classify_or_regress, methods=["POST"])
+            for path in addressed
+            for verb in ("classify", "regress")
+        ),
         Route("/v1/faces:analyze", endpoints.faces, methods=["POST"]),
         Route("/v1/videos:analyze", endpoints.videos, methods=["POST"]),
         Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
@@ -351,7 +354,7 @@ def routes(endpoints: RestEndpoints) -> list[Route]:
         Route("/admin/promote", endpoints.promote, methods=["POST"]),
         Route("/admin/rollback", endpoints.rollback, methods=["POST"]),
         Route("/admin/traffic", endpoints.traffic, methods=["GET", "PUT"]),
-    ]  # fmt: skip
+    ]
 
 
 def _error(code: str, message: str) -> JSONResponse:

@@ -82,14 +82,25 @@ def start_seaweedfs(
     config.chmod(0o600)
     ports = {"master": free_port(), "volume": free_port(), "filer": free_port()}
     command = [
-        weed_binary(), "server", "-ip=127.0.0.1", f"-ip.bind={bind}", f"-dir={data_dir}",
-        f"-master.port={ports['master']}", "-master.volumeSizeLimitMB=256",
-        f"-volume.port={ports['volume']}", "-volume.max=32",
-        "-filer", f"-filer.port={ports['filer']}",
-        "-s3", f"-s3.port={s3_port}", f"-s3.config={config}",
+        weed_binary(),
+        "server",
+        "-ip=127.0.0.1",
+        f"-ip.bind={bind}",
+        f"-dir={data_dir}",
+        f"-master.port={ports['master']}",
+        "-master.volumeSizeLimitMB=256",
+        f"-volume.port={ports['volume']}",
+        "-volume.max=32",
+        "-filer",
+        f"-filer.port={ports['filer']}",
+        "-s3",
+        f"-s3.port={s3_port}",
+        f"-s3.config={config}",
         # Off: their fixed default ports (8181, 9101) would clash between instances.
-        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-    ]  # fmt: skip
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
+    ]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 (the child keeps it)
     return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
@@ -128,9 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("set MOODLOOP_S3_ACCESS_KEY and MOODLOOP_S3_SECRET_KEY: the server's credentials")
     server = start_seaweedfs(args.dir, args.port, access, secret, bind=args.bind)
     client = boto3.client(
-        "s3", endpoint_url=f"http://127.0.0.1:{args.port}", aws_access_key_id=access,
-        aws_secret_access_key=secret, region_name="us-east-1",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{args.port}",
+        aws_access_key_id=access,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+    )
     wait_for_s3(client, args.bucket)
     print(f"S3 ready on {args.bind}:{args.port}, bucket {args.bucket}", flush=True)
     return server.wait()

@@ -35,8 +35,13 @@ if TYPE_CHECKING:  # imported where used: the stack's start-up does not need the
 
 SERVICES = ("api-server", "scheduler", "dag-processor")
 DAG_IDS = (
-    "watch_landing", "ingest_faces", "train_emotion_model", "canary_analysis", "serving_control", "monitor_drift",
-)  # fmt: skip
+    "watch_landing",
+    "ingest_faces",
+    "train_emotion_model",
+    "canary_analysis",
+    "serving_control",
+    "monitor_drift",
+)
 ADMIN = "admin"
 STACK_MARK = "MOODLOOP_STACK_HOME"  # every process of the stack carries it in its environment
 
@@ -264,20 +269,34 @@ def start(settings: Settings, faces: int) -> int:
             _wait("the api-server", lambda: _api_server_healthy(settings), 120)
     log = open(paths["logs"] / f"{GATEWAY}.log", "ab")  # noqa: SIM115 (the child keeps it)
     process = subprocess.Popen(
-        [str(settings.pipeline_python), "-m", "serving.gateway"], env=gateway_env(settings), cwd=REPO_ROOT,
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [str(settings.pipeline_python), "-m", "serving.gateway"],
+        env=gateway_env(settings),
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     pids[GATEWAY] = process.pid
     print(f"==> {GATEWAY} started (pid {process.pid}, log {paths['logs'] / (GATEWAY + '.log')})", flush=True)
     # The drift reports' UI: monitor_drift adds each window's report to this workspace.
     settings.drift.evidently_workspace.mkdir(parents=True, exist_ok=True)
     log = open(paths["logs"] / f"{EVIDENTLY_UI}.log", "ab")  # noqa: SIM115 (the child keeps it)
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("evidently")), "ui", "--workspace", str(settings.drift.evidently_workspace),
-         "--host", "127.0.0.1", "--port", str(settings.drift.evidently_port)],
-        env={**os.environ, STACK_MARK: str(settings.home)}, stdout=log, stderr=subprocess.STDOUT,
+        [
+            str(Path(sys.executable).with_name("evidently")),
+            "ui",
+            "--workspace",
+            str(settings.drift.evidently_workspace),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(settings.drift.evidently_port),
+        ],
+        env={**os.environ, STACK_MARK: str(settings.home)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
-    )  # fmt: skip
+    )
     pids[EVIDENTLY_UI] = process.pid
     print(
         f"==> {EVIDENTLY_UI} started (pid {process.pid}, http://127.0.0.1:{settings.drift.evidently_port})", flush=True

@@ -15,8 +15,13 @@ NODES = json.loads((DAGS.parent / "components" / "pipeline_nodes.json").read_tex
 def test_dag_folder_imports_without_errors(dagbag):
     assert dagbag.import_errors == {}
     assert {
-        "watch_landing", "ingest_faces", "train_emotion_model", "canary_analysis", "serving_control", "monitor_drift",
-    } <= set(dagbag.dag_ids)  # fmt: skip
+        "watch_landing",
+        "ingest_faces",
+        "train_emotion_model",
+        "canary_analysis",
+        "serving_control",
+        "monitor_drift",
+    } <= set(dagbag.dag_ids)
 
 
 def test_no_dag_file_imports_tensorflow_or_tfx():

@@ -33,10 +33,20 @@ def _rows(n: int, seed: int, shift: synthetic.Shift | None = None, t0: float = 0
         logits = logits + rng.normal(0, 0.1, 7)
         probabilities = np.exp(logits) / np.exp(logits).sum()
         record = Prediction(
-            request_id=f"{seed}-{i}", instance=0, client_id="c", model_name="emotion", model_version=1,
-            model_label="stable", signature="serving_pixels", api="rest", latency_ms=2.0,
-            probabilities=probabilities, pixels=face.pixels, embedding=embedding, timestamp=t0 + i * 0.001,
-        )  # fmt: skip
+            request_id=f"{seed}-{i}",
+            instance=0,
+            client_id="c",
+            model_name="emotion",
+            model_version=1,
+            model_label="stable",
+            signature="serving_pixels",
+            api="rest",
+            latency_ms=2.0,
+            probabilities=probabilities,
+            pixels=face.pixels,
+            embedding=embedding,
+            timestamp=t0 + i * 0.001,
+        )
         rows.append(prediction_row(record))
     return rows
 
@@ -110,9 +120,15 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
 def _dag_run(run_id: str, state: str, run_after: str) -> dict:
     """A DAG run as Airflow 3.3's REST API v2 answers it (the official client checks every field)."""
     return {
-        "dag_id": "train_emotion_model", "dag_display_name": "train_emotion_model", "dag_run_id": run_id,
-        "dag_versions": [], "run_after": run_after, "run_type": "manual", "state": state, "conf": {},
-    }  # fmt: skip
+        "dag_id": "train_emotion_model",
+        "dag_display_name": "train_emotion_model",
+        "dag_run_id": run_id,
+        "dag_versions": [],
+        "run_after": run_after,
+        "run_type": "manual",
+        "state": state,
+        "conf": {},
+    }
 
 
 def test_retrain_goes_through_airflow_rest_api_v2_with_a_token(tmp_path):

@@ -108,8 +108,10 @@ def test_same_batch_twice_and_shared_faces_are_ingested_once(dagbag, settings):
     manifest = json.loads((settings.curated_dir / "span-00002" / "manifest.json").read_text())
     assert (manifest["written"], manifest["duplicates_skipped"]) == (80, 40)
     assert sorted(r["outcome"] for r in map(json.loads, (settings.ingest_dir / "ledger.jsonl").open())) == [
-        "curated", "curated", "duplicate",
-    ]  # fmt: skip
+        "curated",
+        "curated",
+        "duplicate",
+    ]
 
 
 def test_watch_lists_only_ready_batches(settings, monkeypatch):

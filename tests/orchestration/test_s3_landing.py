@@ -58,11 +58,15 @@ def test_s3_batches_are_ingested_and_quarantined_with_nothing_deleted(s3_setting
 
     assert _keys(client, "landing/") == []
     assert _keys(client, "archive/batch-a/") == [
-        "archive/batch-a/REPORT.md", "archive/batch-a/contract.json", "archive/batch-a/data/fer2013.csv",
-    ]  # fmt: skip
+        "archive/batch-a/REPORT.md",
+        "archive/batch-a/contract.json",
+        "archive/batch-a/data/fer2013.csv",
+    ]
     assert _keys(client, "quarantine/mixed.csv/") == [
-        "quarantine/mixed.csv/REPORT.md", "quarantine/mixed.csv/contract.json", "quarantine/mixed.csv/data/mixed.csv",
-    ]  # fmt: skip
+        "quarantine/mixed.csv/REPORT.md",
+        "quarantine/mixed.csv/contract.json",
+        "quarantine/mixed.csv/data/mixed.csv",
+    ]
     report = client.get_object(Bucket=BUCKET, Key="quarantine/mixed.csv/REPORT.md")["Body"].read().decode()
     assert "fer2013_mixed.csv:row 5" in report or "mixed.csv:row 5" in report
     contract = json.loads(client.get_object(Bucket=BUCKET, Key="quarantine/mixed.csv/contract.json")["Body"].read())

@@ -192,9 +192,15 @@ def _chromium(playwright):
     """Debian's Chromium, headless, with the flags this machine's closed network needs."""
     return playwright.chromium.launch(
         executable_path=CHROMIUM,
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-              "--disable-sync", "--no-first-run"],
-    )  # fmt: skip
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
 
 
 def _check_ui(port: int, password: str, screenshot: Path) -> None:
@@ -239,8 +245,12 @@ def _check_evidently_ui(port: int, screenshot: Path) -> None:
 
 def test_killing_the_scheduler_and_the_trainer_mid_run_ends_cleanly(tmp_path):
     env = {
-        **os.environ, **FAST, "MOODLOOP_EPOCHS": "60", "MOODLOOP_HOME": str(tmp_path / "home"), **_ports(),
-    }  # fmt: skip
+        **os.environ,
+        **FAST,
+        "MOODLOOP_EPOCHS": "60",
+        "MOODLOOP_HOME": str(tmp_path / "home"),
+        **_ports(),
+    }
     command = [sys.executable, "-m", "moodloop.local.stack"]
     settings = Settings.from_env(home=env["MOODLOOP_HOME"])
     try:
@@ -268,8 +278,9 @@ def test_killing_the_scheduler_and_the_trainer_mid_run_ends_cleanly(tmp_path):
         api = Api(int(env["MOODLOOP_AIRFLOW_PORT"]), password)
         deadline = time.monotonic() + 900
         while (state := next(r["state"] for r in api.runs("train_emotion_model") if r["dag_run_id"] == run_id)) not in (
-            "success", "failed",
-        ):  # fmt: skip
+            "success",
+            "failed",
+        ):
             assert time.monotonic() < deadline, f"run still {state}"
             time.sleep(5)
     finally:

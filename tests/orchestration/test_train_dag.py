@@ -31,9 +31,19 @@ def test_ingest_then_train_pushes_a_model_one_task_per_component(dagbag, moodloo
     # A cleared task of a finished run re-runs its component's process, which finds the
     # execution COMPLETE in ML Metadata and skips it: nothing is redone, nothing is re-pushed.
     rerun = subprocess.run(
-        [str(settings.pipeline_python), "-m", "components.node_runner", "run", "--run-id", run.run_id,
-         "--node", "Pusher"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            str(settings.pipeline_python),
+            "-m",
+            "components.node_runner",
+            "run",
+            "--run-id",
+            run.run_id,
+            "--node",
+            "Pusher",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "already completed" in rerun.stdout
     assert [p.name for p in settings.model_base.iterdir() if p.name.isdigit()] == versions

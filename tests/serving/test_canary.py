@@ -127,8 +127,11 @@ def test_without_labels_a_canary_that_answers_differently_is_rolled_back(running
     ids = set()
     for _ in range(200):
         body = {"signature_name": "serving_pixels", "inputs": {"pixels": rng.integers(0, 255, (1, 48, 48)).tolist()}}
-        ids.add(http.post("/v1/models/emotion:predict", json=body, headers={"x-client-id": uuid.uuid4().hex})
-                .headers["x-request-id"])  # fmt: skip
+        ids.add(
+            http.post("/v1/models/emotion:predict", json=body, headers={"x-client-id": uuid.uuid4().hex}).headers[
+                "x-request-id"
+            ]
+        )
     rows = wait_for_rows(canary_home, ids)
     mixes = {
         side: {e: sum(r["predicted_class"] == e for r in rows if r["model_label"] == side) for e in EMOTIONS}

@@ -80,9 +80,13 @@ def test_alignment_levels_the_eyes_of_a_face_rotated_by_a_known_angle():
         turned, matrix = rotate(image, degrees)
         centre = apply(matrix, (face.x + face.width / 2, face.y + face.height / 2))
         moved = Face(
-            round(centre[0] - face.width / 2), round(centre[1] - face.height / 2), face.width, face.height,
-            apply(matrix, face.left_eye), apply(matrix, face.right_eye),
-        )  # fmt: skip
+            round(centre[0] - face.width / 2),
+            round(centre[1] - face.height / 2),
+            face.width,
+            face.height,
+            apply(matrix, face.left_eye),
+            apply(matrix, face.right_eye),
+        )
         assert eye_angle(moved) == pytest.approx(-degrees, abs=1e-6)  # the eyes really are tilted
         # The eyes land level, at the same places as in the upright face's crop.
         aligned = alignment_matrix(moved)

@@ -90,10 +90,18 @@ def test_new_version_hot_loads_while_requests_flow_and_broken_ones_are_refused(t
 
 def _prediction(i: int) -> Prediction:
     return Prediction(
-        request_id=f"r{i}", instance=0, client_id="c", model_name="emotion", model_version=1, model_label="stable",
-        signature="serving_pixels", api="rest", latency_ms=1.0, probabilities=np.full(7, 1 / 7),
+        request_id=f"r{i}",
+        instance=0,
+        client_id="c",
+        model_name="emotion",
+        model_version=1,
+        model_label="stable",
+        signature="serving_pixels",
+        api="rest",
+        latency_ms=1.0,
+        probabilities=np.full(7, 1 / 7),
         pixels=np.full((48, 48), 128, np.uint8),
-    )  # fmt: skip
+    )
 
 
 def test_inference_log_is_bounded_never_blocks_and_flushes_on_close(tmp_path):
@@ -143,13 +151,20 @@ def test_gateway_process_flushes_the_log_on_sigterm(tmp_path, model_base):
     import sys
 
     env = {
-        **os.environ, "MOODLOOP_HOME": str(tmp_path / "home"), "MOODLOOP_MODEL_BASE": str(model_base),
-        "MOODLOOP_REST_PORT": "0", "MOODLOOP_GRPC_PORT": "0", "MOODLOOP_LOG_FLUSH_SECONDS": "600",
-    }  # fmt: skip
+        **os.environ,
+        "MOODLOOP_HOME": str(tmp_path / "home"),
+        "MOODLOOP_MODEL_BASE": str(model_base),
+        "MOODLOOP_REST_PORT": "0",
+        "MOODLOOP_GRPC_PORT": "0",
+        "MOODLOOP_LOG_FLUSH_SECONDS": "600",
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "moodloop.cli", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "moodloop.cli", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-    )  # fmt: skip
+    )
     try:
         port = None
         for line in process.stdout:
