@@ -49,6 +49,8 @@ import numpy as np
 from data import landing, synthetic
 from monitoring import drift
 from moodloop.contracts import EMOTIONS
+from moodloop.local import stack
+from moodloop.local.s3server import free_port
 from moodloop.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +76,6 @@ TRAINING = {
 
 class Drill:
     def __init__(self, home: Path, args: argparse.Namespace, env: dict[str, str] | None = None) -> None:
-        from moodloop.local.s3server import free_port
 
         self.args = args
         self.env = env or {
@@ -272,8 +273,6 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
     """The drill on the local stack: Airflow's scheduler runs monitor_drift, train_emotion_model and
     canary_analysis; the drill only plays the users (live requests, feedback labels) and the
     labellers (a shifted batch lands in the landing zone)."""
-    from moodloop.local import stack
-    from moodloop.local.s3server import free_port
 
     os.environ.update(
         {
@@ -351,7 +350,6 @@ def rolled_back(home: Path, version: int) -> bool:
 
 def train_runs_since(settings: Settings, since: float) -> list[dict]:
     """train_emotion_model's runs since the shift, and what started each (drift or new data)."""
-    from moodloop.local import stack
 
     airflow = stack.api(settings)
     runs = airflow.dag_runs.get_dag_runs(
@@ -393,8 +391,6 @@ def main(argv: list[str] | None = None) -> int:
             figures = stack_drill(args, home)
         except BaseException:
             if args.stop:
-                from moodloop.local import stack
-
                 stack.stop(Settings.from_env())
             else:
                 print(
@@ -417,8 +413,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.stack:
         settings = Settings.from_env()
         if args.stop:
-            from moodloop.local import stack
-
             return stack.stop(settings)
         print(
             "\nThe stack is still running, so you can look:\n"

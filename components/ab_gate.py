@@ -27,13 +27,17 @@ import numpy as np
 from tfx import v1 as tfx
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
+from moodloop import models_config
 from moodloop.contracts import (
     EMOTIONS,
     FEATURE_IMAGE,
+    FEATURE_LABEL,
     OUTPUT_EMBEDDING,
     OUTPUT_PROBABILITIES,
     SIGNATURE_EXAMPLES,
 )
+from moodloop.image_properties import decode_grey
+from moodloop.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
 from moodloop.settings import GateSettings
 
 log = logging.getLogger(__name__)
@@ -165,7 +169,6 @@ class GateReport(artifact.Artifact):
 
 def champion_dir(model_base: str, serving_config: str, model_name: str) -> str | None:
     """The SavedModel users get now: the `stable` label, else the newest version, else None."""
-    from moodloop import models_config
 
     base = Path(model_base)
     versions = models_config.version_folders(base)
@@ -182,8 +185,6 @@ def champion_dir(model_base: str, serving_config: str, model_name: str) -> str |
 def eval_examples(examples: list) -> tuple[list[bytes], np.ndarray]:
     """Serialized eval-split tf.Examples of every span, and their labels."""
     import tensorflow as tf
-
-    from moodloop.contracts import FEATURE_LABEL
 
     files = []
     for item in examples:
@@ -209,9 +210,6 @@ def write_reference_profile(path: str, serialized: list[bytes], labels: np.ndarr
     import pyarrow as pa
     import pyarrow.parquet as pq
     import tensorflow as tf
-
-    from moodloop.image_properties import decode_grey
-    from moodloop.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
 
     rows = []
     for i, (example, label) in enumerate(zip(serialized, labels, strict=True)):

@@ -22,10 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from tfx import v1 as tfx
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import path_utils
 
+from moodloop import models_config
 from moodloop.contracts import (
     FACE_SIZE,
     FEATURE_IMAGE,
@@ -58,7 +60,6 @@ def _images(serialized: list[bytes]) -> list[bytes]:
 
 def write_warmup_requests(model_dir: str, model_name: str, serialized_examples: list[bytes]) -> str:
     """assets.extra/tf_serving_warmup_requests: one PredictionLog per signature of the model contract."""
-    import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
@@ -95,7 +96,6 @@ class ModelServerProcess:
     It runs in a home of its own, so its inference log and traffic file are thrown away with it."""
 
     def __init__(self, model_dir: str, model_name: str, workdir: Path) -> None:
-        from moodloop import models_config
 
         self.model_name = model_name
         base = workdir / "models" / model_name
@@ -191,7 +191,6 @@ def check_in_model_server(model_dir: str, model_name: str, serialized_examples: 
     """Load the model in the model server (warm-up replayed), then ask each signature once.
     Returns the problems found; empty means servable."""
     import grpc
-    import numpy as np
 
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="moodloop-infra-") as tmp:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tfx import v1 as tfx
 from tfx.types import artifact, standard_artifacts
 
@@ -89,7 +90,6 @@ def ModelReportGen(
     report: tfx.dsl.components.OutputArtifact[ModelReport],
 ) -> None:
     """Training curves, confusion matrix and the verdict with its reasons, in one folder."""
-    import numpy as np
 
     from components import plots
 

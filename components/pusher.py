@@ -7,12 +7,18 @@ import logging
 import os
 import shutil
 import time
+import urllib.error
+import urllib.request
 import uuid
+from pathlib import Path
 
 from tfx import v1 as tfx
 from tfx.components.pusher import executor as pusher_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
+
+from moodloop.contracts import REFERENCE_PROFILE
+from moodloop.rollout import STABLE, Rollout
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,6 @@ class AtomicPusherExecutor(pusher_executor.Executor):
 def _add_reference_profile(input_dict, model_dir: str) -> None:
     """The A/B gate's reference profile goes into the version folder (the model contract's REFERENCE_PROFILE):
     the drift jobs find the served model's reference beside it."""
-    from moodloop.contracts import REFERENCE_PROFILE
 
     for blessing in input_dict.get("model_blessing", []):
         profile = blessing.get_string_custom_property("reference_profile")
@@ -74,9 +79,6 @@ def label_pushed_version(config: dict, model_base: str, version: int) -> str | N
     Returns the label given (None when no models.config is configured)."""
     if not config.get("serving_config"):
         return None
-    from pathlib import Path
-
-    from moodloop.rollout import STABLE, Rollout
 
     rollout = Rollout(
         Path(config["serving_config"]),
@@ -100,8 +102,6 @@ def label_pushed_version(config: dict, model_base: str, version: int) -> str | N
 def _wait_until_served(status_url: str, version: int, timeout: float = 120.0) -> None:
     """Poll TF Serving's REST status (the gateway's or TF Serving's own) until `version` is AVAILABLE.
     No server answering means nobody serves the old label either: go on at once."""
-    import urllib.error
-    import urllib.request
 
     if not status_url:
         return

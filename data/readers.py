@@ -10,6 +10,7 @@ kept. Nothing is dropped silently: read = kept + rejected, always.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import io
@@ -282,7 +283,6 @@ def read_batch(path: Path, max_bytes: int = 10 << 20, max_pixels: int = 40_000_0
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m data.readers BATCH`: print the read report of a landing batch."""
-    import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("batch", type=Path, help="a FER2013 CSV, an image folder tree, or a folder with labels.csv")

@@ -14,8 +14,10 @@ moodloop settings                        the effective settings (MOODLOOP_* vari
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -85,9 +87,6 @@ def cmd_read(args: argparse.Namespace) -> int:
 def _curate(batch: Path, settings: Settings, keep_good_rows: bool) -> bool:
     """The landing zone's ingest on a batch given by path (data/ingest.py `ingest_given`). Great
     Expectations lives in the orchestration env: from the pipeline env it runs there."""
-    import importlib.util
-    import subprocess
-
     if importlib.util.find_spec("great_expectations") is not None:
         from data.ingest import ingest_given
 

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moodloop.contracts import EMOTIONS, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES, SIGNATURE_IMAGES, SIGNATURE_PIXELS
+from moodloop.contracts import (
+    EMOTIONS,
+    OUTPUT_EMBEDDING,
+    OUTPUT_PROBABILITIES,
+    SIGNATURE_IMAGES,
+    SIGNATURE_PIXELS,
+    emotion_index,
+)
 from moodloop.log_records import Feedback, Prediction
 from moodloop.rollout import Rollout, TrafficFile, choose_label
 from moodloop.settings import Settings
@@ -140,7 +147,6 @@ class DataPlane:
         return classify
 
     def feedback(self, request_id: str, label: str | int, instance: int = 0) -> Feedback:
-        from moodloop.contracts import emotion_index
 
         if not request_id or not isinstance(request_id, str):
             raise ServingError("INVALID_ARGUMENT", "'request_id' is required (the x-request-id of the prediction)")

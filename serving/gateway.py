@@ -22,6 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import time
+
 from moodloop import models_config
 from moodloop.settings import Settings, s3_client
 from serving.batching import BatchingParameters
@@ -78,7 +80,6 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
     """Run the whole gateway in background threads of this process; stop and flush on exit.
     Port 0 picks free ports; the ones chosen are in the result. (uvicorn off the main thread
     installs no signal handlers: the caller decides when to stop, and the log is always flushed.)"""
-    import time
 
     import uvicorn
 

@@ -19,6 +19,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from moodloop import models_config
 from serving.backends import ServingError
 from serving.dataplane import Call, DataPlane
 
@@ -109,7 +110,6 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
         """TF Serving's config reload: the new config replaces models.config and is applied now."""
-        from moodloop import models_config
 
         response = model_management_pb2.ReloadConfigResponse()
         try:

@@ -7,6 +7,7 @@ S3 tests and docker-compose. Real S3 protocol over boto3. Orchestration env.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import shutil
@@ -123,7 +124,6 @@ def wait_for_s3(client, bucket: str, timeout: float = 90.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
 
     import boto3
 
