@@ -30,6 +30,15 @@ def decode_images(encoded: tf.Tensor) -> tf.Tensor:
     return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([FACE_SIZE, FACE_SIZE, 1], tf.float32))
 
 
+STATISTIC_DECIMALS = 6
+
+
+def rounded_statistic(value: tf.Tensor) -> tf.Tensor:
+    """A float64 statistic rounded to STATISTIC_DECIMALS decimals (half to even, as numpy rounds)."""
+    scale = tf.constant(10.0**STATISTIC_DECIMALS, tf.float64)
+    return tf.round(value * scale) / scale
+
+
 def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Decode, resize to 48x48 grey, standardise with the training set's pixel mean and std."""
     encoded = tf.reshape(inputs[FEATURE_IMAGE], [-1])
@@ -37,8 +46,10 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     # Full-pass analyzers: the dataset's statistics become constants of the serving graph.
     # In float64: Beam adds the partial sums up in a different order on every run, and in float32
     # that changed the standardised faces in their last bits, enough to train a different model.
-    mean = tf.cast(tft.mean(pixels, output_dtype=tf.float64), tf.float32)
-    std = tf.sqrt(tf.cast(tft.var(pixels, output_dtype=tf.float64), tf.float32) + 1e-6)
+    # Rounded to 1e-6 before the cast: float64 sums of the same pixels in another order (another
+    # Beam run, numpy in a notebook) then give the same float32 statistics, bit for bit.
+    mean = tf.cast(rounded_statistic(tft.mean(pixels, output_dtype=tf.float64)), tf.float32)
+    std = tf.sqrt(tf.cast(rounded_statistic(tft.var(pixels, output_dtype=tf.float64)), tf.float32) + 1e-6)
     outputs = {INPUT_KEY: (pixels - mean) / std}
     if FEATURE_LABEL in inputs:
         outputs[LABEL_KEY] = tf.reshape(inputs[FEATURE_LABEL], [-1])

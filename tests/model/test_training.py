@@ -104,3 +104,21 @@ def test_canonical_order_depends_on_the_faces_only_not_on_their_order_or_standar
     np.testing.assert_array_equal(again_labels, ordered_labels)
     np.testing.assert_allclose(again, (ordered / 255.0 - 0.48) / 0.21, rtol=1e-5)
     assert sorted(map(bytes, ordered)) == sorted(map(bytes, pixels))  # a permutation: nothing lost
+
+
+def test_standardisation_statistics_do_not_depend_on_the_summation_order():
+    """Transform's mean and variance are float64 sums whose last bits change with the order Beam
+    (or numpy) adds them up in. Near the middle between two float32 numbers, one float64 ulp
+    decides which float32 comes out; rounded to STATISTIC_DECIMALS first, both give the same."""
+    import tensorflow as tf
+
+    from components.preprocessing import STATISTIC_DECIMALS, rounded_statistic
+
+    for statistic in (0.5001763, 0.0730759, 0.2703255):  # a pixel mean, variances
+        low = np.float32(statistic)
+        middle = (np.float64(low) + np.float64(np.nextafter(low, np.float32(1)))) / 2
+        sums = np.array([np.nextafter(middle, 0.0), np.nextafter(middle, 1.0)])  # two orders, one ulp apart
+        assert np.float32(sums[0]) != np.float32(sums[1])  # unrounded: two different standardisations
+        rounded = rounded_statistic(tf.constant(sums, tf.float64)).numpy()
+        assert np.float32(rounded[0]) == np.float32(rounded[1])
+        np.testing.assert_array_equal(rounded, np.round(sums, STATISTIC_DECIMALS))  # as the bare fit rounds
