@@ -32,7 +32,7 @@ log = logging.getLogger("moodloop.serving")
 
 
 def build(settings: Settings):
-    """The gateway with its backend started."""
+    """The data plane with its backend started."""
     from serving.backends import EmbeddedBackend, TFServingBackend
     from serving.dataplane import DataPlane
     from serving.inference_log import InferenceLog
@@ -63,14 +63,14 @@ def build(settings: Settings):
         )
     else:
         raise ValueError(f"MOODLOOP_SERVING_BACKEND={settings.serving.backend!r}: use 'embedded' or 'tfserving'")
-    gateway = DataPlane(settings, backend, inference_log, metrics)
+    dataplane = DataPlane(settings, backend, inference_log, metrics)
     backend.start()
-    return gateway
+    return dataplane
 
 
 @dataclass
 class RunningGateway:
-    gateway: object
+    dataplane: object
     rest_port: int
     grpc_port: int
 
@@ -86,13 +86,13 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
     from serving.grpc_api import create_server
     from serving.rest import create_app
 
-    gateway = build(settings)
-    server, grpc_port = create_server(gateway, f"{settings.serving.gateway_host}:{settings.serving.grpc_port}")
+    dataplane = build(settings)
+    server, grpc_port = create_server(dataplane, f"{settings.serving.gateway_host}:{settings.serving.grpc_port}")
     server.start()
     # uvicorn binds the port itself: a pre-bound socket handed to it answered every request
     # 40 ms late (delayed ACKs), so port 0 is resolved after start-up instead.
     config = uvicorn.Config(
-        create_app(gateway),
+        create_app(dataplane),
         host=settings.serving.gateway_host,
         port=settings.serving.rest_port,
         log_level="info" if access_log else "warning",
@@ -111,13 +111,13 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
         time.sleep(0.02)
     rest_port = rest.servers[0].sockets[0].getsockname()[1]
     try:
-        yield RunningGateway(gateway, rest_port, grpc_port)
+        yield RunningGateway(dataplane, rest_port, grpc_port)
     finally:
         rest.should_exit = True
         thread.join(10)
         server.stop(grace=2).wait()
-        gateway.backend.close()
-        gateway.inference_log.close()
+        dataplane.backend.close()
+        dataplane.inference_log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             settings.inference_log_url,
         )
         stop.wait()
-        buffered = running.gateway.inference_log.buffered()
+        buffered = running.dataplane.inference_log.buffered()
         log.info("shutting down: stopping the servers, flushing %d log records", buffered)
-    log.info("stopped; inference log: %d records written", running.gateway.inference_log.written)
+    log.info("stopped; inference log: %d records written", running.dataplane.inference_log.written)
     return 0
 
 

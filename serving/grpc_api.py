@@ -37,8 +37,8 @@ def _abort(context: grpc.ServicerContext, error: ServingError):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, gateway: DataPlane) -> None:
-        self.gateway = gateway
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext):
         name, version, label = _spec(request.model_spec)
@@ -50,7 +50,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             label,
             request.model_spec.signature_name,
             metadata.get("x-client-id"),
-            self.gateway.new_request_id(),
+            self.dataplane.new_request_id(),
         )
         context.send_initial_metadata((("x-request-id", call.request_id),))
         try:
@@ -58,7 +58,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         except (TypeError, ValueError) as error:
             return _abort(context, ServingError("INVALID_ARGUMENT", f"unreadable input tensor: {error}"))
         try:
-            served, outputs = self.gateway.predict(call, inputs)
+            served, outputs = self.dataplane.predict(call, inputs)
         except ServingError as error:
             return _abort(context, error)
         response = predict_pb2.PredictResponse()
@@ -76,7 +76,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         if list(request.metadata_field) != ["signature_def"]:
             return _abort(context, ServingError("INVALID_ARGUMENT", "Metadata field signature_def is required"))
         try:
-            served, signature_defs = self.gateway.backend.signature_defs(name, version, label)
+            served, signature_defs = self.dataplane.backend.signature_defs(name, version, label)
         except ServingError as error:
             return _abort(context, error)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
@@ -90,13 +90,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, gateway: DataPlane) -> None:
-        self.gateway = gateway
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
 
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
         name, version, label = _spec(request.model_spec)
         try:
-            states = self.gateway.backend.status(name, version, label)
+            states = self.dataplane.backend.status(name, version, label)
         except ServingError as error:
             return _abort(context, error)
         response = get_model_status_pb2.GetModelStatusResponse()
@@ -113,21 +113,21 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
         response = model_management_pb2.ReloadConfigResponse()
         try:
-            models_config.write(self.gateway.settings.serving_config, request.config)
-            self.gateway.reload()
+            models_config.write(self.dataplane.settings.serving_config, request.config)
+            self.dataplane.reload()
         except (OSError, ValueError) as error:
             response.status.error_code = 3  # INVALID_ARGUMENT
             response.status.error_message = str(error)
         return response
 
 
-def create_server(gateway: DataPlane, address: str, workers: int = 16) -> tuple[grpc.Server, int]:
+def create_server(dataplane: DataPlane, address: str, workers: int = 16) -> tuple[grpc.Server, int]:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         options=[("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)],
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(gateway), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(gateway), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(dataplane), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(dataplane), server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen for gRPC on {address}")

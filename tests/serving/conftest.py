@@ -74,7 +74,7 @@ def running(gateway_settings):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if {s.version for s in running.gateway.backend.status("emotion", None, None)} >= set(TEST_VERSIONS):
+                if {s.version for s in running.dataplane.backend.status("emotion", None, None)} >= set(TEST_VERSIONS):
                     break
             except Exception:  # noqa: BLE001 - TF Serving still starting
                 pass
@@ -91,8 +91,8 @@ def labels(running, gateway_settings):
     def apply(**labels: int) -> None:
         for label, version in labels.items():
             models_config.set_label(path, "emotion", label, version)
-        running.gateway.reload()
+        running.dataplane.reload()
 
     yield apply
     path.write_text(original)
-    running.gateway.reload()
+    running.dataplane.reload()

@@ -65,7 +65,7 @@ def test_a_good_canary_is_ramped_then_promoted(running, canary_home):
     http = httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=30)
     metrics = f"http://127.0.0.1:{running.rest_port}/metrics"
     decision = analyze(canary_home, FAST, metrics_url=metrics)  # a new canary: step 1 starts now, 10 %
-    assert decision["action"] == "wait" and running.gateway.traffic.share() == pytest.approx(0.1)
+    assert decision["action"] == "wait" and running.dataplane.traffic.share() == pytest.approx(0.1)
     shares = []
     for step in range(3):
         sides = send_traffic(http, canary_home, (500, 200, 100)[step], {"stable": 0.6, "canary": 0.9}, seed=step)

@@ -200,11 +200,11 @@ def test_a_bad_detector_name_is_refused_clearly_when_the_gateway_is_built(tmp_pa
 
 
 def test_the_gateway_builds_one_detector_per_thread(tmp_path):
-    gateway = DataPlane(Settings.from_env(home=tmp_path, serving={"face_detector": "haar"}), None, None, None)
+    dataplane = DataPlane(Settings.from_env(home=tmp_path, serving={"face_detector": "haar"}), None, None, None)
     seen = []
-    threads = [threading.Thread(target=lambda: seen.append(gateway.detector)) for _ in range(3)]
+    threads = [threading.Thread(target=lambda: seen.append(dataplane.detector)) for _ in range(3)]
     for thread in threads:
         thread.start()
         thread.join()
-    assert gateway.detector is gateway.detector and isinstance(gateway.detector, HaarFaceDetector)
-    assert len({id(d) for d in seen + [gateway.detector]}) == 4
+    assert dataplane.detector is dataplane.detector and isinstance(dataplane.detector, HaarFaceDetector)
+    assert len({id(d) for d in seen + [dataplane.detector]}) == 4

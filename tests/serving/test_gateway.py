@@ -171,7 +171,7 @@ def test_canary_split_is_sticky_and_every_request_is_logged(running, http, label
     from moodloop.log_records import read_log
 
     labels(stable=1, canary=2)
-    running.gateway.traffic.set(0.10)
+    running.dataplane.traffic.set(0.10)
     body = {"signature_name": "serving_pixels", "inputs": {"pixels": np.zeros((1, 48, 48), int).tolist()}}
     stable_answer = http.post("/v1/models/emotion/labels/stable:predict", json=body).json()
     request_ids, sides = set(), {}
@@ -183,7 +183,7 @@ def test_canary_split_is_sticky_and_every_request_is_logged(running, http, label
         assert sides.setdefault(f"user-{i % 500}", side) == side  # sticky per client
     canary = sum(1 for i in range(1000) if sides[f"user-{i % 500}"] == "canary")
     assert 60 <= canary <= 140, canary  # ~100 of 1000
-    running.gateway.traffic.set(0.0)
+    running.dataplane.traffic.set(0.0)
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -198,7 +198,7 @@ def test_canary_split_is_sticky_and_every_request_is_logged(running, http, label
     row = logged[0]
     assert abs(sum(row[f"prob_{e}"] for e in EMOTIONS) - 1) < 1e-4 and row["brightness"] == 0.0
     assert all(row[f"emb_{i}"] is not None for i in range(8))  # the model's embedding, for drift
-    assert running.gateway.inference_log.dropped == 0
+    assert running.dataplane.inference_log.dropped == 0
 
 
 def test_feedback_attaches_a_label_to_a_request(http):

@@ -46,7 +46,7 @@ def test_new_version_hot_loads_while_requests_flow_and_broken_ones_are_refused(t
         serve_in_thread(_settings(tmp_path, base)) as running,
         httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=30) as client,
     ):
-        running.gateway.backend.wait_for_version("emotion", 1)
+        running.dataplane.backend.wait_for_version("emotion", 1)
         seen, failures, stop_flag = set(), [], threading.Event()
 
         def traffic():
@@ -64,7 +64,7 @@ def test_new_version_hot_loads_while_requests_flow_and_broken_ones_are_refused(t
         try:
             time.sleep(0.5)
             export_version(base, 2, seed=7)  # staged, then renamed into place, as the Pusher does
-            running.gateway.backend.wait_for_version("emotion", 2, timeout=60)
+            running.dataplane.backend.wait_for_version("emotion", 2, timeout=60)
             time.sleep(0.5)
         finally:
             stop_flag.set()

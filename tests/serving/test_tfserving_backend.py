@@ -37,12 +37,12 @@ def test_a_gateway_in_front_of_a_tf_serving_protocol_server(running, gateway_set
         original = gateway_settings.serving_config.read_text()
         try:
             models_config.set_label(gateway_settings.serving_config, "emotion", "stable", 1)
-            front.gateway.reload()
-            assert running.gateway.backend.labels("emotion") == {"stable": 1}
+            front.dataplane.reload()
+            assert running.dataplane.backend.labels("emotion") == {"stable": 1}
             stable = proxied.post("/v1/models/emotion/labels/stable:predict", json=PIXELS).json()
             assert stable == direct.post("/v1/models/emotion/versions/1:predict", json=PIXELS).json()
         finally:
             gateway_settings.serving_config.write_text(original)
-            running.gateway.reload()
+            running.dataplane.reload()
         direct.close()
         proxied.close()
