@@ -25,7 +25,7 @@ import tf_keras as keras
 
 from components.adopt import AdoptError, AdoptOptions, adopt
 from data import synthetic, wheel_media
-from moodloop import cli, models_config
+from moodloop import cli, console, models_config
 from moodloop.contracts import EMBEDDING_DIMS, EMOTIONS, REFERENCE_PROFILE, SIGNATURE_IMAGES, SIGNATURE_PIXELS
 from moodloop.settings import Settings
 
@@ -44,7 +44,9 @@ def _synthetic(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _adopt(model: Path, settings: Settings, options: AdoptOptions) -> tuple[object, str]:
-    """adopt() with its progress lines captured (and echoed, for `pytest -s`)."""
+    """adopt() with its progress lines (logged; printed as the CLI prints them) captured, and
+    echoed for `pytest -s`."""
+    console.show_progress()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         result = adopt(model, settings, options, _synthetic)
