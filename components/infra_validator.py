@@ -244,4 +244,4 @@ def EmbeddedInfraValidator(
     if blessed:
         log.info("INFRA BLESSED: the model loads, replays its warm-up requests and answers every signature")
     else:
-        log.info("INFRA NOT BLESSED (nothing will be pushed):\n  " + "\n  ".join(problems))
+        log.warning("INFRA NOT BLESSED (nothing will be pushed):\n  " + "\n  ".join(problems))

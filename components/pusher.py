@@ -116,4 +116,4 @@ def _wait_until_served(status_url: str, version: int, timeout: float = 120.0) ->
         except OSError:
             return
         time.sleep(1)
-    log.info(f"warning: version {version} not AVAILABLE after {timeout:.0f} s; labelling it anyway")
+    log.warning(f"warning: version {version} not AVAILABLE after {timeout:.0f} s; labelling it anyway")

@@ -86,10 +86,10 @@ def check(
     (work / "contract.json").write_text(
         json.dumps({**summary, "great_expectations": contract.gx_result}, indent=1, default=str)
     )
-    report = render_report(batch, contract, keep_good_rows=keep_good_rows)
+    partial = keep_good_rows and not contract.passed and contract.faces > 0
+    report = render_report(batch, contract, partial=partial)
     (work / "REPORT.md").write_text(report)
     log.info(report)
-    partial = keep_good_rows and not contract.passed and contract.faces > 0
     decision = "curate" if contract.passed or partial else "quarantine"
     return {
         "batch": batch,

@@ -136,10 +136,9 @@ def validate(result: ReadResult, limits: ContractLimits = ContractLimits()) -> C
     )
 
 
-def render_report(batch: str, contract: ContractResult, limit: int = 50, keep_good_rows: bool = False) -> str:
+def render_report(batch: str, contract: ContractResult, limit: int = 50, partial: bool = False) -> str:
     """REPORT.md: the verdict, the class counts, then each failed rule with its items.
-    `keep_good_rows`: a failed batch's usable faces are curated anyway (asked for by hand)."""
-    partial = keep_good_rows and not contract.passed and contract.faces > 0
+    `partial`: the failed batch's usable faces are curated anyway (asked for by hand)."""
     if contract.passed:
         verdict = "ACCEPTED"
     elif partial:
