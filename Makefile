@@ -32,11 +32,8 @@ train: setup  ## without Airflow: synthetic 10k-face batch -> TFX pipeline (Loca
 serve: setup  ## the serving gateway alone (REST :8501, gRPC :8500) on the pushed models
 	$(MOODLOOP) serve
 
-test: setup  ## the whole test suite (what CI runs): both environments' tests, then the verdict
-	@status=0; \
-	$(PIPELINE_PY) -m pytest tests -p no:cacheprovider -ra --durations=10 --ignore=tests/orchestration || status=1; \
-	$(ORCH_PY) -m pytest tests/orchestration -p no:cacheprovider -ra --durations=10 || status=1; \
-	exit $$status
+test: setup  ## the whole test suite (what CI runs): both environments' tests side by side, then the verdict
+	@bash scripts/test.sh
 
 test-fast: setup  ## everything except the end-to-end pipeline runs
 	$(PIPELINE_PY) -m pytest tests -p no:cacheprovider -m "not pipeline" --ignore=tests/orchestration
