@@ -85,6 +85,7 @@ class PipelineConfig:
             "warm_start": settings.training.warm_start,
             "warm_epochs_fraction": settings.training.warm_epochs_fraction,
             "warm_learning_rate_factor": settings.training.warm_learning_rate_factor,
+            "warm_max_accuracy_drop": settings.training.warm_max_accuracy_drop,
             "tune_trials": settings.training.tune_trials,
             "tune_epochs": settings.training.tune_epochs,
             # where the Trainer finds the stable champion to warm-start from

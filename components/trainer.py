@@ -29,7 +29,7 @@ from components.model import INPUT_KEY, build_model, class_weights, in_canonical
 from components.model_report import TRAINING_SUMMARY
 from components.preprocessing import LABEL_KEY
 from components.projection import pca_projection
-from components.warm_start import WarmStart, save_weights, warm_start
+from components.warm_start import WarmStart, save_weights, still_fits, warm_start
 from moodloop.contracts import (
     EMBEDDING_DIMS,
     EMOTIONS,
@@ -223,11 +223,19 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     if tuned:
         learning_rate = float(tuned.pop("learning_rate", learning_rate))
         log.info(f"hyperparameters from the Tuner: learning rate {learning_rate:g}, {tuned}")
-    keras.utils.set_random_seed(int(config.get("seed", 0)))
-    model = build_model(
-        config.get("model_size", "small"), learning_rate, augment=bool(config.get("augment", True)), **tuned
+
+    def fresh_model():
+        keras.utils.set_random_seed(int(config.get("seed", 0)))
+        return build_model(
+            config.get("model_size", "small"), learning_rate, augment=bool(config.get("augment", True)), **tuned
+        )
+
+    model = fresh_model()
+    warm = still_fits(
+        model, x_eval, y_eval, _warm_or_cold(model, config), float(config.get("warm_max_accuracy_drop", 0.03))
     )
-    warm = _warm_or_cold(model, config)
+    if not warm.warm and warm.champion is not None:
+        model = fresh_model()  # the champion's weights may be loaded: back to a cold run's initialisation
     if warm.warm:
         # Fine-tuning: fewer epochs at a smaller learning rate than a cold fit (README, "Warm start").
         epochs = max(1, round(epochs * float(config.get("warm_epochs_fraction", 0.2))))

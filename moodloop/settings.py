@@ -85,6 +85,9 @@ class TrainingSettings:
     warm_start: bool = setting("MOODLOOP_WARM_START", True)
     warm_epochs_fraction: float = setting("MOODLOOP_WARM_EPOCHS_FRACTION", 0.2)  # share of `epochs` (>= 1)
     warm_learning_rate_factor: float = setting("MOODLOOP_WARM_LEARNING_RATE_FACTOR", 0.3)  # fine-tunes at lr x this
+    # ... and only while the champion still fits: its weights may score at most this much lower on
+    # today's held-out faces than on its own when trained (more: the data has moved, train cold)
+    warm_max_accuracy_drop: float = setting("MOODLOOP_WARM_MAX_ACCURACY_DROP", 0.03)
     tune: bool = setting("MOODLOOP_TUNE", False)  # a TFX Tuner (KerasTuner random search) before the Trainer
     tune_trials: int = setting("MOODLOOP_TUNE_TRIALS", 6)
     tune_epochs: int = setting("MOODLOOP_TUNE_EPOCHS", 3)  # per trial

@@ -89,6 +89,40 @@ def test_warm_start_loads_the_champions_weights_only_into_the_same_architecture(
     assert "carries no weights" in warm_start(same, str(tmp_path / "adopted")).reason
 
 
+def test_warm_start_is_kept_only_while_the_champion_still_fits_todays_faces(tmp_path):
+    """The champion's weights are checked on today's held-out faces against its own reference
+    accuracy: close enough keeps the warm start, a drop beyond the setting makes the run cold."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.model import build_model
+    from components.warm_start import WarmStart, still_fits
+    from moodloop.contracts import EMOTIONS, REFERENCE_PROFILE
+
+    model = build_model("tiny", augment=False)
+    faces = np.random.default_rng(0).random((200, 48, 48, 1), dtype=np.float32)
+    predicted = model.predict(faces, verbose=0).argmax(axis=1)
+    profile = tmp_path / REFERENCE_PROFILE
+    profile.parent.mkdir(parents=True)
+    # When trained, the champion got 80 % of its 10 held-out faces right (one row has no label).
+    rows = {"label": ["happy"] * 8 + ["sad"] * 2 + [None], "predicted_class": ["happy"] * 10 + ["sad"]}
+    pq.write_table(pa.table(rows), profile)
+    warm = WarmStart(True, "from the champion's weights", str(tmp_path))
+
+    # Today's labels agree with 70 % of its answers: 10 points lower.
+    labels = predicted.copy()
+    labels[:60] = (labels[:60] + 1) % len(EMOTIONS)
+    kept = still_fits(model, faces, labels, warm, max_drop=0.15)
+    assert kept.warm and "70.0% on today's 200 held-out faces, 80.0% on its own" in kept.reason
+    moved = still_fits(model, faces, labels, warm, max_drop=0.05)
+    assert not moved.warm and moved.reason.startswith("the data has moved") and moved.champion == str(tmp_path)
+    # Nothing to check against: the warm start stays and says so; a cold start stays cold.
+    unprofiled = WarmStart(True, "from the champion's weights", str(tmp_path / "adopted"))
+    assert "no reference profile" in still_fits(model, faces, labels, unprofiled, 0.05).reason
+    cold = WarmStart(False, "no champion yet")
+    assert still_fits(model, faces, labels, cold, 0.0) is cold
+
+
 def test_canonical_order_depends_on_the_faces_only_not_on_their_order_or_standardisation():
     from components.model import in_canonical_order
 
