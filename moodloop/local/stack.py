@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ DAG_IDS = (
     "monitor_drift",
 )
 ADMIN = "admin"
+AIRFLOW_DB = "airflow.db"  # SQLite, in the stack's Airflow home
 STACK_MARK = "MOODLOOP_STACK_HOME"  # every process of the stack carries it in its environment
 
 
@@ -99,7 +101,10 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             # Each LocalExecutor worker is a ~130 MB fork; 4 is plenty on 2 cores.
             "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            # A writer waits up to 30 s for SQLite's lock instead of 5 (with the WAL journal, see
+            # start()): the scheduler died on "database is locked" right after a start while the
+            # api-server and the dag-processor wrote, and then nothing ran.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / AIRFLOW_DB}?timeout=30",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(paths["passwords"]),
             "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
@@ -255,6 +260,10 @@ def start(settings: Settings, faces: int) -> int:
     paths["logs"].mkdir(parents=True, exist_ok=True)
     print(f"==> Airflow metadata DB (SQLite) in {paths['airflow_home']}", flush=True)
     subprocess.run([_airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    # Write-ahead logging (a property of the file, kept from now on): readers no longer block the
+    # one writer, nor it them, so the four Airflow processes rarely wait for each other at all.
+    with contextlib.closing(sqlite3.connect(paths["airflow_home"] / AIRFLOW_DB)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
     pids = {}
     for service in SERVICES:
         log = open(paths["logs"] / f"{service}.log", "ab")  # noqa: SIM115 (the child keeps it)
