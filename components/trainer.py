@@ -176,17 +176,17 @@ def logits_of(model, images: np.ndarray) -> np.ndarray:
 
 
 def _warm_or_cold(model, config: dict) -> WarmStart:
-    if not config.get("warm_start", True):
+    if not config["warm_start"]:
         return WarmStart(False, "warm start is off (MOODLOOP_WARM_START=0 or the run's conf)")
-    if not config.get("model_base"):
+    if not config["model_base"]:
         return WarmStart(False, "no model base path given")
-    champion = champion_dir(config["model_base"], config.get("serving_config", ""), config.get("model_name", "emotion"))
+    champion = champion_dir(config["model_base"], config["serving_config"], config["model_name"])
     return warm_start(model, champion)
 
 
 def tuner_fn(fn_args: tfx.components.FnArgs) -> TunerFnResult:
     """TFX Tuner (MOODLOOP_TUNE=1): a random search over learning rate, width and dropout."""
-    config = fn_args.custom_config or {}
+    config = fn_args.custom_config
     x_train, y_train = load_split(fn_args.train_files, tft.TFTransformOutput(fn_args.transform_graph_path))
     tuner, fit_kwargs = tuning.make_tuner(x_train, y_train, config, fn_args.working_dir)
     log.info(
@@ -200,11 +200,14 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """TFX Trainer: fit the CNN on the transformed train split (in memory, canonical order, class
     weights; warm from the champion when it fits), calibrate a temperature on the eval split,
     and export the model contract's signatures with the Transform graph, the PCA projection of
-    the embedding and the warm-start weights; the training summary goes to the model run."""
-    config = fn_args.custom_config or {}
-    epochs = int(config.get("epochs", 10))
-    batch_size = int(config.get("batch_size", 64))
-    learning_rate = float(config.get("learning_rate", 1e-3))
+    the embedding and the warm-start weights; the training summary goes to the model run.
+
+    `custom_config` is PipelineConfig.from_settings's train_config: every key is there, and the
+    defaults live in the settings only."""
+    config = fn_args.custom_config
+    epochs = int(config["epochs"])
+    batch_size = int(config["batch_size"])
+    learning_rate = float(config["learning_rate"])
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
 
     started = time.perf_counter()
@@ -225,21 +228,17 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         log.info(f"hyperparameters from the Tuner: learning rate {learning_rate:g}, {tuned}")
 
     def fresh_model():
-        keras.utils.set_random_seed(int(config.get("seed", 0)))
-        return build_model(
-            config.get("model_size", "small"), learning_rate, augment=bool(config.get("augment", True)), **tuned
-        )
+        keras.utils.set_random_seed(int(config["seed"]))
+        return build_model(config["model_size"], learning_rate, augment=bool(config["augment"]), **tuned)
 
     model = fresh_model()
-    warm = still_fits(
-        model, x_eval, y_eval, _warm_or_cold(model, config), float(config.get("warm_max_accuracy_drop", 0.03))
-    )
+    warm = still_fits(model, x_eval, y_eval, _warm_or_cold(model, config), float(config["warm_max_accuracy_drop"]))
     if not warm.warm and warm.champion is not None:
         model = fresh_model()  # the champion's weights may be loaded: back to a cold run's initialisation
     if warm.warm:
         # Fine-tuning: fewer epochs at a smaller learning rate than a cold fit (README, "Warm start").
-        epochs = max(1, round(epochs * float(config.get("warm_epochs_fraction", 0.2))))
-        learning_rate *= float(config.get("warm_learning_rate_factor", 0.3))
+        epochs = max(1, round(epochs * float(config["warm_epochs_fraction"])))
+        learning_rate *= float(config["warm_learning_rate_factor"])
         model.optimizer.learning_rate.assign(learning_rate)
     log.info(f"{warm.summary()}; {epochs} epochs at learning rate {learning_rate:g}")
     log.info(f"model {model.name}: {model.count_params():,} parameters")

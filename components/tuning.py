@@ -72,15 +72,15 @@ def make_tuner(
     split and are scored on the last fifth."""
     cut = int(0.8 * len(y))
     tuner = FaceTuner(
-        model_size=config.get("model_size", "small"),
-        augment=bool(config.get("augment", True)),
-        epochs=int(config.get("tune_epochs", 3)),
-        batch_size=int(config.get("batch_size", 64)),
+        model_size=config["model_size"],
+        augment=bool(config["augment"]),
+        epochs=int(config["tune_epochs"]),
+        batch_size=int(config["batch_size"]),
         oracle=keras_tuner.oracles.RandomSearchOracle(
             objective=keras_tuner.Objective(OBJECTIVE, "max"),
-            max_trials=int(config.get("tune_trials", 6)),
+            max_trials=int(config["tune_trials"]),
             hyperparameters=search_space(),
-            seed=int(config.get("seed", 0)),
+            seed=int(config["seed"]),
         ),
         directory=directory,
         project_name="moodloop_tuner",
