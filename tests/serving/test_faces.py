@@ -137,6 +137,19 @@ def test_mtcnn_finds_the_one_face_of_each_labelled_photo_with_its_eyes(mtcnn, me
     assert face.left_eye[0] < face.right_eye[0] and abs(eye_angle(face)) < 15
 
 
+def test_the_mtcnn_pyramid_stops_at_the_pnet_window():
+    """mtcnn's own pyramid shrinks a 1000x667 photo below P-Net's 12-px window, which oneDNN rejects
+    on some CPUs (and mtcnn then reports no face at all); ours keeps its scales down to the window."""
+    from mtcnn.utils.images import build_scale_pyramid
+
+    from serving.faces import PNET_WINDOW, pnet_scale_pyramid
+
+    library = build_scale_pyramid(1000, 667, min_face_size=24, scale_factor=0.709)
+    ours = pnet_scale_pyramid(1000, 667, min_face_size=24, scale_factor=0.709)
+    assert (667 * library < PNET_WINDOW).any()
+    assert (667 * ours >= PNET_WINDOW).all() and np.array_equal(ours, library[: len(ours)])
+
+
 def test_mtcnn_finds_all_five_in_the_group_photo_and_none_in_a_landscape(mtcnn, media):
     faces = mtcnn.detect(rgb_of(media / MULTI_FACE))
     assert len(faces) == 5  # Haar misses the man in sunglasses
