@@ -87,7 +87,7 @@ def bare_fit(
     """What a notebook does: standardise with the training faces' statistics, fit, score."""
     import tf_keras as keras
 
-    from components.model import build_model, class_weights, in_canonical_order
+    from components.model import build_model, class_weights, in_canonical_order, learning_rate_schedule
     from components.preprocessing import PIXEL_SCALE, STATISTIC_DECIMALS
 
     # The Trainer's order: the seeded shuffle then sees the faces as the Trainer does.
@@ -110,6 +110,7 @@ def bare_fit(
         batch_size=args.batch_size,
         verbose=0,
         class_weight=class_weights(np.bincount(labels, minlength=7).tolist()),
+        callbacks=[learning_rate_schedule()],  # the Trainer's recipe: at 10k faces it halves the rate in 5 epochs
     )
     return BareFit(
         time.perf_counter() - started,

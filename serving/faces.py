@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from moodloop.contracts import EMOTIONS, FACE_SIZE
+from serving.tracking import IouTracker, Smoother, people_summary
 
 MAX_SEARCH_SIDE = 1024  # large photos are searched at this many pixels on the long side
 
@@ -261,6 +262,8 @@ def _draw(rgb: np.ndarray, faces: list[dict]) -> np.ndarray:
         for eye in (face.get("landmarks") or {}).values():
             cv2.circle(bgr, (round(eye[0]), round(eye[1])), thickness + 1, (0, 220, 255), -1)
         text = f"{face['emotion']} {face['confidence']:.2f}" + ("?" if face["uncertain"] else "")
+        if "person" in face:  # videos: who it is, as in the timeline
+            text = f"#{face['person']} {text}"
         scale = max(0.5, b["width"] / 180)
         cv2.putText(bgr, text, (b["x"], max(15, b["y"] - 6)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 220, 255), thickness)
     return bgr
@@ -298,8 +301,12 @@ def analyze_video(
     max_samples: int = 600,
     annotate: bool = False,
     min_confidence: float = 0.5,
+    smooth: int = 1,
 ) -> tuple[dict, bytes | None]:
-    """A timeline: one entry per sampled frame (every `every_seconds`), with its faces and emotions."""
+    """A timeline: one entry per sampled frame (every `every_seconds`), with its faces and emotions,
+    each face with the id of the person it is (serving/tracking.py: followed across frames); with
+    `smooth` > 1 also each person's emotion averaged over their last `smooth` sampled frames. And
+    one summary per person: when seen, and the share of frames per emotion."""
     if not data:
         raise BadMediaError("the upload is empty")
     with tempfile.TemporaryDirectory(prefix="moodloop-video-") as tmp:
@@ -318,6 +325,7 @@ def analyze_video(
             out_path = Path(tmp) / "annotated.mp4"
             writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), fps / step, (width, height))
         timeline, index, frames_read = [], 0, 0
+        tracker, smoother = IouTracker(), Smoother(smooth)
         try:
             while len(timeline) < max_samples:
                 ok, frame = capture.read()
@@ -337,6 +345,11 @@ def analyze_video(
                         "time": round(index / fps, 3),
                         "faces": _face_results(faces, probabilities, min_confidence),
                     }
+                    people = tracker.update([(f.x, f.y, f.width, f.height) for f in faces])
+                    for face, person, probs in zip(entry["faces"], people, probabilities, strict=True):
+                        face["person"] = person
+                        if smooth > 1:
+                            face["smoothed_emotion"] = EMOTIONS[int(np.argmax(smoother.update(person, probs)))]
                     timeline.append(entry)
                     if writer is not None:
                         writer.write(_draw(rgb, entry["faces"]))
@@ -359,5 +372,6 @@ def analyze_video(
         "sampled_every_seconds": every_seconds,
         "frames_read": frames_read,
         "timeline": timeline,
+        "people": people_summary(timeline),
         "emotion_counts": summary,
     }, video

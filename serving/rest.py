@@ -39,6 +39,7 @@ from serving.backends import ServingError
 from serving.dataplane import Call, DataPlane
 from serving.faces import BadMediaError, analyze_photo, analyze_video
 from serving.rest_codec import HTTP_STATUS, parse_predict_request, predict_response
+from serving.tracking import timeline_csv
 
 
 class HttpError(Exception):
@@ -203,10 +204,19 @@ class RestEndpoints:
     async def videos(self, request: Request) -> Response:
         dataplane, settings = self.dataplane, self.settings
 
+        as_csv = request.query_params.get("format", "json") == "csv"
+        if request.query_params.get("format", "json") not in ("json", "csv"):
+            raise BadMediaError("'format' must be json or csv")
+
         async def analyze(data, classify, annotate):
             every = float(request.query_params.get("every", "0.5"))
             if not 0.04 <= every <= 60:
                 raise BadMediaError("'every' (seconds between sampled frames) must be between 0.04 and 60")
+            smooth = int(request.query_params.get("smooth", "1"))
+            if not 1 <= smooth <= 30:
+                raise BadMediaError("'smooth' (sampled frames averaged per person) must be between 1 and 30")
+            if as_csv and annotate:
+                raise BadMediaError("ask for the annotated video or the CSV timeline, not both")
 
             def run():  # gateway.detector is per thread: read it on the worker thread that detects
                 detector, limit = dataplane.detector, settings.max_image_pixels
@@ -219,16 +229,20 @@ class RestEndpoints:
                     600,
                     annotate,
                     min_confidence=settings.serving.min_confidence,
+                    smooth=smooth,
                 )
 
             work = run_in_threadpool(run)
             try:
-                return await asyncio.wait_for(work, timeout=max(60.0, settings.serving.request_timeout_seconds))
+                result, video = await asyncio.wait_for(
+                    work, timeout=max(60.0, settings.serving.request_timeout_seconds)
+                )
             except asyncio.TimeoutError:
                 message = "videos analysis took too long; send something smaller"
                 raise ServingError("DEADLINE_EXCEEDED", message) from None
+            return result, (timeline_csv(result["timeline"]).encode() if as_csv else video)
 
-        return await self._analyze(request, "videos", "video/mp4", analyze)
+        return await self._analyze(request, "videos", "text/csv" if as_csv else "video/mp4", analyze)
 
     async def _analyze(self, request: Request, api: str, media_type: str, analyze) -> Response:
         """Shared by photos and videos: upload, analyze in a worker thread, JSON or annotated media."""

@@ -322,6 +322,17 @@ def test_video_becomes_an_emotion_timeline(http, media, gateway_settings):
     assert len(with_face) >= len(result["timeline"]) // 2
     assert sum(result["emotion_counts"].values()) == sum(len(e["faces"]) for e in result["timeline"])
     assert http.post("/v1/videos:analyze", content=b"not a video").status_code == 400
+    # One person in the clip: one track, followed from the first sampled frame with a face to the last.
+    (person,) = result["people"]
+    assert {face["person"] for entry in with_face for face in entry["faces"]} == {person["person"]}
+    assert person["frames"] == len(with_face) and person["first_seen"] == with_face[0]["time"]
+    assert person["dominant_emotion"] in EMOTIONS and sum(person["emotions"].values()) == pytest.approx(1, abs=0.01)
+    smoothed = http.post("/v1/videos:analyze?every=1&smooth=3", content=(media / "single_face.mp4").read_bytes())
+    assert all(face["smoothed_emotion"] in EMOTIONS for e in smoothed.json()["timeline"] for face in e["faces"])
+    as_csv = http.post("/v1/videos:analyze?every=1&format=csv", content=(media / "single_face.mp4").read_bytes())
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    assert len(as_csv.text.splitlines()) == 1 + len(with_face) and as_csv.text.startswith("time,frame,person,")
+    assert http.post("/v1/videos:analyze?smooth=0", content=b"x").status_code == 400
 
     # One face, one log row: instances count across frames, and the whole clip took one side of the split.
     from moodloop.log_records import read_log

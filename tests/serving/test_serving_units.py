@@ -165,3 +165,67 @@ def test_dynamic_batcher_refuses_work_after_close_instead_of_hanging():
     batcher.close()
     with pytest.raises(BatcherClosedError):  # a request that resolved the old version just before the swap
         batcher.submit({"x": np.ones((1, 2))}, timeout=5)
+
+
+def test_the_tracker_keeps_each_persons_id_across_frames():
+    from serving.tracking import IouTracker, iou
+
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0 and iou((0, 0, 10, 10), (20, 0, 10, 10)) == 0.0
+    assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    tracker = IouTracker(min_iou=0.3, max_missed=1)
+    left, right = (10, 10, 40, 40), (200, 10, 40, 40)
+    assert tracker.update([left, right]) == [1, 2]
+    # They drift a little and the detector lists them the other way round: the ids follow the faces.
+    assert tracker.update([(205, 12, 40, 40), (14, 10, 40, 40)]) == [2, 1]
+    # The right one looks away for one sampled frame: its id is kept for it ...
+    assert tracker.update([(16, 10, 40, 40)]) == [1]
+    assert tracker.update([(18, 10, 40, 40), (206, 12, 40, 40)]) == [1, 2]
+    # ... but one gone for longer than max_missed is a new person when a face appears there again.
+    tracker.update([(18, 10, 40, 40)])
+    tracker.update([(18, 10, 40, 40)])
+    assert tracker.update([(18, 10, 40, 40), (206, 12, 40, 40)]) == [1, 3]
+    # Two faces competing for one track: the better overlap keeps the id, the other is new.
+    assert tracker.update([(30, 10, 40, 40), (19, 10, 40, 40), (206, 12, 40, 40)]) == [4, 1, 3]
+    with pytest.raises(ValueError):
+        IouTracker(min_iou=0.0)
+
+
+def test_people_summary_smoothing_and_csv_of_a_timeline():
+    from moodloop.contracts import EMOTIONS
+    from serving.tracking import CSV_COLUMNS, Smoother, people_summary, timeline_csv
+
+    smoother = Smoother(window=3)
+    happy, sad = np.eye(7)[EMOTIONS.index("happy")], np.eye(7)[EMOTIONS.index("sad")]
+    smoothed = [EMOTIONS[int(np.argmax(smoother.update(1, p)))] for p in (happy, happy, sad, happy)]
+    assert smoothed == ["happy", "happy", "happy", "happy"]  # one odd frame does not flip it
+
+    def face(person, emotion, x):
+        probabilities = dict.fromkeys(EMOTIONS, 0.0) | {emotion: 1.0}
+        box = {"x": x, "y": 0, "width": 10, "height": 10}
+        return {
+            "person": person,
+            "emotion": emotion,
+            "confidence": 1.0,
+            "uncertain": False,
+            "box": box,
+            "probabilities": probabilities,
+        }
+
+    timeline = [
+        {"frame": 0, "time": 0.0, "faces": [face(1, "happy", 0), face(2, "sad", 50)]},
+        {"frame": 12, "time": 0.5, "faces": [face(1, "happy", 1)]},
+        {"frame": 24, "time": 1.0, "faces": [face(1, "surprise", 2), face(2, "sad", 51)]},
+    ]
+    people = {p["person"]: p for p in people_summary(timeline)}
+    assert people[1] == {
+        "person": 1,
+        "first_seen": 0.0,
+        "last_seen": 1.0,
+        "frames": 3,
+        "emotions": {"happy": 0.667, "surprise": 0.333},
+        "dominant_emotion": "happy",
+    }
+    assert people[2]["frames"] == 2 and people[2]["dominant_emotion"] == "sad"
+    rows = timeline_csv(timeline).splitlines()
+    assert rows[0].split(",") == list(CSV_COLUMNS) and len(rows) == 1 + 5
+    assert rows[1].startswith("0.0,0,1,happy,1.0,False,,0,0,10,10,")
