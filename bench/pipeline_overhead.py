@@ -23,12 +23,12 @@ of cold in <= 40 % of its time). It runs at `--warm-epochs` (10, the settings' d
 than 5: a 5-epoch fit is far from converged, and a warm run of a fifth of the epochs then trails
 the cold one by the steps it skipped (measured: -2 to -4 points), while at 10 epochs it matches it.
 
-The same model per seed: the bare fit gets the Trainer's training faces bit for bit (checked on a
-2k run: 0 of 3.7 million values differ; the same seed then gives the same held-out accuracy). The
-last difference was the pixel scaling: TensorFlow's graph optimiser turns Transform's `/ 255` into
-a multiplication by 1/255, one float32 ulp away from numpy's division in 40 % of the pixels, and
-at 2k faces that alone moved a seed's accuracy by several points. Both now multiply
-(`components/preprocessing.py PIXEL_SCALE`).
+The same model per seed: the bare fit gets the Trainer's training faces bit for bit (checked: 0 of
+3.7 million values differ at 2k, 0 of 18.3 million at 10k; the same seed then gives the same
+held-out accuracy). The last differences were two divisions: TensorFlow's graph optimiser turns
+Transform's `/ 255` and `/ std` into multiplications by the reciprocal, one float32 ulp away from
+numpy's divisions in 20-40 % of the pixels, and at 2k faces that alone moved a seed's accuracy by
+several points. Both sides now multiply (`components/preprocessing.py`).
 
   .venv/pipeline/bin/python bench/pipeline_overhead.py --sizes 2000 10000 --warm
 """
@@ -97,8 +97,8 @@ def bare_fit(
     # statistics, rounded to the same decimals, then float32.
     mean = np.float32(np.round(x_train.mean(dtype=np.float64), STATISTIC_DECIMALS))
     std = np.sqrt(np.float32(np.round(x_train.var(dtype=np.float64), STATISTIC_DECIMALS)) + np.float32(1e-6))
-    x_train = (x_train - mean) / std
-    x_eval = (held_out[0][..., None].astype(np.float32) * np.float32(PIXEL_SCALE) - mean) / std
+    x_train = (x_train - mean) * (np.float32(1) / std)
+    x_eval = (held_out[0][..., None].astype(np.float32) * np.float32(PIXEL_SCALE) - mean) * (np.float32(1) / std)
     keras.utils.set_random_seed(seed)  # as the Trainer does with MOODLOOP_SEED
     model = build_model(args.model_size, args.learning_rate, augment=args.augment)
     started, cpu_started = time.perf_counter(), time.process_time()

@@ -55,7 +55,8 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     # Beam run, numpy in a notebook) then give the same float32 statistics, bit for bit.
     mean = tf.cast(rounded_statistic(tft.mean(pixels, output_dtype=tf.float64)), tf.float32)
     std = tf.sqrt(tf.cast(rounded_statistic(tft.var(pixels, output_dtype=tf.float64)), tf.float32) + 1e-6)
-    outputs = {INPUT_KEY: (pixels - mean) / std}
+    # Times the reciprocal, again as the graph optimiser computes a division by a constant.
+    outputs = {INPUT_KEY: (pixels - mean) * tf.math.reciprocal(std)}
     if FEATURE_LABEL in inputs:
         outputs[LABEL_KEY] = tf.reshape(inputs[FEATURE_LABEL], [-1])
     return outputs
