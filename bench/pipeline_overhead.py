@@ -97,8 +97,9 @@ def bare_fit(
     # statistics, rounded to the same decimals, then float32.
     mean = np.float32(np.round(x_train.mean(dtype=np.float64), STATISTIC_DECIMALS))
     std = np.sqrt(np.float32(np.round(x_train.var(dtype=np.float64), STATISTIC_DECIMALS)) + np.float32(1e-6))
-    x_train = (x_train - mean) * (np.float32(1) / std)
-    x_eval = (held_out[0][..., None].astype(np.float32) * np.float32(PIXEL_SCALE) - mean) * (np.float32(1) / std)
+    inverse_std = np.float32(1) / std
+    x_train = (x_train - mean) * inverse_std
+    x_eval = (held_out[0][..., None].astype(np.float32) * np.float32(PIXEL_SCALE) - mean) * inverse_std
     keras.utils.set_random_seed(seed)  # as the Trainer does with MOODLOOP_SEED
     model = build_model(args.model_size, args.learning_rate, augment=args.augment)
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -242,13 +243,14 @@ def warm_vs_cold(args: argparse.Namespace, seed: int) -> dict:
         for kind, warm in (("cold", False), ("warm", True)):
             print(f"== warm start, seed {seed}: {kind} retrain on 6000 faces (a new 2000-face span)", flush=True)
             outcome = run_pipeline(settings(warm_start=warm))  # the champion stays stable: both start from it
+            start = (outcome.report or {}).get("warm_start") or {}
             runs[kind] = {
                 "accuracy": (outcome.report or {}).get("accuracy", float("nan")),
                 "trainer_s": outcome.component_seconds.get("Trainer", float("nan")),
                 "trainer_cpu_s": outcome.component_cpu_seconds.get("Trainer", float("nan")),
                 "total_s": outcome.seconds,
-                "start": ((outcome.report or {}).get("warm_start") or {}).get("reason", "?"),
-                "warm": bool(((outcome.report or {}).get("warm_start") or {}).get("warm")),
+                "start": start.get("reason", "?"),
+                "warm": bool(start.get("warm")),
             }
         print(
             f"   seed {seed}: cold {runs['cold']['accuracy']:.1%} ({runs['cold']['trainer_s']:.1f} s), "

@@ -232,9 +232,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         return build_model(config["model_size"], learning_rate, augment=bool(config["augment"]), **tuned)
 
     model = fresh_model()
-    warm = still_fits(model, x_eval, y_eval, _warm_or_cold(model, config), float(config["warm_max_accuracy_drop"]))
-    if not warm.warm and warm.champion is not None:
-        model = fresh_model()  # the champion's weights may be loaded: back to a cold run's initialisation
+    loaded = _warm_or_cold(model, config)
+    warm = still_fits(model, x_eval, y_eval, loaded, float(config["warm_max_accuracy_drop"]))
+    if loaded.warm and not warm.warm:
+        model = fresh_model()  # the champion's weights are loaded: back to a cold run's initialisation
     if warm.warm:
         # Fine-tuning: fewer epochs at a smaller learning rate than a cold fit (README, "Warm start").
         epochs = max(1, round(epochs * float(config["warm_epochs_fraction"])))

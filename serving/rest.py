@@ -204,9 +204,10 @@ class RestEndpoints:
     async def videos(self, request: Request) -> Response:
         dataplane, settings = self.dataplane, self.settings
 
-        as_csv = request.query_params.get("format", "json") == "csv"
-        if request.query_params.get("format", "json") not in ("json", "csv"):
+        output_format = request.query_params.get("format", "json")
+        if output_format not in ("json", "csv"):
             raise BadMediaError("'format' must be json or csv")
+        as_csv = output_format == "csv"
 
         async def analyze(data, classify, annotate):
             every = float(request.query_params.get("every", "0.5"))
