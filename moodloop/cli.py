@@ -136,6 +136,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_adopt(args: argparse.Namespace) -> int:
+    # Before TensorFlow is imported, as for `train`: otherwise a library's logging.basicConfig
+    # prints every progress line a second time as "INFO:components...".
+    console.quiet_console()
     from components.adopt import AdoptError, AdoptOptions, NotServable, adopt
     from data import synthetic
 
