@@ -4,10 +4,11 @@ Teams come with a model. This turns a Keras (.h5 / .hdf5 / .keras) or SavedModel
 seven FER2013 emotions into a version that the gateway, TF Serving, the A/B gate, the drift job and
 the canary analysis treat like one moodloop trained:
 
-- the three signatures of the model contract (encoded images, [N, 48, 48] uint8 pixels, serialized
-  tf.Examples) with the contract's outputs (probabilities, class_ids, classes, embedding). The
-  adopted model keeps its own preprocessing (decode -> grey or RGB -> its input size -> its scaling),
-  written into the wrapper's tf.functions, so it sees faces as it was trained to see them;
+- the four signatures of the model contract (encoded images, [N, 48, 48] uint8 pixels, serialized
+  tf.Examples, with the contract's outputs: probabilities, class_ids, classes, embedding; and the
+  explanation heatmaps of components/explain.py). The adopted model keeps its own preprocessing
+  (decode -> grey or RGB -> its input size -> its scaling), written into the wrapper's
+  tf.functions, so it sees faces as it was trained to see them;
 - the embedding: the model's feature layer projected with a PCA fitted on the faces at hand
   (curated faces if there are any, else a synthetic batch the caller provides);
 - the reference profile (REFERENCE_PROFILE) of those faces, warm-up records, and the embedded
@@ -35,6 +36,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np
 import tensorflow as tf
 
+from components import explain
 from components.projection import pca_projection
 from moodloop.contracts import (
     CURATED_SPAN_PREFIX,
@@ -47,9 +49,11 @@ from moodloop.contracts import (
     OUTPUT_CLASS_IDS,
     OUTPUT_CLASSES,
     OUTPUT_EMBEDDING,
+    OUTPUT_HEATMAP,
     OUTPUT_PROBABILITIES,
     REFERENCE_PROFILE,
     SIGNATURE_EXAMPLES,
+    SIGNATURE_EXPLAIN,
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
 )
@@ -123,6 +127,9 @@ class Classifier:
     call: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
     width: int  # D: values per face of the feature layer
     features: str  # which layer the embedding comes from, in words
+    # images -> (feature maps [N, h, w, c] the explanation is computed on, scores [N, 7]); the
+    # input itself when the model shows no inner layer (components/explain.py)
+    explain: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +234,12 @@ def _load_keras(path: Path, embedding_layer: str | None) -> Classifier:
         hidden, scores = network(x, training=False)
         return hidden, scores
 
+    explained = explain.explained_layer(model)
+    explainer = keras.Model(model.inputs, [explained.output, model.outputs[0]]) if explained is not None else None
+
+    def explain_maps(x):
+        return explainer(x, training=False) if explainer is not None else (x, model(x, training=False))
+
     return Classifier(
         path=path,
         kind="Keras",
@@ -238,6 +251,7 @@ def _load_keras(path: Path, embedding_layer: str | None) -> Classifier:
         call=call,
         width=int(features.shape[-1]),
         features=described,
+        explain=explain_maps,
     )
 
 
@@ -280,6 +294,7 @@ def _load_signature(path: Path) -> Classifier:
         call=call,
         width=NUM_CLASSES,
         features="the class scores (a SavedModel signature shows no inner layer)",
+        explain=lambda x: (x, call(x)[1]),
     )
 
 
@@ -365,6 +380,7 @@ class AdoptedModule(tf.Module):
         super().__init__()
         self.network = classifier.trackable  # tracked: the model's variables are saved with the wrapper
         self._call = classifier.call
+        self._explain = classifier.explain
         self._prep = preprocessing
         self._logits = options.logits
         self._order = tf.constant(_class_permutation(options.class_order), tf.int32)
@@ -440,12 +456,27 @@ class AdoptedModule(tf.Module):
         features = tf.io.parse_example(examples, self._raw_spec)
         return self._predict(self._decode(features[FEATURE_IMAGE]))
 
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE], tf.uint8, name="pixels")], autograph=False
+    )
+    def serve_explain(self, pixels):
+        images = self._scale(self._from_pixels(pixels))
+        with tf.GradientTape() as tape:
+            tape.watch(images)  # records every step from the input, whether or not the weights are trainable
+            maps, scores = self._explain(images)
+            scores = tf.gather(tf.cast(scores, tf.float32), self._order, axis=1)
+            class_ids = tf.argmax(scores, axis=-1)
+            score = tf.gather(scores, class_ids, batch_dims=1)
+        heatmap = explain.face_heatmap(explain.class_activation_map(tape, score, maps))
+        return {OUTPUT_HEATMAP: heatmap, OUTPUT_CLASS_IDS: class_ids}
+
 
 def export_adopted(module: AdoptedModule, export_dir: Path) -> None:
     signatures = {
         SIGNATURE_IMAGES: module.serve_images.get_concrete_function(),
         SIGNATURE_PIXELS: module.serve_pixels.get_concrete_function(),
         SIGNATURE_EXAMPLES: module.serve_examples.get_concrete_function(),
+        SIGNATURE_EXPLAIN: module.serve_explain.get_concrete_function(),
     }
     tf.saved_model.save(module, str(export_dir), signatures=signatures)
 
@@ -605,7 +636,7 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
         profile = staging / REFERENCE_PROFILE
         profile.parent.mkdir(parents=True, exist_ok=True)
         rows = write_reference_profile(str(profile), serialized, labels, outputs)
-        _say(f"wrapped in the model contract (3 signatures, warm-up records, reference profile of {rows} faces)")
+        _say(f"wrapped in the model contract (4 signatures, warm-up records, reference profile of {rows} faces)")
         problems = check_in_model_server(str(staging), settings.model_name, serialized[:WARMUP_FACES])
         if problems:
             raise NotServable("InfraValidator: NOT BLESSED, nothing pushed:\n  " + "\n  ".join(problems))

@@ -32,8 +32,10 @@ from moodloop.contracts import (
     FACE_SIZE,
     FEATURE_IMAGE,
     NUM_CLASSES,
+    OUTPUT_HEATMAP,
     OUTPUT_PROBABILITIES,
     SIGNATURE_EXAMPLES,
+    SIGNATURE_EXPLAIN,
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
 )
@@ -67,6 +69,7 @@ def write_warmup_requests(model_dir: str, model_name: str, serialized_examples: 
         SIGNATURE_IMAGES: {"images": tf.make_tensor_proto(_images(serialized_examples))},
         SIGNATURE_PIXELS: {"pixels": tf.make_tensor_proto(np.zeros((1, FACE_SIZE, FACE_SIZE), np.uint8))},
         SIGNATURE_EXAMPLES: {"examples": tf.make_tensor_proto(serialized_examples)},
+        SIGNATURE_EXPLAIN: {"pixels": tf.make_tensor_proto(np.zeros((1, FACE_SIZE, FACE_SIZE), np.uint8))},
     }
     path = path_utils.warmup_file_path(model_dir)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -187,6 +190,30 @@ class ModelServerProcess:
             self.process.wait()
 
 
+def _gradient(rows: int) -> np.ndarray:
+    """Faces that are not blank: a blank face has no gradient to explain."""
+    ramp = np.linspace(0, 255, FACE_SIZE, dtype=np.float32)
+    return np.broadcast_to(np.add.outer(ramp, ramp) / 2, (rows, FACE_SIZE, FACE_SIZE)).astype(np.uint8)
+
+
+def _prediction_problem(outputs: dict[str, np.ndarray], rows: int) -> str | None:
+    probabilities = outputs.get(OUTPUT_PROBABILITIES)
+    if probabilities is None or probabilities.shape != (rows, NUM_CLASSES):
+        return f"expected {OUTPUT_PROBABILITIES} of shape ({rows}, {NUM_CLASSES})"
+    if not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3):
+        return "probabilities do not sum to 1"
+    return None
+
+
+def _explanation_problem(outputs: dict[str, np.ndarray], rows: int) -> str | None:
+    heatmap = outputs.get(OUTPUT_HEATMAP)
+    if heatmap is None or heatmap.shape != (rows, FACE_SIZE, FACE_SIZE):
+        return f"expected {OUTPUT_HEATMAP} of shape ({rows}, {FACE_SIZE}, {FACE_SIZE})"
+    if not (np.isfinite(heatmap).all() and heatmap.min() >= 0 and heatmap.max() <= 1 + 1e-6):
+        return f"{OUTPUT_HEATMAP} is not in 0..1"
+    return None
+
+
 def check_in_model_server(model_dir: str, model_name: str, serialized_examples: list[bytes]) -> list[str]:
     """Load the model in the model server (warm-up replayed), then ask each signature once.
     Returns the problems found; empty means servable."""
@@ -205,18 +232,18 @@ def check_in_model_server(model_dir: str, model_name: str, serialized_examples: 
                 (SIGNATURE_IMAGES, {"images": np.array(_images(serialized_examples), dtype=object)}),
                 (SIGNATURE_PIXELS, {"pixels": np.zeros((2, FACE_SIZE, FACE_SIZE), np.uint8)}),
                 (SIGNATURE_EXAMPLES, {"examples": np.array(serialized_examples, dtype=object)}),
+                (SIGNATURE_EXPLAIN, {"pixels": _gradient(2)}),
             ):
-                rows = len(next(iter(inputs.values())))
                 try:
                     outputs = server.predict(signature, inputs)
                 except grpc.RpcError as error:
                     problems.append(f"{signature}: {error.code().name}: {error.details()}")
                     continue
-                probabilities = outputs.get(OUTPUT_PROBABILITIES)
-                if probabilities is None or probabilities.shape != (rows, NUM_CLASSES):
-                    problems.append(f"{signature}: expected {OUTPUT_PROBABILITIES} of shape ({rows}, {NUM_CLASSES})")
-                elif not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3):
-                    problems.append(f"{signature}: probabilities do not sum to 1")
+                rows = len(next(iter(inputs.values())))
+                check = _explanation_problem if signature == SIGNATURE_EXPLAIN else _prediction_problem
+                problem = check(outputs, rows)
+                if problem:
+                    problems.append(f"{signature}: {problem}")
         finally:
             server.stop()
     return problems
@@ -235,7 +262,7 @@ def EmbeddedInfraValidator(
     shutil.copytree(path_utils.serving_model_path(model.uri), stamped)
     serialized = sample_examples(artifact_utils.get_split_uri([examples], "eval"), num_examples)
     warmup = write_warmup_requests(stamped, model_name, serialized)
-    log.info(f"warm-up requests ({len(serialized)} eval faces, 3 signatures) written to {warmup}")
+    log.info(f"warm-up requests ({len(serialized)} eval faces, 4 signatures) written to {warmup}")
     problems = check_in_model_server(stamped, model_name, serialized)
     blessed = not problems
     blessing.set_int_custom_property("blessed", int(blessed))

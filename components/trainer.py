@@ -2,7 +2,7 @@
 components/preprocessing.py.
 
 TFX executors import this file by path. `run_fn` reads the transformed splits into memory, fits
-(warm or cold), calibrates, and exports the model contract's three signatures around the
+(warm or cold), calibrates, and exports the model contract's four signatures around the
 Transform graph: serving decodes and normalises images exactly as training did.
 """
 
@@ -23,7 +23,7 @@ import tf_keras as keras
 from tfx import v1 as tfx
 from tfx.components.tuner.component import TunerFnResult
 
-from components import calibration, plots, tuning
+from components import calibration, explain, plots, tuning
 from components.ab_gate import champion_dir
 from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order, learning_rate_schedule
 from components.model_report import TRAINING_SUMMARY
@@ -40,8 +40,10 @@ from moodloop.contracts import (
     OUTPUT_CLASS_IDS,
     OUTPUT_CLASSES,
     OUTPUT_EMBEDDING,
+    OUTPUT_HEATMAP,
     OUTPUT_PROBABILITIES,
     SIGNATURE_EXAMPLES,
+    SIGNATURE_EXPLAIN,
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
 )
@@ -93,6 +95,8 @@ class _UntrackedKeras:
     def __init__(self, model) -> None:
         self.embedder = embedder(model)
         self.output_layer = model.get_layer(OUTPUT_LAYER)
+        target = explain.explained_layer(model)
+        self.explainer = keras.Model(model.inputs, [target.output, self.embedder.output])
 
 
 def calibrated_probabilities(output_layer, hidden: tf.Tensor, temperature: tf.Tensor) -> tf.Tensor:
@@ -102,7 +106,7 @@ def calibrated_probabilities(output_layer, hidden: tf.Tensor, temperature: tf.Te
 
 
 class _ServingModule(tf.Module):
-    """The three signatures of the model contract, all through the Transform graph."""
+    """The four signatures of the model contract, all through the Transform graph."""
 
     def __init__(
         self,
@@ -144,16 +148,33 @@ class _ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE], tf.uint8, name="pixels")])
     def serve_pixels(self, pixels):
-        # Re-encoding keeps a single preprocessing path (the Transform graph) for every input.
-        encoded = tf.map_fn(
-            lambda p: tf.io.encode_png(p[..., tf.newaxis]), pixels, fn_output_signature=tf.TensorSpec([], tf.string)
-        )
-        return self._predict(encoded)
+        return self._predict(_encoded(pixels))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE], tf.uint8, name="pixels")])
+    def serve_explain(self, pixels):
+        """Why: a heatmap per face of where the evidence for its predicted class lies (components/explain.py)."""
+        transformed = self.tft_layer({FEATURE_IMAGE: tf.reshape(_encoded(pixels), [-1, 1])})
+        with tf.GradientTape() as tape:
+            # The tape records from the (trainable) weights, so the maps' gradient is defined.
+            maps, hidden = self._keras.explainer(transformed[INPUT_KEY], training=False)
+            output = self._keras.output_layer
+            logits = tf.matmul(hidden, output.kernel) + output.bias
+            class_ids = tf.argmax(logits, axis=-1)
+            score = tf.gather(logits, class_ids, batch_dims=1)
+        heatmap = explain.face_heatmap(explain.class_activation_map(tape, score, maps))
+        return {OUTPUT_HEATMAP: heatmap, OUTPUT_CLASS_IDS: class_ids}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
         features = tf.io.parse_example(examples, self._raw_spec)
         return self._predict(features[FEATURE_IMAGE])
+
+
+def _encoded(pixels: tf.Tensor) -> tf.Tensor:
+    # Re-encoding keeps a single preprocessing path (the Transform graph) for every input.
+    return tf.map_fn(
+        lambda p: tf.io.encode_png(p[..., tf.newaxis]), pixels, fn_output_signature=tf.TensorSpec([], tf.string)
+    )
 
 
 def export_serving_model(
@@ -164,6 +185,7 @@ def export_serving_model(
         SIGNATURE_IMAGES: module.serve_images.get_concrete_function(),
         SIGNATURE_PIXELS: module.serve_pixels.get_concrete_function(),
         SIGNATURE_EXAMPLES: module.serve_examples.get_concrete_function(),
+        SIGNATURE_EXPLAIN: module.serve_explain.get_concrete_function(),
     }
     tf.saved_model.save(module, export_dir, signatures=signatures)
 

@@ -76,7 +76,26 @@ def _curve_points(x0: float, x1: float, y: float, bend: float, n: int = 12) -> l
     return pts
 
 
-def _draw_face(rng: np.random.Generator, label: int, shift: Shift) -> Image.Image:
+class _NoDraw:
+    def __getattr__(self, _: str):
+        return lambda *args, **kwargs: None
+
+
+class _Masks:
+    """Two masks on the canvas, drawn where the face is drawn: `parts` (eyes, brows, mouth) and
+    `face` (the oval). When not wanted, drawing on them does nothing."""
+
+    def __init__(self, wanted: bool) -> None:
+        self.layers = tuple(Image.new("L", (_CANVAS, _CANVAS), 0) for _ in range(2)) if wanted else ()
+        self.parts, self.face = (ImageDraw.Draw(layer) for layer in self.layers) if wanted else (_NoDraw(), _NoDraw())
+
+
+def _draw_face(
+    rng: np.random.Generator, label: int, shift: Shift, regions: list[Image.Image] | None = None
+) -> Image.Image:
+    """The face on the 2x canvas. With `regions` (an empty list), also appends two masks on the
+    same canvas, moved by the same pose: the expressive parts (eyes, brows, mouth) and the whole
+    face; drawing them takes nothing from `rng`, so the face's pixels are the same either way."""
     c = _CANVAS
     bg = rng.uniform(20, 235)
     skin = float(np.clip(bg + rng.choice([-1, 1]) * rng.uniform(35, 110), 50, 235))
@@ -100,6 +119,8 @@ def _draw_face(rng: np.random.Generator, label: int, shift: Shift) -> Image.Imag
     cx, cy = c / 2, c / 2 + 2
     fw, fh = rng.uniform(30, 36), rng.uniform(38, 45)
     draw.ellipse([cx - fw, cy - fh, cx + fw, cy + fh], fill=skin)
+    masks = _Masks(regions is not None)
+    masks.face.ellipse([cx - fw, cy - fh, cx + fw, cy + fh], fill=255)
     # Hair line
     if rng.random() < 0.7:
         draw.chord([cx - fw, cy - fh - 4, cx + fw, cy + fh * 0.1], 180, 360, fill=float(rng.uniform(0, 255)))
@@ -115,13 +136,16 @@ def _draw_face(rng: np.random.Generator, label: int, shift: Shift) -> Image.Imag
         draw.ellipse([ex - eye_w, eye_y - eye_h, ex + eye_w, eye_y + eye_h], fill=255.0 * 0.3 + skin * 0.7)
         pr = min(eye_h, eye_w * 0.5)
         draw.ellipse([ex - pr, eye_y - pr, ex + pr, eye_y + pr], fill=dark)
+        masks.parts.ellipse([ex - eye_w, eye_y - eye_h, ex + eye_w, eye_y + eye_h], fill=255)
 
     # Brows: inner end moves down with tilt, whole brow moves up with raise.
     brow_y = eye_y - 9 - 6 * brow_raise
     for side in (-1, 1):
         inner = (cx + side * eye_dx * 0.35, brow_y + 5 * brow_tilt)
         outer = (cx + side * eye_dx * 1.55, brow_y - 1.5 * brow_tilt)
-        draw.line([inner, outer], fill=dark, width=int(rng.integers(3, 6)))
+        brow_width = int(rng.integers(3, 6))
+        draw.line([inner, outer], fill=dark, width=brow_width)
+        masks.parts.line([inner, outer], fill=255, width=brow_width)
 
     # Nose and disgust wrinkles
     nose_y = cy + fh * 0.12
@@ -144,6 +168,8 @@ def _draw_face(rng: np.random.Generator, label: int, shift: Shift) -> Image.Imag
     draw.line(upper, fill=dark, width=3)
     if gap > 1.5:
         draw.line(lower, fill=dark, width=2)
+    masks.parts.polygon(upper + lower, fill=255)
+    masks.parts.line(upper + lower[:1], fill=255, width=3)
     # Jaw drop widens the chin for open mouths.
     if mouth_open > 0.5:
         chin = [cx - fw * 0.5, cy + fh * 0.55, cx + fw * 0.5, cy + fh * 1.05]
@@ -153,16 +179,19 @@ def _draw_face(rng: np.random.Generator, label: int, shift: Shift) -> Image.Imag
     angle = rng.normal(0, 8)
     scale = rng.uniform(0.85, 1.15) * shift.face_scale
     tx, ty = rng.normal(0, 3.5, size=2)
-    img = img.rotate(angle, resample=Image.BILINEAR, fillcolor=bg)
-    if abs(scale - 1) > 1e-3 or abs(tx) + abs(ty) > 0:
-        a = 1 / scale
-        img = img.transform(
-            (c, c),
-            Image.AFFINE,
-            (a, 0, cx - a * cx - tx, 0, a, cy - a * cy - ty),
-            resample=Image.BILINEAR,
-            fillcolor=bg,
-        )
+    a = 1 / scale
+    moved = abs(scale - 1) > 1e-3 or abs(tx) + abs(ty) > 0
+
+    def pose(layer: Image.Image, fill: float) -> Image.Image:
+        layer = layer.rotate(angle, resample=Image.BILINEAR, fillcolor=fill)
+        if moved:
+            affine = (a, 0, cx - a * cx - tx, 0, a, cy - a * cy - ty)
+            layer = layer.transform((c, c), Image.AFFINE, affine, resample=Image.BILINEAR, fillcolor=fill)
+        return layer
+
+    img = pose(img, bg)
+    if regions is not None:
+        regions.extend(pose(layer, 0) for layer in masks.layers)
 
     # Partial occlusion: a hand or an object over part of the face.
     if rng.random() < 0.12 + shift.occlusion:
@@ -205,6 +234,22 @@ def generate_arrays(n: int, seed: int = 0, shift: Shift = Shift()) -> tuple[np.n
     faces = list(generate(n, seed, shift))
     pixels = np.stack([f.pixels for f in faces]) if faces else np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
     return pixels, np.array([f.label for f in faces], dtype=np.int64)
+
+
+def generate_with_regions(n: int, seed: int = 0, shift: Shift = Shift()) -> tuple[np.ndarray, ...]:
+    """`generate_arrays`'s faces (the same pixels for the same seed) with where the generator drew
+    them: (pixels, labels, expressive [n, 48, 48] bool: eyes, brows and mouth, face [n, 48, 48]
+    bool: the face oval). For testing what a model looks at (the explanation heatmaps)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(len(EMOTIONS), size=n, p=class_probabilities(shift.class_mix))
+    pixels, expressive, face = [], [], []
+    for label in labels:
+        regions: list[Image.Image] = []
+        img = _draw_face(rng, int(label), shift, regions)
+        pixels.append(_finish(img, rng, shift))
+        for masks, region in zip((expressive, face), regions, strict=True):
+            masks.append(np.asarray(region.resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)) >= 128)
+    return np.stack(pixels), labels.astype(np.int64), np.stack(expressive), np.stack(face)
 
 
 def contact_sheet(pixels: np.ndarray, labels: np.ndarray, per_class: int = 8) -> Image.Image:

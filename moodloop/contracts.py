@@ -6,7 +6,7 @@ of these; each has one writer and one reader module, named here.
   data/landing_contract.py.
 - The curated-dataset contract (data -> training): TFRecord spans ExampleGen reads. Written by
   data/curated.py.
-- The model contract (training -> serving and monitoring): a SavedModel version with the three
+- The model contract (training -> serving and monitoring): a SavedModel version with the four
   signatures below and its reference profile; which version serves as `stable` or `canary` is
   the rollout contract (moodloop/rollout.py, over TF Serving's models.config).
 - The inference-log contract (serving -> monitoring): Parquet records by hour, written by
@@ -51,9 +51,11 @@ FEATURE_LABEL = "label"  # int64: index into EMOTIONS
 SIGNATURE_IMAGES = "serving_default"  # input "images": [N] encoded JPEG/PNG bytes
 SIGNATURE_PIXELS = "serving_pixels"  # input "pixels": [N, 48, 48] uint8
 SIGNATURE_EXAMPLES = "serving_examples"  # input "examples": [N] serialized tf.Example (TFMA)
+SIGNATURE_EXPLAIN = "serving_explain"  # input "pixels": [N, 48, 48] uint8 -> heatmap, class_ids
 OUTPUT_PROBABILITIES = "probabilities"  # [N, 7] float32
 OUTPUT_CLASS_IDS = "class_ids"  # [N] int64
 OUTPUT_CLASSES = "classes"  # [N] string, the emotion name
+OUTPUT_HEATMAP = "heatmap"  # [N, 48, 48] float32 in 0..1: where the evidence for class_ids lies
 OUTPUT_EMBEDDING = "embedding"  # [N, EMBEDDING_DIMS] float32: penultimate layer, PCA-reduced at training
 EMBEDDING_DIMS = 8
 REFERENCE_PROFILE = "assets.extra/reference_profile.parquet"  # in each pushed version: its eval faces as

@@ -15,7 +15,9 @@ import numpy as np
 from moodloop.contracts import (
     EMOTIONS,
     OUTPUT_EMBEDDING,
+    OUTPUT_HEATMAP,
     OUTPUT_PROBABILITIES,
+    SIGNATURE_EXPLAIN,
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
     emotion_index,
@@ -41,6 +43,34 @@ class Call:
     signature: str = ""
     client_id: str | None = None
     request_id: str = ""
+
+
+class FaceClassifier:
+    """Photo and video analysis's model: `classifier(crops, context)` -> probabilities [N, 7] (logged),
+    `explain(crops)` -> heatmaps [N, 48, 48] (the model's `serving_explain`; not logged: it
+    repeats a prediction). One route for the whole photo or video (every frame on the same side
+    of the split; the explanation from the version that classified), and instances numbered
+    across frames, so feedback names exactly one face."""
+
+    def __init__(self, dataplane: DataPlane, call: Call) -> None:
+        self._dataplane = dataplane
+        version, label = dataplane.route(call)
+        self._call = Call(call.api, call.model, version, label, SIGNATURE_PIXELS, call.client_id, call.request_id)
+        self._served_version: int | None = None
+        self._faces_so_far = 0
+
+    def __call__(self, crops: np.ndarray, context: list[dict]) -> np.ndarray:
+        served, outputs = self._dataplane.predict(self._call, {"pixels": crops}, context, self._faces_so_far)
+        self._served_version = served
+        self._faces_so_far += len(crops)
+        return outputs[OUTPUT_PROBABILITIES]
+
+    def explain(self, crops: np.ndarray) -> np.ndarray:
+        call = self._call
+        if self._served_version is not None:
+            call = dataclasses.replace(call, version=self._served_version, label=None)
+        _, outputs = self._dataplane.predict(dataclasses.replace(call, signature=SIGNATURE_EXPLAIN), {"pixels": crops})
+        return outputs[OUTPUT_HEATMAP]
 
 
 class DataPlane:
@@ -131,20 +161,9 @@ class DataPlane:
         self.metrics.log_written.set(self.inference_log.written)
         self.metrics.log_write_errors.set(self.inference_log.write_errors)
 
-    def classifier(self, call: Call):
+    def classifier(self, call: Call) -> FaceClassifier:
         """A face classifier for photo/video analysis: crops [N,48,48] -> probabilities [N,7]."""
-        # One route for the whole photo or video (every frame on the same side of the split), and
-        # instances numbered across frames, so feedback names exactly one face.
-        version, label = self.route(call)
-        pinned = Call(call.api, call.model, version, label, SIGNATURE_PIXELS, call.client_id, call.request_id)
-        faces_so_far = [0]
-
-        def classify(crops: np.ndarray, context: list[dict]) -> np.ndarray:
-            _, outputs = self.predict(pinned, {"pixels": crops}, context, first_instance=faces_so_far[0])
-            faces_so_far[0] += len(crops)
-            return outputs[OUTPUT_PROBABILITIES]
-
-        return classify
+        return FaceClassifier(self, call)
 
     def feedback(self, request_id: str, label: str | int, instance: int = 0) -> Feedback:
 

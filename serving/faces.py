@@ -10,12 +10,13 @@ classified in one batch through the model's `serving_pixels` signature.
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -250,7 +251,46 @@ def _face_results(faces: list[Face], probabilities: np.ndarray, min_confidence: 
     return results
 
 
-Classify = Callable[[np.ndarray, list[dict]], np.ndarray]  # crops [N,48,48], face context -> [N,7]
+class Classify(Protocol):
+    """The model as face analysis uses it (serving/dataplane.py's FaceClassifier)."""
+
+    def __call__(self, crops: np.ndarray, context: list[dict]) -> np.ndarray:
+        """crops [N, 48, 48] uint8 and per-face log context -> probabilities [N, 7]"""
+
+    def explain(self, crops: np.ndarray) -> np.ndarray:
+        """crops [N, 48, 48] uint8 -> heatmaps [N, 48, 48] in 0..1"""
+
+
+def crop_matrix(face: Face, size: int = FACE_SIZE) -> np.ndarray:
+    """The 2x3 affine map from image pixels to the face's size x size crop, as crop_faces cuts it."""
+    matrix = alignment_matrix(face, size)
+    if matrix is not None:
+        return matrix
+    sx, sy = size / face.width, size / face.height  # cv2.resize's pixel-centre convention
+    return np.array([[sx, 0, (0.5 - face.x) * sx - 0.5], [0, sy, (0.5 - face.y) * sy - 0.5]])
+
+
+def heatmap_over_box(heatmap: np.ndarray, face: Face) -> bytes:
+    """A face's 48x48 heatmap (0..1) as a PNG the size of its box, to lay over the photo at the box:
+    warped back through the crop's alignment (the crop may be rotated), coloured (jet: blue low,
+    red high) and transparent where the heat is low."""
+    box_to_crop = crop_matrix(face)
+    box_to_crop = np.hstack([box_to_crop[:, :2], box_to_crop[:, :2] @ [[face.x], [face.y]] + box_to_crop[:, 2:]])
+    heat = cv2.warpAffine(
+        heatmap.astype(np.float32),
+        box_to_crop,
+        (face.width, face.height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    heat = np.clip(heat, 0, 1)
+    colour = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    alpha = np.round(200 * np.sqrt(heat)).astype(np.uint8)
+    ok, png = cv2.imencode(".png", np.dstack([colour, alpha]))
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the heatmap")
+    return png.tobytes()
 
 
 def _draw(rgb: np.ndarray, faces: list[dict]) -> np.ndarray:
@@ -276,14 +316,21 @@ def analyze_photo(
     max_pixels: int,
     annotate: bool = False,
     min_confidence: float = 0.5,
+    explain: bool = False,
 ) -> tuple[dict, bytes | None]:
+    """Every face in the photo with its emotion; with `explain`, each face's heatmap as a base64
+    PNG the size of its box (`heatmap_over_box`)."""
     rgb = decode_photo(data, max_pixels)
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     faces = detector.detect(rgb)
     area = grey.shape[0] * grey.shape[1]
     context = [{"face_width": f.width, "face_area_ratio": f.width * f.height / area} for f in faces]
-    probabilities = classify(crop_faces(grey, faces), context) if faces else np.zeros((0, len(EMOTIONS)))
+    crops = crop_faces(grey, faces)
+    probabilities = classify(crops, context) if faces else np.zeros((0, len(EMOTIONS)))
     faces_found = _face_results(faces, probabilities, min_confidence)
+    if explain and faces:
+        for face, result, heatmap in zip(faces, faces_found, classify.explain(crops), strict=True):
+            result["heatmap"] = base64.b64encode(heatmap_over_box(heatmap, face)).decode()
     result = {"width": int(grey.shape[1]), "height": int(grey.shape[0]), "faces": faces_found}
     image = None
     if annotate:

@@ -185,6 +185,7 @@ class RestEndpoints:
     # face analysis
     async def faces(self, request: Request) -> Response:
         dataplane, settings = self.dataplane, self.settings
+        explain = _flag(request, "explain")
 
         async def analyze(data, classify, annotate):
             def run():  # gateway.detector is per thread: read it on the worker thread that detects
@@ -195,6 +196,7 @@ class RestEndpoints:
                     settings.max_image_pixels,
                     annotate,
                     settings.serving.min_confidence,
+                    explain,
                 )
 
             return await self._in_thread(run)

@@ -58,3 +58,17 @@ def test_face_scale_knob_changes_the_faces():
     base, _ = synthetic.generate_arrays(50, seed=8)
     big, _ = synthetic.generate_arrays(50, seed=8, shift=synthetic.Shift(face_scale=1.4))
     assert np.abs(base.astype(int) - big.astype(int)).mean() > 5
+
+
+def test_the_generator_says_where_it_drew_the_expressive_parts_without_changing_the_faces():
+    pixels, labels = synthetic.generate_arrays(40, seed=8)
+    same, same_labels, expressive, face = synthetic.generate_with_regions(40, seed=8)
+    np.testing.assert_array_equal(same, pixels)
+    np.testing.assert_array_equal(same_labels, labels)
+    assert expressive.shape == face.shape == (40, 48, 48) and expressive.dtype == bool
+    assert (expressive & ~face).sum() <= 0.01 * expressive.sum()  # the parts lie on the face
+    share = expressive.sum(axis=(1, 2)) / face.sum(axis=(1, 2))
+    assert 0.02 < share.min() and share.max() < 0.25
+    # The parts are dark strokes on the skin: darker than the rest of the face, face by face.
+    darker = [pixels[i][expressive[i]].mean() < pixels[i][face[i] & ~expressive[i]].mean() for i in range(40)]
+    assert np.mean(darker) > 0.8

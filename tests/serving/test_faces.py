@@ -21,6 +21,8 @@ from serving.faces import (
     MtcnnFaceDetector,
     alignment_matrix,
     crop_faces,
+    crop_matrix,
+    heatmap_over_box,
     make_face_detector,
 )
 
@@ -114,6 +116,34 @@ def test_crops_are_48x48_and_faces_without_landmarks_crop_as_the_plain_box():
     level = Face(70, 60, 100, 120, (100.0, 100.0), (140.0, 100.0))
     assert np.allclose(alignment_matrix(level, size=120), [[1, 0, -60], [0, 1, -60]])
     assert crop_faces(image, []).shape == (0, FACE_SIZE, FACE_SIZE)
+
+
+@pytest.mark.parametrize("degrees", [0.0, 25.0])
+def test_a_heatmap_is_laid_over_the_box_where_its_crop_was_cut(degrees):
+    """A hot spot on the crop's left eye lands on that eye in the photo, for a straight and a turned
+    face: the heatmap goes back through the crop's own alignment."""
+    image, face = synthetic_face()
+    turned, matrix = rotate(image, degrees)
+    centre = apply(matrix, (face.x + face.width / 2, face.y + face.height / 2))
+    eye = apply(matrix, face.left_eye)
+    moved = Face(
+        round(centre[0] - face.width / 2),
+        round(centre[1] - face.height / 2),
+        face.width,
+        face.height,
+        eye,
+        apply(matrix, face.right_eye),
+    )
+    for shown in (moved, Face(moved.x, moved.y, moved.width, moved.height)):  # MTCNN's and Haar's
+        spot = apply(crop_matrix(shown), eye)
+        heatmap = np.zeros((FACE_SIZE, FACE_SIZE), np.float32)
+        cv2.circle(heatmap, (round(spot[0]), round(spot[1])), 2, 1.0, -1)
+        overlay = cv2.imdecode(np.frombuffer(heatmap_over_box(heatmap, shown), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert overlay.shape == (shown.height, shown.width, 4)  # BGRA, the size of the box
+        alpha = overlay[..., 3].astype(float)
+        ys, xs = np.nonzero(alpha > 0.5 * alpha.max())
+        hot = (shown.x + xs.mean(), shown.y + ys.mean())
+        assert math.dist(hot, eye) < 4, (hot, eye)
 
 
 def test_face_scaling_and_its_json():

@@ -88,7 +88,7 @@ def test_rest_status_and_metadata_have_tf_servings_shape(http):
     metadata = http.get("/v1/models/emotion/versions/1/metadata").json()
     assert metadata["model_spec"] == {"name": "emotion", "signature_name": "", "version": "1"}
     signatures = metadata["metadata"]["signature_def"]["signature_def"]
-    assert {"serving_default", "serving_pixels", "serving_examples"} <= set(signatures)
+    assert {"serving_default", "serving_pixels", "serving_examples", "serving_explain"} <= set(signatures)
     assert signatures["serving_default"]["inputs"]["images"]["dtype"] == "DT_STRING"
 
 
@@ -148,6 +148,30 @@ def test_grpc_predict_metadata_status_with_official_stubs(channel, model_base):
         (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
         (2, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
     ]
+
+
+def test_the_explanation_signature_answers_over_rest_and_grpc(http, channel):
+    """Every version explains itself (components/explain.py): a heatmap per face, in 0..1, for the
+    class the model predicts; the same over both APIs (in CI: from the real TF Serving)."""
+    pixels = np.random.default_rng(5).integers(0, 255, (3, 48, 48))
+    body = {"signature_name": "serving_explain", "inputs": {"pixels": pixels.tolist()}}
+    explained = http.post("/v1/models/emotion/versions/1:predict", json=body)
+    assert explained.status_code == 200, explained.text
+    rest = explained.json()["outputs"]
+    heatmap = np.asarray(rest["heatmap"])
+    assert heatmap.shape == (3, 48, 48) and heatmap.min() >= 0 and np.allclose(heatmap.max(axis=(1, 2)), 1)
+    predicted = http.post(
+        "/v1/models/emotion/versions/1:predict", json={**body, "signature_name": "serving_pixels"}
+    ).json()["outputs"]
+    assert rest["class_ids"] == predicted["class_ids"]
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "emotion"
+    request.model_spec.version.value = 1
+    request.model_spec.signature_name = "serving_explain"
+    request.inputs["pixels"].CopyFrom(tf.make_tensor_proto(pixels.astype(np.uint8)))
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["heatmap"]), heatmap, atol=1e-5)
 
 
 def test_grpc_errors_carry_tf_serving_codes(channel):
@@ -279,6 +303,21 @@ def test_faces_in_a_real_group_photo(http, media, gateway_settings):
     assert Image.open(io.BytesIO(annotated.content)).size == (1000, 667)
     landscape = http.post("/v1/faces:analyze", content=(media / "free-mountain-vector-01.jpg").read_bytes())
     assert landscape.status_code == 200 and landscape.json()["faces"] == []
+
+
+def test_faces_explained_with_a_heatmap_over_each_box(http, media):
+    photo = (media / "multi_face.jpg").read_bytes()
+    plain = http.post("/v1/faces:analyze", content=photo).json()["faces"]
+    assert all("heatmap" not in face for face in plain)  # only when asked: it costs a second model call
+    explained = http.post("/v1/faces:analyze?explain=1", content=photo)
+    assert explained.status_code == 200, explained.text
+    faces = explained.json()["faces"]
+    assert [f["box"] for f in faces] == [f["box"] for f in plain]
+    assert [f["probabilities"] for f in faces] == [f["probabilities"] for f in plain]
+    for face in faces:
+        overlay = Image.open(io.BytesIO(base64.b64decode(face["heatmap"])))
+        assert overlay.mode == "RGBA" and overlay.size == (face["box"]["width"], face["box"]["height"])
+        assert np.asarray(overlay)[..., 3].max() > 0  # some part of each face spoke for its emotion
 
 
 def test_concurrent_photos_get_the_same_faces(running, media):
