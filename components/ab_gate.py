@@ -27,7 +27,7 @@ import numpy as np
 from tfx import v1 as tfx
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
-from moodloop import models_config
+from moodloop import models_config, status
 from moodloop.contracts import (
     EMOTIONS,
     FEATURE_IMAGE,
@@ -269,8 +269,10 @@ def ABGate(
     min_examples: tfx.dsl.components.Parameter[int],
     max_class_recall_drop: tfx.dsl.components.Parameter[float],
     bootstrap: tfx.dsl.components.Parameter[int],
+    status_dir: tfx.dsl.components.Parameter[str] = "",
 ) -> None:
-    """Champion vs candidate on the same held-out faces; blesses (or not) for the Pusher."""
+    """Champion vs candidate on the same held-out faces; blesses (or not) for the Pusher. The
+    verdict and its picture are also the latest gate status (moodloop/status.py) in `status_dir`."""
     from tfx.utils import path_utils
 
     from components import plots
@@ -300,6 +302,14 @@ def ABGate(
     with open(os.path.join(report.uri, GATE_REPORT_JSON), "w") as fh:
         json.dump(result, fh, indent=1)
     plots.gate_report(result, os.path.join(report.uri, GATE_REPORT_PNG))
+    if status_dir:
+        latest = {
+            k: result.get(k) for k in ("verdict", "reasons", "examples", "candidate_accuracy", "champion_accuracy")
+        }
+        latest["candidate"] = model.uri
+        status.write_status(
+            status_dir, status.GATE, latest, {status.GATE_IMAGE: os.path.join(report.uri, GATE_REPORT_PNG)}
+        )
     # The ModelBlessing contract the Pusher and LatestBlessedModelStrategy read (as the Evaluator writes it).
     blessing.set_int_custom_property("blessed", int(result["blessed"]))
     blessing.set_string_custom_property("current_model", model.uri)

@@ -64,6 +64,7 @@ class PipelineConfig:
     tune: bool = False  # a Tuner (KerasTuner random search) before the Trainer
     serving_config: str = ""  # models.config: the gate's champion is `stable`; the Pusher labels `canary`
     traffic_file: str = ""
+    status_dir: str = ""  # where the A/B gate's latest verdict is shown (moodloop/status.py)
     serving_status_url: str = ""  # TF Serving REST status of the model (the gateway's), for label moves
     model_name: str = "emotion"
     # "embedded": the gateway's embedded backend (local default); "tfserving": TFX's InfraValidator
@@ -113,6 +114,7 @@ class PipelineConfig:
             gate=settings.gate,
             serving_config=str(settings.serving_config),
             traffic_file=str(settings.traffic_file),
+            status_dir=str(settings.status_dir),
             canary_share=settings.canary.share,
             serving_status_url=f"{settings.gateway_url}/v1/models/{settings.model_name}",
         )
@@ -286,6 +288,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         min_examples=config.gate.min_examples,
         max_class_recall_drop=config.gate.max_class_recall_drop,
         bootstrap=config.gate.bootstrap,
+        status_dir=config.status_dir,
     ).with_id("ABGate")
     infra = infra_validator(config, trainer.outputs["model"], example_gen.outputs["examples"])
     # No `model` input: the Pusher pushes the InfraValidator's stamped copy, warm-up records included.

@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from moodloop import log_records
+from moodloop import log_records, status
 from moodloop.airflow_api import Airflow
 from moodloop.contracts import (
     EMOTIONS,
@@ -307,6 +307,10 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
                 result.retrain = retrain(settings, conf)
                 state["last_retrain"] = now
     state["last_end"] = info["until"]
+    latest = {"outcome": result.outcome, "reasons": result.reasons, "window": info, "retrain": result.retrain}
+    latest["drift_share"] = result.drift.get("drift_share")
+    report = {status.DRIFT_REPORT: result.report_html} if result.report_html else {}
+    status.write_status(settings.status_dir, status.DRIFT, latest, report)
     state_path.parent.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps(state, indent=1))
     with (state_path.parent / "drift_decisions.jsonl").open("a") as fh:

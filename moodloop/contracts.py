@@ -3,7 +3,8 @@ of these; each has one writer and one reader module, named here.
 
 - The landing-batch contract (data arrives): a folder of images, an image-folder tree or a
   FER2013 CSV, complete when READY_MARKER is in it. Read by data/readers.py, checked by
-  data/landing_contract.py.
+  data/landing_contract.py. The gateway delivers corrected faces as such batches
+  (moodloop/landing_batches.py).
 - The curated-dataset contract (data -> training): TFRecord spans ExampleGen reads. Written by
   data/curated.py.
 - The model contract (training -> serving and monitoring): a SavedModel version with the four
@@ -12,6 +13,8 @@ of these; each has one writer and one reader module, named here.
 - The inference-log contract (serving -> monitoring): Parquet records by hour, written by
   serving/inference_log.py from moodloop/log_records.py's rows, read by moodloop/log_records.py.
 - The serving-metrics contract (serving -> the canary analysis): the gateway's Prometheus names.
+- The status contract (training and monitoring -> the faces page's model panel): the latest A/B
+  gate and drift verdicts (moodloop/status.py).
 - The retrain-trigger contract (monitoring -> training): an Airflow REST API v2 run of the
   training DAG with a conf naming the reason (moodloop/airflow_api.py), or the curated-faces
   asset event (moodloop/airflow_assets.py).

@@ -121,6 +121,10 @@ class ServingSettings:
     admin_token: str = setting("MOODLOOP_ADMIN_TOKEN", "")  # reload / promote / rollback; "" disables them
     log_buffer_records: int = setting("MOODLOOP_LOG_BUFFER_RECORDS", 20000)  # bounded: overflow is counted
     log_flush_seconds: float = setting("MOODLOOP_LOG_FLUSH_SECONDS", 5.0)
+    # Faces corrected on the web page (or any feedback on an analysed face) gather here; this many
+    # make a landing batch (images + labels.csv), which the next ingest and training see.
+    corrections_per_batch: int = setting("MOODLOOP_CORRECTIONS_PER_BATCH", 20)
+    recent_faces: int = setting("MOODLOOP_RECENT_FACES", 5000)  # face crops kept in memory for feedback
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -211,6 +215,8 @@ class Settings:
     model_base: Path = setting("MOODLOOP_MODEL_BASE", Path())  # default: <home>/models/<model_name>
     serving_config: Path = setting("MOODLOOP_SERVING_CONFIG", under_home="serving/models.config")
     traffic_file: Path = setting("MOODLOOP_TRAFFIC_FILE", under_home="serving/traffic.json")  # re-read live
+    corrections_dir: Path = setting("MOODLOOP_CORRECTIONS_DIR", under_home="serving/corrections")  # until a batch
+    status_dir: Path = setting("MOODLOOP_STATUS_DIR", under_home="status")  # latest gate / drift verdicts
     batching_config: Path = setting("MOODLOOP_BATCHING_CONFIG", REPO_ROOT / "serving" / "config" / "batching.config")
     inference_log_url: str = setting("MOODLOOP_INFERENCE_LOG_URL", "")  # folder or s3://; "" = <home>/inference_log
     training: TrainingSettings

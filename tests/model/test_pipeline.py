@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from data import landing, synthetic
-from moodloop import cli
+from moodloop import cli, status
 
 pytestmark = pytest.mark.pipeline
 
@@ -140,6 +140,10 @@ def test_candidate_worse_than_champion_is_not_pushed(home, fast_env, capsys):
     assert "NOT BLESSED, nothing pushed" in out
     assert "not better than the champion beyond chance" in out and "McNemar" in out
     assert _versions(settings.model_base) == before
+    # The faces page's model panel shows this latest verdict and its picture (moodloop/status.py).
+    latest = status.read_status(settings.status_dir, status.GATE)
+    assert latest["verdict"] == "REJECTED" and "beyond chance" in " ".join(latest["reasons"])
+    assert status.status_file(settings.status_dir, status.GATE_IMAGE).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_shuffled_labels_are_never_blessed(fast_env, tmp_path, capsys):

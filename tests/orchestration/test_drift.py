@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from data import synthetic
 from monitoring import drift
+from moodloop import status
 from moodloop.contracts import REFERENCE_PROFILE
 from moodloop.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
 from moodloop.settings import Settings
@@ -92,6 +93,11 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
     assert len(retrains) == 1 and retrains[0]["reason"] == "drift"
     assert Path(retrains[0]["report"]).read_text().lstrip().lower().startswith("<!doctype html")
     assert "cool-down" in results[1].retrain["suppressed"]
+    # The latest verdict, for the faces page's model panel (moodloop/status.py), with its report.
+    latest = status.read_status(settings.status_dir, status.DRIFT)
+    assert latest["outcome"] == "drift" and latest["drift_share"] >= settings.drift.share
+    report = status.status_file(settings.status_dir, status.DRIFT_REPORT)
+    assert report.read_bytes() == Path(results[1].report_html).read_bytes()
 
     malformed = _rows(300, seed=300, t0=t)
     for row in malformed[:20]:
@@ -105,6 +111,7 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
 
     waiting = drift.run_window(settings, now=t + 7300, retrain=retrain)
     assert waiting.outcome == "waiting"
+    assert status.read_status(settings.status_dir, status.DRIFT)["outcome"] == "incident"  # waiting is no verdict
 
     from evidently.ui.workspace import Workspace
 

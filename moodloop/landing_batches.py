@@ -1,0 +1,39 @@
+"""Delivering a batch to the landing zone (the landing-batch contract's writer side, for writers
+outside the data stage: the gateway's corrected faces). The batch appears whole: in a local zone
+it is written under a hidden name and renamed; in S3 the READY_MARKER is put after every file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from moodloop.contracts import READY_MARKER
+from moodloop.settings import Settings, s3_client
+
+
+def deliver_batch(settings: Settings, name: str, files: dict[str, bytes]) -> str:
+    """Write `files` (relative path -> content) as landing batch `name`; returns where it is."""
+    if not name or "/" in name or name.startswith((".", "_")):
+        raise ValueError(f"a batch name is one visible path segment, got {name!r}")
+    if settings.landing_url.startswith("s3://"):
+        bucket = settings.landing_url[len("s3://") :].strip("/")
+        client = s3_client(settings)
+        for rel, content in files.items():
+            client.put_object(Bucket=bucket, Key=f"landing/{name}/{rel}", Body=content)
+        client.put_object(Bucket=bucket, Key=f"landing/{name}/{READY_MARKER}", Body=b"")
+        return f"s3://{bucket}/landing/{name}"
+    target = Path(settings.landing_dir) / name
+    if target.exists():
+        raise FileExistsError(f"a batch named {name!r} is already in the landing zone")
+    staging = target.with_name(f".{name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    for rel, content in files.items():
+        path = staging / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / READY_MARKER).touch()
+    os.replace(staging, target)
+    return str(target)

@@ -1,0 +1,45 @@
+"""The status contract (training and monitoring -> the faces page's model panel): the latest A/B
+gate verdict and the latest drift verdict, each as `<status_dir>/<name>.json` with the files it
+names beside it. Written by components/ab_gate.py and monitoring/drift.py, read by the gateway
+(serving/panel.py). Written atomically: a reader sees the old verdict or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from moodloop.files import atomic_write_text
+
+GATE = "gate"  # {"verdict", "reasons", "candidate_accuracy", "champion_accuracy", "time"}; gate.png
+DRIFT = "drift"  # {"outcome", "reasons", "drift_share", "report_html", "time"}; drift.html
+GATE_IMAGE = "gate.png"
+DRIFT_REPORT = "drift.html"
+
+
+def write_status(status_dir: Path | str, name: str, status: dict[str, Any], files: dict[str, Path | str] | None = None):
+    """Record the latest `name` verdict; `files` (name in the status folder -> source path) are
+    copied first, so the JSON never names a file that is not there yet."""
+    folder = Path(status_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for target, source in (files or {}).items():
+        staging = folder / f".{target}.partial"
+        shutil.copyfile(source, staging)
+        staging.replace(folder / target)
+    atomic_write_text(folder / f"{name}.json", json.dumps({"time": time.time(), **status}, default=str, indent=1))
+
+
+def read_status(status_dir: Path | str, name: str) -> dict[str, Any] | None:
+    """The latest `name` verdict, or None when there has been none (or it cannot be read)."""
+    try:
+        return json.loads((Path(status_dir) / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def status_file(status_dir: Path | str, file_name: str) -> Path | None:
+    path = Path(status_dir) / file_name
+    return path if path.is_file() else None
