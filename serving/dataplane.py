@@ -5,6 +5,7 @@ inference log. The transports (rest.py, grpc_api.py) only translate to and from 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 import uuid
@@ -27,9 +28,12 @@ from moodloop.rollout import Rollout, TrafficFile, choose_label
 from moodloop.settings import Settings
 from serving.backends import Backend, ServingError
 from serving.batching import Tensors
+from serving.corrections import Corrections, RecentFaces
 from serving.faces import FaceDetector, check_face_detector, make_face_detector
 from serving.inference_log import InferenceLog
 from serving.metrics import GatewayMetrics
+
+log = logging.getLogger("moodloop.serving")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class FaceClassifier:
 
     def __call__(self, crops: np.ndarray, context: list[dict]) -> np.ndarray:
         served, outputs = self._dataplane.predict(self._call, {"pixels": crops}, context, self._faces_so_far)
+        self._dataplane.recent_faces.add(self._call.request_id, self._faces_so_far, crops)
         self._served_version = served
         self._faces_so_far += len(crops)
         return outputs[OUTPUT_PROBABILITIES]
@@ -84,6 +89,8 @@ class DataPlane:
         self.traffic = TrafficFile(settings.traffic_file, settings.canary.share)
         self._local = threading.local()
         self.face_detector = check_face_detector(settings.serving.face_detector)  # a bad value fails at start
+        self.recent_faces = RecentFaces(settings.serving.recent_faces)
+        self.corrections = Corrections(settings)
 
     @property
     def detector(self) -> FaceDetector:
@@ -165,8 +172,10 @@ class DataPlane:
         """A face classifier for photo/video analysis: crops [N,48,48] -> probabilities [N,7]."""
         return FaceClassifier(self, call)
 
-    def feedback(self, request_id: str, label: str | int, instance: int = 0) -> Feedback:
-
+    def feedback(self, request_id: str, label: str | int, instance: int = 0) -> tuple[Feedback, dict]:
+        """Log the true label of a prediction (the canary analysis and the drift job read it); when
+        the face was analysed here (photo, video, webcam), keep it for the next landing batch of
+        corrections. Returns the record and what became of the face."""
         if not request_id or not isinstance(request_id, str):
             raise ServingError("INVALID_ARGUMENT", "'request_id' is required (the x-request-id of the prediction)")
         try:
@@ -178,7 +187,18 @@ class DataPlane:
         record = Feedback(request_id=request_id, instance=int(instance), label=name)
         if not self.inference_log.log(record):
             raise ServingError("RESOURCE_EXHAUSTED", "the log buffer is full; retry the feedback later")
-        return record
+        crop = self.recent_faces.get(request_id, int(instance))
+        face = {"kept": crop is not None}
+        if crop is not None:
+            try:
+                delivered = self.corrections.add(crop, name, request_id, int(instance))
+            except OSError as error:  # the label is logged; only the copy for training failed
+                log.error(f"could not keep the corrected face {request_id}/{instance}: {error}")
+                face = {"kept": False, "error": "the face could not be stored for training; the label is logged"}
+            else:
+                if delivered:
+                    face["delivered_batch"] = delivered
+        return record, face | {"corrections": self.corrections.counts()}
 
     # admin (token-protected by the transports)
     def promote(self, model: str) -> int:

@@ -6,9 +6,11 @@ TF Serving's paths and shapes:
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata   signature defs
 Errors are {"error": "..."} with TF Serving's HTTP codes.
 moodloop's own:
-  POST /v1/faces:analyze    a photo (body or multipart "file") -> faces, boxes, emotions
-  POST /v1/videos:analyze   a video -> an emotions timeline
+  GET  /                    the faces page (serving/web/: photo, video, webcam, why?, corrections)
+  POST /v1/faces:analyze    a photo (body or multipart "file") -> faces, boxes, emotions [?explain=1]
+  POST /v1/videos:analyze   a video -> an emotions timeline per person
   POST /v1/feedback         {"request_id": ..., "label": ..., "instance": 0}
+  GET  /v1/panel            the model panel: versions, labels, share, latest gate and drift verdicts
   GET  /metrics             Prometheus (also /monitoring/prometheus/metrics, TF Serving's path)
   POST /admin/reload | /admin/promote | /admin/rollback, PUT /admin/traffic  (Bearer token)
 Every prediction answers with an `x-request-id` header: the id feedback refers to.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
@@ -32,14 +35,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from moodloop import status
 from serving.backends import ServingError
 from serving.dataplane import Call, DataPlane
 from serving.faces import BadMediaError, analyze_photo, analyze_video
+from serving.panel import DRIFT_REPORT_PATH, GATE_IMAGE_PATH, model_panel, panel_file
 from serving.rest_codec import HTTP_STATUS, parse_predict_request, predict_response
 from serving.tracking import timeline_csv
+
+WEB_DIR = Path(__file__).parent / "web"  # the faces page: static HTML, JS and CSS, no build step
 
 
 class HttpError(Exception):
@@ -277,12 +285,29 @@ class RestEndpoints:
             body = json.loads(await _body(request, 64 * 1024))
             if not isinstance(body, dict):
                 raise ServingError("INVALID_ARGUMENT", "body must be a JSON object")
-            record = self.dataplane.feedback(
-                body.get("request_id", ""), body.get("label", ""), int(body.get("instance", 0))
+            record, face = await self._in_thread(
+                self.dataplane.feedback, body.get("request_id", ""), body.get("label", ""), int(body.get("instance", 0))
             )
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as error:
             raise ServingError("INVALID_ARGUMENT", f"feedback: {error}") from None
-        return JSONResponse({"request_id": record.request_id, "instance": record.instance, "label": record.label}, 202)
+        answer = {"request_id": record.request_id, "instance": record.instance, "label": record.label, "face": face}
+        return JSONResponse(answer, 202)
+
+    # the faces page
+    async def page(self, request: Request) -> Response:
+        return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def panel(self, request: Request) -> Response:
+        return JSONResponse(await self._in_thread(model_panel, self.dataplane))
+
+    def panel_file_endpoint(self, name: str, media_type: str):
+        async def endpoint(request: Request) -> Response:
+            path = panel_file(self.dataplane, name)
+            if path is None:
+                raise HttpError(404, f"no {name} yet: it appears after the first A/B gate or drift window")
+            return FileResponse(path, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+        return endpoint
 
     # operations
     async def metrics(self, request: Request) -> Response:
@@ -364,6 +389,11 @@ def routes(endpoints: RestEndpoints) -> list[Route]:
         Route("/v1/faces:analyze", endpoints.faces, methods=["POST"]),
         Route("/v1/videos:analyze", endpoints.videos, methods=["POST"]),
         Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
+        Route("/", endpoints.page, methods=["GET"]),
+        Mount("/ui", StaticFiles(directory=WEB_DIR), name="ui"),
+        Route("/v1/panel", endpoints.panel, methods=["GET"]),
+        Route(GATE_IMAGE_PATH, endpoints.panel_file_endpoint(status.GATE_IMAGE, "image/png"), methods=["GET"]),
+        Route(DRIFT_REPORT_PATH, endpoints.panel_file_endpoint(status.DRIFT_REPORT, "text/html"), methods=["GET"]),
         Route("/metrics", endpoints.metrics),
         Route("/monitoring/prometheus/metrics", endpoints.metrics),
         Route("/healthz", endpoints.health),

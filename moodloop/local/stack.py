@@ -336,7 +336,8 @@ def start(settings: Settings, faces: int) -> int:
 
     password = json.loads(paths["passwords"].read_text())[ADMIN]
     airflow_ui = f"http://127.0.0.1:{settings.airflow.port}"
-    print(f"\nmoodloop is up.\n  Airflow UI   {airflow_ui}   user {ADMIN}   password {password}")
+    print(f"\nmoodloop is up.\n  faces page   {settings.gateway_url}/   (photos, videos, webcam, why?, corrections)")
+    print(f"  Airflow UI   {airflow_ui}   user {ADMIN}   password {password}")
     print(
         f"  serving      REST {settings.gateway_url}/v1/models/{settings.model_name}"
         f"   gRPC {settings.serving.gateway_host}:{settings.serving.grpc_port}   (TF Serving's APIs; embedded backend)"

@@ -24,12 +24,11 @@ from data import landing, synthetic
 from moodloop.airflow_api import Airflow
 from moodloop.local.s3server import free_port
 from moodloop.settings import Settings
+from tests.browser import artifact, chromium
 from tests.conftest import FAST_TRAINING
 
 pytestmark = pytest.mark.pipeline
 
-# Debian's chromium (make setup installs it); GitHub's runners have Google Chrome instead.
-CHROMIUM = os.environ.get("MOODLOOP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 FAST = {**FAST_TRAINING, "MOODLOOP_LANDING_SETTLE_SECONDS": "2"}
 
 
@@ -147,7 +146,7 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     assert (settings.archive_dir / "good-batch" / "data").is_dir()
     assert len(list(settings.curated_dir.glob("span-*"))) == 2
 
-    _check_ui(port, password, tmp_path / "airflow-ui.png")
+    _check_ui(port, password, artifact("stack", "airflow-ui.png"))
 
     # Live traffic, then the drift monitor (triggered now rather than waiting for its schedule):
     # its report must open in the Evidently UI of the stack.
@@ -164,7 +163,7 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
         300,
         "the drift monitor",
     )
-    _check_evidently_ui(int(env["MOODLOOP_EVIDENTLY_PORT"]), tmp_path / "evidently-ui.png")
+    _check_evidently_ui(int(env["MOODLOOP_EVIDENTLY_PORT"]), artifact("stack", "evidently-ui.png"))
 
 
 def _check_gateway_serves(rest_port: int, version: int) -> None:
@@ -188,26 +187,11 @@ def _check_gateway_serves(rest_port: int, version: int) -> None:
     assert len(predictions) == 4 and all(len(p["probabilities"]) == 7 for p in predictions)
 
 
-def _chromium(playwright):
-    """Debian's Chromium, headless, with the flags this machine's closed network needs."""
-    return playwright.chromium.launch(
-        executable_path=CHROMIUM,
-        args=[
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-        ],
-    )
-
-
 def _check_ui(port: int, password: str, screenshot: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = _chromium(playwright)
+        browser = chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
         page.locator("input[name=username]").fill("admin")
@@ -230,7 +214,7 @@ def _check_evidently_ui(port: int, screenshot: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = _chromium(playwright)
+        browser = chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
         page.get_by_text("moodloop drift").first.click()

