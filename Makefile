@@ -48,10 +48,11 @@ format: setup  ## ruff format + autofix
 	.venv/orchestration/bin/ruff check --fix .
 	.venv/orchestration/bin/ruff format .
 
-bench: setup  ## benchmarks, each as a ratio to its baseline: pipeline vs bare fit; gateway vs raw model; MTCNN vs Haar
+bench: setup  ## benchmarks, each as a ratio to its baseline: pipeline vs bare fit; gateway vs raw model; MTCNN vs Haar; webcam frames/s
 	$(PIPELINE_PY) bench/pipeline_overhead.py --sizes 2000 10000 --warm
 	$(PIPELINE_PY) bench/serving_throughput.py
 	$(PIPELINE_PY) bench/face_detection.py
+	$(PIPELINE_PY) bench/webcam_rate.py
 
 drill: setup  ## the drift drill on a stack of its own: clean traffic, shift, drift, retrain, canary, promotion
 	$(ORCH_PY) bench/drift_drill.py --stack $(DRILL_ARGS)

@@ -26,8 +26,10 @@ from moodloop.settings import REPO_ROOT, Settings
 
 EXIT_NOT_BLESSED = 3
 
-# TensorFlow's C++ start-up chatter (CUDA probes, CPU flags) is noise on a CPU machine.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up chatter (CUDA probes, CPU flags) is noise on a CPU machine; even its
+# ERROR lines are the CUDA plug-ins' "Unable to register cuDNN factory". Real failures surface as
+# Python exceptions.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _add_shift_options(parser: argparse.ArgumentParser) -> None:
@@ -175,6 +177,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return gateway.main(args.gateway_args)
 
 
+def cmd_live(args: argparse.Namespace) -> int:
+    from serving import live
+
+    return live.main(args.live_args)
+
+
 def cmd_models(_: argparse.Namespace) -> int:
     from moodloop import models_config
     from moodloop.rollout import Rollout
@@ -310,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the serving gateway (see `moodloop serve --help`)", add_help=False)
     p.add_argument("gateway_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser(
+        "live", help="emotions of every face on a camera or video, live (see `moodloop live --help`)", add_help=False
+    )
+    p.add_argument("live_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_live)
     for name, func, text in (
         ("models", cmd_models, "versions on disk, labels and the canary share"),
         ("promote", lambda _: _move_labels("promote"), "move the stable label to the canary's version, drop canary"),
@@ -326,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:  # the gateway has its own flags and --help
         return cmd_serve(argparse.Namespace(gateway_args=argv[1:]))
+    if argv[:1] == ["live"]:  # so does live analysis
+        console.quiet_console()  # before TensorFlow is imported: its and MTCNN's chatter stays off the screen
+        return cmd_live(argparse.Namespace(live_args=argv[1:]))
     args = build_parser().parse_args(argv)
     console.show_progress()  # the stages' log lines are this command's output
     return args.func(args)

@@ -233,7 +233,7 @@ def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
         raise BadMediaError(f"not a readable image: {error}") from None
 
 
-def _face_results(faces: list[Face], probabilities: np.ndarray, min_confidence: float) -> list[dict]:
+def face_results(faces: list[Face], probabilities: np.ndarray, min_confidence: float) -> list[dict]:
     results = []
     for face, probs in zip(faces, probabilities, strict=True):
         top = int(np.argmax(probs))
@@ -293,7 +293,7 @@ def heatmap_over_box(heatmap: np.ndarray, face: Face) -> bytes:
     return png.tobytes()
 
 
-def _draw(rgb: np.ndarray, faces: list[dict]) -> np.ndarray:
+def draw_faces(rgb: np.ndarray, faces: list[dict]) -> np.ndarray:
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     thickness = max(2, round(max(bgr.shape[:2]) / 400))
     for face in faces:
@@ -327,14 +327,14 @@ def analyze_photo(
     context = [{"face_width": f.width, "face_area_ratio": f.width * f.height / area} for f in faces]
     crops = crop_faces(grey, faces)
     probabilities = classify(crops, context) if faces else np.zeros((0, len(EMOTIONS)))
-    faces_found = _face_results(faces, probabilities, min_confidence)
+    faces_found = face_results(faces, probabilities, min_confidence)
     if explain and faces:
         for face, result, heatmap in zip(faces, faces_found, classify.explain(crops), strict=True):
             result["heatmap"] = base64.b64encode(heatmap_over_box(heatmap, face)).decode()
     result = {"width": int(grey.shape[1]), "height": int(grey.shape[0]), "faces": faces_found}
     image = None
     if annotate:
-        ok, encoded = cv2.imencode(".jpg", _draw(rgb, result["faces"]), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        ok, encoded = cv2.imencode(".jpg", draw_faces(rgb, result["faces"]), [cv2.IMWRITE_JPEG_QUALITY, 90])
         image = encoded.tobytes() if ok else None
     return result, image
 
@@ -390,7 +390,7 @@ def analyze_video(
                     entry = {
                         "frame": index,
                         "time": round(index / fps, 3),
-                        "faces": _face_results(faces, probabilities, min_confidence),
+                        "faces": face_results(faces, probabilities, min_confidence),
                     }
                     people = tracker.update([(f.x, f.y, f.width, f.height) for f in faces])
                     for face, person, probs in zip(entry["faces"], people, probabilities, strict=True):
@@ -399,7 +399,7 @@ def analyze_video(
                             face["smoothed_emotion"] = EMOTIONS[int(np.argmax(smoother.update(person, probs)))]
                     timeline.append(entry)
                     if writer is not None:
-                        writer.write(_draw(rgb, entry["faces"]))
+                        writer.write(draw_faces(rgb, entry["faces"]))
                 index += 1
         finally:
             capture.release()
