@@ -19,8 +19,6 @@ import argparse
 import base64
 import io
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from PIL import Image
 
+from bench.gateway_process import start_gateway
 from data import synthetic
 from serving.batching import BatchingParameters
 
@@ -61,29 +60,6 @@ def baseline(model_dir: Path, faces: list[bytes], batch: int, seconds: float) ->
         predict(images=chunk)["probabilities"].numpy()
         done += batch
     return done / (time.perf_counter() - started)
-
-
-def start_gateway(model_base: Path, home: Path) -> tuple[subprocess.Popen, int, int]:
-    env = {
-        **os.environ,
-        "MOODLOOP_HOME": str(home),
-        "MOODLOOP_MODEL_BASE": str(model_base),
-        "MOODLOOP_REST_PORT": "0",
-        "MOODLOOP_GRPC_PORT": "0",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.gateway"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in process.stdout:
-        if match := re.search(r"REST http://[\d.]+:(\d+)\s+gRPC [\d.]+:(\d+)", line):
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # drain
-            return process, int(match[1]), int(match[2])
-    raise RuntimeError("the gateway did not start")
 
 
 def load(send, clients: int, requests_per_client: int) -> tuple[float, list[float], int]:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,10 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cv2
 import numpy as np
 
+from bench.gateway_process import process_cpu_seconds, start_gateway
 from data import wheel_media
-
-REPO = Path(__file__).resolve().parent.parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def camera_frames(video: Path, size=(640, 480)) -> list[np.ndarray]:
@@ -50,36 +46,6 @@ def camera_frames(video: Path, size=(640, 480)) -> list[np.ndarray]:
         frames.append(cv2.resize(frame, size, interpolation=cv2.INTER_AREA))
     capture.release()
     return frames
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its threads (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def start_gateway(model_base: Path, home: Path, detector: str) -> tuple[subprocess.Popen, int]:
-    env = {
-        **os.environ,
-        "MOODLOOP_HOME": str(home),
-        "MOODLOOP_MODEL_BASE": str(model_base),
-        "MOODLOOP_REST_PORT": "0",
-        "MOODLOOP_GRPC_PORT": "0",
-        "MOODLOOP_FACE_DETECTOR": detector,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.gateway"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in process.stdout:
-        if match := re.search(r"REST http://[\d.]+:(\d+)", line):
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # drain
-            return process, int(match[1])
-    raise RuntimeError("the gateway did not start")
 
 
 def live_loop(port: int, frames: list[np.ndarray], width: int, in_flight: int, seconds: float, gateway_pid: int):
@@ -158,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         row.format("detector", "frames sent", "frames/s", "p50 ms", "faces", "KB", "client", "gateway", "vs baseline")
     )
     for detector in args.detectors:
-        process, port = start_gateway(model_base, work / f"home-{detector}", detector)
+        process, port, _ = start_gateway(model_base, work / f"home-{detector}", MOODLOOP_FACE_DETECTOR=detector)
         try:
             live_loop(port, frames, 640, 1, 2.0, process.pid)  # warm-up: the detector's first calls trace
             base = live_loop(port, frames, 640, 1, args.seconds, process.pid)
