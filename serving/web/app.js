@@ -569,6 +569,16 @@ window.addEventListener("DOMContentLoaded", () => {
     $("video-analyze").disabled = !event.target.files[0];
     if (event.target.files[0]) analyzeVideo();
   });
+  // Drop a file anywhere on a drop zone: it is handed to the zone's file input.
+  for (const zone of document.querySelectorAll(".drop")) {
+    zone.addEventListener("dragover", (event) => event.preventDefault());
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      const input = zone.querySelector("input[type=file]");
+      input.files = event.dataTransfer.files;
+      input.dispatchEvent(new Event("change"));
+    });
+  }
   $("video-analyze").addEventListener("click", analyzeVideo);
   $("video-annotated").addEventListener("click", () => downloadVideo("video"));
   $("video-csv").addEventListener("click", () => downloadVideo("csv"));
