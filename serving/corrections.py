@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -25,6 +26,8 @@ import numpy as np
 from moodloop.contracts import EMOTIONS
 from moodloop.landing_batches import deliver_batch
 from moodloop.settings import Settings
+
+log = logging.getLogger("moodloop.serving")
 
 BATCH_PREFIX = "corrections-"
 LABELS_FILE = "labels.csv"  # the landing contract's labelled-images form: file,label
@@ -81,7 +84,14 @@ class Corrections:
             pending = self._pending()
             if len(pending) < self.per_batch:
                 return None
-            return self._deliver_pending(pending)
+            try:
+                return self._deliver_pending(pending)
+            except Exception as error:  # noqa: BLE001 - the faces are safe on disk; the next correction retries
+                log.error(
+                    f"{len(pending)} corrected faces could not go to the landing zone ({type(error).__name__}: "
+                    f"{error}); they stay in {self.pending_dir} and the next correction tries again"
+                )
+                return None
 
     def _pending(self) -> list[Path]:
         return sorted(self.pending_dir.glob("*__*.png")) if self.pending_dir.is_dir() else []

@@ -229,3 +229,46 @@ def test_people_summary_smoothing_and_csv_of_a_timeline():
     rows = timeline_csv(timeline).splitlines()
     assert rows[0].split(",") == list(CSV_COLUMNS) and len(rows) == 1 + 5
     assert rows[1].startswith("0.0,0,1,happy,1.0,False,,0,0,10,10,")
+
+
+def test_corrected_faces_wait_on_disk_until_the_landing_zone_takes_the_batch(tmp_path):
+    from moodloop.settings import Settings
+    from serving.corrections import Corrections, RecentFaces
+
+    settings = Settings.from_env(home=tmp_path / "home", serving={"corrections_per_batch": 2})
+    delivered: list[tuple[str, dict[str, bytes]]] = []
+    reachable = [False]
+
+    def deliver(_, name, files):
+        if not reachable[0]:
+            raise ConnectionError("the S3 endpoint is down")
+        delivered.append((name, files))
+        return f"s3://bucket/landing/{name}"
+
+    corrections = Corrections(settings, deliver)
+    face = np.full((48, 48), 7, np.uint8)
+    assert corrections.add(face, "sad", "r1", 0) is None
+    assert corrections.add(face, "fear", "r1", 1) is None  # a full batch, but the zone is out of reach
+    assert corrections.counts()["pending"] == 2 and delivered == []
+    reachable[0] = True
+    assert (
+        corrections.add(face, "happy", "r1", 1) == f"s3://bucket/landing/{delivered[0][0]}"
+    )  # relabelled: the last word
+    name, files = delivered[0]
+    assert name.startswith("corrections-") and sorted(files) == ["faces/r1-0.png", "faces/r1-1.png", "labels.csv"]
+    assert files["labels.csv"].decode().splitlines() == ["file,label", "faces/r1-1.png,happy", "faces/r1-0.png,sad"]
+    assert corrections.counts() | {"last_batch": None} == {
+        "pending": 0,
+        "per_batch": 2,
+        "delivered_batches": 1,
+        "delivered_faces": 2,
+        "last_batch": None,
+    }
+    with pytest.raises(ValueError, match="not an emotion"):
+        corrections.add(face, "bored", "r2", 0)
+
+    recent = RecentFaces(capacity=3)
+    recent.add("a", 0, np.zeros((2, 48, 48), np.uint8))
+    recent.add("b", 5, np.ones((2, 48, 48), np.uint8))
+    assert recent.get("a", 0) is None and recent.get("a", 1) is not None  # the oldest went first
+    assert recent.get("b", 6).max() == 1 and recent.get("b", 7) is None
