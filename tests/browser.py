@@ -8,9 +8,6 @@ import os
 import shutil
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 # Debian's chromium (make setup installs it); GitHub's runners have Google Chrome instead.
 CHROMIUM = os.environ.get("MOODLOOP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("MOODLOOP_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts")
@@ -41,7 +38,11 @@ def artifact(group: str, name: str) -> Path:
 
 def fake_camera_file(video: Path, target: Path, size: tuple[int, int] = (640, 480), seconds: float = 4.0) -> Path:
     """A video as a YUV4MPEG2 (.y4m) file, the format Chromium's fake camera plays in a loop
-    (--use-file-for-fake-video-capture), scaled to `size` (what a webcam gives)."""
+    (--use-file-for-fake-video-capture), scaled to `size` (what a webcam gives). Pipeline env only
+    (OpenCV); the stack test imports this module from the orchestration env."""
+    import cv2
+    import numpy as np
+
     capture = cv2.VideoCapture(str(video))
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     width, height = size
