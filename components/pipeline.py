@@ -18,6 +18,7 @@ from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
 from components.ab_gate import ABGate
+from components.edge import EdgeExporter
 from components.infra_validator import EmbeddedInfraValidator
 from components.model_report import ModelReportGen
 from components.pusher import AtomicPusherExecutor
@@ -301,6 +302,11 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         custom_config=pusher_config(config),
         custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPusherExecutor),
     )
+    edge_exporter = EdgeExporter(
+        model=trainer.outputs["model"],
+        pushed_model=pusher.outputs["pushed_model"],
+        examples=all_spans.outputs["examples"],
+    )
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
@@ -319,6 +325,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             gate,
             infra,
             pusher,
+            edge_exporter,
         ],
         enable_cache=False,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),

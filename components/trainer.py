@@ -23,7 +23,7 @@ import tf_keras as keras
 from tfx import v1 as tfx
 from tfx.components.tuner.component import TunerFnResult
 
-from components import calibration, explain, plots, tuning
+from components import calibration, edge, explain, plots, tuning
 from components.ab_gate import champion_dir
 from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order, learning_rate_schedule
 from components.model_report import TRAINING_SUMMARY
@@ -314,4 +314,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     projection = fit_projection(model, x_train)
     export_serving_model(model, tf_transform_output, fn_args.serving_model_dir, projection, calibrated.temperature)
     save_weights(model, fn_args.serving_model_dir)
+    # The EdgeExporter's source, beside the serving model (not pushed: the TFLite files are).
+    edge_source = os.path.join(os.path.dirname(fn_args.serving_model_dir), edge.EDGE_SOURCE_DIR)
+    edge.export_edge_source(model, tf_transform_output, edge_source, calibrated.temperature)
     log.info(f"calibration, plots, embedding projection and export in {time.perf_counter() - started:.1f} s")

@@ -84,6 +84,8 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     confusion_png = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("confusion matrix:"))
     assert Path(confusion_png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    _check_edge_files(settings.model_base / versions[0], out)
+
     model = tf.saved_model.load(str(settings.model_base / versions[0]))
     pixels, labels = synthetic.generate_arrays(400, seed=HELD_OUT_SEED)
     encoded = tf.constant([landing.encode_png(p) for p in pixels])
@@ -95,6 +97,39 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     majority = float(np.bincount(labels).max() / len(labels))
     assert accuracy > max(0.45, majority + 0.15), f"held-out accuracy {accuracy:.2f} (majority class {majority:.2f})"
     assert by_image["classes"].numpy()[0].decode() in synthetic.EMOTIONS
+
+
+def _check_edge_files(version: Path, out: str) -> None:
+    """The EdgeExporter's files beside the pushed version: what edge.json lists is there, intact,
+    passed its parity gate, and runs on the LiteRT interpreter like the SavedModel."""
+    import hashlib
+    import json
+
+    import tensorflow as tf
+
+    from components.edge import EdgeModel
+
+    edge = json.loads((version / "assets.extra" / "edge" / "edge.json").read_text())
+    reported = {
+        line.split(":")[0].split()[1]: line
+        for line in out.splitlines()
+        if line.startswith(("edge float16:", "edge int8:"))
+    }
+    assert set(reported) == {"float16", "int8"}, out
+    assert "float16.tflite" in edge["files"]  # half-precision weights: the same answers
+    faces, _ = synthetic.generate_arrays(200, seed=HELD_OUT_SEED + 1)
+    served = tf.saved_model.load(str(version)).signatures["serving_pixels"](pixels=tf.constant(faces))
+    for name, spec in edge["files"].items():
+        flatbuffer = (version / "assets.extra" / "edge" / name).read_bytes()
+        assert hashlib.sha256(flatbuffer).hexdigest() == spec["sha256"]
+        assert spec["parity"]["agreement"] >= edge["parity_goals"][spec["kind"]], spec["parity"]
+        assert "published" in reported[spec["kind"]] and "NOT" not in reported[spec["kind"]]
+        assert spec["input"]["shape"] == [1, 48, 48, 1]
+        probabilities = EdgeModel(flatbuffer).probabilities(faces)
+        agree = (probabilities.argmax(axis=1) == served["class_ids"].numpy()).mean()
+        assert agree >= edge["parity_goals"][spec["kind"]] - 0.02, f"{name}: {agree:.3f}"
+    for kind, problems in edge["not_published"].items():  # a file that fails parity says why
+        assert problems and f"{kind}.tflite" not in edge["files"] and "NOT published" in reported[kind]
 
 
 def test_the_pushed_model_explains_itself_with_the_eyes_brows_and_mouth(home, fast_env):

@@ -27,6 +27,7 @@ def test_ingest_then_train_pushes_a_model_one_task_per_component(dagbag, moodloo
     assert states == {task.task_id: "success" for task in train_dag.tasks}
     versions = [p.name for p in settings.model_base.iterdir() if p.name.isdigit()]
     assert len(versions) == 1 and (settings.model_base / versions[0] / "saved_model.pb").exists()
+    assert (settings.model_base / versions[0] / "assets.extra" / "edge" / "edge.json").exists()  # EdgeExporter
 
     # A cleared task of a finished run re-runs its component's process, which finds the
     # execution COMPLETE in ML Metadata and skips it: nothing is redone, nothing is re-pushed.

@@ -1,0 +1,374 @@
+"""Edge models: each pushed version as TensorFlow Lite files a device runs on 48x48 grey pixels.
+
+Two parts, as the rest of the pipeline:
+- the Trainer writes an edge source beside the serving model (`export_edge_source`): the same
+  network with the Transform graph's standardisation folded in as one multiply-add (it is an
+  affine map of the pixels, checked when folded) and the calibrated softmax, so a device needs
+  no TensorFlow Transform, no PNG codec and no map_fn, only TFLite's builtin ops;
+- the EdgeExporter component, after the Pusher, converts it to float16 (weights in half
+  precision) and to full-integer int8 (weights and activations, calibrated on a representative
+  sample of training faces), checks each against the pushed SavedModel on the held-out faces
+  (the parity gate: top-1 agreement overall and for every emotion), measures size and per-face
+  latency with the LiteRT interpreter (`ai-edge-litert`), and publishes the files that pass into
+  the version's `assets.extra/edge/` with `edge.json` (files, sha256, labels, the exact input,
+  parity, latency). A file that fails parity is not published; the SavedModel push stands.
+
+Input a device feeds (documented in edge.json):
+- float16.tflite: float32 [1, 48, 48, 1], grey levels 0..255 (no scaling: it is inside);
+- int8.tflite: uint8 [1, 48, 48, 1], grey levels 0..255 quantized with the input's scale and
+  zero point (in edge.json; about 1 and 0: raw grey bytes); output uint8 probabilities, dequantize
+  with the output's scale and zero point.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import List  # noqa: UP035 - TFX's component decorator reads typing.List, not list
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np
+from tfx import v1 as tfx
+from tfx.types import artifact, standard_artifacts
+
+from moodloop.contracts import EMOTIONS, FACE_SIZE, FEATURE_IMAGE, OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
+
+log = logging.getLogger(__name__)
+
+EDGE_SOURCE_DIR = "Format-Edge"  # beside the Trainer's Format-Serving, inside its Model artifact
+EDGE_DIR = os.path.join("assets.extra", "edge")  # in each pushed version
+EDGE_METADATA = "edge.json"
+KINDS = ("float16", "int8")
+PARITY_GOALS = {"float16": 0.99, "int8": 0.97}  # top-1 agreement with the SavedModel, overall and per emotion
+NEAR_TIE = 0.02  # a disagreement where the SavedModel's top two probabilities are this close is a near tie
+INPUT_NAME = "pixels"
+
+
+# ---------------------------------------------------------------- the Trainer's edge source
+
+
+def affine_preprocessing(tft_layer) -> tuple[float, float]:
+    """(scale, offset) such that the Transform graph maps a grey level g to g * scale + offset.
+
+    Read from the graph itself at grey levels 0 and 255, and checked at 37 and 200: a Transform
+    that is not affine in the pixels cannot be folded into an edge model, and says so."""
+    import tensorflow as tf
+
+    from components.model import INPUT_KEY
+
+    def transformed(level: int) -> float:
+        face = tf.io.encode_png(tf.fill([FACE_SIZE, FACE_SIZE, 1], tf.constant(level, tf.uint8)))
+        values = tft_layer({FEATURE_IMAGE: tf.reshape(face, [1, 1])})[INPUT_KEY].numpy()
+        if not np.allclose(values, values.flat[0], atol=1e-6):
+            raise ValueError("the Transform graph treats pixels by position: an edge model cannot fold it in")
+        return float(values.flat[0])
+
+    offset = transformed(0)
+    scale = (transformed(255) - offset) / 255.0
+    for level in (37, 200):
+        if abs(transformed(level) - (level * scale + offset)) > 1e-4 * max(1.0, abs(scale) * 255):
+            raise ValueError("the Transform graph is not an affine map of the pixels: an edge model cannot fold it in")
+    return scale, offset
+
+
+def export_edge_source(model, tf_transform_output, export_dir: str, temperature: float = 1.0) -> tuple[float, float]:
+    """A SavedModel whose serving_default maps pixels (float32 [N, 48, 48, 1], 0..255) to the
+    calibrated probabilities [N, 7], with only builtin-convertible ops. Returns the folded (scale, offset)."""
+    import tensorflow as tf
+
+    from components.trainer import OUTPUT_LAYER, embedder
+
+    scale, offset = affine_preprocessing(tf_transform_output.transform_features_layer())
+    features = embedder(model)
+    output = model.get_layer(OUTPUT_LAYER)
+
+    class EdgeSource(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.weights = list(model.weights)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE, 1], tf.float32, name=INPUT_NAME)])
+        def serve(self, pixels):
+            hidden = features(pixels * scale + offset, training=False)
+            logits = tf.matmul(hidden, output.kernel) + output.bias
+            return {OUTPUT_PROBABILITIES: tf.nn.softmax(logits / temperature)}
+
+    module = EdgeSource()
+    tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve.get_concrete_function()})
+    return scale, offset
+
+
+# ---------------------------------------------------------------- conversion, parity, latency
+
+
+def convert(source_dir: str, kind: str, representative: np.ndarray | None = None) -> bytes:
+    """The edge source as a TFLite flatbuffer: `float16` (weights in half precision) or `int8`
+    (full integer, calibrated on `representative` faces [N, 48, 48] uint8)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(source_dir)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if kind == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif kind == "int8":
+        if representative is None or not len(representative):
+            raise ValueError("int8 needs representative faces to calibrate its activations")
+        faces = representative.astype(np.float32)[..., np.newaxis]
+
+        def samples():
+            for face in faces:
+                yield [face[np.newaxis]]
+
+        converter.representative_dataset = samples
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    else:
+        raise ValueError(f"edge kind {kind!r} is not one of {KINDS}")
+    return converter.convert()
+
+
+class EdgeModel:
+    """A TFLite file run by the LiteRT interpreter, one face at a time as a device does: faces
+    [N, 48, 48] uint8 -> probabilities [N, 7]. Quantized inputs and outputs are (de)quantized
+    with the file's own scale and zero point."""
+
+    def __init__(self, flatbuffer: bytes, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_content=flatbuffer, num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def spec(self) -> dict:
+        def described(detail: dict) -> dict:
+            scale, zero_point = detail["quantization"]
+            return {
+                "name": detail["name"],
+                "shape": [int(v) for v in detail["shape"]],
+                "dtype": np.dtype(detail["dtype"]).name,
+                "scale": float(scale),
+                "zero_point": int(zero_point),
+            }
+
+        return {"input": described(self.input), "output": described(self.output)}
+
+    def _one(self, face: np.ndarray) -> np.ndarray:
+        x = face.astype(np.float32)[np.newaxis, ..., np.newaxis]
+        scale, zero_point = self.input["quantization"]
+        if self.input["dtype"] != np.float32:
+            x = np.clip(np.round(x / scale + zero_point), 0, 255) if scale else x
+        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self.output["index"])[0]
+        scale, zero_point = self.output["quantization"]
+        return (y.astype(np.float32) - zero_point) * scale if self.output["dtype"] != np.float32 else y
+
+    def probabilities(self, faces: np.ndarray) -> np.ndarray:
+        return np.stack([self._one(face) for face in faces]) if len(faces) else np.zeros((0, len(EMOTIONS)))
+
+    def latency_ms(self, faces: np.ndarray, repeats: int = 200) -> float:
+        """Median milliseconds per face (batch 1, one thread), after a warm-up."""
+        self._one(faces[0])
+        times = []
+        for i in range(repeats):
+            started = time.perf_counter()
+            self._one(faces[i % len(faces)])
+            times.append((time.perf_counter() - started) * 1000)
+        return statistics.median(times)
+
+
+def agreement(reference: np.ndarray, edge: np.ndarray, labels: np.ndarray) -> dict:
+    """Top-1 agreement of the edge file with the SavedModel: overall and on the faces of each emotion."""
+    same = reference.argmax(axis=1) == edge.argmax(axis=1)
+    top_two = np.sort(reference, axis=1)[:, -2:]
+    near_ties = int((~same & (top_two[:, 1] - top_two[:, 0] < NEAR_TIE)).sum())
+    per_class = {
+        EMOTIONS[k]: {"faces": int((labels == k).sum()), "agreement": float(same[labels == k].mean())}
+        for k in range(len(EMOTIONS))
+        if (labels == k).any()
+    }
+    return {
+        "faces": int(len(same)),
+        "agreement": float(same.mean()),
+        "per_class": per_class,
+        "disagreements": int((~same).sum()),
+        "near_ties": near_ties,  # of those, faces the SavedModel itself barely decides
+    }
+
+
+def parity_problems(kind: str, parity: dict) -> list[str]:
+    goal = PARITY_GOALS[kind]
+    problems = []
+    if parity["agreement"] < goal:
+        problems.append(
+            f"agrees with the SavedModel on {parity['agreement']:.2%} of {parity['faces']} faces (goal {goal:.0%})"
+        )
+    for emotion, value in parity["per_class"].items():
+        if value["agreement"] < goal:
+            problems.append(
+                f"{emotion}: agrees on {value['agreement']:.2%} of {value['faces']} faces (goal {goal:.0%})"
+            )
+    return problems
+
+
+# ---------------------------------------------------------------- faces from the curated spans
+
+
+def decoded_faces(serialized: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Serialized curated tf.Examples -> (faces [N, 48, 48] uint8 as the gateway's crops are, labels [N])."""
+    import tensorflow as tf
+
+    from components.preprocessing import decode_images
+    from moodloop.contracts import FEATURE_LABEL
+
+    examples = [tf.train.Example.FromString(s).features.feature for s in serialized]
+    encoded = tf.constant([e[FEATURE_IMAGE].bytes_list.value[0] for e in examples])
+    faces = tf.cast(tf.round(tf.clip_by_value(decode_images(encoded), 0, 255)), tf.uint8).numpy()[..., 0]
+    return faces, np.array([e[FEATURE_LABEL].int64_list.value[0] for e in examples], np.int64)
+
+
+def split_faces(examples: list, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `limit` faces of a split, from every span (the newest last), evenly spread."""
+    import glob
+
+    import tensorflow as tf
+    from tfx.types import artifact_utils
+
+    files = []
+    for item in examples:
+        files += sorted(glob.glob(os.path.join(artifact_utils.get_split_uri([item], split), "*")))
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    if len(serialized) > limit:
+        serialized = [serialized[i] for i in np.linspace(0, len(serialized) - 1, limit).astype(int)]
+    return decoded_faces(serialized)
+
+
+# ---------------------------------------------------------------- the component
+
+
+class EdgeModels(artifact.Artifact):
+    """The edge files of one run, whether published or not, and their report (edge.json)."""
+
+    TYPE_NAME = "MoodloopEdgeModels"
+
+
+@dataclasses.dataclass
+class EdgeResult:
+    kind: str
+    size_bytes: int
+    latency_ms: float
+    parity: dict
+    problems: list[str]
+
+    @property
+    def published(self) -> bool:
+        return not self.problems
+
+
+def describe(results: list[EdgeResult]) -> list[str]:
+    lines = []
+    for r in results:
+        per_class = ", ".join(f"{e} {v['agreement']:.1%}" for e, v in r.parity["per_class"].items())
+        verdict = "published" if r.published else "NOT published: " + "; ".join(r.problems)
+        lines.append(
+            f"edge {r.kind}: {r.size_bytes / 1024:.0f} KiB, {r.latency_ms:.2f} ms per face (LiteRT, 1 thread), "
+            f"top-1 agreement {r.parity['agreement']:.2%} on {r.parity['faces']} held-out faces "
+            f"({per_class}; {r.parity['near_ties']} of the {r.parity['disagreements']} disagreements are near "
+            f"ties of the SavedModel, top two within {NEAR_TIE}): {verdict}"
+        )
+    return lines
+
+
+def build_edge_files(
+    source_dir: str, reference_dir: str, representative: np.ndarray, held_out: np.ndarray, labels: np.ndarray, out: Path
+) -> tuple[list[EdgeResult], dict]:
+    """Convert, check and measure each kind into `out`; returns the results and edge.json's content
+    (listing only the files that passed)."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(reference_dir).signatures[SIGNATURE_PIXELS]
+    reference = np.concatenate(
+        [
+            signature(pixels=tf.constant(held_out[i : i + 256]))[OUTPUT_PROBABILITIES].numpy()
+            for i in range(0, len(held_out), 256)
+        ]
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    results, files = [], {}
+    for kind in KINDS:
+        flatbuffer = convert(source_dir, kind, representative)
+        edge = EdgeModel(flatbuffer)
+        parity = agreement(reference, edge.probabilities(held_out), labels)
+        result = EdgeResult(kind, len(flatbuffer), edge.latency_ms(held_out), parity, parity_problems(kind, parity))
+        results.append(result)
+        name = f"{kind}.tflite"
+        (out / name).write_bytes(flatbuffer)
+        if result.published:
+            files[name] = {
+                "kind": kind,
+                "bytes": len(flatbuffer),
+                "sha256": hashlib.sha256(flatbuffer).hexdigest(),
+                **edge.spec(),
+                "latency_ms_per_face": round(result.latency_ms, 3),
+                "parity": parity,
+            }
+    metadata = {
+        "labels": list(EMOTIONS),
+        "input": "one face: 48x48 grey levels 0..255, cropped and aligned as the gateway crops faces "
+        "(the box's square, eyes level), shape [1, 48, 48, 1]; float16.tflite takes float32 values "
+        "0..255, int8.tflite takes uint8 quantized with the input scale and zero point below",
+        "output": "probabilities of the 7 emotions in `labels` order (calibrated softmax); int8.tflite "
+        "gives uint8: dequantize with the output scale and zero point",
+        "files": files,
+        "not_published": {r.kind: r.problems for r in results if not r.published},
+        "parity_goals": PARITY_GOALS,
+    }
+    (out / EDGE_METADATA).write_text(json.dumps(metadata, indent=1))
+    return results, metadata
+
+
+def publish(out: Path, metadata: dict, version_dir: str) -> str:
+    """Put the passing files and edge.json into `<version>/assets.extra/edge/` in one rename."""
+    target = Path(version_dir) / EDGE_DIR
+    staging = target.with_name(".edge-incoming")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in metadata["files"]:
+        shutil.copy(out / name, staging / name)
+    shutil.copy(out / EDGE_METADATA, staging / EDGE_METADATA)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return str(target)
+
+
+@tfx.dsl.components.component
+def EdgeExporter(
+    model: tfx.dsl.components.InputArtifact[standard_artifacts.Model],
+    pushed_model: tfx.dsl.components.InputArtifact[standard_artifacts.PushedModel],
+    examples: tfx.dsl.components.InputArtifact[List[standard_artifacts.Examples]],  # noqa: UP006
+    edge: tfx.dsl.components.OutputArtifact[EdgeModels],
+    representative_faces: tfx.dsl.components.Parameter[int] = 500,
+    held_out_faces: tfx.dsl.components.Parameter[int] = 2000,
+) -> None:
+    """TFLite float16 and int8 of the pushed model, checked against it, published beside it."""
+    if not pushed_model.get_int_custom_property("pushed"):
+        log.info("edge export: nothing was pushed in this run")
+        return
+    version_dir = pushed_model.get_string_custom_property("pushed_destination")
+    representative, _ = split_faces(examples, "train", representative_faces)
+    held_out, labels = split_faces(examples, "eval", held_out_faces)
+    results, metadata = build_edge_files(
+        os.path.join(model.uri, EDGE_SOURCE_DIR), version_dir, representative, held_out, labels, Path(edge.uri)
+    )
+    for line in describe(results):
+        log.info(line)
+    where = publish(Path(edge.uri), metadata, version_dir)
+    log.info(f"edge files: {', '.join(metadata['files']) or 'none'} published in {where}")
