@@ -61,6 +61,8 @@ OUTPUT_CLASSES = "classes"  # [N] string, the emotion name
 OUTPUT_HEATMAP = "heatmap"  # [N, 48, 48] float32 in 0..1: where the evidence for class_ids lies
 OUTPUT_EMBEDDING = "embedding"  # [N, EMBEDDING_DIMS] float32: penultimate layer, PCA-reduced at training
 EMBEDDING_DIMS = 8
+EDGE_DIR = "assets.extra/edge"  # in each pushed version: TFLite files that passed their parity gate ...
+EDGE_METADATA = "edge.json"  # ... and what they are: files, sha256, labels, input and output spec, parity, latency
 REFERENCE_PROFILE = "assets.extra/reference_profile.parquet"  # in each pushed version: its eval faces as
 # inference-log rows (contract 4 columns), the reference the drift jobs compare live traffic with
 

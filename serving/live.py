@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from moodloop import models_config
-from moodloop.contracts import OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
+from moodloop.contracts import EDGE_DIR, EDGE_METADATA, OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
+from moodloop.edge_runtime import EdgeModel
 from moodloop.settings import Settings
 from serving.faces import FACE_DETECTORS, crop_faces, draw_faces, face_results, make_face_detector
 
@@ -31,11 +32,11 @@ WINDOW = "moodloop live (q to quit)"
 
 
 class LocalModel:
-    """The stable version (else the newest) of the model base, through its serving_pixels signature."""
+    """The stable version (else the newest) of the model base: through its serving_pixels signature,
+    or with `tflite` ("float16", "int8") through its published edge file on the LiteRT interpreter,
+    as a device runs it."""
 
-    def __init__(self, settings: Settings) -> None:
-        import tensorflow as tf
-
+    def __init__(self, settings: Settings, tflite: str | None = None) -> None:
         versions = models_config.version_folders(settings.model_base)
         if not versions:
             raise SystemExit(f"no model version under {settings.model_base}: train one first (make run)")
@@ -44,27 +45,47 @@ class LocalModel:
             policy = models_config.policies(models_config.read(settings.serving_config)).get(settings.model_name)
             labels = policy.labels if policy else {}
         self.version = labels.get("stable", versions[-1])
-        self.described = (
-            f"version {self.version} ({'stable' if 'stable' in labels else 'newest'}) of {settings.model_base}"
-        )
-        self._signature = tf.saved_model.load(str(settings.model_base / str(self.version))).signatures[SIGNATURE_PIXELS]
-        self._tf = tf
+        folder = settings.model_base / str(self.version)
+        chosen = "stable" if "stable" in labels else "newest"
+        self.described = f"version {self.version} ({chosen}) of {settings.model_base}"
+        self._edge = None
+        if tflite:
+            self._edge = EdgeModel(_edge_file(folder, tflite).read_bytes())
+            self.described = f"{tflite}.tflite of {self.described} (LiteRT)"
+            return
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(str(folder)).signatures[SIGNATURE_PIXELS]
+        self._predict = lambda crops: signature(pixels=tf.constant(crops))[OUTPUT_PROBABILITIES].numpy()
 
     def classify(self, crops: np.ndarray) -> np.ndarray:
-        return self._signature(pixels=self._tf.constant(crops))[OUTPUT_PROBABILITIES].numpy()
+        return self._edge.probabilities(crops) if self._edge is not None else self._predict(crops)
+
+
+def _edge_file(version_dir: Path, kind: str) -> Path:
+    metadata = version_dir / EDGE_DIR / EDGE_METADATA
+    if not metadata.is_file():
+        raise SystemExit(f"{version_dir} has no edge files: the EdgeExporter publishes them after a pipeline push")
+    published = json.loads(metadata.read_text())
+    if f"{kind}.tflite" not in published["files"]:
+        why = "; ".join(published.get("not_published", {}).get(kind, [])) or "not converted"
+        raise SystemExit(f"{kind}.tflite of version {version_dir.name} was not published: {why}")
+    return version_dir / EDGE_DIR / f"{kind}.tflite"
 
 
 class Analyser:
     """One frame in, its faces out (the gateway's JSON shape), locally or through a gateway."""
 
-    def __init__(self, settings: Settings, detector: str, width: int, gateway: str | None) -> None:
+    def __init__(
+        self, settings: Settings, detector: str, width: int, gateway: str | None, tflite: str | None = None
+    ) -> None:
         self.width, self.gateway = width, gateway.rstrip("/") if gateway else None
         self.min_confidence = settings.serving.min_confidence
         if self.gateway:
             self.described = f"the gateway at {self.gateway}"
         else:
             self.detector = make_face_detector(detector)
-            self.model = LocalModel(settings)
+            self.model = LocalModel(settings, tflite)
             self.described = f"{self.model.described}, faces by {detector}"
 
     def faces(self, bgr: np.ndarray) -> list[dict]:
@@ -119,6 +140,7 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
         prog="moodloop live",
         description="Find every face in a camera's or a video's frames, with its emotion, as they play.",
         epilog="Examples:\n  moodloop live --video clip.mp4 --out annotated.mp4\n  moodloop live --camera 0\n"
+        "  moodloop live --video clip.mp4 --tflite int8   # the edge model, as a device runs it\n"
         "  moodloop live --camera 0 --gateway http://127.0.0.1:8501   # through the running gateway",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -140,6 +162,11 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
     parser.add_argument(
         "--gateway", metavar="URL", help="classify through a running gateway, e.g. http://127.0.0.1:8501"
     )
+    parser.add_argument(
+        "--tflite",
+        choices=("float16", "int8"),
+        help="run the stable version's published edge file (TFLite on the LiteRT interpreter), not the SavedModel",
+    )
     parser.add_argument("--seconds", type=float, help="stop after this many seconds (a camera runs until q or Ctrl+C)")
     return parser.parse_args(argv)
 
@@ -155,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         what = f"video {args.video}" if args.video is not None else f"camera {args.camera}"
         print(f"error: OpenCV cannot open {what}", file=sys.stderr)
         return 2
-    analyser = Analyser(settings, args.detector, args.width, args.gateway)
+    if args.tflite and args.gateway:
+        print("error: --tflite runs the model here; --gateway sends frames to a server: choose one", file=sys.stderr)
+        return 2
+    analyser = Analyser(settings, args.detector, args.width, args.gateway, args.tflite)
     window = args.out is None and _window_available()
     out = args.out
     if not window and out is None:

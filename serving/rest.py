@@ -10,6 +10,7 @@ moodloop's own:
   POST /v1/faces:analyze    a photo (body or multipart "file") -> faces, boxes, emotions [?explain=1]
   POST /v1/videos:analyze   a video -> an emotions timeline per person
   POST /v1/feedback         {"request_id": ..., "label": ..., "instance": 0}
+  GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/edge[/{file}]   TFLite files for devices
   GET  /v1/panel            the model panel: versions, labels, share, latest gate and drift verdicts
   GET  /metrics             Prometheus (also /monitoring/prometheus/metrics, TF Serving's path)
   POST /admin/reload | /admin/promote | /admin/rollback, PUT /admin/traffic  (Bearer token)
@@ -42,6 +43,7 @@ from starlette.staticfiles import StaticFiles
 from moodloop import status
 from serving.backends import ServingError
 from serving.dataplane import Call, DataPlane
+from serving.edge_files import edge_file, edge_metadata
 from serving.faces import BadMediaError, analyze_photo, analyze_video
 from serving.panel import DRIFT_REPORT_PATH, GATE_IMAGE_PATH, model_panel, panel_file
 from serving.rest_codec import HTTP_STATUS, parse_predict_request, predict_response
@@ -189,6 +191,16 @@ class RestEndpoints:
     async def classify_or_regress(self, request: Request) -> Response:
         verb = request.url.path.rsplit(":", 1)[1]
         raise ServingError("UNIMPLEMENTED", f"{verb} is not offered: the emotion models use predict")
+
+    # edge models for devices
+    async def edge_metadata(self, request: Request) -> Response:
+        base_url = str(request.base_url).rstrip("/")
+        metadata = await self._in_thread(edge_metadata, self.dataplane, *_model_path(request), base_url)
+        return JSONResponse(metadata)
+
+    async def edge_file(self, request: Request) -> Response:
+        path = await self._in_thread(edge_file, self.dataplane, *_model_path(request), request.path_params["file"])
+        return FileResponse(path, media_type="application/octet-stream", filename=path.name)
 
     # face analysis
     async def faces(self, request: Request) -> Response:
@@ -380,6 +392,8 @@ def routes(endpoints: RestEndpoints) -> list[Route]:
     return [
         *(Route(path, endpoints.model_status, methods=["GET"]) for path in addressed),
         *(Route(path + "/metadata", endpoints.model_metadata, methods=["GET"]) for path in addressed),
+        *(Route(path + "/edge", endpoints.edge_metadata, methods=["GET"]) for path in addressed),
+        *(Route(path + "/edge/{file}", endpoints.edge_file, methods=["GET"]) for path in addressed),
         *(Route(path + ":predict", endpoints.predict, methods=["POST"]) for path in addressed),
         *(
             Route(path + ":" + verb, endpoints.classify_or_regress, methods=["POST"])

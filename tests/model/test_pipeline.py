@@ -107,7 +107,7 @@ def _check_edge_files(version: Path, out: str) -> None:
 
     import tensorflow as tf
 
-    from components.edge import EdgeModel
+    from moodloop.edge_runtime import EdgeModel
 
     edge = json.loads((version / "assets.extra" / "edge" / "edge.json").read_text())
     reported = {
