@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 EDGE_SOURCE_DIR = "Format-Edge"  # beside the Trainer's Format-Serving, inside its Model artifact
 KINDS = ("float16", "int8")
 PARITY_GOALS = {"float16": 0.99, "int8": 0.97}  # top-1 agreement with the SavedModel, overall and per emotion
+PARITY_ALPHA = 0.05  # per emotion: a shortfall this unlikely under the goal is real
 NEAR_TIE = 0.02  # a disagreement where the SavedModel's top two probabilities are this close is a near tie
 INPUT_NAME = "pixels"
 
@@ -158,7 +159,21 @@ def agreement(reference: np.ndarray, edge: np.ndarray, labels: np.ndarray) -> di
     }
 
 
+def below_goal_p_value(agreeing: int, faces: int, goal: float) -> float:
+    """One-sided exact binomial test: the chance of `agreeing` or fewer agreements in `faces` if the
+    file truly agreed at `goal`. Small: the shortfall is real, not the luck of a few faces."""
+    from scipy.stats import binom
+
+    return float(binom.cdf(agreeing, faces, goal))
+
+
 def parity_problems(kind: str, parity: dict) -> list[str]:
+    """Overall: the agreement must reach the goal. Per emotion: it must not fall short beyond
+    chance (p < PARITY_ALPHA). Why the test per emotion: a class with 32 held-out faces can only
+    show 100 % or at most 96.9 %, so one near tie would fail a 99 % point rule (measured: the float16
+    file of a 10k-face run agreed on 1999 of 2000 faces, the one miss a disgust face the SavedModel
+    itself scored within 0.02 between its top two). 31 of 32 at a 99 % goal: p = 0.27, kept;
+    176 of 188 at 97 %: p = 0.02, refused."""
     goal = PARITY_GOALS[kind]
     problems = []
     if parity["agreement"] < goal:
@@ -166,9 +181,13 @@ def parity_problems(kind: str, parity: dict) -> list[str]:
             f"agrees with the SavedModel on {parity['agreement']:.2%} of {parity['faces']} faces (goal {goal:.0%})"
         )
     for emotion, value in parity["per_class"].items():
-        if value["agreement"] < goal:
+        agreeing = round(value["agreement"] * value["faces"])
+        p_value = below_goal_p_value(agreeing, value["faces"], goal)
+        value["p_below_goal"] = p_value
+        if value["agreement"] < goal and p_value < PARITY_ALPHA:
             problems.append(
-                f"{emotion}: agrees on {value['agreement']:.2%} of {value['faces']} faces (goal {goal:.0%})"
+                f"{emotion}: agrees on {value['agreement']:.2%} of {value['faces']} faces, below the {goal:.0%} "
+                f"goal beyond chance (exact binomial p = {p_value:.3g} < {PARITY_ALPHA})"
             )
     return problems
 
