@@ -17,6 +17,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from moodloop import console
 from moodloop.contracts import EMOTIONS
+from moodloop.energy import EnergyReading, measured
 from moodloop.settings import Settings
 
 
@@ -36,6 +37,10 @@ class RunOutcome:
     # CPU seconds of this process per component (all its threads): steadier than wall time on a
     # machine whose speed swings (the same fit: 7-11 s wall, 11.6-12.3 s CPU)
     component_cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    component_energy: dict[str, EnergyReading] = dataclasses.field(default_factory=dict)  # moodloop/energy.py
+
+    def total_energy(self) -> EnergyReading:
+        return sum(self.component_energy.values(), EnergyReading())
 
 
 class _Progress:
@@ -45,10 +50,12 @@ class _Progress:
     is running" log lines are not reliable: Beam resets absl's verbosity in the middle of a run.)
     """
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, carbon_country: str = "USA"):
         self.total = total
+        self.carbon_country = carbon_country
         self.seconds: dict[str, float] = {}
         self.cpu_seconds: dict[str, float] = {}
+        self.energy: dict[str, EnergyReading] = {}
 
     @contextlib.contextmanager
     def installed(self):
@@ -61,12 +68,19 @@ class _Progress:
             node = launcher_self._pipeline_node.node_info.id
             print(f"[{len(progress.seconds) + 1:2d}/{progress.total}] {node} ...", file=sys.stdout, flush=True)
             started, cpu_started = time.monotonic(), time.process_time()
+            energy = EnergyReading(method="not measured")
             try:
-                return original(launcher_self)
+                with measured(progress.carbon_country) as energy:
+                    return original(launcher_self)
             finally:
                 progress.seconds[node] = time.monotonic() - started
                 progress.cpu_seconds[node] = time.process_time() - cpu_started
-                print(f"        {node} done in {progress.seconds[node]:.1f} s", file=sys.stdout, flush=True)
+                progress.energy[node] = energy
+                print(
+                    f"        {node} done in {progress.seconds[node]:.1f} s, {energy.joules:.0f} J",
+                    file=sys.stdout,
+                    flush=True,
+                )
 
         launcher.Launcher.launch = launch
         try:
@@ -94,7 +108,7 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
     log_file = log_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
     pipeline = create_pipeline(PipelineConfig.from_settings(settings, **train_overrides))
-    progress = _Progress(total=len(pipeline.components))
+    progress = _Progress(total=len(pipeline.components), carbon_country=settings.carbon_country)
     print(f"pipeline {settings.pipeline_name}: {len(pipeline.components)} components; full log: {log_file}", flush=True)
     start_ms = int(time.time() * 1000) - 1
     started = time.monotonic()
@@ -129,11 +143,16 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
         gate=json.loads((Path(gate_artifact.uri) / "gate_report.json").read_text()) if gate_artifact else None,
         gate_dir=gate_artifact.uri if gate_artifact else None,
         component_cpu_seconds=progress.cpu_seconds,
+        component_energy=progress.energy,
     )
 
 
 def describe(outcome: RunOutcome) -> str:
     lines = [f"pipeline finished in {outcome.seconds:.0f} s"]
+    if outcome.component_energy:
+        total = outcome.total_energy()
+        top = sorted(outcome.component_energy.items(), key=lambda kv: -kv[1].kwh)[:4]
+        lines.append(f"energy: {total.summary()}; most in " + ", ".join(f"{node} {e.joules:.0f} J" for node, e in top))
     report = outcome.report or {}
     if report.get("accuracy") is not None:
         change = report.get("accuracy_change_vs_champion")

@@ -25,7 +25,8 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from moodloop import console
-from moodloop.files import atomic_write_bytes
+from moodloop.energy import measured
+from moodloop.files import atomic_write_bytes, atomic_write_text
 from moodloop.settings import REPO_ROOT, Settings
 
 console.quiet_console()  # before TensorFlow is imported (see moodloop/console.py)
@@ -129,14 +130,18 @@ def run_node(settings: Settings, run_id: str, node_id: str) -> int:
 
     print(f"{node_id}: running (run {run_id})", flush=True)
     started = time.monotonic()
-    launcher.Launcher(
-        pipeline_node=node,
-        mlmd_connection=metadata.Metadata(connection),
-        pipeline_info=ir.pipeline_info,
-        pipeline_runtime_spec=ir.runtime_spec,
-        executor_spec=runner_utils.extract_executor_spec(deployment, node_id),
-        custom_driver_spec=runner_utils.extract_custom_driver_spec(deployment, node_id),
-    ).launch()
+    with measured(settings.carbon_country) as energy:
+        launcher.Launcher(
+            pipeline_node=node,
+            mlmd_connection=metadata.Metadata(connection),
+            pipeline_info=ir.pipeline_info,
+            pipeline_runtime_spec=ir.runtime_spec,
+            executor_spec=runner_utils.extract_executor_spec(deployment, node_id),
+            custom_driver_spec=runner_utils.extract_custom_driver_spec(deployment, node_id),
+        ).launch()
+    print(f"{node_id}: energy {energy.summary()}", flush=True)
+    # One file per component: the run's total is their sum (the model card reads them).
+    atomic_write_text(run_dir(settings, run_id) / "energy" / f"{node_id}.json", json.dumps(energy.as_dict()))
 
     with metadata.Metadata(connection) as mlmd:
         executions = _node_executions(mlmd, pipeline_name, run_id, node_id)

@@ -217,6 +217,7 @@ class Settings:
     traffic_file: Path = setting("MOODLOOP_TRAFFIC_FILE", under_home="serving/traffic.json")  # re-read live
     corrections_dir: Path = setting("MOODLOOP_CORRECTIONS_DIR", under_home="serving/corrections")  # until a batch
     status_dir: Path = setting("MOODLOOP_STATUS_DIR", under_home="status")  # latest gate / drift verdicts
+    carbon_country: str = setting("MOODLOOP_CARBON_COUNTRY", "USA")  # ISO 3166 alpha-3: the grid mix for CO2e
     batching_config: Path = setting("MOODLOOP_BATCHING_CONFIG", REPO_ROOT / "serving" / "config" / "batching.config")
     inference_log_url: str = setting("MOODLOOP_INFERENCE_LOG_URL", "")  # folder or s3://; "" = <home>/inference_log
     training: TrainingSettings

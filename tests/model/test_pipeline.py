@@ -85,6 +85,10 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     assert Path(confusion_png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     _check_edge_files(settings.model_base / versions[0], out)
+    # Energy per component and in total (moodloop/energy.py), and how it was obtained.
+    energy = next(line for line in out.splitlines() if line.startswith("energy: "))
+    assert " J (" in energy and "kWh" in energy and "g CO2e" in energy and "Trainer" in energy, energy
+    assert "RAPL" in energy or "codecarbon estimate" in energy
 
     model = tf.saved_model.load(str(settings.model_base / versions[0]))
     pixels, labels = synthetic.generate_arrays(400, seed=HELD_OUT_SEED)
