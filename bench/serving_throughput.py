@@ -4,8 +4,9 @@ Baseline (the limit): the same SavedModel called in-process through its `serving
 signature on batches of `max_batch_size` encoded faces, no server, no network, no logging.
 Measured: one face per request, sent by N concurrent clients to the gateway (a separate process,
 embedded backend, dynamic batching and inference log on) over REST (JSON + b64) and gRPC
-(tensorflow-serving-api's stub). Prints requests/s, p50/p99 latency and the ratio
-gateway throughput / baseline throughput at each concurrency.
+(tensorflow-serving-api's stub). Prints requests/s, p50/p99 latency, the energy per 1,000
+requests (codecarbon, the whole machine: client and gateway) and the ratio gateway throughput /
+baseline throughput at each concurrency.
 
   .venv/pipeline/bin/python bench/serving_throughput.py [--model-dir DIR] [--concurrency 1 8 32]
 
@@ -34,6 +35,8 @@ from PIL import Image
 
 from bench.gateway_process import start_gateway
 from data import synthetic
+from moodloop.energy import measured
+from moodloop.settings import Settings
 from serving.batching import BatchingParameters
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,6 +119,7 @@ def main() -> int:
     faces = encoded_faces(256)
     batch = BatchingParameters.read(REPO / "serving" / "config" / "batching.config").max_batch_size
 
+    country = Settings.from_env().carbon_country
     limit = baseline(model_base / "1", faces, batch, args.seconds)
     single = baseline(model_base / "1", faces, 1, args.seconds / 2)
     print(f"baseline: raw in-process serving_default, batches of {batch}: {limit:8.1f} faces/s")
@@ -151,16 +155,21 @@ def main() -> int:
         for _ in range(20):  # warm both paths
             rest(0, 0)
             grpc_call(0, 0)
-        print(f"\n{'api':<5} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  ratio to baseline")
+        header = f"{'api':<5} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'J/1k':>7}"
+        print(f"\n{header}  ratio to baseline")
         for api, send in (("REST", rest), ("gRPC", grpc_call)):
             for clients in args.concurrency:
                 per_client = max(1, args.requests // clients)
-                throughput, latencies, errors = load(send, clients, per_client)
+                with measured(country, whole_machine=True) as energy:
+                    throughput, latencies, errors = load(send, clients, per_client)
                 p50, p99 = (np.percentile(latencies, q) * 1000 for q in (50, 99))
+                per_thousand = energy.joules / max(1, len(latencies)) * 1000
                 print(
-                    f"{api:<5} {clients:>7} {throughput:>8.1f} {p50:>8.1f} {p99:>8.1f} {errors:>6}  "
-                    f"{throughput / limit:.2f}x  (gateway {throughput:.0f} req/s / raw batched {limit:.0f} faces/s)"
+                    f"{api:<5} {clients:>7} {throughput:>8.1f} {p50:>8.1f} {p99:>8.1f} {errors:>6} "
+                    f"{per_thousand:>7.0f}  {throughput / limit:.2f}x  "
+                    f"(gateway {throughput:.0f} req/s / raw batched {limit:.0f} faces/s)"
                 )
+        print(f"J/1k: joules per 1,000 answered requests, the whole machine (client and gateway): {energy.method}")
         channel.close()
     finally:
         process.terminate()
