@@ -303,13 +303,13 @@ def ABGate(
         json.dump(result, fh, indent=1)
     plots.gate_report(result, os.path.join(report.uri, GATE_REPORT_PNG))
     if status_dir:
-        latest = {
-            k: result.get(k) for k in ("verdict", "reasons", "examples", "candidate_accuracy", "champion_accuracy")
-        }
-        latest["candidate"] = model.uri
-        status.write_status(
-            status_dir, status.GATE, latest, {status.GATE_IMAGE: os.path.join(report.uri, GATE_REPORT_PNG)}
-        )
+        shown = ("verdict", "reasons", "examples", "candidate_accuracy", "champion_accuracy")
+        latest = {key: result.get(key) for key in shown} | {"candidate": model.uri}
+        try:
+            picture = {status.GATE_IMAGE: os.path.join(report.uri, GATE_REPORT_PNG)}
+            status.write_status(status_dir, status.GATE, latest, picture)
+        except OSError as error:  # the page's panel misses a verdict; the blessing does not depend on it
+            log.error(f"could not record the gate verdict for the model panel: {error}")
     # The ModelBlessing contract the Pusher and LatestBlessedModelStrategy read (as the Evaluator writes it).
     blessing.set_int_custom_property("blessed", int(result["blessed"]))
     blessing.set_string_custom_property("current_model", model.uri)

@@ -235,7 +235,12 @@ def _load_keras(path: Path, embedding_layer: str | None) -> Classifier:
         return hidden, scores
 
     explained = explain.explained_layer(model)
-    explainer = keras.Model(model.inputs, [explained.output, model.outputs[0]]) if explained is not None else None
+    try:
+        explainer = keras.Model(model.inputs, [explained.output, model.outputs[0]]) if explained is not None else None
+    except Exception as error:  # noqa: BLE001 - e.g. a layer used twice: say which, as for the embedding
+        raise AdoptError(
+            f"{path}: cannot explain from layer {explained.name!r} ({type(error).__name__}: {error})"
+        ) from None
 
     def explain_maps(x):
         return explainer(x, training=False) if explainer is not None else (x, model(x, training=False))

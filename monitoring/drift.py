@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from moodloop.contracts import (
     REFERENCE_PROFILE,
 )
 from moodloop.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PROPERTY_COLUMNS = ("brightness", "contrast", "sharpness")
 PREDICTION_COLUMNS = ("confidence",)
@@ -307,12 +310,16 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
                 result.retrain = retrain(settings, conf)
                 state["last_retrain"] = now
     state["last_end"] = info["until"]
-    latest = {"outcome": result.outcome, "reasons": result.reasons, "window": info, "retrain": result.retrain}
-    latest["drift_share"] = result.drift.get("drift_share")
-    report = {status.DRIFT_REPORT: result.report_html} if result.report_html else {}
-    status.write_status(settings.status_dir, status.DRIFT, latest, report)
     state_path.parent.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps(state, indent=1))
+    latest = {"outcome": result.outcome, "reasons": result.reasons, "window": info, "retrain": result.retrain}
+    latest["drift_share"] = result.drift.get("drift_share")
+    latest["report"] = status.DRIFT_REPORT if result.report_html else None  # this window's, or none
+    report = {status.DRIFT_REPORT: result.report_html} if result.report_html else {}
+    try:
+        status.write_status(settings.status_dir, status.DRIFT, latest, report)
+    except OSError as error:  # the page's panel misses a verdict; the drift decision stands
+        log.error(f"could not record the drift verdict for the model panel: {error}")
     with (state_path.parent / "drift_decisions.jsonl").open("a") as fh:
         fh.write(json.dumps({"time": now, **result.as_dict()}, default=str) + "\n")
     return result

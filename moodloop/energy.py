@@ -54,14 +54,15 @@ def _method(tracker) -> str:
     modes = {type(h).__name__: getattr(h, "_mode", None) for h in getattr(tracker, "_hardware", [])}
     cpu = modes.get("CPU")
     if cpu == "intel_rapl":
-        return "RAPL"
+        return "RAPL (the whole CPU package: work running beside it counts too)"
     return f"codecarbon estimate: CPU {cpu or 'constant'} (TDP x load), RAM by size; no RAPL readable here"
 
 
 @contextlib.contextmanager
 def measured(country: str = "USA", whole_machine: bool = False) -> Iterator[EnergyReading]:
     """Measure the block's energy into the yielded reading (filled when the block ends).
-    `whole_machine`: every process (a benchmark's client and server); else this process only."""
+    `whole_machine`: every process (a benchmark's client and server); else this process's share
+    of the estimate (with RAPL, the counters cover the whole CPU package either way)."""
     reading = EnergyReading()
     try:
         from codecarbon import OfflineEmissionsTracker
@@ -87,9 +88,12 @@ def measured(country: str = "USA", whole_machine: bool = False) -> Iterator[Ener
     try:
         yield reading
     finally:
-        emissions = tracker.stop() or 0.0
-        data = tracker.final_emissions_data
-        reading.kwh = float(getattr(data, "energy_consumed", 0.0) or 0.0)
-        reading.co2e_kg = float(emissions)
-        reading.seconds = float(getattr(data, "duration", 0.0) or 0.0)
-        reading.method = _method(tracker)
+        try:
+            emissions = tracker.stop() or 0.0
+            data = tracker.final_emissions_data
+            reading.kwh = float(getattr(data, "energy_consumed", 0.0) or 0.0)
+            reading.co2e_kg = float(emissions)
+            reading.seconds = float(getattr(data, "duration", 0.0) or 0.0)
+            reading.method = _method(tracker)
+        except Exception as error:  # noqa: BLE001 - measuring must never stop the work it measures
+            reading.method = f"not measured ({type(error).__name__}: {error})"

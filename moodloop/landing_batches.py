@@ -1,6 +1,8 @@
 """Delivering a batch to the landing zone (the landing-batch contract's writer side, for writers
 outside the data stage: the gateway's corrected faces). The batch appears whole: in a local zone
-it is written under a hidden name and renamed; in S3 the READY_MARKER is put after every file.
+it is written under a hidden name and renamed; in S3 the READY_MARKER is put after every file
+(a batch left half-written by a failed upload is rewritten whole by the retry, under the same
+name, before the landing zone's settle time has passed).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from moodloop.settings import Settings, s3_client
 
 
 def deliver_batch(settings: Settings, name: str, files: dict[str, bytes]) -> str:
-    """Write `files` (relative path -> content) as landing batch `name`; returns where it is."""
+    """Write `files` (relative path -> content) as landing batch `name`; returns where it is.
+    Delivering the same name again rewrites the same batch (S3) or finds it there (local): a
+    retry never makes a second batch."""
     if not name or "/" in name or name.startswith((".", "_")):
         raise ValueError(f"a batch name is one visible path segment, got {name!r}")
     if settings.landing_url.startswith("s3://"):
@@ -25,8 +29,8 @@ def deliver_batch(settings: Settings, name: str, files: dict[str, bytes]) -> str
         client.put_object(Bucket=bucket, Key=f"landing/{name}/{READY_MARKER}", Body=b"")
         return f"s3://{bucket}/landing/{name}"
     target = Path(settings.landing_dir) / name
-    if target.exists():
-        raise FileExistsError(f"a batch named {name!r} is already in the landing zone")
+    if target.exists():  # delivered before (a retry after the journal failed): the same faces
+        return str(target)
     staging = target.with_name(f".{name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     for rel, content in files.items():

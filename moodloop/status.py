@@ -15,7 +15,7 @@ from typing import Any
 from moodloop.files import atomic_write_text
 
 GATE = "gate"  # {"verdict", "reasons", "candidate_accuracy", "champion_accuracy", "time"}; gate.png
-DRIFT = "drift"  # {"outcome", "reasons", "drift_share", "report_html", "time"}; drift.html
+DRIFT = "drift"  # {"outcome", "reasons", "drift_share", "report": "drift.html" or None, "time"}; drift.html
 GATE_IMAGE = "gate.png"
 DRIFT_REPORT = "drift.html"
 

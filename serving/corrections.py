@@ -10,8 +10,7 @@ gathers labelled crops on disk (nothing is lost on a restart) and delivers the b
 
 from __future__ import annotations
 
-import csv
-import io
+import hashlib
 import json
 import logging
 import threading
@@ -55,19 +54,29 @@ class RecentFaces:
 
 class Corrections:
     """Labelled face crops gathered under `<corrections_dir>/pending/` (one PNG per face; a face
-    labelled again keeps its last label), delivered as landing batch `corrections-<time>` once
-    `per_batch` have gathered; `delivered.jsonl` lists the batches sent."""
+    labelled again keeps its last label). Once `per_batch` have gathered, one background worker
+    delivers them as landing batch `corrections-<id>` (the id is a digest of the faces in it, so a
+    retried delivery rewrites the same batch instead of making another); `delivered.jsonl` lists
+    the batches sent. The request that completes a batch does not wait for the landing zone."""
 
-    def __init__(self, settings: Settings, deliver: Callable[[Settings, str, dict[str, bytes]], str] = deliver_batch):
+    def __init__(
+        self,
+        settings: Settings,
+        deliver: Callable[[Settings, str, dict[str, bytes]], str] = deliver_batch,
+        background: bool = True,  # False: the caller runs deliver_pending (tests)
+    ):
         self.settings = settings
+        self.background = background
         self.per_batch = settings.serving.corrections_per_batch
         self.folder = Path(settings.corrections_dir)
         self.pending_dir = self.folder / "pending"
         self._deliver = deliver
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the pending folder's files
+        self._delivering = threading.Lock()  # one delivery at a time
+        self.last_error = ""
 
-    def add(self, crop: np.ndarray, label: str, request_id: str, instance: int) -> str | None:
-        """Keep one labelled face; returns where the batch went when this face completed one."""
+    def add(self, crop: np.ndarray, label: str, request_id: str, instance: int) -> bool:
+        """Keep one labelled face; True when it completed a batch (now on its way to the landing zone)."""
         if label not in EMOTIONS:
             raise ValueError(f"label {label!r} is not an emotion")
         ok, png = cv2.imencode(".png", np.asarray(crop, np.uint8))
@@ -76,54 +85,76 @@ class Corrections:
         with self._lock:
             self.pending_dir.mkdir(parents=True, exist_ok=True)
             face_id = f"{request_id}-{instance}"
-            for earlier in self.pending_dir.glob(f"*__{face_id}.png"):  # relabelled: the last word counts
-                earlier.unlink()
-            staging = self.pending_dir / f".{label}__{face_id}.png"
+            for earlier in self._pending():
+                if earlier.stem.split("__", 1)[1] == face_id:  # relabelled: the last word counts
+                    earlier.unlink()
+            staging = self.folder / f".{label}__{face_id}.png"  # outside pending/: never taken half-written
             staging.write_bytes(png.tobytes())
             staging.replace(self.pending_dir / f"{label}__{face_id}.png")
-            pending = self._pending()
-            if len(pending) < self.per_batch:
-                return None
-            try:
-                return self._deliver_pending(pending)
-            except Exception as error:  # noqa: BLE001 - the faces are safe on disk; the next correction retries
-                log.error(
-                    f"{len(pending)} corrected faces could not go to the landing zone ({type(error).__name__}: "
-                    f"{error}); they stay in {self.pending_dir} and the next correction tries again"
-                )
-                return None
+            full = len(self._pending()) >= self.per_batch
+        if full and self.background:
+            threading.Thread(target=self.deliver_pending, name="corrections-delivery", daemon=True).start()
+        return full
 
     def _pending(self) -> list[Path]:
-        return sorted(self.pending_dir.glob("*__*.png")) if self.pending_dir.is_dir() else []
+        if not self.pending_dir.is_dir():
+            return []
+        return sorted(p for p in self.pending_dir.glob("*__*.png") if not p.name.startswith("."))
 
-    def _deliver_pending(self, pending: list[Path]) -> str:
-        rows = io.StringIO()
-        writer = csv.writer(rows, lineterminator="\n")
-        writer.writerow(["file", "label"])
-        files: dict[str, bytes] = {}
-        for path in pending:
-            label, face_id = path.stem.split("__", 1)
-            files[f"faces/{face_id}.png"] = path.read_bytes()
-            writer.writerow([f"faces/{face_id}.png", label])
-        files[LABELS_FILE] = rows.getvalue().encode()
-        name = f"{BATCH_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{len(pending)}"
-        where = self._deliver(self.settings, name, files)
-        with (self.folder / "delivered.jsonl").open("a") as fh:
-            fh.write(json.dumps({"time": time.time(), "batch": name, "faces": len(pending), "where": where}) + "\n")
-        for path in pending:  # only once the batch is in the landing zone
-            path.unlink()
-        return where
+    def deliver_pending(self) -> str | None:
+        """Send the gathered faces as one landing batch; None when there were too few, another
+        delivery is running, or the landing zone refused (the faces stay; the next try sends them)."""
+        if not self._delivering.acquire(blocking=False):
+            return None
+        try:
+            with self._lock:
+                pending = self._pending()
+                if len(pending) < self.per_batch:
+                    return None
+                files, rows = {}, ["file,label"]
+                for path in pending:
+                    label, face_id = path.stem.split("__", 1)
+                    files[f"faces/{face_id}.png"] = path.read_bytes()
+                    rows.append(f"faces/{face_id}.png,{label}")
+                files[LABELS_FILE] = ("\n".join(rows) + "\n").encode()
+            digest = hashlib.sha256("\n".join(p.name for p in pending).encode()).hexdigest()[:12]
+            name = f"{BATCH_PREFIX}{digest}-{len(pending)}"
+            try:
+                where = self._deliver(self.settings, name, files)
+            except Exception as error:  # noqa: BLE001 - the faces are safe on disk; the next correction retries
+                self.last_error = f"{type(error).__name__}: {error}"
+                log.error(
+                    f"{len(pending)} corrected faces could not go to the landing zone ({self.last_error}); "
+                    f"they stay in {self.pending_dir} and the next correction tries again"
+                )
+                return None
+            self.last_error = ""
+            with self._lock:
+                for path in pending:  # only once the batch is in the landing zone
+                    path.unlink(missing_ok=True)
+            record = {"time": time.time(), "batch": name, "faces": len(pending), "where": where}
+            with (self.folder / "delivered.jsonl").open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            log.info(f"{len(pending)} corrected faces delivered to the landing zone as {where}")
+            return where
+        finally:
+            self._delivering.release()
 
     def counts(self) -> dict:
         """For the model panel: faces waiting, the batch size, and the batches sent so far."""
         delivered = []
-        log = self.folder / "delivered.jsonl"
-        if log.is_file():
-            delivered = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        journal = self.folder / "delivered.jsonl"
+        if journal.is_file():
+            for line in journal.read_text().splitlines():
+                try:
+                    delivered.append(json.loads(line))
+                except ValueError:  # a line torn by a crash: the others still count
+                    continue
         return {
             "pending": len(self._pending()),
             "per_batch": self.per_batch,
             "delivered_batches": len(delivered),
-            "delivered_faces": sum(d["faces"] for d in delivered),
+            "delivered_faces": sum(int(d.get("faces", 0)) for d in delivered),
             "last_batch": delivered[-1] if delivered else None,
+            **({"last_error": self.last_error} if self.last_error else {}),
         }

@@ -56,8 +56,9 @@ class FaceClassifier:
     of the split; the explanation from the version that classified), and instances numbered
     across frames, so feedback names exactly one face."""
 
-    def __init__(self, dataplane: DataPlane, call: Call) -> None:
+    def __init__(self, dataplane: DataPlane, call: Call, keep_faces: bool = True) -> None:
         self._dataplane = dataplane
+        self.keep_faces = keep_faces  # for corrections; not for video frames or live webcam frames
         version, label = dataplane.route(call)
         self._call = Call(call.api, call.model, version, label, SIGNATURE_PIXELS, call.client_id, call.request_id)
         self._served_version: int | None = None
@@ -65,17 +66,26 @@ class FaceClassifier:
 
     def __call__(self, crops: np.ndarray, context: list[dict]) -> np.ndarray:
         served, outputs = self._dataplane.predict(self._call, {"pixels": crops}, context, self._faces_so_far)
-        self._dataplane.recent_faces.add(self._call.request_id, self._faces_so_far, crops)
+        if self.keep_faces:
+            self._dataplane.recent_faces.add(self._call.request_id, self._faces_so_far, crops)
         self._served_version = served
         self._faces_so_far += len(crops)
         return outputs[OUTPUT_PROBABILITIES]
 
-    def explain(self, crops: np.ndarray) -> np.ndarray:
+    def explain(self, crops: np.ndarray) -> np.ndarray | None:
+        """None when the version cannot explain (exported before serving_explain existed, or gone
+        since it classified): the faces are still answered, without heatmaps."""
         call = self._call
         if self._served_version is not None:
             call = dataclasses.replace(call, version=self._served_version, label=None)
-        _, outputs = self._dataplane.predict(dataclasses.replace(call, signature=SIGNATURE_EXPLAIN), {"pixels": crops})
-        return outputs[OUTPUT_HEATMAP]
+        try:
+            _, outputs = self._dataplane.predict(
+                dataclasses.replace(call, signature=SIGNATURE_EXPLAIN), {"pixels": crops}
+            )
+        except ServingError as error:
+            log.warning(f"no explanation from version {call.version}: {error.message}")
+            return None
+        return outputs.get(OUTPUT_HEATMAP)
 
 
 class DataPlane:
@@ -168,9 +178,9 @@ class DataPlane:
         self.metrics.log_written.set(self.inference_log.written)
         self.metrics.log_write_errors.set(self.inference_log.write_errors)
 
-    def classifier(self, call: Call) -> FaceClassifier:
+    def classifier(self, call: Call, keep_faces: bool = True) -> FaceClassifier:
         """A face classifier for photo/video analysis: crops [N,48,48] -> probabilities [N,7]."""
-        return FaceClassifier(self, call)
+        return FaceClassifier(self, call, keep_faces)
 
     def feedback(self, request_id: str, label: str | int, instance: int = 0) -> tuple[Feedback, dict]:
         """Log the true label of a prediction (the canary analysis and the drift job read it); when
@@ -188,16 +198,15 @@ class DataPlane:
         if not self.inference_log.log(record):
             raise ServingError("RESOURCE_EXHAUSTED", "the log buffer is full; retry the feedback later")
         crop = self.recent_faces.get(request_id, int(instance))
-        face = {"kept": crop is not None}
-        if crop is not None:
+        face: dict = {"kept": crop is not None}
+        if crop is None:
+            face["why"] = "only faces of recent photo analyses are kept (not video or live frames)"
+        else:
             try:
-                delivered = self.corrections.add(crop, name, request_id, int(instance))
+                face["batch_complete"] = self.corrections.add(crop, name, request_id, int(instance))
             except OSError as error:  # the label is logged; only the copy for training failed
                 log.error(f"could not keep the corrected face {request_id}/{instance}: {error}")
-                face = {"kept": False, "error": "the face could not be stored for training; the label is logged"}
-            else:
-                if delivered:
-                    face["delivered_batch"] = delivered
+                face = {"kept": False, "why": "the face could not be stored for training; the label is logged"}
         return record, face | {"corrections": self.corrections.counts()}
 
     # admin (token-protected by the transports)

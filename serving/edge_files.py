@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from moodloop import models_config
 from moodloop.contracts import EDGE_DIR, EDGE_METADATA
 from serving.backends import ServingError
 from serving.dataplane import DataPlane
@@ -24,9 +25,10 @@ def edge_folder(dataplane: DataPlane, model: str, version: int | None, label: st
         labels = dataplane.backend.labels(model)
         if label is not None and label not in labels:
             raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
-        version = labels.get(label) if label is not None else None
-        if version is None:  # no label asked: the newest version on disk
-            on_disk = sorted(int(p.name) for p in Path(settings.model_base).iterdir() if p.name.isdigit())
+        # No label asked: what users get, `stable` (else the newest version), as `moodloop live` picks.
+        version = labels.get(label or "stable")
+        if version is None:
+            on_disk = models_config.version_folders(Path(settings.model_base))
             if not on_disk:
                 raise ServingError("NOT_FOUND", f"no version of {model} yet")
             version = on_disk[-1]

@@ -271,10 +271,12 @@ def crop_matrix(face: Face, size: int = FACE_SIZE) -> np.ndarray:
 
 
 HEATMAP_BLUR = 2.0  # pixels of the 48x48 face
+HEATMAP_MAX_SIDE = 256  # the PNG's longer side at most: the page scales it to the box anyway
 
 
 def heatmap_over_box(heatmap: np.ndarray, face: Face) -> bytes:
-    """A face's 48x48 heatmap (0..1) as a PNG the size of its box, to lay over the photo at the box:
+    """A face's 48x48 heatmap (0..1) as a PNG the shape of its box (its size, up to HEATMAP_MAX_SIDE),
+    to lay over the photo at the box:
     smoothed, warped back through the crop's alignment (the crop may be rotated), coloured (jet: blue low,
     red high) and transparent where the heat is low (below 15 % of the face's peak)."""
     # The model's map is as fine as its layer (24-32 px): a scatter of hot pixels on a lip or an
@@ -283,10 +285,13 @@ def heatmap_over_box(heatmap: np.ndarray, face: Face) -> bytes:
     heatmap = heatmap / max(float(heatmap.max()), 1e-12)
     box_to_crop = crop_matrix(face)
     box_to_crop = np.hstack([box_to_crop[:, :2], box_to_crop[:, :2] @ [[face.x], [face.y]] + box_to_crop[:, 2:]])
+    shrink = min(1.0, HEATMAP_MAX_SIDE / max(face.width, face.height))  # PNG pixel -> box pixel: / shrink
+    png_to_crop = np.hstack([box_to_crop[:, :2] / shrink, box_to_crop[:, 2:]])
+    size = (max(1, round(face.width * shrink)), max(1, round(face.height * shrink)))
     heat = cv2.warpAffine(
         heatmap,
-        box_to_crop,
-        (face.width, face.height),
+        png_to_crop,
+        size,
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
@@ -336,8 +341,9 @@ def analyze_photo(
     crops = crop_faces(grey, faces)
     probabilities = classify(crops, context) if faces else np.zeros((0, len(EMOTIONS)))
     faces_found = face_results(faces, probabilities, min_confidence)
-    if explain and faces:
-        for face, result, heatmap in zip(faces, faces_found, classify.explain(crops), strict=True):
+    heatmaps = classify.explain(crops) if explain and faces else None
+    if heatmaps is not None:  # None: this version cannot explain; the faces are answered without
+        for face, result, heatmap in zip(faces, faces_found, heatmaps, strict=True):
             result["heatmap"] = base64.b64encode(heatmap_over_box(heatmap, face)).decode()
     result = {"width": int(grey.shape[1]), "height": int(grey.shape[0]), "faces": faces_found}
     image = None

@@ -135,6 +135,13 @@ def _window_available() -> bool:
     return True
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a width: use a number of pixels above 0")
+    return value
+
+
 def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="moodloop live",
@@ -151,7 +158,7 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
         "--out", type=Path, metavar="FILE", help="write the annotated frames as an MP4 (default without a window)"
     )
     parser.add_argument(
-        "--width", type=int, default=320, help="detect faces on frames downscaled to this width (default 320)"
+        "--width", type=_positive, default=320, help="detect faces on frames downscaled to this width (default 320)"
     )
     parser.add_argument(
         "--detector",

@@ -37,8 +37,9 @@ def model_panel(dataplane: DataPlane) -> dict:
     if gate is not None and status.status_file(settings.status_dir, status.GATE_IMAGE):
         gate["image"] = GATE_IMAGE_PATH
     drift = status.read_status(settings.status_dir, status.DRIFT)
-    if drift is not None and status.status_file(settings.status_dir, status.DRIFT_REPORT):
-        drift["report"] = DRIFT_REPORT_PATH
+    if drift is not None:  # the link only when this verdict came with its own report
+        has_report = drift.get("report") and status.status_file(settings.status_dir, status.DRIFT_REPORT)
+        drift["report"] = DRIFT_REPORT_PATH if has_report else None
     return {
         "model": model,
         "versions": versions,

@@ -272,7 +272,10 @@ class RestEndpoints:
         call = Call(api, self.settings.model_name, None, None, "", _client_id(request), self.dataplane.new_request_id())
         data = await self._upload(request)
         try:
-            result, media = await analyze(data, self.dataplane.classifier(call), _flag(request, "annotate"))
+            # Photos keep their face crops for corrections; videos and live webcam frames (live=1) do not.
+            keep_faces = api == "faces" and not _flag(request, "live")
+            classify = self.dataplane.classifier(call, keep_faces)
+            result, media = await analyze(data, classify, _flag(request, "annotate"))
         except ValueError as error:  # what the decoders say of a broken or hostile file
             raise BadMediaError(str(error)) from error
         headers = {"x-request-id": call.request_id}

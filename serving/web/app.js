@@ -158,7 +158,7 @@ async function sendCorrection(requestId, instance, emotion, status) {
     const counts = answer.face.corrections;
     status.textContent = answer.face.kept
       ? `thanks: kept for training (${counts.pending} of ${counts.per_batch} for the next batch)` +
-        (answer.face.delivered_batch ? "; a batch went to the landing zone" : "")
+        (answer.face.batch_complete ? "; a batch is on its way to the landing zone" : "")
       : "thanks: the label is logged";
     refreshPanel();
   } catch (error) {
@@ -307,13 +307,30 @@ function download(blob, name) {
   link.click();
 }
 
+// The same columns as the gateway's format=csv (serving/tracking.py), from the result at hand:
+// asking the gateway again would analyse (and log) the whole video a second time.
+function timelineCsv(result) {
+  const columns = ["time", "frame", "person", "emotion", "confidence", "uncertain", "smoothed_emotion",
+    "x", "y", "width", "height", ...EMOTIONS.map((e) => "prob_" + e)];
+  const rows = [columns.join(",")];
+  for (const entry of result.timeline) {
+    for (const face of entry.faces) {
+      const b = face.box;
+      rows.push([entry.time, entry.frame, face.person, face.emotion, face.confidence, face.uncertain ? "True" : "False",
+        face.smoothed_emotion || "", b.x, b.y, b.width, b.height,
+        ...EMOTIONS.map((e) => face.probabilities[e])].join(","));
+    }
+  }
+  return rows.join("\n") + "\n";
+}
+
 async function downloadVideo(kind) {
   clearError();
   try {
     if (kind === "json") {
       download(new Blob([JSON.stringify(videoResult, null, 1)], { type: "application/json" }), "timeline.json");
     } else if (kind === "csv") {
-      download(await (await postVideo("&format=csv")).blob(), "timeline.csv");
+      download(new Blob([timelineCsv(videoResult)], { type: "text/csv" }), "timeline.csv");
     } else {
       download(await (await postVideo("&annotate=1")).blob(), "annotated.mp4");
     }
@@ -381,7 +398,7 @@ async function analyzeLiveFrame() {
     const width = Math.min(Number($("webcam-width").value), video.videoWidth);
     const frame = await frameBlob(video, width);
     live.lastBytes = frame.blob.size;
-    const result = await analyzeImage(frame.blob);
+    const result = await analyzeImage(frame.blob, "?live=1"); // live frames are not kept for corrections
     if (!live.running) return;
     live.frames += 1;
     live.faces = result.faces.length;

@@ -124,8 +124,8 @@ def test_the_fer_model_is_pushed_stable_and_served_answers_like_the_raw_keras_mo
         crops: list[np.ndarray] = []
         classifier = running.dataplane.classifier
 
-        def recording(call):
-            classify = classifier(call)
+        def recording(call, keep_faces=True):
+            classify = classifier(call, keep_faces)
 
             def wrapped(faces, context):
                 crops.append(np.array(faces))

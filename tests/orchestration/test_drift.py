@@ -95,7 +95,7 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
     assert "cool-down" in results[1].retrain["suppressed"]
     # The latest verdict, for the faces page's model panel (moodloop/status.py), with its report.
     latest = status.read_status(settings.status_dir, status.DRIFT)
-    assert latest["outcome"] == "drift" and latest["drift_share"] >= settings.drift.share
+    assert latest["outcome"] == "drift" and latest["drift_share"] >= settings.drift.share and latest["report"]
     report = status.status_file(settings.status_dir, status.DRIFT_REPORT)
     assert report.read_bytes() == Path(results[1].report_html).read_bytes()
 
@@ -111,7 +111,8 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
 
     waiting = drift.run_window(settings, now=t + 7300, retrain=retrain)
     assert waiting.outcome == "waiting"
-    assert status.read_status(settings.status_dir, status.DRIFT)["outcome"] == "incident"  # waiting is no verdict
+    latest = status.read_status(settings.status_dir, status.DRIFT)
+    assert latest["outcome"] == "incident" and latest["report"] is None  # waiting is no verdict; no report here
 
     from evidently.ui.workspace import Workspace
 

@@ -251,3 +251,19 @@ def test_the_gateway_builds_one_detector_per_thread(tmp_path):
         thread.join()
     assert dataplane.detector is dataplane.detector and isinstance(dataplane.detector, HaarFaceDetector)
     assert len({id(d) for d in seen + [dataplane.detector]}) == 4
+
+
+def test_a_model_that_cannot_explain_still_answers_every_face(mtcnn, media):
+    """A version exported before serving_explain existed: explain=1 gives the faces, without heatmaps."""
+    from serving.faces import analyze_photo
+
+    class Unexplained:
+        def __call__(self, crops, context):
+            return np.full((len(crops), 7), 1 / 7)
+
+        def explain(self, crops):
+            return None  # what FaceClassifier.explain answers when the signature is not there
+
+    photo = (media / MULTI_FACE).read_bytes()
+    result, _ = analyze_photo(photo, mtcnn, Unexplained(), 40_000_000, explain=True)
+    assert len(result["faces"]) == 5 and all("heatmap" not in face for face in result["faces"])

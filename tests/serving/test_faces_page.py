@@ -7,10 +7,12 @@ test artifacts (tests/browser.py)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from moodloop.log_records import read_log
+from serving.tracking import CSV_COLUMNS
 from tests.browser import artifact, chromium, fake_camera_file
 
 SHOTS = "faces-page"
@@ -103,6 +105,8 @@ def test_a_video_gets_a_timeline_per_person(page, media):
     with page.expect_download() as downloaded:
         page.locator("#video-csv").click()
     assert downloaded.value.suggested_filename == "timeline.csv"
+    rows = Path(downloaded.value.path()).read_text().splitlines()
+    assert rows[0] == ",".join(CSV_COLUMNS) and len(rows) >= 6  # the gateway's format=csv columns, a row per face
     page.screenshot(path=str(artifact(SHOTS, "4-video.png")), full_page=True)
 
 

@@ -245,15 +245,17 @@ def test_corrected_faces_wait_on_disk_until_the_landing_zone_takes_the_batch(tmp
         delivered.append((name, files))
         return f"s3://bucket/landing/{name}"
 
-    corrections = Corrections(settings, deliver)
+    corrections = Corrections(settings, deliver, background=False)
     face = np.full((48, 48), 7, np.uint8)
-    assert corrections.add(face, "sad", "r1", 0) is None
-    assert corrections.add(face, "fear", "r1", 1) is None  # a full batch, but the zone is out of reach
-    assert corrections.counts()["pending"] == 2 and delivered == []
+    assert corrections.add(face, "sad", "r1", 0) is False
+    assert corrections.deliver_pending() is None  # too few faces yet
+    corrections.add(face, "fear", "r1", 1)
+    assert corrections.deliver_pending() is None  # a full batch, but the zone is out of reach
+    counts = corrections.counts()
+    assert counts["pending"] == 2 and "the S3 endpoint is down" in counts["last_error"] and delivered == []
     reachable[0] = True
-    assert (
-        corrections.add(face, "happy", "r1", 1) == f"s3://bucket/landing/{delivered[0][0]}"
-    )  # relabelled: the last word
+    corrections.add(face, "happy", "r1", 1)  # relabelled: the last word counts
+    assert corrections.deliver_pending() == f"s3://bucket/landing/{delivered[0][0]}"
     name, files = delivered[0]
     assert name.startswith("corrections-") and sorted(files) == ["faces/r1-0.png", "faces/r1-1.png", "labels.csv"]
     assert files["labels.csv"].decode().splitlines() == ["file,label", "faces/r1-1.png,happy", "faces/r1-0.png,sad"]
@@ -264,6 +266,9 @@ def test_corrected_faces_wait_on_disk_until_the_landing_zone_takes_the_batch(tmp
         "delivered_faces": 2,
         "last_batch": None,
     }
+    with (corrections.folder / "delivered.jsonl").open("a") as journal:
+        journal.write('{"time": 1, "batch": "torn')  # a crash mid-line: the count stays readable
+    assert corrections.counts()["delivered_batches"] == 1
     with pytest.raises(ValueError, match="not an emotion"):
         corrections.add(face, "bored", "r2", 0)
 
