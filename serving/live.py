@@ -135,6 +135,42 @@ def _window_available() -> bool:
     return True
 
 
+class Recording:
+    """The annotated frames as an MP4 (nothing when `out` is None). At `fps`, or, for a camera
+    (fps None), at the rate measured over its first RATE_FRAMES frames."""
+
+    RATE_FRAMES = 10
+
+    def __init__(self, out: Path | None, fps: float | None) -> None:
+        self.out, self.fps = out, fps
+        self.writer, self.waiting, self.started = None, [], time.perf_counter()
+
+    def add(self, frame: np.ndarray) -> None:
+        if self.out is None:
+            return
+        if self.writer is not None:
+            self.writer.write(frame)
+            return
+        self.waiting.append(frame)
+        if self.fps is not None or len(self.waiting) >= self.RATE_FRAMES:
+            self._open()
+
+    def _open(self) -> None:
+        rate = self.fps or len(self.waiting) / max(time.perf_counter() - self.started, 1e-3)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        height, width = self.waiting[0].shape[:2]
+        self.writer = cv2.VideoWriter(str(self.out), cv2.VideoWriter_fourcc(*"mp4v"), rate, (width, height))
+        for frame in self.waiting:
+            self.writer.write(frame)
+        self.waiting.clear()
+
+    def close(self) -> None:
+        if self.waiting and self.writer is None:  # a camera stopped before its rate was fixed
+            self._open()
+        if self.writer is not None:
+            self.writer.release()
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -199,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         out = settings.home / "live" / f"live-{time.strftime('%Y%m%dT%H%M%S')}.mp4"
         print(f"no window can be opened here (no display, or OpenCV's headless build): writing {out}")
     print(f"analysing {args.video or f'camera {args.camera}'} with {analyser.described}")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    writer, frames, started, shown = None, 0, time.perf_counter(), 0.0
+    # A file's frames are all analysed: its own rate. A camera's are analysed as fast as they can
+    # be: the recording plays at the measured rate, not the camera's.
+    recording = Recording(out, (capture.get(cv2.CAP_PROP_FPS) or 25.0) if args.video is not None else None)
+    frames, started, shown = 0, time.perf_counter(), 0.0
     try:
         while args.seconds is None or time.perf_counter() - started < args.seconds:
             ok, frame = capture.read()
@@ -209,12 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             faces = analyser.faces(frame)
             annotated = draw_faces(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), faces)
             frames += 1
-            if out is not None:
-                if writer is None:
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    size = (annotated.shape[1], annotated.shape[0])
-                    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-                writer.write(annotated)
+            recording.add(annotated)
             if window:
                 cv2.imshow(WINDOW, annotated)
                 if cv2.waitKey(1) & 0xFF == ord("q"):
@@ -228,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         capture.release()
-        if writer is not None:
-            writer.release()
+        recording.close()
         if window:
             cv2.destroyAllWindows()
     elapsed = time.perf_counter() - started

@@ -59,3 +59,19 @@ def test_live_says_clearly_what_it_cannot_open(live_env, capsys):
     with pytest.raises(SystemExit):
         cli.main(["live"])  # a source is required
     assert "one of the arguments --camera --video is required" in capsys.readouterr().err
+
+
+def test_a_camera_recording_plays_at_the_rate_frames_were_analysed(tmp_path):
+    import time
+
+    from serving.live import Recording
+
+    out = tmp_path / "camera.mp4"
+    recording = Recording(out, fps=None)  # a camera: no rate of its own that counts
+    frame = np.zeros((48, 64, 3), np.uint8)
+    for _ in range(12):
+        time.sleep(0.05)  # analysis at about 20 frames/s
+        recording.add(frame)
+    recording.close()
+    written = cv2.VideoCapture(str(out))
+    assert 8 <= written.get(cv2.CAP_PROP_FPS) <= 21 and written.get(cv2.CAP_PROP_FRAME_COUNT) == 12
