@@ -18,6 +18,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 from moodloop import console
 from moodloop.contracts import EMOTIONS
 from moodloop.energy import EnergyReading, measured
+from moodloop.energy import record as energy_record
 from moodloop.settings import Settings
 
 
@@ -50,8 +51,9 @@ class _Progress:
     is running" log lines are not reliable: Beam resets absl's verbosity in the middle of a run.)
     """
 
-    def __init__(self, total: int, carbon_country: str = "USA"):
+    def __init__(self, total: int, pipeline_root: Path, carbon_country: str = "USA"):
         self.total = total
+        self.pipeline_root = pipeline_root
         self.carbon_country = carbon_country
         self.seconds: dict[str, float] = {}
         self.cpu_seconds: dict[str, float] = {}
@@ -76,6 +78,9 @@ class _Progress:
                 progress.seconds[node] = time.monotonic() - started
                 progress.cpu_seconds[node] = time.process_time() - cpu_started
                 progress.energy[node] = energy
+                run_id = launcher_self._pipeline_runtime_spec.pipeline_run_id.field_value.string_value
+                with contextlib.suppress(OSError):  # a reading not kept must not fail the component
+                    energy_record(progress.pipeline_root, run_id, node, energy)  # the model card sums them
                 print(
                     f"        {node} done in {progress.seconds[node]:.1f} s, {energy.joules:.0f} J",
                     file=sys.stdout,
@@ -108,7 +113,7 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
     log_file = log_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
     pipeline = create_pipeline(PipelineConfig.from_settings(settings, **train_overrides))
-    progress = _Progress(total=len(pipeline.components), carbon_country=settings.carbon_country)
+    progress = _Progress(len(pipeline.components), settings.pipeline_root, settings.carbon_country)
     print(f"pipeline {settings.pipeline_name}: {len(pipeline.components)} components; full log: {log_file}", flush=True)
     start_ms = int(time.time() * 1000) - 1
     started = time.monotonic()

@@ -26,7 +26,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from moodloop import console
 from moodloop.energy import measured
-from moodloop.files import atomic_write_bytes, atomic_write_text
+from moodloop.energy import record as energy_record
+from moodloop.files import atomic_write_bytes
 from moodloop.settings import REPO_ROOT, Settings
 
 console.quiet_console()  # before TensorFlow is imported (see moodloop/console.py)
@@ -140,8 +141,7 @@ def run_node(settings: Settings, run_id: str, node_id: str) -> int:
             custom_driver_spec=runner_utils.extract_custom_driver_spec(deployment, node_id),
         ).launch()
     print(f"{node_id}: energy {energy.summary()}", flush=True)
-    # One file per component: the run's total is their sum (the model card reads them).
-    atomic_write_text(run_dir(settings, run_id) / "energy" / f"{node_id}.json", json.dumps(energy.as_dict()))
+    energy_record(settings.pipeline_root, run_id, node_id, energy)  # the run's total is their sum (model card)
 
     with metadata.Metadata(connection) as mlmd:
         executions = _node_executions(mlmd, pipeline_name, run_id, node_id)

@@ -20,6 +20,7 @@ from tfx.dsl.components.base import executor_spec
 from components.ab_gate import ABGate
 from components.edge import EdgeExporter
 from components.infra_validator import EmbeddedInfraValidator
+from components.model_card import ModelCardGen
 from components.model_report import ModelReportGen
 from components.pusher import AtomicPusherExecutor
 from components.span_resolver import LatestVersionPerSpanStrategy
@@ -307,6 +308,17 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         pushed_model=pusher.outputs["pushed_model"],
         examples=all_spans.outputs["examples"],
     )
+    model_card = ModelCardGen(
+        model_run=trainer.outputs["model_run"],
+        report=report.outputs["report"],
+        gate_report=gate.outputs["report"],
+        pushed_model=pusher.outputs["pushed_model"],
+        edge=edge_exporter.outputs["edge"],
+        examples=all_spans.outputs["examples"],
+        curated_dir=config.curated_dir,
+        metadata_path=config.metadata_path,
+        pipeline_root=config.pipeline_root,
+    )
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
@@ -326,6 +338,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             infra,
             pusher,
             edge_exporter,
+            model_card,
         ],
         enable_cache=False,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),

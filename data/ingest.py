@@ -26,7 +26,7 @@ from data.landing_contract import ContractLimits, render_report, validate
 from data.landing_zone import GivenBatch, LandingZone, batch_content_hash, landing_zone
 from data.readers import read_batch
 from moodloop import console
-from moodloop.contracts import CURATED_MANIFEST
+from moodloop.contracts import CURATED_MANIFEST, SYNTHETIC_MARKER
 from moodloop.settings import Settings
 
 log = logging.getLogger("data.ingest")  # by name: `python -m data.ingest` runs it as __main__
@@ -123,13 +123,15 @@ def curate(settings: Settings, checked: dict[str, Any], zone: LandingZone | None
     if span is not None:
         outcome = {"span": span, "written": None, "duplicates": None, "recovered": True}
     else:
-        result = read_batch(zone.fetch(batch), settings.max_image_bytes, settings.max_image_pixels)
+        fetched = zone.fetch(batch)
+        result = read_batch(fetched, settings.max_image_bytes, settings.max_image_pixels)
+        synthetic = fetched.is_dir() and (fetched / SYNTHETIC_MARKER).is_file()
         written = write_span(
             settings.curated_dir,
             [f.pixels for f in result.faces],
             [f.label for f in result.faces],
             source=batch,
-            extra={"batch_hash": batch_hash},
+            extra={"batch_hash": batch_hash, "synthetic": synthetic},
         )
         outcome = {"span": written.span, "written": written.written, "duplicates": written.duplicates}
     outcome["archived"] = zone.move(batch, "archive", _reports(settings, batch))

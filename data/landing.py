@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from moodloop.contracts import EMOTIONS
+from moodloop.contracts import EMOTIONS, SYNTHETIC_MARKER
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -46,3 +46,15 @@ def write_image_folders(
         (folder / f"{prefix}-{i:06d}.png").write_bytes(encode_png(pixels))
         n += 1
     return n
+
+
+def mark_synthetic(folder: Path, how: str = "") -> Path:
+    """Say in the batch itself that its faces are generated (the landing contract's SYNTHETIC_MARKER)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / SYNTHETIC_MARKER
+    marker.write_text(
+        "# SYNTHETIC faces\n\nDrawn by moodloop's data/synthetic.py (geometric faces, not photographs)"
+        + (f": {how}" if how else "")
+        + ".\nNo figure measured on them says anything about real faces.\n"
+    )
+    return marker

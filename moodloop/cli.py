@@ -69,6 +69,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         path = out
         n = landing.write_image_folders(faces, out, split=args.split)
+    if out.suffix != ".csv":  # a batch folder: it says itself that its faces are generated
+        landing.mark_synthetic(out, f"seed {args.seed}, {shift}")
     print(f"wrote {n} SYNTHETIC faces ({args.layout}, seed {args.seed}) to {path}")
     return 0
 

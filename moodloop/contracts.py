@@ -41,6 +41,9 @@ FER2013_CLASS_COUNTS: dict[str, int] = {
 # The landing-batch contract: a batch is complete when this empty marker file is in it (or when
 # nothing in it changed for a while); it is never read as data.
 READY_MARKER = "_SUCCESS"
+# A batch of generated faces (data/synthetic.py) says so with this file beside its data; the readers
+# skip it, the curated manifest records it ("synthetic": true) and the model card says it plainly.
+SYNTHETIC_MARKER = "SYNTHETIC.md"
 
 # The curated-dataset contract: gzipped TFRecord files of tf.Example under
 # <curated>/span-<N>/, one span per accepted landing batch.
@@ -63,6 +66,8 @@ OUTPUT_EMBEDDING = "embedding"  # [N, EMBEDDING_DIMS] float32: penultimate layer
 EMBEDDING_DIMS = 8
 EDGE_DIR = "assets.extra/edge"  # in each pushed version: TFLite files that passed their parity gate ...
 EDGE_METADATA = "edge.json"  # ... and what they are: files, sha256, labels, input and output spec, parity, latency
+MODEL_CARD_HTML = "assets.extra/model_card.html"  # in each pushed version: its model card for people ...
+MODEL_CARD_JSON = "assets.extra/model_card.json"  # ... and for machines (components/model_card.py)
 REFERENCE_PROFILE = "assets.extra/reference_profile.parquet"  # in each pushed version: its eval faces as
 # inference-log rows (contract 4 columns), the reference the drift jobs compare live traffic with
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 JOULES_PER_KWH = 3.6e6
 
@@ -97,3 +100,27 @@ def measured(country: str = "USA", whole_machine: bool = False) -> Iterator[Ener
             reading.method = _method(tracker)
         except Exception as error:  # noqa: BLE001 - measuring must never stop the work it measures
             reading.method = f"not measured ({type(error).__name__}: {error})"
+
+
+def run_folder(pipeline_root: Path | str, run_id: str) -> Path:
+    """Where a pipeline run's per-component readings are kept: <pipeline_root>/energy/<run id>/."""
+    return Path(pipeline_root) / "energy" / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+
+
+def record(pipeline_root: Path | str, run_id: str, node: str, reading: EnergyReading) -> Path:
+    """Keep one component's reading of a run (both runners do; the model card sums them)."""
+    from moodloop.files import atomic_write_text
+
+    return atomic_write_text(run_folder(pipeline_root, run_id) / f"{node}.json", json.dumps(reading.as_dict()))
+
+
+def recorded(pipeline_root: Path | str, run_id: str) -> dict[str, EnergyReading]:
+    """The readings kept for a run so far, by component."""
+    readings = {}
+    for path in sorted(run_folder(pipeline_root, run_id).glob("*.json")):
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        readings[path.stem] = EnergyReading(values["kwh"], values["co2e_kg"], values["seconds"], values["method"])
+    return readings

@@ -11,6 +11,7 @@ moodloop's own:
   POST /v1/videos:analyze   a video -> an emotions timeline per person
   POST /v1/feedback         {"request_id": ..., "label": ..., "instance": 0}
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/edge[/{file}]   TFLite files for devices
+  GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/card [?format=json]   the version's model card
   GET  /v1/panel            the model panel: versions, labels, share, latest gate and drift verdicts
   GET  /metrics             Prometheus (also /monitoring/prometheus/metrics, TF Serving's path)
   POST /admin/reload | /admin/promote | /admin/rollback, PUT /admin/traffic  (Bearer token)
@@ -43,11 +44,11 @@ from starlette.staticfiles import StaticFiles
 from moodloop import status
 from serving.backends import ServingError
 from serving.dataplane import Call, DataPlane
-from serving.edge_files import edge_file, edge_metadata
 from serving.faces import BadMediaError, analyze_photo, analyze_video
 from serving.panel import DRIFT_REPORT_PATH, GATE_IMAGE_PATH, model_panel, panel_file
 from serving.rest_codec import HTTP_STATUS, parse_predict_request, predict_response
 from serving.tracking import timeline_csv
+from serving.version_assets import edge_file, edge_metadata, model_card
 
 WEB_DIR = Path(__file__).parent / "web"  # the faces page: static HTML, JS and CSS, no build step
 
@@ -201,6 +202,11 @@ class RestEndpoints:
     async def edge_file(self, request: Request) -> Response:
         path = await self._in_thread(edge_file, self.dataplane, *_model_path(request), request.path_params["file"])
         return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+
+    async def card(self, request: Request) -> Response:
+        as_json = request.query_params.get("format", "html") == "json"
+        path = await self._in_thread(model_card, self.dataplane, *_model_path(request), as_json)
+        return FileResponse(path, media_type="application/json" if as_json else "text/html")
 
     # face analysis
     async def faces(self, request: Request) -> Response:
@@ -397,6 +403,7 @@ def routes(endpoints: RestEndpoints) -> list[Route]:
         *(Route(path + "/metadata", endpoints.model_metadata, methods=["GET"]) for path in addressed),
         *(Route(path + "/edge", endpoints.edge_metadata, methods=["GET"]) for path in addressed),
         *(Route(path + "/edge/{file}", endpoints.edge_file, methods=["GET"]) for path in addressed),
+        *(Route(path + "/card", endpoints.card, methods=["GET"]) for path in addressed),
         *(Route(path + ":predict", endpoints.predict, methods=["POST"]) for path in addressed),
         *(
             Route(path + ":" + verb, endpoints.classify_or_regress, methods=["POST"])

@@ -239,6 +239,7 @@ def drop_synthetic_batch(
     staging = settings.landing_dir / f".{name}.partial"
     pixels, labels = synthetic.generate_arrays(faces, seed=seed, shift=shift or synthetic.Shift())
     landing.write_fer2013_csv(zip(pixels, labels, strict=True), staging / "fer2013.csv")
+    landing.mark_synthetic(staging, f"seed {seed}, {shift or synthetic.Shift()}")
     (staging / "_SUCCESS").touch()
     os.replace(staging, final)
     return final

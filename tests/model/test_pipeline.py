@@ -30,6 +30,7 @@ def _write_batch(path: Path, n: int, seed: int, shuffle_labels: bool = False) ->
     if shuffle_labels:
         labels = np.random.default_rng(seed).permutation(labels)
     landing.write_fer2013_csv(zip(pixels, labels, strict=True), path / "fer2013.csv")
+    landing.mark_synthetic(path)
     return path
 
 
@@ -85,6 +86,7 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     assert Path(confusion_png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     _check_edge_files(settings.model_base / versions[0], out)
+    _check_model_card(settings.model_base / versions[0])
     # Energy per component and in total (moodloop/energy.py), and how it was obtained.
     energy = next(line for line in out.splitlines() if line.startswith("energy: "))
     assert " J (" in energy and "kWh" in energy and "g CO2e" in energy and "Trainer" in energy, energy
@@ -101,6 +103,24 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     majority = float(np.bincount(labels).max() / len(labels))
     assert accuracy > max(0.45, majority + 0.15), f"held-out accuracy {accuracy:.2f} (majority class {majority:.2f})"
     assert by_image["classes"].numpy()[0].decode() in synthetic.EMOTIONS
+
+
+def _check_model_card(version: Path) -> None:
+    """The model card beside the pushed version: every section the issue lists, SYNTHETIC said plainly."""
+    import json
+
+    card = json.loads((version / "assets.extra" / "model_card.json").read_text())
+    assert card["trained_on_synthetic_faces"] is True and "SYNTHETIC" in card["limitations"][0]
+    assert card["training_data"]["faces"] == N_TRAIN and card["training_data"]["spans"][0]["synthetic"] is True
+    assert set(card["metrics"]["per_class_recall"]) == set(synthetic.EMOTIONS) and card["metrics"]["held_out_accuracy"]
+    assert card["calibration"]["temperature"] > 0 and card["gate"]["verdict"] == "BLESSED"
+    assert card["lineage"]["pipeline_run_id"] and card["lineage"]["spans"] == [1]
+    assert "float16.tflite" in card["edge"]["files"] or card["edge"]["not_published"]
+    assert card["energy"]["total"]["joules"] > 0 and "Trainer" in card["energy"]["per_component"]
+    page = (version / "assets.extra" / "model_card.html").read_text()
+    for section in ("Intended use", "Limitations", "Training data", "Metrics", "Calibration", "A/B gate", "Lineage"):
+        assert f"<h2>{section}</h2>" in page
+    assert "<h2>Edge models</h2>" in page and "<h2>Energy</h2>" in page and "Trained on SYNTHETIC faces" in page
 
 
 def _check_edge_files(version: Path, out: str) -> None:

@@ -29,7 +29,7 @@ def test_ingest_then_train_pushes_a_model_one_task_per_component(dagbag, moodloo
     versions = [p.name for p in settings.model_base.iterdir() if p.name.isdigit()]
     assert len(versions) == 1 and (settings.model_base / versions[0] / "saved_model.pb").exists()
     assert (settings.model_base / versions[0] / "assets.extra" / "edge" / "edge.json").exists()  # EdgeExporter
-    (energy_file,) = (settings.pipeline_root / "airflow_runs").glob("*/energy/Trainer.json")
+    (energy_file,) = (settings.pipeline_root / "energy").glob("*/Trainer.json")
     energy = json.loads(energy_file.read_text())
     assert energy["joules"] > 0 and energy["method"]  # each task measures its component (moodloop/energy.py)
 

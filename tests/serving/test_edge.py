@@ -47,7 +47,13 @@ def edge_home(tmp_path_factory) -> Path:
     print("\n".join(edge.describe(results)))
     assert set(metadata["files"]) == {"float16.tflite", "int8.tflite"}, metadata["not_published"]
     edge.publish(home / "edge-out", metadata, str(version))
-    export_serving_model(model, _FixedTransformOutput(), str(base / "2"))  # a version without edge files
+    from components import model_card
+
+    data = {"spans": [], "class_counts": {}, "faces": 3000, "synthetic_sources": ["synthetic-test"]}
+    card = model_card.card_content("1", data, {"accuracy": 0.8}, {}, {"verdict": "BLESSED"}, metadata, {}, "run-1")
+    (version / "assets.extra" / "model_card.json").write_text(json.dumps(card))
+    (version / "assets.extra" / "model_card.html").write_text(model_card.card_html(card))
+    export_serving_model(model, _FixedTransformOutput(), str(base / "2"))  # a version without edge files or card
     config = home / "serving" / "models.config"
     models_config.ensure(config, "emotion", base)
     models_config.set_label(config, "emotion", "stable", 1)
@@ -86,9 +92,19 @@ def test_the_gateway_serves_a_versions_edge_files_with_what_a_device_needs(edge_
     assert metadata["files"]["int8.tflite"]["input"]["dtype"] == "uint8"
 
 
+def test_the_gateway_serves_a_versions_model_card(edge_gateway):
+    page = edge_gateway.get("/v1/models/emotion/labels/stable/card")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "Trained on SYNTHETIC faces" in page.text and "<h2>Edge models</h2>" in page.text
+    card = edge_gateway.get("/v1/models/emotion/versions/1/card", params={"format": "json"}).json()
+    assert card["trained_on_synthetic_faces"] and card["lineage"]["pipeline_run_id"] == "run-1"
+    assert set(card["edge"]["files"]) == {"float16.tflite", "int8.tflite"}
+
+
 @pytest.mark.parametrize(
     "path, status, message",
     [
+        ("/v1/models/emotion/versions/2/card", 404, "has no model card"),
         ("/v1/models/emotion/versions/2/edge", 404, "has no edge files"),
         ("/v1/models/emotion/versions/1/edge/saved_model.pb", 404, "no edge file 'saved_model.pb'"),
         ("/v1/models/emotion/versions/1/edge/..%2Fsaved_model.pb", 404, ""),

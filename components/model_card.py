@@ -1,0 +1,265 @@
+"""ModelCardGen: a model card per pushed version, for people (HTML) and machines (JSON), in the
+version's assets.extra/ (the model contract's MODEL_CARD_HTML / MODEL_CARD_JSON), served by the
+gateway at /v1/models/{name}/versions/{v}/card.
+
+Sections (issue 14): intended use and limitations (plainly SYNTHETIC when the training faces
+were), training data (spans, faces per class, sources), metrics overall and per class, slices,
+calibration, the A/B gate's verdict and numbers, lineage (run id from ML Metadata, the parent
+champion, the spans), the edge files' parity, and the run's energy. A template of moodloop's own:
+Model Card Toolkit needs a newer TFX stack than 1.16.
+"""
+
+import html
+import json
+import logging
+import os
+from pathlib import Path
+from typing import List  # noqa: UP035 - TFX's component decorator reads typing.List, not list
+
+from tfx import v1 as tfx
+from tfx.types import standard_artifacts
+
+from components.ab_gate import GATE_REPORT_JSON, GateReport
+from components.edge import EdgeModels
+from components.model_report import REPORT_JSON, TRAINING_SUMMARY, ModelReport
+from moodloop.contracts import (
+    CURATED_MANIFEST,
+    CURATED_SPAN_PREFIX,
+    EDGE_METADATA,
+    EMOTIONS,
+    MODEL_CARD_HTML,
+    MODEL_CARD_JSON,
+)
+from moodloop.energy import EnergyReading, recorded
+from moodloop.files import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_SOURCE_PREFIX = "synthetic"  # what the front doors named generated batches before the marker
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
+
+
+def training_data(curated_dir: str, spans: list[int]) -> dict:
+    """The spans the candidate learnt from: per span its source batch and faces per class."""
+    rows, totals = [], dict.fromkeys(EMOTIONS, 0)
+    for span in sorted(set(spans)):
+        manifest = _read_json(os.path.join(curated_dir, f"{CURATED_SPAN_PREFIX}{span:05d}", CURATED_MANIFEST))
+        counts = manifest.get("class_counts", {})
+        for emotion in EMOTIONS:
+            totals[emotion] += int(counts.get(emotion, 0))
+        source = manifest.get("source", "?")
+        # Spans curated before batches carried the SYNTHETIC marker: their name says it (synthetic-*).
+        synthetic = bool(manifest.get("synthetic", str(source).startswith(SYNTHETIC_SOURCE_PREFIX)))
+        row = {"span": span, "source": source, "faces": manifest.get("written"), "class_counts": counts}
+        rows.append(row | {"synthetic": synthetic})
+    synthetic = [r["source"] for r in rows if r["synthetic"]]
+    return {"spans": rows, "class_counts": totals, "faces": sum(totals.values()), "synthetic_sources": synthetic}
+
+
+def pipeline_run_id(metadata_path: str, artifact_id: int) -> str | None:
+    """The TFX pipeline run that made an artifact (ML Metadata's pipeline_run context)."""
+    from ml_metadata.metadata_store import metadata_store
+
+    store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path))
+    contexts = store.get_contexts_by_artifact(artifact_id)
+    types = {t.id: t.name for t in store.get_context_types()}
+    runs = [c.name for c in contexts if types.get(c.type_id) == "pipeline_run"]
+    return runs[0] if runs else None
+
+
+def card_content(
+    version: str, data: dict, report: dict, training: dict, gate: dict, edge: dict, energy: dict, run_id: str | None
+) -> dict:
+    synthetic = bool(data["synthetic_sources"])
+    limitations = [
+        "Classifies the seven FER2013 emotions of one face at a time: a 48x48 grey crop, eyes level. It reads "
+        "expressions, not feelings, intentions or identity; do not use it to judge people.",
+        "Faces the training data did not cover (lighting, pose, age, skin tone, occlusion, camera) can be "
+        "wrong with high confidence; `uncertain` marks low confidence, not every error.",
+    ]
+    if synthetic:
+        limitations.insert(
+            0,
+            "TRAINED ON SYNTHETIC FACES (data/synthetic.py: drawn geometric faces, not photographs; sources "
+            f"{', '.join(data['synthetic_sources'])}). No figure below says anything about real faces.",
+        )
+    calibration = report.get("calibration") or training.get("calibration") or {}
+    total_energy = sum(energy.values(), EnergyReading())
+    return {
+        "version": version,
+        "intended_use": "Research and product analytics on facial expressions in photos, videos and webcams "
+        "(moodloop's faces page, TF Serving, edge devices), with people told that it runs.",
+        "limitations": limitations,
+        "trained_on_synthetic_faces": synthetic,
+        "training_data": data,
+        "metrics": {
+            "held_out_accuracy": report.get("accuracy"),
+            "held_out_faces": report.get("example_count"),
+            "per_class_recall": report.get("per_class_recall"),
+            "confusion_matrix": report.get("confusion_matrix"),
+            "slices": None,  # not evaluated yet: the gate's slice audit is issue 14's part 2
+        },
+        "calibration": calibration,
+        "training": {
+            k: training.get(k) for k in ("epochs", "learning_rate", "fit_seconds", "warm_start", "hyperparameters")
+        },
+        "gate": {
+            k: gate.get(k)
+            for k in ("verdict", "reasons", "examples", "candidate_accuracy", "champion_accuracy", "mcnemar")
+        },
+        "lineage": {
+            "pipeline_run_id": run_id,
+            "parent_champion": gate.get("champion"),
+            "spans": [s["span"] for s in data["spans"]],
+        },
+        "edge": {"files": edge.get("files", {}), "not_published": edge.get("not_published", {})},
+        "energy": {
+            "total": total_energy.as_dict(),
+            "per_component": {node: reading.as_dict() for node, reading in energy.items()},
+            "note": "the run's components up to the model card",
+        },
+    }
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _percent(value) -> str:
+    return f"{100 * value:.1f} %" if isinstance(value, (int, float)) else "n/a"
+
+
+CALIBRATION_LINE = (
+    "<p>Temperature {temperature}; expected calibration error {ece_before} before, {ece_after} after.</p>"
+)
+
+
+def card_html(card: dict) -> str:
+    """The card as one self-contained page (no script, no external file)."""
+    m, d, g, e = card["metrics"], card["training_data"], card["gate"], card["energy"]["total"]
+    calibration = {
+        k: f"{v:.3f}" if isinstance(v, float) else "n/a"
+        for k, v in ((k, card["calibration"].get(k)) for k in ("temperature", "ece_before", "ece_after"))
+    }
+    sections = [
+        ("Intended use", f"<p>{html.escape(card['intended_use'])}</p>"),
+        ("Limitations", "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in card["limitations"]) + "</ul>"),
+        (
+            "Training data",
+            f"<p>{d['faces']} faces in {len(d['spans'])} span(s).</p>"
+            + _table([[s["span"], s["source"], s["faces"]] for s in d["spans"]], ["span", "source", "faces"])
+            + _table([[k, v] for k, v in d["class_counts"].items()], ["emotion", "faces"]),
+        ),
+        (
+            "Metrics",
+            f"<p>Held-out accuracy {_percent(m['held_out_accuracy'])} on {int(m['held_out_faces'] or 0)} faces.</p>"
+            + _table([[k, _percent(v)] for k, v in (m["per_class_recall"] or {}).items()], ["emotion", "recall"])
+            + "<p>Slices: not evaluated yet.</p>",
+        ),
+        (
+            "Calibration",
+            CALIBRATION_LINE.format(**calibration),
+        ),
+        (
+            "A/B gate",
+            f"<p><b>{html.escape(str(g.get('verdict')))}</b>: candidate {_percent(g.get('candidate_accuracy'))}, "
+            f"champion {_percent(g.get('champion_accuracy'))} on {g.get('examples')} faces.</p>"
+            + "<ul>"
+            + "".join(f"<li>{html.escape(r)}</li>" for r in g.get("reasons") or [])
+            + "</ul>",
+        ),
+        (
+            "Lineage",
+            _table(
+                [[k, ", ".join(map(str, v)) if isinstance(v, list) else v] for k, v in card["lineage"].items()],
+                ["what", "value"],
+            ),
+        ),
+        (
+            "Edge models",
+            _table(
+                [
+                    [
+                        name,
+                        f"{spec['bytes'] / 1024:.0f} KiB",
+                        f"{spec['latency_ms_per_face']} ms",
+                        _percent(spec["parity"]["agreement"]),
+                    ]
+                    for name, spec in card["edge"]["files"].items()
+                ],
+                ["file", "size", "per face", "agreement with the SavedModel"],
+            )
+            + "".join(
+                f"<p>{html.escape(kind)} not published: {html.escape('; '.join(why))}</p>"
+                for kind, why in card["edge"]["not_published"].items()
+            ),
+        ),
+        (
+            "Energy",
+            f"<p>{e['joules']:.0f} J ({e['kwh']:.2e} kWh, {1000 * e['co2e_kg']:.3f} g CO2e) over the run's components; "
+            f"{html.escape(e['method'] or 'not measured')}.</p>"
+            + _table(
+                [[node, f"{r['joules']:.0f} J"] for node, r in card["energy"]["per_component"].items()],
+                ["component", "energy"],
+            ),
+        ),
+    ]
+    body = "".join(f"<section><h2>{html.escape(title)}</h2>{content}</section>" for title, content in sections)
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:900px;margin:2rem auto;color:#1d2433}"
+        "table{border-collapse:collapse;margin:.5rem 0}"
+        "td,th{border-bottom:1px solid #d9dee8;padding:.2rem .6rem;text-align:left}"
+        "h2{margin-top:1.6rem}li{margin:.2rem 0}"
+    )
+    warning = (
+        '<p style="color:#b42318"><b>Trained on SYNTHETIC faces.</b></p>' if card["trained_on_synthetic_faces"] else ""
+    )
+    title = f"Model card: emotion, version {html.escape(str(card['version']))}"
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title><style>{style}</style></head>"
+        f"<body><h1>{title}</h1>{warning}{body}</body></html>"
+    )
+
+
+@tfx.dsl.components.component
+def ModelCardGen(
+    model_run: tfx.dsl.components.InputArtifact[standard_artifacts.ModelRun],
+    report: tfx.dsl.components.InputArtifact[ModelReport],
+    gate_report: tfx.dsl.components.InputArtifact[GateReport],
+    pushed_model: tfx.dsl.components.InputArtifact[standard_artifacts.PushedModel],
+    edge: tfx.dsl.components.InputArtifact[EdgeModels],
+    examples: tfx.dsl.components.InputArtifact[List[standard_artifacts.Examples]],  # noqa: UP006
+    curated_dir: tfx.dsl.components.Parameter[str],
+    metadata_path: tfx.dsl.components.Parameter[str],
+    pipeline_root: tfx.dsl.components.Parameter[str],
+) -> None:
+    """The pushed version's model card (HTML + JSON) in its assets.extra/."""
+    if not pushed_model.get_int_custom_property("pushed"):
+        log.info("model card: nothing was pushed in this run")
+        return
+    version_dir = pushed_model.get_string_custom_property("pushed_destination")
+    spans = [e.get_int_custom_property("span") for e in examples]  # ExampleGen keeps it as a custom property
+    run_id = pipeline_run_id(metadata_path, pushed_model.id)
+    card = card_content(
+        os.path.basename(version_dir),
+        training_data(curated_dir, spans),
+        _read_json(os.path.join(report.uri, REPORT_JSON)),
+        _read_json(os.path.join(model_run.uri, TRAINING_SUMMARY)),
+        _read_json(os.path.join(gate_report.uri, GATE_REPORT_JSON)),
+        _read_json(os.path.join(edge.uri, EDGE_METADATA)),
+        recorded(pipeline_root, run_id) if run_id else {},
+        run_id,
+    )
+    target = Path(version_dir)
+    atomic_write_text(target / MODEL_CARD_JSON, json.dumps(card, indent=1, default=str))
+    atomic_write_text(target / MODEL_CARD_HTML, card_html(card))
+    log.info(f"model card: {target / MODEL_CARD_HTML}")
