@@ -23,10 +23,11 @@ import cv2
 import numpy as np
 
 from moodloop import models_config
-from moodloop.contracts import EDGE_DIR, EDGE_METADATA, OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
+from moodloop.contracts import OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
 from moodloop.edge_runtime import EdgeModel
 from moodloop.settings import Settings
 from serving.faces import FACE_DETECTORS, crop_faces, draw_faces, face_results, make_face_detector
+from serving.version_assets import published_edge_file, stable_or_newest
 
 WINDOW = "moodloop live (q to quit)"
 
@@ -37,20 +38,22 @@ class LocalModel:
     as a device runs it."""
 
     def __init__(self, settings: Settings, tflite: str | None = None) -> None:
-        versions = models_config.version_folders(settings.model_base)
-        if not versions:
-            raise SystemExit(f"no model version under {settings.model_base}: train one first (make run)")
         labels = {}
         if settings.serving_config.exists():
             policy = models_config.policies(models_config.read(settings.serving_config)).get(settings.model_name)
             labels = policy.labels if policy else {}
-        self.version = labels.get("stable", versions[-1])
+        self.version = stable_or_newest(settings.model_base, labels)
+        if self.version is None:
+            raise SystemExit(f"no model version under {settings.model_base}: train one first (make run)")
         folder = settings.model_base / str(self.version)
         chosen = "stable" if "stable" in labels else "newest"
         self.described = f"version {self.version} ({chosen}) of {settings.model_base}"
         self._edge = None
         if tflite:
-            self._edge = EdgeModel(_edge_file(folder, tflite).read_bytes())
+            try:
+                self._edge = EdgeModel(published_edge_file(folder, f"{tflite}.tflite").read_bytes())
+            except LookupError as error:
+                raise SystemExit(str(error)) from None
             self.described = f"{tflite}.tflite of {self.described} (LiteRT)"
             return
         import tensorflow as tf
@@ -60,17 +63,6 @@ class LocalModel:
 
     def classify(self, crops: np.ndarray) -> np.ndarray:
         return self._edge.probabilities(crops) if self._edge is not None else self._predict(crops)
-
-
-def _edge_file(version_dir: Path, kind: str) -> Path:
-    metadata = version_dir / EDGE_DIR / EDGE_METADATA
-    if not metadata.is_file():
-        raise SystemExit(f"{version_dir} has no edge files: the EdgeExporter publishes them after a pipeline push")
-    published = json.loads(metadata.read_text())
-    if f"{kind}.tflite" not in published["files"]:
-        why = "; ".join(published.get("not_published", {}).get(kind, [])) or "not converted"
-        raise SystemExit(f"{kind}.tflite of version {version_dir.name} was not published: {why}")
-    return version_dir / EDGE_DIR / f"{kind}.tflite"
 
 
 class Analyser:

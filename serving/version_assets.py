@@ -17,6 +17,31 @@ from serving.backends import ServingError
 from serving.dataplane import DataPlane
 
 
+def stable_or_newest(model_base: Path, labels: dict[str, int]) -> int | None:
+    """What users get when they name no version: `stable`, else the newest version on disk."""
+    if "stable" in labels:
+        return labels["stable"]
+    on_disk = models_config.version_folders(Path(model_base))
+    return on_disk[-1] if on_disk else None
+
+
+def published_edge_file(version_dir: Path, name: str) -> Path:
+    """A file edge.json lists as published (so no path leaves the folder); LookupError says why not."""
+    metadata = version_dir / EDGE_DIR / EDGE_METADATA
+    if not metadata.is_file():
+        raise LookupError(
+            f"version {version_dir.name} has no edge files (the EdgeExporter publishes them after a pipeline push; "
+            "a file that failed its parity gate is not published)"
+        )
+    published = json.loads(metadata.read_text())
+    if name not in published["files"]:
+        refused = published.get("not_published", {}).get(name.removesuffix(".tflite"))
+        if refused:
+            raise LookupError(f"{name} of version {version_dir.name} was not published: {'; '.join(refused)}")
+        raise LookupError(f"no edge file {name!r}; published: {', '.join(published['files']) or 'none'}")
+    return version_dir / EDGE_DIR / name
+
+
 def version_folder(dataplane: DataPlane, model: str, version: int | None, label: str | None) -> tuple[int, Path]:
     """(version, its folder): by number, by label, or with neither `stable` (else the newest)."""
     settings = dataplane.settings
@@ -26,27 +51,22 @@ def version_folder(dataplane: DataPlane, model: str, version: int | None, label:
         labels = dataplane.backend.labels(model)
         if label is not None and label not in labels:
             raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
-        # No label asked: what users get, `stable` (else the newest version), as `moodloop live` picks.
-        version = labels.get(label or "stable")
+        version = labels[label] if label is not None else stable_or_newest(settings.model_base, labels)
         if version is None:
-            on_disk = models_config.version_folders(Path(settings.model_base))
-            if not on_disk:
-                raise ServingError("NOT_FOUND", f"no version of {model} yet")
-            version = on_disk[-1]
+            raise ServingError("NOT_FOUND", f"no version of {model} yet")
     return version, Path(settings.model_base) / str(version)
 
 
 def edge_folder(dataplane: DataPlane, model: str, version: int | None, label: str | None) -> tuple[int, Path]:
     """(version, its edge folder); NOT_FOUND with the reason when there is none."""
     version, folder = version_folder(dataplane, model, version, label)
-    folder = folder / EDGE_DIR
-    if not (folder / EDGE_METADATA).is_file():
+    if not (folder / EDGE_DIR / EDGE_METADATA).is_file():
         raise ServingError(
             "NOT_FOUND",
             f"version {version} of {model} has no edge files (the EdgeExporter publishes them after the push; "
             "a file that failed its parity gate is not published)",
         )
-    return version, folder
+    return version, folder / EDGE_DIR
 
 
 def edge_metadata(dataplane: DataPlane, model: str, version: int | None, label: str | None, base_url: str) -> dict:
@@ -59,11 +79,11 @@ def edge_metadata(dataplane: DataPlane, model: str, version: int | None, label: 
 
 def edge_file(dataplane: DataPlane, model: str, version: int | None, label: str | None, name: str) -> Path:
     """A published file by name: only what edge.json lists (so no path leaves the folder)."""
-    _, folder = edge_folder(dataplane, model, version, label)
-    listed = json.loads((folder / EDGE_METADATA).read_text())["files"]
-    if name not in listed:
-        raise ServingError("NOT_FOUND", f"no edge file {name!r}; published: {', '.join(listed) or 'none'}")
-    return folder / name
+    _, folder = version_folder(dataplane, model, version, label)
+    try:
+        return published_edge_file(folder, name)
+    except LookupError as error:
+        raise ServingError("NOT_FOUND", str(error)) from None
 
 
 def model_card(dataplane: DataPlane, model: str, version: int | None, label: str | None, as_json: bool) -> Path:
