@@ -182,13 +182,13 @@ def champion_dir(model_base: str, serving_config: str, model_name: str) -> str |
     return str(base / str(version))
 
 
-def eval_examples(examples: list) -> tuple[list[bytes], np.ndarray]:
-    """Serialized eval-split tf.Examples of every span, and their labels."""
+def split_examples(examples: list, split: str = "eval") -> tuple[list[bytes], np.ndarray]:
+    """Serialized tf.Examples of one split of every span, and their labels."""
     import tensorflow as tf
 
     files = []
     for item in examples:
-        files += sorted(glob.glob(os.path.join(artifact_utils.get_split_uri([item], "eval"), "*")))
+        files += sorted(glob.glob(os.path.join(artifact_utils.get_split_uri([item], split), "*")))
     serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
     labels = np.array(
         [tf.train.Example.FromString(s).features.feature[FEATURE_LABEL].int64_list.value[0] for s in serialized]
@@ -285,7 +285,7 @@ def ABGate(
         max_class_recall_drop=max_class_recall_drop,
         bootstrap=bootstrap,
     )
-    serialized, labels = eval_examples(examples)
+    serialized, labels = split_examples(examples, "eval")
     outputs = predict(path_utils.serving_model_path(model.uri), serialized)
     candidate = outputs[OUTPUT_PROBABILITIES].argmax(axis=1)
     champion_path = champion_dir(model_base, serving_config, model_name)

@@ -35,6 +35,7 @@ import numpy as np
 from tfx import v1 as tfx
 from tfx.types import artifact, standard_artifacts
 
+from components.ab_gate import split_examples
 from moodloop.contracts import (
     EDGE_DIR,
     EDGE_METADATA,
@@ -195,33 +196,29 @@ def parity_problems(kind: str, parity: dict) -> list[str]:
 # ---------------------------------------------------------------- faces from the curated spans
 
 
-def decoded_faces(serialized: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """Serialized curated tf.Examples -> (faces [N, 48, 48] uint8 as the gateway's crops are, labels [N])."""
+def decoded_faces(serialized: list[bytes]) -> np.ndarray:
+    """Serialized curated tf.Examples -> faces [N, 48, 48] uint8, as the gateway's crops are."""
     import tensorflow as tf
 
     from components.preprocessing import decode_images
-    from moodloop.contracts import FEATURE_LABEL
 
-    examples = [tf.train.Example.FromString(s).features.feature for s in serialized]
-    encoded = tf.constant([e[FEATURE_IMAGE].bytes_list.value[0] for e in examples])
-    faces = tf.cast(tf.round(tf.clip_by_value(decode_images(encoded), 0, 255)), tf.uint8).numpy()[..., 0]
-    return faces, np.array([e[FEATURE_LABEL].int64_list.value[0] for e in examples], np.int64)
+    if not serialized:
+        return np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
+    encoded = tf.constant(
+        [tf.train.Example.FromString(s).features.feature[FEATURE_IMAGE].bytes_list.value[0] for s in serialized]
+    )
+    return tf.cast(tf.round(tf.clip_by_value(decode_images(encoded), 0, 255)), tf.uint8).numpy()[..., 0]
 
 
 def split_faces(examples: list, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `limit` faces of a split, from every span (the newest last), evenly spread."""
-    import glob
-
-    import tensorflow as tf
-    from tfx.types import artifact_utils
-
-    files = []
-    for item in examples:
-        files += sorted(glob.glob(os.path.join(artifact_utils.get_split_uri([item], split), "*")))
-    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    if len(serialized) > limit:
-        serialized = [serialized[i] for i in np.linspace(0, len(serialized) - 1, limit).astype(int)]
-    return decoded_faces(serialized)
+    """Up to `limit` faces of a split, from every span, evenly spread; and their labels."""
+    serialized, labels = split_examples(examples, split)
+    chosen = (
+        np.linspace(0, len(serialized) - 1, limit).astype(int)
+        if len(serialized) > limit
+        else np.arange(len(serialized))
+    )
+    return decoded_faces([serialized[i] for i in chosen]), labels[chosen]
 
 
 # ---------------------------------------------------------------- the component

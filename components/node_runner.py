@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 from moodloop import console
 from moodloop.energy import measured
 from moodloop.energy import record as energy_record
-from moodloop.files import atomic_write_bytes
+from moodloop.files import atomic_write_bytes, path_safe
 from moodloop.settings import REPO_ROOT, Settings
 
 console.quiet_console()  # before TensorFlow is imported (see moodloop/console.py)
@@ -39,7 +38,7 @@ OPTIONAL_NODES = ("Tuner",)
 
 
 def run_dir(settings: Settings, run_id: str) -> Path:
-    return settings.pipeline_root / "airflow_runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+    return settings.pipeline_root / "airflow_runs" / path_safe(run_id)
 
 
 def _compiled(settings: Settings, conf: dict):

@@ -16,9 +16,10 @@ import contextlib
 import dataclasses
 import json
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
+
+from moodloop.files import atomic_write_text, path_safe
 
 JOULES_PER_KWH = 3.6e6
 
@@ -104,13 +105,11 @@ def measured(country: str = "USA", whole_machine: bool = False) -> Iterator[Ener
 
 def run_folder(pipeline_root: Path | str, run_id: str) -> Path:
     """Where a pipeline run's per-component readings are kept: <pipeline_root>/energy/<run id>/."""
-    return Path(pipeline_root) / "energy" / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+    return Path(pipeline_root) / "energy" / path_safe(run_id)
 
 
 def record(pipeline_root: Path | str, run_id: str, node: str, reading: EnergyReading) -> Path:
     """Keep one component's reading of a run (both runners do; the model card sums them)."""
-    from moodloop.files import atomic_write_text
-
     return atomic_write_text(run_folder(pipeline_root, run_id) / f"{node}.json", json.dumps(reading.as_dict()))
 
 

@@ -4,6 +4,7 @@ a retried Airflow task) sees the old file or the new one, never half of one."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -25,3 +26,8 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
+
+
+def path_safe(name: str) -> str:
+    """`name` (a run id such as manual__2026-12-01T14:00:00+00:00) as one safe path segment."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
