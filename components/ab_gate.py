@@ -8,6 +8,11 @@ decide, not a single threshold.
   allowed drop and the drop is significant by the exact McNemar test within the class (a
   percentile bootstrap is far too sure on a class of a few faces: it blocked 2 of 4 faces).
   The bootstrap bound of each class's change is reported.
+- A bias audit over slices (moodloop/slices.py: image-property buckets, the generator's nuisance
+  attributes, a batch's extra columns): per slice the accuracy and recall of both models and the
+  largest gap between the slices of an attribute; a slice with at least `min_slice_examples`
+  faces blocks like a class (an accuracy drop beyond `max_slice_accuracy_drop`, significant by
+  McNemar within the slice). Written as bias_report.json + .png beside the gate report.
 - A minimum number of held-out faces, below which the gate refuses to decide (and says so).
 - The first model (no champion yet) faces the absolute accuracy floor alone.
 
@@ -27,11 +32,12 @@ import numpy as np
 from tfx import v1 as tfx
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
-from moodloop import models_config, status
+from moodloop import models_config, slices, status
 from moodloop.contracts import (
     EMOTIONS,
     FEATURE_IMAGE,
     FEATURE_LABEL,
+    FEATURE_SLICES,
     OUTPUT_EMBEDDING,
     OUTPUT_PROBABILITIES,
     SIGNATURE_EXAMPLES,
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 
 GATE_REPORT_JSON = "gate_report.json"
 GATE_REPORT_PNG = "gate_report.png"
+BIAS_REPORT_JSON = "bias_report.json"
+BIAS_REPORT_PNG = "bias_report.png"
 PROFILE_FILE = "reference_profile.parquet"
 
 
@@ -66,7 +74,115 @@ def _bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generato
     return values[index].mean(axis=1)
 
 
-def decide(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray | None, thresholds: GateSettings) -> dict:
+@dataclasses.dataclass(frozen=True)
+class PairedChange:
+    """Candidate vs champion on one group of held-out faces (an emotion's, a slice's): the share
+    each gets right, the bootstrap upper bound of the change, the exact McNemar p-value that the
+    champion is better within the group, and whether that is a regression (a drop beyond
+    `max_drop` that is significant)."""
+
+    candidate: float
+    champion: float
+    change_upper_bound: float
+    p_worse: float
+    regression: bool
+
+    @classmethod
+    def of(
+        cls,
+        cand_correct: np.ndarray,
+        champ_correct: np.ndarray,
+        thresholds: GateSettings,
+        max_drop: float,
+        rng: np.random.Generator,
+    ) -> "PairedChange":  # a string: this module has no postponed annotations (TFX parses the component)
+        cand, champ = float(cand_correct.mean()), float(champ_correct.mean())
+        diff_boot = _bootstrap_means(cand_correct - champ_correct, thresholds.bootstrap, rng)
+        upper = float(np.quantile(diff_boot, 1 - thresholds.alpha))  # one-sided upper bound of the change
+        change = cand_correct - champ_correct  # +1: only the candidate right, -1: only the champion
+        p_worse = mcnemar_exact_p(int((change < 0).sum()), int((change > 0).sum()))
+        return cls(cand, champ, upper, p_worse, (cand - champ) < -max_drop and p_worse < thresholds.alpha)
+
+
+def _macro_recall(labels: np.ndarray, correct: np.ndarray) -> tuple[float, dict[str, float]]:
+    """Mean recall over the emotions present, and each emotion's recall."""
+    per_class = {EMOTIONS[k]: float(correct[labels == k].mean()) for k in np.unique(labels)}
+    return float(np.mean(list(per_class.values()))), per_class
+
+
+def audit_slices(
+    labels: np.ndarray,
+    cand_correct: np.ndarray,
+    champ_correct: np.ndarray | None,
+    face_slices: list[dict[str, str]],
+    thresholds: GateSettings,
+    rng: np.random.Generator,
+) -> dict:
+    """The bias audit (bias_report.json): per slice its `faces`, the candidate's `accuracy`,
+    `recall` (mean over emotions) and `class_recall`; whether it is `guarded` (at least
+    `min_slice_examples` faces); with a champion, the champion's numbers, the `change`, its
+    bootstrap upper bound, McNemar's p that the candidate is worse and `regression`. `gaps`: per
+    attribute, the largest accuracy and recall gap between its guarded slices; `largest_gap`:
+    the widest of them."""
+    groups: dict[str, np.ndarray] = {}
+    for key in sorted({(k, v) for face in face_slices for k, v in face.items()}):
+        groups[slices.name(*key)] = np.array([face.get(key[0]) == key[1] for face in face_slices])
+    report: dict[str, dict] = {}
+    for name, members in groups.items():
+        recall, class_recall = _macro_recall(labels[members], cand_correct[members])
+        row = {
+            "attribute": name.split("=", 1)[0],
+            "value": name.split("=", 1)[1],
+            "faces": int(members.sum()),
+            "accuracy": float(cand_correct[members].mean()),
+            "recall": recall,
+            "class_recall": class_recall,
+            "guarded": bool(members.sum() >= thresholds.min_slice_examples),
+        }
+        if champ_correct is not None:
+            paired = PairedChange.of(
+                cand_correct[members], champ_correct[members], thresholds, thresholds.max_slice_accuracy_drop, rng
+            )
+            row.update(
+                champion_accuracy=paired.champion,
+                champion_recall=_macro_recall(labels[members], champ_correct[members])[0],
+                change=paired.candidate - paired.champion,
+                change_upper_bound=paired.change_upper_bound,
+                mcnemar_p_worse=paired.p_worse,
+                regression=paired.regression and row["guarded"],
+            )
+        report[name] = row
+    gaps = {}
+    for attribute in sorted({row["attribute"] for row in report.values()}):
+        guarded = {row["value"]: row for row in report.values() if row["attribute"] == attribute and row["guarded"]}
+        if len(guarded) < 2:
+            continue
+        best = max(guarded, key=lambda v: guarded[v]["accuracy"])
+        worst = min(guarded, key=lambda v: guarded[v]["accuracy"])
+        recalls = [row["recall"] for row in guarded.values()]
+        gaps[attribute] = {
+            "accuracy_gap": guarded[best]["accuracy"] - guarded[worst]["accuracy"],
+            "best": best,
+            "worst": worst,
+            "recall_gap": max(recalls) - min(recalls),
+        }
+    widest = max(gaps, key=lambda a: gaps[a]["accuracy_gap"]) if gaps else None
+    return {
+        "slices": report,
+        "gaps": gaps,
+        "largest_gap": {"attribute": widest, **gaps[widest]} if widest else None,
+        "min_slice_examples": thresholds.min_slice_examples,
+        "max_slice_accuracy_drop": thresholds.max_slice_accuracy_drop,
+    }
+
+
+def decide(
+    labels: np.ndarray,
+    candidate: np.ndarray,
+    champion: np.ndarray | None,
+    thresholds: GateSettings,
+    face_slices: list[dict[str, str]] | None = None,
+) -> dict:
     """The verdict and its numbers. `candidate` / `champion` are predicted class ids per face.
 
     The result (report.json's `gate`):
@@ -78,7 +194,9 @@ def decide(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray | Non
       only the champion got right, and the one-sided exact p-value that the candidate is better);
     - `per_class`: per emotion, its `faces`, both recalls, their `change`, the bootstrap
       `change_upper_bound`, `mcnemar_p_worse` (exact, within the class) and `regression` (a drop
-      beyond `max_class_recall_drop` that is significant: it blocks the candidate).
+      beyond `max_class_recall_drop` that is significant: it blocks the candidate);
+    - with `face_slices` (each face's slice attributes), `bias`: the audit (audit_slices); a
+      guarded slice's regression blocks the candidate.
     """
     rng = np.random.default_rng(0)  # the same faces and models, the same verdict
     n = len(labels)
@@ -91,6 +209,12 @@ def decide(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray | Non
         "has_champion": champion is not None,
         "reasons": [],
     }
+    champ_correct = (champion == labels).astype(np.float64) if champion is not None else None
+    if face_slices is not None:
+        # its own stream: the overall and per-class numbers stay what they were without slices
+        result["bias"] = audit_slices(
+            labels, cand_correct, champ_correct, face_slices, thresholds, np.random.default_rng(1)
+        )
     if n < thresholds.min_examples:
         result.update(
             verdict="UNDECIDED",
@@ -107,7 +231,7 @@ def decide(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray | Non
         result.update(verdict="BLESSED" if not reasons else "REJECTED", blessed=not reasons, reasons=reasons)
         return result
 
-    champ_correct = (champion == labels).astype(np.float64)
+    assert champ_correct is not None
     candidate_only = int(((cand_correct == 1) & (champ_correct == 0)).sum())
     champion_only = int(((cand_correct == 0) & (champ_correct == 1)).sum())
     p_value = mcnemar_exact_p(candidate_only, champion_only)
@@ -131,27 +255,30 @@ def decide(labels: np.ndarray, candidate: np.ndarray, champion: np.ndarray | Non
         count = int(members.sum())
         if count == 0:
             continue
-        cand_recall, champ_recall = float(cand_correct[members].mean()), float(champ_correct[members].mean())
-        diff_boot = _bootstrap_means(cand_correct[members] - champ_correct[members], thresholds.bootstrap, rng)
-        upper = float(np.quantile(diff_boot, 1 - thresholds.alpha))  # one-sided upper bound of the change
-        change = cand_correct[members] - champ_correct[members]  # +1: only the candidate right, -1: only the champion
-        lost, gained = int((change < 0).sum()), int((change > 0).sum())
-        p_worse = mcnemar_exact_p(lost, gained)  # one-sided: the champion is better on this class
-        regression = (cand_recall - champ_recall) < -thresholds.max_class_recall_drop and p_worse < thresholds.alpha
+        paired = PairedChange.of(
+            cand_correct[members], champ_correct[members], thresholds, thresholds.max_class_recall_drop, rng
+        )
         per_class[emotion] = {
             "faces": count,
-            "candidate_recall": cand_recall,
-            "champion_recall": champ_recall,
-            "change": cand_recall - champ_recall,
-            "change_upper_bound": upper,
-            "mcnemar_p_worse": p_worse,
-            "regression": bool(regression),
+            "candidate_recall": paired.candidate,
+            "champion_recall": paired.champion,
+            "change": paired.candidate - paired.champion,
+            "change_upper_bound": paired.change_upper_bound,
+            "mcnemar_p_worse": paired.p_worse,
+            "regression": bool(paired.regression),
         }
-        if regression:
+        if paired.regression:
             reasons.append(
-                f"{emotion} recall fell from {champ_recall:.3f} to {cand_recall:.3f} on {count} faces "
-                f"(McNemar exact p = {p_worse:.3g} that it is worse, needs >= {thresholds.alpha}; "
+                f"{emotion} recall fell from {paired.champion:.3f} to {paired.candidate:.3f} on {count} faces "
+                f"(McNemar exact p = {paired.p_worse:.3g} that it is worse, needs >= {thresholds.alpha}; "
                 f"allowed drop {thresholds.max_class_recall_drop})"
+            )
+    for name, row in (result.get("bias") or {}).get("slices", {}).items():
+        if row.get("regression"):
+            reasons.append(
+                f"slice {name}: accuracy fell from {row['champion_accuracy']:.3f} to {row['accuracy']:.3f} on "
+                f"{row['faces']} faces (McNemar exact p = {row['mcnemar_p_worse']:.3g} that it is worse, needs >= "
+                f"{thresholds.alpha}; allowed drop {thresholds.max_slice_accuracy_drop})"
             )
     result.update(per_class=per_class, verdict="BLESSED" if not reasons else "REJECTED", blessed=not reasons)
     result["reasons"] = reasons
@@ -194,6 +321,16 @@ def split_examples(examples: list, split: str = "eval") -> tuple[list[bytes], np
         [tf.train.Example.FromString(s).features.feature[FEATURE_LABEL].int64_list.value[0] for s in serialized]
     )
     return serialized, labels
+
+
+def example_slices(serialized: list[bytes]) -> list[dict[str, str]]:
+    """Each face's slice attributes (the curated contract's `slice` feature; {} on older spans)."""
+    import tensorflow as tf
+
+    return [
+        slices.decode(tf.train.Example.FromString(s).features.feature[FEATURE_SLICES].bytes_list.value)
+        for s in serialized
+    ]
 
 
 def predict(model_dir: str, serialized: list[bytes], batch: int = 256) -> dict[str, np.ndarray]:
@@ -247,6 +384,19 @@ def describe(result: dict) -> list[str]:
         )
     elif result["examples"] >= result["thresholds"]["min_examples"]:
         lines.append("  no champion yet: the accuracy floor alone decides")
+    bias = result.get("bias")
+    if bias:
+        guarded = sum(row["guarded"] for row in bias["slices"].values())
+        lines.append(
+            f"  bias audit: {len(bias['slices'])} slices, {guarded} guarded (>= {bias['min_slice_examples']} faces)"
+        )
+        if bias["largest_gap"]:
+            gap = bias["largest_gap"]
+            lines.append(
+                f"  largest gap: {gap['attribute']} {gap['accuracy_gap']:.3f} accuracy "
+                f"({gap['best']} {bias['slices'][slices.name(gap['attribute'], gap['best'])]['accuracy']:.3f}, "
+                f"{gap['worst']} {bias['slices'][slices.name(gap['attribute'], gap['worst'])]['accuracy']:.3f})"
+            )
     lines += [f"  - {reason}" for reason in result["reasons"]]
     return lines
 
@@ -269,6 +419,8 @@ def ABGate(
     min_examples: tfx.dsl.components.Parameter[int],
     max_class_recall_drop: tfx.dsl.components.Parameter[float],
     bootstrap: tfx.dsl.components.Parameter[int],
+    min_slice_examples: tfx.dsl.components.Parameter[int],
+    max_slice_accuracy_drop: tfx.dsl.components.Parameter[float],
     status_dir: tfx.dsl.components.Parameter[str] = "",
 ) -> None:
     """Champion vs candidate on the same held-out faces; blesses (or not) for the Pusher. The
@@ -284,13 +436,15 @@ def ABGate(
         min_examples=min_examples,
         max_class_recall_drop=max_class_recall_drop,
         bootstrap=bootstrap,
+        min_slice_examples=min_slice_examples,
+        max_slice_accuracy_drop=max_slice_accuracy_drop,
     )
     serialized, labels = split_examples(examples, "eval")
     outputs = predict(path_utils.serving_model_path(model.uri), serialized)
     candidate = outputs[OUTPUT_PROBABILITIES].argmax(axis=1)
     champion_path = champion_dir(model_base, serving_config, model_name)
     champion = predict(champion_path, serialized)[OUTPUT_PROBABILITIES].argmax(axis=1) if champion_path else None
-    result = decide(labels, candidate, champion, thresholds)
+    result = decide(labels, candidate, champion, thresholds, example_slices(serialized))
     result.update(champion=champion_path, candidate=model.uri, tfma_evaluation=evaluation.uri)
 
     os.makedirs(report.uri, exist_ok=True)
@@ -302,6 +456,9 @@ def ABGate(
     with open(os.path.join(report.uri, GATE_REPORT_JSON), "w") as fh:
         json.dump(result, fh, indent=1)
     plots.gate_report(result, os.path.join(report.uri, GATE_REPORT_PNG))
+    with open(os.path.join(report.uri, BIAS_REPORT_JSON), "w") as fh:
+        json.dump({"verdict": result["verdict"], **result["bias"]}, fh, indent=1)
+    plots.bias_report(result["bias"], result["verdict"], os.path.join(report.uri, BIAS_REPORT_PNG))
     if status_dir:
         shown = ("verdict", "reasons", "examples", "candidate_accuracy", "champion_accuracy")
         latest = {key: result.get(key) for key in shown} | {"candidate": model.uri}
@@ -316,4 +473,5 @@ def ABGate(
     blessing.set_int_custom_property("current_model_id", model.id)
     Path(blessing.uri, "BLESSED" if result["blessed"] else "NOT_BLESSED").touch()
     log.info("\n".join(describe(result)))
-    log.info(f"gate report: {os.path.join(report.uri, GATE_REPORT_JSON)} and {GATE_REPORT_PNG}")
+    pictures = ", ".join((GATE_REPORT_PNG, BIAS_REPORT_JSON, BIAS_REPORT_PNG))
+    log.info(f"gate report: {os.path.join(report.uri, GATE_REPORT_JSON)}, {pictures}")

@@ -28,6 +28,7 @@ from components.strict_example_validator import StrictExampleValidator
 from moodloop.contracts import (
     CURATED_SPAN_PATTERN,
     FEATURE_LABEL,
+    FEATURE_SLICES,
     NUM_CLASSES,
     OUTPUT_PROBABILITIES,
     SIGNATURE_EXAMPLES,
@@ -147,8 +148,9 @@ def infra_validator(config: PipelineConfig, model, examples):
 
 
 def eval_config(min_accuracy: float, max_accuracy_drop: float) -> tfma.EvalConfig:
-    """Accuracy, per-class recall and the confusion matrix; thresholds on the overall slice only
-    (an unscoped TFMA threshold would apply to every per-class slice too)."""
+    """Accuracy, per-class recall and the confusion matrix, overall, per emotion and per slice
+    (moodloop/slices.py); thresholds on the overall slice only (an unscoped TFMA threshold would
+    apply to every other slice too; the A/B gate guards the slices, paired against the champion)."""
     gate = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_accuracy}),
         change_threshold=tfma.GenericChangeThreshold(
@@ -161,7 +163,12 @@ def eval_config(min_accuracy: float, max_accuracy_drop: float) -> tfma.EvalConfi
                 signature_name=SIGNATURE_EXAMPLES, label_key=FEATURE_LABEL, prediction_key=OUTPUT_PROBABILITIES
             )
         ],
-        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[FEATURE_LABEL])],
+        # overall, per emotion, and per slice value (the multivalent `slice` feature: one slice per value)
+        slicing_specs=[
+            tfma.SlicingSpec(),
+            tfma.SlicingSpec(feature_keys=[FEATURE_LABEL]),
+            tfma.SlicingSpec(feature_keys=[FEATURE_SLICES]),
+        ],
         metrics_specs=[
             tfma.MetricsSpec(
                 metrics=[
@@ -290,6 +297,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         min_examples=config.gate.min_examples,
         max_class_recall_drop=config.gate.max_class_recall_drop,
         bootstrap=config.gate.bootstrap,
+        min_slice_examples=config.gate.min_slice_examples,
+        max_slice_accuracy_drop=config.gate.max_slice_accuracy_drop,
         status_dir=config.status_dir,
     ).with_id("ABGate")
     infra = infra_validator(config, trainer.outputs["model"], example_gen.outputs["examples"])

@@ -113,6 +113,45 @@ def gate_report(result: dict, path: str) -> str:
     return path
 
 
+def bias_report(bias: dict, verdict: str, path: str) -> str:
+    """The bias audit at a glance: one row per slice, grouped by attribute; accuracy (left) and
+    recall averaged over emotions (right) of the candidate as bars, the champion's as ticks.
+    Red: a regression that blocks; grey: too few faces to be guarded."""
+    rows = sorted(bias["slices"].items(), key=lambda item: (item[1]["attribute"], item[1]["value"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.32 * max(len(rows), 3) + 1.8), sharey=True)
+    y = np.arange(len(rows))[::-1]
+    for ax, metric, title in ((axes[0], "accuracy", "accuracy"), (axes[1], "recall", "recall (mean over emotions)")):
+        colours = [
+            "#d9534f" if row.get("regression") else ("#2b7bba" if row["guarded"] else "#c5ccd3") for _, row in rows
+        ]
+        ax.barh(y, [row[metric] for _, row in rows], 0.7, color=colours, label="candidate")
+        champion = [row.get(f"champion_{metric}") for _, row in rows]
+        if any(value is not None for value in champion):
+            ax.scatter(champion, y, marker="|", s=160, color="black", label="champion", zorder=3)
+        for yi, (_, row) in zip(y, rows, strict=True):
+            ax.text(row[metric] + 0.01, yi, f"{row[metric]:.2f}", va="center", fontsize=7)
+        ax.set_xlim(0, 1.08)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [f"{name} ({row['faces']})" for name, row in rows], fontsize=8)
+    if rows and any(row.get("champion_accuracy") is not None for _, row in rows):
+        axes[1].legend(loc="lower right", fontsize=8)
+    gap = bias.get("largest_gap")
+    widest = (
+        f"largest gap: {gap['attribute']} {gap['accuracy_gap']:.3f} accuracy ({gap['best']} vs {gap['worst']})"
+        if gap
+        else "no attribute has two guarded slices"
+    )
+    fig.suptitle(
+        f"Bias audit ({verdict}): slices with >= {bias['min_slice_examples']} faces are guarded; {widest}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 RELIABILITY_PNG = "reliability_diagram.png"
 
 

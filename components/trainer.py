@@ -36,6 +36,7 @@ from moodloop.contracts import (
     FACE_SIZE,
     FEATURE_IMAGE,
     FEATURE_LABEL,
+    FEATURE_SLICES,
     NUM_CLASSES,
     OUTPUT_CLASS_IDS,
     OUTPUT_CLASSES,
@@ -128,7 +129,8 @@ class _ServingModule(tf.Module):
         self._embedding_components = tf.constant(projection[1], tf.float32)
         self.tft_layer = tf_transform_output.transform_features_layer()
         raw_spec = tf_transform_output.raw_feature_spec()
-        raw_spec.pop(FEATURE_LABEL, None)
+        for only_in_training_data in (FEATURE_LABEL, FEATURE_SLICES):  # requests carry the image alone
+            raw_spec.pop(only_in_training_data, None)
         self._raw_spec = raw_spec
         self._class_names = tf.constant(list(EMOTIONS))
 

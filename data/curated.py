@@ -1,7 +1,10 @@
 """The curated dataset (the curated-dataset contract): one TFRecord span per accepted landing batch.
 
-<curated>/span-<N>/faces.tfrecord.gz   tf.Example {image: PNG bytes, label: int64}
-<curated>/span-<N>/manifest.json       source batch, counts, content hashes
+<curated>/span-<N>/faces.tfrecord.gz   tf.Example {image: PNG bytes, label: int64, slice: bytes list}
+<curated>/span-<N>/manifest.json       source batch, counts, slice counts, content hashes
+
+Every face carries its slices (moodloop/slices.py): its image-property buckets, computed here,
+and the attributes its landing batch gave it (extra columns; the generator's nuisance draws).
 
 Faces are deduplicated by the SHA-256 of their 48x48 pixels against every earlier span, so a
 batch that lands twice, or a face repeated across batches, is curated once. A span is written
@@ -18,14 +21,24 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from data.landing import encode_png
 from data.tfrecord import encode_example, write_tfrecord_gz
-from moodloop.contracts import CURATED_MANIFEST, CURATED_SPAN_PREFIX, EMOTIONS, FEATURE_IMAGE, FEATURE_LABEL
+from moodloop import slices
+from moodloop.contracts import (
+    CURATED_MANIFEST,
+    CURATED_SPAN_PREFIX,
+    EMOTIONS,
+    FEATURE_IMAGE,
+    FEATURE_LABEL,
+    FEATURE_SLICES,
+)
+from moodloop.image_properties import property_buckets
 
 _SPAN_DIR = re.compile(re.escape(CURATED_SPAN_PREFIX) + r"(\d+)$")
 
@@ -61,8 +74,17 @@ def known_hashes(curated_dir: Path) -> set[str]:
     return hashes
 
 
-def _example(pixels: np.ndarray, label: int) -> bytes:
-    return encode_example({FEATURE_IMAGE: encode_png(pixels), FEATURE_LABEL: int(label)})
+def face_slices(
+    pixels: np.ndarray, attributes: Mapping[str, str] | None = None, source_side: int | None = None
+) -> dict[str, str]:
+    """A face's slice attributes: its image-property buckets and the attributes it came with."""
+    return property_buckets(pixels, source_side) | dict(attributes or {})
+
+
+def _example(pixels: np.ndarray, label: int, attributes: Mapping[str, str]) -> bytes:
+    return encode_example(
+        {FEATURE_IMAGE: encode_png(pixels), FEATURE_LABEL: int(label), FEATURE_SLICES: slices.encode(attributes)}
+    )
 
 
 def write_span(
@@ -71,8 +93,10 @@ def write_span(
     labels: Sequence[int],
     source: str,
     extra: dict[str, object] | None = None,
+    attributes: Sequence[Mapping[str, str]] | None = None,
 ) -> SpanWritten:
-    """Append the new faces of a batch as the next span. Duplicates are counted, not written."""
+    """Append the new faces of a batch as the next span. Duplicates are counted, not written.
+    `attributes`: each face's slice attributes (face_slices); by default its image properties."""
     curated_dir.mkdir(parents=True, exist_ok=True)
     seen = known_hashes(curated_dir)
     keep: list[int] = []
@@ -93,7 +117,12 @@ def write_span(
     staging = curated_dir / f".{final.name}.{os.getpid()}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    write_tfrecord_gz(staging / "faces.tfrecord.gz", (_example(pixels[i], labels[i]) for i in keep))
+    kept_slices = [attributes[i] if attributes is not None else face_slices(pixels[i]) for i in keep]
+    write_tfrecord_gz(
+        staging / "faces.tfrecord.gz",
+        (_example(pixels[i], labels[i], face) for i, face in zip(keep, kept_slices, strict=True)),
+    )
+    slice_counts = Counter(pair for face in kept_slices for pair in face.items())
     kept_labels = np.array([labels[i] for i in keep])
     # Labels outside 0..6 are counted apart; ExampleValidator stops such a span by the schema.
     counts = np.bincount(kept_labels[(kept_labels >= 0) & (kept_labels < len(EMOTIONS))], minlength=len(EMOTIONS))
@@ -105,6 +134,10 @@ def write_span(
         "duplicates_skipped": duplicates,
         "class_counts": dict(zip(EMOTIONS, map(int, counts), strict=True)),
         "out_of_range_labels": int(len(kept_labels) - counts.sum()),
+        "slice_counts": {
+            key: {value: n for (k, value), n in sorted(slice_counts.items()) if k == key}
+            for key in sorted({key for key, _ in slice_counts})
+        },
         **(extra or {}),
         "hashes": hashes,
     }

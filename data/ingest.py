@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data.curated import existing_spans, write_span
+from data.curated import existing_spans, face_slices, write_span
 from data.landing_contract import ContractLimits, render_report, validate
 from data.landing_zone import GivenBatch, LandingZone, batch_content_hash, landing_zone
 from data.readers import read_batch
@@ -132,6 +132,7 @@ def curate(settings: Settings, checked: dict[str, Any], zone: LandingZone | None
             [f.label for f in result.faces],
             source=batch,
             extra={"batch_hash": batch_hash, "synthetic": synthetic},
+            attributes=[face_slices(f.pixels, f.attributes, f.source_side) for f in result.faces],
         )
         outcome = {"span": written.span, "written": written.written, "duplicates": written.duplicates}
     outcome["archived"] = zone.move(batch, "archive", _reports(settings, batch))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +22,23 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_fer2013_csv(faces: Iterable[tuple[np.ndarray, int]], path: Path, usage: str = "Training") -> int:
-    """Write `emotion,pixels,Usage` rows; returns the number written."""
+def write_fer2013_csv(
+    faces: Iterable[tuple[np.ndarray, int]],
+    path: Path,
+    usage: str = "Training",
+    attributes: Sequence[Mapping[str, str]] | None = None,
+) -> int:
+    """Write `emotion,pixels,Usage` rows, and one more column per slice attribute when each face's
+    `attributes` are given (the synthetic generator's nuisance draws); returns the number written."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    columns = sorted({key for face in attributes or () for key in face})
     n = 0
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["emotion", "pixels", "Usage"])
-        for pixels, label in faces:
-            writer.writerow([label, " ".join(map(str, pixels.reshape(-1).tolist())), usage])
+        writer.writerow(["emotion", "pixels", "Usage", *columns])
+        for i, (pixels, label) in enumerate(faces):
+            extra = [attributes[i].get(key, "") for key in columns] if attributes is not None else []
+            writer.writerow([label, " ".join(map(str, pixels.reshape(-1).tolist())), usage, *extra])
             n += 1
     return n
 

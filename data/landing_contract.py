@@ -20,6 +20,7 @@ import pandas as pd
 from data.curated import face_hash
 from data.readers import ReadResult
 from moodloop.contracts import EMOTIONS, NUM_CLASSES
+from moodloop.slices import MAX_VALUES_PER_ATTRIBUTE
 
 SUITE_NAME = "landing_batch_contract"
 
@@ -28,6 +29,7 @@ SUITE_NAME = "landing_batch_contract"
 class ContractLimits:
     max_faces: int = 100_000  # per batch
     min_faces: int = 1
+    max_values_per_attribute: int = MAX_VALUES_PER_ATTRIBUTE  # an extra column with more is an identifier
 
 
 @dataclasses.dataclass
@@ -49,6 +51,13 @@ class ContractResult:
         }
 
 
+ATTRIBUTE_COLUMN = "attribute:"  # the frame's column of a slice attribute (an extra batch column)
+
+
+def attribute_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith(ATTRIBUTE_COLUMN)]
+
+
 def batch_frame(result: ReadResult) -> pd.DataFrame:
     """One row per item of the batch: the facts each expectation checks."""
     rows = []
@@ -60,6 +69,7 @@ def batch_frame(result: ReadResult) -> pd.DataFrame:
                 "reason": "",
                 "label": face.label,
                 "face_hash": face_hash(face.pixels),
+                **{ATTRIBUTE_COLUMN + key: value for key, value in face.attributes.items()},
             }
         )
     for rejected in result.rejected:
@@ -72,17 +82,26 @@ def batch_frame(result: ReadResult) -> pd.DataFrame:
                 "face_hash": None,
             }
         )
-    frame = pd.DataFrame(rows, columns=["source", "kind", "reason", "label", "face_hash"])
+    attributes = sorted({ATTRIBUTE_COLUMN + key for face in result.faces for key in face.attributes})
+    frame = pd.DataFrame(rows, columns=["source", "kind", "reason", "label", "face_hash", *attributes])
     for kind in ("layout", "label", "pixels", "unreadable", "too_large"):
         frame[f"ok_{kind}"] = frame["kind"] != kind
     return frame
 
 
 # (expectation, what it means for a person) — the order is the report's order.
-def _expectations(limits: ContractLimits) -> list[tuple[Any, str]]:
+def _expectations(limits: ContractLimits, attributes: list[str]) -> list[tuple[Any, str]]:
     import great_expectations as gx
 
     e = gx.expectations
+    per_attribute = [
+        (
+            e.ExpectColumnUniqueValueCountToBeBetween(column=column, max_value=limits.max_values_per_attribute),
+            f"the extra column `{column.removeprefix(ATTRIBUTE_COLUMN)}` groups faces: at most "
+            f"{limits.max_values_per_attribute} distinct values (more is an identifier, not a slice)",
+        )
+        for column in attributes
+    ]
     return [
         (
             e.ExpectTableRowCountToBeBetween(min_value=limits.min_faces, max_value=limits.max_faces),
@@ -109,6 +128,7 @@ def _expectations(limits: ContractLimits) -> list[tuple[Any, str]]:
             f"every label is one of the seven emotions ({', '.join(EMOTIONS)}) or 0..6",
         ),
         (e.ExpectColumnValuesToBeUnique(column="face_hash"), "no face appears twice in the batch (identical pixels)"),
+        *per_attribute,
     ]
 
 
@@ -116,7 +136,8 @@ def validate(result: ReadResult, limits: ContractLimits = ContractLimits()) -> C
     from moodloop.expectations import run_suite
 
     frame = batch_frame(result)
-    passed, broken, gx_result = run_suite(SUITE_NAME, frame, _expectations(limits), index_column="source")
+    expectations = _expectations(limits, attribute_columns(frame))
+    passed, broken, gx_result = run_suite(SUITE_NAME, frame, expectations, index_column="source")
     reasons = dict(zip(frame["source"], frame["reason"], strict=True))
     failures = [
         {

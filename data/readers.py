@@ -4,6 +4,9 @@
 - Image folders: `<emotion>/*.png|jpg` or `train|test|.../<emotion>/*`, any size, grey or colour.
 - Images with a labels file: `labels.csv` with columns `file,label` (label = name or 0..6).
 
+Any further column of fer2013.csv or labels.csv (for example `group`) is a slice attribute of
+its faces (moodloop/slices.py): the bias audit in the A/B gate reports and guards each value.
+
 Every bad row or file is reported by row number or file name with the reason; good rows are
 kept. Nothing is dropped silently: read = kept + rejected, always.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from moodloop import slices
 from moodloop.contracts import EMOTIONS, FACE_SIZE, READY_MARKER, emotion_index
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -38,6 +42,8 @@ class Face:
     label: int  # index into EMOTIONS
     source: str  # "fer2013.csv:row 17" or a path relative to the batch
     usage: str = ""  # FER2013 Usage column or the split folder name, if any
+    attributes: dict[str, str] = dataclasses.field(default_factory=dict)  # the batch's extra columns
+    source_side: int = FACE_SIZE  # the shorter side of the image the face came from, in pixels
 
 
 class ReadError(ValueError):
@@ -105,7 +111,13 @@ class ReadResult:
 
 
 def decode_face(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
-    """Decode an encoded image (any size, grey or colour) to a 48x48 uint8 face.
+    """Decode an encoded image (any size, grey or colour) to a 48x48 uint8 face."""
+    return decode_face_and_side(data, max_pixels)[0]
+
+
+def decode_face_and_side(data: bytes, max_pixels: int = 40_000_000) -> tuple[np.ndarray, int]:
+    """Decode an encoded image (any size, grey or colour) to a 48x48 uint8 face, and the shorter
+    side of the image as it was.
 
     Raises ValueError with a readable reason for empty, truncated, unreadable or oversized
     images (decompression bombs included: the size is checked before pixels are decoded).
@@ -129,7 +141,7 @@ def decode_face(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
     gray = img.convert("L")
     if gray.size != (FACE_SIZE, FACE_SIZE):
         gray = gray.resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)
-    return np.asarray(gray, dtype=np.uint8)
+    return np.asarray(gray, dtype=np.uint8), min(width, height)
 
 
 def parse_label(value: str | int) -> int:
@@ -154,6 +166,25 @@ def parse_fer_pixels(text: str) -> np.ndarray:
     return values.astype(np.uint8).reshape(FACE_SIZE, FACE_SIZE)
 
 
+def _attribute_columns(header: list[str], taken: set[int]) -> dict[int, str]:
+    """Column index -> slice attribute, for every column the layout does not use itself.
+    ValueError (a layout error of the whole file) for a name that cannot be an attribute."""
+    columns: dict[int, str] = {}
+    for i, column in enumerate(header):
+        if i in taken:
+            continue
+        attribute = slices.attribute_name(column)
+        if attribute in columns.values():
+            raise ValueError(f"two columns name the slice attribute {attribute!r}")
+        columns[i] = attribute
+    return columns
+
+
+def _row_attributes(row: list[str], columns: dict[int, str]) -> dict[str, str]:
+    values = {attribute: slices.attribute_value(row[i]) if i < len(row) else "" for i, attribute in columns.items()}
+    return {attribute: value for attribute, value in values.items() if value}
+
+
 def read_fer2013_csv(path: Path, name: str | None = None) -> ReadResult:
     """Read a FER2013 CSV; rows are numbered as a spreadsheet shows them (header = row 1)."""
     name = name or path.name
@@ -170,6 +201,11 @@ def read_fer2013_csv(path: Path, name: str | None = None) -> ReadResult:
             return result
         i_label, i_pixels = columns.index("emotion"), columns.index("pixels")
         i_usage = columns.index("usage") if "usage" in columns else None
+        try:
+            attribute_columns = _attribute_columns(header, {i_label, i_pixels, i_usage} - {None})
+        except ValueError as exc:
+            result.rejected.append(Rejected(f"{name}:row 1", str(exc)))
+            return result
         for row_number, row in enumerate(reader, start=2):
             source = f"{name}:row {row_number}"
             if not row or all(not cell.strip() for cell in row):
@@ -179,23 +215,33 @@ def read_fer2013_csv(path: Path, name: str | None = None) -> ReadResult:
                     raise ReadError(f"expected {len(columns)} columns, got {len(row)}")
                 label = parse_label(row[i_label])
                 pixels = parse_fer_pixels(row[i_pixels])
+                attributes = _row_attributes(row, attribute_columns)
             except ValueError as exc:
                 result.rejected.append(Rejected.from_error(source, exc))
                 continue
             usage = row[i_usage].strip() if i_usage is not None and i_usage < len(row) else ""
-            result.faces.append(Face(pixels, label, source, usage))
+            result.faces.append(Face(pixels, label, source, usage, attributes))
     return result
 
 
-def _read_image_file(path: Path, source: str, label: int, usage: str, max_bytes: int, max_pixels: int) -> Face:
+def _read_image_file(
+    path: Path,
+    source: str,
+    label: int,
+    usage: str,
+    max_bytes: int,
+    max_pixels: int,
+    attributes: dict[str, str] | None = None,
+) -> Face:
     size = path.stat().st_size
     if size > max_bytes:
         raise SizeLimitError(f"file is {size} bytes, over the {max_bytes}-byte limit")
-    return Face(decode_face(path.read_bytes(), max_pixels), label, source, usage)
+    pixels, side = decode_face_and_side(path.read_bytes(), max_pixels)
+    return Face(pixels, label, source, usage, attributes or {}, side)
 
 
 def read_labelled_images(root: Path, max_bytes: int = 10 << 20, max_pixels: int = 40_000_000) -> ReadResult:
-    """Read `labels.csv` (file,label) and the images it names, relative to `root`."""
+    """Read `labels.csv` (file,label[,attribute...]) and the images it names, relative to `root`."""
     result = ReadResult()
     labels_path = root / LABELS_FILE
     with open(labels_path, newline="", encoding="utf-8", errors="replace") as fh:
@@ -206,6 +252,11 @@ def read_labelled_images(root: Path, max_bytes: int = 10 << 20, max_pixels: int 
     header = [h.strip().lower() for h in rows[0]]
     if header[:2] != ["file", "label"]:
         result.rejected.append(Rejected(f"{LABELS_FILE}:row 1", f"header must be file,label; got {rows[0]}"))
+        return result
+    try:
+        attribute_columns = _attribute_columns(rows[0], {0, 1})
+    except ValueError as exc:
+        result.rejected.append(Rejected(f"{LABELS_FILE}:row 1", str(exc)))
         return result
     for row_number, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
@@ -220,9 +271,10 @@ def read_labelled_images(root: Path, max_bytes: int = 10 << 20, max_pixels: int 
                 raise ReadError(f"{rel!r} is outside the batch folder")
             source = rel
             label = parse_label(row[1])
+            attributes = _row_attributes(row, attribute_columns)
             if not path.is_file():
                 raise ReadError("file not found")
-            result.faces.append(_read_image_file(path, rel, label, "", max_bytes, max_pixels))
+            result.faces.append(_read_image_file(path, rel, label, "", max_bytes, max_pixels, attributes))
         except ValueError as exc:
             result.rejected.append(Rejected.from_error(source, exc))
     return result

@@ -53,6 +53,22 @@ class Shift:
 class Face:
     pixels: np.ndarray  # (48, 48) uint8
     label: int  # index into EMOTIONS
+    # The nuisance draws behind the face, in words (NUISANCE_ATTRIBUTES): what the bias audit slices by.
+    attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+# The generator's nuisance attributes, written into synthetic landing batches as extra columns so
+# the curated spans carry them and the A/B gate can slice by them. Bucket edges: skin tone is the
+# drawn skin grey (50..235); pose is the in-plane tilt (degrees, drawn ~ N(0, 8)); lighting is
+# the strength of the light gradient across the face (drawn per axis ~ N(0, 0.12)).
+NUISANCE_ATTRIBUTES = ("skin", "pose", "lighting", "occlusion")
+_DARK_SKIN, _LIGHT_SKIN = 75.0, 170.0
+_TURNED_DEGREES = 10.0
+_SIDE_LIGHT = 0.2
+
+
+def _skin_bucket(skin: float) -> str:
+    return "dark" if skin < _DARK_SKIN else ("light" if skin >= _LIGHT_SKIN else "medium")
 
 
 def class_probabilities(class_mix: Mapping[str, float] | None = None) -> np.ndarray:
@@ -91,15 +107,25 @@ class _Masks:
 
 
 def _draw_face(
-    rng: np.random.Generator, label: int, shift: Shift, regions: list[Image.Image] | None = None
+    rng: np.random.Generator,
+    label: int,
+    shift: Shift,
+    attributes: dict[str, str],
+    regions: list[Image.Image] | None = None,
 ) -> Image.Image:
-    """The face on the 2x canvas. With `regions` (an empty list), also appends two masks on the
-    same canvas, moved by the same pose: the expressive parts (eyes, brows, mouth) and the whole
-    face; drawing them takes nothing from `rng`, so the face's pixels are the same either way."""
+    """The face on the 2x canvas; its nuisance draws go into `attributes`. With `regions` (an
+    empty list), also appends two masks on the same canvas, moved by the same pose: the expressive
+    parts (eyes, brows, mouth) and the whole face; drawing them takes nothing from `rng`, so the
+    face's pixels are the same either way."""
     c = _CANVAS
     bg = rng.uniform(20, 235)
     skin = float(np.clip(bg + rng.choice([-1, 1]) * rng.uniform(35, 110), 50, 235))
-    dark = max(0.0, skin - rng.uniform(80, 140))
+    feature_contrast = rng.uniform(80, 140)
+    attributes["skin"] = _skin_bucket(skin)
+    # Brows, pupils and lips: darker than the skin, except on dark skin, where what reads in a
+    # photograph is lighter than the skin (highlights, lips). A model that never saw dark faces
+    # has never seen this polarity: the subgroup the bias-audit test leaves out of training.
+    dark = skin + 0.8 * feature_contrast if attributes["skin"] == "dark" else max(0.0, skin - feature_contrast)
     img = Image.new("F", (c, c), bg)
     draw = ImageDraw.Draw(img)
 
@@ -177,6 +203,7 @@ def _draw_face(
 
     # Pose, position, scale
     angle = rng.normal(0, 8)
+    attributes["pose"] = "turned" if abs(angle) >= _TURNED_DEGREES else "frontal"
     scale = rng.uniform(0.85, 1.15) * shift.face_scale
     tx, ty = rng.normal(0, 3.5, size=2)
     a = 1 / scale
@@ -194,7 +221,9 @@ def _draw_face(
         regions.extend(pose(layer, 0) for layer in masks.layers)
 
     # Partial occlusion: a hand or an object over part of the face.
-    if rng.random() < 0.12 + shift.occlusion:
+    occluded = rng.random() < 0.12 + shift.occlusion
+    attributes["occlusion"] = "occluded" if occluded else "none"
+    if occluded:
         draw = ImageDraw.Draw(img)
         ow, oh = rng.uniform(12, 34), rng.uniform(10, 30)
         ox, oy = rng.uniform(10, c - 10), rng.uniform(10, c - 10)
@@ -202,7 +231,7 @@ def _draw_face(
     return img
 
 
-def _finish(img: Image.Image, rng: np.random.Generator, shift: Shift) -> np.ndarray:
+def _finish(img: Image.Image, rng: np.random.Generator, shift: Shift, attributes: dict[str, str]) -> np.ndarray:
     # Mode "F" has no blur filter: blur the 8-bit 2x canvas (radius doubled to match).
     blur = rng.uniform(0, 0.6) + shift.blur
     canvas = img.convert("L")
@@ -212,6 +241,7 @@ def _finish(img: Image.Image, rng: np.random.Generator, shift: Shift) -> np.ndar
     x = np.asarray(small, dtype=np.float32) / 255.0
     # Lighting: a linear gradient across the face, then global brightness/contrast.
     gx, gy = rng.normal(0, 0.12, size=2)
+    attributes["lighting"] = "side" if float(np.hypot(gx, gy)) >= _SIDE_LIGHT else "even"
     ramp = np.linspace(-0.5, 0.5, FACE_SIZE, dtype=np.float32)
     x = x + gx * ramp[None, :] + gy * ramp[:, None]
     x = (x - 0.5) * rng.uniform(0.75, 1.25) * shift.contrast + 0.5 + rng.normal(0, 0.06) + shift.brightness
@@ -225,15 +255,29 @@ def generate(n: int, seed: int = 0, shift: Shift = Shift()) -> Iterator[Face]:
     probs = class_probabilities(shift.class_mix)
     labels = rng.choice(len(EMOTIONS), size=n, p=probs)
     for label in labels:
-        img = _draw_face(rng, int(label), shift)
-        yield Face(pixels=_finish(img, rng, shift), label=int(label))
+        attributes: dict[str, str] = {}
+        img = _draw_face(rng, int(label), shift, attributes)
+        yield Face(pixels=_finish(img, rng, shift, attributes), label=int(label), attributes=attributes)
 
 
 def generate_arrays(n: int, seed: int = 0, shift: Shift = Shift()) -> tuple[np.ndarray, np.ndarray]:
     """(pixels [n, 48, 48] uint8, labels [n] int64) for in-memory use (tests, benchmarks)."""
-    faces = list(generate(n, seed, shift))
+    return _stack(list(generate(n, seed, shift)))
+
+
+def _stack(faces: list[Face]) -> tuple[np.ndarray, np.ndarray]:
     pixels = np.stack([f.pixels for f in faces]) if faces else np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
     return pixels, np.array([f.label for f in faces], dtype=np.int64)
+
+
+def generate_with_attributes(
+    n: int, seed: int = 0, shift: Shift = Shift()
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """`generate_arrays`'s faces (the same pixels for the same seed) with each face's nuisance
+    attributes (NUISANCE_ATTRIBUTES): what a synthetic landing batch carries as extra columns."""
+    faces = list(generate(n, seed, shift))
+    pixels, labels = _stack(faces)
+    return pixels, labels, [dict(f.attributes) for f in faces]
 
 
 def generate_with_regions(n: int, seed: int = 0, shift: Shift = Shift()) -> tuple[np.ndarray, ...]:
@@ -245,8 +289,9 @@ def generate_with_regions(n: int, seed: int = 0, shift: Shift = Shift()) -> tupl
     pixels, expressive, face = [], [], []
     for label in labels:
         regions: list[Image.Image] = []
-        img = _draw_face(rng, int(label), shift, regions)
-        pixels.append(_finish(img, rng, shift))
+        attributes: dict[str, str] = {}
+        img = _draw_face(rng, int(label), shift, attributes, regions)
+        pixels.append(_finish(img, rng, shift, attributes))
         for masks, region in zip((expressive, face), regions, strict=True):
             masks.append(np.asarray(region.resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)) >= 128)
     return np.stack(pixels), labels.astype(np.int64), np.stack(expressive), np.stack(face)

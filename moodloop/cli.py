@@ -61,11 +61,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         occlusion=args.occlusion,
         class_mix=args.class_mix,
     )
-    faces = ((f.pixels, f.label) for f in synthetic.generate(args.n, args.seed, shift))
+    pixels, labels, attributes = synthetic.generate_with_attributes(args.n, args.seed, shift)
+    faces = zip(pixels, labels, strict=True)
     out: Path = args.out
-    if args.layout == "csv":
+    if args.layout == "csv":  # with the generator's nuisance attributes as slice columns
         path = out / "fer2013.csv" if out.suffix != ".csv" else out
-        n = landing.write_fer2013_csv(faces, path)
+        n = landing.write_fer2013_csv(faces, path, attributes=attributes)
     else:
         path = out
         n = landing.write_image_folders(faces, out, split=args.split)
@@ -228,7 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output folder (or .csv path for --layout csv)")
     p.add_argument("--n", type=int, default=2000, help="number of faces (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same faces (default 0)")
-    p.add_argument("--layout", choices=["csv", "folders"], default="csv", help="fer2013.csv or <split>/<emotion>/*.png")
+    p.add_argument(
+        "--layout",
+        choices=["csv", "folders"],
+        default="csv",
+        help="fer2013.csv, with the generator's skin, pose, lighting and occlusion as slice columns, "
+        "or <split>/<emotion>/*.png (no slice columns) (default csv)",
+    )
     p.add_argument("--split", default="train", help="split folder name for --layout folders (default train)")
     _add_shift_options(p)
     p.set_defaults(func=cmd_generate)

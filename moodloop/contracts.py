@@ -52,6 +52,11 @@ CURATED_SPAN_PATTERN = CURATED_SPAN_PREFIX + "{SPAN:5}/*.tfrecord.gz"  # span-00
 CURATED_MANIFEST = "manifest.json"
 FEATURE_IMAGE = "image"  # bytes: PNG-encoded face (any size; the model resizes to 48x48)
 FEATURE_LABEL = "label"  # int64: index into EMOTIONS
+# bytes list: the face's slices as "attribute=value" (moodloop/slices.py): image-property buckets
+# computed at ingest, the generator's nuisance attributes, a landing batch's extra columns. One
+# multivalent feature, so a batch may bring any column without a schema change; TFMA makes one
+# slice per value.
+FEATURE_SLICES = "slice"
 
 # The model contract: SavedModel signatures.
 SIGNATURE_IMAGES = "serving_default"  # input "images": [N] encoded JPEG/PNG bytes

@@ -103,6 +103,10 @@ class GateSettings:
     alpha: float = setting("MOODLOOP_GATE_ALPHA", 0.05)  # false-promotion level of the superiority test
     min_examples: int = setting("MOODLOOP_GATE_MIN_EXAMPLES", 200)  # fewer held-out faces: no decision
     max_class_recall_drop: float = setting("MOODLOOP_GATE_MAX_CLASS_RECALL_DROP", 0.05)  # significant: blocks
+    # The bias audit: a slice (moodloop/slices.py) with this many held-out faces is guarded like a
+    # class: an accuracy drop beyond the bound that is significant blocks the candidate.
+    min_slice_examples: int = setting("MOODLOOP_GATE_MIN_SLICE_EXAMPLES", 100)
+    max_slice_accuracy_drop: float = setting("MOODLOOP_GATE_MAX_SLICE_ACCURACY_DROP", 0.05)
     bootstrap: int = setting("MOODLOOP_GATE_BOOTSTRAP", 1000)
 
 

@@ -237,8 +237,8 @@ def drop_synthetic_batch(
 
     final = settings.landing_dir / name
     staging = settings.landing_dir / f".{name}.partial"
-    pixels, labels = synthetic.generate_arrays(faces, seed=seed, shift=shift or synthetic.Shift())
-    landing.write_fer2013_csv(zip(pixels, labels, strict=True), staging / "fer2013.csv")
+    pixels, labels, attributes = synthetic.generate_with_attributes(faces, seed=seed, shift=shift or synthetic.Shift())
+    landing.write_fer2013_csv(zip(pixels, labels, strict=True), staging / "fer2013.csv", attributes=attributes)
     landing.mark_synthetic(staging, f"seed {seed}, {shift or synthetic.Shift()}")
     (staging / "_SUCCESS").touch()
     os.replace(staging, final)

@@ -39,3 +39,31 @@ def test_span_records_decode_to_the_same_faces(tmp_path):
         decoded_labels.append(example.features.feature["label"].int64_list.value[0])
     np.testing.assert_array_equal(np.stack(decoded), pixels)
     assert decoded_labels == labels.tolist()
+
+
+def test_every_face_carries_its_slices_and_the_manifest_counts_them(tmp_path):
+    import tensorflow as tf
+
+    from moodloop import slices
+    from moodloop.contracts import FEATURE_SLICES
+    from moodloop.image_properties import property_buckets
+
+    pixels, labels, attributes = synthetic.generate_with_attributes(30, seed=3)
+    given = [curated.face_slices(p, a, source_side=48) for p, a in zip(pixels, attributes, strict=True)]
+    span = curated.write_span(tmp_path, list(pixels), list(labels), source="s", attributes=given)
+    records = tf.data.TFRecordDataset(str(span.path / "faces.tfrecord.gz"), compression_type="GZIP")
+    stored = [
+        slices.decode(tf.train.Example.FromString(r.numpy()).features.feature[FEATURE_SLICES].bytes_list.value)
+        for r in records
+    ]
+    assert stored == given
+    assert stored[0] == property_buckets(pixels[0], 48) | attributes[0]
+    assert stored[0]["face_size"] == "medium" and {"skin", "pose", "lighting", "occlusion"} <= set(stored[0])
+    counts = json.loads((span.path / CURATED_MANIFEST).read_text())["slice_counts"]
+    assert sum(counts["skin"].values()) == 30
+    assert counts["skin"] == {v: sum(a["skin"] == v for a in attributes) for v in counts["skin"]}
+
+    # Without given attributes a span still carries the image-property buckets.
+    plain = curated.write_span(tmp_path / "plain", list(pixels[:5]), list(labels[:5]), source="p")
+    manifest = json.loads((plain.path / CURATED_MANIFEST).read_text())
+    assert set(manifest["slice_counts"]) == {"brightness", "contrast", "sharpness"}

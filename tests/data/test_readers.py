@@ -124,3 +124,38 @@ def test_emotion_index_accepts_codes_and_names(value, expected):
 def test_emotion_index_rejects_everything_else(value):
     with pytest.raises(ValueError, match="not an emotion"):
         emotion_index(value)
+
+
+def test_extra_columns_become_slice_attributes_of_each_face(tmp_path: Path):
+    pixels, labels, attributes = synthetic.generate_with_attributes(12, seed=5)
+    attributes[3] = {**attributes[3], "skin": ""}  # a blank cell: the face has no value there
+    landing.write_fer2013_csv(zip(pixels, labels, strict=True), tmp_path / "fer2013.csv", attributes=attributes)
+    result = readers.read_batch(tmp_path)
+    assert not result.rejected
+    assert [f.attributes for f in result.faces][:3] == attributes[:3]
+    assert "skin" not in result.faces[3].attributes and result.faces[3].attributes["pose"] == attributes[3]["pose"]
+
+    images = tmp_path / "labelled"
+    images.mkdir()
+    (images / "a.png").write_bytes(_png(np.full((120, 100), 90, np.uint8)))
+    (images / "b.png").write_bytes(_png(np.full((30, 40), 90, np.uint8)))
+    (images / "labels.csv").write_text("file,label,Group Name\na.png,happy, north \nb.png,sad,south\n")
+    faces = readers.read_batch(images).faces
+    assert [f.attributes for f in faces] == [{"group_name": "north"}, {"group_name": "south"}]
+    assert [f.source_side for f in faces] == [100, 30]  # the face_size slice comes from the source image
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        ("file,label,brightness", "computed by moodloop itself"),
+        ("file,label,group,Group", "two columns name the slice attribute 'group'"),
+        ("file,label,%%", "cannot name a slice"),
+    ],
+)
+def test_a_column_that_cannot_be_a_slice_rejects_the_file_with_the_reason(tmp_path: Path, header: str, why: str):
+    (tmp_path / "a.png").write_bytes(_png(np.full((48, 48), 90, np.uint8)))
+    (tmp_path / "labels.csv").write_text(f"{header}\na.png,happy,x,y\n")
+    result = readers.read_batch(tmp_path)
+    assert not result.faces and result.rejected[0].source == "labels.csv:row 1"
+    assert why in result.rejected[0].reason
