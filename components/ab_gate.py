@@ -462,9 +462,13 @@ def ABGate(
     if status_dir:
         shown = ("verdict", "reasons", "examples", "candidate_accuracy", "champion_accuracy")
         latest = {key: result.get(key) for key in shown} | {"candidate": model.uri}
+        latest["largest_slice_gap"] = result["bias"]["largest_gap"]
         try:
-            picture = {status.GATE_IMAGE: os.path.join(report.uri, GATE_REPORT_PNG)}
-            status.write_status(status_dir, status.GATE, latest, picture)
+            pictures = {
+                status.GATE_IMAGE: os.path.join(report.uri, GATE_REPORT_PNG),
+                status.BIAS_IMAGE: os.path.join(report.uri, BIAS_REPORT_PNG),
+            }
+            status.write_status(status_dir, status.GATE, latest, pictures)
         except OSError as error:  # the page's panel misses a verdict; the blessing does not depend on it
             log.error(f"could not record the gate verdict for the model panel: {error}")
     # The ModelBlessing contract the Pusher and LatestBlessedModelStrategy read (as the Evaluator writes it).

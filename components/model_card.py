@@ -9,6 +9,7 @@ champion, the spans), the edge files' parity, and the run's energy. A template o
 Model Card Toolkit needs a newer TFX stack than 1.16.
 """
 
+import base64
 import html
 import json
 import logging
@@ -19,7 +20,7 @@ from typing import List  # noqa: UP035 - TFX's component decorator reads typing.
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
-from components.ab_gate import GATE_REPORT_JSON, GateReport
+from components.ab_gate import BIAS_REPORT_PNG, GATE_REPORT_JSON, GateReport
 from components.edge import EdgeModels
 from components.model_report import REPORT_JSON, TRAINING_SUMMARY, ModelReport
 from moodloop.contracts import (
@@ -49,18 +50,29 @@ def _read_json(path: str) -> dict:
 def training_data(curated_dir: str, spans: list[int]) -> dict:
     """The spans the candidate learnt from: per span its source batch and faces per class."""
     rows, totals = [], dict.fromkeys(EMOTIONS, 0)
+    slice_counts: dict[str, dict[str, int]] = {}
     for span in sorted(set(spans)):
         manifest = _read_json(os.path.join(curated_dir, f"{CURATED_SPAN_PREFIX}{span:05d}", CURATED_MANIFEST))
         counts = manifest.get("class_counts", {})
         for emotion in EMOTIONS:
             totals[emotion] += int(counts.get(emotion, 0))
+        for attribute, values in manifest.get("slice_counts", {}).items():
+            for value, n in values.items():
+                slice_counts.setdefault(attribute, {}).setdefault(value, 0)
+                slice_counts[attribute][value] += n
         source = manifest.get("source", "?")
         # Spans curated before batches carried the SYNTHETIC marker: their name says it (synthetic-*).
         synthetic = bool(manifest.get("synthetic", str(source).startswith(SYNTHETIC_SOURCE_PREFIX)))
         row = {"span": span, "source": source, "faces": manifest.get("written"), "class_counts": counts}
         rows.append(row | {"synthetic": synthetic})
     synthetic = [r["source"] for r in rows if r["synthetic"]]
-    return {"spans": rows, "class_counts": totals, "faces": sum(totals.values()), "synthetic_sources": synthetic}
+    return {
+        "spans": rows,
+        "class_counts": totals,
+        "slice_counts": slice_counts,  # faces per slice value (moodloop/slices.py), over the spans
+        "faces": sum(totals.values()),
+        "synthetic_sources": synthetic,
+    }
 
 
 def pipeline_run_id(metadata_path: str, artifact_id: int) -> str | None:
@@ -104,7 +116,8 @@ def card_content(
             "held_out_faces": report.get("example_count"),
             "per_class_recall": report.get("per_class_recall"),
             "confusion_matrix": report.get("confusion_matrix"),
-            "slices": None,  # not evaluated yet: the gate's slice audit is issue 14's part 2
+            "slices": _slices(gate.get("bias")),
+            "largest_slice_gap": (gate.get("bias") or {}).get("largest_gap"),
         },
         "calibration": calibration,
         "training": {
@@ -128,6 +141,27 @@ def card_content(
     }
 
 
+def _slices(bias: dict | None) -> dict | None:
+    """Per slice, the numbers a reader of the card needs (the A/B gate's bias audit has more)."""
+    if not bias:
+        return None
+    shown = ("faces", "accuracy", "recall", "guarded", "champion_accuracy", "change", "regression")
+    return {name: {k: row[k] for k in shown if k in row} for name, row in bias["slices"].items()}
+
+
+def _slice_rows(slices: dict) -> list[list]:
+    def change(row: dict) -> str:
+        if row.get("change") is None:
+            return "no champion"
+        return f"{100 * row['change']:+.1f} pts" + (" REGRESSION" if row.get("regression") else "")
+
+    return [
+        [name, row["faces"], _percent(row["accuracy"]), _percent(row["recall"]), change(row)]
+        + ([] if row["guarded"] else ["too few faces to guard"])
+        for name, row in slices.items()
+    ]
+
+
 def _table(rows: list[list], header: list[str]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
@@ -138,13 +172,39 @@ def _percent(value) -> str:
     return f"{100 * value:.1f} %" if isinstance(value, (int, float)) else "n/a"
 
 
+def _slices_html(metrics: dict, bias_png: bytes | None) -> str:
+    if not metrics.get("slices"):
+        return "<p>Slices: the held-out faces carried none.</p>"
+    gap = metrics.get("largest_slice_gap")
+    widest = (
+        f"<p>Largest gap between slices: {html.escape(gap['attribute'])}, {100 * gap['accuracy_gap']:.1f} points of "
+        f"accuracy ({html.escape(gap['best'])} best, {html.escape(gap['worst'])} worst).</p>"
+        if gap
+        else ""
+    )
+    picture = (
+        f'<img alt="bias audit: accuracy and recall per slice" style="max-width:100%" '
+        f'src="data:image/png;base64,{base64.b64encode(bias_png).decode()}">'
+        if bias_png
+        else ""
+    )
+    header = ["slice", "faces", "accuracy", "recall (mean over emotions)", "vs champion"]
+    return (
+        "<h3>Per slice (the A/B gate's bias audit)</h3>"
+        + widest
+        + _table(_slice_rows(metrics["slices"]), header)
+        + picture
+    )
+
+
 CALIBRATION_LINE = (
     "<p>Temperature {temperature}; expected calibration error {ece_before} before, {ece_after} after.</p>"
 )
 
 
-def card_html(card: dict) -> str:
-    """The card as one self-contained page (no script, no external file)."""
+def card_html(card: dict, bias_png: bytes | None = None) -> str:
+    """The card as one self-contained page (no script, no external file: the bias audit's
+    picture is inlined)."""
     m, d, g, e = card["metrics"], card["training_data"], card["gate"], card["energy"]["total"]
     calibration = {
         k: f"{v:.3f}" if isinstance(v, float) else "n/a"
@@ -157,13 +217,17 @@ def card_html(card: dict) -> str:
             "Training data",
             f"<p>{d['faces']} faces in {len(d['spans'])} span(s).</p>"
             + _table([[s["span"], s["source"], s["faces"]] for s in d["spans"]], ["span", "source", "faces"])
-            + _table([[k, v] for k, v in d["class_counts"].items()], ["emotion", "faces"]),
+            + _table([[k, v] for k, v in d["class_counts"].items()], ["emotion", "faces"])
+            + _table(
+                [[f"{a}={v}", n] for a, values in d.get("slice_counts", {}).items() for v, n in values.items()],
+                ["slice", "faces"],
+            ),
         ),
         (
             "Metrics",
             f"<p>Held-out accuracy {_percent(m['held_out_accuracy'])} on {int(m['held_out_faces'] or 0)} faces.</p>"
             + _table([[k, _percent(v)] for k, v in (m["per_class_recall"] or {}).items()], ["emotion", "recall"])
-            + "<p>Slices: not evaluated yet.</p>",
+            + _slices_html(m, bias_png),
         ),
         (
             "Calibration",
@@ -261,5 +325,6 @@ def ModelCardGen(
     )
     target = Path(version_dir)
     atomic_write_text(target / MODEL_CARD_JSON, json.dumps(card, indent=1, default=str))
-    atomic_write_text(target / MODEL_CARD_HTML, card_html(card))
+    bias_png = Path(gate_report.uri, BIAS_REPORT_PNG)
+    atomic_write_text(target / MODEL_CARD_HTML, card_html(card, bias_png.read_bytes() if bias_png.exists() else None))
     log.info(f"model card: {target / MODEL_CARD_HTML}")

@@ -12,7 +12,7 @@ import numpy as np
 from tfx import v1 as tfx
 from tfx.types import artifact, standard_artifacts
 
-from moodloop.contracts import EMOTIONS
+from moodloop.contracts import EMOTIONS, FEATURE_SLICES
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +26,45 @@ class ModelReport(artifact.Artifact):
 
 
 REPORT_JSON = "report.json"
+ACCURACY = "sparse_categorical_accuracy"
 
 
-def _metric_maps(evaluation_uri: str) -> tuple[dict, dict, Any]:
-    """(overall metrics, per-class recall, overall confusion-matrix proto) of the candidate."""
+def _candidate_values(slice_metrics) -> dict[str, float]:
+    """The candidate's plain (not per-class, not diff) metrics of one TFMA slice."""
+    return {
+        kv.key.name: kv.value.double_value.value
+        for kv in slice_metrics.metric_keys_and_values
+        if kv.key.model_name in ("", "candidate")
+        and not kv.key.is_diff
+        and not kv.key.sub_key.HasField("class_id")
+        and kv.value.HasField("double_value")
+    }
+
+
+def _slice_name(slice_metrics) -> str | None:
+    """`skin=dark` for a slice of the `slice` feature (moodloop/slices.py), else None."""
+    keys = slice_metrics.slice_key.single_slice_keys
+    if len(keys) == 1 and keys[0].column == FEATURE_SLICES:
+        return keys[0].bytes_value.decode()
+    return None
+
+
+def _metric_maps(evaluation_uri: str) -> tuple[dict, dict, Any, dict]:
+    """(overall metrics, per-class recall, overall confusion-matrix proto, per-slice accuracy and
+    example count) of the candidate."""
     import tensorflow_model_analysis as tfma
 
     overall: dict[str, float] = {}
     recall: dict[str, float] = {}
+    per_slice: dict[str, dict[str, float]] = {}
     for slice_metrics in tfma.load_metrics(evaluation_uri):
+        name = _slice_name(slice_metrics)
+        if name is not None:
+            values = _candidate_values(slice_metrics)
+            per_slice[name] = {"accuracy": values.get(ACCURACY), "example_count": values.get("example_count")}
+            continue
         if slice_metrics.slice_key.single_slice_keys:
-            continue  # only the overall slice here; per-label slices stay in TFMA's output
+            continue  # per-label slices stay in TFMA's output
         for kv in slice_metrics.metric_keys_and_values:
             key = kv.key
             if key.model_name not in ("", "candidate") or not kv.value.HasField("double_value"):
@@ -55,7 +83,7 @@ def _metric_maps(evaluation_uri: str) -> tuple[dict, dict, Any]:
             value = kv.value
             if kv.key.model_name in ("", "candidate") and value.HasField("multi_class_confusion_matrix_at_thresholds"):
                 matrix = value.multi_class_confusion_matrix_at_thresholds
-    return overall, recall, matrix
+    return overall, recall, matrix, dict(sorted(per_slice.items()))
 
 
 def validation_reasons(evaluation_uri: str) -> tuple[bool, list[str]]:
@@ -93,7 +121,7 @@ def ModelReportGen(
 
     from components import plots
 
-    overall, recall, matrix_proto = _metric_maps(evaluation.uri)
+    overall, recall, matrix_proto, per_slice = _metric_maps(evaluation.uri)
     blessed, reasons = validation_reasons(evaluation.uri)
     os.makedirs(report.uri, exist_ok=True)
     matrix = np.zeros((len(EMOTIONS), len(EMOTIONS)))
@@ -101,7 +129,7 @@ def ModelReportGen(
         for entry in matrix_proto.matrices[0].entries:
             if 0 <= entry.predicted_class_id < len(EMOTIONS):
                 matrix[entry.actual_class_id, entry.predicted_class_id] = entry.num_weighted_examples
-    accuracy = overall.get("sparse_categorical_accuracy")
+    accuracy = overall.get(ACCURACY)
     files = {
         "confusion_matrix": plots.confusion_matrix(
             matrix,
@@ -121,6 +149,7 @@ def ModelReportGen(
         "accuracy_change_vs_champion": overall.get("diff:sparse_categorical_accuracy"),
         "example_count": overall.get("example_count"),
         "per_class_recall": recall,
+        "per_slice": per_slice,  # TFMA's, per slice value; the A/B gate's bias report pairs them with the champion
         "confusion_matrix": matrix.astype(int).tolist(),
         "class_names": list(EMOTIONS),
         "blessed": blessed,

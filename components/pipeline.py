@@ -35,7 +35,6 @@ from moodloop.contracts import (
 )
 from moodloop.settings import REPO_ROOT, GateSettings, Settings
 
-ACCURACY = "sparse_categorical_accuracy"
 PREPROCESSING_MODULE_FILE = REPO_ROOT / "components" / "preprocessing.py"
 TRAINER_MODULE_FILE = REPO_ROOT / "components" / "trainer.py"
 SCHEMA_FILE = REPO_ROOT / "data" / "schema" / "schema.pbtxt"

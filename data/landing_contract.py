@@ -182,7 +182,10 @@ def render_report(batch: str, contract: ContractResult, limit: int = 50, partial
             lines += [
                 "",
                 f"### {failure['meaning']}",
-                f"`{failure['expectation']}`: {failure['unexpected_count']} items",
+                # an expectation on the whole batch (row count, distinct values) names no item
+                f"`{failure['expectation']}`: {failure['unexpected_count']} items"
+                if failure["examples"]
+                else f"`{failure['expectation']}`: observed {failure['unexpected_count']}",
             ]
             for example in failure["examples"][:limit]:
                 lines.append(f"- `{example['source']}`: {example['reason']}")

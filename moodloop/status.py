@@ -14,9 +14,11 @@ from typing import Any
 
 from moodloop.files import atomic_write_text
 
-GATE = "gate"  # {"verdict", "reasons", "candidate_accuracy", "champion_accuracy", "time"}; gate.png
+# {"verdict", "reasons", "candidate_accuracy", "champion_accuracy", "largest_slice_gap", "time"}; gate.png, bias.png
+GATE = "gate"
 DRIFT = "drift"  # {"outcome", "reasons", "drift_share", "report": "drift.html" or None, "time"}; drift.html
 GATE_IMAGE = "gate.png"
+BIAS_IMAGE = "bias.png"  # the gate's bias audit: accuracy and recall per slice
 DRIFT_REPORT = "drift.html"
 
 

@@ -11,6 +11,7 @@ from serving.backends import ServingError
 from serving.dataplane import DataPlane
 
 GATE_IMAGE_PATH = "/v1/panel/gate.png"
+BIAS_IMAGE_PATH = "/v1/panel/bias.png"
 DRIFT_REPORT_PATH = "/v1/panel/drift.html"
 
 
@@ -36,6 +37,8 @@ def model_panel(dataplane: DataPlane) -> dict:
     gate = status.read_status(settings.status_dir, status.GATE)
     if gate is not None and status.status_file(settings.status_dir, status.GATE_IMAGE):
         gate["image"] = GATE_IMAGE_PATH
+    if gate is not None and status.status_file(settings.status_dir, status.BIAS_IMAGE):
+        gate["bias_image"] = BIAS_IMAGE_PATH
     drift = status.read_status(settings.status_dir, status.DRIFT)
     if drift is not None:  # the link only when this verdict came with its own report
         has_report = drift.get("report") and status.status_file(settings.status_dir, status.DRIFT_REPORT)

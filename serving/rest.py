@@ -45,7 +45,7 @@ from moodloop import status
 from serving.backends import ServingError
 from serving.dataplane import Call, DataPlane
 from serving.faces import BadMediaError, analyze_photo, analyze_video
-from serving.panel import DRIFT_REPORT_PATH, GATE_IMAGE_PATH, model_panel, panel_file
+from serving.panel import BIAS_IMAGE_PATH, DRIFT_REPORT_PATH, GATE_IMAGE_PATH, model_panel, panel_file
 from serving.rest_codec import HTTP_STATUS, parse_predict_request, predict_response
 from serving.tracking import timeline_csv
 from serving.version_assets import edge_file, edge_metadata, model_card
@@ -417,6 +417,7 @@ def routes(endpoints: RestEndpoints) -> list[Route]:
         Mount("/ui", StaticFiles(directory=WEB_DIR), name="ui"),
         Route("/v1/panel", endpoints.panel, methods=["GET"]),
         Route(GATE_IMAGE_PATH, endpoints.panel_file_endpoint(status.GATE_IMAGE, "image/png"), methods=["GET"]),
+        Route(BIAS_IMAGE_PATH, endpoints.panel_file_endpoint(status.BIAS_IMAGE, "image/png"), methods=["GET"]),
         Route(DRIFT_REPORT_PATH, endpoints.panel_file_endpoint(status.DRIFT_REPORT, "text/html"), methods=["GET"]),
         Route("/metrics", endpoints.metrics),
         Route("/monitoring/prometheus/metrics", endpoints.metrics),

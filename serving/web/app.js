@@ -516,13 +516,21 @@ function renderPanel(panel) {
     const champion = panel.gate.champion_accuracy != null ? `, champion ${(100 * panel.gate.champion_accuracy).toFixed(1)}%` : "";
     verdict.append(`${accuracy}${champion} · ${when(panel.gate.time)}`);
     body.append(verdict, reasonList(panel.gate.reasons));
-    if (panel.gate.image) {
+    const gap = panel.gate.largest_slice_gap;
+    if (gap) {
+      const line = document.createElement("p");
+      line.className = "slice-gap";
+      line.textContent = `largest gap between slices: ${gap.attribute}, ${(100 * gap.accuracy_gap).toFixed(1)} points (${gap.best} best, ${gap.worst} worst)`;
+      body.append(line);
+    }
+    for (const [path, alt] of [[panel.gate.image, "the A/B gate's report"], [panel.gate.bias_image, "the bias audit: accuracy and recall per slice"]]) {
+      if (!path) continue;
       const link = document.createElement("a");
-      link.href = panel.gate.image + "?t=" + panel.gate.time;
+      link.href = path + "?t=" + panel.gate.time;
       link.target = "_blank";
       const image = document.createElement("img");
       image.src = link.href;
-      image.alt = "the A/B gate's report";
+      image.alt = alt;
       link.append(image);
       body.append(link);
     }

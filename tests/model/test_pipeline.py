@@ -26,10 +26,11 @@ def _versions(model_base: Path) -> list[str]:
 
 
 def _write_batch(path: Path, n: int, seed: int, shuffle_labels: bool = False) -> Path:
-    pixels, labels = synthetic.generate_arrays(n, seed=seed)
+    pixels, labels, attributes = synthetic.generate_with_attributes(n, seed=seed)
     if shuffle_labels:
         labels = np.random.default_rng(seed).permutation(labels)
-    landing.write_fer2013_csv(zip(pixels, labels, strict=True), path / "fer2013.csv")
+    # with the generator's nuisance attributes as slice columns, as `moodloop generate` writes them
+    landing.write_fer2013_csv(zip(pixels, labels, strict=True), path / "fer2013.csv", attributes=attributes)
     landing.mark_synthetic(path)
     return path
 
@@ -85,6 +86,7 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     confusion_png = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("confusion matrix:"))
     assert Path(confusion_png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    _check_slices(settings, out)
     _check_edge_files(settings.model_base / versions[0], out)
     _check_model_card(settings.model_base / versions[0])
     # Energy per component and in total (moodloop/energy.py), and how it was obtained.
@@ -105,6 +107,27 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     assert by_image["classes"].numpy()[0].decode() in synthetic.EMOTIONS
 
 
+def _check_slices(settings, out: str) -> None:
+    """Slices end to end: the batch's columns and the image properties reach the curated spans,
+    TFMA evaluates each slice value, and the A/B gate's bias report shows them (JSON + PNG)."""
+    import json
+
+    assert "bias audit: " in out and "largest gap: " in out
+    expected = {"skin=dark", "skin=light", "pose=frontal", "lighting=side", "occlusion=none", "face_size=medium"}
+    (tfma_report,) = settings.pipeline_root.glob("ModelReportGen/report/*/report.json")
+    per_slice = json.loads(tfma_report.read_text())["per_slice"]
+    assert expected <= set(per_slice) and any(name.startswith("brightness=") for name in per_slice)
+    assert all(0 <= row["accuracy"] <= 1 and row["example_count"] > 0 for row in per_slice.values())
+    (bias_json,) = settings.pipeline_root.glob("ABGate/report/*/bias_report.json")
+    bias = json.loads(bias_json.read_text())
+    assert expected <= set(bias["slices"]) and bias["largest_gap"]["accuracy_gap"] >= 0
+    # TFMA and the gate measure the same candidate on the same held-out faces.
+    for name in expected:
+        assert bias["slices"][name]["faces"] == per_slice[name]["example_count"]
+        assert bias["slices"][name]["accuracy"] == pytest.approx(per_slice[name]["accuracy"], abs=1e-4)
+    assert (bias_json.parent / "bias_report.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def _check_model_card(version: Path) -> None:
     """The model card beside the pushed version: every section the issue lists, SYNTHETIC said plainly."""
     import json
@@ -115,11 +138,14 @@ def _check_model_card(version: Path) -> None:
     assert set(card["metrics"]["per_class_recall"]) == set(synthetic.EMOTIONS) and card["metrics"]["held_out_accuracy"]
     assert card["calibration"]["temperature"] > 0 and card["gate"]["verdict"] == "BLESSED"
     assert card["lineage"]["pipeline_run_id"] and card["lineage"]["spans"] == [1]
+    assert "skin=dark" in card["metrics"]["slices"] and card["metrics"]["largest_slice_gap"]["attribute"]
+    assert sum(card["training_data"]["slice_counts"]["skin"].values()) == N_TRAIN
     assert "float16.tflite" in card["edge"]["files"] or card["edge"]["not_published"]
     assert card["energy"]["total"]["joules"] > 0 and "Trainer" in card["energy"]["per_component"]
     page = (version / "assets.extra" / "model_card.html").read_text()
     for section in ("Intended use", "Limitations", "Training data", "Metrics", "Calibration", "A/B gate", "Lineage"):
         assert f"<h2>{section}</h2>" in page
+    assert "Per slice (the A/B gate's bias audit)" in page and "data:image/png;base64," in page
     assert "<h2>Edge models</h2>" in page and "<h2>Energy</h2>" in page and "Trained on SYNTHETIC faces" in page
 
 
@@ -203,6 +229,8 @@ def test_candidate_worse_than_champion_is_not_pushed(home, fast_env, capsys):
     latest = status.read_status(settings.status_dir, status.GATE)
     assert latest["verdict"] == "REJECTED" and "beyond chance" in " ".join(latest["reasons"])
     assert status.status_file(settings.status_dir, status.GATE_IMAGE).read_bytes()[:4] == b"\x89PNG"
+    assert status.status_file(settings.status_dir, status.BIAS_IMAGE).read_bytes()[:4] == b"\x89PNG"
+    assert latest["largest_slice_gap"]["attribute"] and latest["largest_slice_gap"]["accuracy_gap"] >= 0
 
 
 def test_shuffled_labels_are_never_blessed(fast_env, tmp_path, capsys):

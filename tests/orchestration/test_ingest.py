@@ -123,3 +123,36 @@ def test_watch_lists_only_ready_batches(settings, monkeypatch):
     assert [b.name for b in zone.list_batches() if b.ready] == []
     (uploading / "_SUCCESS").touch()
     assert [b.name for b in zone.list_batches() if b.ready] == ["uploading"]
+
+
+def _write_labelled_batch(settings: Settings, name: str, groups: list[str]) -> Path:
+    root = settings.landing_dir / name
+    root.mkdir(parents=True)
+    pixels, labels = synthetic.generate_arrays(len(groups), seed=21)
+    rows = ["file,label,group"]
+    for i, (face, label, group) in enumerate(zip(pixels, labels, groups, strict=True)):
+        Image.fromarray(face).resize((96, 96)).save(root / f"face-{i}.png")
+        rows.append(f"face-{i}.png,{label},{group}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_a_batch_column_becomes_a_slice_and_an_identifier_column_is_refused(settings):
+    """The extra `group` column of labels.csv reaches the curated span (the bias audit slices by
+    it); a column with a value per face is an identifier, and the contract quarantines the batch."""
+    from data.ingest import ingest
+
+    _write_labelled_batch(settings, "grouped", ["north", "south", "east"] * 20)
+    outcome = ingest(settings, "grouped")
+    assert outcome["decision"] == "curate" and outcome["written"] == 60
+    manifest = json.loads((settings.curated_dir / "span-00001" / "manifest.json").read_text())
+    assert manifest["slice_counts"]["group"] == {"east": 20, "north": 20, "south": 20}
+    assert manifest["slice_counts"]["face_size"] == {"large": 60}  # 96 px source images
+    assert set(manifest["slice_counts"]) >= {"brightness", "contrast", "sharpness"}
+
+    _write_labelled_batch(settings, "ids", [f"person-{i}" for i in range(60)])
+    outcome = ingest(settings, "ids")
+    assert outcome["decision"] == "quarantine"
+    report = (settings.quarantine_dir / "ids" / "REPORT.md").read_text()
+    assert "the extra column `group` groups faces: at most 50 distinct values" in report and "observed 60" in report
+    assert len(_files(settings.quarantine_dir / "ids" / "data")) == 61  # nothing lost: 60 faces + labels.csv

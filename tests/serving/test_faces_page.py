@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from moodloop.log_records import read_log
@@ -91,6 +92,38 @@ def test_a_photo_shows_every_face_why_and_takes_a_correction(page, media, runnin
     counted = f"{before + 1} of {running.dataplane.corrections.per_batch} corrected faces"
     page.locator("#panel-corrections", has_text=counted).wait_for()  # the model panel counts it
     page.screenshot(path=str(artifact(SHOTS, "3-correction.png")), full_page=True)
+
+
+def test_the_model_panel_shows_the_latest_gate_with_its_bias_audit(page, running, tmp_path):
+    """A gate verdict as the ABGate records it (moodloop/status.py): the panel shows the reasons,
+    the largest gap between slices and both pictures (the gate's, the bias audit's)."""
+    from components import plots
+    from components.ab_gate import decide
+    from moodloop import status
+    from moodloop.settings import GateSettings
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 1200)
+    group = rng.choice(["north", "south"], size=len(labels))
+    champion = np.where(rng.random(len(labels)) < 0.7, labels, (labels + 1) % 7)
+    candidate = np.where(rng.random(len(labels)) < np.where(group == "south", 0.4, 0.9), labels, (labels + 1) % 7)
+    result = decide(labels, candidate, champion, GateSettings(), [{"group": g} for g in group])
+    pictures = {
+        status.GATE_IMAGE: plots.gate_report(result, str(tmp_path / "gate.png")),
+        status.BIAS_IMAGE: plots.bias_report(result["bias"], result["verdict"], str(tmp_path / "bias.png")),
+    }
+    shown = {k: result.get(k) for k in ("verdict", "reasons", "examples", "candidate_accuracy", "champion_accuracy")}
+    latest = shown | {"largest_slice_gap": result["bias"]["largest_gap"]}
+    status.write_status(running.dataplane.settings.status_dir, status.GATE, latest, pictures)
+
+    gap = page.locator("#panel-body .slice-gap")
+    gap.wait_for(timeout=15_000)  # the panel refreshes every 5 s
+    assert "group" in gap.inner_text() and "south worst" in gap.inner_text()
+    assert "slice group=south: accuracy fell" in page.inner_text("#panel-body")
+    bias = page.locator("#panel-body img[alt^='the bias audit']")
+    bias.wait_for()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=bias.element_handle())
+    page.screenshot(path=str(artifact(SHOTS, "7-panel-bias.png")), full_page=True)
 
 
 def test_a_video_gets_a_timeline_per_person(page, media):
