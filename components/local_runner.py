@@ -198,4 +198,5 @@ def describe(outcome: RunOutcome) -> str:
         lines.append(f"{name.replace('_', ' ')}: {path}")
     if outcome.gate_dir:
         lines.append(f"A/B gate report: {outcome.gate_dir}/gate_report.png (and .json)")
+        lines.append(f"bias report: {outcome.gate_dir}/bias_report.png (and .json)")
     return "\n".join(lines)
