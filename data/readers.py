@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import io
 import sys
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from moodloop import slices
+from moodloop import encoded_images, slices
 from moodloop.contracts import EMOTIONS, FACE_SIZE, READY_MARKER, emotion_index
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -110,38 +108,19 @@ class ReadResult:
         self.rejected.extend(other.rejected)
 
 
-def decode_face(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
-    """Decode an encoded image (any size, grey or colour) to a 48x48 uint8 face."""
-    return decode_face_and_side(data, max_pixels)[0]
-
-
 def decode_face_and_side(data: bytes, max_pixels: int = 40_000_000) -> tuple[np.ndarray, int]:
     """Decode an encoded image (any size, grey or colour) to a 48x48 uint8 face, and the shorter
-    side of the image as it was.
-
-    Raises ValueError with a readable reason for empty, truncated, unreadable or oversized
-    images (decompression bombs included: the size is checked before pixels are decoded).
-    """
-    if not data:
-        raise ImageError("empty file")
+    side of the image as it was. What is accepted and refused, and the reasons, are the gateway's
+    too (moodloop/encoded_images.py): the size is checked from the header before pixels are decoded."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise SizeLimitError(f"image is {width}x{height}, over the {max_pixels}-pixel limit")
-            img.load()  # truncated files fail here, not later
-    except ReadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise SizeLimitError(f"image too large to decode safely: {exc}") from exc
-    except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error ... for bad files
-        raise ImageError(f"unreadable or truncated image ({type(exc).__name__}: {exc})") from exc
-    gray = img.convert("L")
-    if gray.size != (FACE_SIZE, FACE_SIZE):
-        gray = gray.resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)
-    return np.asarray(gray, dtype=np.uint8), min(width, height)
+        image = encoded_images.open_image(data, max_pixels)
+        side = min(image.size)
+        grey = encoded_images.grey_pixels(image)
+    except encoded_images.ImageRefused as refused:
+        raise (SizeLimitError if refused.kind == "too_large" else ImageError)(str(refused)) from None
+    if grey.shape != (FACE_SIZE, FACE_SIZE):
+        grey = np.asarray(Image.fromarray(grey).resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR), dtype=np.uint8)
+    return grey, side
 
 
 def parse_label(value: str | int) -> int:

@@ -129,6 +129,7 @@ class ServingSettings:
     # make a landing batch (images + labels.csv), which the next ingest and training see.
     corrections_per_batch: int = setting("MOODLOOP_CORRECTIONS_PER_BATCH", 20)
     recent_faces: int = setting("MOODLOOP_RECENT_FACES", 5000)  # face crops kept in memory for feedback
+    max_instances: int = setting("MOODLOOP_MAX_INSTANCES", 256)  # instances per predict request
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -140,9 +140,12 @@ class DynamicBatcher:
                 merged = {name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs}
             outputs = self._run(merged)
             self._on_batch(rows)
-        except Exception as error:  # noqa: BLE001 - every waiting caller gets the model's error
-            for item in batch:
-                item.future.set_exception(error)
+        except Exception as error:  # noqa: BLE001 - the waiting callers get the model's error
+            if len(batch) > 1:  # one caller's bad input must not fail the others batched with it
+                for item in batch:
+                    self._execute([item], item.rows)
+                return
+            batch[0].future.set_exception(error)
             return
         start = 0
         for item in batch:

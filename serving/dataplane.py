@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moodloop import encoded_images
 from moodloop.contracts import (
     EMOTIONS,
     OUTPUT_EMBEDDING,
@@ -122,14 +123,56 @@ class DataPlane:
         self.metrics.canary_share.set(share)
         return None, choose_label(call.client_id, self.backend.labels(call.model), share)
 
+    def checked_inputs(self, inputs: Tensors) -> Tensors:
+        """Bad input never reaches a decoder: at most MOODLOOP_MAX_INSTANCES instances, and each
+        encoded image's header checked (format, declared pixels) first; what the model's decoder
+        cannot read as the readers do is handed over as a grey PNG (moodloop/encoded_images.py)."""
+        limit = self.settings.serving.max_instances
+        for name, value in inputs.items():
+            if value.ndim and len(value) > limit:
+                raise ServingError(
+                    "INVALID_ARGUMENT",
+                    f"input '{name}' has {len(value)} instances; the limit is {limit} per request "
+                    "(MOODLOOP_MAX_INSTANCES): split the request",
+                )
+        images = inputs.get("images")
+        if images is None or images.dtype != object:
+            return inputs
+        ready = np.empty(images.size, dtype=object)
+        for i, data in enumerate(images.reshape(-1)):
+            if not isinstance(data, bytes):
+                raise ServingError("INVALID_ARGUMENT", f'instance {i}: an encoded image is bytes ({{"b64": ...}})')
+            try:
+                ready[i] = encoded_images.model_ready(data, self.settings.max_image_pixels)
+            except encoded_images.ImageRefused as refused:
+                raise ServingError("INVALID_ARGUMENT", f"instance {i}: {refused}") from None
+        return {**inputs, "images": ready.reshape(images.shape)}
+
+    @staticmethod
+    def _name_the_bad_image(inputs: Tensors, error: ServingError) -> ServingError:
+        """The model's decoder refused a batch whose headers were fine (truncated data): find and
+        name the instance, instead of TensorFlow's graph error."""
+        for i, data in enumerate(inputs["images"].reshape(-1)):
+            try:
+                encoded_images.grey_pixels(encoded_images.open_image(data, 2**62))
+            except encoded_images.ImageRefused as refused:
+                return ServingError("INVALID_ARGUMENT", f"instance {i}: {refused}")
+        return error
+
     def predict(
         self, call: Call, inputs: Tensors, context: list[dict] | None = None, first_instance: int = 0
     ) -> tuple[int, Tensors]:
-        """Route, predict, count, log. `context` adds per-row log fields (face sizes)."""
+        """Check, route, predict, count, log. `context` adds per-row log fields (face sizes)."""
         version, label = self.route(call)
         started = time.perf_counter()
         try:
-            served_version, outputs = self.backend.predict(call.model, version, label, call.signature, inputs)
+            inputs = self.checked_inputs(inputs)
+            try:
+                served_version, outputs = self.backend.predict(call.model, version, label, call.signature, inputs)
+            except ServingError as error:
+                if error.code != "INVALID_ARGUMENT" or "images" not in inputs:
+                    raise
+                raise self._name_the_bad_image(inputs, error) from None
         except ServingError as error:
             self.metrics.errors.labels(call.api, error.code).inc()
             self.metrics.requests.labels(call.api, call.model, str(version or ""), label or "", error.code).inc()

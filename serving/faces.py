@@ -11,7 +11,6 @@ classified in one batch through the model's `serving_pixels` signature.
 from __future__ import annotations
 
 import base64
-import io
 import math
 import tempfile
 from dataclasses import dataclass
@@ -20,8 +19,8 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from moodloop import encoded_images
 from moodloop.contracts import EMOTIONS, FACE_SIZE
 from serving.tracking import IouTracker, Smoother, people_summary
 
@@ -216,21 +215,20 @@ def crop_faces(grey: np.ndarray, faces: list[Face]) -> np.ndarray:
 
 
 def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
-    """Encoded photo -> RGB array. The size is checked from the header before any pixel is decoded
-    (decompression bombs); truncated or non-image data raises BadMediaError."""
-    if not data:
-        raise BadMediaError("the upload is empty")
+    """Encoded photo -> RGB array. Accepted and refused as the training readers do
+    (moodloop/encoded_images.py): the size is checked from the header before any pixel is decoded
+    (decompression bombs); truncated or non-image data raises BadMediaError with the reason."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise BadMediaError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+        image = encoded_images.open_image(data, max_pixels)
+        if image.mode in ("RGB", "L", "P", "RGBA", "LA", "CMYK"):
             image.load()
             return np.asarray(image.convert("RGB"))
-    except BadMediaError:
-        raise
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as error:
-        raise BadMediaError(f"not a readable image: {error}") from None
+        grey = encoded_images.grey_pixels(image)  # 16-bit: scaled, not clipped
+        return np.repeat(grey[..., None], 3, axis=2)
+    except encoded_images.ImageRefused as refused:
+        raise BadMediaError(str(refused)) from None
+    except (OSError, SyntaxError, ValueError) as error:  # truncated data fails at load
+        raise BadMediaError(f"truncated or corrupt image ({type(error).__name__}: {error})") from None
 
 
 def face_results(faces: list[Face], probabilities: np.ndarray, min_confidence: float) -> list[dict]:

@@ -85,9 +85,9 @@ def test_image_folders_any_size_colour_and_every_bad_file_named(tmp_path: Path):
         "train/bored/face.png",
         "train/notes.docx",
     }
-    assert reasons["test/sad/empty.png"] == "empty file"
-    assert "unreadable or truncated" in reasons["test/sad/truncated.png"]
-    assert "unreadable or truncated" in reasons["test/sad/text.png"]
+    assert reasons["test/sad/empty.png"] == "empty image"
+    assert "truncated or corrupt image" in reasons["test/sad/truncated.png"]
+    assert "not a readable image" in reasons["test/sad/text.png"]
     assert "not an emotion" in reasons["train/bored/face.png"]
     assert result.read == 7
 
@@ -99,7 +99,7 @@ def test_oversized_files_and_decompression_bombs_are_rejected(tmp_path: Path):
     (folder / "fat.png").write_bytes(_png(np.random.default_rng(0).integers(0, 255, (400, 400), np.uint8)))
     result = readers.read_batch(tmp_path, max_bytes=50_000, max_pixels=1_000_000)
     reasons = {r.source: r.reason for r in result.rejected}
-    assert "over the 1000000-pixel limit" in reasons["neutral/huge.png"]
+    assert reasons["neutral/huge.png"] == "image is 3000x3000 = 9000000 pixels; the limit is 1000000"
     assert "over the 50000-byte limit" in reasons["neutral/fat.png"]
 
 
@@ -159,3 +159,42 @@ def test_a_column_that_cannot_be_a_slice_rejects_the_file_with_the_reason(tmp_pa
     result = readers.read_batch(tmp_path)
     assert not result.faces and result.rejected[0].source == "labels.csv:row 1"
     assert why in result.rejected[0].reason
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_every_format_and_mode_reads_as_the_same_grey_face(tmp_path: Path):
+    """CMYK, 16-bit, palette and alpha images, and every accepted format, give the grey face of the
+    plain picture (16-bit scaled, not clipped to white); the gateway accepts the same set
+    (moodloop/encoded_images.py)."""
+    rng = np.random.default_rng(3)
+    grey = np.kron(rng.integers(30, 220, (12, 12)), np.ones((8, 8))).astype(np.uint8)  # 96x96, flat blocks
+    plain = Image.fromarray(grey, "L")
+    variants = {
+        "grey.png": _encoded(plain, "PNG"),
+        "sixteen.png": _encoded(Image.fromarray(grey.astype(np.uint16) * 257), "PNG"),
+        "palette.png": _encoded(plain.convert("P"), "PNG"),
+        "alpha.png": _encoded(plain.convert("LA"), "PNG"),
+        "rgba.png": _encoded(plain.convert("RGBA"), "PNG"),
+        "cmyk.jpg": _encoded(plain.convert("CMYK"), "JPEG"),
+        "rgb.jpg": _encoded(plain.convert("RGB"), "JPEG"),
+        "anim.gif": _encoded(plain, "GIF"),
+        "bitmap.bmp": _encoded(plain.convert("RGB"), "BMP"),
+        "web.webp": _encoded(plain.convert("RGB"), "WEBP"),
+        "scan.tiff": _encoded(plain, "TIFF"),
+    }
+    happy = tmp_path / "happy"
+    happy.mkdir()
+    for name, data in variants.items():
+        (happy / name).write_bytes(data)
+    result = readers.read_batch(tmp_path)
+    assert not result.rejected, result.report()
+    reference = readers.decode_face_and_side(variants["grey.png"])[0].astype(int)
+    for face in result.faces:
+        lossy = face.source.endswith((".jpg", ".webp"))
+        assert np.abs(face.pixels.astype(int) - reference).mean() < (6 if lossy else 1), face.source
+        assert face.source_side == 96

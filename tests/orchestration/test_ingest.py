@@ -80,7 +80,7 @@ def test_bad_batch_is_quarantined_whole_with_a_readable_report(dagbag, settings)
     assert {str(p.relative_to(quarantined / "data")) for p in _files(quarantined / "data")} == landed
     report = (quarantined / "REPORT.md").read_text()
     assert "QUARANTINED" in report
-    assert "`train/happy/corrupt.png`: unreadable or truncated image" in report
+    assert "`train/happy/corrupt.png`: not a readable image" in report
     assert "`train/joyful/face.png`: label 'joyful' is not an emotion" in report
     contract = json.loads((quarantined / "contract.json").read_text())
     assert contract["passed"] is False and contract["great_expectations"]["success"] is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 
@@ -394,13 +395,149 @@ def test_concurrent_photos_get_the_same_faces(running, media):
 def test_faces_bad_uploads_are_refused_clearly(http, media):
     truncated = (media / "single_face.jpg").read_bytes()[:2000]
     response = http.post("/v1/faces:analyze", content=truncated)
-    assert response.status_code == 400 and "not a readable image" in response.json()["error"]
-    assert http.post("/v1/faces:analyze", content=b"").json()["error"] == "the upload is empty"
+    assert response.status_code == 400 and "not a readable image (OSError" in response.json()["error"]
+    assert http.post("/v1/faces:analyze", content=b"").json()["error"] == "empty image"
+    assert "not a readable image" in http.post("/v1/faces:analyze", content=b"plain text").json()["error"]
     # A decompression bomb: a small PNG that claims 5000 x 5000 pixels (over the 4 Mpx test limit).
     buffer = io.BytesIO()
     Image.new("L", (5000, 5000)).save(buffer, "PNG")
     bomb = http.post("/v1/faces:analyze", content=buffer.getvalue())
     assert bomb.status_code == 400 and "limit" in bomb.json()["error"]
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _bomb(side: int = 20000) -> bytes:
+    """A small PNG declaring side x side pixels (a decompression bomb: ~400 KB for 20000 x 20000)."""
+    return _encoded(Image.new("1", (side, side)), "PNG")
+
+
+def _predict_rest(http, images: list[bytes]) -> httpx.Response:
+    return http.post("/v1/models/emotion/versions/1:predict", json={"instances": [b64(i) for i in images]})
+
+
+def test_predict_refuses_bad_images_before_any_decoder_and_names_the_instance(http, channel):
+    good = png(5)
+    bomb = _bomb()
+    response = _predict_rest(http, [good, bomb])
+    assert response.status_code == 400
+    assert response.json() == {"error": "instance 1: image is 400000000 pixels; the limit is 4000000"}
+    truncated = _predict_rest(http, [png(6)[:60]])
+    assert truncated.status_code == 400 and truncated.json()["error"].startswith("instance 0: truncated or corrupt")
+    not_image = _predict_rest(http, [good, good, b"plain text"])
+    assert not_image.json()["error"] == "instance 2: not a readable image (not a known image format)"
+    too_many = _predict_rest(http, [good] * 257)
+    assert too_many.status_code == 400 and "the limit is 256 per request" in too_many.json()["error"]
+    # gRPC: the same check, TF Serving's status code and the same words.
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "emotion"
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto([good, bomb]))
+    with pytest.raises(grpc.RpcError) as refused:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "instance 1: image is 400000000 pixels; the limit is 4000000"
+
+
+def test_every_format_the_readers_accept_predicts_like_its_grey_png(http):
+    """CMYK JPEG, GIF, BMP, WEBP, TIFF, 16-bit, palette and alpha PNGs: the gateway accepts what the
+    training readers accept and the model sees the same grey face (moodloop/encoded_images.py)."""
+    grey = np.kron(np.random.default_rng(8).integers(30, 220, (12, 12)), np.ones((8, 8))).astype(np.uint8)
+    plain = Image.fromarray(grey, "L")
+    variants = [
+        _encoded(plain, "PNG"),
+        _encoded(Image.fromarray(grey.astype(np.uint16) * 257), "PNG"),
+        _encoded(plain.convert("P"), "PNG"),
+        _encoded(plain.convert("LA"), "PNG"),
+        _encoded(plain.convert("CMYK"), "JPEG"),
+        _encoded(plain, "GIF"),
+        _encoded(plain.convert("RGB"), "BMP"),
+        _encoded(plain, "TIFF"),
+        _encoded(plain.convert("RGB"), "WEBP"),
+    ]
+    response = _predict_rest(http, variants)
+    assert response.status_code == 200, response.text
+    probabilities = np.array([p["probabilities"] for p in response.json()["predictions"]])
+    np.testing.assert_allclose(probabilities[1:8], np.repeat(probabilities[:1], 7, axis=0), atol=2e-3)
+    np.testing.assert_allclose(probabilities[8], probabilities[0], atol=0.05)  # WEBP is lossy
+
+
+def test_a_bomb_flood_is_refused_fast_and_normal_requests_are_served_meanwhile(http, running):
+    """Six clients each sending 16 images declaring 20000 x 20000 pixels, over and over: the answers
+    are 400s in 50 ms (median; the clients share this process and its two cores with the gateway),
+    and a normal request sent during the flood answers in normal time."""
+    # serialized once: the flooding clients share this process (and its GIL) with the gateway
+    bombs = json.dumps({"instances": [b64(_bomb())] * 16}).encode()
+    normal = {"instances": [b64(png(7))]}
+    url = f"http://127.0.0.1:{running.rest_port}/v1/models/emotion/versions/1:predict"
+    with httpx.Client(timeout=30) as quiet:
+        quiet.post(url, json=normal)  # warm
+        before = [quiet.post(url, json=normal).elapsed.total_seconds() for _ in range(10)]
+    flood_answers: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def flood() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                status = client.post(url, content=bombs, headers={"content-type": "application/json"}).status_code
+                flood_answers.append((status, time.perf_counter() - started))
+
+    threads = [threading.Thread(target=flood) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    with httpx.Client(timeout=30) as client:
+        during = []
+        for _ in range(10):
+            answer = client.post(url, json=normal)
+            assert answer.status_code == 200, answer.text
+            during.append(answer.elapsed.total_seconds())
+    stop.set()
+    for thread in threads:
+        thread.join()
+    statuses = {status for status, _ in flood_answers}
+    seconds = sorted(elapsed for _, elapsed in flood_answers)
+    print(
+        f"flood: {len(seconds)} answers, median {1000 * seconds[len(seconds) // 2]:.1f} ms, "
+        f"max {1000 * seconds[-1]:.1f} ms; normal requests {1000 * np.median(before):.1f} ms before, "
+        f"{1000 * np.median(during):.1f} ms during"
+    )
+    assert statuses == {400} and len(seconds) >= 12
+    # Refused from the header: decoding a single one of these images takes about half a second
+    # (four took 2 s before the check), so every answer must come well before that.
+    assert seconds[len(seconds) // 2] < 0.05 and seconds[-1] < 0.25
+    # The 2-core CI machine shares its cores with the six flooding clients: "normal time" is
+    # within a few times the quiet median, not tens of seconds.
+    assert np.median(during) < max(0.25, 5 * np.median(before))
+
+
+def test_a_corrupt_image_fails_only_its_own_request_when_batched_with_others(http, running):
+    """Headers fine, data truncated: the model's decoder fails on it. Requests batched with it
+    (the embedded backend merges concurrent requests) still get their answers."""
+    corrupt = _encoded(Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)), "PNG")
+    corrupt = corrupt[:-40]  # cut inside the image data, after a valid header
+    url = f"http://127.0.0.1:{running.rest_port}/v1/models/emotion/versions/1:predict"
+    answers: list[tuple[str, int, str]] = []
+
+    def ask(kind: str, image: bytes) -> None:
+        with httpx.Client(timeout=30) as client:
+            for _ in range(5):
+                response = client.post(url, json={"instances": [b64(image)]})
+                answers.append((kind, response.status_code, response.text))
+
+    threads = [threading.Thread(target=ask, args=("good", png(10 + i))) for i in range(4)]
+    threads += [threading.Thread(target=ask, args=("corrupt", corrupt)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {status for kind, status, _ in answers if kind == "good"} == {200}
+    bad = [text for kind, status, text in answers if kind == "corrupt"]
+    assert len(bad) == 10 and all('"instance 0: ' in text for text in bad), bad[:2]
 
 
 def test_video_becomes_an_emotion_timeline(http, media, gateway_settings):

@@ -1,0 +1,89 @@
+"""Encoded images in, grey pixels out: what every door of moodloop accepts and refuses, defined
+once, with the same messages (the training readers, the gateway's predict paths, photo analysis).
+
+- Accepted formats: PNG, JPEG, GIF, BMP, WEBP, TIFF; any mode: grey, RGB, palette, alpha (dropped),
+  CMYK, 16-bit (scaled to 8 bits, not clipped).
+- The declared pixel count is read from the header and checked before a pixel is decoded, so a
+  small file declaring 20000x20000 pixels (a decompression bomb) costs microseconds, not seconds.
+- The model decodes images in its graph (tf.io.decode_image): PNG of any mode and 8-bit grey or
+  RGB JPEG it reads as PIL does; `model_ready` hands those over untouched and turns the rest
+  (CMYK JPEG, GIF, BMP, WEBP, TIFF, which TensorFlow refuses or reads otherwise) into a grey PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class ImageRefused(ValueError):
+    """An encoded image moodloop does not decode; `kind` is "unreadable" or "too_large"."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """The image with its header read and checked (format, declared size); no pixel decoded yet."""
+    if not data:
+        raise ImageRefused("unreadable", "empty image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # PIL's own guard fires first for the largest declarations; say it in moodloop's words
+        declared = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{declared.group(1)} pixels" if declared else "too many pixels"
+        raise ImageRefused("too_large", f"image is {size}; the limit is {max_pixels}") from None
+    except UnidentifiedImageError:
+        raise ImageRefused("unreadable", "not a readable image (not a known image format)") from None
+    except Exception as error:  # noqa: BLE001 - a broken header: PIL raises OSError, SyntaxError, ValueError ...
+        raise ImageRefused("unreadable", f"not a readable image ({type(error).__name__}: {error})") from None
+    if image.format not in FORMATS:
+        raise ImageRefused("unreadable", f"{image.format} images are not accepted; send {', '.join(FORMATS)}")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageRefused(
+            "too_large", f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    return image
+
+
+def grey_pixels(image: Image.Image) -> np.ndarray:
+    """Decode an opened image to grey uint8 pixels at its own size."""
+    try:
+        image.load()
+        if image.mode in _SIXTEEN_BIT:  # PIL's convert("L") clips 16-bit values at 255
+            wide = np.asarray(image, dtype=np.float64)
+            return np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8)
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    except Exception as error:  # noqa: BLE001 - truncated data fails here (OSError, ValueError, ...), not at open
+        raise ImageRefused("unreadable", f"truncated or corrupt image ({type(error).__name__}: {error})") from None
+
+
+def decode_grey(data: bytes, max_pixels: int) -> np.ndarray:
+    return grey_pixels(open_image(data, max_pixels))
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def model_ready(data: bytes, max_pixels: int) -> bytes:
+    """Bytes the model's in-graph decoder reads as the readers do: checked, and untouched when it
+    can read them (PNG; grey or RGB JPEG), else decoded here and sent on as a grey PNG."""
+    image = open_image(data, max_pixels)
+    if image.format == "PNG" or (image.format == "JPEG" and image.mode in ("L", "RGB")):
+        return data
+    return encode_png(grey_pixels(image))
