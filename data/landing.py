@@ -6,20 +6,13 @@ Used by the synthetic generator's CLI, tests and drift drills; a real team drops
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from moodloop.contracts import EMOTIONS, SYNTHETIC_MARKER
-
-
-def encode_png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
+from moodloop.encoded_images import encode_png
 
 
 def write_fer2013_csv(
