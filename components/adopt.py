@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from components import explain
+from components.preprocessing import image_property_outputs, pixel_property_outputs
 from components.projection import pca_projection
 from moodloop.contracts import (
     CURATED_SPAN_PREFIX,
@@ -447,14 +448,14 @@ class AdoptedModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")], autograph=False)
     def serve_images(self, images):
-        return self._predict(self._decode(images))
+        return {**self._predict(self._decode(images)), **image_property_outputs(images)}
 
     @tf.function(
         input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE], tf.uint8, name="pixels")], autograph=False
     )
     def serve_pixels(self, pixels):
         # The pixels go to the model directly (no PNG round trip): one face crop, one resize.
-        return self._predict(self._from_pixels(pixels))
+        return {**self._predict(self._from_pixels(pixels)), **pixel_property_outputs(pixels)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(self, examples):

@@ -19,6 +19,51 @@ from moodloop.contracts import FACE_SIZE, FEATURE_IMAGE, FEATURE_LABEL
 LABEL_KEY = "label_xf"
 
 
+def _property_outputs(grey: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> dict[str, tf.Tensor]:
+    """moodloop/image_properties.py in the graph: grey [N, 48, 48] float32 in 0..255."""
+    laplacian = (
+        -4 * grey[:, 1:-1, 1:-1] + grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
+    )
+    return {
+        "image_brightness": tf.reduce_mean(grey, axis=[1, 2]) / 255.0,
+        "image_contrast": tf.math.reduce_std(grey, axis=[1, 2]) / 255.0,
+        "image_sharpness": tf.math.reduce_variance(laplacian, axis=[1, 2]),
+        "image_width": width,
+        "image_height": height,
+    }
+
+
+def pixel_property_outputs(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The inference log's image properties of [N, 48, 48] uint8 faces."""
+    count = tf.shape(pixels)[0]
+    side = tf.fill([count], tf.constant(FACE_SIZE, tf.int32))
+    return _property_outputs(tf.cast(pixels, tf.float32), side, side)
+
+
+def image_property_outputs(encoded: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The inference log's image properties of [N] encoded images, each decoded once more here
+    (in C++, beside the model), at 48x48 as the Python definition measures them."""
+
+    def one(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.io.decode_image(data, channels=1, expand_animations=False)
+        size = tf.shape(image)[:2]
+        grey = tf.cond(
+            tf.reduce_all(tf.equal(size, FACE_SIZE)),
+            lambda: tf.cast(image, tf.float32),
+            lambda: tf.round(
+                tf.clip_by_value(tf.image.resize(image, [FACE_SIZE, FACE_SIZE], "bicubic", antialias=True), 0, 255)
+            ),
+        )
+        return tf.ensure_shape(grey[..., 0], [FACE_SIZE, FACE_SIZE]), size
+
+    grey, sizes = tf.map_fn(
+        one,
+        encoded,
+        fn_output_signature=(tf.TensorSpec([FACE_SIZE, FACE_SIZE], tf.float32), tf.TensorSpec([2], tf.int32)),
+    )
+    return _property_outputs(grey, sizes[:, 0], sizes[:, 1])
+
+
 def decode_images(encoded: tf.Tensor) -> tf.Tensor:
     """[N] encoded JPEG/PNG/... (any size, grey or colour) -> [N, 48, 48, 1] float32 in 0..255."""
 

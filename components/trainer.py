@@ -27,7 +27,7 @@ from components import calibration, edge, explain, plots, tuning
 from components.ab_gate import champion_dir
 from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order, learning_rate_schedule
 from components.model_report import TRAINING_SUMMARY
-from components.preprocessing import LABEL_KEY
+from components.preprocessing import LABEL_KEY, image_property_outputs, pixel_property_outputs
 from components.projection import pca_projection
 from components.warm_start import WarmStart, save_weights, still_fits, warm_start
 from moodloop.contracts import (
@@ -134,7 +134,7 @@ class _ServingModule(tf.Module):
         self._raw_spec = raw_spec
         self._class_names = tf.constant(list(EMOTIONS))
 
-    def _predict(self, encoded: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _predict(self, encoded: tf.Tensor, properties: dict[str, tf.Tensor] | None = None) -> dict[str, tf.Tensor]:
         transformed = self.tft_layer({FEATURE_IMAGE: tf.reshape(encoded, [-1, 1])})
         hidden = self._keras.embedder(transformed[INPUT_KEY], training=False)
         probabilities = calibrated_probabilities(self._keras.output_layer, hidden, self._temperature)
@@ -144,15 +144,16 @@ class _ServingModule(tf.Module):
             OUTPUT_CLASS_IDS: class_ids,
             OUTPUT_CLASSES: tf.gather(self._class_names, class_ids),
             OUTPUT_EMBEDDING: tf.matmul(hidden - self._embedding_mean, self._embedding_components),
+            **(properties or {}),
         }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_images(self, images):
-        return self._predict(images)
+        return self._predict(images, image_property_outputs(images))
 
     @tf.function(input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE], tf.uint8, name="pixels")])
     def serve_pixels(self, pixels):
-        return self._predict(_encoded(pixels))
+        return self._predict(_encoded(pixels), pixel_property_outputs(pixels))
 
     @tf.function(input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE], tf.uint8, name="pixels")])
     def serve_explain(self, pixels):

@@ -69,6 +69,16 @@ OUTPUT_CLASSES = "classes"  # [N] string, the emotion name
 OUTPUT_HEATMAP = "heatmap"  # [N, 48, 48] float32 in 0..1: where the evidence for class_ids lies
 OUTPUT_EMBEDDING = "embedding"  # [N, EMBEDDING_DIMS] float32: penultimate layer, PCA-reduced at training
 EMBEDDING_DIMS = 8
+# What the inference log needs to know about each image, computed in the graph (serving_default and
+# serving_pixels), so neither the gateway nor a TF Serving client decodes an image in Python:
+# output name -> the log column (moodloop/image_properties.py defines them; the graph mirrors it).
+OUTPUT_IMAGE_PROPERTIES = {
+    "image_brightness": "brightness",  # [N] float32
+    "image_contrast": "contrast",  # [N] float32
+    "image_sharpness": "sharpness",  # [N] float32
+    "image_width": "width",  # [N] int32, of the image as sent
+    "image_height": "height",  # [N] int32
+}
 EDGE_DIR = "assets.extra/edge"  # in each pushed version: TFLite files that passed their parity gate ...
 EDGE_METADATA = "edge.json"  # ... and what they are: files, sha256, labels, input and output spec, parity, latency
 MODEL_CARD_HTML = "assets.extra/model_card.html"  # in each pushed version: its model card for people ...

@@ -38,6 +38,9 @@ class Prediction:
     face_width: float | None = None
     face_area_ratio: float | None = None
     embedding: np.ndarray | None = None  # [EMBEDDING_DIMS], when the model outputs one
+    # brightness, contrast, sharpness, width, height, when the model computed them in its graph
+    # (OUTPUT_IMAGE_PROPERTIES): then nothing is decoded here
+    properties: dict[str, float] | None = None
     timestamp: float = field(default_factory=time.time)
 
 
@@ -49,11 +52,16 @@ class Feedback:
     timestamp: float = field(default_factory=time.time)
 
 
-def prediction_row(record: Prediction) -> dict[str, object]:
+def _image_columns(record: Prediction) -> dict[str, object]:
+    if record.properties is not None:
+        return dict(record.properties)
     pixels = record.pixels if record.pixels is not None else (decode_grey(record.encoded) if record.encoded else None)
-    properties = (
-        image_properties(pixels) if pixels is not None else {"brightness": None, "contrast": None, "sharpness": None}
-    )
+    if pixels is None:
+        return {"brightness": None, "contrast": None, "sharpness": None, "width": None, "height": None}
+    return {**image_properties(pixels), "width": int(pixels.shape[1]), "height": int(pixels.shape[0])}
+
+
+def prediction_row(record: Prediction) -> dict[str, object]:
     probabilities = np.asarray(record.probabilities, dtype=np.float64).reshape(-1)
     top = int(probabilities.argmax())
     return {
@@ -70,9 +78,7 @@ def prediction_row(record: Prediction) -> dict[str, object]:
         "predicted_class": EMOTIONS[top] if len(probabilities) == len(EMOTIONS) else str(top),
         "confidence": float(probabilities[top]),
         **{c: float(p) for c, p in zip(LOG_PROBABILITY_COLUMNS, probabilities, strict=False)},
-        **properties,
-        "width": int(pixels.shape[1]) if pixels is not None else None,
-        "height": int(pixels.shape[0]) if pixels is not None else None,
+        **_image_columns(record),
         "face_width": record.face_width,
         "face_area_ratio": record.face_area_ratio,
         **embedding_columns(record.embedding),

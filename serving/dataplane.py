@@ -18,6 +18,7 @@ from moodloop.contracts import (
     EMOTIONS,
     OUTPUT_EMBEDDING,
     OUTPUT_HEATMAP,
+    OUTPUT_IMAGE_PROPERTIES,
     OUTPUT_PROBABILITIES,
     SIGNATURE_EXPLAIN,
     SIGNATURE_IMAGES,
@@ -193,6 +194,12 @@ class DataPlane:
         encoded = inputs.get("images") if signature == SIGNATURE_IMAGES else None
         latency_ms = elapsed * 1000 / max(1, len(probabilities))
         embeddings = outputs.get(OUTPUT_EMBEDDING)
+        # Computed by the model (versions exported since the outputs exist): nothing to decode here.
+        in_graph = {column: outputs[name] for name, column in OUTPUT_IMAGE_PROPERTIES.items() if name in outputs}
+        if len(in_graph) == len(OUTPUT_IMAGE_PROPERTIES):
+            pixels = encoded = None
+        else:
+            in_graph = {}
         for i, probs in enumerate(probabilities):
             extra = context[i] if context else {}
             self.inference_log.log(
@@ -212,6 +219,7 @@ class DataPlane:
                     face_width=extra.get("face_width"),
                     face_area_ratio=extra.get("face_area_ratio"),
                     embedding=embeddings[i] if embeddings is not None else None,
+                    properties={column: values[i].item() for column, values in in_graph.items()} if in_graph else None,
                 )
             )
 

@@ -60,7 +60,10 @@ def test_rest_row_format_matches_the_saved_model(http, model_base):
     response = http.post("/v1/models/emotion/versions/1:predict", json={"instances": [b64(i) for i in images]})
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    assert [sorted(p) for p in predictions] == [["class_ids", "classes", "embedding", "probabilities"]] * 2
+    image_outputs = ["image_brightness", "image_contrast", "image_height", "image_sharpness", "image_width"]
+    assert [sorted(p) for p in predictions] == [
+        ["class_ids", "classes", "embedding", *image_outputs, "probabilities"]
+    ] * 2
     assert len(predictions[0]["embedding"]) == 8
     expected = saved_model_answer(model_base, 1, images)
     np.testing.assert_allclose([p["probabilities"] for p in predictions], expected, rtol=1e-5, atol=1e-6)
@@ -224,6 +227,44 @@ def test_canary_split_is_sticky_and_every_request_is_logged(running, http, label
     assert abs(sum(row[f"prob_{e}"] for e in EMOTIONS) - 1) < 1e-4 and row["brightness"] == 0.0
     assert all(row[f"emb_{i}"] is not None for i in range(8))  # the model's embedding, for drift
     assert running.dataplane.inference_log.dropped == 0
+
+
+def test_the_model_measures_what_the_inference_log_needs_so_the_gateway_decodes_nothing(
+    running, http, gateway_settings, monkeypatch
+):
+    """brightness, contrast, sharpness and size come out of the model's graph (real TF Serving
+    returns them too), equal to moodloop/image_properties.py's definition; the gateway's log
+    writer never decodes an image for them."""
+    from moodloop import log_records
+    from moodloop.image_properties import image_properties
+    from moodloop.log_records import read_log
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the gateway decoded an image to log it")
+
+    monkeypatch.setattr(log_records, "decode_grey", no_decoding)
+    monkeypatch.setattr(log_records, "image_properties", no_decoding)
+    faces = [np.random.default_rng(seed).integers(0, 255, (48, 48), dtype=np.uint8) for seed in (21, 22)]
+    big = np.kron(faces[0], np.ones((3, 2), np.uint8))  # 144 x 96: measured at 48 x 48, as the log defines
+    images = [_encoded(Image.fromarray(faces[1]), "PNG"), _encoded(Image.fromarray(big), "PNG")]
+    by_image = http.post("/v1/models/emotion/versions/1:predict", json={"instances": [b64(i) for i in images]})
+    pixels = {"signature_name": "serving_pixels", "instances": [faces[0].tolist()]}
+    by_pixels = http.post("/v1/models/emotion/versions/1:predict", json=pixels)
+    assert by_image.status_code == by_pixels.status_code == 200, by_image.text
+    wanted = {by_image.headers["x-request-id"]: [faces[1], big], by_pixels.headers["x-request-id"]: [faces[0]]}
+    deadline, rows = time.monotonic() + 20, []
+    while time.monotonic() < deadline and len(rows) < 3:
+        rows = [r for r in read_log(gateway_settings.inference_log_url).to_pylist() if r["request_id"] in wanted]
+        time.sleep(0.5)
+    assert len(rows) == 3
+    monkeypatch.undo()
+    for row in rows:
+        sent = wanted[row["request_id"]][row["instance"]]
+        expected = image_properties(sent)
+        assert (row["height"], row["width"]) == sent.shape
+        exact = sent.shape == (48, 48)  # a larger image is resized in the graph, not by PIL: within 1 %
+        for name in ("brightness", "contrast", "sharpness"):
+            assert row[name] == pytest.approx(expected[name], rel=1e-5 if exact else 0.01, abs=1e-6), name
 
 
 def test_feedback_attaches_a_label_to_a_request(http):
