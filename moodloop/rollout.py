@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,13 +44,22 @@ def choose_label(client_id: str | None, labels: dict[str, int], canary_share: fl
 class TrafficFile:
     """{"canary_share": 0.1}; re-read when it changes, written atomically."""
 
+    RECHECK_SECONDS = 0.5  # another process's change (the canary analysis) is seen within this
+
     def __init__(self, path: Path, default_share: float) -> None:
         self.path = Path(path)
         self.default_share = default_share
         self._mtime: float | None = None
         self._share = default_share
+        self._checked = float("-inf")
 
     def share(self) -> float:
+        """The current share; the file is looked at (stat) at most every RECHECK_SECONDS: this is
+        read on every request. `set` on this object takes effect at once."""
+        now = time.monotonic()
+        if now - self._checked < self.RECHECK_SECONDS:
+            return self._share
+        self._checked = now
         try:
             mtime = self.path.stat().st_mtime
         except FileNotFoundError:
@@ -64,6 +74,7 @@ class TrafficFile:
 
     def set(self, share: float) -> None:
         atomic_write_text(self.path, json.dumps({"canary_share": _valid(share)}))
+        self._share, self._mtime, self._checked = _valid(share), self.path.stat().st_mtime, time.monotonic()
 
 
 def _valid(share: object) -> float:

@@ -30,6 +30,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -83,6 +84,13 @@ class _Version(Convertor):
 
     def to_string(self, value: int) -> str:
         return str(value)
+
+
+class FastJSONResponse(JSONResponse):
+    """The predict answer, serialized by orjson (floats as Python's repr, like json)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 register_url_convertor("model", _ModelName())
@@ -169,8 +177,8 @@ class RestEndpoints:
         name, version, label = _model_path(request)
         raw = await _body(request, self.limit)
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            body = orjson.loads(raw)  # several times faster than json on b64 bodies
+        except orjson.JSONDecodeError as error:
             raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: {error}") from None
         call = Call("rest", name, version, label, "", _client_id(request), self.dataplane.new_request_id())
         signature_name = body.get("signature_name", "") if isinstance(body, dict) else ""
@@ -187,7 +195,7 @@ class RestEndpoints:
             return predict_response(outputs, style)
 
         result = await self._in_thread(run)
-        return JSONResponse(result, headers={"x-request-id": call.request_id})
+        return FastJSONResponse(result, headers={"x-request-id": call.request_id})
 
     async def classify_or_regress(self, request: Request) -> Response:
         verb = request.url.path.rsplit(":", 1)[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -153,6 +154,11 @@ def test_traffic_split_is_sticky_proportional_and_monotonic(tmp_path):
     assert traffic.share() == 0.1
     traffic.set(0.5)
     assert traffic.share() == 0.5
+    # Another process (the canary analysis) moves the share: seen within RECHECK_SECONDS, while
+    # the file is not looked at on every request.
+    TrafficFile(tmp_path / "traffic.json", default_share=0.1).set(0.25)
+    time.sleep(TrafficFile.RECHECK_SECONDS + 0.05)
+    assert traffic.share() == 0.25
     with pytest.raises(ValueError, match="between 0 and 1"):
         traffic.set(1.5)
 
