@@ -182,7 +182,8 @@ def show(name: str, result: dict, faces_per_request: int, limit: float, goal: st
     print(
         f"{name:<34} {result['rate']:>8.0f} req/s {faces:>8.0f} faces/s  p50 {result['p50_ms']:>6.1f} ms  "
         f"p99 {result['p99_ms']:>6.1f} ms  errors {result['errors']:>3}  "
-        f"client CPU {100 * result['client_cpu']:>4.0f}%  server CPU {100 * result['server_cpu']:>4.0f}%  {faces / limit:.2f}x the limit (goal {goal}){extra}"
+        f"client CPU {100 * result['client_cpu']:>4.0f}%  server CPU {100 * result['server_cpu']:>4.0f}%  "
+        f"{faces / limit:.2f}x the limit (goal {goal}){extra}"
     )
 
 
