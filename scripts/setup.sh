@@ -67,4 +67,15 @@ if [[ "${MOODLOOP_SKIP_BROWSER:-0}" != 1 ]]; then
         step "browser for UI tests: missing; install chromium (e.g. sudo apt-get install chromium), or set MOODLOOP_SKIP_BROWSER=1"
     fi
 fi
+# The serving benchmark's load generators are C programs, so the client is not what it measures
+# (bench/serving_load.py: wrk for REST, h2load for gRPC); it says so and skips them when missing.
+if ! command -v wrk > /dev/null || ! command -v h2load > /dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get > /dev/null; then
+        step "load generators for the serving benchmark: installing Debian's wrk and nghttp2-client"
+        apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client > /dev/null \
+            && echo "ok: $(command -v wrk) $(command -v h2load)" || echo "could not install them; the benchmark skips them"
+    else
+        step "load generators: wrk / h2load missing (sudo apt-get install wrk nghttp2-client); bench/serving_load.py skips them"
+    fi
+fi
 step "done in $((SECONDS - START)) s: .venv/pipeline/bin/moodloop --help"
