@@ -69,9 +69,10 @@ class WindowResult:
 # ---------------------------------------------------------------- reading
 
 
-def read_log(log_url: str, kind: str, since: pd.Timestamp | None = None) -> pd.DataFrame:
-    """The inference log as a frame, through the log's one reader (moodloop/log_records.py)."""
-    return log_records.read_log(log_url, kind, since).to_pandas()
+def read_log(log_url: str, kind: str, since: pd.Timestamp | None = None, limit: int | None = None) -> pd.DataFrame:
+    """The inference log as a frame, through the log's one reader (moodloop/log_records.py): it
+    reads only the partitions and files that can hold records after `since`."""
+    return log_records.read_log(log_url, kind, since, limit).to_pandas()
 
 
 def reference_for(settings: Settings, window: pd.DataFrame) -> tuple[int | None, pd.DataFrame]:
@@ -266,13 +267,10 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
     now = time.time() if now is None else now
     state_path, state = _state(settings)
     since = pd.Timestamp(state["last_end"]) if state.get("last_end") else None
-    log = read_log(settings.inference_log_url, LOG_PREDICTIONS, since)
-    if settings.drift.window_records > 0:
-        window = log.head(settings.drift.window_records)
-        enough = len(window) == settings.drift.window_records
-    else:
-        window = log
-        enough = len(window) >= settings.drift.min_records
+    # The window's cost depends on the window, not on how much was logged before it (read_log).
+    limit = settings.drift.window_records if settings.drift.window_records > 0 else None
+    window = read_log(settings.inference_log_url, LOG_PREDICTIONS, since, limit)
+    enough = len(window) == limit if limit else len(window) >= settings.drift.min_records
     info = {"since": str(since) if since is not None else None, "records": int(len(window))}
     if not enough:
         needed = settings.drift.window_records or settings.drift.min_records
@@ -297,7 +295,9 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
         html.parent.mkdir(parents=True, exist_ok=True)
         snapshot.save_html(str(html))
         result.report_html = str(html)
-        result.live_accuracy = live_accuracy(window, read_log(settings.inference_log_url, LOG_FEEDBACK))
+        # feedback comes after its prediction: the labels of this window's requests are after its start
+        feedback = read_log(settings.inference_log_url, LOG_FEEDBACK, since)
+        result.live_accuracy = live_accuracy(window, feedback)
         if result.drift["drift_share"] >= settings.drift.share:
             groups = {g: c for g, c in result.drift["drifted_by_group"].items() if c}
             result.outcome = "drift"

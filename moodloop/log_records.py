@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -125,18 +125,101 @@ FEEDBACK_SCHEMA = pa.schema(
 )
 
 
-def read_log(log_url: str | Path, kind: str = LOG_PREDICTIONS, since: datetime | float | None = None) -> pa.Table:
+_PARTITION_HOUR = "date=%Y-%m-%d/hour=%H"
+
+
+def _utc(since: datetime | float | None) -> datetime | None:
+    if since is None:
+        return None
+    if isinstance(since, datetime):
+        return since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+    return datetime.fromtimestamp(float(since), timezone.utc)
+
+
+def _files_after(root: Path, cutoff: datetime | None) -> list[Path]:
+    """Finished Parquet files (not hidden: being written) of the hour partitions that can hold
+    records after `cutoff`: older hours are skipped by their folder name, never opened."""
+    files = []
+    for day in sorted(root.glob("date=*")):
+        for hour in sorted(day.glob("hour=*")):
+            try:
+                start = datetime.strptime(f"{day.name}/{hour.name}", _PARTITION_HOUR).replace(tzinfo=timezone.utc)
+            except ValueError:
+                start = None  # not a partition moodloop wrote: read it
+            if cutoff is not None and start is not None and start + timedelta(hours=1) <= cutoff:
+                continue
+            files += sorted(p for p in hour.glob("*.parquet") if not p.name.startswith("."))
+    return files
+
+
+def _timestamp_range(path: Path) -> tuple[int, int] | None:
+    """(first, last) timestamp of a file from its footer statistics (ms), None when it has none."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(path).metadata
+    names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
+    if "timestamp" not in names or metadata.num_row_groups == 0:
+        return None
+    column = names.index("timestamp")
+    ranges = []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        low, high = stats.min, stats.max
+        ranges.append((_millis(low), _millis(high)))
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+
+def _millis(value) -> int:
+    if isinstance(value, datetime):
+        return int((value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+    return int(value)
+
+
+def read_log(
+    log_url: str | Path,
+    kind: str = LOG_PREDICTIONS,
+    since: datetime | float | None = None,
+    limit: int | None = None,
+) -> pa.Table:
     """The records of one kind (LOG_PREDICTIONS or LOG_FEEDBACK) under a local inference log, in
-    time order; with `since` (a datetime or a Unix time), only those after it. Files being written
-    (hidden names) are skipped. Empty table when there is none."""
+    time order; with `since` (a datetime or a Unix time), only those after it; with `limit`, only
+    the first `limit` of those. Files being written (hidden names) are skipped. Empty table when
+    there is none.
+
+    The cost follows what is asked, not how much was logged before it: hour partitions older than
+    `since` are skipped by name, files are picked by the timestamp range in their footers, and
+    with `limit` reading stops once no unread file can hold an earlier record."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     if str(log_url).startswith("s3://"):
         raise NotImplementedError("the monitoring jobs read a local inference log; sync the S3 prefix first")
     root = Path(log_url) / kind
-    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith(".")) if root.is_dir() else []
-    tables = [pq.read_table(f) for f in files]
+    cutoff = _utc(since)
+    cutoff_ms = _millis(cutoff) if cutoff is not None else None
+    candidates = []
+    for path in _files_after(root, cutoff) if root.is_dir() else []:
+        span = _timestamp_range(path)
+        if span is not None and cutoff_ms is not None and span[1] <= cutoff_ms:
+            continue  # every record in it is at or before `since`
+        candidates.append((span[0] if span else -1, path))
+    candidates.sort(key=lambda item: item[0])
+    tables, kept, kth = [], 0, None
+    for first, path in candidates:
+        if limit is not None and kth is not None and first > kth:
+            break  # this file and every later one start after the `limit` earliest records so far
+        table = pq.read_table(path)
+        if cutoff is not None:
+            table = table.filter(
+                pc.greater(table["timestamp"], pa.scalar(cutoff, type=table.schema.field("timestamp").type))
+            )
+        tables.append(table)
+        kept += table.num_rows
+        if limit is not None and kept >= limit:
+            stamps = np.concatenate([t["timestamp"].cast(pa.int64()).to_numpy() for t in tables])
+            kth = int(np.partition(stamps, limit - 1)[limit - 1])
     if not tables:
         return pa.table({})
     if all(t.schema.equals(tables[0].schema) for t in tables):
@@ -146,9 +229,5 @@ def read_log(log_url: str | Path, kind: str = LOG_PREDICTIONS, since: datetime |
 
         frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
         table = pa.Table.from_pandas(frame, preserve_index=False)
-    if since is not None:
-        cutoff = since if isinstance(since, datetime) else datetime.fromtimestamp(float(since), timezone.utc)
-        table = table.filter(
-            pc.greater(table["timestamp"], pa.scalar(cutoff, type=table.schema.field("timestamp").type))
-        )
-    return table.take(pc.sort_indices(table, sort_keys=[("timestamp", "ascending")]))
+    ordered = table.take(pc.sort_indices(table, sort_keys=[("timestamp", "ascending")]))
+    return ordered.slice(0, limit) if limit is not None else ordered

@@ -283,3 +283,55 @@ def test_corrected_faces_wait_on_disk_until_the_landing_zone_takes_the_batch(tmp
     recent.add("b", 5, np.ones((2, 48, 48), np.uint8))
     assert recent.get("a", 0) is None and recent.get("a", 1) is not None  # the oldest went first
     assert recent.get("b", 6).max() == 1 and recent.get("b", 7) is None
+
+
+def test_reading_a_window_of_the_log_opens_only_what_can_hold_it(tmp_path, monkeypatch):
+    """read_log's answer equals reading everything and filtering; older hour partitions are
+    never opened, and with a limit reading stops at the first file that starts after it."""
+    from datetime import datetime, timedelta, timezone
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from moodloop import log_records
+
+    start = datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc)
+    root = tmp_path / "predictions"
+    everything = []
+    for flush in range(48):  # 12 hours, a file every 15 minutes, 50 records each
+        at = start + timedelta(minutes=15 * flush)
+        stamps = [at + timedelta(seconds=10 * i) for i in range(50)]
+        table = pa.table(
+            {
+                "timestamp": pa.array(stamps, pa.timestamp("ms", tz="UTC")),
+                "request_id": [f"r{flush}-{i}" for i in range(50)],
+            }
+        )
+        folder = root / at.strftime("date=%Y-%m-%d/hour=%H")
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, folder / f"part-{flush:03d}.parquet")
+        everything.append(table)
+    (root / "date=2026-11-30" / "hour=19" / ".part-being-written.parquet").write_bytes(b"half")
+    opened = []
+    real_read = pq.read_table
+    monkeypatch.setattr(
+        pq, "read_table", lambda path, *a, **k: opened.append(Path(path).name) or real_read(path, *a, **k)
+    )
+
+    all_rows = pa.concat_tables(everything)
+    since = start + timedelta(hours=9, minutes=20)  # inside hour 17
+    expected = [
+        r
+        for r, t in zip(all_rows["request_id"].to_pylist(), all_rows["timestamp"].to_pylist(), strict=True)
+        if t > since
+    ]
+    window = log_records.read_log(tmp_path, "predictions", since)
+    assert window["request_id"].to_pylist() == expected
+    assert min(opened) == "part-037.parquet"  # hour 17's files from 17:15 on; none of hours 8-16
+    opened.clear()
+    first_120 = log_records.read_log(tmp_path, "predictions", since, limit=120)
+    assert first_120["request_id"].to_pylist() == expected[:120]
+    # 19 records of 17:15's file are after 17:20, then 50 + 50 + 50: the fifth file starts after the 120th
+    assert opened == [f"part-{n:03d}.parquet" for n in (37, 38, 39, 40)]
+    assert log_records.read_log(tmp_path, "predictions", start + timedelta(hours=20)).num_rows == 0
