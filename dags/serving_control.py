@@ -14,6 +14,7 @@ from datetime import datetime
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
+from moodloop import alerts
 from moodloop.settings import REPO_ROOT, Settings
 
 PYTHON = Settings.from_env().pipeline_python
@@ -26,6 +27,7 @@ with DAG(
     max_active_runs=1,
     params={"action": Param("rollback", type="string", enum=["promote", "rollback"], description="what to do")},
     tags=["moodloop", "serving", "canary"],
+    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/alerts.py)
     doc_md=__doc__,
 ) as dag:
     BashOperator(

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
+from moodloop import alerts
 from moodloop.airflow_assets import CURATED_FACES
 from moodloop.settings import REPO_ROOT, Settings
 
@@ -37,6 +38,7 @@ with DAG(
     },
     default_args={"retries": 1, "retry_delay": timedelta(seconds=15)},
     tags=["moodloop", "training", "tfx"],
+    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/alerts.py)
     doc_md=__doc__,
 ) as dag:
     compile_pipeline = BashOperator(

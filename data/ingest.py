@@ -25,7 +25,7 @@ from data.curated import existing_spans, face_slices, write_span
 from data.landing_contract import ContractLimits, render_report, validate
 from data.landing_zone import GivenBatch, LandingZone, batch_content_hash, landing_zone
 from data.readers import read_batch
-from moodloop import console
+from moodloop import alerts, console
 from moodloop.contracts import CURATED_MANIFEST, SYNTHETIC_MARKER
 from moodloop.settings import Settings
 
@@ -156,6 +156,13 @@ def quarantine(settings: Settings, checked: dict[str, Any], zone: LandingZone | 
         },
     )
     log.info(f"batch {batch} QUARANTINED whole -> {where} (see REPORT.md there)")
+    numbers = {
+        "rules broken": checked.get("failures"),
+        "items": checked.get("items"),
+        "usable faces": checked.get("faces"),
+        "report": f"{where}/REPORT.md",
+    }
+    alerts.post(settings, alerts.QUARANTINE, f"landing batch {batch} quarantined", numbers)
     return {"batch": batch, "quarantined": where}
 
 

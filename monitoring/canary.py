@@ -202,7 +202,7 @@ def analyze(
     )
     if verdict == "rollback":
         try:
-            rollout.rollback(expected_canary=canary_version)
+            rollout.rollback(expected_canary=canary_version, reasons=reasons)
         except LookupError as error:  # a new canary arrived during the analysis: judge it next time
             decision.update(action="none", reasons=[str(error)])
             return decision

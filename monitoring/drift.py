@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from moodloop import log_records, status
+from moodloop import alerts, log_records, status
 from moodloop.airflow_api import Airflow
 from moodloop.contracts import (
     EMOTIONS,
@@ -309,6 +309,7 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
                 conf = {"reason": "drift", "report": str(html), "drifted": groups, "window": info}
                 result.retrain = retrain(settings, conf)
                 state["last_retrain"] = now
+    _alert(settings, result)
     state["last_end"] = info["until"]
     state_path.parent.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps(state, indent=1))
@@ -323,6 +324,25 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
     with (state_path.parent / "drift_decisions.jsonl").open("a") as fh:
         fh.write(json.dumps({"time": now, **result.as_dict()}, default=str) + "\n")
     return result
+
+
+def _alert(settings: Settings, result: WindowResult) -> None:
+    """A drift verdict or a data-quality incident posts one message (moodloop/alerts.py)."""
+    ui = f"http://127.0.0.1:{settings.drift.evidently_port}"
+    window = f"{result.window.get('records')} records until {result.window.get('until')}"
+    if result.outcome == "drift":
+        numbers = {
+            "drifted share": f"{result.drift['drift_share']:.0%} (threshold {settings.drift.share:.0%})",
+            "drifted": result.drift.get("drifted_by_group"),
+            "window": window,
+            "model version": result.window.get("reference_version"),
+            "retrain": result.retrain,
+            "report": result.report_html,
+        }
+        alerts.post(settings, alerts.DRIFT, "drift in the live inference log", numbers, ui)
+    elif result.outcome == "incident":
+        numbers = {"broken": "; ".join(f["meaning"] for f in result.quality_failures), "window": window}
+        alerts.post(settings, alerts.QUALITY_INCIDENT, "data-quality incident in the inference log", numbers, ui)
 
 
 def describe(result: WindowResult) -> str:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from moodloop import models_config
 from moodloop.files import atomic_write_text
@@ -94,10 +95,13 @@ class Rollout:
     model_name: str
     initial_share: float = 0.1
     traffic_file: Path | None = None
+    settings: Any = None  # Settings, for the alert a rollback posts (moodloop/alerts.py); None: no alert
 
     @classmethod
     def from_settings(cls, settings) -> Rollout:
-        return cls(Path(settings.serving_config), settings.model_name, settings.canary.share, settings.traffic_file)
+        return cls(
+            Path(settings.serving_config), settings.model_name, settings.canary.share, settings.traffic_file, settings
+        )
 
     @property
     def traffic(self) -> TrafficFile | None:
@@ -140,9 +144,15 @@ class Rollout:
         self.set_share(self.initial_share)
         return version
 
-    def rollback(self, expected_canary: int | None = None) -> int | None:
+    def rollback(self, expected_canary: int | None = None, reasons: list[str] | None = None) -> int | None:
         """`canary` dropped, `stable` serves everything; the share back to its start. Returns the
-        dropped version (None if there was no canary)."""
+        dropped version (None if there was no canary). A rollback posts an alert with `reasons`."""
+        stable = self.labels().get(STABLE)
         version = models_config.rollback(self.serving_config, self.model_name, expected_canary=expected_canary)
         self.set_share(self.initial_share)
+        if version is not None and self.settings is not None:
+            from moodloop import alerts
+
+            numbers = {"canary dropped": version, "stable": stable, "why": "; ".join(reasons or ["by hand"])}
+            alerts.post(self.settings, alerts.ROLLBACK, f"{self.model_name}: canary v{version} rolled back", numbers)
         return version

@@ -179,6 +179,13 @@ class AirflowSettings:
     password_file: Path = setting("MOODLOOP_AIRFLOW_PASSWORD_FILE", under_home="airflow/passwords.json")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AlertSettings:
+    # Slack-compatible incoming webhook (moodloop/alerts.py); "" = no alerts. A secret: it is shown masked.
+    webhook_url: str = setting("MOODLOOP_ALERT_WEBHOOK_URL", "")
+    timeout_seconds: float = setting("MOODLOOP_ALERT_TIMEOUT_SECONDS", 5.0)
+
+
 SECTIONS: dict[str, type] = {
     "training": TrainingSettings,
     "gate": GateSettings,
@@ -187,8 +194,9 @@ SECTIONS: dict[str, type] = {
     "drift": DriftSettings,
     "s3": S3Settings,
     "airflow": AirflowSettings,
+    "alerts": AlertSettings,
 }
-SECRETS = {("s3", "secret_key"), ("serving", "admin_token")}
+SECRETS = {("s3", "secret_key"), ("serving", "admin_token"), ("alerts", "webhook_url")}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -232,6 +240,7 @@ class Settings:
     drift: DriftSettings
     s3: S3Settings
     airflow: AirflowSettings
+    alerts: AlertSettings
 
     @classmethod
     def from_env(cls, fallback: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

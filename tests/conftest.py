@@ -37,3 +37,28 @@ def fast_env(monkeypatch: pytest.MonkeyPatch):
         return Settings.from_env()
 
     return use
+
+
+@pytest.fixture
+def webhook():
+    """A local Slack-compatible webhook receiver: -> (its URL, the JSON bodies posted to it)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hooks/moodloop", received
+    server.shutdown()

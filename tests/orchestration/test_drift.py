@@ -61,11 +61,13 @@ def _log_window(settings: Settings, name: str, rows: list[dict]) -> None:
     _write(Path(settings.inference_log_url) / "predictions" / "date=2026-11-21" / "hour=12" / f"{name}.parquet", rows)
 
 
-def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_incident(tmp_path):
+def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_incident(tmp_path, webhook):
+    url, alerts_received = webhook
     settings = Settings.from_env(
         home=tmp_path / "home",
         inference_log_url=str(tmp_path / "home" / "inference_log"),
         drift={"window_records": 300, "cooldown_minutes": 60},
+        alerts={"webhook_url": url},
     )
     _write(settings.model_base / "1" / REFERENCE_PROFILE, _rows(1500, seed=1))
     retrains: list[dict] = []
@@ -123,6 +125,14 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
     assert panels == [panel.title for panel in drift.dashboard_panels()] and len(panels) == 4
     decisions = (settings.home / "monitoring" / "drift_decisions.jsonl").read_text().splitlines()
     assert [json.loads(line)["outcome"] for line in decisions] == ["no_drift"] * 5 + ["drift", "drift", "incident"]
+    # Each verdict that needs a person posted one message to the webhook (moodloop/alerts.py).
+    events = [message["moodloop"]["event"] for message in alerts_received]
+    assert events == ["drift", "drift", "quality_incident"]
+    drifted = alerts_received[0]
+    assert "drift" in drifted["text"] and drifted["moodloop"]["link"].startswith("http://127.0.0.1:")
+    assert drifted["moodloop"]["numbers"]["retrain"]["dag_run_id"] == "manual__1"
+    assert "brightness" in str(drifted["moodloop"]["numbers"]["drifted"])
+    assert "classes are emotions" in alerts_received[2]["moodloop"]["numbers"]["broken"]
 
 
 def _dag_run(run_id: str, state: str, run_after: str) -> dict:

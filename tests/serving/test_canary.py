@@ -16,7 +16,8 @@ from monitoring.canary import analyze, describe
 from moodloop import models_config
 from moodloop.contracts import EMOTIONS
 from moodloop.log_records import read_log
-from moodloop.settings import CanarySettings
+from moodloop.rollout import Rollout
+from moodloop.settings import CanarySettings, Settings
 
 FAST = CanarySettings(steps=(0.1, 0.5, 1.0), bake_seconds=0, min_requests=30, min_labels=20, max_class_shift=1.01)
 
@@ -143,3 +144,23 @@ def test_without_labels_a_canary_that_answers_differently_is_rolled_back(running
     shift = 0.5 * sum(abs(decision["canary"]["class_mix"][e] - decision["stable"]["class_mix"][e]) for e in EMOTIONS)
     assert (decision["action"] == "rollback") == (shift > 0.25)
     assert shift > 0.25, f"test models too alike to exercise the check: {mixes}"
+
+
+def test_a_rollback_posts_the_versions_and_why(tmp_path, webhook):
+    url, received = webhook
+    settings = Settings.from_env(home=tmp_path / "home", alerts={"webhook_url": url})
+    base = settings.model_base
+    for version in (1, 2):
+        (base / str(version)).mkdir(parents=True)
+    models_config.ensure(settings.serving_config, settings.model_name, base)
+    models_config.set_label(settings.serving_config, settings.model_name, "stable", 1)
+    models_config.set_label(settings.serving_config, settings.model_name, "canary", 2)
+    assert Rollout.from_settings(settings).rollback(reasons=["accuracy fell 0.81 -> 0.64 (p = 0.003)"]) == 2
+    (message,) = received
+    assert message["moodloop"]["event"] == "rollback" and "canary v2 rolled back" in message["text"]
+    assert message["moodloop"]["numbers"] == {
+        "canary dropped": 2,
+        "stable": 1,
+        "why": "accuracy fell 0.81 -> 0.64 (p = 0.003)",
+    }
+    assert Rollout.from_settings(settings).rollback() is None and len(received) == 1  # nothing to roll back
