@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.gateway_process import process_cpu_seconds, start_gateway
-from bench.serving_throughput import baseline, encoded_faces
+from bench.serving_throughput import baseline, encoded_faces, model_base_with_version_1
 from moodloop.contracts import METRIC_ERRORS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,14 +199,7 @@ def main() -> int:
         print(f"missing: {', '.join(missing)} (apt-get install wrk nghttp2-client); measuring without them")
 
     work = Path(tempfile.mkdtemp(prefix="moodloop-bench-load-"))
-    model_base = work / "models" / "emotion"
-    model_base.mkdir(parents=True)
-    if args.model_dir:
-        (model_base / "1").symlink_to(args.model_dir.resolve(), target_is_directory=True)
-    else:
-        from components.untrained_model import export_version
-
-        export_version(model_base, 1, size=args.model_size)
+    model_base = model_base_with_version_1(work, args.model_dir, args.model_size)
     faces = encoded_faces(64)
     limit = baseline(model_base / "1", faces, 64, 5.0)
     print(f"limit: the SavedModel in-process, serving_default on batches of 64 faces: {limit:.0f} faces/s")

@@ -52,6 +52,19 @@ def encoded_faces(n: int) -> list[bytes]:
     return out
 
 
+def model_base_with_version_1(work: Path, model_dir: Path | None, model_size: str) -> Path:
+    """<work>/models/emotion/1: the given SavedModel (linked), or a fresh untrained one of `model_size`."""
+    model_base = work / "models" / "emotion"
+    model_base.mkdir(parents=True)
+    if model_dir:
+        (model_base / "1").symlink_to(model_dir.resolve(), target_is_directory=True)
+    else:
+        from components.untrained_model import export_version
+
+        export_version(model_base, 1, size=model_size)
+    return model_base
+
+
 def baseline(model_dir: Path, faces: list[bytes], batch: int, seconds: float) -> float:
     import tensorflow as tf
 
@@ -108,14 +121,7 @@ def main() -> int:
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     work = Path(tempfile.mkdtemp(prefix="moodloop-bench-serving-"))
-    model_base = work / "models" / "emotion"
-    model_base.mkdir(parents=True)
-    if args.model_dir:
-        (model_base / "1").symlink_to(args.model_dir.resolve(), target_is_directory=True)
-    else:
-        from components.untrained_model import export_version
-
-        export_version(model_base, 1, size=args.model_size)
+    model_base = model_base_with_version_1(work, args.model_dir, args.model_size)
     faces = encoded_faces(256)
     batch = BatchingParameters.read(REPO / "serving" / "config" / "batching.config").max_batch_size
 
