@@ -66,6 +66,11 @@ def test_new_version_hot_loads_while_requests_flow_and_broken_ones_are_refused(t
             export_version(base, 2, seed=7)  # staged, then renamed into place, as the Pusher does
             running.dataplane.backend.wait_for_version("emotion", 2, timeout=60)
             time.sleep(0.5)
+            # While traffic flows: a half-written version (no saved_model.pb yet) and a corrupt one.
+            (base / "3" / "variables").mkdir(parents=True)
+            (base / "4").mkdir()
+            (base / "4" / "saved_model.pb").write_bytes(b"\x00 half written garbage")
+            time.sleep(1.5)
         finally:
             stop_flag.set()
             for worker in workers:
@@ -74,12 +79,8 @@ def test_new_version_hot_loads_while_requests_flow_and_broken_ones_are_refused(t
         assert {"1", "2"} <= seen  # answered by 1, then by 2, without a failed request
         assert client.post("/v1/models/emotion/versions/2:predict", json=PIXELS).status_code == 200
 
-        # A half-written version (no saved_model.pb yet) is invisible; a corrupt one is refused
-        # with its reason in the status, and the good versions keep serving.
-        (base / "3" / "variables").mkdir(parents=True)
-        (base / "4").mkdir()
-        (base / "4" / "saved_model.pb").write_bytes(b"\x00 half written garbage")
-        time.sleep(1.5)
+        # The half-written version is invisible; the corrupt one is refused with its reason in the
+        # status; no request failed meanwhile (above) and the good versions keep serving.
         states = _status(client)
         assert "3" not in states
         assert states["4"][0] == "END" and "Error" in states["4"][1], states["4"]
