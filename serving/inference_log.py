@@ -69,6 +69,8 @@ class InferenceLog:
         self.dropped = 0
         self.written = 0
         self.write_errors = 0
+        self.sink_failing = False
+        self._unwritten: dict[tuple[str, str], list[dict]] = {}  # rows a failed write kept, by file
         self._thread = threading.Thread(target=self._loop, name="inference-log", daemon=True)
         self._thread.start()
 
@@ -99,27 +101,37 @@ class InferenceLog:
             except queue.Empty:
                 record = ...
             if record is None:
-                try:
-                    self._flush(pending)
-                finally:
-                    self._release(len(pending))
+                self._release(self._flush_safely(pending))
+                if self._unwritten:  # the sink never came back: these are lost, and counted
+                    lost = sum(len(rows) for rows in self._unwritten.values())
+                    self.write_errors += lost
+                    log.error(f"inference log: {lost} records could not be written before shutdown ({self.sink.url})")
                 return
             if record is not ...:
                 pending.append(record)
             if len(pending) >= self.flush_records or time.monotonic() - last_flush >= self.flush_seconds:
-                try:
-                    self._flush(pending)
-                finally:  # whatever happened to this batch, its slots in the buffer are free again
-                    self._release(len(pending))
+                self._release(self._flush_safely(pending))
                 pending = []
                 last_flush = time.monotonic()
+
+    def _flush_safely(self, records: list[Prediction | Feedback]) -> int:
+        try:
+            return self._flush(records)
+        except Exception:  # the writer thread must live on; these records are counted lost
+            log.exception("inference log: flush failed")
+            self.write_errors += len(records)
+            return len(records)
 
     def _release(self, count: int) -> None:
         with self._held_lock:
             self._held -= count
 
-    def _flush(self, records: list[Prediction | Feedback]) -> None:
-        groups: dict[tuple[str, str], list[dict]] = {}
+    def _flush(self, records: list[Prediction | Feedback]) -> int:
+        """Write the records, and those a failed write kept (S3 down): they stay in memory, within
+        the buffer's bound, and are written by a later flush. -> how many records left memory
+        (written, or not convertible to a row: counted in write_errors)."""
+        done = 0
+        groups, self._unwritten = self._unwritten, {}
         for record in records:
             try:
                 if isinstance(record, Prediction):
@@ -130,6 +142,7 @@ class InferenceLog:
             except Exception:
                 log.exception("inference log: could not turn a record into a row")
                 self.write_errors += 1
+                done += 1
                 continue
             hour = row["timestamp"].strftime("date=%Y-%m-%d/hour=%H")
             groups.setdefault((kind, hour), []).append(row)
@@ -140,7 +153,15 @@ class InferenceLog:
                 buffer = io.BytesIO()
                 pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="snappy")
                 self.sink.put(name, buffer.getvalue())
-                self.written += len(rows)
-            except Exception:
-                log.exception("inference log: could not write %d %s records to %s", len(rows), kind, self.sink.url)
-                self.write_errors += len(rows)
+            except Exception as error:  # noqa: BLE001 - kept for the next flush, and said once per outage
+                self._unwritten[(kind, hour)] = rows
+                if not self.sink_failing:
+                    log.error(f"inference log: cannot write to {self.sink.url} ({error}); keeping the records")
+                self.sink_failing = True
+                continue
+            if self.sink_failing:
+                log.info(f"inference log: {self.sink.url} is back; the kept records are written")
+            self.sink_failing = False
+            self.written += len(rows)
+            done += len(rows)
+        return done

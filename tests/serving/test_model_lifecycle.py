@@ -272,3 +272,50 @@ def test_a_gateway_killed_under_load_loses_at_most_a_flush_interval_and_no_file_
         restarted.kill()
     after = set(read_log(home / "inference_log")["request_id"].to_pylist())
     assert set(ids) <= after and logged <= after  # the restarted gateway logs beside the old files
+
+
+def test_the_log_keeps_its_records_while_s3_is_down_and_writes_them_when_it_returns(tmp_path):
+    """SeaweedFS stopped while the log flushes: nothing is written and nothing lost (within the
+    buffer's bound; what overflows is counted); restarted, the kept records are written."""
+    port, access, secret = free_port(), "test-" + secrets.token_hex(4), secrets.token_urlsafe(16)
+    server = start_seaweedfs(tmp_path / "s3", port, access, secret, log_file=tmp_path / "weed.log")
+    settings = Settings.from_env(
+        home=tmp_path, s3={"endpoint_url": f"http://127.0.0.1:{port}", "access_key": access, "secret_key": secret}
+    )
+    client = s3_client(settings)
+    log = None
+    try:
+        wait_for_s3(client, "logs")
+        log = InferenceLog(
+            "s3://logs/inference", buffer_records=150, flush_seconds=0.3, s3_client_factory=lambda: s3_client(settings)
+        )
+        for i in range(5):
+            log.log(_prediction(i))
+        _wait(lambda: log.written == 5)
+        stop(server)
+        for i in range(5, 205):  # 200 more while S3 is down: 150 fit in the buffer, 50 overflow
+            log.log(_prediction(i))
+        time.sleep(3)  # several flushes fail meanwhile
+        assert (log.written, log.buffered(), log.dropped, log.write_errors) == (5, 150, 50, 0)
+        assert log.sink_failing
+        server = start_seaweedfs(tmp_path / "s3", port, access, secret, log_file=tmp_path / "weed.log")
+        wait_for_s3(client, "logs")
+        _wait(lambda: log.written == 155, timeout=120)
+        assert log.buffered() == 0 and not log.sink_failing and log.write_errors == 0
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="logs", Prefix="inference/")["Contents"]]
+        ids = []
+        for key in keys:
+            body = client.get_object(Bucket="logs", Key=key)["Body"].read()
+            ids += pq.read_table(io.BytesIO(body)).column("request_id").to_pylist()
+        assert sorted(ids, key=lambda r: int(r[1:])) == [f"r{i}" for i in range(155)]  # the 50 dropped were counted
+    finally:
+        if log is not None:
+            log.close()
+        stop(server)
+
+
+def _wait(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
