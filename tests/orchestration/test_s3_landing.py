@@ -76,3 +76,40 @@ def test_s3_batches_are_ingested_and_quarantined_with_nothing_deleted(s3_setting
     _upload_csv(client, "landing/batch-a-again/fer2013.csv", seed=1, n=50, tmp_path=tmp_path)
     assert ingest.ingest(s3_settings, "batch-a-again", zone)["decision"] == "duplicate"
     assert _keys(client, "archive/batch-a-again/data/") == ["archive/batch-a-again/data/fer2013.csv"]
+
+
+def test_s3_down_during_an_ingest_keeps_the_batch_in_the_landing_zone_until_it_returns(tmp_path):
+    """The contract passed, then S3 went away before the batch was curated: the step fails with
+    the connection error (Airflow retries it), the batch is still in landing/ and nothing was
+    curated; when S3 is back the retried step curates it once and archives it."""
+    port, access, secret = free_port(), "test-" + secrets.token_hex(4), secrets.token_urlsafe(16)
+    server = start_seaweedfs(tmp_path / "data", port, access, secret, log_file=tmp_path / "weed.log")
+    settings = Settings.from_env(
+        home=tmp_path / "home",
+        landing_url=f"s3://{BUCKET}",
+        landing_settle_seconds=0.0,
+        s3={
+            "endpoint_url": f"http://127.0.0.1:{port}",
+            "access_key": access,
+            "secret_key": secret,
+        },
+    )
+    client = s3_client(settings)
+    try:
+        wait_for_s3(client, BUCKET)
+        _upload_csv(client, "landing/batch-z/fer2013.csv", seed=5, n=40, tmp_path=tmp_path)
+        zone = S3LandingZone(BUCKET, client, settings.ingest_dir / "work", settle_seconds=0)
+        checked = ingest.check(settings, "batch-z", zone)
+        assert checked["decision"] == "curate"
+        stop(server)
+        with pytest.raises(Exception, match="(?i)connect|endpoint"):
+            ingest.curate(settings, checked, zone)
+        assert not settings.curated_dir.exists() or not any(settings.curated_dir.iterdir())
+        server = start_seaweedfs(tmp_path / "data", port, access, secret, log_file=tmp_path / "weed.log")
+        wait_for_s3(client, BUCKET)
+        assert _keys(client, "landing/") == ["landing/batch-z/fer2013.csv"]  # still there, whole
+        outcome = ingest.curate(settings, checked, zone)  # what Airflow's retry of the task does
+        assert outcome["span"] == 1 and outcome["written"] == 40
+        assert _keys(client, "landing/") == [] and "archive/batch-z/data/fer2013.csv" in _keys(client, "archive/")
+    finally:
+        stop(server)
