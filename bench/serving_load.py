@@ -104,6 +104,7 @@ def wrk(url: str, body: bytes, connections: int, seconds: float, server_pid: int
     shutil.rmtree(work)
     requests, duration_us, bad_status, failed, p50, p99 = map(int, output.split("RESULT")[1].split())
     return {
+        "requests": requests,
         "rate": requests / (duration_us / 1e6),
         "p50_ms": p50 / 1000,
         "p99_ms": p99 / 1000,
