@@ -8,7 +8,7 @@ N           ?= 10000
 
 STACK       := .venv/orchestration/bin/python -m moodloop.local.stack
 
-.PHONY: help setup run stop status train serve test test-fast lint format bench drill clean
+.PHONY: help setup run stop status train serve test test-fast lint format bench drill soak faults clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,13 @@ bench: setup  ## benchmarks, each as a ratio to its baseline: pipeline vs bare f
 
 drill: setup  ## the drift drill on a stack of its own: clean traffic, shift, drift, retrain, canary, promotion
 	$(ORCH_PY) bench/drift_drill.py --stack $(DRILL_ARGS)
+
+soak: setup  ## the gateway at half of its peak for 10 minutes: no error, memory growth <= 5 %, every request logged
+	$(PIPELINE_PY) bench/soak.py
+
+faults: setup  ## the fault scenarios: SIGKILL under load, S3 down (log flush, ingest), broken model versions
+	$(PIPELINE_PY) -m pytest -p no:cacheprovider tests/serving/test_model_lifecycle.py -k "killed or s3 or broken"
+	$(ORCH_PY) -m pytest -p no:cacheprovider tests/orchestration/test_s3_landing.py -k down
 
 clean:  ## remove runs, models and logs under MOODLOOP_HOME (keeps the environments)
 	rm -rf $(HOME_DIR)
