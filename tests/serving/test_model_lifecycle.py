@@ -146,10 +146,7 @@ def test_inference_log_writes_parquet_to_s3(tmp_path):
 
 def test_gateway_process_flushes_the_log_on_sigterm(tmp_path, model_base):
     import os
-    import re
     import signal
-    import subprocess
-    import sys
 
     env = {
         **os.environ,
@@ -159,32 +156,23 @@ def test_gateway_process_flushes_the_log_on_sigterm(tmp_path, model_base):
         "MOODLOOP_GRPC_PORT": "0",
         "MOODLOOP_LOG_FLUSH_SECONDS": "600",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moodloop.cli", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process, port, output = _start_gateway_process(env)
     try:
-        port = None
-        for line in process.stdout:
-            if match := re.search(r"gateway up: REST http://127\.0\.0\.1:(\d+)", line):
-                port = int(match[1])
-                break
-        assert port, "the gateway did not start"
         response = httpx.post(f"http://127.0.0.1:{port}/v1/models/emotion:predict", json=PIXELS, timeout=30)
         assert response.status_code == 200
         process.send_signal(signal.SIGTERM)
-        rest = process.communicate(timeout=60)[0]
+        process.wait(timeout=60)
+        output.join(timeout=10)
     finally:
         process.kill()
-    assert process.returncode == 0, rest
-    assert "inference log: 1 records written" in rest
+    assert process.returncode == 0, output.lines
+    assert "inference log: 1 records written" in "".join(output.lines)
     assert len(list((tmp_path / "home" / "inference_log" / "predictions").rglob("*.parquet"))) == 1
 
 
-def _start_gateway_process(env: dict) -> tuple[object, int]:
+def _start_gateway_process(env: dict) -> tuple[object, int, threading.Thread]:
+    """`moodloop serve` in a process of its own; -> (process, REST port, the thread that keeps
+    reading its output into `.lines`)."""
     import re
     import subprocess
     import sys
@@ -198,8 +186,11 @@ def _start_gateway_process(env: dict) -> tuple[object, int]:
     )
     for line in process.stdout:
         if match := re.search(r"gateway up: REST http://127\.0\.0\.1:(\d+)", line):
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # drain
-            return process, int(match[1])
+            lines: list[str] = []
+            reader = threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True)
+            reader.lines = lines
+            reader.start()
+            return process, int(match[1]), reader
     raise AssertionError("the gateway did not start")
 
 
@@ -221,7 +212,7 @@ def test_a_gateway_killed_under_load_loses_at_most_a_flush_interval_and_no_file_
         "MOODLOOP_GRPC_PORT": "0",
         "MOODLOOP_LOG_FLUSH_SECONDS": "1",
     }
-    process, port = _start_gateway_process(env)
+    process, port, _ = _start_gateway_process(env)
     answered: list[str] = []
     started = time.monotonic()
 
@@ -258,7 +249,7 @@ def test_a_gateway_killed_under_load_loses_at_most_a_flush_interval_and_no_file_
     # the interval): at most two intervals of traffic.
     assert len(lost) <= rate * 2.0
 
-    restarted, port = _start_gateway_process(env)
+    restarted, port, _ = _start_gateway_process(env)
     try:
         ids = [
             httpx.post(f"http://127.0.0.1:{port}/v1/models/emotion:predict", json=PIXELS, timeout=30).headers[
