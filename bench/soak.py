@@ -99,8 +99,8 @@ def main() -> int:
         f"counted as dropped; goal: every answered request accounted for"
     )
     # wrk counts the requests it completed; ones it sent at its very end may be answered after it
-    # stopped counting (one per connection at most): logged, not counted by wrk.
-    ok = soak["errors"] == 0 and growth <= 0.05 and 0 <= accounted - answered <= 2 * c
+    # stopped counting (one per connection at most, in each of its three runs): logged, not counted.
+    ok = soak["errors"] == 0 and growth <= 0.05 and 0 <= accounted - answered <= 3 * c
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
