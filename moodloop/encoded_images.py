@@ -31,8 +31,9 @@ class ImageRefused(ValueError):
         self.kind = kind
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """The image with its header read and checked (format, declared size); no pixel decoded yet."""
+def open_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """The image with its header read and checked (format, declared size); no pixel decoded yet.
+    `max_pixels` None: the size was checked on the way in (PIL's own bomb guard still holds)."""
     if not data:
         raise ImageRefused("unreadable", "empty image")
     try:
@@ -51,26 +52,37 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     if image.format not in FORMATS:
         raise ImageRefused("unreadable", f"{image.format} images are not accepted; send {', '.join(FORMATS)}")
     width, height = image.size
-    if width * height > max_pixels:
+    if max_pixels is not None and width * height > max_pixels:
         raise ImageRefused(
             "too_large", f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
     return image
 
 
-def grey_pixels(image: Image.Image) -> np.ndarray:
-    """Decode an opened image to grey uint8 pixels at its own size."""
+def _decoded(image: Image.Image, mode: str) -> np.ndarray:
+    """Decode an opened image to uint8 pixels in `mode` ("L" grey, "RGB") at its own size."""
     try:
         image.load()
-        if image.mode in _SIXTEEN_BIT:  # PIL's convert("L") clips 16-bit values at 255
+        if image.mode in _SIXTEEN_BIT:  # PIL's convert clips 16-bit values at 255: scale them instead
             wide = np.asarray(image, dtype=np.float64)
-            return np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8)
-        return np.asarray(image.convert("L"), dtype=np.uint8)
+            grey = np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8)
+            return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
+        return np.asarray(image.convert(mode), dtype=np.uint8)
     except Exception as error:  # noqa: BLE001 - truncated data fails here (OSError, ValueError, ...), not at open
         raise ImageRefused("unreadable", f"truncated or corrupt image ({type(error).__name__}: {error})") from None
 
 
-def decode_grey(data: bytes, max_pixels: int) -> np.ndarray:
+def grey_pixels(image: Image.Image) -> np.ndarray:
+    """Decode an opened image to grey uint8 pixels [H, W] (faces for the readers and the model)."""
+    return _decoded(image, "L")
+
+
+def rgb_pixels(image: Image.Image) -> np.ndarray:
+    """Decode an opened image to RGB uint8 pixels [H, W, 3] (photos, for the face detectors)."""
+    return _decoded(image, "RGB")
+
+
+def decode_grey(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     return grey_pixels(open_image(data, max_pixels))
 
 

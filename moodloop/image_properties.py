@@ -4,11 +4,10 @@ so both sides of a drift report measure exactly the same thing."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image
 
+from moodloop import encoded_images
 from moodloop.contracts import FACE_SIZE
 
 
@@ -53,9 +52,9 @@ def property_buckets(pixels: np.ndarray, source_side: int | None = None) -> dict
 
 
 def decode_grey(encoded: bytes) -> np.ndarray | None:
-    """Encoded image -> grey pixels; None when it is not a readable image."""
+    """Encoded image -> grey pixels, as every door decodes them (moodloop/encoded_images.py); None
+    when it is not a readable image (a request the model rejected may hold anything)."""
     try:
-        with Image.open(io.BytesIO(encoded)) as image:
-            return np.asarray(image.convert("L"))
-    except Exception:  # noqa: BLE001 - a request the model rejected may hold anything
+        return encoded_images.decode_grey(encoded)
+    except encoded_images.ImageRefused:
         return None

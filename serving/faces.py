@@ -219,16 +219,9 @@ def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
     (moodloop/encoded_images.py): the size is checked from the header before any pixel is decoded
     (decompression bombs); truncated or non-image data raises BadMediaError with the reason."""
     try:
-        image = encoded_images.open_image(data, max_pixels)
-        if image.mode in ("RGB", "L", "P", "RGBA", "LA", "CMYK"):
-            image.load()
-            return np.asarray(image.convert("RGB"))
-        grey = encoded_images.grey_pixels(image)  # 16-bit: scaled, not clipped
-        return np.repeat(grey[..., None], 3, axis=2)
+        return encoded_images.rgb_pixels(encoded_images.open_image(data, max_pixels))
     except encoded_images.ImageRefused as refused:
         raise BadMediaError(str(refused)) from None
-    except (OSError, SyntaxError, ValueError) as error:  # truncated data fails at load
-        raise BadMediaError(f"truncated or corrupt image ({type(error).__name__}: {error})") from None
 
 
 def face_results(faces: list[Face], probabilities: np.ndarray, min_confidence: float) -> list[dict]:
