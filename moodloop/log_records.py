@@ -200,8 +200,9 @@ def read_log(
     cutoff = _utc(since)
     cutoff_ms = _millis(cutoff) if cutoff is not None else None
     candidates = []
+    ranged = cutoff is not None or limit is not None  # else every file is read whole: no footer needed
     for path in _files_after(root, cutoff) if root.is_dir() else []:
-        span = _timestamp_range(path)
+        span = _timestamp_range(path) if ranged else None
         if span is not None and cutoff_ms is not None and span[1] <= cutoff_ms:
             continue  # every record in it is at or before `since`
         candidates.append((span[0] if span else -1, path))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moodloop import models_config
+from moodloop import alerts, models_config
 from moodloop.files import atomic_write_text
 from moodloop.models_config import CANARY, STABLE
 
@@ -147,12 +147,10 @@ class Rollout:
     def rollback(self, expected_canary: int | None = None, reasons: list[str] | None = None) -> int | None:
         """`canary` dropped, `stable` serves everything; the share back to its start. Returns the
         dropped version (None if there was no canary). A rollback posts an alert with `reasons`."""
-        stable = self.labels().get(STABLE)
         version = models_config.rollback(self.serving_config, self.model_name, expected_canary=expected_canary)
         self.set_share(self.initial_share)
         if version is not None and self.settings is not None:
-            from moodloop import alerts
-
+            stable = self.labels().get(STABLE)  # a rollback leaves stable where it was
             numbers = {"canary dropped": version, "stable": stable, "why": "; ".join(reasons or ["by hand"])}
             alerts.post(self.settings, alerts.ROLLBACK, f"{self.model_name}: canary v{version} rolled back", numbers)
         return version
