@@ -124,15 +124,13 @@ def audit_slices(
     bootstrap upper bound, McNemar's p that the candidate is worse and `regression`. `gaps`: per
     attribute, the largest accuracy and recall gap between its guarded slices; `largest_gap`:
     the widest of them."""
-    groups: dict[str, np.ndarray] = {}
-    for key in sorted({(k, v) for face in face_slices for k, v in face.items()}):
-        groups[slices.name(*key)] = np.array([face.get(key[0]) == key[1] for face in face_slices])
     report: dict[str, dict] = {}
-    for name, members in groups.items():
+    for attribute, value in sorted({pair for face in face_slices for pair in face.items()}):
+        members = np.array([face.get(attribute) == value for face in face_slices])
         recall, class_recall = _macro_recall(labels[members], cand_correct[members])
         row = {
-            "attribute": name.split("=", 1)[0],
-            "value": name.split("=", 1)[1],
+            "attribute": attribute,
+            "value": value,
             "faces": int(members.sum()),
             "accuracy": float(cand_correct[members].mean()),
             "recall": recall,
@@ -151,7 +149,7 @@ def audit_slices(
                 mcnemar_p_worse=paired.p_worse,
                 regression=paired.regression and row["guarded"],
             )
-        report[name] = row
+        report[slices.name(attribute, value)] = row
     gaps = {}
     for attribute in sorted({row["attribute"] for row in report.values()}):
         guarded = {row["value"]: row for row in report.values() if row["attribute"] == attribute and row["guarded"]}

@@ -290,14 +290,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         model_base=config.model_base,
         serving_config=config.serving_config,
         model_name=config.model_name,
-        min_accuracy=config.gate.min_accuracy,
-        max_accuracy_drop=config.gate.max_accuracy_drop,
-        alpha=config.gate.alpha,
-        min_examples=config.gate.min_examples,
-        max_class_recall_drop=config.gate.max_class_recall_drop,
-        bootstrap=config.gate.bootstrap,
-        min_slice_examples=config.gate.min_slice_examples,
-        max_slice_accuracy_drop=config.gate.max_slice_accuracy_drop,
+        **dataclasses.asdict(config.gate),  # the thresholds, one parameter each (GateSettings' fields)
         status_dir=config.status_dir,
     ).with_id("ABGate")
     infra = infra_validator(config, trainer.outputs["model"], example_gen.outputs["examples"])
