@@ -113,7 +113,9 @@ class GateSettings:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ServingSettings:
     backend: str = setting("MOODLOOP_SERVING_BACKEND", "embedded")  # embedded (in-process) | tfserving (gRPC)
-    tfserving_target: str = setting("MOODLOOP_TFSERVING_TARGET", "127.0.0.1:8500")  # for the tfserving backend
+    # TF Serving's gRPC address for the tfserving backend; several replicas: host:port,host:port
+    tfserving_target: str = setting("MOODLOOP_TFSERVING_TARGET", "127.0.0.1:8500")
+    tfserving_health_seconds: float = setting("MOODLOOP_TFSERVING_HEALTH_SECONDS", 1.0)  # replica status checks
     gateway_host: str = setting("MOODLOOP_GATEWAY_HOST", "127.0.0.1")
     rest_port: int = setting("MOODLOOP_REST_PORT", 8501)
     grpc_port: int = setting("MOODLOOP_GRPC_PORT", 8500)

@@ -4,7 +4,8 @@
   models.config, version policy and labels), loads new versions as they appear, warms each one up
   before it takes traffic and batches concurrent requests. It is the local stand-in for TF Serving,
   which cannot run on the machines moodloop is developed on.
-- `TFServingBackend` forwards to a real TF Serving over gRPC (docker-compose, CI).
+- `TFServingBackend` forwards to real TF Serving over gRPC (docker-compose, CI), spread over
+  one or more replicas with health checks and a retry on another replica.
 
 Errors are `ServingError`s carrying TF Serving's status code names, so the REST and gRPC surfaces
 answer exactly as TF Serving would.
@@ -12,6 +13,8 @@ answer exactly as TF Serving would.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import logging
 import threading
 import time
@@ -30,6 +33,17 @@ from serving.batching import BatcherClosedError, BatchingParameters, DynamicBatc
 log = logging.getLogger("moodloop.serving")
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+
+
+def freeze_long_lived_objects() -> None:
+    """Take every object alive now (TensorFlow's modules, the loaded graphs: millions) out of the
+    garbage collector's full collections, which walk all of them: 150-220 ms stalls every few
+    seconds under load were the gateway's whole p99 at half of peak (10 ms after). Called once the
+    gateway is up and after each model load or unload; unfreezing first lets a collection free
+    what an unloaded version left behind."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class ServingError(Exception):
@@ -240,6 +254,8 @@ class EmbeddedBackend:
             servable.close()
             states[servable.version] = VersionState(servable.version, "END")
             log.info("model %s version %d unloaded", policy.name, servable.version)
+        if removed or set(loaded) != set(current.servables if current else ()):
+            freeze_long_lived_objects()
 
     def _load(self, model: str, version: int, path: Path) -> _Servable:
         signature_defs = read_signature_defs(path)
@@ -362,32 +378,145 @@ def _op_error_code(error: tf.errors.OpError) -> str:
 # ---------------------------------------------------------------- TF Serving backend
 
 
-class TFServingBackend:
-    """Forward to a real TF Serving over gRPC (its PredictionService and ModelService)."""
+@dataclass
+class _Replica:
+    """One TF Serving server: its channel, stubs and what the health checks last saw."""
 
-    def __init__(self, target: str, config_path: Path, timeout: float = 10.0) -> None:
+    target: str
+    channel: object
+    predict: object  # PredictionServiceStub
+    models: object  # ModelServiceStub
+    healthy: bool = True  # optimistic until a check or a call says otherwise
+    reason: str = ""  # why it is out of rotation
+    calls: int = 0  # RPCs answered (any status but UNAVAILABLE), for status pages and tests
+
+
+class TFServingBackend:
+    """Forward to one or more real TF Serving replicas over gRPC (PredictionService, ModelService).
+
+    Several targets (compose runs two servers on one shared model base path) are spread round-robin;
+    a background check asks each for its model status every `health_seconds` and takes a replica
+    that does not answer, or serves no version, out of rotation until it does again. A call that
+    fails UNAVAILABLE (refused, reset, server gone) is retried on the next replica, which is safe
+    because every RPC sent here is idempotent (predict, metadata, status, reload of the same config).
+    Everything a load balancer would need beyond that is left to the platform (no home-made proxy)."""
+
+    def __init__(
+        self, targets: str | list[str], config_path: Path, timeout: float = 10.0, health_seconds: float = 1.0
+    ) -> None:
         import grpc
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self._grpc = grpc
         self.config_path = Path(config_path)
-        self._channel = grpc.insecure_channel(
-            target, options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-        )
-        self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._timeout = timeout
+        self._health_seconds = health_seconds
+        names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
+        if not names or not all(names):
+            raise ValueError(f"TF Serving targets {targets!r}: give host:port[,host:port...]")
+        self.replicas = [self._connect(target) for target in names]
+        self._next = itertools.count()
+        self._stop = threading.Event()
+        self._checker: threading.Thread | None = None
         # GetModelMetadata per request would double the RPCs: signature defs are cached briefly
         # (a new version or label move shows within SIGNATURE_TTL seconds), labels by file mtime.
         self._signature_cache: dict[tuple, tuple[float, int, dict]] = {}
         self._labels_cache: tuple[float, dict] = (-1.0, {})
         self._available_cache: dict[str, tuple[float, set[int]]] = {}
 
+    def _connect(self, target: str) -> _Replica:
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        channel = self._grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", 64 << 20),
+                # a restarted replica is found again within a second, not after gRPC's 20 s backoff
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        return _Replica(
+            target,
+            channel,
+            prediction_service_pb2_grpc.PredictionServiceStub(channel),
+            model_service_pb2_grpc.ModelServiceStub(channel),
+        )
+
     def start(self) -> TFServingBackend:
+        if len(self.replicas) > 1:
+            self._checker = threading.Thread(target=self._check_loop, name="tfserving-health", daemon=True)
+            self._checker.start()
         return self
 
     def close(self) -> None:
-        self._channel.close()
+        self._stop.set()
+        if self._checker:
+            self._checker.join(5)
+        for replica in self.replicas:
+            replica.channel.close()
+
+    # ------------------------------------------------------------ replicas
+
+    def _check_loop(self) -> None:
+        while not self._stop.wait(self._health_seconds):
+            self.check_replicas()
+
+    def check_replicas(self) -> None:
+        """Ask every replica for the status of each configured model: healthy when it answers and
+        serves at least one version of each."""
+        try:
+            models = list(models_config.policies(models_config.read(self.config_path)))
+        except (OSError, ValueError):
+            models = []
+        for replica in self.replicas:
+            reason = ""
+            for model in models:
+                try:
+                    states = self._status_of(replica, model)
+                except self._grpc.RpcError as error:
+                    reason = f"{error.code().name}: {error.details() or ''}".strip()
+                    break
+                if not any(s.state == "AVAILABLE" for s in states):
+                    reason = f"no version of {model} is AVAILABLE"
+                    break
+            self._mark(replica, healthy=not reason, reason=reason)
+
+    def _mark(self, replica: _Replica, healthy: bool, reason: str = "") -> None:
+        if healthy != replica.healthy:
+            if healthy:
+                log.info("TF Serving replica %s is back in rotation", replica.target)
+            else:
+                log.warning("TF Serving replica %s out of rotation: %s", replica.target, reason)
+        replica.healthy, replica.reason = healthy, reason
+
+    def _order(self) -> list[_Replica]:
+        """Replicas to try for one call: the healthy ones round-robin, then the others (a check may
+        be stale, and trying a doubtful replica beats failing the request)."""
+        start = next(self._next) % len(self.replicas)
+        rotated = self.replicas[start:] + self.replicas[:start]
+        return [r for r in rotated if r.healthy] + [r for r in rotated if not r.healthy]
+
+    def _call(self, service: str, method: str, request):
+        """`service` is "predict" (PredictionService) or "models" (ModelService)."""
+        failures = []
+        for replica in self._order():
+            try:
+                response = getattr(getattr(replica, service), method)(request, timeout=self._timeout)
+            except self._grpc.RpcError as error:
+                if error.code() != self._grpc.StatusCode.UNAVAILABLE:
+                    replica.calls += 1
+                    raise ServingError(error.code().name, error.details() or "") from None
+                self._mark(replica, healthy=False, reason=f"UNAVAILABLE: {error.details() or ''}".strip())
+                failures.append(f"{replica.target}: {error.details() or 'unavailable'}")
+                continue
+            replica.calls += 1
+            return response
+        raise ServingError("UNAVAILABLE", "no TF Serving replica answered (" + "; ".join(failures) + ")")
+
+    def replica_states(self) -> list[dict]:
+        return [{"target": r.target, "healthy": r.healthy, "reason": r.reason, "calls": r.calls} for r in self.replicas]
+
+    # ------------------------------------------------------------ the backend interface
 
     def _spec(self, spec, model: str, version: int | None, label: str | None, signature: str = "") -> None:
         spec.name = model
@@ -397,12 +526,6 @@ class TFServingBackend:
             spec.version_label = label
         if signature:
             spec.signature_name = signature
-
-    def _call(self, method, request):
-        try:
-            return method(request, timeout=self._timeout)
-        except self._grpc.RpcError as error:
-            raise ServingError(error.code().name, error.details() or "") from None
 
     def predict(
         self, model: str, version: int | None, label: str | None, signature: str, inputs: Tensors
@@ -417,7 +540,7 @@ class TFServingBackend:
         self._spec(request.model_spec, model, version, label, signature)
         for name, value in checked.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        response = self._call(self._predict.Predict, request)
+        response = self._call("predict", "Predict", request)
         return response.model_spec.version.value, {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
     SIGNATURE_TTL = 2.0
@@ -436,7 +559,7 @@ class TFServingBackend:
 
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._spec(request.model_spec, model, version, label)
-        response = self._call(self._predict.GetModelMetadata, request)
+        response = self._call("predict", "GetModelMetadata", request)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signature_map)
         return response.model_spec.version.value, dict(signature_map.signature_def)
@@ -446,7 +569,16 @@ class TFServingBackend:
 
         request = get_model_status_pb2.GetModelStatusRequest()
         self._spec(request.model_spec, model, version, label)
-        response = self._call(self._models.GetModelStatus, request)
+        response = self._call("models", "GetModelStatus", request)
+        names = get_model_status_pb2.ModelVersionStatus.State.Name
+        return [VersionState(s.version, names(s.state), s.status.error_message) for s in response.model_version_status]
+
+    def _status_of(self, replica: _Replica, model: str) -> list[VersionState]:
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = model
+        response = replica.models.GetModelStatus(request, timeout=min(self._timeout, 2.0))
         names = get_model_status_pb2.ModelVersionStatus.State.Name
         return [VersionState(s.version, names(s.state), s.status.error_message) for s in response.model_version_status]
 
@@ -456,9 +588,23 @@ class TFServingBackend:
         from tensorflow_serving.apis import model_management_pb2
 
         request = model_management_pb2.ReloadConfigRequest(config=models_config.read(self.config_path))
-        response = self._call(self._models.HandleReloadConfigRequest, request)
-        if response.status.error_code != 0:
-            raise ServingError("FAILED_PRECONDITION", f"TF Serving refused the config: {response.status.error_message}")
+        reached = 0
+        for replica in self.replicas:  # every replica, not one: each holds its own config
+            try:
+                response = replica.models.HandleReloadConfigRequest(request, timeout=self._timeout)
+            except self._grpc.RpcError as error:
+                if error.code() != self._grpc.StatusCode.UNAVAILABLE:
+                    raise ServingError(error.code().name, error.details() or "") from None
+                # A replica that is down re-reads the same models.config from the shared volume
+                # when it starts (--model_config_file), so it misses nothing.
+                self._mark(replica, healthy=False, reason=f"UNAVAILABLE: {error.details() or ''}".strip())
+                continue
+            if response.status.error_code != 0:
+                refusal = response.status.error_message
+                raise ServingError("FAILED_PRECONDITION", f"TF Serving {replica.target} refused the config: {refusal}")
+            reached += 1
+        if not reached:
+            raise ServingError("UNAVAILABLE", "no TF Serving replica took the new config")
 
     def labels(self, model: str) -> dict[str, int]:
         try:
@@ -477,9 +623,16 @@ class TFServingBackend:
         cached = self._available_cache.get(model)
         if cached and time.monotonic() - cached[0] < self.SIGNATURE_TTL:
             return cached[1]
-        try:
-            versions = {s.version for s in self.status(model, None, None) if s.state == "AVAILABLE"}
-        except ServingError:
-            versions = set()
+        # On every replica in rotation: a request routed by label may land on any of them.
+        in_rotation = [r for r in self.replicas if r.healthy] or self.replicas
+        versions: set[int] | None = None
+        for replica in in_rotation:
+            try:
+                states = self._status_of(replica, model)
+            except self._grpc.RpcError:
+                continue
+            here = {s.version for s in states if s.state == "AVAILABLE"}
+            versions = here if versions is None else versions & here
+        versions = versions or set()
         self._available_cache[model] = (time.monotonic(), versions)
         return versions

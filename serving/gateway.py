@@ -1,7 +1,7 @@
 """moodloop's serving gateway: one process, TF Serving's REST (uvicorn) and gRPC (grpcio) APIs.
 
   python -m serving.gateway                      embedded backend, REST :8501, gRPC :8500
-  python -m serving.gateway --backend tfserving --tfserving-target host:8500
+  python -m serving.gateway --backend tfserving --tfserving-target host:8500[,host2:8500]
   (also `moodloop serve`)
 
 Settings come from MOODLOOP_* variables (see `moodloop settings`); flags override them.
@@ -59,7 +59,10 @@ def build(settings: Settings):
         )
     elif settings.serving.backend == "tfserving":
         backend = TFServingBackend(
-            settings.serving.tfserving_target, settings.serving_config, settings.serving.request_timeout_seconds
+            settings.serving.tfserving_target,
+            settings.serving_config,
+            settings.serving.request_timeout_seconds,
+            settings.serving.tfserving_health_seconds,
         )
     else:
         raise ValueError(f"MOODLOOP_SERVING_BACKEND={settings.serving.backend!r}: use 'embedded' or 'tfserving'")
@@ -83,6 +86,7 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
 
     import uvicorn
 
+    from serving.backends import freeze_long_lived_objects
     from serving.grpc_api import create_server
     from serving.rest import create_app
 
@@ -110,6 +114,7 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
             )
         time.sleep(0.02)
     rest_port = rest.servers[0].sockets[0].getsockname()[1]
+    freeze_long_lived_objects()
     try:
         yield RunningGateway(dataplane, rest_port, grpc_port)
     finally:
@@ -129,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         "curl -X POST --data-binary @photo.jpg 'localhost:8501/v1/faces:analyze'",
     )
     parser.add_argument("--backend", choices=["embedded", "tfserving"], help="default: $MOODLOOP_SERVING_BACKEND")
-    parser.add_argument("--tfserving-target", help="TF Serving's gRPC host:port (tfserving backend)")
+    parser.add_argument(
+        "--tfserving-target", help="TF Serving's gRPC host:port, or replicas host:port,host:port (tfserving backend)"
+    )
     parser.add_argument("--host", help="listen address (default 127.0.0.1)")
     parser.add_argument("--rest-port", type=int, help="default 8501, as TF Serving")
     parser.add_argument("--grpc-port", type=int, help="default 8500, as TF Serving")

@@ -19,6 +19,7 @@ from moodloop.log_records import Prediction
 from moodloop.settings import Settings, s3_client
 from serving.gateway import serve_in_thread
 from serving.inference_log import InferenceLog
+from tests.serving.conftest import start_gateway_process
 
 PIXELS = {"signature_name": "serving_pixels", "inputs": {"pixels": np.zeros((1, 48, 48), int).tolist()}}
 
@@ -156,7 +157,8 @@ def test_gateway_process_flushes_the_log_on_sigterm(tmp_path, model_base):
         "MOODLOOP_GRPC_PORT": "0",
         "MOODLOOP_LOG_FLUSH_SECONDS": "600",
     }
-    process, port, output = _start_gateway_process(env)
+    gateway = start_gateway_process(env)
+    process, port, output = gateway.process, gateway.rest_port, gateway.output
     try:
         response = httpx.post(f"http://127.0.0.1:{port}/v1/models/emotion:predict", json=PIXELS, timeout=30)
         assert response.status_code == 200
@@ -168,30 +170,6 @@ def test_gateway_process_flushes_the_log_on_sigterm(tmp_path, model_base):
     assert process.returncode == 0, output.lines
     assert "inference log: 1 records written" in "".join(output.lines)
     assert len(list((tmp_path / "home" / "inference_log" / "predictions").rglob("*.parquet"))) == 1
-
-
-def _start_gateway_process(env: dict) -> tuple[object, int, threading.Thread]:
-    """`moodloop serve` in a process of its own; -> (process, REST port, the thread that keeps
-    reading its output into `.lines`)."""
-    import re
-    import subprocess
-    import sys
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moodloop.cli", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in process.stdout:
-        if match := re.search(r"gateway up: REST http://127\.0\.0\.1:(\d+)", line):
-            lines: list[str] = []
-            reader = threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True)
-            reader.lines = lines
-            reader.start()
-            return process, int(match[1]), reader
-    raise AssertionError("the gateway did not start")
 
 
 def test_a_gateway_killed_under_load_loses_at_most_a_flush_interval_and_no_file_is_half_read(tmp_path, model_base):
@@ -212,7 +190,8 @@ def test_a_gateway_killed_under_load_loses_at_most_a_flush_interval_and_no_file_
         "MOODLOOP_GRPC_PORT": "0",
         "MOODLOOP_LOG_FLUSH_SECONDS": "1",
     }
-    process, port, _ = _start_gateway_process(env)
+    gateway = start_gateway_process(env)
+    process, port = gateway.process, gateway.rest_port
     answered: list[str] = []
     started = time.monotonic()
 
@@ -249,7 +228,8 @@ def test_a_gateway_killed_under_load_loses_at_most_a_flush_interval_and_no_file_
     # the interval): at most two intervals of traffic.
     assert len(lost) <= rate * 2.0
 
-    restarted, port, _ = _start_gateway_process(env)
+    gateway = start_gateway_process(env)
+    restarted, port = gateway.process, gateway.rest_port
     try:
         ids = [
             httpx.post(f"http://127.0.0.1:{port}/v1/models/emotion:predict", json=PIXELS, timeout=30).headers[

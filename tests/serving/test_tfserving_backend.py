@@ -1,15 +1,17 @@
 """The gateway's `tfserving` backend speaks TF Serving's gRPC protocol. Here it talks to a second
 gateway's gRPC port (the same protocol TF Serving serves); CI also runs it against the real
-tensorflow/serving image (job serving-tfserving)."""
+tensorflow/serving image (job serving-tfserving). Replicas: two such stand-ins, one killed."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import httpx
 import numpy as np
 
 from moodloop import models_config
+from moodloop.settings import Settings
 from serving.gateway import serve_in_thread
 
 PIXELS = {"signature_name": "serving_pixels", "inputs": {"pixels": np.zeros((2, 48, 48), int).tolist()}}
@@ -46,3 +48,77 @@ def test_a_gateway_in_front_of_a_tf_serving_protocol_server(running, gateway_set
             running.dataplane.reload()
         direct.close()
         proxied.close()
+
+
+def test_two_replicas_share_the_load_and_one_killed_under_load_fails_no_request(model_base, tmp_path):
+    """Two stand-in TF Serving servers (gateways in processes of their own, speaking TF Serving's
+    gRPC on one model base), a gateway in front with both as targets and clients sending without
+    pause. SIGKILL one replica: no client request fails (the in-flight ones are retried on the
+    other), the dead one leaves the rotation, and the rest goes to the survivor."""
+    import os
+    import signal
+    import threading
+
+    from tests.serving.conftest import start_gateway_process
+
+    def replica(name: str):
+        env = {
+            **os.environ,
+            "MOODLOOP_HOME": str(tmp_path / name),
+            "MOODLOOP_MODEL_BASE": str(model_base),
+            "MOODLOOP_REST_PORT": "0",
+            "MOODLOOP_GRPC_PORT": "0",
+        }
+        return start_gateway_process(env)
+
+    replicas = [replica("replica-a"), replica("replica-b")]
+    home = tmp_path / "front"
+    front_settings = Settings.from_env(
+        home=home,
+        model_base=model_base,
+        serving_config=home / "models.config",
+        traffic_file=home / "traffic.json",
+        inference_log_url=str(home / "inference_log"),
+        serving={
+            "backend": "tfserving",
+            "tfserving_target": ",".join(f"127.0.0.1:{r.grpc_port}" for r in replicas),
+            "tfserving_health_seconds": 0.2,
+            "rest_port": 0,
+            "grpc_port": 0,
+        },
+    )
+    try:
+        with serve_in_thread(front_settings) as front:
+            backend = front.dataplane.backend
+            outcomes: list[int] = []
+            stop = threading.Event()
+
+            def client() -> None:
+                with httpx.Client(base_url=f"http://127.0.0.1:{front.rest_port}", timeout=30) as own:
+                    while not stop.is_set():
+                        outcomes.append(own.post("/v1/models/emotion:predict", json=PIXELS).status_code)
+
+            clients = [threading.Thread(target=client) for _ in range(4)]
+            for thread in clients:
+                thread.start()
+            time.sleep(2.0)
+            before_kill = {r["target"]: r["calls"] for r in backend.replica_states()}
+            replicas[0].process.send_signal(signal.SIGKILL)
+            replicas[0].process.wait(timeout=30)
+            time.sleep(1.0)  # the health check has seen it by now
+            dead_calls = backend.replica_states()[0]["calls"]
+            time.sleep(2.0)
+            stop.set()
+            for thread in clients:
+                thread.join(timeout=60)
+            states = backend.replica_states()
+    finally:
+        for r in replicas:
+            r.process.kill()
+            r.process.wait(timeout=30)
+
+    assert len(outcomes) > 100 and set(outcomes) == {200}, sorted(set(outcomes))
+    assert all(calls > 20 for calls in before_kill.values()), before_kill  # both took a share
+    assert not states[0]["healthy"] and "UNAVAILABLE" in states[0]["reason"], states[0]
+    assert states[0]["calls"] == dead_calls  # nothing sent to the dead one once it was seen dead
+    assert states[1]["healthy"] and states[1]["calls"] > before_kill[states[1]["target"]] + 20
