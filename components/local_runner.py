@@ -104,6 +104,7 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
     from ml_metadata.metadata_store import metadata_store
     from tfx import v1 as tfx
 
+    from components.metadata_connection import connection_config
     from components.pipeline import PipelineConfig, create_pipeline
 
     settings.pipeline_root.mkdir(parents=True, exist_ok=True)
@@ -123,9 +124,7 @@ def run_pipeline(settings: Settings, **train_overrides) -> RunOutcome:
         tfx.orchestration.LocalDagRunner().run(pipeline)
     seconds = time.monotonic() - started
 
-    store = metadata_store.MetadataStore(
-        tfx.orchestration.metadata.sqlite_metadata_connection_config(str(settings.metadata_path))
-    )
+    store = metadata_store.MetadataStore(connection_config(settings.metadata_location))
     pushed_model = _latest_artifact(store, "PushedModel", start_ms)
     report_artifact = _latest_artifact(store, "MoodloopModelReport", start_ms)
     infra = _latest_artifact(store, "InfraBlessing", start_ms)

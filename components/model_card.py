@@ -75,17 +75,6 @@ def training_data(curated_dir: str, spans: list[int]) -> dict:
     }
 
 
-def pipeline_run_id(metadata_path: str, artifact_id: int) -> str | None:
-    """The TFX pipeline run that made an artifact (ML Metadata's pipeline_run context)."""
-    from ml_metadata.metadata_store import metadata_store
-
-    store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path))
-    contexts = store.get_contexts_by_artifact(artifact_id)
-    types = {t.id: t.name for t in store.get_context_types()}
-    runs = [c.name for c in contexts if types.get(c.type_id) == "pipeline_run"]
-    return runs[0] if runs else None
-
-
 def card_content(
     version: str, data: dict, report: dict, training: dict, gate: dict, edge: dict, energy: dict, run_id: str | None
 ) -> dict:
@@ -303,7 +292,7 @@ def ModelCardGen(
     edge: tfx.dsl.components.InputArtifact[EdgeModels],
     examples: tfx.dsl.components.InputArtifact[List[standard_artifacts.Examples]],  # noqa: UP006
     curated_dir: tfx.dsl.components.Parameter[str],
-    metadata_path: tfx.dsl.components.Parameter[str],
+    pipeline_run_id: tfx.dsl.components.Parameter[str],  # TFX fills it in at run time (placeholder)
     pipeline_root: tfx.dsl.components.Parameter[str],
 ) -> None:
     """The pushed version's model card (HTML + JSON) in its assets.extra/."""
@@ -312,7 +301,7 @@ def ModelCardGen(
         return
     version_dir = pushed_model.get_string_custom_property("pushed_destination")
     spans = [e.get_int_custom_property("span") for e in examples]  # ExampleGen keeps it as a custom property
-    run_id = pipeline_run_id(metadata_path, pushed_model.id)
+    run_id = pipeline_run_id or None
     card = card_content(
         os.path.basename(version_dir),
         training_data(curated_dir, spans),

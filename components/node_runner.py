@@ -15,6 +15,7 @@ before, so a retried or cleared task skips a component that already completed in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -44,10 +45,15 @@ def run_dir(settings: Settings, run_id: str) -> Path:
 def _compiled(settings: Settings, conf: dict):
     from tfx.dsl.compiler import compiler
 
+    from components.metadata_connection import redacted
     from components.pipeline import PipelineConfig, create_pipeline
 
     overrides = {k: conf[k] for k in TRAIN_CONF_KEYS if conf.get(k) is not None}
-    return compiler.Compiler().compile(create_pipeline(PipelineConfig.from_settings(settings, **overrides)))
+    config = PipelineConfig.from_settings(settings, **overrides)
+    # The IR is a file on shared storage: it names the metadata database without its password
+    # (each task connects with the password from its own settings, see run_node).
+    config = dataclasses.replace(config, metadata_location=redacted(config.metadata_location))
+    return compiler.Compiler().compile(create_pipeline(config))
 
 
 def topology(ir) -> list[dict]:
@@ -107,12 +113,12 @@ def run_node(settings: Settings, run_id: str, node_id: str) -> int:
     from tfx.orchestration.local import runner_utils
     from tfx.orchestration.portable import launcher, runtime_parameter_utils
 
+    from components.metadata_connection import connection_config
+
     ir = _load_ir(settings, run_id)
     runtime_parameter_utils.substitute_runtime_parameter(ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
     deployment = runner_utils.extract_local_deployment_config(ir)
-    connection = getattr(
-        deployment.metadata_connection_config, deployment.metadata_connection_config.WhichOneof("connection_config")
-    )
+    connection = connection_config(settings.metadata_location)  # with its password, which the IR lacks
     nodes = {n.pipeline_node.node_info.id: n.pipeline_node for n in ir.nodes}
     if node_id not in nodes:
         raise SystemExit(f"error: no component {node_id!r} in this pipeline; components: {', '.join(nodes)}")

@@ -10,30 +10,36 @@ canary) when both blessed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
+from tfx.dsl.placeholder import placeholder as ph
 
 from components.ab_gate import ABGate
 from components.edge import EdgeExporter
 from components.infra_validator import EmbeddedInfraValidator
+from components.metadata_connection import connection_config
 from components.model_card import ModelCardGen
 from components.model_report import ModelReportGen
 from components.pusher import AtomicPusherExecutor
 from components.span_resolver import LatestVersionPerSpanStrategy
 from components.strict_example_validator import StrictExampleValidator
 from moodloop.contracts import (
+    CURATED_MANIFEST,
     CURATED_SPAN_PATTERN,
+    CURATED_SPAN_PREFIX,
     FEATURE_LABEL,
     FEATURE_SLICES,
     NUM_CLASSES,
     OUTPUT_PROBABILITIES,
     SIGNATURE_EXAMPLES,
 )
-from moodloop.settings import REPO_ROOT, GateSettings, Settings
+from moodloop.settings import IN_MEMORY_BEAM_ARGS, MULTI_PROCESS_BEAM_ARGS, REPO_ROOT, GateSettings, Settings
 
 PREPROCESSING_MODULE_FILE = REPO_ROOT / "components" / "preprocessing.py"
 TRAINER_MODULE_FILE = REPO_ROOT / "components" / "trainer.py"
@@ -52,7 +58,7 @@ class PipelineConfig:
 
     pipeline_name: str
     pipeline_root: str
-    metadata_path: str
+    metadata_location: str  # ML Metadata: a SQLite file or a database URL (metadata_connection)
     curated_dir: str
     schema_path: str
     preprocessing_module_file: str  # Transform's preprocessing_fn
@@ -101,13 +107,13 @@ class PipelineConfig:
         return cls(
             pipeline_name=settings.pipeline_name,
             pipeline_root=str(settings.pipeline_root),
-            metadata_path=str(settings.metadata_path),
+            metadata_location=settings.metadata_location,
             curated_dir=str(settings.curated_dir),
             schema_path=str(SCHEMA_FILE),
             preprocessing_module_file=str(PREPROCESSING_MODULE_FILE),
             trainer_module_file=str(TRAINER_MODULE_FILE),
             model_base=str(settings.model_base),
-            beam_pipeline_args=settings.beam_args,
+            beam_pipeline_args=beam_args_for(settings),
             train_config=train_config,
             span_window=settings.training.span_window,
             tune=tune,
@@ -120,6 +126,24 @@ class PipelineConfig:
             canary_share=settings.canary.share,
             serving_status_url=f"{settings.gateway_url}/v1/models/{settings.model_name}",
         )
+
+
+def curated_faces(curated_dir: Path, span_window: int = 0) -> int:
+    """Faces in the spans a run trains on (the newest `span_window`, or all), from their manifests."""
+    spans = sorted(curated_dir.glob(f"{CURATED_SPAN_PREFIX}*/{CURATED_MANIFEST}"))
+    if span_window:
+        spans = spans[-span_window:]
+    return sum(json.loads(path.read_text())["written"] for path in spans)
+
+
+def beam_args_for(settings: Settings) -> tuple[str, ...]:
+    """MOODLOOP_BEAM_ARGS when given; else the DirectRunner in memory for small data (one process
+    starts in a second) and on every core in separate processes once the spans reach
+    MOODLOOP_BEAM_MULTIPROCESS_FACES (bench/beam_runners.py measures both)."""
+    if settings.beam_args:
+        return settings.beam_args
+    faces = curated_faces(settings.curated_dir, settings.training.span_window)
+    return MULTI_PROCESS_BEAM_ARGS if faces >= settings.beam_multiprocess_faces else IN_MEMORY_BEAM_ARGS
 
 
 def infra_validator(config: PipelineConfig, model, examples):
@@ -317,7 +341,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         edge=edge_exporter.outputs["edge"],
         examples=all_spans.outputs["examples"],
         curated_dir=config.curated_dir,
-        metadata_path=config.metadata_path,
+        # the run this card belongs to, resolved by TFX when the component runs
+        pipeline_run_id=ph.execution_invocation().pipeline_run_id,
         pipeline_root=config.pipeline_root,
     )
     return tfx.dsl.Pipeline(
@@ -342,6 +367,6 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             model_card,
         ],
         enable_cache=False,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
+        metadata_connection_config=connection_config(config.metadata_location),
         beam_pipeline_args=list(config.beam_pipeline_args),
     )

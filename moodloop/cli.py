@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--beam-args",
         help='Beam pipeline args, e.g. "--runner=FlinkRunner --flink_master=host:8081" '
-        "(MOODLOOP_BEAM_ARGS; default: in-memory DirectRunner)",
+        "(MOODLOOP_BEAM_ARGS; default: the DirectRunner in memory, on every core from "
+        "MOODLOOP_BEAM_MULTIPROCESS_FACES faces)",
     )
     p.add_argument("--keep-good-rows", action="store_true", help=keep_help)
     p.set_defaults(func=cmd_train)

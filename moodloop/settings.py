@@ -17,9 +17,12 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Beam on a 2-core machine: in-memory DirectRunner, one worker. A user with a Flink or Spark
-# cluster passes their own args (e.g. "--runner=FlinkRunner --flink_master=host:8081").
-DEFAULT_BEAM_ARGS = "--direct_running_mode=in_memory --direct_num_workers=1"
+# Beam when MOODLOOP_BEAM_ARGS is not set: the in-memory DirectRunner with one worker for spans
+# below MOODLOOP_BEAM_MULTIPROCESS_FACES, the multi-process DirectRunner on every core above it
+# (components/pipeline.py beam_args_for). A user with a Flink, Spark or Dataflow cluster passes
+# their own args (README, "When one machine is not enough").
+IN_MEMORY_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+MULTI_PROCESS_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")  # 0: every core
 
 _FALSE = ("0", "false", "no", "")
 
@@ -179,6 +182,14 @@ class AirflowSettings:
     url: str = setting("MOODLOOP_AIRFLOW_URL", "")  # REST API v2, where drift triggers retraining; "" = local port
     user: str = setting("MOODLOOP_AIRFLOW_USER", "admin")
     password_file: Path = setting("MOODLOOP_AIRFLOW_PASSWORD_FILE", under_home="airflow/passwords.json")
+    # local: LocalExecutor (one machine). celery: CeleryExecutor, tasks spread over Celery workers
+    # through Redis; the local stack starts redis-server and `celery_workers` workers on 127.0.0.1.
+    executor: str = setting("MOODLOOP_EXECUTOR", "local")
+    celery_workers: int = setting("MOODLOOP_CELERY_WORKERS", 2)
+    redis_port: int = setting("MOODLOOP_REDIS_PORT", 6379)  # the local stack's broker
+    # This process's name among the Celery workers (the stack sets it per worker): Airflow records
+    # it as the task instance's hostname, so one can tell which worker ran what on one machine.
+    worker_name: str = setting("MOODLOOP_WORKER_NAME", "")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -198,7 +209,7 @@ SECTIONS: dict[str, type] = {
     "airflow": AirflowSettings,
     "alerts": AlertSettings,
 }
-SECRETS = {("s3", "secret_key"), ("serving", "admin_token"), ("alerts", "webhook_url")}
+SECRETS = {("s3", "secret_key"), ("serving", "admin_token"), ("alerts", "webhook_url"), ("", "metadata_url")}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -219,8 +230,12 @@ class Settings:
     )
     pipeline_root: Path = setting("MOODLOOP_PIPELINE_ROOT", under_home="tfx")
     metadata_path: Path = setting("MOODLOOP_METADATA_PATH", under_home="tfx/metadata.sqlite")
+    # ML Metadata in a database every Celery worker reaches (postgresql://user:password@host:port/db
+    # or mysql://...); "" = SQLite at metadata_path, enough while every task runs on one machine.
+    metadata_url: str = setting("MOODLOOP_METADATA_URL", "")
     pipeline_name: str = setting("MOODLOOP_PIPELINE_NAME", "moodloop")
-    beam_args: tuple[str, ...] = setting("MOODLOOP_BEAM_ARGS", tuple(shlex.split(DEFAULT_BEAM_ARGS)))
+    beam_args: tuple[str, ...] = setting("MOODLOOP_BEAM_ARGS", ())  # () = chosen by the faces to process
+    beam_multiprocess_faces: int = setting("MOODLOOP_BEAM_MULTIPROCESS_FACES", 20000)
     # "embedded" (the gateway's backend, local) | "tfserving" (TFX InfraValidator, Docker)
     infra_validator: str = setting("MOODLOOP_INFRA_VALIDATOR", "embedded")
     max_image_bytes: int = setting("MOODLOOP_MAX_IMAGE_BYTES", 10 * 1024 * 1024)  # input limits, every reader
@@ -271,6 +286,11 @@ class Settings:
         if not values["airflow"].url:
             values["airflow"] = dataclasses.replace(values["airflow"], url=f"http://127.0.0.1:{values['airflow'].port}")
         return cls(**values)
+
+    @property
+    def metadata_location(self) -> str:
+        """ML Metadata's store: the database URL when one is set, else the SQLite file's path."""
+        return self.metadata_url or str(self.metadata_path)
 
     @property
     def gateway_url(self) -> str:

@@ -67,15 +67,24 @@ if [[ "${MOODLOOP_SKIP_BROWSER:-0}" != 1 ]]; then
         step "browser for UI tests: missing; install chromium (e.g. sudo apt-get install chromium), or set MOODLOOP_SKIP_BROWSER=1"
     fi
 fi
+debian_tools() {  # $1 = what they are for, $2 = commands, $3... = Debian packages
+    local why=$1 commands=$2 missing=0 command
+    shift 2
+    for command in $commands; do command -v "$command" > /dev/null || missing=1; done
+    [[ $missing == 0 ]] && return
+    if [[ $(id -u) == 0 ]] && command -v apt-get > /dev/null; then
+        step "$why: installing Debian's $*"
+        apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" > /dev/null \
+            && echo "ok: $commands" || echo "could not install $*"
+    else
+        step "$why: missing; sudo apt-get install $*"
+    fi
+}
 # The serving benchmark's load generators are C programs, so the client is not what it measures
 # (bench/serving_load.py: wrk for REST, h2load for gRPC); it says so and skips them when missing.
-if ! command -v wrk > /dev/null || ! command -v h2load > /dev/null; then
-    if [[ $(id -u) == 0 ]] && command -v apt-get > /dev/null; then
-        step "load generators for the serving benchmark: installing Debian's wrk and nghttp2-client"
-        apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client > /dev/null \
-            && echo "ok: $(command -v wrk) $(command -v h2load)" || echo "could not install them; the benchmark skips them"
-    else
-        step "load generators: wrk / h2load missing (sudo apt-get install wrk nghttp2-client); bench/serving_load.py skips them"
-    fi
-fi
+debian_tools "load generators for the serving benchmark" "wrk h2load" wrk nghttp2-client
+# Airflow on Celery workers (MOODLOOP_EXECUTOR=celery, its test) needs a Redis broker; the code
+# tests validate docker-compose.yml offline with docker-compose 1.29's `config` (no engine needed).
+debian_tools "Redis for Celery, docker-compose to validate the compose file" "redis-server docker-compose" \
+    redis-server docker-compose
 step "done in $((SECONDS - START)) s: .venv/pipeline/bin/moodloop --help"

@@ -1,7 +1,8 @@
 """The local stack: Airflow 3 (api-server, scheduler, dag-processor; SQLite, LocalExecutor) on
 127.0.0.1, running moodloop's DAGs on the embedded defaults (local folders), and the serving
 gateway (embedded backend, TF Serving's REST and gRPC APIs) on the pushed models. Orchestration env;
-the gateway runs in the pipeline env.
+the gateway runs in the pipeline env. With MOODLOOP_EXECUTOR=celery: the CeleryExecutor, Debian's
+redis-server as the broker and MOODLOOP_CELERY_WORKERS (2) Celery workers, all on 127.0.0.1.
 
   python -m moodloop.local.stack start [--faces N]   start, unpause the DAGs, drop a first batch
   python -m moodloop.local.stack status              what runs, the latest DAG runs, pushed versions
@@ -18,7 +19,9 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -50,9 +53,18 @@ STACK_MARK = "MOODLOOP_STACK_HOME"  # every process of the stack carries it in i
 
 GATEWAY = "gateway"
 EVIDENTLY_UI = "evidently-ui"
+REDIS = "redis"
+CELERY_CONCURRENCY = 2  # task processes per Celery worker: 2 workers x 2 = LocalExecutor's 4
+EXECUTORS = ("local", "celery")
 
 
-PORT_VARIABLES = ("MOODLOOP_AIRFLOW_PORT", "MOODLOOP_REST_PORT", "MOODLOOP_GRPC_PORT", "MOODLOOP_EVIDENTLY_PORT")
+PORT_VARIABLES = (
+    "MOODLOOP_AIRFLOW_PORT",
+    "MOODLOOP_REST_PORT",
+    "MOODLOOP_GRPC_PORT",
+    "MOODLOOP_EVIDENTLY_PORT",
+    "MOODLOOP_REDIS_PORT",
+)
 
 
 def saved_ports(home: Path) -> dict[str, str]:
@@ -101,6 +113,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             # Each LocalExecutor worker is a ~130 MB fork; 4 is plenty on 2 cores.
             "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "moodloop.local.worker_hostname.hostname",
             # A writer waits up to 30 s for SQLite's lock instead of 5 (with the WAL journal, see
             # start()): the scheduler died on "database is locked" right after a start while the
             # api-server and the dag-processor wrote, and then nothing ran.
@@ -122,6 +135,18 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if settings.airflow.executor == "celery":
+        broker = f"redis://127.0.0.1:{settings.airflow.redis_port}"
+        env.update(
+            {
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__CELERY__BROKER_URL": f"{broker}/0",
+                # task states go to Redis too: SQLite (the metadata DB here) under several writers
+                # would only add lock waits; docker-compose keeps them in Postgres
+                "AIRFLOW__CELERY__RESULT_BACKEND": f"{broker}/1",
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(CELERY_CONCURRENCY),
+            }
+        )
     return env
 
 
@@ -215,6 +240,18 @@ def gateway_env(settings: Settings) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if settings.airflow.executor == "celery":
+        broker = f"redis://127.0.0.1:{settings.airflow.redis_port}"
+        env.update(
+            {
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__CELERY__BROKER_URL": f"{broker}/0",
+                # task states go to Redis too: SQLite (the metadata DB here) under several writers
+                # would only add lock waits; docker-compose keeps them in Postgres
+                "AIRFLOW__CELERY__RESULT_BACKEND": f"{broker}/1",
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(CELERY_CONCURRENCY),
+            }
+        )
     return env
 
 
@@ -251,11 +288,63 @@ def _api_server_healthy(settings: Settings) -> bool:
     return True
 
 
+def _start_redis(settings: Settings, paths: dict[str, Path]) -> int:
+    """Debian's redis-server on 127.0.0.1, the Celery broker: no persistence (a lost queued task is
+    failed by the scheduler's heartbeat check and retried), its own folder under the stack's home."""
+    folder = settings.home / "stack" / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    log = open(paths["logs"] / f"{REDIS}.log", "ab")  # noqa: SIM115 (the child keeps it)
+    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(settings.airflow.redis_port)]
+    command += ["--dir", str(folder), "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, STACK_MARK: str(settings.home)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    _wait("Redis", lambda: _port_open(settings.airflow.redis_port) or process.poll() is not None, 30, 0.2)
+    if process.poll() is not None:
+        raise SystemExit(f"redis-server exited ({process.returncode}); see {paths['logs'] / (REDIS + '.log')}")
+    print(f"==> {REDIS} started (pid {process.pid}, 127.0.0.1:{settings.airflow.redis_port}, the Celery broker)")
+    return process.pid
+
+
+def _start_celery_worker(name: str, env: dict[str, str], paths: dict[str, Path]) -> int:
+    log_path = paths["logs"] / f"{name}.log"
+    log = open(log_path, "ab")  # noqa: SIM115 (the child keeps it)
+    command = [_airflow_bin(), "celery", "worker", "--celery-hostname", f"{name}@%h"]
+    # Its own pid file (two workers on one machine), and no log server: the task logs are files
+    # on this machine, which the api-server reads directly.
+    command += ["--pid", str(paths["logs"].parent / f"{name}.pid"), "--skip-serve-logs"]
+    process = subprocess.Popen(
+        command,
+        env={**env, "MOODLOOP_WORKER_NAME": name},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    print(f"==> Celery {name} started (pid {process.pid}, log {log_path})", flush=True)
+    return process.pid
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def start(settings: Settings, faces: int) -> int:
     paths = _paths(settings)
     if stack_processes(settings):
         print(f"the stack is already running for {settings.home}: python -m moodloop.local.stack status")
         return 1
+    if settings.airflow.executor not in EXECUTORS:
+        print(f"MOODLOOP_EXECUTOR={settings.airflow.executor!r}: use one of {', '.join(EXECUTORS)}")
+        return 2
+    celery = settings.airflow.executor == "celery"
+    if celery and not shutil.which("redis-server"):
+        print("MOODLOOP_EXECUTOR=celery needs Redis: sudo apt-get install redis-server (make setup does it as root)")
+        return 2
     started = time.monotonic()
     env = airflow_env(settings)
     paths["logs"].mkdir(parents=True, exist_ok=True)
@@ -266,6 +355,8 @@ def start(settings: Settings, faces: int) -> int:
     with contextlib.closing(sqlite3.connect(paths["airflow_home"] / AIRFLOW_DB)) as db:
         db.execute("PRAGMA journal_mode=WAL")
     pids = {}
+    if celery:
+        pids[REDIS] = _start_redis(settings, paths)
     for service in SERVICES:
         log = open(paths["logs"] / f"{service}.log", "ab")  # noqa: SIM115 (the child keeps it)
         process = subprocess.Popen(
@@ -277,6 +368,10 @@ def start(settings: Settings, faces: int) -> int:
             # The DAGs are unpaused at creation: without the execution API up, the scheduler's first
             # task (monitor_drift's, at once) fails with "connection refused" and fails its run.
             _wait("the api-server", lambda: _api_server_healthy(settings), 120)
+    if celery:
+        for number in range(1, settings.airflow.celery_workers + 1):
+            name = f"worker-{number}"
+            pids[name] = _start_celery_worker(name, env, paths)
     log = open(paths["logs"] / f"{GATEWAY}.log", "ab")  # noqa: SIM115 (the child keeps it)
     process = subprocess.Popen(
         [str(settings.pipeline_python), "-m", "serving.gateway"],
@@ -317,6 +412,7 @@ def start(settings: Settings, faces: int) -> int:
         settings.serving.rest_port,
         settings.serving.grpc_port,
         settings.drift.evidently_port,
+        settings.airflow.redis_port,
     )
     ports = {name: str(port) for name, port in zip(PORT_VARIABLES, ports, strict=True)}
     (settings.home / "stack" / "ports.json").write_text(json.dumps(ports))
@@ -344,6 +440,11 @@ def start(settings: Settings, faces: int) -> int:
         f"   gRPC {settings.serving.gateway_host}:{settings.serving.grpc_port}   (TF Serving's APIs; embedded backend)"
     )
     print(f"  drift UI     http://127.0.0.1:{settings.drift.evidently_port}   (Evidently; DAG monitor_drift fills it)")
+    if celery:
+        print(
+            f"  executor     Celery: {settings.airflow.celery_workers} workers (worker-1..), Redis broker "
+            f"127.0.0.1:{settings.airflow.redis_port}; the task instances name the worker that ran them"
+        )
     if faces > 0:
         batch = drop_synthetic_batch(settings, f"synthetic-{time.strftime('%Y%m%dT%H%M%S')}", faces, seed=0)
         print(f"  first batch  {batch}  ({faces} SYNTHETIC faces)")

@@ -88,3 +88,22 @@ def test_dag_node_list_matches_the_compiled_pipeline():
 
     # Every component a run can have (the Tuner only when tuning): tasks a run leaves out succeed at once.
     assert topology(_compiled(Settings.from_env(), {"tune": True})) == json.loads(NODES_FILE.read_text())
+
+
+def test_beam_runs_in_memory_for_small_spans_and_on_every_core_for_large_ones(own_home):
+    from components.pipeline import beam_args_for
+    from data import synthetic
+    from data.curated import write_span
+    from moodloop.settings import IN_MEMORY_BEAM_ARGS, MULTI_PROCESS_BEAM_ARGS
+
+    settings = Settings.from_env(beam_multiprocess_faces=50)
+    for seed in (1, 2):
+        pixels, labels = synthetic.generate_arrays(30, seed=seed)
+        write_span(settings.curated_dir, list(pixels), list(labels), source=f"batch-{seed}")
+        expected = IN_MEMORY_BEAM_ARGS if seed == 1 else MULTI_PROCESS_BEAM_ARGS  # 30, then 60 faces
+        assert beam_args_for(settings) == expected
+    assert beam_args_for(Settings.from_env(beam_multiprocess_faces=50, training={"span_window": 1})) == (
+        IN_MEMORY_BEAM_ARGS  # the run reads only the newest span
+    )
+    chosen = ("--runner=FlinkRunner", "--flink_master=host:8081")
+    assert beam_args_for(Settings.from_env(beam_args=chosen)) == chosen
