@@ -8,7 +8,7 @@ N           ?= 10000
 
 STACK       := .venv/orchestration/bin/python -m moodloop.local.stack
 
-.PHONY: help setup run stop status train serve test test-fast lint format bench drill soak faults clean
+.PHONY: help setup run stop status train serve test test-fast lint format bench bench-scale drill soak faults clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,11 @@ bench: setup  ## benchmarks, each as a ratio to its baseline: pipeline vs bare f
 	$(PIPELINE_PY) bench/serving_load.py
 	$(PIPELINE_PY) bench/face_detection.py
 	$(PIPELINE_PY) bench/webcam_rate.py
+
+bench-scale: setup  ## scale-out benchmarks: Beam in memory vs multi-process (20k faces); 1 vs 2 training workers; LocalExecutor vs Celery
+	$(PIPELINE_PY) bench/beam_runners.py --faces 20000
+	$(PIPELINE_PY) bench/train_workers.py
+	$(ORCH_PY) bench/executors.py
 
 drill: setup  ## the drift drill on a stack of its own: clean traffic, shift, drift, retrain, canary, promotion
 	$(ORCH_PY) bench/drift_drill.py --stack $(DRILL_ARGS)

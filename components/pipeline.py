@@ -41,15 +41,15 @@ from moodloop.contracts import (
 )
 from moodloop.settings import IN_MEMORY_BEAM_ARGS, MULTI_PROCESS_BEAM_ARGS, REPO_ROOT, GateSettings, Settings
 
-PREPROCESSING_MODULE_FILE = REPO_ROOT / "components" / "preprocessing.py"
-TRAINER_MODULE_FILE = REPO_ROOT / "components" / "trainer.py"
+# The module files' functions by their import paths, not the files by their paths: every executor
+# and every Beam worker runs where the repository is importable (the pipeline env installs it).
+# A module file given by path is loaded under an invented name (user_module_0), which the
+# multi-process DirectRunner's workers cannot unpickle; and TFX would build a wheel of it and
+# pip-install it before each Transform and Trainer run (seconds each, setuptools on the console).
+PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"  # Transform
+RUN_FN = "components.trainer.run_fn"  # Trainer
+TUNER_FN = "components.trainer.tuner_fn"  # Tuner
 SCHEMA_FILE = REPO_ROOT / "data" / "schema" / "schema.pbtxt"
-
-# Every executor runs where the repository is importable (the pipeline env installs it), so TFX
-# need not build a wheel of the module file and pip-install it before each Transform and Trainer
-# run: that cost seconds per component and filled the console with setuptools output. Read by
-# TFX when the components are constructed; executors then import the module file by its path.
-os.environ.setdefault("UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES", "1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +61,9 @@ class PipelineConfig:
     metadata_location: str  # ML Metadata: a SQLite file or a database URL (metadata_connection)
     curated_dir: str
     schema_path: str
-    preprocessing_module_file: str  # Transform's preprocessing_fn
-    trainer_module_file: str  # the Trainer's run_fn and the Tuner's tuner_fn
+    preprocessing_fn: str  # Transform's, by import path
+    run_fn: str  # the Trainer's
+    tuner_fn: str  # the Tuner's
     model_base: str
     beam_pipeline_args: tuple[str, ...]
     train_config: dict[str, Any]  # epochs, batch_size, model_size, learning_rate, seed
@@ -97,6 +98,7 @@ class PipelineConfig:
             "warm_max_accuracy_drop": settings.training.warm_max_accuracy_drop,
             "tune_trials": settings.training.tune_trials,
             "tune_epochs": settings.training.tune_epochs,
+            "train_workers": settings.training.workers,
             # where the Trainer finds the stable champion to warm-start from
             "model_base": str(settings.model_base),
             "serving_config": str(settings.serving_config),
@@ -110,8 +112,9 @@ class PipelineConfig:
             metadata_location=settings.metadata_location,
             curated_dir=str(settings.curated_dir),
             schema_path=str(SCHEMA_FILE),
-            preprocessing_module_file=str(PREPROCESSING_MODULE_FILE),
-            trainer_module_file=str(TRAINER_MODULE_FILE),
+            preprocessing_fn=PREPROCESSING_FN,
+            run_fn=RUN_FN,
+            tuner_fn=TUNER_FN,
             model_base=str(settings.model_base),
             beam_pipeline_args=beam_args_for(settings),
             train_config=train_config,
@@ -136,14 +139,22 @@ def curated_faces(curated_dir: Path, span_window: int = 0) -> int:
     return sum(json.loads(path.read_text())["written"] for path in spans)
 
 
+# Measured on 2 cores (bench/beam_runners.py, 20k faces): the multi-process DirectRunner took 1.6x
+# the in-memory one's time over the Beam components. Each component pays 4-7 s to start its worker
+# processes (TensorFlow and TFX imported in each), and the rest took as long as in memory, whose
+# TensorFlow ops already use both cores. So it is chosen only where there are more cores to use.
+MULTI_PROCESS_MIN_CORES = 4
+
+
 def beam_args_for(settings: Settings) -> tuple[str, ...]:
-    """MOODLOOP_BEAM_ARGS when given; else the DirectRunner in memory for small data (one process
-    starts in a second) and on every core in separate processes once the spans reach
-    MOODLOOP_BEAM_MULTIPROCESS_FACES (bench/beam_runners.py measures both)."""
+    """MOODLOOP_BEAM_ARGS when given; else the DirectRunner in memory, or on every core in worker
+    processes once the spans a run reads reach MOODLOOP_BEAM_MULTIPROCESS_FACES on a machine with
+    at least MULTI_PROCESS_MIN_CORES cores."""
     if settings.beam_args:
         return settings.beam_args
     faces = curated_faces(settings.curated_dir, settings.training.span_window)
-    return MULTI_PROCESS_BEAM_ARGS if faces >= settings.beam_multiprocess_faces else IN_MEMORY_BEAM_ARGS
+    many_cores = (os.cpu_count() or 1) >= MULTI_PROCESS_MIN_CORES
+    return MULTI_PROCESS_BEAM_ARGS if many_cores and faces >= settings.beam_multiprocess_faces else IN_MEMORY_BEAM_ARGS
 
 
 def infra_validator(config: PipelineConfig, model, examples):
@@ -261,7 +272,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     transform = tfx.components.Transform(
         examples=all_spans.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        module_file=config.preprocessing_module_file,
+        preprocessing_fn=config.preprocessing_fn,
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
         # StatisticsGen already profiles the raw span; statistics over 2,304 transformed floats
         # per face would cost more than the transform itself.
@@ -269,7 +280,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     )
     tuner = (
         tfx.components.Tuner(
-            module_file=config.trainer_module_file,
+            tuner_fn=config.tuner_fn,
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
             schema=schema_gen.outputs["schema"],
@@ -282,7 +293,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         else None
     )
     trainer = tfx.components.Trainer(
-        module_file=config.trainer_module_file,
+        run_fn=config.run_fn,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],

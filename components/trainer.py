@@ -23,7 +23,7 @@ import tf_keras as keras
 from tfx import v1 as tfx
 from tfx.components.tuner.component import TunerFnResult
 
-from components import calibration, edge, explain, plots, tuning
+from components import calibration, distributed_training, edge, explain, plots, tuning
 from components.ab_gate import champion_dir
 from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order, learning_rate_schedule
 from components.model_report import TRAINING_SUMMARY
@@ -49,7 +49,7 @@ from moodloop.contracts import (
     SIGNATURE_PIXELS,
 )
 
-log = logging.getLogger("components.trainer")  # by name: TFX imports the module file by its path
+log = logging.getLogger("components.trainer")
 
 
 def load_split(file_patterns: list[str], tf_transform_output) -> tuple[np.ndarray, np.ndarray]:
@@ -254,9 +254,17 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         learning_rate = float(tuned.pop("learning_rate", learning_rate))
         log.info(f"hyperparameters from the Tuner: learning rate {learning_rate:g}, {tuned}")
 
+    model_spec = {"size": config["model_size"], "learning_rate": learning_rate, "augment": bool(config["augment"])}
+    model_spec.update(tuned)
+    workers = int(config["train_workers"])
+    # One process: MirroredStrategy on a multi-GPU host, else the default. Several workers fit in
+    # processes of their own (components/distributed_training.py); this one keeps the model.
+    strategy = distributed_training.local_strategy() if workers == 1 else tf.distribute.get_strategy()
+
     def fresh_model():
         keras.utils.set_random_seed(int(config["seed"]))
-        return build_model(config["model_size"], learning_rate, augment=bool(config["augment"]), **tuned)
+        with strategy.scope():
+            return build_model(**model_spec)
 
     model = fresh_model()
     loaded = _warm_or_cold(model, config)
@@ -277,27 +285,48 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, write_graph=False),
     ]
     started = time.perf_counter()
-    history = model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_eval, y_eval),
-        epochs=epochs,
-        batch_size=batch_size,
-        shuffle=True,
-        class_weight=weights,
-        callbacks=callbacks,
-        verbose=2,  # one line per epoch: readable in the Airflow task log
-    )
+    if workers > 1:
+        curves = distributed_training.fit_on_workers(
+            model,
+            model_spec,
+            {"x_train": x_train, "y_train": y_train, "x_eval": x_eval, "y_eval": y_eval},
+            {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "class_weight": weights,
+                "seed": int(config["seed"]),
+                "learning_rate": learning_rate,
+            },
+            workers,
+            os.path.join(fn_args.model_run_dir, "workers"),
+            log=log.info,
+        )
+    else:
+        history = model.fit(
+            x_train,
+            y_train,
+            validation_data=(x_eval, y_eval),
+            epochs=epochs,
+            batch_size=batch_size,
+            shuffle=True,
+            class_weight=weights,
+            callbacks=callbacks,
+            verbose=2,  # one line per epoch: readable in the Airflow task log
+        )
+        curves = {k: [float(v) for v in values] for k, values in history.history.items()}
     fit_s = time.perf_counter() - started
-    log.info(f"fitted {epochs} epochs in {fit_s:.1f} s")
+    log.info(
+        f"fitted {epochs} epochs in {fit_s:.1f} s on {workers} worker(s), "
+        f"{strategy.num_replicas_in_sync} replica(s) each"
+    )
 
     started = time.perf_counter()
     calibrated = calibration.calibrate(logits_of(model, x_eval), y_eval)
     log.info(calibrated.summary())
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
-    curves = {k: [float(v) for v in values] for k, values in history.history.items()}
     summary = {
         "history": curves,
+        "workers": workers,
         "train_label_counts": counts,
         "fit_seconds": fit_s,
         "epochs": epochs,

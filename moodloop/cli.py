@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--beam-args",
         help='Beam pipeline args, e.g. "--runner=FlinkRunner --flink_master=host:8081" '
         "(MOODLOOP_BEAM_ARGS; default: the DirectRunner in memory, on every core from "
-        "MOODLOOP_BEAM_MULTIPROCESS_FACES faces)",
+        "MOODLOOP_BEAM_MULTIPROCESS_FACES faces on 4 or more cores)",
     )
     p.add_argument("--keep-good-rows", action="store_true", help=keep_help)
     p.set_defaults(func=cmd_train)

@@ -17,9 +17,9 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Beam when MOODLOOP_BEAM_ARGS is not set: the in-memory DirectRunner with one worker for spans
-# below MOODLOOP_BEAM_MULTIPROCESS_FACES, the multi-process DirectRunner on every core above it
-# (components/pipeline.py beam_args_for). A user with a Flink, Spark or Dataflow cluster passes
+# Beam when MOODLOOP_BEAM_ARGS is not set: the in-memory DirectRunner with one worker, or the
+# multi-process DirectRunner on every core for spans from MOODLOOP_BEAM_MULTIPROCESS_FACES on a
+# machine with cores to spare (components/pipeline.py beam_args_for). A user with a Flink, Spark or Dataflow cluster passes
 # their own args (README, "When one machine is not enough").
 IN_MEMORY_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 MULTI_PROCESS_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")  # 0: every core
@@ -94,6 +94,9 @@ class TrainingSettings:
     tune: bool = setting("MOODLOOP_TUNE", False)  # a TFX Tuner (KerasTuner random search) before the Trainer
     tune_trials: int = setting("MOODLOOP_TUNE_TRIALS", 6)
     tune_epochs: int = setting("MOODLOOP_TUNE_EPOCHS", 3)  # per trial
+    # >1: the Trainer fits on that many worker processes with MultiWorkerMirroredStrategy
+    # (components/distributed_training.py); the model is the same either way
+    workers: int = setting("MOODLOOP_TRAIN_WORKERS", 1)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

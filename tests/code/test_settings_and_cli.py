@@ -90,12 +90,13 @@ def test_dag_node_list_matches_the_compiled_pipeline():
     assert topology(_compiled(Settings.from_env(), {"tune": True})) == json.loads(NODES_FILE.read_text())
 
 
-def test_beam_runs_in_memory_for_small_spans_and_on_every_core_for_large_ones(own_home):
-    from components.pipeline import beam_args_for
+def test_beam_runs_in_memory_for_small_spans_and_on_every_core_for_large_ones(own_home, monkeypatch):
+    from components.pipeline import MULTI_PROCESS_MIN_CORES, beam_args_for
     from data import synthetic
     from data.curated import write_span
     from moodloop.settings import IN_MEMORY_BEAM_ARGS, MULTI_PROCESS_BEAM_ARGS
 
+    monkeypatch.setattr("os.cpu_count", lambda: MULTI_PROCESS_MIN_CORES)
     settings = Settings.from_env(beam_multiprocess_faces=50)
     for seed in (1, 2):
         pixels, labels = synthetic.generate_arrays(30, seed=seed)
@@ -107,3 +108,5 @@ def test_beam_runs_in_memory_for_small_spans_and_on_every_core_for_large_ones(ow
     )
     chosen = ("--runner=FlinkRunner", "--flink_master=host:8081")
     assert beam_args_for(Settings.from_env(beam_args=chosen)) == chosen
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # where worker processes cost more than they give
+    assert beam_args_for(settings) == IN_MEMORY_BEAM_ARGS

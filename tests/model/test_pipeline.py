@@ -298,3 +298,27 @@ def test_tuner_searches_and_the_trainer_trains_with_its_best_hyperparameters(fas
     (report_file,) = (settings.pipeline_root / "ModelReportGen" / "report").glob("*/report.json")
     report = json.loads(report_file.read_text())["hyperparameters"]
     assert report["tuned"] and report["width"] == best["width"] and report["dropout"] == pytest.approx(best["dropout"])
+
+
+def test_two_training_workers_fit_one_model_over_localhost_and_it_is_pushed(fast_env, tmp_path, capsys):
+    """MOODLOOP_TRAIN_WORKERS=2: the Trainer fits on two worker processes joined by
+    MultiWorkerMirroredStrategy over 127.0.0.1, and the model they trained is calibrated, gated and
+    pushed like any other."""
+    import json
+
+    from components.model_report import TRAINING_SUMMARY
+
+    settings = fast_env(tmp_path / "home", MOODLOOP_TRAIN_WORKERS="2")
+    batch = _write_batch(tmp_path / "batch", 1500, seed=7)
+    assert cli.main(["train", "--data", str(batch)]) == 0
+    out = capsys.readouterr().out
+    assert "training on 2 workers (MultiWorkerMirroredStrategy): 127.0.0.1:" in out
+    assert "BLESSED: pushed version" in out, out[-3000:]
+    (summary_file,) = (settings.pipeline_root / "Trainer" / "model_run").glob(f"*/{TRAINING_SUMMARY}")
+    summary = json.loads(summary_file.read_text())
+    assert summary["workers"] == 2 and len(summary["history"]["loss"]) == summary["epochs"]
+    logs = sorted((summary_file.parent / "workers").glob("worker-*.log"))
+    assert [p.name for p in logs] == ["worker-0.log", "worker-1.log"]
+    for log in logs:  # each joined the cluster
+        assert "Coordination agent has successfully connected" in log.read_text()
+    assert len(_versions(settings.model_base)) == 1
