@@ -19,8 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Beam when MOODLOOP_BEAM_ARGS is not set: the in-memory DirectRunner with one worker, or the
 # multi-process DirectRunner on every core for spans from MOODLOOP_BEAM_MULTIPROCESS_FACES on a
-# machine with cores to spare (components/pipeline.py beam_args_for). A user with a Flink, Spark or Dataflow cluster passes
-# their own args (README, "When one machine is not enough").
+# machine with cores to spare (components/pipeline.py beam_args_for). A user with a Flink, Spark
+# or Dataflow cluster passes their own args (README, "When one machine is not enough").
 IN_MEMORY_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 MULTI_PROCESS_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")  # 0: every core
 

@@ -240,18 +240,6 @@ def gateway_env(settings: Settings) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
-    if settings.airflow.executor == "celery":
-        broker = f"redis://127.0.0.1:{settings.airflow.redis_port}"
-        env.update(
-            {
-                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-                "AIRFLOW__CELERY__BROKER_URL": f"{broker}/0",
-                # task states go to Redis too: SQLite (the metadata DB here) under several writers
-                # would only add lock waits; docker-compose keeps them in Postgres
-                "AIRFLOW__CELERY__RESULT_BACKEND": f"{broker}/1",
-                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(CELERY_CONCURRENCY),
-            }
-        )
     return env
 
 
