@@ -1,5 +1,5 @@
 # Airflow 3 (orchestration env, Python 3.11) with the pipeline env (Python 3.10, TFX 1.16) beside
-# it: LocalExecutor tasks run each TFX component with MOODLOOP_PIPELINE_PYTHON.
+# it: Airflow's tasks (on the Celery workers) run each TFX component with MOODLOOP_PIPELINE_PYTHON.
 FROM python:3.11-slim
 RUN pip install --no-cache-dir uv==0.13.9
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_INSTALL_DIR=/opt/python
