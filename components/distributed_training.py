@@ -75,6 +75,7 @@ def fit_on_workers(
     workers: int,
     work_dir: str,
     log=print,
+    timeout: float = 6 * 3600,
 ) -> dict[str, list[float]]:
     """Fit `model` on `workers` local worker processes; its weights become the trained ones.
     `model_spec`: build_model's arguments; `faces`: x_train, y_train, x_eval, y_eval; `fit_spec`:
@@ -99,20 +100,34 @@ def fit_on_workers(
         )
         processes.append((process, output))
     started = time.perf_counter()
-    failed = []
-    for index, (process, output) in enumerate(processes):
-        code = process.wait()
-        output.close()
-        if code:
-            failed.append(f"worker {index} exited {code} (log: {folder / f'worker-{index}.log'})")
-            for other, _ in processes:  # the others would wait on it forever in the all-reduce
-                other.kill()
+    try:
+        # All of them at once, not one after the other: a worker that dies leaves the others
+        # waiting for it to join or reduce, so the first failure ends the whole fit.
+        while not (failed := _failures(processes, folder)) and any(p.poll() is None for p, _ in processes):
+            if time.perf_counter() - started > timeout:
+                failed = [f"the workers did not finish within {timeout:.0f} s"]
+                break
+            time.sleep(0.5)
+    finally:
+        for process, output in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            output.close()
     if failed:
         tail = (folder / "worker-0.log").read_text(errors="replace")[-3000:]
         raise RuntimeError("multi-worker training failed: " + "; ".join(failed) + f"\nworker 0's log ends:\n{tail}")
     log(f"{workers} workers done in {time.perf_counter() - started:.1f} s; logs in {folder}")
     model.set_weights(_load_weights(folder / TRAINED_WEIGHTS))
     return json.loads((folder / HISTORY_JSON).read_text())
+
+
+def _failures(processes: list, folder: Path) -> list[str]:
+    return [
+        f"worker {index} exited {process.returncode} (log: {folder / f'worker-{index}.log'})"
+        for index, (process, _) in enumerate(processes)
+        if process.poll() not in (None, 0)
+    ]
 
 
 def worker_main(folder: Path) -> int:

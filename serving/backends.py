@@ -210,14 +210,19 @@ class EmbeddedBackend:
                 self.config_error = str(error)
                 log.error("model config unreadable, keeping the current one: %s", error)
                 return
+            changed = False
             for policy in policies.values():
-                self._sync_model(policy)
+                changed |= self._sync_model(policy)
             with self._lock:
                 for name in set(self._models) - set(policies):
                     for servable in self._models.pop(name).servables.values():
                         servable.close()
+                    changed = True
+        if changed:  # here, where nothing refers to an unloaded version any more
+            freeze_long_lived_objects()
 
-    def _sync_model(self, policy: models_config.ModelPolicy) -> None:
+    def _sync_model(self, policy: models_config.ModelPolicy) -> bool:
+        """-> whether a version was loaded or unloaded."""
         current = self._models.get(policy.name)
         loaded = dict(current.servables) if current else {}
         on_disk = models_config.version_folders(policy.base_path)
@@ -254,8 +259,7 @@ class EmbeddedBackend:
             servable.close()
             states[servable.version] = VersionState(servable.version, "END")
             log.info("model %s version %d unloaded", policy.name, servable.version)
-        if removed or set(loaded) != set(current.servables if current else ()):
-            freeze_long_lived_objects()
+        return bool(removed) or set(loaded) != set(current.servables if current else ())
 
     def _load(self, model: str, version: int, path: Path) -> _Servable:
         signature_defs = read_signature_defs(path)
@@ -506,7 +510,9 @@ class TFServingBackend:
                 if error.code() != self._grpc.StatusCode.UNAVAILABLE:
                     replica.calls += 1
                     raise ServingError(error.code().name, error.details() or "") from None
-                self._mark(replica, healthy=False, reason=f"UNAVAILABLE: {error.details() or ''}".strip())
+                # Gone, or only busy (TF Serving's full batching queue answers UNAVAILABLE too):
+                # the next replica is tried, and the health check alone decides the rotation, so
+                # a busy replica is not taken out and traffic does not pile onto the other.
                 failures.append(f"{replica.target}: {error.details() or 'unavailable'}")
                 continue
             replica.calls += 1
@@ -588,23 +594,26 @@ class TFServingBackend:
         from tensorflow_serving.apis import model_management_pb2
 
         request = model_management_pb2.ReloadConfigRequest(config=models_config.read(self.config_path))
-        reached = 0
+        reached, down, refused = [], [], []
         for replica in self.replicas:  # every replica, not one: each holds its own config
             try:
                 response = replica.models.HandleReloadConfigRequest(request, timeout=self._timeout)
             except self._grpc.RpcError as error:
-                if error.code() != self._grpc.StatusCode.UNAVAILABLE:
-                    raise ServingError(error.code().name, error.details() or "") from None
                 # A replica that is down re-reads the same models.config from the shared volume
                 # when it starts (--model_config_file), so it misses nothing.
-                self._mark(replica, healthy=False, reason=f"UNAVAILABLE: {error.details() or ''}".strip())
+                target = down if error.code() == self._grpc.StatusCode.UNAVAILABLE else refused
+                target.append(f"{replica.target}: {error.code().name} {error.details() or ''}".strip())
                 continue
             if response.status.error_code != 0:
-                refusal = response.status.error_message
-                raise ServingError("FAILED_PRECONDITION", f"TF Serving {replica.target} refused the config: {refusal}")
-            reached += 1
+                refused.append(f"{replica.target} refused the config: {response.status.error_message}")
+                continue
+            reached.append(replica.target)
+        # Tried on every replica before judging: one that refuses does not keep the others behind.
+        if refused:
+            took = f"; took it: {', '.join(reached)}" if reached else ""
+            raise ServingError("FAILED_PRECONDITION", "TF Serving: " + "; ".join(refused) + took)
         if not reached:
-            raise ServingError("UNAVAILABLE", "no TF Serving replica took the new config")
+            raise ServingError("UNAVAILABLE", "no TF Serving replica took the new config: " + "; ".join(down))
 
     def labels(self, model: str) -> dict[str, int]:
         try:

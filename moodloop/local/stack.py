@@ -279,6 +279,11 @@ def _api_server_healthy(settings: Settings) -> bool:
 def _start_redis(settings: Settings, paths: dict[str, Path]) -> int:
     """Debian's redis-server on 127.0.0.1, the Celery broker: no persistence (a lost queued task is
     failed by the scheduler's heartbeat check and retried), its own folder under the stack's home."""
+    if _port_open(settings.airflow.redis_port):  # another Redis (Debian's service?) would take our tasks
+        raise SystemExit(
+            f"port {settings.airflow.redis_port} is in use (a Redis of the system or of another stack?); "
+            "set MOODLOOP_REDIS_PORT to a free port"
+        )
     folder = settings.home / "stack" / "redis"
     folder.mkdir(parents=True, exist_ok=True)
     log = open(paths["logs"] / f"{REDIS}.log", "ab")  # noqa: SIM115 (the child keeps it)
@@ -301,10 +306,12 @@ def _start_redis(settings: Settings, paths: dict[str, Path]) -> int:
 def _start_celery_worker(name: str, env: dict[str, str], paths: dict[str, Path]) -> int:
     log_path = paths["logs"] / f"{name}.log"
     log = open(log_path, "ab")  # noqa: SIM115 (the child keeps it)
+    pid_file = paths["logs"].parent / f"{name}.pid"
+    pid_file.unlink(missing_ok=True)  # left by a killed worker, it would stop the new one starting
     command = [_airflow_bin(), "celery", "worker", "--celery-hostname", f"{name}@%h"]
     # Its own pid file (two workers on one machine), and no log server: the task logs are files
     # on this machine, which the api-server reads directly.
-    command += ["--pid", str(paths["logs"].parent / f"{name}.pid"), "--skip-serve-logs"]
+    command += ["--pid", str(pid_file), "--skip-serve-logs"]
     process = subprocess.Popen(
         command,
         env={**env, "MOODLOOP_WORKER_NAME": name},
@@ -342,15 +349,21 @@ def start(settings: Settings, faces: int) -> int:
     # one writer, nor it them, so the four Airflow processes rarely wait for each other at all.
     with contextlib.closing(sqlite3.connect(paths["airflow_home"] / AIRFLOW_DB)) as db:
         db.execute("PRAGMA journal_mode=WAL")
-    pids = {}
+    pids: dict[str, int] = {}
+
+    def remember(service: str, pid: int) -> None:
+        # at once, so that `stop` finds what started even when a later step fails
+        pids[service] = pid
+        paths["pids"].write_text(json.dumps(pids))
+
     if celery:
-        pids[REDIS] = _start_redis(settings, paths)
+        remember(REDIS, _start_redis(settings, paths))
     for service in SERVICES:
         log = open(paths["logs"] / f"{service}.log", "ab")  # noqa: SIM115 (the child keeps it)
         process = subprocess.Popen(
             [_airflow_bin(), service], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        pids[service] = process.pid
+        remember(service, process.pid)
         print(f"==> {service} started (pid {process.pid}, log {paths['logs'] / (service + '.log')})", flush=True)
         if service == "api-server":
             # The DAGs are unpaused at creation: without the execution API up, the scheduler's first
@@ -359,7 +372,7 @@ def start(settings: Settings, faces: int) -> int:
     if celery:
         for number in range(1, settings.airflow.celery_workers + 1):
             name = f"worker-{number}"
-            pids[name] = _start_celery_worker(name, env, paths)
+            remember(name, _start_celery_worker(name, env, paths))
     log = open(paths["logs"] / f"{GATEWAY}.log", "ab")  # noqa: SIM115 (the child keeps it)
     process = subprocess.Popen(
         [str(settings.pipeline_python), "-m", "serving.gateway"],
@@ -369,7 +382,7 @@ def start(settings: Settings, faces: int) -> int:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    pids[GATEWAY] = process.pid
+    remember(GATEWAY, process.pid)
     print(f"==> {GATEWAY} started (pid {process.pid}, log {paths['logs'] / (GATEWAY + '.log')})", flush=True)
     # The drift reports' UI: monitor_drift adds each window's report to this workspace.
     settings.drift.evidently_workspace.mkdir(parents=True, exist_ok=True)
@@ -390,11 +403,10 @@ def start(settings: Settings, faces: int) -> int:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    pids[EVIDENTLY_UI] = process.pid
+    remember(EVIDENTLY_UI, process.pid)
     print(
         f"==> {EVIDENTLY_UI} started (pid {process.pid}, http://127.0.0.1:{settings.drift.evidently_port})", flush=True
     )
-    paths["pids"].write_text(json.dumps(pids))
     ports = (
         settings.airflow.port,
         settings.serving.rest_port,
