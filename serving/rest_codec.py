@@ -18,14 +18,27 @@ from serving.backends import ServingError
 Tensors = dict[str, np.ndarray]
 
 
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
+def _b64(text: object) -> bytes:
+    """Strict base64 (as TF Serving: no stray characters). b64decode(validate=True) checks with a
+    regular expression, which was a quarter of the gateway's time on a request of 16 images;
+    deleting the alphabet's bytes in C, then checking length and padding, is the same check."""
+    try:
+        raw = text.encode("ascii") if isinstance(text, str) else None
+        if raw is None or raw.translate(None, _B64_ALPHABET) or len(raw) % 4 or b"=" in raw[:-2]:
+            raise binascii.Error  # a stray character, a cut length, or padding before the end
+        return binascii.a2b_base64(raw)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ServingError("INVALID_ARGUMENT", 'a {"b64": ...} value is not valid base64') from None
+
+
 def _decode_value(value: Any) -> Any:
     """Replace {"b64": ...} objects (at any depth) by bytes; leave the rest alone."""
     if isinstance(value, dict):
         if set(value) == {"b64"}:
-            try:
-                return base64.b64decode(value["b64"], validate=True)
-            except (binascii.Error, TypeError):
-                raise ServingError("INVALID_ARGUMENT", 'a {"b64": ...} value is not valid base64') from None
+            return _b64(value["b64"])
         raise ServingError("INVALID_ARGUMENT", "unexpected JSON object where a tensor value was expected")
     if isinstance(value, list):
         return [_decode_value(v) for v in value]
