@@ -55,18 +55,7 @@ install_env() {  # $1 = env name, $2 = python version
 install_env pipeline 3.10
 install_env orchestration 3.11
 
-# The UI tests drive a real headless Chromium with Playwright (no browser download: Debian's).
-if [[ "${MOODLOOP_SKIP_BROWSER:-0}" != 1 ]]; then
-    if [[ -x /usr/bin/chromium ]]; then
-        step "browser for UI tests: $(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium)"
-    elif [[ $(id -u) == 0 ]] && command -v apt-get > /dev/null; then
-        step "browser for UI tests: installing Debian's chromium (about 1 minute)"
-        apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null
-        echo "ok: $(/usr/bin/chromium --version)"
-    else
-        step "browser for UI tests: missing; install chromium (e.g. sudo apt-get install chromium), or set MOODLOOP_SKIP_BROWSER=1"
-    fi
-fi
+APT_UPDATED=0
 debian_tools() {  # $1 = what they are for, $2 = commands, $3... = Debian packages
     local why=$1 commands=$2 missing=0 command
     shift 2
@@ -74,12 +63,20 @@ debian_tools() {  # $1 = what they are for, $2 = commands, $3... = Debian packag
     [[ $missing == 0 ]] && return
     if [[ $(id -u) == 0 ]] && command -v apt-get > /dev/null; then
         step "$why: installing Debian's $*"
-        apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" > /dev/null \
+        if [[ $APT_UPDATED == 0 ]]; then  # one package-list refresh per setup, not one per group
+            apt-get update -qq > /dev/null && APT_UPDATED=1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" > /dev/null \
             && echo "ok: $commands" || echo "could not install $*"
     else
         step "$why: missing; sudo apt-get install $*"
     fi
 }
+# The UI tests drive a real headless Chromium with Playwright (no browser download: Debian's);
+# MOODLOOP_SKIP_BROWSER=1 skips it.
+if [[ "${MOODLOOP_SKIP_BROWSER:-0}" != 1 ]]; then
+    debian_tools "browser for UI tests" chromium chromium
+fi
 # The serving benchmark's load generators are C programs, so the client is not what it measures
 # (bench/serving_load.py: wrk for REST, h2load for gRPC); it says so and skips them when missing.
 debian_tools "load generators for the serving benchmark" "wrk h2load" wrk nghttp2-client
