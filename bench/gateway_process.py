@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import sys
-import threading
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from serving.gateway import start_process
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -24,19 +22,8 @@ def start_gateway(model_base: Path, home: Path, **settings: str) -> tuple[subpro
         "MOODLOOP_GRPC_PORT": "0",
         **settings,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.gateway"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in process.stdout:
-        if match := re.search(r"REST http://[\d.]+:(\d+)\s+gRPC [\d.]+:(\d+)", line):
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # drain
-            return process, int(match[1]), int(match[2])
-    raise RuntimeError("the gateway did not start")
+    gateway = start_process(env)
+    return gateway.process, gateway.rest_port, gateway.grpc_port
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -13,7 +13,9 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -125,6 +127,39 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
         dataplane.inference_log.close()
 
 
+# main()'s start-up line, which tells a parent process the ports chosen (port 0: any free one).
+UP_LINE = "gateway up: REST http://%s:%d  gRPC %s:%d  backend %s  models.config %s  inference log %s"
+_UP_PORTS = re.compile(r"gateway up: REST http://[^\s:]+:(\d+)\s+gRPC [^\s:]+:(\d+)")
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen
+    rest_port: int
+    grpc_port: int
+    lines: list[str]  # its output after the start-up line, read by `reader` (so the pipe never fills)
+    reader: threading.Thread
+
+
+def start_process(env: dict[str, str], command: list[str] | None = None) -> GatewayProcess:
+    """The gateway in a process of its own (`python -m serving.gateway`, or `command`, e.g.
+    `moodloop serve`), once it has said which ports it serves on (tests and benchmarks)."""
+    process = subprocess.Popen(
+        command or [sys.executable, "-m", "serving.gateway"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in process.stdout:
+        if match := _UP_PORTS.search(line):
+            lines: list[str] = []
+            reader = threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True)
+            reader.start()
+            return GatewayProcess(process, int(match[1]), int(match[2]), lines, reader)
+    raise RuntimeError(f"the gateway did not start (exit {process.wait()})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="moodloop serve",
@@ -160,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     with serve_in_thread(settings, access_log=args.access_log) as running:
         log.info(
-            "gateway up: REST http://%s:%d  gRPC %s:%d  backend %s  models.config %s  inference log %s",
+            UP_LINE,
             settings.serving.gateway_host,
             running.rest_port,
             settings.serving.gateway_host,

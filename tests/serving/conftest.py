@@ -11,12 +11,8 @@ models.config, as seen from the test machine.
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,7 +21,7 @@ from components.untrained_model import TEST_VERSIONS, export_version
 from data import wheel_media
 from moodloop import models_config
 from moodloop.settings import Settings
-from serving.gateway import serve_in_thread
+from serving.gateway import GatewayProcess, serve_in_thread, start_process
 
 ADMIN_TOKEN = "test-admin-token"
 TFSERVING = os.environ.get("MOODLOOP_TEST_TFSERVING", "")
@@ -103,28 +99,6 @@ def labels(running, gateway_settings):
     running.dataplane.reload()
 
 
-@dataclass
-class GatewayProcess:
-    process: subprocess.Popen
-    rest_port: int
-    grpc_port: int
-    output: threading.Thread  # keeps reading the process's output into `.lines`
-
-
 def start_gateway_process(env: dict) -> GatewayProcess:
     """`moodloop serve` in a process of its own (to be killed or restarted by a test)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moodloop.cli", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in process.stdout:
-        if match := re.search(r"gateway up: REST http://127\.0\.0\.1:(\d+)\s+gRPC 127\.0\.0\.1:(\d+)", line):
-            lines: list[str] = []
-            reader = threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True)
-            reader.lines = lines
-            reader.start()
-            return GatewayProcess(process, int(match[1]), int(match[2]), reader)
-    raise AssertionError("the gateway did not start")
+    return start_process(env, [sys.executable, "-m", "moodloop.cli", "serve"])

@@ -158,17 +158,17 @@ def test_gateway_process_flushes_the_log_on_sigterm(tmp_path, model_base):
         "MOODLOOP_LOG_FLUSH_SECONDS": "600",
     }
     gateway = start_gateway_process(env)
-    process, port, output = gateway.process, gateway.rest_port, gateway.output
+    process, port = gateway.process, gateway.rest_port
     try:
         response = httpx.post(f"http://127.0.0.1:{port}/v1/models/emotion:predict", json=PIXELS, timeout=30)
         assert response.status_code == 200
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-        output.join(timeout=10)
+        gateway.reader.join(timeout=10)
     finally:
         process.kill()
-    assert process.returncode == 0, output.lines
-    assert "inference log: 1 records written" in "".join(output.lines)
+    assert process.returncode == 0, gateway.lines
+    assert "inference log: 1 records written" in "".join(gateway.lines)
     assert len(list((tmp_path / "home" / "inference_log" / "predictions").rglob("*.parquet"))) == 1
 
 
