@@ -382,6 +382,14 @@ def _op_error_code(error: tf.errors.OpError) -> str:
 # ---------------------------------------------------------------- TF Serving backend
 
 
+def _version_states(response) -> list[VersionState]:
+    """TF Serving's GetModelStatusResponse as VersionStates."""
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    names = get_model_status_pb2.ModelVersionStatus.State.Name
+    return [VersionState(s.version, names(s.state), s.status.error_message) for s in response.model_version_status]
+
+
 @dataclass
 class _Replica:
     """One TF Serving server: its channel, stubs and what the health checks last saw."""
@@ -390,7 +398,7 @@ class _Replica:
     channel: object
     predict: object  # PredictionServiceStub
     models: object  # ModelServiceStub
-    healthy: bool = True  # optimistic until a check or a call says otherwise
+    healthy: bool = True  # optimistic until a health check says otherwise
     reason: str = ""  # why it is out of rotation
     calls: int = 0  # RPCs answered (any status but UNAVAILABLE), for status pages and tests
 
@@ -575,18 +583,15 @@ class TFServingBackend:
 
         request = get_model_status_pb2.GetModelStatusRequest()
         self._spec(request.model_spec, model, version, label)
-        response = self._call("models", "GetModelStatus", request)
-        names = get_model_status_pb2.ModelVersionStatus.State.Name
-        return [VersionState(s.version, names(s.state), s.status.error_message) for s in response.model_version_status]
+        return _version_states(self._call("models", "GetModelStatus", request))
 
     def _status_of(self, replica: _Replica, model: str) -> list[VersionState]:
+        """Every version of `model` on one replica (the health check; a short deadline)."""
         from tensorflow_serving.apis import get_model_status_pb2
 
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = model
-        response = replica.models.GetModelStatus(request, timeout=min(self._timeout, 2.0))
-        names = get_model_status_pb2.ModelVersionStatus.State.Name
-        return [VersionState(s.version, names(s.state), s.status.error_message) for s in response.model_version_status]
+        return _version_states(replica.models.GetModelStatus(request, timeout=min(self._timeout, 2.0)))
 
     def sync(self) -> None:
         """Push models.config to TF Serving now (ModelService.HandleReloadConfigRequest) instead of
