@@ -4,18 +4,28 @@ promote or roll back. Run by the `canary_analysis` DAG (pipeline env, like the T
   python -m monitoring.canary analyze      one decision, logged with its numbers
   python -m monitoring.canary status       the current canary, its step and the last decisions
 
-With feedback labels (POST /v1/feedback) it tests accuracy (one-sided two-proportion z-test:
-is the canary worse than stable?). Without labels it watches what needs none: mean confidence,
-p95 latency, the predicted-class mix (how far the canary's answers drift from stable's) and the
-error rate from the gateway's Prometheus counters. A step lasts at least the bake time and until
-both sides have enough requests; then the canary share ramps (10 % -> 50 % -> 100 % by default),
-and after the last step the canary is promoted (`stable` moves). Any failed check rolls it back.
-Decisions append to <home>/serving/canary_decisions.jsonl; the state is <home>/serving/canary_state.json.
+Evidence in order of strength:
+- Serving health, always: the error rate (the gateway's Prometheus counters) and p95 latency.
+- Feedback labels (POST /v1/feedback), once both sides have `min_labels`: the labels decide. The
+  canary rolls back when its accuracy is worse than stable's (one-sided two-proportion z-test) or
+  when one emotion collapses: its F1 (recall and precision: see class_f1_drops) falls by more than
+  `max_class_f1_drop`, significantly by a bootstrap within the class (Bonferroni over the classes
+  tested). The label-free checks below are still measured and logged, but only inform: after a
+  shift the broken champion's answers are the wrong yardstick, and hundreds of labels outweigh it.
+- Without enough labels, the label-free checks decide: mean confidence against stable's, and the
+  predicted-class mix against the mix the canary's own reference profile expects (what it
+  predicted on its held-out faces; stable's live mix only for a version without a profile).
+A step lasts at least the bake time and until both sides have enough requests; then the canary
+share ramps (10 % -> 50 % -> 100 % by default), and after the last step the canary is promoted
+(`stable` moves). Each decision names the evidence that decided and the numbers of both sides:
+<home>/serving/canary_decisions.jsonl, the task log, the faces page's model panel (status
+contract: `canary`), `make status`. The state is <home>/serving/canary_state.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -24,7 +34,10 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-from moodloop.contracts import EMOTIONS, LOG_FEEDBACK, LOG_PREDICTIONS, METRIC_REQUESTS
+import numpy as np
+
+from moodloop import status
+from moodloop.contracts import EMOTIONS, LOG_FEEDBACK, LOG_PREDICTIONS, METRIC_REQUESTS, REFERENCE_PROFILE
 from moodloop.files import atomic_write_text
 from moodloop.log_records import read_log
 from moodloop.rollout import CANARY, STABLE, Rollout
@@ -62,7 +75,26 @@ def side_stats(rows: list[dict], feedback: dict) -> dict:
     }
     if labelled:
         stats["accuracy"] = sum(p == t for p, t in labelled) / len(labelled)
+        # Per true emotion: how many labelled faces, how many the side called right (its recall).
+        stats["class_labelled"] = {e: sum(t == e for _, t in labelled) for e in EMOTIONS}
+        stats["class_right"] = {e: sum(p == t == e for p, t in labelled) for e in EMOTIONS}
+        stats["pairs"] = labelled  # (predicted, label) per labelled face: the per-class test resamples them
     return stats
+
+
+def reference_class_mix(version_dir: Path) -> dict[str, float] | None:
+    """The predicted-class mix a version showed on its own held-out faces (its reference profile,
+    the model contract's REFERENCE_PROFILE); None for a version without one (adopted by hand, old)."""
+    import pyarrow.parquet as pq
+
+    path = version_dir / REFERENCE_PROFILE
+    try:
+        predicted = pq.read_table(path, columns=["predicted_class"]).column("predicted_class").to_pylist()
+    except (OSError, ValueError, KeyError):
+        return None
+    if not predicted:
+        return None
+    return {e: predicted.count(e) / len(predicted) for e in EMOTIONS}
 
 
 def worse_p_value(stable_accuracy: float, stable_n: int, canary_accuracy: float, canary_n: int) -> float:
@@ -93,43 +125,184 @@ def gateway_error_counts(metrics_url: str, model: str) -> dict[str, dict[str, fl
     return counts
 
 
-def judge(stable: dict, canary: dict, errors: dict | None, policy: CanarySettings) -> tuple[str, list[str]]:
-    """ "rollback" with reasons, "wait" (not enough evidence yet) or "pass" for this step."""
-    if stable.get("requests", 0) < policy.min_requests or canary.get("requests", 0) < policy.min_requests:
-        return "wait", [
-            f"{canary.get('requests', 0)} canary / {stable.get('requests', 0)} stable predictions in this step; "
-            f"judging needs {policy.min_requests} each"
-        ]
-    problems = []
-    if canary.get("labelled", 0) >= policy.min_labels and stable.get("labelled", 0) >= policy.min_labels:
-        p_value = worse_p_value(stable["accuracy"], stable["labelled"], canary["accuracy"], canary["labelled"])
-        drop = stable["accuracy"] - canary["accuracy"]
-        if drop > policy.max_accuracy_drop and p_value < policy.alpha:
-            problems.append(
-                f"canary accuracy {canary['accuracy']:.3f} vs stable {stable['accuracy']:.3f} on feedback labels "
-                f"(drop {drop:.3f} > {policy.max_accuracy_drop}, one-sided p = {p_value:.3g})"
+@dataclasses.dataclass
+class Judgement:
+    """One step's verdict and what it stood on.
+
+    `verdict`: "rollback", "wait" (not enough evidence yet) or "pass". `evidence`: "labels" (both
+    sides have enough feedback labels: they decide) or "heuristics" (they do not: the label-free
+    checks decide). `reasons`: the failed checks that decide a rollback, or why it waits.
+    `findings`: every check's outcome in numbers, failed or not, deciding or only informing."""
+
+    verdict: str
+    evidence: str
+    reasons: list[str]
+    findings: list[str]
+
+
+def total_variation(a: dict[str, float], b: dict[str, float]) -> float:
+    return 0.5 * sum(abs(a.get(e, 0.0) - b.get(e, 0.0)) for e in EMOTIONS)
+
+
+def _label_checks(stable: dict, canary: dict, policy: CanarySettings) -> tuple[list[str], list[str]]:
+    """Accuracy and per-class recall on feedback labels -> (failed checks, findings)."""
+    failed, findings = [], []
+    p_value = worse_p_value(stable["accuracy"], stable["labelled"], canary["accuracy"], canary["labelled"])
+    drop = stable["accuracy"] - canary["accuracy"]
+    accuracy = (
+        f"canary accuracy {canary['accuracy']:.3f} on {canary['labelled']} feedback labels vs stable "
+        f"{stable['accuracy']:.3f} on {stable['labelled']} (one-sided p = {p_value:.3g} that it is worse)"
+    )
+    if drop > policy.max_accuracy_drop and p_value < policy.alpha:
+        failed.append(f"{accuracy}: a drop of {drop:.3f} > {policy.max_accuracy_drop}")
+    else:
+        findings.append(accuracy)
+    tested = [
+        e for e in EMOTIONS if min(stable["class_labelled"][e], canary["class_labelled"][e]) >= policy.min_class_labels
+    ]
+    drops = class_f1_drops(stable["pairs"], canary["pairs"], tested, policy.bootstrap)
+    for emotion, (f1_stable, f1_canary, p_value) in drops.items():
+        # Bonferroni: seven classes each tested at alpha would roll back a good canary too often.
+        if f1_stable - f1_canary > policy.max_class_f1_drop and p_value < policy.alpha / len(tested):
+            failed.append(
+                f"{emotion} collapsed: F1 {f1_stable:.3f} -> {f1_canary:.3f} on {stable['class_labelled'][emotion]} / "
+                f"{canary['class_labelled'][emotion]} labelled faces (recall {_recall(stable, emotion):.3f} -> "
+                f"{_recall(canary, emotion):.3f}): a drop of {f1_stable - f1_canary:.3f} > {policy.max_class_f1_drop}, "
+                f"bootstrap p = {p_value:.3g} < {policy.alpha:g}/{len(tested)}"
             )
-    confidence_drop = stable["mean_confidence"] - canary["mean_confidence"]
-    if confidence_drop > policy.max_confidence_drop:
-        problems.append(
-            f"canary mean confidence {canary['mean_confidence']:.3f} vs stable {stable['mean_confidence']:.3f}"
+    findings.append(f"per-class F1 tested on {len(tested)} emotion(s) with >= {policy.min_class_labels} labels a side")
+    return failed, findings
+
+
+def _recall(side: dict, emotion: str) -> float:
+    return side["class_right"][emotion] / max(1, side["class_labelled"][emotion])
+
+
+def _f1(predicted: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
+    """F1 of class k over the last axis (one row per resample)."""
+    tp = ((predicted == k) & (truth == k)).sum(axis=-1)
+    return 2 * tp / np.maximum(1, (predicted == k).sum(axis=-1) + (truth == k).sum(axis=-1))
+
+
+def class_f1_drops(
+    stable_pairs: list[tuple[str, str]],
+    canary_pairs: list[tuple[str, str]],
+    emotions: list[str],
+    resamples: int,
+    seed: int = 0,
+) -> dict[str, tuple[float, float, float]]:
+    """Per emotion: stable's F1, the canary's, and the bootstrap p-value of "the canary's is not lower".
+
+    F1, not recall alone: a champion broken by a shift that calls a quarter of all faces "disgust"
+    has a disgust recall of 1.0, bought with its precision; judged on recall, a good canary rolled
+    back against it (tests/serving/test_canary.py, the drill's decision of issue 26). The two sides
+    saw different requests, so each is resampled on its own (an unpaired percentile bootstrap)."""
+    rng = np.random.default_rng(seed)
+    index = {e: i for i, e in enumerate(EMOTIONS)}
+
+    def with_resamples(pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        predicted = np.array([index.get(p, -1) for p, _ in pairs])
+        truth = np.array([index.get(t, -1) for _, t in pairs])
+        draws = rng.integers(0, len(pairs), (resamples, len(pairs)))
+        return predicted, truth, predicted[draws], truth[draws]
+
+    s_pred, s_truth, s_pred_b, s_truth_b = with_resamples(stable_pairs)
+    c_pred, c_truth, c_pred_b, c_truth_b = with_resamples(canary_pairs)
+    drops = {}
+    for emotion in emotions:
+        k = index[emotion]
+        worse = _f1(s_pred_b, s_truth_b, k) - _f1(c_pred_b, c_truth_b, k)
+        p_value = float((worse <= 0).mean())  # the share of resamples in which the canary is not worse
+        drops[emotion] = (float(_f1(s_pred, s_truth, k)), float(_f1(c_pred, c_truth, k)), p_value)
+    return drops
+
+
+def _label_free_checks(
+    stable: dict, canary: dict, policy: CanarySettings, reference_mix: dict[str, float] | None
+) -> tuple[list[str], list[str]]:
+    """Mean confidence and the predicted-class mix -> (failed checks, findings)."""
+    failed, findings = [], []
+    drop = stable["mean_confidence"] - canary["mean_confidence"]
+    confidence = f"canary mean confidence {canary['mean_confidence']:.3f} vs stable {stable['mean_confidence']:.3f}"
+    (failed if drop > policy.max_confidence_drop else findings).append(
+        confidence
+        + (f": a drop of {drop:.3f} > {policy.max_confidence_drop}" if drop > policy.max_confidence_drop else "")
+    )
+    # The mix the canary should show: its own, on its held-out faces. Stable's live mix is the
+    # fallback only: after a shift the champion it is compared with is the model that broke.
+    expected, against = (
+        (reference_mix, "the mix its reference profile expects (its held-out faces)")
+        if reference_mix
+        else (stable["class_mix"], "stable's live mix (the canary has no reference profile)")
+    )
+    shift = total_variation(canary["class_mix"], expected)
+    mix = f"canary's predicted-class mix differs from {against} by {shift:.2f} (total variation)"
+    (failed if shift > policy.max_class_shift else findings).append(
+        mix + (f" > {policy.max_class_shift}" if shift > policy.max_class_shift else "")
+    )
+    if reference_mix:
+        findings.append(
+            f"... and from stable's live mix by {total_variation(canary['class_mix'], stable['class_mix']):.2f}"
         )
+    return failed, findings
+
+
+def _health_checks(
+    stable: dict, canary: dict, errors: dict | None, policy: CanarySettings
+) -> tuple[list[str], list[str]]:
+    """p95 latency and the error rate: they decide whatever the labels say -> (failed, findings)."""
+    failed, findings = [], []
     slower = canary["latency_p95_ms"] - stable["latency_p95_ms"]
-    if canary["latency_p95_ms"] > policy.max_latency_ratio * stable["latency_p95_ms"] and (
-        slower > policy.min_latency_increase_ms
-    ):
-        problems.append(
-            f"canary p95 latency {canary['latency_p95_ms']:.1f} ms vs stable {stable['latency_p95_ms']:.1f} ms"
-        )
-    shift = 0.5 * sum(abs(canary["class_mix"][e] - stable["class_mix"][e]) for e in EMOTIONS)
-    if shift > policy.max_class_shift:
-        problems.append(f"canary's predicted-class mix differs from stable's by {shift:.2f} (total variation)")
+    latency = f"canary p95 latency {canary['latency_p95_ms']:.1f} ms vs stable {stable['latency_p95_ms']:.1f} ms"
+    too_slow = (
+        canary["latency_p95_ms"] > policy.max_latency_ratio * stable["latency_p95_ms"]
+        and slower > policy.min_latency_increase_ms
+    )
+    (failed if too_slow else findings).append(latency)
     if errors:
         rates = {side: e["errors"] / max(1.0, e["errors"] + e["ok"]) for side, e in errors.items()}
         increase = rates.get(CANARY, 0.0) - rates.get(STABLE, 0.0)
-        if increase > policy.max_error_rate_increase:
-            problems.append(f"canary error rate {rates[CANARY]:.3f} vs stable {rates.get('stable', 0):.3f}")
-    return ("rollback", problems) if problems else ("pass", [])
+        error_rate = f"canary error rate {rates.get(CANARY, 0.0):.3f} vs stable {rates.get(STABLE, 0.0):.3f}"
+        (failed if increase > policy.max_error_rate_increase else findings).append(error_rate)
+    return failed, findings
+
+
+def judge(
+    stable: dict,
+    canary: dict,
+    errors: dict | None,
+    policy: CanarySettings,
+    reference_mix: dict[str, float] | None = None,
+) -> Judgement:
+    """This step's verdict. Labels (when both sides have enough) outrank the label-free checks,
+    which then only inform; serving health (errors, latency) always decides."""
+    if stable.get("requests", 0) < policy.min_requests or canary.get("requests", 0) < policy.min_requests:
+        waiting = (
+            f"{canary.get('requests', 0)} canary / {stable.get('requests', 0)} stable predictions in this step; "
+            f"judging needs {policy.min_requests} each"
+        )
+        return Judgement("wait", "none", [waiting], [])
+    labelled = min(canary.get("labelled", 0), stable.get("labelled", 0)) >= policy.min_labels
+    failed, findings = _health_checks(stable, canary, errors, policy)
+    heuristic_failed, heuristic_findings = _label_free_checks(stable, canary, policy, reference_mix)
+    if labelled:
+        label_failed, label_findings = _label_checks(stable, canary, policy)
+        failed += label_failed
+        findings = label_findings + findings
+        # Informing only: a failed heuristic is kept in the record, marked as outvoted.
+        findings += [f"{f} (informs only: the labels decide)" for f in heuristic_failed] + heuristic_findings
+    else:
+        failed += heuristic_failed
+        findings = (
+            [
+                f"{min(canary.get('labelled', 0), stable.get('labelled', 0))} feedback labels on the thinner side, "
+                f"fewer than {policy.min_labels}: the label-free checks decide"
+            ]
+            + findings
+            + heuristic_findings
+        )
+    evidence = "labels" if labelled else "heuristics"
+    return Judgement("rollback" if failed else "pass", evidence, failed, findings)
 
 
 # ---------------------------------------------------------------- decisions
@@ -188,7 +361,9 @@ def analyze(
     }
     stable, canary = (side_stats(by_side[s], feedback) for s in (STABLE, CANARY))
     errors = _error_delta(gateway_error_counts(metrics_url, settings.model_name), state.get("errors_at_start"))
-    verdict, reasons = judge(stable, canary, errors, policy)
+    reference_mix = reference_class_mix(settings.model_base / str(canary_version))
+    judgement = judge(stable, canary, errors, policy, reference_mix)
+    verdict, reasons = judgement.verdict, judgement.reasons
     baked = now - since
     decision.update(
         canary_version=canary_version,
@@ -196,8 +371,12 @@ def analyze(
         step=step,
         share=rollout.share(),
         baked_seconds=round(baked, 1),
-        stable=stable,
-        canary=canary,
+        evidence=judgement.evidence,
+        findings=judgement.findings,
+        # each side's numbers, without the per-face pairs the per-class test resampled
+        stable={k: v for k, v in stable.items() if k != "pairs"},
+        canary={k: v for k, v in canary.items() if k != "pairs"},
+        reference_class_mix=reference_mix,
         errors=errors,
     )
     if verdict == "rollback":
@@ -233,15 +412,18 @@ def analyze(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a") as fh:
         fh.write(json.dumps(decision, default=str) + "\n")
+    status.write_status(settings.status_dir, status.CANARY, decision)  # the faces page's model panel
     return decision
 
 
 def describe(decision: dict) -> str:
     lines = [f"canary analysis: {decision['action'].upper()}"]
     if "canary_version" in decision:
+        evidence = {"labels": "feedback labels", "heuristics": "label-free checks (too few labels)"}
         lines.append(
             f"  canary v{decision['canary_version']} vs stable v{decision['stable_version']}, step "
             f"{decision['step'] + 1}, share {decision['share']:.0%}, baked {decision['baked_seconds']:.0f} s"
+            + (f"; decided on {evidence[decision['evidence']]}" if decision.get("evidence") in evidence else "")
         )
         for side in ("stable", "canary"):
             s = decision[side]
@@ -252,6 +434,7 @@ def describe(decision: dict) -> str:
                     f"p95 {s['latency_p95_ms']:.1f} ms{accuracy}"
                 )
     lines += [f"  - {r}" for r in decision.get("reasons", [])]
+    lines += [f"  . {f}" for f in decision.get("findings", [])]
     return "\n".join(lines)
 
 

@@ -149,13 +149,16 @@ class CanarySettings:
     steps: tuple[float, ...] = setting("MOODLOOP_CANARY_STEPS", (0.1, 0.5, 1.0))  # after the last: promote
     bake_seconds: float = setting("MOODLOOP_CANARY_BAKE_SECONDS", 600.0)  # least time per step
     min_requests: int = setting("MOODLOOP_CANARY_MIN_REQUESTS", 200)  # per side and step, before judging
-    min_labels: int = setting("MOODLOOP_CANARY_MIN_LABELS", 100)  # per side, for the accuracy test
+    min_labels: int = setting("MOODLOOP_CANARY_MIN_LABELS", 100)  # per side: from here the labels decide
+    min_class_labels: int = setting("MOODLOOP_CANARY_MIN_CLASS_LABELS", 20)  # per side and class: recall tested
+    max_class_f1_drop: float = setting("MOODLOOP_CANARY_MAX_CLASS_F1_DROP", 0.10)  # labels, significantly
+    bootstrap: int = setting("MOODLOOP_CANARY_BOOTSTRAP", 1000)  # resamples of the per-class F1 test
     alpha: float = setting("MOODLOOP_CANARY_ALPHA", 0.05)
     max_accuracy_drop: float = setting("MOODLOOP_CANARY_MAX_ACCURACY_DROP", 0.02)  # labels: worse, significantly
     max_confidence_drop: float = setting("MOODLOOP_CANARY_MAX_CONFIDENCE_DROP", 0.10)  # no labels: mean top-1
     max_latency_ratio: float = setting("MOODLOOP_CANARY_MAX_LATENCY_RATIO", 2.0)  # p95 canary / p95 stable ...
     min_latency_increase_ms: float = setting("MOODLOOP_CANARY_MIN_LATENCY_INCREASE_MS", 20.0)  # ... and by this
-    max_class_shift: float = setting("MOODLOOP_CANARY_MAX_CLASS_SHIFT", 0.25)  # total variation, predicted mixes
+    max_class_shift: float = setting("MOODLOOP_CANARY_MAX_CLASS_SHIFT", 0.25)  # no labels: TV from the expected mix
     max_error_rate_increase: float = setting("MOODLOOP_CANARY_MAX_ERROR_RATE_INCREASE", 0.02)
     every_minutes: float = setting("MOODLOOP_CANARY_EVERY_MINUTES", 5.0)  # the canary_analysis DAG's schedule
 

@@ -1,7 +1,8 @@
 """The status contract (training and monitoring -> the faces page's model panel): the latest A/B
-gate verdict and the latest drift verdict, each as `<status_dir>/<name>.json` with the files it
-names beside it. Written by components/ab_gate.py and monitoring/drift.py, read by the gateway
-(serving/panel.py). Written atomically: a reader sees the old verdict or the new one.
+gate verdict, the latest drift verdict and the latest canary decision, each as
+`<status_dir>/<name>.json` with the files it names beside it. Written by components/ab_gate.py,
+monitoring/drift.py and monitoring/canary.py, read by the gateway (serving/panel.py) and
+`make status`. Written atomically: a reader sees the old verdict or the new one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from moodloop.files import atomic_write_text
 # {"verdict", "reasons", "candidate_accuracy", "champion_accuracy", "largest_slice_gap", "time"}; gate.png, bias.png
 GATE = "gate"
 DRIFT = "drift"  # {"outcome", "reasons", "drift_share", "report": "drift.html" or None, "time"}; drift.html
+# the latest canary decision: {"action", "evidence": "labels"|"heuristics", "reasons", "findings", "stable",
+# "canary" (each side's numbers), "canary_version", "stable_version", "share", "time"}
+CANARY = "canary"
 GATE_IMAGE = "gate.png"
 BIAS_IMAGE = "bias.png"  # the gate's bias audit: accuracy and recall per slice
 DRIFT_REPORT = "drift.html"

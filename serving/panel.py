@@ -1,6 +1,7 @@
 """The faces page's model panel: what serves (versions, `stable` / `canary`, the canary's share),
-the latest A/B gate and drift verdicts (the status contract, moodloop/status.py) and the
-corrections gathered for the next landing batch. Transport-free, like the data plane."""
+the latest A/B gate verdict, drift verdict and canary decision (the status contract,
+moodloop/status.py) and the corrections gathered for the next landing batch. Transport-free,
+like the data plane."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def model_panel(dataplane: DataPlane) -> dict:
     if drift is not None:  # the link only when this verdict came with its own report
         has_report = drift.get("report") and status.status_file(settings.status_dir, status.DRIFT_REPORT)
         drift["report"] = DRIFT_REPORT_PATH if has_report else None
+    canary = status.read_status(settings.status_dir, status.CANARY)  # monitoring/canary.py's latest decision
     return {
         "model": model,
         "versions": versions,
@@ -51,6 +53,7 @@ def model_panel(dataplane: DataPlane) -> dict:
         "canary_share": dataplane.traffic.share() if "canary" in labels else 0.0,
         "gate": gate,
         "drift": drift,
+        "canary": canary,
         "evidently_ui": f"http://127.0.0.1:{settings.drift.evidently_port}",
         "corrections": dataplane.corrections.counts(),
         "face_detector": dataplane.face_detector,

@@ -12,7 +12,7 @@ moodloop's own:
   POST /v1/feedback         {"request_id": ..., "label": ..., "instance": 0}
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/edge[/{file}]   TFLite files for devices
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/card [?format=json]   the version's model card
-  GET  /v1/panel            the model panel: versions, labels, share, latest gate and drift verdicts
+  GET  /v1/panel            the model panel: versions, labels, share, latest gate, drift and canary verdicts
   GET  /metrics             Prometheus (also /monitoring/prometheus/metrics, TF Serving's path)
   POST /admin/reload | /admin/promote | /admin/rollback, PUT /admin/traffic  (Bearer token)
 Every prediction answers with an `x-request-id` header: the id feedback refers to.

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from moodloop.airflow_api import Airflow, unreachable_errors
 from moodloop.settings import REPO_ROOT, Settings
+from moodloop.status import CANARY, read_status
 
 if TYPE_CHECKING:  # imported where used: the stack's start-up does not need the generator
     from data import synthetic
@@ -485,7 +486,29 @@ def status(settings: Settings) -> int:
             )
         except (urllib.error.URLError, OSError, ValueError) as exc:
             print(f"  gateway not answering: {exc}")
+    canary = read_status(settings.status_dir, CANARY)
+    if canary is not None:
+        print("  " + canary_summary(canary))
     return 0
+
+
+def canary_summary(decision: dict) -> str:
+    """The latest canary decision in one line: the action, the evidence that decided, both sides' numbers."""
+    evidence = {"labels": "on feedback labels", "heuristics": "on label-free checks (too few labels)"}
+    line = f"latest canary decision: {decision['action']}"
+    if "canary_version" in decision:
+        line += f" (canary v{decision['canary_version']} vs stable v{decision['stable_version']}"
+        line += f", decided {evidence.get(decision.get('evidence'), 'without evidence yet')})"
+    for side in ("stable", "canary"):
+        numbers = decision.get(side) or {}
+        if numbers.get("requests"):
+            accuracy = f", accuracy {numbers['accuracy']:.3f}" if "accuracy" in numbers else ""
+            line += (
+                f"; {side} {numbers['requests']} predictions, {numbers['labelled']} labelled{accuracy}, "
+                f"confidence {numbers['mean_confidence']:.3f}"
+            )
+    reasons = decision.get("reasons") or []
+    return line + (f"; {reasons[0]}" if reasons else "")
 
 
 def stop(settings: Settings, timeout: float = 30.0) -> int:

@@ -463,7 +463,9 @@ async function snapshot() {
 // ---------------------------------------------------------------- model panel
 
 function verdictClass(value) {
-  return ["BLESSED", "no_drift"].includes(value) ? "good" : ["REJECTED", "drift", "incident"].includes(value) ? "bad" : "";
+  return ["BLESSED", "no_drift", "promote", "ramp", "pass"].includes(value)
+    ? "good"
+    : ["REJECTED", "drift", "incident", "rollback"].includes(value) ? "bad" : "";
 }
 
 function when(seconds) {
@@ -484,6 +486,38 @@ function section(title) {
   const heading = document.createElement("h3");
   heading.textContent = title;
   return heading;
+}
+
+// What decided (feedback labels, or the label-free checks when labels are too few) and both sides' numbers.
+function canaryDecision(decision) {
+  const verdict = document.createElement("p");
+  verdict.id = "panel-canary";
+  verdict.innerHTML = `<span class="verdict ${verdictClass(decision.action)}"></span> `;
+  verdict.firstChild.textContent = decision.action;
+  const evidence = { labels: "decided on feedback labels", heuristics: "decided on label-free checks (too few labels)" }[decision.evidence];
+  const versions = decision.canary_version != null ? `canary v${decision.canary_version} vs stable v${decision.stable_version}` : "";
+  verdict.append([versions, evidence, when(decision.time)].filter(Boolean).join(" · "));
+  const parts = [verdict];
+  if (decision.canary && decision.stable && decision.canary.requests && decision.stable.requests) {
+    const table = document.createElement("table");
+    table.id = "panel-canary-sides";
+    table.innerHTML = "<tr><th></th><th>predictions</th><th>labelled</th><th>accuracy</th><th>mean confidence</th><th>p95 ms</th></tr>";
+    for (const side of ["stable", "canary"]) {
+      const numbers = decision[side];
+      const row = table.insertRow();
+      for (const value of [
+        side,
+        numbers.requests,
+        numbers.labelled,
+        numbers.accuracy != null ? (100 * numbers.accuracy).toFixed(1) + "%" : "-",
+        numbers.mean_confidence.toFixed(3),
+        numbers.latency_p95_ms.toFixed(1),
+      ]) row.insertCell().textContent = value;
+    }
+    parts.push(table);
+  }
+  parts.push(reasonList([...(decision.reasons || []), ...(decision.findings || [])]));
+  return parts;
 }
 
 function renderPanel(panel) {
@@ -558,6 +592,10 @@ function renderPanel(panel) {
     links.append(ui);
     body.append(links);
   } else body.append(document.createTextNode("no drift window checked yet"));
+
+  body.append(section("Latest canary analysis"));
+  if (panel.canary) body.append(...canaryDecision(panel.canary));
+  else body.append(document.createTextNode("no canary analysed yet"));
 
   const c = panel.corrections;
   body.append(section("Corrections"));

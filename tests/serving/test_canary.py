@@ -12,9 +12,10 @@ import httpx
 import numpy as np
 import pytest
 
-from monitoring.canary import analyze, describe
+from monitoring.canary import analyze, describe, judge, side_stats
 from moodloop import models_config
 from moodloop.contracts import EMOTIONS
+from moodloop.local.stack import canary_summary
 from moodloop.log_records import read_log
 from moodloop.rollout import Rollout
 from moodloop.settings import CanarySettings, Settings
@@ -113,7 +114,13 @@ def test_a_worse_canary_is_rolled_back_before_full_traffic_and_every_request_is_
         worker.join()
     print(describe(decision))
     assert decision["action"] == "rollback" and decision["share"] < 1.0
-    assert "feedback labels" in decision["reasons"][0]
+    assert "feedback labels" in decision["reasons"][0] and decision["evidence"] == "labels"
+    panel = http.get("/v1/panel").json()["canary"]  # the faces page's model panel shows the decision
+    assert panel["action"] == "rollback" and panel["evidence"] == "labels" and panel["reasons"] == decision["reasons"]
+    assert "pairs" not in panel["canary"] and panel["canary"]["labelled"] == decision["canary"]["labelled"]
+    line = canary_summary(panel)  # `make status`
+    assert line.startswith("latest canary decision: rollback (canary v2 vs stable v1, decided on feedback labels)")
+    assert f"canary {decision['canary']['requests']} predictions, {decision['canary']['labelled']} labelled" in line
     assert models_config.policies(models_config.read(canary_home.serving_config))["emotion"].labels == {"stable": 1}
     assert failures == []
     assert analyze(canary_home, FAST, metrics_url=metrics)["action"] == "none"
@@ -164,3 +171,99 @@ def test_a_rollback_posts_the_versions_and_why(tmp_path, webhook):
         "why": "accuracy fell 0.81 -> 0.64 (p = 0.003)",
     }
     assert Rollout.from_settings(settings).rollback() is None and len(received) == 1  # nothing to roll back
+
+
+# ---------------------------------------------------------------- judge(): evidence in order of strength
+
+
+def _side(name: str, truths: list[str], predictions: list[str], confidence: float = 0.7, latency_ms: float = 5.0):
+    """side_stats of one side whose every prediction got a feedback label."""
+    rows = [
+        {
+            "request_id": f"{name}-{i}",
+            "instance": 0,
+            "predicted_class": predicted,
+            "confidence": confidence,
+            "latency_ms": latency_ms,
+            "model_version": 1,
+        }
+        for i, predicted in enumerate(predictions)
+    ]
+    feedback = {(f"{name}-{i}", 0): truth for i, truth in enumerate(truths)}
+    return side_stats(rows, feedback)
+
+
+def _answers(truths: list[str], right: float, rng: np.random.Generator, wrong_as: str | None = None) -> list[str]:
+    """Right with probability `right`, else the next emotion (or `wrong_as`)."""
+    return [t if rng.random() < right else (wrong_as or EMOTIONS[(EMOTIONS.index(t) + 1) % 7]) for t in truths]
+
+
+def test_labels_that_say_the_canary_is_better_outvote_a_class_mix_unlike_the_broken_champions():
+    """The drill's decision on a fresh clone (issue 26): after a shift the champion called a quarter
+    of the faces "disgust"; the canary was right on 0.80 of 525 labelled faces against stable's 0.57
+    of 475, and its class mix differed from stable's by 0.30. The labels decide: it must not roll back."""
+    rng = np.random.default_rng(0)
+    canary_truths = [EMOTIONS[i % 7] for i in range(525)]
+    stable_truths = [EMOTIONS[i % 7] for i in range(475)]
+    canary = _side("canary", canary_truths, _answers(canary_truths, 0.80, rng), confidence=0.75)
+    # The broken champion: its mistakes are all "disgust" (right on half, and on the disgusted faces).
+    stable = _side("stable", stable_truths, _answers(stable_truths, 0.50, rng, wrong_as="disgust"), confidence=0.9)
+    shift = 0.5 * sum(abs(canary["class_mix"][e] - stable["class_mix"][e]) for e in EMOTIONS)
+    assert shift > CanarySettings().max_class_shift and canary["accuracy"] > 0.75 and stable["accuracy"] < 0.62
+    # The trap: calling every doubt "disgust" gives the broken champion a perfect disgust recall.
+    assert stable["class_right"]["disgust"] == stable["class_labelled"]["disgust"] > canary["class_right"]["disgust"]
+    policy = CanarySettings()  # the product's defaults
+    judgement = judge(stable, canary, None, policy)
+    assert judgement.verdict == "pass", judgement
+    assert judgement.evidence == "labels"
+    found = " ".join(judgement.findings)
+    assert "predicted-class mix" in found and "informs only" in found  # measured, logged, not deciding
+    assert "mean confidence" in found and "informs only" in found
+    assert f"canary accuracy {canary['accuracy']:.3f} on 525 feedback labels" in found
+
+
+def test_with_labels_a_collapsed_class_rolls_back_a_canary_that_is_better_overall():
+    rng = np.random.default_rng(1)
+    truths = [EMOTIONS[i % 7] for i in range(700)]
+    stable = _side("stable", truths, _answers(truths, 0.70, rng))
+    canary_answers = _answers(truths, 0.85, rng)
+    canary_answers = [
+        ("neutral" if t == "fear" and rng.random() < 0.8 else a) for t, a in zip(truths, canary_answers, strict=True)
+    ]
+    canary = _side("canary", truths, canary_answers)
+    assert canary["accuracy"] > stable["accuracy"]
+    judgement = judge(stable, canary, None, CanarySettings())
+    assert judgement.verdict == "rollback" and judgement.evidence == "labels"
+    (reason,) = judgement.reasons
+    assert reason.startswith("fear collapsed: F1") and "/7" in reason  # Bonferroni over the 7 tested classes
+
+
+def test_with_labels_errors_and_latency_still_decide():
+    rng = np.random.default_rng(2)
+    truths = [EMOTIONS[i % 7] for i in range(300)]
+    stable = _side("stable", truths, _answers(truths, 0.6, rng))
+    canary = _side("canary", truths, _answers(truths, 0.9, rng), latency_ms=80.0)
+    errors = {"stable": {"ok": 300.0, "errors": 0.0}, "canary": {"ok": 270.0, "errors": 30.0}}
+    judgement = judge(stable, canary, errors, CanarySettings())
+    assert judgement.verdict == "rollback" and judgement.evidence == "labels"
+    assert [r.split()[1] for r in judgement.reasons] == ["p95", "error"]
+
+
+def test_without_labels_the_class_mix_is_held_to_the_canarys_reference_profile():
+    rng = np.random.default_rng(3)
+    unlabelled = CanarySettings(min_labels=10_000)
+    truths = [EMOTIONS[i % 7] for i in range(400)]
+    canary = _side("canary", truths, _answers(truths, 0.8, rng))
+    stable = _side("stable", truths, _answers(truths, 0.5, rng, wrong_as="disgust"))
+    # What the canary predicted on its own held-out faces: about what it predicts live.
+    expected = dict(canary["class_mix"])
+    judgement = judge(stable, canary, None, unlabelled, reference_mix=expected)
+    assert judgement.verdict == "pass" and judgement.evidence == "heuristics", judgement
+    assert "reference profile" in " ".join(judgement.findings)
+    # A canary that answers "happy" far more than on its held-out faces rolls back, labels or not.
+    skewed = _side("canary", truths, ["happy" if rng.random() < 0.5 else a for a in _answers(truths, 0.8, rng)])
+    judgement = judge(stable, skewed, None, unlabelled, reference_mix=expected)
+    assert judgement.verdict == "rollback" and "reference profile expects" in judgement.reasons[0]
+    # A version without a reference profile: stable's live mix is the only yardstick left.
+    judgement = judge(stable, canary, None, unlabelled)
+    assert judgement.verdict == "rollback" and "stable's live mix" in judgement.reasons[0]

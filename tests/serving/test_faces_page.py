@@ -96,7 +96,8 @@ def test_a_photo_shows_every_face_why_and_takes_a_correction(page, media, runnin
 
 def test_the_model_panel_shows_the_latest_gate_with_its_bias_audit(page, running, tmp_path):
     """A gate verdict as the ABGate records it (moodloop/status.py): the panel shows the reasons,
-    the largest gap between slices and both pictures (the gate's, the bias audit's)."""
+    the largest gap between slices and both pictures (the gate's, the bias audit's); and the latest
+    canary decision with the evidence that decided and both sides' numbers."""
     from components import plots
     from components.ab_gate import decide
     from moodloop import status
@@ -115,11 +116,29 @@ def test_the_model_panel_shows_the_latest_gate_with_its_bias_audit(page, running
     shown = {k: result.get(k) for k in ("verdict", "reasons", "examples", "candidate_accuracy", "champion_accuracy")}
     latest = shown | {"largest_slice_gap": result["bias"]["largest_gap"]}
     status.write_status(running.dataplane.settings.status_dir, status.GATE, latest, pictures)
+    # ... and the canary analysis's latest decision (monitoring/canary.py writes it the same way).
+    side = {"requests": 500, "labelled": 480, "mean_confidence": 0.71, "latency_p95_ms": 6.2}
+    canary_decision = {
+        "action": "ramp",
+        "evidence": "labels",
+        "canary_version": 2,
+        "stable_version": 1,
+        "stable": {**side, "accuracy": 0.566},
+        "canary": {**side, "accuracy": 0.802},
+        "reasons": ["step 1 passed: canary share -> 50%"],
+        "findings": ["canary's predicted-class mix differs from stable's live mix by 0.30 (informs only)"],
+    }
+    status.write_status(running.dataplane.settings.status_dir, status.CANARY, canary_decision)
 
     gap = page.locator("#panel-body .slice-gap")
     gap.wait_for(timeout=15_000)  # the panel refreshes every 5 s
     assert "group" in gap.inner_text() and "south worst" in gap.inner_text()
     assert "slice group=south: accuracy fell" in page.inner_text("#panel-body")
+    canary = page.inner_text("#panel-canary")
+    assert "ramp" in canary and "canary v2 vs stable v1" in canary and "decided on feedback labels" in canary
+    sides = page.inner_text("#panel-canary-sides")
+    assert "56.6%" in sides and "80.2%" in sides  # both sides' numbers
+    assert "informs only" in page.inner_text("#panel-body")
     bias = page.locator("#panel-body img[alt^='the bias audit']")
     bias.wait_for()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=bias.element_handle())
