@@ -8,7 +8,7 @@ N           ?= 10000
 
 STACK       := .venv/orchestration/bin/python -m moodloop.local.stack
 
-.PHONY: help setup run stop status train serve test test-fast lint format bench bench-scale drill soak faults clean
+.PHONY: help setup run stop status train serve test test-stress test-fast lint format bench bench-scale drill soak faults clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ serve: setup  ## the serving gateway alone (REST :8501, gRPC :8500) on the pushe
 
 test: setup  ## the whole test suite (what CI runs): both environments' tests side by side, then the verdict
 	@bash scripts/test.sh
+
+test-stress: setup  ## the whole suite with a CPU hog on one core beside it: run before calling a flaky test fixed
+	@bash scripts/test.sh --stress
 
 test-fast: setup  ## everything except the end-to-end pipeline runs
 	$(PIPELINE_PY) -m pytest tests -p no:cacheprovider -m "not pipeline" --ignore=tests/orchestration

@@ -1,7 +1,10 @@
 """The local stack as a user meets it: `python -m moodloop.local.stack start` brings Airflow 3 up, the
-loop runs by itself (watch -> ingest -> train -> push), the REST API v2 needs a token and
-triggers training, a bad and a good batch dropped together end in quarantine and curated, the
-UI (headless Chromium) shows the runs, and `stop` leaves no process behind."""
+loop runs by itself (watch -> ingest -> train -> push) with the run's tasks spread over two Celery
+workers (MOODLOOP_EXECUTOR=celery: Debian's redis-server as the broker), the REST API v2 needs a
+token and triggers training, a bad and a good batch dropped together end in quarantine and
+curated, the UI (headless Chromium) shows the runs, and `stop` leaves no process behind, Redis and
+the workers included. Killing the scheduler and the Trainer mid-run (LocalExecutor, `make run`'s
+default) ends cleanly."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -23,13 +27,15 @@ from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRun
 from data import landing, synthetic
 from moodloop.airflow_api import Airflow
 from moodloop.local.s3server import free_port
+from moodloop.local.stack import stack_processes
 from moodloop.settings import Settings
 from tests.browser import artifact, chromium
-from tests.conftest import FAST_TRAINING
+from tests.conftest import WIRING
 
 pytestmark = pytest.mark.pipeline
 
-FAST = {**FAST_TRAINING, "MOODLOOP_LANDING_SETTLE_SECONDS": "2"}
+# The stack's wiring is the subject: quick training and a floor the model cannot miss.
+FAST = {**WIRING, "MOODLOOP_LANDING_SETTLE_SECONDS": "2"}
 
 
 class Api:
@@ -67,9 +73,18 @@ def _ports() -> dict[str, str]:
     return {name: str(free_port()) for name in PORT_VARIABLES}
 
 
+# The loop's stack runs on Celery (Debian's redis-server, two workers): the production shape, and
+# one stack start serves both the loop's checks and Celery's (they were two starts, 4.5 min more).
+# The LocalExecutor that `make run` uses by default runs the kill test below.
+CELERY = shutil.which("redis-server") is not None
+
+
 @pytest.fixture
 def stack(tmp_path):
-    env = {**os.environ, **FAST, "MOODLOOP_HOME": str(tmp_path / "home"), **_ports()}
+    executor = {"MOODLOOP_EXECUTOR": "celery"} if CELERY else {}
+    if not CELERY:
+        print("redis-server missing (make setup installs it as root): the loop's stack runs on the LocalExecutor")
+    env = {**os.environ, **FAST, "MOODLOOP_HOME": str(tmp_path / "home"), **executor, **_ports()}
     command = [sys.executable, "-m", "moodloop.local.stack"]
     started = subprocess.run([*command, "start", "--faces", "2000"], env=env, capture_output=True, text=True)
     try:
@@ -81,6 +96,19 @@ def stack(tmp_path):
         status = subprocess.run([*command, "status"], env=env, capture_output=True, text=True)
         assert "0 process(es) running" in status.stdout, status.stdout
         assert stopped.returncode == 0, stopped.stdout
+        # Redis and the Celery workers too: nothing of the stack is left.
+        assert not stack_processes(Settings.from_env(home=env["MOODLOOP_HOME"]))
+
+
+def _check_tasks_ran_on_both_celery_workers(api: Api, run_id: str) -> None:
+    """Each task instance names the Celery worker that ran it (moodloop.local.worker_hostname)."""
+    tasks = api.airflow.task_instances.get_task_instances(
+        "train_emotion_model", run_id, _request_timeout=30
+    ).task_instances
+    ran = [t for t in tasks if t.state == "success"]
+    workers = Counter((t.hostname or "").split("@")[0] for t in ran)
+    print(f"train_emotion_model {run_id}: tasks per worker {dict(workers)}")
+    assert set(workers) == {"worker-1", "worker-2"}, {t.task_id: t.hostname for t in ran}
 
 
 def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
@@ -103,6 +131,9 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     first = api.runs("train_emotion_model")[0]
     assert first["run_type"] == "asset_triggered"
     assert api.task_states("train_emotion_model", first["dag_run_id"])["Trainer"] == "success"
+    if CELERY:
+        assert "Celery: 2 workers" in output
+        _check_tasks_ran_on_both_celery_workers(api, first["dag_run_id"])
 
     # The drift job's trigger against the real REST API v2: a run with its conf, then, while that
     # run is queued or running, a second drift joins it instead of queueing another.
