@@ -78,7 +78,12 @@ def side_stats(rows: list[dict], feedback: dict) -> dict:
         # Per true emotion: how many labelled faces, how many the side called right (its recall).
         stats["class_labelled"] = {e: sum(t == e for _, t in labelled) for e in EMOTIONS}
         stats["class_right"] = {e: sum(p == t == e for p, t in labelled) for e in EMOTIONS}
-        stats["pairs"] = labelled  # (predicted, label) per labelled face: the per-class test resamples them
+        # [true emotion][predicted emotion] counts: what the per-class test resamples
+        confusion = [[0] * len(EMOTIONS) for _ in EMOTIONS]
+        for predicted, truth in labelled:
+            if predicted in EMOTIONS and truth in EMOTIONS:
+                confusion[EMOTIONS.index(truth)][EMOTIONS.index(predicted)] += 1
+        stats["confusion"] = confusion
     return stats
 
 
@@ -160,7 +165,7 @@ def _label_checks(stable: dict, canary: dict, policy: CanarySettings) -> tuple[l
     tested = [
         e for e in EMOTIONS if min(stable["class_labelled"][e], canary["class_labelled"][e]) >= policy.min_class_labels
     ]
-    drops = class_f1_drops(stable["pairs"], canary["pairs"], tested, policy.bootstrap)
+    drops = class_f1_drops(stable["confusion"], canary["confusion"], tested, policy.bootstrap)
     for emotion, (f1_stable, f1_canary, p_value) in drops.items():
         # Bonferroni: seven classes each tested at alpha would roll back a good canary too often.
         if f1_stable - f1_canary > policy.max_class_f1_drop and p_value < policy.alpha / len(tested):
@@ -178,42 +183,44 @@ def _recall(side: dict, emotion: str) -> float:
     return side["class_right"][emotion] / max(1, side["class_labelled"][emotion])
 
 
-def _f1(predicted: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
-    """F1 of class k over the last axis (one row per resample)."""
-    tp = ((predicted == k) & (truth == k)).sum(axis=-1)
-    return 2 * tp / np.maximum(1, (predicted == k).sum(axis=-1) + (truth == k).sum(axis=-1))
+def _f1(confusion: np.ndarray, k: int) -> np.ndarray:
+    """F1 of class k from confusion matrices [..., truth, predicted]."""
+    right = confusion[..., k, k]
+    return 2 * right / np.maximum(1, confusion[..., k, :].sum(axis=-1) + confusion[..., :, k].sum(axis=-1))
 
 
 def class_f1_drops(
-    stable_pairs: list[tuple[str, str]],
-    canary_pairs: list[tuple[str, str]],
+    stable_confusion: list[list[int]],
+    canary_confusion: list[list[int]],
     emotions: list[str],
     resamples: int,
     seed: int = 0,
 ) -> dict[str, tuple[float, float, float]]:
     """Per emotion: stable's F1, the canary's, and the bootstrap p-value of "the canary's is not lower".
+    The confusion matrices count [true emotion][predicted emotion] over each side's labelled faces.
 
     F1, not recall alone: a champion broken by a shift that calls a quarter of all faces "disgust"
     has a disgust recall of 1.0, bought with its precision; judged on recall, a good canary rolled
     back against it (tests/serving/test_canary.py, the drill's decision of issue 26). The two sides
-    saw different requests, so each is resampled on its own (an unpaired percentile bootstrap)."""
+    saw different requests, so each is resampled on its own (an unpaired percentile bootstrap). A
+    resample of n labelled faces is a multinomial draw over the 7 x 7 confusion matrix's cells:
+    the same bootstrap as drawing faces, in memory that does not grow with the number of labels."""
     rng = np.random.default_rng(seed)
     index = {e: i for i, e in enumerate(EMOTIONS)}
 
-    def with_resamples(pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        predicted = np.array([index.get(p, -1) for p, _ in pairs])
-        truth = np.array([index.get(t, -1) for _, t in pairs])
-        draws = rng.integers(0, len(pairs), (resamples, len(pairs)))
-        return predicted, truth, predicted[draws], truth[draws]
+    def resampled(matrix: np.ndarray) -> np.ndarray:
+        n = int(matrix.sum())
+        draws = rng.multinomial(n, matrix.ravel() / max(1, n), size=resamples)
+        return draws.reshape(resamples, len(EMOTIONS), len(EMOTIONS))
 
-    s_pred, s_truth, s_pred_b, s_truth_b = with_resamples(stable_pairs)
-    c_pred, c_truth, c_pred_b, c_truth_b = with_resamples(canary_pairs)
+    stable, canary = np.asarray(stable_confusion, np.int64), np.asarray(canary_confusion, np.int64)
+    stable_b, canary_b = resampled(stable), resampled(canary)
     drops = {}
     for emotion in emotions:
         k = index[emotion]
-        worse = _f1(s_pred_b, s_truth_b, k) - _f1(c_pred_b, c_truth_b, k)
+        worse = _f1(stable_b, k) - _f1(canary_b, k)
         p_value = float((worse <= 0).mean())  # the share of resamples in which the canary is not worse
-        drops[emotion] = (float(_f1(s_pred, s_truth, k)), float(_f1(c_pred, c_truth, k)), p_value)
+        drops[emotion] = (float(_f1(stable, k)), float(_f1(canary, k)), p_value)
     return drops
 
 
@@ -373,9 +380,8 @@ def analyze(
         baked_seconds=round(baked, 1),
         evidence=judgement.evidence,
         findings=judgement.findings,
-        # each side's numbers, without the per-face pairs the per-class test resampled
-        stable={k: v for k, v in stable.items() if k != "pairs"},
-        canary={k: v for k, v in canary.items() if k != "pairs"},
+        stable=stable,
+        canary=canary,
         reference_class_mix=reference_mix,
         errors=errors,
     )

@@ -117,7 +117,7 @@ def test_a_worse_canary_is_rolled_back_before_full_traffic_and_every_request_is_
     assert "feedback labels" in decision["reasons"][0] and decision["evidence"] == "labels"
     panel = http.get("/v1/panel").json()["canary"]  # the faces page's model panel shows the decision
     assert panel["action"] == "rollback" and panel["evidence"] == "labels" and panel["reasons"] == decision["reasons"]
-    assert "pairs" not in panel["canary"] and panel["canary"]["labelled"] == decision["canary"]["labelled"]
+    assert panel["canary"]["labelled"] == decision["canary"]["labelled"] == sum(map(sum, panel["canary"]["confusion"]))
     line = canary_summary(panel)  # `make status`
     assert line.startswith("latest canary decision: rollback (canary v2 vs stable v1, decided on feedback labels)")
     assert f"canary {decision['canary']['requests']} predictions, {decision['canary']['labelled']} labelled" in line
