@@ -150,7 +150,7 @@ def total_variation(a: dict[str, float], b: dict[str, float]) -> float:
 
 
 def _label_checks(stable: dict, canary: dict, policy: CanarySettings) -> tuple[list[str], list[str]]:
-    """Accuracy and per-class recall on feedback labels -> (failed checks, findings)."""
+    """Accuracy and per-class F1 on feedback labels -> (failed checks, findings)."""
     failed, findings = [], []
     p_value = worse_p_value(stable["accuracy"], stable["labelled"], canary["accuracy"], canary["labelled"])
     drop = stable["accuracy"] - canary["accuracy"]
