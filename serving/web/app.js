@@ -524,6 +524,7 @@ function renderPanel(panel) {
   const body = $("panel-body");
   body.replaceChildren();
   const table = document.createElement("table");
+  table.id = "panel-versions";
   table.innerHTML = "<tr><th>version</th><th>state</th><th>serves as</th></tr>";
   for (const version of panel.versions) {
     const row = table.insertRow();

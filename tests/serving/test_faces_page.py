@@ -60,7 +60,7 @@ def _feedback_labels(settings, request_id: str, expected: int) -> list[tuple[int
 
 def test_a_photo_shows_every_face_why_and_takes_a_correction(page, media, running):
     assert page.title() == "moodloop · faces"
-    page.locator("#panel-body table").wait_for()  # the model panel lists the versions served
+    page.locator("#panel-versions").wait_for()  # the model panel lists the versions served
     assert "1" in page.inner_text("#panel-body") and "2" in page.inner_text("#panel-body")
 
     with page.expect_response(lambda r: "/v1/faces:analyze" in r.url) as answered:
