@@ -5,7 +5,8 @@ decide, not a single threshold.
 - A paired bootstrap confidence interval of the accuracy difference (reported).
 - Per-class recall non-regression: disgust is ~1.5 % of FER2013, and a collapse there must not
   hide inside a better overall accuracy. A class blocks when its recall drops by more than the
-  allowed drop and the drop is significant by the exact McNemar test within the class (a
+  allowed drop, its F1 falls too (a recall that a champion bought with its precision, by calling
+  too many faces that class, is no loss), and the drop is significant by the exact McNemar test within the class (a
   percentile bootstrap is far too sure on a class of a few faces: it blocked 2 of 4 faces).
   The bootstrap bound of each class's change is reported.
 - A bias audit over slices (moodloop/slices.py: image-property buckets, the generator's nuisance
@@ -174,6 +175,12 @@ def audit_slices(
     }
 
 
+def _f1(labels: np.ndarray, predicted: np.ndarray, k: int) -> float:
+    """Class k's F1 (recall and precision together) over the held-out faces."""
+    right = int(((predicted == k) & (labels == k)).sum())
+    return 2 * right / max(1, int((predicted == k).sum() + (labels == k).sum()))
+
+
 def decide(
     labels: np.ndarray,
     candidate: np.ndarray,
@@ -256,6 +263,11 @@ def decide(
         paired = PairedChange.of(
             cand_correct[members], champ_correct[members], thresholds, thresholds.max_class_recall_drop, rng
         )
+        # A recall drop blocks only when precision did not pay for it (the class's F1 fell too): a
+        # champion broken by a shift that calls every flat, dim face "neutral" has an inflated
+        # neutral recall, and on a fresh clone's drill it blocked a candidate better by 10 points.
+        f1_candidate, f1_champion = _f1(labels, candidate, k), _f1(labels, champion, k)
+        regression = bool(paired.regression) and f1_candidate < f1_champion
         per_class[emotion] = {
             "faces": count,
             "candidate_recall": paired.candidate,
@@ -263,9 +275,12 @@ def decide(
             "change": paired.candidate - paired.champion,
             "change_upper_bound": paired.change_upper_bound,
             "mcnemar_p_worse": paired.p_worse,
-            "regression": bool(paired.regression),
+            "candidate_f1": f1_candidate,
+            "champion_f1": f1_champion,
+            "recall_drop_paid_by_precision": bool(paired.regression) and not regression,
+            "regression": regression,
         }
-        if paired.regression:
+        if regression:
             reasons.append(
                 f"{emotion} recall fell from {paired.champion:.3f} to {paired.candidate:.3f} on {count} faces "
                 f"(McNemar exact p = {paired.p_worse:.3g} that it is worse, needs >= {thresholds.alpha}; "

@@ -83,6 +83,24 @@ def test_a_per_class_collapse_blocks_a_candidate_whose_accuracy_rose():
     assert not any(v["regression"] for k, v in result["per_class"].items() if k != "disgust")
 
 
+def test_a_recall_the_champion_bought_with_its_precision_does_not_block_a_better_candidate():
+    """The fresh-clone drill of issue 26: after a shift to dim faces the champion called many faces
+    "neutral", so its neutral recall (0.76) beat the candidate's (0.67) significantly, and the gate
+    refused a candidate better by 10 points. Its neutral F1 was the lower one: no regression."""
+    rng = np.random.default_rng(8)
+    labels = faces(3000, rng)
+    neutral = EMOTIONS.index("neutral")
+    champion = predictions(labels, 0.60, rng)
+    champion = np.where((champion != labels) & (rng.random(len(labels)) < 0.6), neutral, champion)
+    champion = np.where(labels == neutral, np.where(rng.random(len(labels)) < 0.9, neutral, champion), champion)
+    candidate = predictions(labels, np.where(labels == neutral, 0.75, 0.85), rng)
+    result = decide(labels, candidate, champion, GATE)
+    row = result["per_class"]["neutral"]
+    assert row["champion_recall"] - row["candidate_recall"] > 0.1 and row["mcnemar_p_worse"] < GATE.alpha
+    assert row["candidate_f1"] > row["champion_f1"] and row["recall_drop_paid_by_precision"]
+    assert result["verdict"] == "BLESSED", result["reasons"]
+
+
 def test_too_few_faces_means_no_decision_and_first_model_faces_the_floor():
     rng = np.random.default_rng(5)
     labels = faces(150, rng)
