@@ -6,8 +6,9 @@ decide, not a single threshold.
 - Per-class recall non-regression: disgust is ~1.5 % of FER2013, and a collapse there must not
   hide inside a better overall accuracy. A class blocks when its recall drops by more than the
   allowed drop, its F1 falls too (a recall that a champion bought with its precision, by calling
-  too many faces that class, is no loss), and the drop is significant by the exact McNemar test within the class (a
-  percentile bootstrap is far too sure on a class of a few faces: it blocked 2 of 4 faces).
+  too many faces that class, is no loss), and the drop is significant by the exact McNemar test
+  within the class (a percentile bootstrap is far too sure on a class of a few faces: it blocked
+  2 of 4 faces).
   The bootstrap bound of each class's change is reported.
 - A bias audit over slices (moodloop/slices.py: image-property buckets, the generator's nuisance
   attributes, a batch's extra columns): per slice the accuracy and recall of both models and the
