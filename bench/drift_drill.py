@@ -75,12 +75,13 @@ TRAINING = {
 
 
 class Drill:
-    def __init__(self, home: Path, args: argparse.Namespace, env: dict[str, str] | None = None) -> None:
-
+    def __init__(
+        self, home: Path, args: argparse.Namespace, env: dict[str, str] | None = None, training: dict | None = None
+    ) -> None:
         self.args = args
         self.env = env or {
             **os.environ,
-            **TRAINING,
+            **(training or TRAINING),
             "MOODLOOP_HOME": str(home),
             "MOODLOOP_LOG_FLUSH_SECONDS": "1",
             "MOODLOOP_REST_PORT": str(free_port()),
@@ -191,8 +192,10 @@ class Drill:
             self.gateway.wait(timeout=30)
 
 
-def drill(args: argparse.Namespace, home: Path) -> dict:
-    d = Drill(home, args)
+def drill(args: argparse.Namespace, home: Path, training: dict | None = None) -> dict:
+    """The drill in process; `training` replaces the drill's TRAINING settings (the suite's small
+    drill trains the tests' quick model: its subject is the wiring, not the healed accuracy)."""
+    d = Drill(home, args, training=training)
     print(f"1. training on {args.faces} clean SYNTHETIC faces ...", flush=True)
     d.run(d.moodloop, "train", "--data", str(d.batch("clean", args.faces, seed=0, shift=None)))
     d.start_gateway()

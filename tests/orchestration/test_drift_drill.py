@@ -1,6 +1,7 @@
 """The drift drill, small: a model trained on clean faces is served; clean windows raise no alarm;
 the shift is flagged within two windows and the retrain starts by itself and reaches the A/B gate.
-(`bench/drift_drill.py` is the full drill with its goals; it prints the figures.)"""
+(`bench/drift_drill.py` is the full drill with its goals, healed accuracy included; it prints the
+figures. Here the wiring is the subject, so the models are the tests' quick ones.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import WIRING
 
 pytestmark = pytest.mark.pipeline
 
@@ -22,7 +25,7 @@ def test_a_shift_is_flagged_and_retraining_starts_without_a_person(tmp_path):
     args = argparse.Namespace(
         faces=2000, window=200, clean_windows=3, shift_windows=2, shift=drift_drill.SHIFTS["dim"], shift_name="dim"
     )
-    figures = drift_drill.drill(args, tmp_path / "home")
+    figures = drift_drill.drill(args, tmp_path / "home", training=WIRING)
     print(figures)
     assert figures["false_alarms"] == 0
     assert figures["windows_to_flag"] in (1, 2)

@@ -3,8 +3,9 @@ loop runs by itself (watch -> ingest -> train -> push) with the run's tasks spre
 workers (MOODLOOP_EXECUTOR=celery: Debian's redis-server as the broker), the REST API v2 needs a
 token and triggers training, a bad and a good batch dropped together end in quarantine and
 curated, the UI (headless Chromium) shows the runs, and `stop` leaves no process behind, Redis and
-the workers included. Killing the scheduler and the Trainer mid-run (LocalExecutor, `make run`'s
-default) ends cleanly."""
+the workers included. The first training run has one task per TFX component, all successful, and
+a finished component run again is skipped. Killing the scheduler and the Trainer mid-run
+(LocalExecutor, `make run`'s default) ends cleanly."""
 
 from __future__ import annotations
 
@@ -100,6 +101,26 @@ def stack(tmp_path):
         assert not stack_processes(Settings.from_env(home=env["MOODLOOP_HOME"]))
 
 
+def _check_one_task_per_component(api: Api, env: dict, settings: Settings, run_id: str) -> None:
+    """The scheduler ran every TFX component as its own task, and a finished component run again
+    is skipped (one stack run serves these checks; they had a dag.test() run of their own)."""
+    states = api.task_states("train_emotion_model", run_id)
+    assert set(states) >= {"compile_pipeline", "ImportExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"}
+    assert set(states.values()) == {"success"}, states
+    versions = [p.name for p in settings.model_base.iterdir() if p.name.isdigit()]
+    assert len(versions) == 1 and (settings.model_base / versions[0] / "saved_model.pb").exists()
+    assert (settings.model_base / versions[0] / "assets.extra" / "edge" / "edge.json").exists()  # EdgeExporter
+    (energy_file,) = (settings.pipeline_root / "energy").glob("*/Trainer.json")
+    energy = json.loads(energy_file.read_text())
+    assert energy["joules"] > 0 and energy["method"]  # each task measures its component (moodloop/energy.py)
+    # A cleared task of a finished run re-runs its component's process, which finds the execution
+    # COMPLETE in ML Metadata and skips it: nothing is redone, nothing is re-pushed.
+    node = [str(settings.pipeline_python), "-m", "components.node_runner", "run", "--run-id", run_id, "--node"]
+    rerun = subprocess.run([*node, "Pusher"], env=env, capture_output=True, text=True, check=True)
+    assert "already completed" in rerun.stdout
+    assert [p.name for p in settings.model_base.iterdir() if p.name.isdigit()] == versions
+
+
 def _check_tasks_ran_on_both_celery_workers(api: Api, run_id: str) -> None:
     """Each task instance names the Celery worker that ran it (moodloop.local.worker_hostname)."""
     tasks = api.airflow.task_instances.get_task_instances(
@@ -130,7 +151,7 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     _check_gateway_serves(int(env["MOODLOOP_REST_PORT"]), max(pushed))
     first = api.runs("train_emotion_model")[0]
     assert first["run_type"] == "asset_triggered"
-    assert api.task_states("train_emotion_model", first["dag_run_id"])["Trainer"] == "success"
+    _check_one_task_per_component(api, env, settings, first["dag_run_id"])
     if CELERY:
         assert "Celery: 2 workers" in output
         _check_tasks_ran_on_both_celery_workers(api, first["dag_run_id"])
