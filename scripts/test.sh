@@ -37,18 +37,18 @@ started=$SECONDS
 cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$6+$7+$8, $5}' /proc/stat; }
 read -r busy_start idle_start < <(cpu_ticks)
 
-# The orchestration env's tests in two processes: the local stack's loop test (about 15 minutes,
-# mostly waiting on Airflow's scheduler, task processes starting and the stack's own training) and
-# the rest (the drill, ingest, drift, the kill test on a second stack). One after the other they
-# were the suite's critical path (33 minutes on a quiet 2-core machine); side by side their waits
-# overlap. Each process has its own Airflow home and free ports (tests/orchestration/conftest.py).
-LOOP_TEST=tests/orchestration/test_stack.py::test_the_loop_runs_by_itself_and_answers_rest_and_the_ui
+# The orchestration env's tests in two processes: the local stack's test (about 15 minutes, mostly
+# waiting on Airflow's scheduler, task processes starting and the stack's own training) and the
+# rest (the drill, ingest, drift). One after the other they were the suite's critical path (33
+# minutes on a quiet 2-core machine); side by side their waits overlap. Each process has its own
+# Airflow home and free ports (tests/orchestration/conftest.py).
+STACK_TESTS=tests/orchestration/test_stack.py
 declare -A parts=()
-echo "==> $LOOP_TEST (orchestration env) in the background; its log: $LOG_DIR/orchestration-stack.log"
-.venv/orchestration/bin/python -m pytest "$LOOP_TEST" "${PYTEST_ARGS[@]}" >"$LOG_DIR/orchestration-stack.log" 2>&1 &
+echo "==> $STACK_TESTS (orchestration env) in the background; its log: $LOG_DIR/orchestration-stack.log"
+.venv/orchestration/bin/python -m pytest "$STACK_TESTS" "${PYTEST_ARGS[@]}" >"$LOG_DIR/orchestration-stack.log" 2>&1 &
 parts[orchestration-stack]=$!
 echo "==> tests/orchestration, the rest (orchestration env) in the background; its log: $LOG_DIR/orchestration.log"
-.venv/orchestration/bin/python -m pytest tests/orchestration --deselect="$LOOP_TEST" "${PYTEST_ARGS[@]}" \
+.venv/orchestration/bin/python -m pytest tests/orchestration --ignore="$STACK_TESTS" "${PYTEST_ARGS[@]}" \
     >"$LOG_DIR/orchestration.log" 2>&1 &
 parts[orchestration]=$!
 # Ctrl-C or a CI cancel stops every part, not only the foreground one.
