@@ -15,6 +15,9 @@ export UV_CACHE_DIR=${UV_CACHE_DIR:-$HOME/.cache/uv}
 # PYTHONDONTWRITEBYTECODE may be set (it is on our CI machines): without pre-compiled bytecode,
 # every TFX process would spend ~20 s compiling TensorFlow's sources, so compile at install.
 export UV_COMPILE_BYTECODE=1
+# uv gives each file 60 s to compile; on a busy machine (a CI runner shared with other jobs, a
+# setup beside a running suite) a large file (js2py's babel.py) ran past it and the setup failed.
+export UV_COMPILE_BYTECODE_TIMEOUT=${UV_COMPILE_BYTECODE_TIMEOUT:-900}
 export UV_LINK_MODE=${UV_LINK_MODE:-copy}
 
 step() { printf '\n==> %s\n' "$*"; }

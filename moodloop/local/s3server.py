@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import socket
@@ -106,16 +107,27 @@ def start_seaweedfs(
     return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
+READY_PROBE_PREFIX = "_moodloop/ready-probe-"  # wait_for_s3's probe objects: never a landing batch
+
+
 def wait_for_s3(client, bucket: str, timeout: float = 90.0) -> None:
-    """Wait until the server answers, then make sure `bucket` exists."""
+    """Wait until the server stores and serves data, making sure `bucket` exists. Answering is not
+    enough: after a restart SeaweedFS lists keys (the filer) before its volume server has registered
+    and can hand out their bytes (GetObject: InternalError, seen on a busy machine), so a probe
+    object is written, read back and removed."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
+    probe = f"{READY_PROBE_PREFIX}{os.getpid()}"
     while time.monotonic() < deadline:
         try:
             names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
             if bucket not in names:
                 client.create_bucket(Bucket=bucket)
             client.head_bucket(Bucket=bucket)
+            client.put_object(Bucket=bucket, Key=probe, Body=b"ready")
+            if client.get_object(Bucket=bucket, Key=probe)["Body"].read() != b"ready":
+                raise OSError("the probe object came back changed")
+            client.delete_object(Bucket=bucket, Key=probe)
             return
         except Exception as exc:  # noqa: BLE001 - connection refused, 503 while the volume server registers ...
             last = exc
