@@ -46,13 +46,30 @@ class ModelPolicy:
         return ordered[-self.latest :] if self.latest > 0 else []
 
 
-def version_folders(base_path: Path) -> list[int]:
-    """Numeric folders holding a saved_model.pb, as TF Serving sees them. Hidden staging folders of
-    atomic pushes, and versions still being copied (no saved_model.pb yet), are not versions."""
+def version_paths(base_path: Path) -> dict[int, Path]:
+    """{version: folder} of the versions under `base_path`, as TF Serving reads them: a folder whose
+    name is a whole number holds that version (`00000123` is version 123, as in TF Serving's own
+    test models; of two spellings of one number the first in name order wins), other folders are
+    ignored. Hidden staging folders of atomic pushes, and versions still being copied (no
+    saved_model.pb yet), are not versions."""
     base_path = Path(base_path)
     if not base_path.is_dir():
-        return []
-    return sorted(int(p.name) for p in base_path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file())
+        return {}
+    found: dict[int, Path] = {}
+    for folder in sorted(base_path.iterdir()):
+        if folder.name.isascii() and folder.name.isdigit() and (folder / "saved_model.pb").is_file():
+            found.setdefault(int(folder.name), folder)
+    return dict(sorted(found.items()))
+
+
+def version_folders(base_path: Path) -> list[int]:
+    """The versions under `base_path` (see version_paths), in order."""
+    return list(version_paths(base_path))
+
+
+def version_path(base_path: Path, version: int) -> Path:
+    """The folder of `version` under `base_path`: its own name when zero-padded, else `<version>`."""
+    return version_paths(base_path).get(version, Path(base_path) / str(version))
 
 
 def default_config(model_name: str, base_path: Path) -> model_server_config_pb2.ModelServerConfig:
@@ -70,7 +87,8 @@ def read(path: Path) -> model_server_config_pb2.ModelServerConfig:
     try:
         text_format.Parse(Path(path).read_text(), config)
     except text_format.ParseError as error:
-        raise ValueError(f"{path}: not a TF Serving model config: {error}") from error
+        # TF Serving's own words, so that one search finds both servers' refusal
+        raise ValueError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: {path}: {error}") from error
     return config
 
 

@@ -25,7 +25,8 @@ from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, saved_model_pb2
+from tensorflow.python.util import deprecation
 
 from moodloop import models_config
 from serving.batching import BatcherClosedError, BatchingParameters, DynamicBatcher, QueueFullError, Tensors
@@ -83,15 +84,15 @@ def read_signature_defs(export_dir: Path) -> dict[str, meta_graph_pb2.SignatureD
 
 
 def _numpy_dtype(tensor_info: meta_graph_pb2.TensorInfo) -> np.dtype:
-    return (
-        np.dtype(object)
-        if tensor_info.dtype == tf.string.as_datatype_enum
-        else tf.as_dtype(tensor_info.dtype).as_numpy_dtype
-    )
+    if tensor_info.dtype == tf.string.as_datatype_enum:
+        return np.dtype(object)
+    return np.dtype(tf.as_dtype(tensor_info.dtype).as_numpy_dtype)
 
 
 def check_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef, inputs: Tensors) -> Tensors:
-    """Validate names, dtypes and shapes against the signature, as TF Serving does; cast to its dtypes."""
+    """Validate names and dtypes against the signature, as TF Serving does, and cast to its dtypes.
+    Shapes are left to the model, as TF Serving leaves them to its session: a signature declaring
+    [-1, 1] that computes elementwise answers a [3] or a scalar input, and one that cannot says so."""
     expected = set(signature.inputs)
     if set(inputs) != expected:
         unknown, missing = sorted(set(inputs) - expected), sorted(expected - set(inputs))
@@ -102,48 +103,78 @@ def check_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef, in
         )
     out = {}
     for name, value in inputs.items():
-        info = signature.inputs[name]
-        dtype = _numpy_dtype(info)
+        dtype = _numpy_dtype(signature.inputs[name])
         try:
             array = np.asarray(value, dtype=dtype)
-        except (TypeError, ValueError) as error:
-            raise ServingError("INVALID_ARGUMENT", f"input '{name}': expected {dtype.name} values: {error}") from None
-        if not info.tensor_shape.unknown_rank:
-            dims = [d.size for d in info.tensor_shape.dim]
-            if array.ndim != len(dims) or any(d >= 0 and d != s for d, s in zip(dims, array.shape, strict=False)):
-                want = "[" + ",".join("?" if d < 0 else str(d) for d in dims) + "]"
-                raise ServingError(
-                    "INVALID_ARGUMENT", f"input '{name}': shape {list(array.shape)} does not match {want}"
-                )
-        if array.ndim == 0:
-            raise ServingError("INVALID_ARGUMENT", f"input '{name}' is a scalar; a batch dimension is needed")
+        except (TypeError, ValueError, OverflowError):
+            got = np.asarray(value).dtype
+            kind = "string" if got.kind in "OSU" else got.name
+            raise ServingError(
+                "INVALID_ARGUMENT", f"input '{name}': {kind} values are not of expected type: {_tf_type_name(dtype)}"
+            ) from None
         out[name] = array
-    if len({len(a) for a in out.values()}) > 1:
-        sizes = {n: len(a) for n, a in out.items()}
-        raise ServingError("INVALID_ARGUMENT", f"inputs disagree on the batch size: {sizes}")
     return out
+
+
+def _tf_type_name(dtype: np.dtype) -> str:
+    """TF's name of a numpy dtype (float, double, int64, string), as TF Serving's messages say it."""
+    return (
+        "string"
+        if dtype.kind == "O"
+        else tf.as_dtype(dtype).name.replace("float32", "float").replace("float64", "double")
+    )
 
 
 # ---------------------------------------------------------------- embedded backend
 
 
-@dataclass
 class _Servable:
-    model: str
-    version: int
-    path: Path
-    signature_defs: dict[str, meta_graph_pb2.SignatureDef]
-    loaded: object
-    batchers: dict[str, DynamicBatcher] = field(default_factory=dict)
+    """One loaded version, as TF Serving's C++ loader holds it: the SavedModel's graph in a session
+    of its own (TF1 and TF2 SavedModels alike), each signature run by feeding and fetching its
+    tensors by name. Unlike `tf.saved_model.load`, this serves TF1 models whose signatures declare
+    shapes their graph does not have (TF Serving's `saved_model_half_plus_three`) and leaves input
+    shapes to the graph, as TF Serving does."""
+
+    def __init__(self, model: str, version: int, path: Path) -> None:
+        self.model, self.version, self.path = model, version, path
+        self.batchers: dict[str, DynamicBatcher] = {}
+        self._graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=self._graph)
+        # deprecation.silence: the loader's "use tf.saved_model.load instead" is noise here (see above).
+        with self._graph.as_default(), deprecation.silence():
+            meta_graph = tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(path))
+        self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(meta_graph.signature_def)
+        self._callables: dict[tuple[str, tuple[str, ...]], Callable] = {}
+        self._callables_lock = threading.Lock()
+
+    def _callable(self, signature: str, inputs: tuple[str, ...]) -> Callable:
+        key = (signature, inputs)
+        with self._callables_lock:
+            if key not in self._callables:
+                definition = self.signature_defs[signature]
+                options = config_pb2.CallableOptions()
+                options.feed.extend(definition.inputs[name].name for name in inputs)
+                options.fetch.extend(definition.outputs[name].name for name in definition.outputs)
+                # The session's callable, not Session.run: run() refuses a feed whose shape differs
+                # from the placeholder's, where TF Serving's C++ session leaves it to the kernels.
+                self._callables[key] = self._session._make_callable_from_options(options)
+            return self._callables[key]
 
     def run(self, signature: str, inputs: Tensors) -> Tensors:
-        function = self.loaded.signatures[signature]  # type: ignore[attr-defined]
-        outputs = function(**{name: tf.constant(value) for name, value in inputs.items()})
-        return {name: tensor.numpy() for name, tensor in outputs.items()}
+        names = tuple(sorted(inputs))
+        values = self._callable(signature, names)(*(inputs[name] for name in names))
+        return dict(zip(self.signature_defs[signature].outputs, values, strict=True))
 
     def close(self) -> None:
+        """Stop taking requests, finish the queued ones, then free the session. A model call still
+        running after a minute keeps its session (freed when the last reference goes)."""
         for batcher in self.batchers.values():
             batcher.close()
+        if all(batcher.close(wait_seconds=60) for batcher in self.batchers.values()):
+            self._session.close()
+        else:
+            log.warning("model %s version %d: calls still running at unload; its session is left to the collector",
+                        self.model, self.version)  # fmt: skip
 
 
 @dataclass
@@ -178,7 +209,11 @@ class EmbeddedBackend:
 
     # lifecycle
     def start(self) -> EmbeddedBackend:
+        """Load what the config asks for. A config that does not parse stops the start, as it
+        stops TF Serving (later, while serving, an unreadable config keeps the current one)."""
         self.sync()
+        if self.config_error:
+            raise ValueError(self.config_error)
         self._poller = threading.Thread(target=self._poll, name="model-poller", daemon=True)
         self._poller.start()
         return self
@@ -194,6 +229,8 @@ class EmbeddedBackend:
             self._models.clear()
 
     def _poll(self) -> None:
+        if self.poll_seconds <= 0:  # TF Serving's --model_config_file_poll_wait_seconds=0: read once
+            return
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.sync()
@@ -214,10 +251,13 @@ class EmbeddedBackend:
             for policy in policies.values():
                 changed |= self._sync_model(policy)
             with self._lock:
-                for name in set(self._models) - set(policies):
-                    for servable in self._models.pop(name).servables.values():
-                        servable.close()
-                    changed = True
+                removed = {name: self._models.pop(name) for name in set(self._models) - set(policies)}
+            for name, state in removed.items():  # left the config: unloaded, reported END as TF Serving does
+                for servable in state.servables.values():
+                    servable.close()
+                    self._states[name][servable.version] = VersionState(servable.version, "END")
+                    log.info("model %s version %d unloaded: the model left the config", name, servable.version)
+                changed = True
         if changed:  # here, where nothing refers to an unloaded version any more
             freeze_long_lived_objects()
 
@@ -225,13 +265,16 @@ class EmbeddedBackend:
         """-> whether a version was loaded or unloaded."""
         current = self._models.get(policy.name)
         loaded = dict(current.servables) if current else {}
-        on_disk = models_config.version_folders(policy.base_path)
-        wanted = set(policy.wanted(on_disk))
+        on_disk = models_config.version_paths(policy.base_path)
+        wanted = set(policy.wanted(list(on_disk)))
         with self._lock:
             states = self._states.setdefault(policy.name, {})
         for version in sorted(wanted - set(loaded)):
-            path = policy.base_path / str(version)
-            mtime = (path / "saved_model.pb").stat().st_mtime
+            path = on_disk[version]
+            try:
+                mtime = (path / "saved_model.pb").stat().st_mtime
+            except OSError:  # removed since the scan: the next poll will not see it
+                continue
             if self._failed.get((policy.name, version)) == mtime:
                 continue  # failed before and unchanged since: do not retry in a loop
             states[version] = VersionState(version, "LOADING")
@@ -262,10 +305,13 @@ class EmbeddedBackend:
         return bool(removed) or set(loaded) != set(current.servables if current else ())
 
     def _load(self, model: str, version: int, path: Path) -> _Servable:
-        signature_defs = read_signature_defs(path)
-        servable = _Servable(model, version, path, signature_defs, tf.saved_model.load(str(path)))
-        self._warm_up(servable)
-        for signature in signature_defs:
+        servable = _Servable(model, version, path)
+        try:
+            self._warm_up(servable)
+        except Exception:
+            servable.close()
+            raise
+        for signature, definition in servable.signature_defs.items():
             if signature.startswith("__"):
                 continue
             servable.batchers[signature] = DynamicBatcher(
@@ -273,6 +319,7 @@ class EmbeddedBackend:
                 self.batching,
                 on_batch=lambda rows: self._on_batch(model, version, rows),
                 name=f"{model}-v{version}-{signature}",
+                merge=_has_batch_dimension(definition),
             )
         return servable
 
@@ -296,10 +343,19 @@ class EmbeddedBackend:
             for input_name, info in signature.inputs.items():
                 shape = [1 if d.size < 0 else d.size for d in info.tensor_shape.dim]
                 inputs[input_name] = np.zeros(shape, dtype=_numpy_dtype(info))
-            servable.run(name, inputs)
+            try:
+                servable.run(name, inputs)
+            except tf.errors.OpError as error:
+                # Zeros are this gateway's guess, not the model's contract (TF Serving warms up only
+                # from recorded requests): a signature that refuses them still serves real ones
+                # (TF Serving's half_plus_three declares a float input its graph reads as a string).
+                log.info("model %s version %d: signature %s not warmed up with zeros: %s",
+                         servable.model, servable.version, name, error.message.splitlines()[0])  # fmt: skip
 
     # requests
     def _resolve(self, model: str, version: int | None, label: str | None) -> _Servable:
+        if not model:
+            raise ServingError("INVALID_ARGUMENT", "ModelSpec has no name specified.")
         with self._lock:
             state = self._models.get(model)
         if state is None or not state.servables:
@@ -343,11 +399,21 @@ class EmbeddedBackend:
         return servable.version, servable.signature_defs
 
     def status(self, model: str, version: int | None, label: str | None) -> list[VersionState]:
-        if label is not None or version is not None:
-            servable = self._resolve(model, version, label)
-            return [VersionState(servable.version, "AVAILABLE")]
+        """TF Serving's GetModelStatus: every version this server has seen of the model (loading,
+        available, or ended: unloaded or failed with its error), or the one asked for."""
+        if not model:
+            raise ServingError("INVALID_ARGUMENT", "ModelSpec has no name specified.")
         with self._lock:
             states = dict(self._states.get(model) or {})
+            labels = dict(self._models[model].labels) if model in self._models else {}
+        if label is not None:
+            if label not in labels:
+                raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
+            version = labels[label]
+        if version is not None:
+            if version not in states:
+                raise ServingError("NOT_FOUND", f"Could not find version {version} of model {model}")
+            return [states[version]]
         if not states:
             raise ServingError("NOT_FOUND", f"Could not find any versions of model {model}")
         return [states[v] for v in sorted(states, reverse=True)]
@@ -367,6 +433,15 @@ class EmbeddedBackend:
                     return
             time.sleep(0.1)
         raise TimeoutError(f"model {model} version {version} not available after {timeout:.0f} s")
+
+
+def _has_batch_dimension(signature: meta_graph_pb2.SignatureDef) -> bool:
+    """Whether calls of this signature can be merged: every input and output declares a first
+    dimension of any size (the batch). Other signatures run call by call."""
+    tensors = [*signature.inputs.values(), *signature.outputs.values()]
+    return bool(tensors) and all(
+        not t.tensor_shape.unknown_rank and t.tensor_shape.dim and t.tensor_shape.dim[0].size == -1 for t in tensors
+    )
 
 
 def _op_error_code(error: tf.errors.OpError) -> str:

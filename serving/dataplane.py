@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from moodloop.contracts import (
 from moodloop.log_records import Feedback, Prediction
 from moodloop.rollout import Rollout, TrafficFile, choose_label
 from moodloop.settings import Settings
+from serving import examples as tf_examples
 from serving.backends import Backend, ServingError
 from serving.batching import Tensors
 from serving.corrections import Corrections, RecentFaces
@@ -160,6 +162,33 @@ class DataPlane:
                 return ServingError("INVALID_ARGUMENT", f"instance {i}: {refused}")
         return error
 
+    def _with_declared_shapes(
+        self, call: Call, version: int | None, label: str | None, inputs: Tensors, error: ServingError
+    ) -> ServingError:
+        """The model refused the inputs (its own words name a node deep in its graph): when their
+        shapes are not the ones its signature declares, say so too. Shapes are the model's to check,
+        as in TF Serving; the person reading the error should not have to find the node."""
+        try:
+            signature = self.backend.signature_defs(call.model, version, label)[1][call.signature or "serving_default"]
+        except (ServingError, KeyError):
+            return error
+        mismatched = []
+        for name, value in inputs.items():
+            shape = signature.inputs[name].tensor_shape if name in signature.inputs else None
+            if shape is None or shape.unknown_rank:
+                continue
+            dims = [d.size for d in shape.dim]
+            if len(dims) != np.ndim(value) or any(
+                d >= 0 and d != n for d, n in zip(dims, np.shape(value), strict=False)
+            ):
+                declared = "[" + ",".join("?" if d < 0 else str(d) for d in dims) + "]"
+                mismatched.append(
+                    f"input '{name}' has shape {list(np.shape(value))}; the signature declares {declared}"
+                )
+        if not mismatched:
+            return error
+        return ServingError(error.code, f"{error.message} ({'; '.join(mismatched)})")
+
     def predict(
         self, call: Call, inputs: Tensors, context: list[dict] | None = None, first_instance: int = 0
     ) -> tuple[int, Tensors]:
@@ -171,9 +200,11 @@ class DataPlane:
             try:
                 served_version, outputs = self.backend.predict(call.model, version, label, call.signature, inputs)
             except ServingError as error:
-                if error.code != "INVALID_ARGUMENT" or "images" not in inputs:
+                if error.code != "INVALID_ARGUMENT":
                     raise
-                raise self._name_the_bad_image(inputs, error) from None
+                if "images" in inputs:
+                    raise self._name_the_bad_image(inputs, error) from None
+                raise self._with_declared_shapes(call, version, label, inputs, error) from None
         except ServingError as error:
             self.metrics.errors.labels(call.api, error.code).inc()
             self.metrics.requests.labels(call.api, call.model, str(version or ""), label or "", error.code).inc()
@@ -184,6 +215,48 @@ class DataPlane:
         self.metrics.latency.labels(*labels).observe(elapsed)
         self._log(call, served_version, label or "", inputs, outputs, elapsed, context, first_instance)
         return served_version, outputs
+
+    def run_examples(self, call: Call, method: str, examples: np.ndarray) -> tuple[int, Any]:
+        """Classify or Regress (`method`: examples.CLASSIFY | REGRESS) serialized tf.Examples with
+        the call's signature, as TF Serving does -> (version, ClassificationResult | RegressionResult)."""
+        version, label = self.route(call)
+        served, signature_defs = self.backend.signature_defs(call.model, version, label)
+        name = call.signature or "serving_default"
+        if name not in signature_defs:
+            raise ServingError("INVALID_ARGUMENT", f"No signature was found with the name: {name}")
+        tf_examples.check_signature(method, name, signature_defs[name])
+        pinned = dataclasses.replace(call, version=served, label=None, signature=name)
+        served, outputs = self.predict(pinned, {tf_examples.INPUTS: examples})
+        if method == tf_examples.CLASSIFY:
+            return served, tf_examples.classification_result(outputs, len(examples))
+        return served, tf_examples.regression_result(outputs, len(examples))
+
+    def multi_inference(self, calls: list[tuple[Call, str]], examples: np.ndarray) -> list[tuple[int, Any]]:
+        """Several Classify/Regress tasks on one model and one set of examples (TF Serving's
+        MultiInference): one version answers them all."""
+        if not calls:
+            raise ServingError("INVALID_ARGUMENT", "MultiInferenceRequest has no tasks")
+        names = {call.model for call, _ in calls}
+        if "" in names:
+            raise ServingError("INVALID_ARGUMENT", "Found ModelSpec with an empty model name.")
+        if len(names) > 1:
+            raise ServingError(
+                "INVALID_ARGUMENT", "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+            )
+        signatures = [call.signature or "serving_default" for call, _ in calls]
+        for i, name in enumerate(signatures):
+            if name in signatures[:i]:
+                raise ServingError("INVALID_ARGUMENT", f"Duplicate evaluation of signature: {name}")
+        for _, method in calls:
+            if method not in (tf_examples.CLASSIFY, tf_examples.REGRESS):
+                raise ServingError("UNIMPLEMENTED", f"Unsupported signature method_name: {method}")
+        first = calls[0][0]
+        version, label = self.route(first)
+        served, _ = self.backend.signature_defs(first.model, version, label)
+        return [
+            self.run_examples(dataclasses.replace(call, version=served, label=None), method, examples)
+            for call, method in calls
+        ]
 
     def _log(self, call, version, label, inputs, outputs, elapsed, context, first_instance) -> None:
         probabilities = outputs.get(OUTPUT_PROBABILITIES)

@@ -1,5 +1,6 @@
-"""The gRPC surface: TF Serving's PredictionService (Predict, GetModelMetadata) and ModelService
-(GetModelStatus), with the protos of tensorflow-serving-api, so TF Serving's own clients work.
+"""The gRPC surface: TF Serving's PredictionService (Predict, Classify, Regress, MultiInference,
+GetModelMetadata) and ModelService (GetModelStatus, HandleReloadConfigRequest), with the protos of
+tensorflow-serving-api, so TF Serving's own clients work and get TF Serving's answers.
 
 Clients may send `x-client-id` metadata (sticky traffic split); replies carry `x-request-id`.
 """
@@ -9,17 +10,23 @@ from __future__ import annotations
 from concurrent import futures
 
 import grpc
+import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from moodloop import models_config
+from serving import examples as tf_examples
 from serving.backends import ServingError
 from serving.dataplane import Call, DataPlane
 
@@ -36,39 +43,128 @@ def _abort(context: grpc.ServicerContext, error: ServingError):
     context.abort(getattr(grpc.StatusCode, error.code, grpc.StatusCode.INTERNAL), error.message)
 
 
+def _fill_spec(spec, name: str, version: int, signature_name: str) -> None:
+    """The model_spec of an answer: who answered (TF Serving names the version that served)."""
+    spec.name = name
+    spec.version.value = version
+    spec.signature_name = signature_name or "serving_default"
+
+
+def _check_output_filter(wanted: list[str], outputs: dict) -> None:
+    """TF Serving's checks of PredictRequest.output_filter: known aliases, each once."""
+    for i, alias in enumerate(wanted):
+        if alias not in outputs:
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                f"{{{','.join(sorted(outputs))}}}.",
+            )
+        if alias in wanted[:i]:
+            raise ServingError("INVALID_ARGUMENT", f"duplicate output tensor alias: {alias}")
+
+
+# numpy dtype kind/size -> TensorProto's typed value list (TF Serving's Tensor::AsProtoField)
+_VALUE_FIELDS = {
+    np.dtype(np.float32): "float_val",
+    np.dtype(np.float64): "double_val",
+    np.dtype(np.int8): "int_val",
+    np.dtype(np.int16): "int_val",
+    np.dtype(np.int32): "int_val",
+    np.dtype(np.uint8): "int_val",
+    np.dtype(np.uint16): "int_val",
+    np.dtype(np.int64): "int64_val",
+    np.dtype(np.uint32): "uint32_val",
+    np.dtype(np.uint64): "uint64_val",
+    np.dtype(np.bool_): "bool_val",
+}
+
+
+def tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
+    """A response tensor as TF Serving writes it: values in the typed list of its dtype (float_val,
+    int64_val, string_val ...), not packed into tensor_content."""
+    value = np.asarray(value)
+    field = _VALUE_FIELDS.get(value.dtype)
+    if field is None and value.dtype.kind not in "OSU":
+        return tf.make_tensor_proto(value)  # half, complex, ...: TensorFlow's own encoding
+    proto = tensor_pb2.TensorProto(dtype=tf.as_dtype(value.dtype if field else tf.string).as_datatype_enum)
+    for size in value.shape:
+        proto.tensor_shape.dim.add().size = size
+    flat = value.reshape(-1)
+    if field:
+        getattr(proto, field).extend(flat.tolist())
+    else:
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
+    return proto
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext):
-        name, version, label = _spec(request.model_spec)
-        metadata = dict(context.invocation_metadata())
-        call = Call(
-            "grpc",
-            name,
-            version,
-            label,
-            request.model_spec.signature_name,
-            metadata.get("x-client-id"),
-            self.dataplane.new_request_id(),
-        )
-        context.send_initial_metadata((("x-request-id", call.request_id),))
+        call = self._call(request.model_spec, context)
         try:
             inputs = {key: tf.make_ndarray(value) for key, value in request.inputs.items()}
         except (TypeError, ValueError) as error:
             return _abort(context, ServingError("INVALID_ARGUMENT", f"unreadable input tensor: {error}"))
         try:
             served, outputs = self.dataplane.predict(call, inputs)
+            _check_output_filter(list(request.output_filter), outputs)
         except ServingError as error:
             return _abort(context, error)
         response = predict_pb2.PredictResponse()
-        response.model_spec.name = name
-        response.model_spec.version.value = served
-        response.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
-        wanted = set(request.output_filter)
-        for key, value in outputs.items():
-            if not wanted or key in wanted:
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        _fill_spec(response.model_spec, call.model, served, request.model_spec.signature_name)
+        for key in request.output_filter or outputs:
+            response.outputs[key].CopyFrom(tensor_proto(outputs[key]))
+        return response
+
+    def _call(self, model_spec, context: grpc.ServicerContext) -> Call:
+        name, version, label = _spec(model_spec)
+        client = dict(context.invocation_metadata()).get("x-client-id")
+        call = Call("grpc", name, version, label, model_spec.signature_name, client, self.dataplane.new_request_id())
+        context.send_initial_metadata((("x-request-id", call.request_id),))
+        return call
+
+    def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext):
+        return self._examples(request, context, tf_examples.CLASSIFY, classification_pb2.ClassificationResponse())
+
+    def Regress(self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext):
+        return self._examples(request, context, tf_examples.REGRESS, regression_pb2.RegressionResponse())
+
+    def _examples(self, request, context: grpc.ServicerContext, method: str, response):
+        call = self._call(request.model_spec, context)
+        try:
+            served, result = self.dataplane.run_examples(call, method, tf_examples.serialized_examples(request.input))
+        except ServingError as error:
+            return _abort(context, error)
+        _fill_spec(response.model_spec, call.model, served, request.model_spec.signature_name)
+        response.result.CopyFrom(result)
+        return response
+
+    def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext):
+        calls = [(self._call(task.model_spec, context), task.method_name) for task in request.tasks[:1]]
+        calls += [
+            (
+                Call(
+                    "grpc", *_spec(task.model_spec), task.model_spec.signature_name, request_id=calls[0][0].request_id
+                ),
+                task.method_name,
+            )
+            for task in request.tasks[1:]
+        ]
+        try:
+            examples = tf_examples.serialized_examples(request.input)
+            answers = self.dataplane.multi_inference(calls, examples)
+        except ServingError as error:
+            return _abort(context, error)
+        response = inference_pb2.MultiInferenceResponse()
+        for task, (served, result) in zip(request.tasks, answers, strict=True):
+            entry = response.results.add()
+            _fill_spec(entry.model_spec, task.model_spec.name, served, task.model_spec.signature_name)
+            if task.method_name == tf_examples.CLASSIFY:
+                entry.classification_result.CopyFrom(result)
+            else:
+                entry.regression_result.CopyFrom(result)
         return response
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):

@@ -45,7 +45,7 @@ class LocalModel:
         self.version = stable_or_newest(settings.model_base, labels)
         if self.version is None:
             raise SystemExit(f"no model version under {settings.model_base}: train one first (make run)")
-        folder = settings.model_base / str(self.version)
+        folder = models_config.version_path(settings.model_base, self.version)
         chosen = "stable" if "stable" in labels else "newest"
         self.described = f"version {self.version} ({chosen}) of {settings.model_base}"
         self._edge = None

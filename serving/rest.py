@@ -1,7 +1,10 @@
 """The REST surface: TF Serving's REST API, plus face analysis, feedback, metrics and admin.
 
-TF Serving's paths and shapes:
+TF Serving's paths and shapes (parsed with TF Serving's own regular expressions, so a malformed
+path, a missing name or a version that is not a number answers as TF Serving does: 400):
   POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict   {"instances": ...} | {"inputs": ...}
+  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify  {"examples": [...], "context": {...}}
+  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress   (the same)
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]            model status
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata   signature defs
 Errors are {"error": "..."} with TF Serving's HTTP codes.
@@ -27,9 +30,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
+import numpy as np
 import orjson
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -43,6 +50,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from moodloop import status
+from serving import examples as tf_examples
 from serving.backends import ServingError
 from serving.dataplane import Call, DataPlane
 from serving.faces import BadMediaError, analyze_photo, analyze_video
@@ -76,16 +84,6 @@ class _ModelName(Convertor):
         return value
 
 
-class _Version(Convertor):
-    regex = "-?[0-9]+"
-
-    def convert(self, value: str) -> int:
-        return int(value)
-
-    def to_string(self, value: int) -> str:
-        return str(value)
-
-
 class FastJSONResponse(JSONResponse):
     """The predict answer, serialized by orjson (floats as Python's repr, like json)."""
 
@@ -93,8 +91,39 @@ class FastJSONResponse(JSONResponse):
         return orjson.dumps(content)
 
 
+def _json_response(content: dict, headers: dict[str, str], finite: bool) -> JSONResponse:
+    """orjson, unless a value is NaN or infinite: orjson writes those as null, where TF Serving
+    writes the tokens NaN, Infinity and -Infinity (api_rest.md), as Python's json does."""
+    if finite:
+        return FastJSONResponse(content, headers=headers)
+    return Response(json.dumps(content, allow_nan=True), media_type="application/json", headers=headers)
+
+
+def _numbers(value: Any):
+    """Every float in a nested list (a classify or regress answer: small)."""
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _numbers(item)
+
+
+def _all_finite(outputs: dict[str, np.ndarray]) -> bool:
+    return all(np.isfinite(v).all() for v in outputs.values() if v.dtype.kind in "fc")
+
+
+class _Digits(Convertor):
+    regex = "[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
 register_url_convertor("model", _ModelName())
-register_url_convertor("version", _Version())
+register_url_convertor("digits", _Digits())
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -119,8 +148,42 @@ def _flag(request: Request, name: str) -> bool:
 
 
 def _model_path(request: Request) -> tuple[str, int | None, str | None]:
+    """(name, version, label) of moodloop's own model subresources (edge files, model card)."""
     params = request.path_params
-    return params["name"], params.get("version"), params.get("label")
+    version = params.get("version")
+    return params["name"], _version_number(version) if version is not None else None, params.get("label")
+
+
+# TF Serving's http_rest_api_util.cc, verbatim: what a POST and a GET under /v1/models may be.
+PREDICTION_API = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
+)
+MODEL_STATUS_API = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE
+)
+
+
+def _version_number(text: str) -> int:
+    version = int(text)
+    if version >= 2**63:  # TF Serving parses versions as int64
+        raise ServingError("INVALID_ARGUMENT", f"Failed to convert version: {text} to numeric.")
+    return version
+
+
+def parse_model_request(method: str, path: str) -> tuple[str, int | None, str | None, str] | None:
+    """TF Serving's ParseModelInfo: (name, version, label, verb or subresource) of a request under
+    /v1/models, or None when the path is not one of TF Serving's (-> "Malformed request")."""
+    pattern = {"POST": PREDICTION_API, "GET": MODEL_STATUS_API}.get(method)
+    match = pattern.fullmatch(path) if pattern else None
+    if match is None:
+        return None
+    name, version, label, what = match.groups()
+    return (
+        unquote(name or ""),
+        _version_number(version) if version else None,
+        unquote(label) if label else None,
+        what or "",
+    )
 
 
 class RestEndpoints:
@@ -139,8 +202,32 @@ class RestEndpoints:
             raise ServingError("DEADLINE_EXCEEDED", f"Deadline Exceeded ({timeout:g} s)") from None
 
     # TF Serving's API
-    async def model_status(self, request: Request) -> Response:
-        states = await self._in_thread(self.dataplane.backend.status, *_model_path(request))
+    async def tfserving_api(self, request: Request) -> Response:
+        """Every request under /v1/models that is not one of moodloop's own subresources, dispatched
+        as TF Serving's HttpRestApiHandler::ProcessRequest does."""
+        path = request.scope["path"]
+        parsed = parse_model_request(request.method, path)
+        if parsed is None:
+            raise ServingError("INVALID_ARGUMENT", f"Malformed request: {request.method} {path}")
+        name, version, label, what = parsed
+        if request.method == "POST" and what == "predict":
+            return await self.predict(request, name, version, label)
+        if request.method == "POST" and what in ("classify", "regress"):
+            return await self.classify_or_regress(request, name, version, label, what)
+        if request.method == "GET":
+            if not name:
+                raise ServingError("INVALID_ARGUMENT", "Missing model name in request.")
+            if what == "metadata":
+                return await self._in_thread(self._metadata, name, version, label)
+            return await self.model_status(name, version, label)
+        raise ServingError("INVALID_ARGUMENT", f"Malformed request: {request.method} {path}")
+
+    async def malformed(self, request: Request) -> Response:
+        """A path under /v1 that neither TF Serving nor moodloop serves: TF Serving's answer."""
+        raise ServingError("INVALID_ARGUMENT", f"Malformed request: {request.method} {request.scope['path']}")
+
+    async def model_status(self, name: str, version: int | None, label: str | None) -> Response:
+        states = await self._in_thread(self.dataplane.backend.status, name, version, label)
         return JSONResponse(
             {
                 "model_version_status": [
@@ -154,9 +241,6 @@ class RestEndpoints:
             }
         )
 
-    async def model_metadata(self, request: Request) -> Response:
-        return await self._in_thread(self._metadata, *_model_path(request))
-
     def _metadata(self, name: str, version: int | None, label: str | None) -> Response:
         from tensorflow_serving.apis import get_model_metadata_pb2
 
@@ -164,42 +248,71 @@ class RestEndpoints:
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for key, value in signature_defs.items():
             signature_map.signature_def[key].CopyFrom(value)
+        # As TF Serving prints it: every field, defaults included ("name": "" of a dim, ...).
+        printed = json_format.MessageToDict(
+            signature_map, preserving_proto_field_name=True, including_default_value_fields=True
+        )
         return JSONResponse(
             {
                 "model_spec": {"name": name, "signature_name": "", "version": str(served)},
-                "metadata": {
-                    "signature_def": json_format.MessageToDict(signature_map, preserving_proto_field_name=True)
-                },
+                "metadata": {"signature_def": printed},
             }
         )
 
-    async def predict(self, request: Request) -> Response:
-        name, version, label = _model_path(request)
+    async def _json_body(self, request: Request) -> Any:
         raw = await _body(request, self.limit)
+        if not raw.strip():
+            raise ServingError("INVALID_ARGUMENT", "JSON Parse error: The document is empty")
         try:
-            body = orjson.loads(raw)  # several times faster than json on b64 bodies
-        except orjson.JSONDecodeError as error:
-            raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: {error}") from None
+            return orjson.loads(raw)  # several times faster than json on b64 bodies
+        except orjson.JSONDecodeError:
+            pass
+        try:  # api_rest.md allows NaN, Infinity and -Infinity, which strict JSON (orjson) does not
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: Invalid value. ({error})") from None
+
+    async def predict(self, request: Request, name: str, version: int | None, label: str | None) -> Response:
+        body = await self._json_body(request)
         call = Call("rest", name, version, label, "", _client_id(request), self.dataplane.new_request_id())
         signature_name = body.get("signature_name", "") if isinstance(body, dict) else ""
+        if not isinstance(signature_name, str):
+            raise ServingError("INVALID_ARGUMENT", "'signature_name' key must be a string value.")
 
         def run() -> dict[str, Any]:
             _, signature_defs = self.dataplane.backend.signature_defs(name, version, label)
-            signature = signature_defs.get(signature_name or "serving_default")
+            key = signature_name or "serving_default"
+            signature = signature_defs.get(key)
             if signature is None:
-                key = signature_name or "serving_default"
-                raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{key}" not found.')
+                raise ServingError("INVALID_ARGUMENT", f'Serving signature name: "{key}" not found in signature def')
             signature_key, inputs, style = parse_predict_request(body, sorted(signature.inputs))
             pinned = Call(call.api, name, version, label, signature_key, call.client_id, call.request_id)
             _, outputs = self.dataplane.predict(pinned, inputs)
-            return predict_response(outputs, style)
+            return predict_response(outputs, style), _all_finite(outputs)
+
+        result, finite = await self._in_thread(run)
+        return _json_response(result, {"x-request-id": call.request_id}, finite)
+
+    async def classify_or_regress(
+        self, request: Request, name: str, version: int | None, label: str | None, verb: str
+    ) -> Response:
+        body = await self._json_body(request)
+        signature_name = body.get("signature_name", "") if isinstance(body, dict) else ""
+        if not isinstance(signature_name, str):
+            raise ServingError("INVALID_ARGUMENT", "'signature_name' key must be a string value.")
+        call = Call("rest", name, version, label, signature_name, _client_id(request), self.dataplane.new_request_id())
+        method = tf_examples.CLASSIFY if verb == "classify" else tf_examples.REGRESS
+
+        def run() -> dict[str, Any]:
+            examples = tf_examples.serialized_examples(tf_examples.input_from_json(body))
+            _, result = self.dataplane.run_examples(call, method, examples)
+            if method == tf_examples.CLASSIFY:
+                return tf_examples.classification_json(result)
+            return tf_examples.regression_json(result)
 
         result = await self._in_thread(run)
-        return FastJSONResponse(result, headers={"x-request-id": call.request_id})
-
-    async def classify_or_regress(self, request: Request) -> Response:
-        verb = request.url.path.rsplit(":", 1)[1]
-        raise ServingError("UNIMPLEMENTED", f"{verb} is not offered: the emotion models use predict")
+        finite = all(math.isfinite(v) for v in _numbers(result["results"]))
+        return _json_response(result, {"x-request-id": call.request_id}, finite)
 
     # edge models for devices
     async def edge_metadata(self, request: Request) -> Response:
@@ -401,23 +514,20 @@ class RestEndpoints:
         return JSONResponse({"canary_share": share})
 
 
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
 def routes(endpoints: RestEndpoints) -> list[Route]:
-    """The REST API, one route per line. A model is addressed as TF Serving does: by name, by
-    name and version, or by name and label."""
+    """The REST API, one route per line. moodloop's own model subresources (edge files, card) come
+    first; then everything else under /v1/models goes to TF Serving's dispatcher, and any other
+    path under /v1 that no route below serves answers TF Serving's "Malformed request"."""
     model = "/v1/models/{name:model}"
-    addressed = (model, model + "/versions/{version:version}", model + "/labels/{label:model}")
+    addressed = (model, model + "/versions/{version:digits}", model + "/labels/{label:model}")
     return [
-        *(Route(path, endpoints.model_status, methods=["GET"]) for path in addressed),
-        *(Route(path + "/metadata", endpoints.model_metadata, methods=["GET"]) for path in addressed),
         *(Route(path + "/edge", endpoints.edge_metadata, methods=["GET"]) for path in addressed),
         *(Route(path + "/edge/{file}", endpoints.edge_file, methods=["GET"]) for path in addressed),
         *(Route(path + "/card", endpoints.card, methods=["GET"]) for path in addressed),
-        *(Route(path + ":predict", endpoints.predict, methods=["POST"]) for path in addressed),
-        *(
-            Route(path + ":" + verb, endpoints.classify_or_regress, methods=["POST"])
-            for path in addressed
-            for verb in ("classify", "regress")
-        ),
+        Route("/v1/models{rest:path}", endpoints.tfserving_api, methods=ANY_METHOD),  # TF Serving answers any
         Route("/v1/faces:analyze", endpoints.faces, methods=["POST"]),
         Route("/v1/videos:analyze", endpoints.videos, methods=["POST"]),
         Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
@@ -434,6 +544,7 @@ def routes(endpoints: RestEndpoints) -> list[Route]:
         Route("/admin/promote", endpoints.promote, methods=["POST"]),
         Route("/admin/rollback", endpoints.rollback, methods=["POST"]),
         Route("/admin/traffic", endpoints.traffic, methods=["GET", "PUT"]),
+        Route("/v1/{rest:path}", endpoints.malformed, methods=ANY_METHOD),
     ]
 
 

@@ -54,7 +54,7 @@ def version_folder(dataplane: DataPlane, model: str, version: int | None, label:
         version = labels[label] if label is not None else stable_or_newest(settings.model_base, labels)
         if version is None:
             raise ServingError("NOT_FOUND", f"no version of {model} yet")
-    return version, Path(settings.model_base) / str(version)
+    return version, models_config.version_path(settings.model_base, version)
 
 
 def edge_folder(dataplane: DataPlane, model: str, version: int | None, label: str | None) -> tuple[int, Path]:

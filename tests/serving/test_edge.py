@@ -107,7 +107,8 @@ def test_the_gateway_serves_a_versions_model_card(edge_gateway):
         ("/v1/models/emotion/versions/2/card", 404, "has no model card"),
         ("/v1/models/emotion/versions/2/edge", 404, "has no edge files"),
         ("/v1/models/emotion/versions/1/edge/saved_model.pb", 404, "no edge file 'saved_model.pb'"),
-        ("/v1/models/emotion/versions/1/edge/..%2Fsaved_model.pb", 404, ""),
+        # not an edge file's name: no route of moodloop's, so TF Serving's answer to its paths
+        ("/v1/models/emotion/versions/1/edge/..%2Fsaved_model.pb", 400, "Malformed request"),
         ("/v1/models/other/versions/1/edge", 404, "Servable not found"),
         ("/v1/models/emotion/labels/canary/edge", 400, "Unrecognized servable version label"),
     ],

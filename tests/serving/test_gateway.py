@@ -104,10 +104,11 @@ def test_rest_status_and_metadata_have_tf_servings_shape(http):
         ("/v1/models/emotion/labels/nolabel:predict", {"instances": [1]}, 400, "Unrecognized servable version label"),
         ("/v1/models/emotion:predict", {"signature_name": "nosig", "instances": [1]}, 400, "nosig"),
         ("/v1/models/emotion:predict", {"instances": [{"wrong": 1}]}, 400, "alias not found"),
-        ("/v1/models/emotion:predict", {"signature_name": "serving_pixels", "instances": [[1, 2]]}, 400, "shape"),
+        # shapes are the model's to check (as in TF Serving); the error names the declared shape
+        ("/v1/models/emotion:predict", {"signature_name": "serving_pixels", "instances": [[1, 2]]}, 400, "declares"),
         ("/v1/models/emotion:predict", {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]}, 400, ""),
         ("/v1/models/emotion:predict", {"nothing": 1}, 400, "Missing 'inputs' or 'instances'"),
-        ("/v1/models/emotion:frobnicate", {"instances": [1]}, 404, "Malformed request"),
+        ("/v1/models/emotion:frobnicate", {"instances": [1]}, 400, "Malformed request"),  # TF Serving: 400
     ],
 )
 def test_rest_bad_requests_get_tf_serving_errors(http, path, body, status, message):

@@ -46,7 +46,7 @@ def test_models_config_labels_pin_versions_and_promote(tmp_path):
 def test_models_config_rejects_garbage(tmp_path):
     path = tmp_path / "models.config"
     path.write_text("model_config_list { config { nme: 'x' } }")
-    with pytest.raises(ValueError, match="not a TF Serving model config"):
+    with pytest.raises(ValueError, match="Error parsing text-format tensorflow.serving.ModelServerConfig"):
         models_config.read(path)
 
 
@@ -133,8 +133,42 @@ def test_dynamic_batcher_passes_model_errors_to_every_caller():
     batcher = DynamicBatcher(run, BatchingParameters(batch_timeout_micros=0))
     with pytest.raises(RuntimeError, match="model failed"):
         batcher.submit({"x": np.zeros((1, 2))})
-    with pytest.raises(ValueError, match="same batch size"):
-        batcher.submit({"x": np.zeros((1, 2)), "z": np.zeros((2, 2))})
+    batcher.close()
+
+
+def test_no_model_output_or_error_stops_a_batching_thread():
+    """Issue 27: a signature whose output is a scalar killed the batching thread (IndexError while
+    splitting), and every later request to it waited until its deadline. Now a scalar output goes
+    back whole to a lone caller, a merged batch whose outputs cannot be split is retried caller by
+    caller, a model that raises fails only its callers, and the one thread goes on serving."""
+    calls: list[tuple] = []
+
+    def run(inputs):
+        calls.append(tuple(np.shape(v) for v in inputs.values()))
+        if "boom" in inputs:
+            raise RuntimeError("the model raised")
+        return {"total": np.float32(np.sum(inputs["x"]))}  # a scalar: no rows to split
+
+    params = BatchingParameters(max_batch_size=64, batch_timeout_micros=100_000, num_batch_threads=1)
+    batcher = DynamicBatcher(run, params)
+    assert batcher.submit({"x": np.ones((3, 2))}, timeout=5)["total"] == 6.0
+    assert batcher.submit({"x": np.float32(2.0)}, timeout=5)["total"] == 2.0  # a scalar input runs alone
+    with pytest.raises(RuntimeError, match="the model raised"):
+        batcher.submit({"x": np.ones((1,)), "boom": np.ones((1,))}, timeout=5)
+    # Inputs of different lengths are the model's business (TF Serving unbatched), not a refusal.
+    assert batcher.submit({"x": np.ones((2,)), "y": np.ones((5,))}, timeout=5)["total"] == 2.0
+    # Two callers merged into one call: the scalar output cannot be split, so each runs alone.
+    results: dict[int, float] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.submit({"x": np.full((1, 2), i)}, 5)))
+        for i in (1, 2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {i: float(r["total"]) for i, r in results.items()} == {1: 2.0, 2: 4.0}
+    assert batcher.submit({"x": np.ones((1, 2))}, timeout=5)["total"] == 2.0  # still serving
     batcher.close()
 
 
