@@ -76,6 +76,12 @@ class FaceClassifier:
         self._faces_so_far += len(crops)
         return outputs[OUTPUT_PROBABILITIES]
 
+    def answered_by(self) -> dict:
+        """Which model read the faces: name, version (None when no face was classified) and the
+        label the request was routed to (stable, canary; None when pinned or unlabelled), as TF
+        Serving names the version in its answers' model_spec."""
+        return {"name": self._call.model, "version": self._served_version, "label": self._call.label}
+
     def explain(self, crops: np.ndarray) -> np.ndarray | None:
         """None when the version cannot explain (exported before serving_explain existed, or gone
         since it classified): the faces are still answered, without heatmaps."""

@@ -405,10 +405,12 @@ class RestEndpoints:
             result, media = await analyze(data, classify, _flag(request, "annotate"))
         except ValueError as error:  # what the decoders say of a broken or hostile file
             raise BadMediaError(str(error)) from error
-        headers = {"x-request-id": call.request_id}
+        model = classify.answered_by()  # the version that read the faces: the JSON and the headers say it
+        headers = {"x-request-id": call.request_id, "x-model-version": str(model["version"] or "")}
+        headers["x-model-label"] = model["label"] or ""
         if media is not None:
             return Response(media, media_type=media_type, headers=headers)
-        return JSONResponse({"request_id": call.request_id, **result}, headers=headers)
+        return JSONResponse({"request_id": call.request_id, "model": model, **result}, headers=headers)
 
     async def _upload(self, request: Request) -> bytes:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):

@@ -121,6 +121,12 @@ function bars(container, probabilities) {
   }
 }
 
+// Which version read the faces (with a canary live, a photo may go to either): "read by v2 (canary)".
+function readBy(model) {
+  if (!model || model.version === null || model.version === undefined) return "";
+  return `read by v${model.version}` + (model.label ? ` (${model.label})` : "");
+}
+
 function faceCards(container, stage, result) {
   container.replaceChildren();
   result.faces.forEach((face, index) => {
@@ -128,6 +134,7 @@ function faceCards(container, stage, result) {
     card.dataset.face = String(index);
     card.querySelector(".face-title").textContent = label(face, index);
     card.querySelector(".uncertain").hidden = !face.uncertain;
+    card.querySelector(".face-model").textContent = readBy(result.model);
     bars(card.querySelector(".bars"), face.probabilities);
     const truth = card.querySelector(".truth");
     for (const emotion of EMOTIONS) truth.append(new Option(emotion, emotion));
@@ -180,7 +187,8 @@ async function analyzePhoto(blob) {
     drawBoxes(stage, result);
     faceCards($("photo-faces"), stage, result);
     $("photo-summary").textContent = result.faces.length
-      ? `${result.faces.length} face(s) in ${result.width}×${result.height}; "why?" shows where the model looked`
+      ? `${result.faces.length} face(s) in ${result.width}×${result.height}, ${readBy(result.model)}; ` +
+        `"why?" shows where the model looked`
       : "no face found in this photo";
   } catch (error) {
     stage.hidden = true;
@@ -267,7 +275,8 @@ function renderVideo(result) {
   }
   $("video-summary").textContent =
     `${result.people.length} person(s) in ${result.timeline.length} sampled frames ` +
-    `(${result.width}×${result.height}, ${result.fps} fps, one frame every ${result.sampled_every_seconds} s)`;
+    `(${result.width}×${result.height}, ${result.fps} fps, one frame every ${result.sampled_every_seconds} s)` +
+    (readBy(result.model) ? `, ${readBy(result.model)}` : "");
   $("video-downloads").hidden = false;
 }
 

@@ -58,23 +58,27 @@ def _feedback_labels(settings, request_id: str, expected: int) -> list[tuple[int
     return sorted((r["instance"], r["label"]) for r in rows)
 
 
-def test_a_photo_shows_every_face_why_and_takes_a_correction(page, media, running):
+def test_a_photo_shows_every_face_why_and_takes_a_correction(page, media, running, labels):
+    labels(stable=1, canary=2)  # a canary live (10 %): each card names the version that read its face
     assert page.title() == "moodloop · faces"
     page.locator("#panel-versions").wait_for()  # the model panel lists the versions served
     assert "1" in page.inner_text("#panel-body") and "2" in page.inner_text("#panel-body")
 
     with page.expect_response(lambda r: "/v1/faces:analyze" in r.url) as answered:
         page.set_input_files("#photo-file", str(media / "multi_face.jpg"))
+    assert answered.value.ok, answered.value.text()
     request_id = answered.value.headers["x-request-id"]
     boxes = page.locator("#photo-stage .box")
     boxes.nth(4).wait_for()
     assert boxes.count() == 5  # five people
     cards = page.locator("#photo-faces .face")
     assert cards.count() == 5
+    read_by = answered.value.json()["model"]  # which version read the faces (issue 27): each card says it
     for i in range(5):
         title = cards.nth(i).locator(".face-title").inner_text()
         assert any(e in title for e in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")), title
         assert cards.nth(i).locator(".bars .bar").count() == 7
+        assert cards.nth(i).locator(".face-model").inner_text() == f"read by v{read_by['version']} ({read_by['label']})"
     page.screenshot(path=str(artifact(SHOTS, "1-photo.png")), full_page=True)
 
     heat = boxes.nth(0).locator("img.heat")

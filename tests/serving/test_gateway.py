@@ -378,6 +378,31 @@ def test_metrics_count_requests_by_version_and_label(http):
     assert http.get("/healthz").json()["ready"] is True
 
 
+def test_face_answers_name_the_version_that_read_them(http, media, labels, running):
+    """Issue 27: with a canary live, one photo may be read by either version; the answer names it
+    (as TF Serving's model_spec does), in the JSON and, for annotated media, in headers."""
+    from moodloop.rollout import choose_label
+
+    labels(stable=1, canary=2)
+    share = running.dataplane.traffic.share()
+    assert 0 < share < 1
+    clients = [f"person-{i}" for i in range(200)]
+    on_canary = next(c for c in clients if choose_label(c, {"stable": 1, "canary": 2}, share) == "canary")
+    on_stable = next(c for c in clients if choose_label(c, {"stable": 1, "canary": 2}, share) == "stable")
+    photo = (media / "multi_face.jpg").read_bytes()
+    for client, expected in (
+        (on_stable, {"version": 1, "label": "stable"}),
+        (on_canary, {"version": 2, "label": "canary"}),
+    ):
+        result = http.post("/v1/faces:analyze", content=photo, headers={"x-client-id": client}).json()
+        assert len(result["faces"]) == 5 and result["model"] == {"name": "emotion", **expected}
+        annotated = http.post("/v1/faces:analyze?annotate=1", content=photo, headers={"x-client-id": client})
+        assert (annotated.headers["x-model-version"], annotated.headers["x-model-label"]) == (
+            str(expected["version"]),
+            expected["label"],
+        )
+
+
 def test_faces_in_a_real_group_photo(http, media, gateway_settings):
     assert gateway_settings.serving.face_detector == "mtcnn"  # the default
     photo = (media / "multi_face.jpg").read_bytes()
