@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite (`make test`, what CI runs): most of the pipeline env's tests in the
-# foreground; its end-to-end pipeline runs and the orchestration env's tests in three background
-# processes beside them. The orchestration tests spend much of their time waiting on Airflow
-# (scheduler heartbeats, settling landing zones, task processes starting), so running the parts side
-# by side shortens the suite even on 2 cores. The foreground's output is shown as it runs; the
-# background parts' is kept in log files and shown when all are done.
+# The whole test suite (`make test`, what CI runs): the pipeline env's tests in the foreground and
+# the orchestration env's tests in two background processes beside them. The orchestration tests
+# spend most of their time waiting on Airflow (scheduler heartbeats, settling landing zones, task
+# processes starting), so running them next to the pipeline env's tests shortens the suite even on
+# 2 cores. The pipeline env's output is shown as it runs; the orchestration env's is kept in log
+# files and shown when all are done.
 # Exit status: 0 only when every part passes.
 #
 #   scripts/test.sh            the suite (`make test`, CI)
@@ -51,26 +51,19 @@ echo "==> tests/orchestration, the rest (orchestration env) in the background; i
 .venv/orchestration/bin/python -m pytest tests/orchestration --ignore="$STACK_TESTS" "${PYTEST_ARGS[@]}" \
     >"$LOG_DIR/orchestration.log" 2>&1 &
 parts[orchestration]=$!
-# The pipeline env's end-to-end pipeline runs (about 13 minutes) in a third background process: in
-# one process with the rest of that env they were the suite's critical path, ending 7 minutes after
-# both orchestration processes, with one core idle meanwhile.
-PIPELINE_RUNS=tests/model/test_pipeline.py
-echo "==> $PIPELINE_RUNS (pipeline env) in the background; its log: $LOG_DIR/pipeline-runs.log"
-.venv/pipeline/bin/python -m pytest "$PIPELINE_RUNS" "${PYTEST_ARGS[@]}" >"$LOG_DIR/pipeline-runs.log" 2>&1 &
-parts[pipeline-runs]=$!
 # Ctrl-C or a CI cancel stops every part, not only the foreground one.
 trap 'kill "${parts[@]}" 2>/dev/null; stop_hog' INT TERM
 
-echo "==> tests/ except orchestration and the pipeline runs (pipeline env)"
-.venv/pipeline/bin/python -m pytest tests --ignore=tests/orchestration --ignore="$PIPELINE_RUNS" "${PYTEST_ARGS[@]}"
+echo "==> tests/ except orchestration (pipeline env)"
+.venv/pipeline/bin/python -m pytest tests --ignore=tests/orchestration "${PYTEST_ARGS[@]}"
 pipeline_status=$?
-echo "==> pipeline env: exit $pipeline_status after $((SECONDS - started)) s; waiting for the background parts"
+echo "==> pipeline env: exit $pipeline_status after $((SECONDS - started)) s; waiting for tests/orchestration"
 
 failed=$pipeline_status
-for part in pipeline-runs orchestration orchestration-stack; do
+for part in orchestration orchestration-stack; do
     wait "${parts[$part]}"
     status=$?
-    echo "==> $part, its whole output:"
+    echo "==> $part (orchestration env), its whole output:"
     cat "$LOG_DIR/$part.log"
     echo "==> $part: exit $status after $((SECONDS - started)) s"
     [ "$status" -eq 0 ] || failed=1
