@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.util import deprecation
 
 from moodloop import models_config
@@ -75,12 +75,6 @@ class Backend(Protocol):
     def labels(self, model: str) -> dict[str, int]: ...
 
     def close(self) -> None: ...
-
-
-def read_signature_defs(export_dir: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString((Path(export_dir) / "saved_model.pb").read_bytes())
-    return dict(proto.meta_graphs[0].signature_def)
 
 
 def _numpy_dtype(tensor_info: meta_graph_pb2.TensorInfo) -> np.dtype:
@@ -223,10 +217,10 @@ class EmbeddedBackend:
         if self._poller:
             self._poller.join(timeout=10)
         with self._lock:
-            for state in self._models.values():
-                for servable in state.servables.values():
-                    servable.close()
-            self._models.clear()
+            models, self._models = self._models, {}
+        for state in models.values():  # outside the lock: closing waits for the calls in flight
+            for servable in state.servables.values():
+                servable.close()
 
     def _poll(self) -> None:
         if self.poll_seconds <= 0:  # TF Serving's --model_config_file_poll_wait_seconds=0: read once

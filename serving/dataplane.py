@@ -249,10 +249,12 @@ class DataPlane:
             raise ServingError(
                 "INVALID_ARGUMENT", "All ModelSpecs in a MultiInferenceRequest must access the same model name."
             )
-        signatures = [call.signature or "serving_default" for call, _ in calls]
-        for i, name in enumerate(signatures):
-            if name in signatures[:i]:
+        seen: set[str] = set()  # a set: a request may list many tasks, checked in one pass
+        for call, _ in calls:
+            name = call.signature or "serving_default"
+            if name in seen:
                 raise ServingError("INVALID_ARGUMENT", f"Duplicate evaluation of signature: {name}")
+            seen.add(name)
         for _, method in calls:
             if method not in (tf_examples.CLASSIFY, tf_examples.REGRESS):
                 raise ServingError("UNIMPLEMENTED", f"Unsupported signature method_name: {method}")

@@ -119,11 +119,15 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def _call(self, model_spec, context: grpc.ServicerContext) -> Call:
-        name, version, label = _spec(model_spec)
+        request_id = self._reply_with_request_id(context)
         client = dict(context.invocation_metadata()).get("x-client-id")
-        call = Call("grpc", name, version, label, model_spec.signature_name, client, self.dataplane.new_request_id())
-        context.send_initial_metadata((("x-request-id", call.request_id),))
-        return call
+        return Call("grpc", *_spec(model_spec), model_spec.signature_name, client, request_id)
+
+    def _reply_with_request_id(self, context: grpc.ServicerContext) -> str:
+        """A new request id, sent back at once as `x-request-id` (what feedback refers to)."""
+        request_id = self.dataplane.new_request_id()
+        context.send_initial_metadata((("x-request-id", request_id),))
+        return request_id
 
     def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext):
         return self._examples(request, context, tf_examples.CLASSIFY, classification_pb2.ClassificationResponse())
@@ -142,15 +146,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext):
-        calls = [(self._call(task.model_spec, context), task.method_name) for task in request.tasks[:1]]
-        calls += [
+        request_id = self._reply_with_request_id(context)
+        client = dict(context.invocation_metadata()).get("x-client-id")
+        calls = [
             (
-                Call(
-                    "grpc", *_spec(task.model_spec), task.model_spec.signature_name, request_id=calls[0][0].request_id
-                ),
+                Call("grpc", *_spec(task.model_spec), task.model_spec.signature_name, client, request_id),
                 task.method_name,
             )
-            for task in request.tasks[1:]
+            for task in request.tasks
         ]
         try:
             examples = tf_examples.serialized_examples(request.input)

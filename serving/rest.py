@@ -74,8 +74,11 @@ def payload_too_large(message: str) -> HttpError:
     return HttpError(413, message)
 
 
-class _ModelName(Convertor):
-    regex = "[^/:]+"  # TF Serving's paths put ":predict" right after the name or label
+class _Segment(Convertor):
+    """A path segment matched by `regex`, passed on as text."""
+
+    def __init__(self, regex: str) -> None:
+        self.regex = regex
 
     def convert(self, value: str) -> str:
         return value
@@ -112,18 +115,8 @@ def _all_finite(outputs: dict[str, np.ndarray]) -> bool:
     return all(np.isfinite(v).all() for v in outputs.values() if v.dtype.kind in "fc")
 
 
-class _Digits(Convertor):
-    regex = "[0-9]+"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-register_url_convertor("model", _ModelName())
-register_url_convertor("digits", _Digits())
+register_url_convertor("model", _Segment("[^/:]+"))  # TF Serving's paths put ":predict" right after a name
+register_url_convertor("digits", _Segment("[0-9]+"))
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -269,15 +262,20 @@ class RestEndpoints:
             pass
         try:  # api_rest.md allows NaN, Infinity and -Infinity, which strict JSON (orjson) does not
             return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: [[[[...
             raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: Invalid value. ({error})") from None
+
+    @staticmethod
+    def _signature_name(body: Any) -> str:
+        signature_name = body.get("signature_name", "") if isinstance(body, dict) else ""
+        if not isinstance(signature_name, str):
+            raise ServingError("INVALID_ARGUMENT", "'signature_name' key must be a string value.")
+        return signature_name
 
     async def predict(self, request: Request, name: str, version: int | None, label: str | None) -> Response:
         body = await self._json_body(request)
         call = Call("rest", name, version, label, "", _client_id(request), self.dataplane.new_request_id())
-        signature_name = body.get("signature_name", "") if isinstance(body, dict) else ""
-        if not isinstance(signature_name, str):
-            raise ServingError("INVALID_ARGUMENT", "'signature_name' key must be a string value.")
+        signature_name = self._signature_name(body)
 
         def run() -> dict[str, Any]:
             _, signature_defs = self.dataplane.backend.signature_defs(name, version, label)
@@ -297,9 +295,7 @@ class RestEndpoints:
         self, request: Request, name: str, version: int | None, label: str | None, verb: str
     ) -> Response:
         body = await self._json_body(request)
-        signature_name = body.get("signature_name", "") if isinstance(body, dict) else ""
-        if not isinstance(signature_name, str):
-            raise ServingError("INVALID_ARGUMENT", "'signature_name' key must be a string value.")
+        signature_name = self._signature_name(body)
         call = Call("rest", name, version, label, signature_name, _client_id(request), self.dataplane.new_request_id())
         method = tf_examples.CLASSIFY if verb == "classify" else tf_examples.REGRESS
 

@@ -24,6 +24,7 @@ Upstream cases that do not apply, and why (also in the README):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -403,27 +404,20 @@ def test_get_model_metadata_by_name_and_version(rest):
 @pytest.fixture
 def own_server(tmp_path):
     """Start a gateway on a config the test writes: -> start(config_text) -> (gRPC stub, REST client, running)."""
-    started = []
+    with contextlib.ExitStack() as stack:
 
-    def start(config_text: str, poll_seconds: float = 0.5, wait_for=()):
-        config = tmp_path / "models.config"
-        config.write_text(config_text)
-        context = serve_in_thread(_settings(tmp_path / "home", config, poll_seconds))
-        running = context.__enter__()
-        started.append(context)
-        _wait_available(lambda name: running.dataplane.backend.status(name, None, None), wait_for)
-        channel = grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}")
-        client = httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=RPC_TIMEOUT)
-        started.append(channel)
-        started.append(client)
-        return prediction_service_pb2_grpc.PredictionServiceStub(channel), client, running
+        def start(config_text: str, poll_seconds: float = 0.5, wait_for=()):
+            config = tmp_path / "models.config"
+            config.write_text(config_text)
+            running = stack.enter_context(serve_in_thread(_settings(tmp_path / "home", config, poll_seconds)))
+            _wait_available(lambda name: running.dataplane.backend.status(name, None, None), wait_for)
+            channel = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}"))
+            client = stack.enter_context(
+                httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=RPC_TIMEOUT)
+            )
+            return prediction_service_pb2_grpc.PredictionServiceStub(channel), client, running
 
-    yield start
-    for thing in reversed(started):
-        if hasattr(thing, "__exit__"):
-            thing.__exit__(None, None, None)
-        else:
-            thing.close()
+        yield start
 
 
 def _config(name: str, base_path: Path) -> str:
