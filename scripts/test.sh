@@ -42,20 +42,30 @@ read -r busy_start idle_start < <(cpu_ticks)
 # rest (the drill, ingest, drift). One after the other they were the suite's critical path (33
 # minutes on a quiet 2-core machine); side by side their waits overlap. Each process has its own
 # Airflow home and free ports (tests/orchestration/conftest.py).
+# Each part's wall time and CPU time (user + system, its waited-for children included; the stack's
+# daemons, which detach, are in the machine's figure below only): where the suite's CPU goes.
+timed() {
+    local part=$1
+    shift
+    local TIMEFORMAT="==> $part: %R s wall, %U s user + %S s system CPU"
+    time "$@"
+}
 STACK_TESTS=tests/orchestration/test_stack.py
 declare -A parts=()
 echo "==> $STACK_TESTS (orchestration env) in the background; its log: $LOG_DIR/orchestration-stack.log"
-.venv/orchestration/bin/python -m pytest "$STACK_TESTS" "${PYTEST_ARGS[@]}" >"$LOG_DIR/orchestration-stack.log" 2>&1 &
+timed orchestration-stack .venv/orchestration/bin/python -m pytest "$STACK_TESTS" "${PYTEST_ARGS[@]}" \
+    >"$LOG_DIR/orchestration-stack.log" 2>&1 &
 parts[orchestration-stack]=$!
 echo "==> tests/orchestration, the rest (orchestration env) in the background; its log: $LOG_DIR/orchestration.log"
-.venv/orchestration/bin/python -m pytest tests/orchestration --ignore="$STACK_TESTS" "${PYTEST_ARGS[@]}" \
-    >"$LOG_DIR/orchestration.log" 2>&1 &
+timed orchestration .venv/orchestration/bin/python -m pytest tests/orchestration --ignore="$STACK_TESTS" \
+    "${PYTEST_ARGS[@]}" >"$LOG_DIR/orchestration.log" 2>&1 &
 parts[orchestration]=$!
 # Ctrl-C or a CI cancel stops every part, not only the foreground one.
-trap 'kill "${parts[@]}" 2>/dev/null; stop_hog' INT TERM
+# (Each part is a shell timing its pytest: its pytest is stopped first, then the shell.)
+trap 'for p in "${parts[@]}"; do pkill -TERM -P "$p"; kill "$p"; done 2>/dev/null; stop_hog' INT TERM
 
 echo "==> tests/ except orchestration (pipeline env)"
-.venv/pipeline/bin/python -m pytest tests --ignore=tests/orchestration "${PYTEST_ARGS[@]}"
+timed pipeline .venv/pipeline/bin/python -m pytest tests --ignore=tests/orchestration "${PYTEST_ARGS[@]}"
 pipeline_status=$?
 echo "==> pipeline env: exit $pipeline_status after $((SECONDS - started)) s; waiting for tests/orchestration"
 
