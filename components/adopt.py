@@ -95,6 +95,7 @@ class AdoptOptions:
     class_order: tuple[str, ...] = EMOTIONS  # the model's output order, as emotion names
     embedding_layer: str | None = None  # Keras layer name; None: found from the classifier head
     faces: int = 1000  # faces for the PCA and the reference profile
+    trust_model: bool = False  # allow Python code stored in the model file (Keras Lambda layers) to run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,13 +199,23 @@ def _pooled(tensor, name: str):
     return tensor
 
 
-def _load_keras(path: Path, embedding_layer: str | None) -> Classifier:
+def _load_keras(path: Path, embedding_layer: str | None, trust_model: bool = False) -> Classifier:
     import tf_keras as keras
+    from tf_keras.src.saving import serialization_lib
 
     try:
         # compile=False: a classifier saved with its optimizer or a custom loss still loads for inference.
-        model = keras.models.load_model(str(path), compile=False)
+        # Safe mode for every format: load_model's own safe_mode reaches only .keras files, while an
+        # .h5 file or a Keras SavedModel with a Lambda layer ran the Python bytecode stored in it. In
+        # safe mode the .h5 file is refused; the SavedModel's layer is revived from its traced graph.
+        with serialization_lib.SafeModeScope(not trust_model):
+            model = keras.models.load_model(str(path), compile=False, safe_mode=not trust_model)
     except Exception as error:  # noqa: BLE001 - any failure to read is the user's answer, not a crash
+        if "Lambda" in str(error) and not trust_model:
+            raise AdoptError(
+                f"{path}: the model holds a Lambda layer with Python code, which would run on this machine when "
+                "it is loaded; refused. If you trust where the file comes from, adopt it with --trust-model"
+            ) from None
         raise AdoptError(f"{path}: not readable as a Keras model: {type(error).__name__}: {error}") from None
     if not isinstance(model, keras.Model) or not getattr(model, "outputs", None):
         raise AdoptError(f"{path}: loaded, but it is not a Keras model with known inputs and outputs")
@@ -312,9 +323,10 @@ def _check_output_shape(path: Path, shape: tuple) -> None:
         )
 
 
-def load_classifier(path: Path, embedding_layer: str | None = None) -> Classifier:
+def load_classifier(path: Path, embedding_layer: str | None = None, trust_model: bool = False) -> Classifier:
     """The team's model: a Keras file, a Keras SavedModel folder, or any SavedModel with a
-    serving_default signature. Raises AdoptError with the reason when it is none of them."""
+    serving_default signature. Raises AdoptError with the reason when it is none of them.
+    `trust_model`: let Keras run Python code stored in the file (Lambda layers); refused otherwise."""
     path = Path(path)
     if not path.exists():
         raise AdoptError(f"{path}: no such file or folder")
@@ -322,11 +334,11 @@ def load_classifier(path: Path, embedding_layer: str | None = None) -> Classifie
         if not (path / "saved_model.pb").is_file():
             raise AdoptError(f"{path}: a folder, but not a SavedModel (no saved_model.pb in it)")
         if (path / "keras_metadata.pb").is_file():  # a Keras SavedModel: its layers are there to use
-            return _load_keras(path, embedding_layer)
+            return _load_keras(path, embedding_layer, trust_model)
         return _load_signature(path)
     if path.suffix.lower() not in KERAS_SUFFIXES:
         raise AdoptError(f"{path}: expected a Keras file ({', '.join(KERAS_SUFFIXES)}) or a SavedModel folder")
-    return _load_keras(path, embedding_layer)
+    return _load_keras(path, embedding_layer, trust_model)
 
 
 def resolve_preprocessing(classifier: Classifier, options: AdoptOptions) -> Preprocessing:
@@ -574,7 +586,7 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
     if options.faces < 1:
         raise AdoptError("--faces must be at least 1")
     started = time.monotonic()
-    classifier = load_classifier(model_path, options.embedding_layer)
+    classifier = load_classifier(model_path, options.embedding_layer, options.trust_model)
     _say(
         f"loaded {classifier.path} ({classifier.kind}): input {classifier.input_shape}, "
         f"output {classifier.output_shape}"

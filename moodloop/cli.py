@@ -156,6 +156,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
         class_order=tuple(args.class_order.split(",")) if args.class_order else AdoptOptions.class_order,
         embedding_layer=args.embedding_layer,
         faces=args.faces,
+        trust_model=args.trust_model,
     )
     try:
         # Synthetic faces only when nothing is curated yet (the embedding's PCA needs faces).
@@ -322,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--faces", type=int, default=1000, help="faces for the embedding's PCA and reference profile (default 1000)"
+    )
+    p.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="let Keras run Python code stored in the model (Lambda layers): loading such a file runs that "
+        "code on this machine, so it is refused unless you trust where the file comes from",
     )
     p.set_defaults(func=cmd_adopt)
 

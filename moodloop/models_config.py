@@ -97,6 +97,16 @@ def write(path: Path, config: model_server_config_pb2.ModelServerConfig) -> None
     atomic_write_text(path, text_format.MessageToString(config))
 
 
+def replace(path: Path, config: model_server_config_pb2.ModelServerConfig) -> None:
+    """A whole new config (TF Serving's HandleReloadConfigRequest), under the lock every label move
+    takes: a reload never interleaves with the Pusher's or the canary analysis's read-modify-write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write(path, config)
+
+
 def ensure(path: Path, model_name: str, base_path: Path) -> None:
     """Create the config for one model if the file does not exist yet."""
     if not Path(path).exists():

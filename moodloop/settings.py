@@ -138,6 +138,13 @@ class ServingSettings:
     corrections_per_batch: int = setting("MOODLOOP_CORRECTIONS_PER_BATCH", 20)
     recent_faces: int = setting("MOODLOOP_RECENT_FACES", 5000)  # face crops kept in memory for feedback
     max_instances: int = setting("MOODLOOP_MAX_INSTANCES", 256)  # instances per predict request
+    # Admission (serving/admission.py): requests working at once (threads, per API: REST and gRPC),
+    # and how many more may wait for one; beyond that a request is refused at once (429 / RESOURCE_EXHAUSTED).
+    max_concurrent_requests: int = setting("MOODLOOP_MAX_CONCURRENT_REQUESTS", 16)
+    max_queued_requests: int = setting("MOODLOOP_MAX_QUEUED_REQUESTS", 64)
+    # Feedback labels feed the canary's rollback rule and become training batches: who may send them.
+    feedback_token: str = setting("MOODLOOP_FEEDBACK_TOKEN", "")  # "": anyone (a public faces page)
+    feedback_per_minute: float = setting("MOODLOOP_FEEDBACK_PER_MINUTE", 1200.0)  # per client address; 0: no limit
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -215,7 +222,13 @@ SECTIONS: dict[str, type] = {
     "airflow": AirflowSettings,
     "alerts": AlertSettings,
 }
-SECRETS = {("s3", "secret_key"), ("serving", "admin_token"), ("alerts", "webhook_url"), ("", "metadata_url")}
+SECRETS = {
+    ("s3", "secret_key"),
+    ("serving", "admin_token"),
+    ("serving", "feedback_token"),
+    ("alerts", "webhook_url"),
+    ("", "metadata_url"),
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -483,12 +483,20 @@ class TFServingBackend:
     Everything a load balancer would need beyond that is left to the platform (no home-made proxy)."""
 
     def __init__(
-        self, targets: str | list[str], config_path: Path, timeout: float = 10.0, health_seconds: float = 1.0
+        self,
+        targets: str | list[str],
+        config_path: Path,
+        timeout: float = 10.0,
+        health_seconds: float = 1.0,
+        admin_token: str = "",
     ) -> None:
         import grpc
 
         self._grpc = grpc
         self.config_path = Path(config_path)
+        # Sent with config reloads: TF Serving ignores it; a moodloop gateway standing in for it
+        # (a replica) requires it (serving/grpc_api.py).
+        self._reload_metadata = (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
         self._timeout = timeout
         self._health_seconds = health_seconds
         names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
@@ -671,7 +679,9 @@ class TFServingBackend:
         reached, down, refused = [], [], []
         for replica in self.replicas:  # every replica, not one: each holds its own config
             try:
-                response = replica.models.HandleReloadConfigRequest(request, timeout=self._timeout)
+                response = replica.models.HandleReloadConfigRequest(
+                    request, timeout=self._timeout, metadata=self._reload_metadata
+                )
             except self._grpc.RpcError as error:
                 # A replica that is down re-reads the same models.config from the shared volume
                 # when it starts (--model_config_file), so it misses nothing.

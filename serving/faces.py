@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import math
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -344,6 +345,43 @@ def analyze_photo(
     return result, image
 
 
+def _faces_in_frame(frame: np.ndarray, detector: FaceDetector, classify: Classify):
+    """One sampled BGR video frame -> (its RGB pixels, the faces found, their probabilities)."""
+    rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    faces = detector.detect(rgb)
+    context = [{"face_width": f.width, "face_area_ratio": f.width * f.height / grey.size} for f in faces]
+    probabilities = classify(crop_faces(grey, faces), context) if faces else np.zeros((0, 7))
+    return rgb, faces, probabilities
+
+
+# The containers a video upload may be, recognised by their first bytes before FFmpeg sees them.
+# FFmpeg itself picks a demuxer by probing, and some demuxers read other files: an HLS playlist
+# (`#EXTM3U`) or an ffconcat list naming `file:///...` made it decode videos from the server's own
+# disk (and `?annotate=1` sent their frames back). Only self-contained container formats pass.
+VIDEO_CONTAINERS = {
+    "mp4": lambda head: head[4:8] == b"ftyp",  # ISO BMFF: MP4, MOV, 3GP, M4V
+    "mkv": lambda head: head[:4] == b"\x1a\x45\xdf\xa3",  # Matroska, WebM
+    "avi": lambda head: head[:4] == b"RIFF" and head[8:12] == b"AVI ",
+    "mpg": lambda head: head[:4] == b"\x00\x00\x01\xba",  # MPEG program stream
+    "ts": lambda head: len(head) > 376 and head[0] == head[188] == head[376] == 0x47,  # MPEG transport stream
+    "flv": lambda head: head[:3] == b"FLV",
+    "ogv": lambda head: head[:4] == b"OggS",
+}
+
+
+def video_container(data: bytes) -> str:
+    """The container format of an upload, from its first bytes; BadMediaError for anything else."""
+    head = data[:512]
+    for name, matches in VIDEO_CONTAINERS.items():
+        if matches(head):
+            return name
+    raise BadMediaError(
+        "not a video container moodloop reads (MP4/MOV, Matroska/WebM, AVI, MPEG-PS/TS, FLV, Ogg);"
+        " playlists and lists of other files are refused"
+    )
+
+
 def analyze_video(
     data: bytes,
     detector: FaceDetector,
@@ -354,15 +392,18 @@ def analyze_video(
     annotate: bool = False,
     min_confidence: float = 0.5,
     smooth: int = 1,
+    max_seconds: float = 600.0,
 ) -> tuple[dict, bytes | None]:
     """A timeline: one entry per sampled frame (every `every_seconds`), with its faces and emotions,
     each face with the id of the person it is (serving/tracking.py: followed across frames); with
     `smooth` > 1 also each person's emotion averaged over their last `smooth` sampled frames. And
-    one summary per person: when seen, and the share of frames per emotion."""
+    one summary per person: when seen, and the share of frames per emotion. At most `max_seconds`
+    of the video are decoded (the rest is left: `"truncated": true`), whatever its sampling."""
     if not data:
         raise BadMediaError("the upload is empty")
+    container = video_container(data)
     with tempfile.TemporaryDirectory(prefix="moodloop-video-") as tmp:
-        source = Path(tmp) / "upload"
+        source = Path(tmp) / f"upload.{container}"
         source.write_bytes(data)
         capture = cv2.VideoCapture(str(source))
         if not capture.isOpened():
@@ -376,22 +417,20 @@ def analyze_video(
         if annotate:
             out_path = Path(tmp) / "annotated.mp4"
             writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), fps / step, (width, height))
-        timeline, index, frames_read = [], 0, 0
+        timeline, index, frames_read, truncated = [], 0, 0, False
+        max_frames = max(1, int(max_seconds * min(fps, 240.0)))  # a lying frame rate gains nothing past 240
         tracker, smoother = IouTracker(), Smoother(smooth)
         try:
             while len(timeline) < max_samples:
+                if frames_read >= max_frames:
+                    truncated = True
+                    break
                 ok, frame = capture.read()
                 if not ok:
                     break
                 frames_read += 1
                 if index % step == 0:
-                    rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-                    faces = detector.detect(rgb)
-                    context = [
-                        {"face_width": f.width, "face_area_ratio": f.width * f.height / grey.size} for f in faces
-                    ]
-                    probabilities = classify(crop_faces(grey, faces), context) if faces else np.zeros((0, 7))
+                    rgb, faces, probabilities = _faces_in_frame(frame, detector, classify)
                     entry = {
                         "frame": index,
                         "time": round(index / fps, 3),
@@ -413,17 +452,15 @@ def analyze_video(
         if frames_read == 0:
             raise BadMediaError("the video holds no readable frame")
         video = out_path.read_bytes() if annotate else None
-    summary = {e: 0 for e in EMOTIONS}
-    for entry in timeline:
-        for face in entry["faces"]:
-            summary[face["emotion"]] += 1
+    summary = Counter(face["emotion"] for entry in timeline for face in entry["faces"])
     return {
         "fps": round(fps, 3),
         "width": width,
         "height": height,
         "sampled_every_seconds": every_seconds,
         "frames_read": frames_read,
+        "truncated": truncated,
         "timeline": timeline,
         "people": people_summary(timeline),
-        "emotion_counts": summary,
+        "emotion_counts": {e: summary[e] for e in EMOTIONS},
     }, video

@@ -65,6 +65,7 @@ def build(settings: Settings):
             settings.serving_config,
             settings.serving.request_timeout_seconds,
             settings.serving.tfserving_health_seconds,
+            settings.serving.admin_token,
         )
     else:
         raise ValueError(f"MOODLOOP_SERVING_BACKEND={settings.serving.backend!r}: use 'embedded' or 'tfserving'")

@@ -7,6 +7,7 @@ Clients may send `x-client-id` metadata (sticky traffic split); replies carry `x
 
 from __future__ import annotations
 
+import hmac
 from concurrent import futures
 
 import grpc
@@ -97,6 +98,49 @@ def tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
     return proto
 
 
+def declared_bytes(key: str, proto: tensor_pb2.TensorProto) -> int:
+    """What a TensorProto takes once materialised: its declared shape times its dtype's size. A
+    proto may declare far more values than it carries (TensorFlow repeats the last one to fill the
+    shape: a few bytes can declare [1, 40000, 40000] uint8, 1.6 GB), so this is read from the shape,
+    never from the payload."""
+    if proto.tensor_shape.unknown_rank:
+        count = 1
+    else:
+        count = 1
+        for dim in proto.tensor_shape.dim:
+            if dim.size < 0:
+                raise ServingError("INVALID_ARGUMENT", f"input {key!r}: dimension {dim.size} is negative")
+            count *= dim.size
+    if proto.dtype == tf.string.as_datatype_enum:
+        carried = [len(value) for value in proto.string_val]
+        last = carried[-1] if carried else 0
+        return 8 * count + sum(carried[:count]) + max(0, count - len(carried)) * last  # pointer + bytes each
+    try:
+        itemsize = tf.dtypes.as_dtype(proto.dtype).size
+    except TypeError as error:
+        raise ServingError("INVALID_ARGUMENT", f"input {key!r}: unreadable input tensor: {error}") from None
+    return count * itemsize
+
+
+def input_arrays(inputs, max_bytes: int) -> dict[str, np.ndarray]:
+    """Each input TensorProto as an array, its declared size checked before any memory is spent on
+    it: all inputs together may take at most `max_bytes` (MOODLOOP_MAX_UPLOAD_BYTES, the REST
+    body's limit too)."""
+    total = 0
+    for key, proto in inputs.items():
+        total += declared_bytes(key, proto)
+        if total > max_bytes:
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"input tensors declare {total:,} bytes (shape x dtype); the limit is {max_bytes:,}"
+                " (MOODLOOP_MAX_UPLOAD_BYTES)",
+            )
+    try:
+        return {key: tf.make_ndarray(proto) for key, proto in inputs.items()}
+    except (TypeError, ValueError) as error:
+        raise ServingError("INVALID_ARGUMENT", f"unreadable input tensor: {error}") from None
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
@@ -104,9 +148,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext):
         call = self._call(request.model_spec, context)
         try:
-            inputs = {key: tf.make_ndarray(value) for key, value in request.inputs.items()}
-        except (TypeError, ValueError) as error:
-            return _abort(context, ServingError("INVALID_ARGUMENT", f"unreadable input tensor: {error}"))
+            inputs = input_arrays(request.inputs, self.dataplane.settings.serving.max_upload_bytes)
+        except ServingError as error:
+            return _abort(context, error)
         try:
             served, outputs = self.dataplane.predict(call, inputs)
             _check_output_filter(list(request.output_filter), outputs)
@@ -208,11 +252,18 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
     def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
-        """TF Serving's config reload: the new config replaces models.config and is applied now."""
+        """TF Serving's config reload: the new config replaces models.config and is applied now.
 
+        It changes what is served (labels, versions, any SavedModel folder the gateway can read), so
+        it takes the admin token as REST's /admin/* do, sent as `authorization: Bearer <token>`
+        metadata; without MOODLOOP_ADMIN_TOKEN it is disabled. (TF Serving itself has no
+        authentication: there the port must not be reachable by clients.)"""
+        refusal = admin_refusal(self.dataplane.settings.serving.admin_token, context.invocation_metadata())
+        if refusal:
+            return _abort(context, refusal)
         response = model_management_pb2.ReloadConfigResponse()
         try:
-            models_config.write(self.dataplane.settings.serving_config, request.config)
+            models_config.replace(self.dataplane.settings.serving_config, request.config)
             self.dataplane.reload()
         except (OSError, ValueError) as error:
             response.status.error_code = 3  # INVALID_ARGUMENT
@@ -220,10 +271,26 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def create_server(dataplane: DataPlane, address: str, workers: int = 16) -> tuple[grpc.Server, int]:
+def admin_refusal(admin_token: str, metadata) -> ServingError | None:
+    """None when the call's `authorization` metadata holds the admin token, else why not."""
+    if not admin_token:
+        return ServingError("PERMISSION_DENIED", "config reload is disabled: set MOODLOOP_ADMIN_TOKEN")
+    supplied = dict(metadata or ()).get("authorization", "")
+    scheme, _, token = supplied.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin_token.encode()):
+        return ServingError("UNAUTHENTICATED", "missing or wrong bearer token (metadata `authorization: Bearer ...`)")
+    return None
+
+
+def create_server(dataplane: DataPlane, address: str) -> tuple[grpc.Server, int]:
+    """Admission as REST's (serving/admission.py): `max_concurrent_requests` handler threads, and
+    RPCs beyond that many plus `max_queued_requests` refused at once with RESOURCE_EXHAUSTED. An
+    RPC past its deadline keeps its thread until its handler returns, so threads stay bounded."""
+    serving = dataplane.settings.serving
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        futures.ThreadPoolExecutor(max_workers=serving.max_concurrent_requests, thread_name_prefix="grpc"),
         options=[("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)],
+        maximum_concurrent_rpcs=serving.max_concurrent_requests + serving.max_queued_requests,
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(dataplane), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(dataplane), server)

@@ -27,7 +27,6 @@ turned into responses by handlers registered once (`EXCEPTION_HANDLERS`): an end
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import math
@@ -51,6 +50,7 @@ from starlette.staticfiles import StaticFiles
 
 from moodloop import status
 from serving import examples as tf_examples
+from serving.admission import RateLimiter, WorkSlots
 from serving.backends import ServingError
 from serving.dataplane import Call, DataPlane
 from serving.faces import BadMediaError, analyze_photo, analyze_video
@@ -132,6 +132,11 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _bearer_matches(request: Request, token: str) -> bool:
+    supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(supplied.encode(), token.encode())
+
+
 def _client_id(request: Request) -> str | None:
     return request.headers.get("x-client-id") or None
 
@@ -186,13 +191,13 @@ class RestEndpoints:
         self.dataplane = dataplane
         self.settings = dataplane.settings
         self.limit = dataplane.settings.serving.max_upload_bytes
+        serving = dataplane.settings.serving
+        self.work = WorkSlots(serving.max_concurrent_requests, serving.max_queued_requests)
+        self.feedback_rate = RateLimiter(serving.feedback_per_minute)
 
-    async def _in_thread(self, function, *args):
-        timeout = self.settings.serving.request_timeout_seconds
-        try:
-            return await asyncio.wait_for(run_in_threadpool(function, *args), timeout)
-        except asyncio.TimeoutError:
-            raise ServingError("DEADLINE_EXCEEDED", f"Deadline Exceeded ({timeout:g} s)") from None
+    async def _in_thread(self, function, *args, timeout: float | None = None):
+        """The request's work on one of the gateway's work slots (serving/admission.py)."""
+        return await self.work.run(function, *args, timeout=timeout or self.settings.serving.request_timeout_seconds)
 
     # TF Serving's API
     async def tfserving_api(self, request: Request) -> Response:
@@ -378,14 +383,12 @@ class RestEndpoints:
                     smooth=smooth,
                 )
 
-            work = run_in_threadpool(run)
             try:
-                result, video = await asyncio.wait_for(
-                    work, timeout=max(60.0, settings.serving.request_timeout_seconds)
-                )
-            except asyncio.TimeoutError:
-                message = "videos analysis took too long; send something smaller"
-                raise ServingError("DEADLINE_EXCEEDED", message) from None
+                result, video = await self._in_thread(run, timeout=max(60.0, settings.serving.request_timeout_seconds))
+            except ServingError as error:
+                if error.code == "DEADLINE_EXCEEDED":
+                    error.message = "videos analysis took too long; send something smaller"
+                raise
             return result, (timeline_csv(result["timeline"]).encode() if as_csv else video)
 
         return await self._analyze(request, "videos", "text/csv" if as_csv else "video/mp4", analyze)
@@ -409,18 +412,32 @@ class RestEndpoints:
         return JSONResponse({"request_id": call.request_id, "model": model, **result}, headers=headers)
 
     async def _upload(self, request: Request) -> bytes:
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > self.limit:
-                raise payload_too_large(f"request body is {int(declared)} bytes; the limit is {self.limit}")
-            async with request.form(max_part_size=self.limit) as form:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise BadMediaError("multipart upload needs a 'file' field")
-                return await upload.read()
-        return await _body(request, self.limit)
+        raw = await _body(request, self.limit)  # bounded while it streams, Content-Length or chunked
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return raw
+
+        # Starlette's form parser bounds the fields but spools a file part of any size, so the
+        # multipart body is read (bounded) first and parsed from memory: one file, a few fields.
+        async def replay() -> dict:
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        async with Request(request.scope, replay).form(max_files=1, max_fields=8, max_part_size=self.limit) as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise BadMediaError("multipart upload needs a 'file' field")
+            return await upload.read()
 
     async def feedback(self, request: Request) -> Response:
+        """A label for an earlier prediction. Labels feed the canary's rollback rule and become
+        training batches, so the sender may be asked for MOODLOOP_FEEDBACK_TOKEN, and each client
+        address sends at most MOODLOOP_FEEDBACK_PER_MINUTE (429 beyond, before the body is read)."""
+        token = self.settings.serving.feedback_token
+        if token and not _bearer_matches(request, token):
+            raise HttpError(401, "feedback needs the feedback token: Authorization: Bearer <MOODLOOP_FEEDBACK_TOKEN>")
+        client = request.client.host if request.client else "unknown"
+        if not self.feedback_rate.allow(client):
+            per_minute = self.settings.serving.feedback_per_minute
+            raise ServingError("RESOURCE_EXHAUSTED", f"feedback rate limit: {per_minute:g} a minute per client")
         try:
             body = json.loads(await _body(request, 64 * 1024))
             if not isinstance(body, dict):
@@ -470,8 +487,7 @@ class RestEndpoints:
         """The model the admin call is about; raises unless the caller holds the admin token."""
         if not self.settings.serving.admin_token:
             raise HttpError(403, "admin endpoints are disabled: set MOODLOOP_ADMIN_TOKEN")
-        supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(supplied.encode(), self.settings.serving.admin_token.encode()):
+        if not _bearer_matches(request, self.settings.serving.admin_token):
             raise HttpError(401, "missing or wrong bearer token")
         return request.query_params.get("model", self.settings.model_name)
 

@@ -291,3 +291,31 @@ def test_adopt_help_says_what_to_pass():
         [sys.executable, "-m", "moodloop.cli", "--help"], capture_output=True, text=True, timeout=60
     )
     assert "moodloop adopt MODEL" in listed.stdout and "adopt" in listed.stdout.split("positional arguments")[-1]
+
+
+@pytest.mark.parametrize("saved_as", ["h5", "savedmodel"])
+def test_python_code_stored_in_a_model_does_not_run_unless_the_model_is_trusted(tmp_path, saved_as):
+    """A Keras Lambda layer stores Python bytecode, and loading an .h5 file or a Keras SavedModel
+    ran it (tf_keras's own safe_mode reaches .keras files only). Here the code would leave a mark.
+    In safe mode an .h5 file with it is refused; a Keras SavedModel loads from its traced graph
+    instead, without running the code; trusted, both run it as Keras always did."""
+    from components.adopt import load_classifier
+
+    mark = tmp_path / "code-ran"
+    inputs = keras.Input((48, 48, 1))
+    marked = keras.layers.Lambda(lambda x, mark=str(mark): (open(mark, "w").close(), x)[1])(inputs)
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(marked))
+    model = keras.Model(inputs, keras.layers.Dense(7, activation="softmax")(hidden))
+    path = tmp_path / ("model.h5" if saved_as == "h5" else "saved")
+    model.save(str(path), save_format="h5" if saved_as == "h5" else "tf")
+    mark.unlink()  # building and saving ran it here; loading is the subject
+
+    if saved_as == "h5":
+        with pytest.raises(AdoptError, match="Lambda layer with Python code.*--trust-model"):
+            load_classifier(path)
+    else:
+        revived = load_classifier(path)  # the layer revived from its traced graph, no code run
+        assert revived.kind == "Keras" and revived.output_shape[-1] == 7
+    assert not mark.exists(), "the stored code ran without --trust-model"
+    load_classifier(path, trust_model=True)  # the owner vouches for it: Keras rebuilds it from its code
+    assert mark.exists()
