@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import List  # noqa: UP035 - TFX's component parser reads typing.List annotations
 
 import numpy as np
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
 from moodloop import models_config, slices, status
@@ -415,27 +416,27 @@ def describe(result: dict) -> list[str]:
     return lines
 
 
-@tfx.dsl.components.component
+@component
 def ABGate(
-    model: tfx.dsl.components.InputArtifact[standard_artifacts.Model],
-    examples: tfx.dsl.components.InputArtifact[List[standard_artifacts.Examples]],  # noqa: UP006
-    evaluation: tfx.dsl.components.InputArtifact[standard_artifacts.ModelEvaluation],
-    blessing: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelBlessing],
-    report: tfx.dsl.components.OutputArtifact[GateReport],
-    model_base: tfx.dsl.components.Parameter[str],
-    serving_config: tfx.dsl.components.Parameter[str],
-    model_name: tfx.dsl.components.Parameter[str],
+    model: InputArtifact[standard_artifacts.Model],
+    examples: InputArtifact[List[standard_artifacts.Examples]],  # noqa: UP006
+    evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
+    blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+    report: OutputArtifact[GateReport],
+    model_base: Parameter[str],
+    serving_config: Parameter[str],
+    model_name: Parameter[str],
     # The thresholds (moodloop.settings.GateSettings, where their defaults live), one by one:
     # a TFX component's parameters are primitives.
-    min_accuracy: tfx.dsl.components.Parameter[float],
-    max_accuracy_drop: tfx.dsl.components.Parameter[float],
-    alpha: tfx.dsl.components.Parameter[float],
-    min_examples: tfx.dsl.components.Parameter[int],
-    max_class_recall_drop: tfx.dsl.components.Parameter[float],
-    bootstrap: tfx.dsl.components.Parameter[int],
-    min_slice_examples: tfx.dsl.components.Parameter[int],
-    max_slice_accuracy_drop: tfx.dsl.components.Parameter[float],
-    status_dir: tfx.dsl.components.Parameter[str] = "",
+    min_accuracy: Parameter[float],
+    max_accuracy_drop: Parameter[float],
+    alpha: Parameter[float],
+    min_examples: Parameter[int],
+    max_class_recall_drop: Parameter[float],
+    bootstrap: Parameter[int],
+    min_slice_examples: Parameter[int],
+    max_slice_accuracy_drop: Parameter[float],
+    status_dir: Parameter[str] = "",
 ) -> None:
     """Champion vs candidate on the same held-out faces; blesses (or not) for the Pusher. The
     verdict and its picture are also the latest gate status (moodloop/status.py) in `status_dir`."""

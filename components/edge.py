@@ -32,7 +32,8 @@ from typing import List  # noqa: UP035 - TFX's component decorator reads typing.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 
 from components.ab_gate import split_examples
@@ -330,14 +331,14 @@ def publish(out: Path, metadata: dict, version_dir: str) -> str:
     return str(target)
 
 
-@tfx.dsl.components.component
+@component
 def EdgeExporter(
-    model: tfx.dsl.components.InputArtifact[standard_artifacts.Model],
-    pushed_model: tfx.dsl.components.InputArtifact[standard_artifacts.PushedModel],
-    examples: tfx.dsl.components.InputArtifact[List[standard_artifacts.Examples]],  # noqa: UP006
-    edge: tfx.dsl.components.OutputArtifact[EdgeModels],
-    representative_faces: tfx.dsl.components.Parameter[int] = 500,
-    held_out_faces: tfx.dsl.components.Parameter[int] = 2000,
+    model: InputArtifact[standard_artifacts.Model],
+    pushed_model: InputArtifact[standard_artifacts.PushedModel],
+    examples: InputArtifact[List[standard_artifacts.Examples]],  # noqa: UP006
+    edge: OutputArtifact[EdgeModels],
+    representative_faces: Parameter[int] = 500,
+    held_out_faces: Parameter[int] = 2000,
 ) -> None:
     """TFLite float16 and int8 of the pushed model, checked against it, published beside it."""
     if not pushed_model.get_int_custom_property("pushed"):

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import path_utils
 
@@ -249,13 +250,13 @@ def check_in_model_server(model_dir: str, model_name: str, serialized_examples: 
     return problems
 
 
-@tfx.dsl.components.component
+@component
 def EmbeddedInfraValidator(
-    model: tfx.dsl.components.InputArtifact[standard_artifacts.Model],
-    examples: tfx.dsl.components.InputArtifact[standard_artifacts.Examples],
-    blessing: tfx.dsl.components.OutputArtifact[standard_artifacts.InfraBlessing],
-    model_name: tfx.dsl.components.Parameter[str] = "emotion",
-    num_examples: tfx.dsl.components.Parameter[int] = 8,
+    model: InputArtifact[standard_artifacts.Model],
+    examples: InputArtifact[standard_artifacts.Examples],
+    blessing: OutputArtifact[standard_artifacts.InfraBlessing],
+    model_name: Parameter[str] = "emotion",
+    num_examples: Parameter[int] = 8,
 ) -> None:
     """Stamp the model with warm-up requests, load it in the model server, ask every signature."""
     stamped = path_utils.stamped_model_path(blessing.uri)

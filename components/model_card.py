@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 from typing import List  # noqa: UP035 - TFX's component decorator reads typing.List, not list
 
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from components.ab_gate import BIAS_REPORT_PNG, GATE_REPORT_JSON, GateReport
@@ -283,17 +284,17 @@ def card_html(card: dict, bias_png: bytes | None = None) -> str:
     )
 
 
-@tfx.dsl.components.component
+@component
 def ModelCardGen(
-    model_run: tfx.dsl.components.InputArtifact[standard_artifacts.ModelRun],
-    report: tfx.dsl.components.InputArtifact[ModelReport],
-    gate_report: tfx.dsl.components.InputArtifact[GateReport],
-    pushed_model: tfx.dsl.components.InputArtifact[standard_artifacts.PushedModel],
-    edge: tfx.dsl.components.InputArtifact[EdgeModels],
-    examples: tfx.dsl.components.InputArtifact[List[standard_artifacts.Examples]],  # noqa: UP006
-    curated_dir: tfx.dsl.components.Parameter[str],
-    pipeline_run_id: tfx.dsl.components.Parameter[str],  # TFX fills it in at run time (placeholder)
-    pipeline_root: tfx.dsl.components.Parameter[str],
+    model_run: InputArtifact[standard_artifacts.ModelRun],
+    report: InputArtifact[ModelReport],
+    gate_report: InputArtifact[GateReport],
+    pushed_model: InputArtifact[standard_artifacts.PushedModel],
+    edge: InputArtifact[EdgeModels],
+    examples: InputArtifact[List[standard_artifacts.Examples]],  # noqa: UP006
+    curated_dir: Parameter[str],
+    pipeline_run_id: Parameter[str],  # TFX fills it in at run time (placeholder)
+    pipeline_root: Parameter[str],
 ) -> None:
     """The pushed version's model card (HTML + JSON) in its assets.extra/."""
     if not pushed_model.get_int_custom_property("pushed"):

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact
+from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 
 from moodloop.contracts import EMOTIONS, FEATURE_SLICES
@@ -111,11 +112,11 @@ def validation_reasons(evaluation_uri: str) -> tuple[bool, list[str]]:
     return bool(result.validation_ok), reasons
 
 
-@tfx.dsl.components.component
+@component
 def ModelReportGen(
-    evaluation: tfx.dsl.components.InputArtifact[standard_artifacts.ModelEvaluation],
-    model_run: tfx.dsl.components.InputArtifact[standard_artifacts.ModelRun],
-    report: tfx.dsl.components.OutputArtifact[ModelReport],
+    evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
+    model_run: InputArtifact[standard_artifacts.ModelRun],
+    report: OutputArtifact[ModelReport],
 ) -> None:
     """Training curves, confusion matrix and the verdict with its reasons, in one folder."""
 

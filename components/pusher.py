@@ -12,8 +12,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from tfx import v1 as tfx
 from tfx.components.pusher import executor as pusher_executor
+from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
@@ -33,7 +33,7 @@ class AtomicPusherExecutor(pusher_executor.Executor):
     """
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
-        destination = tfx.proto.PushDestination()
+        destination = pusher_pb2.PushDestination()
         from tfx.utils import proto_utils
 
         proto_utils.json_to_proto(exec_properties["push_destination"], destination)

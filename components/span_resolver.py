@@ -3,14 +3,14 @@ input when a retrain trains on all the curated spans."""
 
 from typing import Any
 
-from tfx import v1 as tfx
+from tfx.dsl.components.common.resolver import ResolverStrategy
 
 
 def _int_property(item: Any, name: str) -> int:
     return item.get_int_custom_property(name) if item.has_custom_property(name) else 0
 
 
-class LatestVersionPerSpanStrategy(tfx.dsl.experimental.ResolverStrategy):
+class LatestVersionPerSpanStrategy(ResolverStrategy):
     """All spans (or the newest `num_spans`), one Examples artifact each: the newest one.
 
     TFX's SpanRangeStrategy returns every artifact in range, so a re-run of ExampleGen over an

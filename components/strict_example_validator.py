@@ -4,8 +4,8 @@ readable reason (TFX's records it and carries on)."""
 import os
 from typing import Any
 
-from tfx import v1 as tfx
 from tfx.components.example_validator import executor as example_validator_executor
+from tfx.components.example_validator.component import ExampleValidator
 from tfx.dsl.components.base import executor_spec
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
@@ -47,5 +47,5 @@ class StrictExampleValidatorExecutor(example_validator_executor.Executor):
             )
 
 
-class StrictExampleValidator(tfx.components.ExampleValidator):
+class StrictExampleValidator(ExampleValidator):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(StrictExampleValidatorExecutor)

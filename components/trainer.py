@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
-from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.components.tuner.component import TunerFnResult
 
 from components import calibration, distributed_training, edge, explain, plots, tuning
@@ -211,7 +211,7 @@ def _warm_or_cold(model, config: dict) -> WarmStart:
     return warm_start(model, champion)
 
 
-def tuner_fn(fn_args: tfx.components.FnArgs) -> TunerFnResult:
+def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     """TFX Tuner (MOODLOOP_TUNE=1): a random search over learning rate, width and dropout."""
     config = fn_args.custom_config
     x_train, y_train = load_split(fn_args.train_files, tft.TFTransformOutput(fn_args.transform_graph_path))
@@ -223,7 +223,7 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> TunerFnResult:
     return TunerFnResult(tuner=tuner, fit_kwargs=fit_kwargs)
 
 
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
+def run_fn(fn_args: FnArgs) -> None:
     """TFX Trainer: fit the CNN on the transformed train split (in memory, canonical order, class
     weights; warm from the champion when it fits), calibrate a temperature on the eval split,
     and export the model contract's signatures with the Transform graph, the PCA projection of
