@@ -157,11 +157,13 @@ class Drill:
             right += int((predicted == labels[chunk]).sum())
             if feedback:
                 for i, truth in enumerate(labels[chunk]):
-                    self.call(
+                    sent = self.call(
                         "POST",
                         "/v1/feedback",
                         {"request_id": answer["_request_id"], "instance": i, "label": EMOTIONS[truth]},
                     )
+                    if "_status" in sent:  # a label lost (e.g. the feedback rate limit) would bias the drill
+                        raise RuntimeError(f"feedback refused ({sent['_status']}): {sent.get('error')}")
         time.sleep(2.5)  # the inference log's flush
         return right / len(pixels)
 

@@ -31,7 +31,7 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from moodloop.files import atomic_write_text, path_safe
@@ -78,8 +78,8 @@ class PowerModel:
     cpu_model: str
     cpu_watts: float  # the whole CPU's TDP
     cpus: int
-    ram_watts: functools.partial  # GB in use -> watts (codecarbon's per-DIMM model)
-    co2e_kg: functools.partial  # kWh -> kg CO2e for the country
+    ram_watts: Callable[[float], float]  # GB in use -> watts (codecarbon's per-DIMM model)
+    co2e_kg: Callable[[float], float]  # kWh -> kg CO2e for the country
 
     def cpu_joules(self, cpu_seconds: float) -> float:
         """TDP x load integrated over time: the TDP per core for each CPU second used."""
@@ -105,7 +105,7 @@ def power_model(country: str) -> PowerModel:
     def co2e_kg(kwh: float) -> float:
         return float(emissions.get_country_emissions(Energy.from_energy(kWh=kwh), geo))
 
-    return PowerModel(model, cpu_watts, cpus, functools.partial(RAM()._calculate_ram_power), functools.partial(co2e_kg))
+    return PowerModel(model, cpu_watts, cpus, RAM()._calculate_ram_power, co2e_kg)
 
 
 def _process_cpu_seconds() -> float:

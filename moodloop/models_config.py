@@ -97,13 +97,21 @@ def write(path: Path, config: model_server_config_pb2.ModelServerConfig) -> None
     atomic_write_text(path, text_format.MessageToString(config))
 
 
-def replace(path: Path, config: model_server_config_pb2.ModelServerConfig) -> None:
-    """A whole new config (TF Serving's HandleReloadConfigRequest), under the lock every label move
-    takes: a reload never interleaves with the Pusher's or the canary analysis's read-modify-write."""
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[Path]:
+    """The exclusive lock every writer of models.config takes (the Pusher, the canary analysis,
+    people, a gRPC reload)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield path
+
+
+def replace(path: Path, config: model_server_config_pb2.ModelServerConfig) -> None:
+    """A whole new config (TF Serving's HandleReloadConfigRequest), under the writers' lock: a
+    reload never interleaves with the Pusher's or the canary analysis's read-modify-write."""
+    with _locked(path) as path:
         write(path, config)
 
 
@@ -150,10 +158,7 @@ def _changing(path: Path, model_name: str, keep: tuple[int, ...] = ()) -> Iterat
     """Read-modify-write of one model's entry under an exclusive lock (the Pusher, the canary
     analysis and people may all move labels), written atomically. `keep`: versions to load besides
     the labelled ones."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(path) as path:
         config = read(path)
         entry = _entry(config, model_name)
         yield entry

@@ -82,6 +82,8 @@ if [[ "${MOODLOOP_SKIP_BROWSER:-0}" != 1 ]]; then
 fi
 # The serving benchmark's load generators are C programs, so the client is not what it measures
 # (bench/serving_load.py: wrk for REST, h2load for gRPC); it says so and skips them when missing.
+# The suite finds and stops processes by name (the stack test's kill, scripts/test.sh on Ctrl-C).
+debian_tools "process tools for the test suite" "pgrep pkill" procps
 debian_tools "load generators for the serving benchmark" "wrk h2load" wrk nghttp2-client
 # Airflow on Celery workers (MOODLOOP_EXECUTOR=celery, its test) needs a Redis broker; the code
 # tests validate docker-compose.yml offline with docker-compose 1.29's `config` (no engine needed).

@@ -1,4 +1,5 @@
-"""Admission control for the REST surface: it counts work, not waiting.
+"""Who may come in, and how much: admission control that counts work, not waiting (WorkSlots),
+per-client rates (RateLimiter) and bearer tokens (bearer_matches), for both transports.
 
 At most `workers` requests' work runs at once, each on a thread of the gateway's own pool; at most
 `queue` more wait for a slot in the event loop (holding no thread); any request beyond that is
@@ -17,7 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hmac
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -96,9 +100,6 @@ class RateLimiter:
     first), so a flood of addresses cannot grow it without end."""
 
     def __init__(self, per_minute: float, max_clients: int = 10_000, clock: Callable[[], float] | None = None) -> None:
-        import time
-        from collections import OrderedDict
-
         self.per_minute = float(per_minute)
         self.max_clients = max_clients
         self._clock = clock or time.monotonic
@@ -118,3 +119,10 @@ class RateLimiter:
             while len(self._buckets) > self.max_clients:
                 self._buckets.popitem(last=False)
         return allowed
+
+
+def bearer_matches(authorization: str, token: str) -> bool:
+    """An `Authorization` header (REST) or `authorization` metadata (gRPC) value holds `token` as
+    `Bearer <token>` (the scheme is case-blind, RFC 7235); compared in constant time."""
+    scheme, _, supplied = authorization.strip().partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), token.encode())

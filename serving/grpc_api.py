@@ -7,7 +7,6 @@ Clients may send `x-client-id` metadata (sticky traffic split); replies carry `x
 
 from __future__ import annotations
 
-import hmac
 from concurrent import futures
 
 import grpc
@@ -28,6 +27,7 @@ from tensorflow_serving.apis import (
 
 from moodloop import models_config
 from serving import examples as tf_examples
+from serving.admission import bearer_matches
 from serving.backends import ServingError
 from serving.dataplane import Call, DataPlane
 
@@ -103,14 +103,11 @@ def declared_bytes(key: str, proto: tensor_pb2.TensorProto) -> int:
     proto may declare far more values than it carries (TensorFlow repeats the last one to fill the
     shape: a few bytes can declare [1, 40000, 40000] uint8, 1.6 GB), so this is read from the shape,
     never from the payload."""
-    if proto.tensor_shape.unknown_rank:
-        count = 1
-    else:
-        count = 1
-        for dim in proto.tensor_shape.dim:
-            if dim.size < 0:
-                raise ServingError("INVALID_ARGUMENT", f"input {key!r}: dimension {dim.size} is negative")
-            count *= dim.size
+    count = 1  # an unknown rank is read as a scalar, as make_ndarray reads it
+    for dim in () if proto.tensor_shape.unknown_rank else proto.tensor_shape.dim:
+        if dim.size < 0:
+            raise ServingError("INVALID_ARGUMENT", f"input {key!r}: dimension {dim.size} is negative")
+        count *= dim.size
     if proto.dtype == tf.string.as_datatype_enum:
         carried = [len(value) for value in proto.string_val]
         last = carried[-1] if carried else 0
@@ -275,9 +272,7 @@ def admin_refusal(admin_token: str, metadata) -> ServingError | None:
     """None when the call's `authorization` metadata holds the admin token, else why not."""
     if not admin_token:
         return ServingError("PERMISSION_DENIED", "config reload is disabled: set MOODLOOP_ADMIN_TOKEN")
-    supplied = dict(metadata or ()).get("authorization", "")
-    scheme, _, token = supplied.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), admin_token.encode()):
+    if not bearer_matches(dict(metadata or ()).get("authorization", ""), admin_token):
         return ServingError("UNAUTHENTICATED", "missing or wrong bearer token (metadata `authorization: Bearer ...`)")
     return None
 

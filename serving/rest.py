@@ -27,7 +27,6 @@ turned into responses by handlers registered once (`EXCEPTION_HANDLERS`): an end
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import re
@@ -50,7 +49,7 @@ from starlette.staticfiles import StaticFiles
 
 from moodloop import status
 from serving import examples as tf_examples
-from serving.admission import RateLimiter, WorkSlots
+from serving.admission import RateLimiter, WorkSlots, bearer_matches
 from serving.backends import ServingError
 from serving.dataplane import Call, DataPlane
 from serving.faces import BadMediaError, analyze_photo, analyze_video
@@ -130,11 +129,6 @@ async def _body(request: Request, limit: int) -> bytes:
             raise payload_too_large(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _bearer_matches(request: Request, token: str) -> bool:
-    supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    return hmac.compare_digest(supplied.encode(), token.encode())
 
 
 def _client_id(request: Request) -> str | None:
@@ -432,7 +426,7 @@ class RestEndpoints:
         training batches, so the sender may be asked for MOODLOOP_FEEDBACK_TOKEN, and each client
         address sends at most MOODLOOP_FEEDBACK_PER_MINUTE (429 beyond, before the body is read)."""
         token = self.settings.serving.feedback_token
-        if token and not _bearer_matches(request, token):
+        if token and not bearer_matches(request.headers.get("authorization", ""), token):
             raise HttpError(401, "feedback needs the feedback token: Authorization: Bearer <MOODLOOP_FEEDBACK_TOKEN>")
         client = request.client.host if request.client else "unknown"
         if not self.feedback_rate.allow(client):
@@ -487,7 +481,7 @@ class RestEndpoints:
         """The model the admin call is about; raises unless the caller holds the admin token."""
         if not self.settings.serving.admin_token:
             raise HttpError(403, "admin endpoints are disabled: set MOODLOOP_ADMIN_TOKEN")
-        if not _bearer_matches(request, self.settings.serving.admin_token):
+        if not bearer_matches(request.headers.get("authorization", ""), self.settings.serving.admin_token):
             raise HttpError(401, "missing or wrong bearer token")
         return request.query_params.get("model", self.settings.model_name)
 

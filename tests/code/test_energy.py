@@ -28,14 +28,16 @@ def test_a_childs_cpu_seconds_are_counted_at_the_cpus_tdp_per_core_and_nothing_p
     with measured("USA") as busy:
         threads_during = _threads()
         subprocess.run([sys.executable, "-c", BURN.format(seconds=1.0)], check=True)
+    assert threads_during == threads_before  # no sampling thread: the counters are read twice, that is all
+    if busy.method.startswith("RAPL"):
+        pytest.skip("RAPL reads the whole package: the estimate's arithmetic is not what this machine uses")
     # The CPU part of the estimate: the TDP per core for each CPU second (the child's 1 s, waited
     # for, plus its interpreter's start); RAM is charged by time, alike in both blocks.
     ram_per_second = idle.joules / idle.seconds
     cpu_joules = busy.joules - ram_per_second * busy.seconds
     assert cpu_joules == pytest.approx(model.cpu_watts / model.cpus * 1.0, rel=0.5), (idle, busy)
-    assert busy.method.startswith(("codecarbon estimate: CPU seconds x TDP", "RAPL")), busy.method
+    assert busy.method.startswith("codecarbon estimate: CPU seconds x TDP"), busy.method
     assert busy.co2e_kg > 0 and busy.kwh == pytest.approx(busy.joules / 3.6e6)
-    assert threads_during == threads_before  # no sampling thread: the counters are read twice, that is all
 
 
 def test_a_sleeping_block_costs_its_ram_and_almost_no_cpu():

@@ -322,7 +322,9 @@ def test_the_feedback_rate_is_bounded_per_client_and_the_clients_remembered_are_
 
 @pytest.fixture(scope="module")
 def guarded(gateway_settings, tmp_path_factory):
-    """A gateway of its own whose feedback needs a token and is limited to 30 a minute per client."""
+    """A gateway of its own whose feedback needs a token and is limited to 6 a minute per client
+    (one label back every 10 s: a flood of 16 is over long before one comes back, even on a
+    loaded machine)."""
     import dataclasses
 
     from serving.gateway import serve_in_thread
@@ -333,7 +335,7 @@ def guarded(gateway_settings, tmp_path_factory):
         home=home,
         inference_log_url=str(home / "inference_log"),
         traffic_file=home / "traffic.json",
-        serving=dataclasses.replace(gateway_settings.serving, feedback_token="fb-token", feedback_per_minute=30),
+        serving=dataclasses.replace(gateway_settings.serving, feedback_token="fb-token", feedback_per_minute=6),
     )
     with (
         serve_in_thread(settings) as running,
@@ -349,8 +351,11 @@ def test_feedback_needs_its_token_when_one_is_set_and_a_flood_is_refused(guarded
     assert guarded.post("/v1/feedback", json=body).status_code == 401
     assert guarded.post("/v1/feedback", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
     auth = {"Authorization": "Bearer fb-token"}
-    codes = [guarded.post("/v1/feedback", json=body, headers=auth).status_code for _ in range(40)]
-    assert codes[:30] == [202] * 30 and set(codes[30:]) == {429}, codes
+    started = time.monotonic()
+    codes = [guarded.post("/v1/feedback", json=body, headers=auth).status_code for _ in range(16)]
+    refilled = int((time.monotonic() - started) / 10)  # labels the bucket got back meanwhile
+    assert codes[:6] == [202] * 6 and set(codes[6:]) <= {202, 429}, codes
+    assert codes.count(202) <= 6 + refilled and 429 in codes, (codes, refilled)
     refused = guarded.post("/v1/feedback", json=body, headers=auth)
-    assert refused.status_code == 429 and "30 a minute per client" in refused.json()["error"]
+    assert refused.status_code == 429 and "6 a minute per client" in refused.json()["error"]
     _answers_normally(guarded)
