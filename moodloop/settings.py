@@ -21,8 +21,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # multi-process DirectRunner on every core for spans from MOODLOOP_BEAM_MULTIPROCESS_FACES on a
 # machine with cores to spare (components/pipeline.py beam_args_for). A user with a Flink, Spark
 # or Dataflow cluster passes their own args (README, "When one machine is not enough").
-IN_MEMORY_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
-MULTI_PROCESS_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")  # 0: every core
+# Both run their workers in this venv (in this process, or in subprocesses of its interpreter),
+# so the workers' dependencies are the pipeline env's lock file. Naming it keeps TFX from
+# repackaging itself for remote workers before each Beam component (tfx/utils/dependency_utils.py
+# build_ephemeral_package: a copy of the TFX install and a `setup.py sdist` subprocess, 1.5 s, 49 MB
+# left in /tmp every time, 4 times a run); the DirectRunner never reads the file. cloudpickle, not
+# dill: Beam's dill pickler sets dill's log level around every pickle, and each setLevel clears
+# the cache of every logger in the process (thousands with TF and TFX loaded): 3 s a run.
+LOCAL_WORKER_ARGS = (
+    f"--requirements_file={REPO_ROOT / 'requirements' / 'pipeline.lock.txt'}",
+    "--pickle_library=cloudpickle",
+)
+IN_MEMORY_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1", *LOCAL_WORKER_ARGS)
+MULTI_PROCESS_BEAM_ARGS = (
+    "--direct_running_mode=multi_processing",
+    "--direct_num_workers=0",  # 0: every core
+    *LOCAL_WORKER_ARGS,
+)
 
 _FALSE = ("0", "false", "no", "")
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite (`make test`, what CI runs): the pipeline env's tests in the foreground and
-# the orchestration env's tests in two background processes beside them. The orchestration tests
-# spend most of their time waiting on Airflow (scheduler heartbeats, settling landing zones, task
-# processes starting), so running them next to the pipeline env's tests shortens the suite even on
-# 2 cores. The pipeline env's output is shown as it runs; the orchestration env's is kept in log
-# files and shown when all are done.
+# The whole test suite (`make test`, what CI runs) in four processes side by side: the pipeline
+# env's serving, code and data tests in the foreground; its model tests (the TFX pipeline runs) and
+# the orchestration env's tests (two processes) in the background. The orchestration tests spend
+# most of their time waiting on Airflow (scheduler heartbeats, settling landing zones, task
+# processes starting) and the serving tests on sockets and flush intervals, so side by side they
+# fill each other's waits even on 2 cores; one after the other the pipeline env alone was the
+# suite's critical path, its last ten minutes on one busy core. The foreground's output is shown as
+# it runs; the background parts' are kept in log files and shown when all are done.
 # Exit status: 0 only when every part passes.
 #
 #   scripts/test.sh            the suite (`make test`, CI)
@@ -60,20 +62,24 @@ echo "==> tests/orchestration, the rest (orchestration env) in the background; i
 timed orchestration .venv/orchestration/bin/python -m pytest tests/orchestration --ignore="$STACK_TESTS" \
     "${PYTEST_ARGS[@]}" >"$LOG_DIR/orchestration.log" 2>&1 &
 parts[orchestration]=$!
+echo "==> tests/model (pipeline env) in the background; its log: $LOG_DIR/model.log"
+timed model .venv/pipeline/bin/python -m pytest tests/model "${PYTEST_ARGS[@]}" >"$LOG_DIR/model.log" 2>&1 &
+parts[model]=$!
 # Ctrl-C or a CI cancel stops every part, not only the foreground one.
 # (Each part is a shell timing its pytest: its pytest is stopped first, then the shell.)
 trap 'for p in "${parts[@]}"; do pkill -TERM -P "$p"; kill "$p"; done 2>/dev/null; stop_hog' INT TERM
 
-echo "==> tests/ except orchestration (pipeline env)"
-timed pipeline .venv/pipeline/bin/python -m pytest tests --ignore=tests/orchestration "${PYTEST_ARGS[@]}"
+echo "==> tests/ except orchestration and model (pipeline env)"
+timed pipeline .venv/pipeline/bin/python -m pytest tests --ignore=tests/orchestration --ignore=tests/model \
+    "${PYTEST_ARGS[@]}"
 pipeline_status=$?
-echo "==> pipeline env: exit $pipeline_status after $((SECONDS - started)) s; waiting for tests/orchestration"
+echo "==> pipeline env: exit $pipeline_status after $((SECONDS - started)) s; waiting for the background parts"
 
 failed=$pipeline_status
-for part in orchestration orchestration-stack; do
+for part in model orchestration orchestration-stack; do
     wait "${parts[$part]}"
     status=$?
-    echo "==> $part (orchestration env), its whole output:"
+    echo "==> $part, its whole output:"
     cat "$LOG_DIR/$part.log"
     echo "==> $part: exit $status after $((SECONDS - started)) s"
     [ "$status" -eq 0 ] || failed=1
