@@ -36,7 +36,7 @@ def test_compose_runs_airflow_on_celery_workers_with_redis_and_a_shared_metadata
     services = compose["services"]
     assert {"redis", "postgres", "airflow-worker", "airflow-scheduler", "airflow-apiserver"} <= set(services)
     worker = services["airflow-worker"]
-    assert worker["command"] == "celery worker"
+    assert worker["command"] == "airflow celery worker"
     assert "container_name" not in worker and not worker.get("ports")  # so that --scale can make more
     for name in ("airflow-worker", "airflow-scheduler", "airflow-apiserver"):
         env = services[name]["environment"]
@@ -65,3 +65,58 @@ def test_the_dockerfile_passes_hadolint():
     assert dockerfiles
     result = subprocess.run([str(HADOLINT), *map(str, dockerfiles)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The secrets each service may see (issue 28): every value .env.example holds is one.
+SECRETS_BY_SERVICE = {
+    "airflow-init": {"POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET", "S3", "MOODLOOP_ADMIN_TOKEN", "AIRFLOW_ADMIN_PASSWORD"},
+    "gateway": {"S3", "MOODLOOP_ADMIN_TOKEN"},
+    "s3": {"S3"},
+    "postgres": {"POSTGRES_PASSWORD"},
+    "evidently-ui": set(),
+    "redis": set(),
+    "tfserving": set(),
+    "tfserving-2": set(),
+}
+for _airflow in (
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-worker",
+    "airflow-triggerer",
+):
+    SECRETS_BY_SERVICE[_airflow] = {"POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET", "S3", "MOODLOOP_ADMIN_TOKEN"}
+
+
+def test_each_service_sees_only_its_own_secrets(compose):
+    lines = (REPO_ROOT / ".env.example").read_text().splitlines()
+    example = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    # which secret a value is; the S3 access key ("moodloop") is an id, its secret key the secret
+    secret_of = {value: "S3" if name.startswith("MOODLOOP_S3_") else name for name, value in example.items()}
+    del secret_of[example["MOODLOOP_S3_ACCESS_KEY"]]
+    for name, service in compose["services"].items():
+        assert "env_file" not in service, f"{name} gets every value in .env"
+        environment = " ".join(f"{k}={v}" for k, v in (service.get("environment") or {}).items())
+        seen = {secret for value, secret in secret_of.items() if value in environment}
+        assert seen == SECRETS_BY_SERVICE[name], name
+
+
+def test_moodloop_containers_refuse_the_placeholders_and_run_as_an_unprivileged_user(tmp_path):
+    entrypoint = REPO_ROOT / "docker" / "entrypoint.sh"
+    marker = tmp_path / "ran"
+    command = ["sh", str(entrypoint), "sh", "-c", f"touch {marker}"]
+    clean = {"PATH": "/usr/bin:/bin"}
+    placeholder = {
+        **clean,
+        "MOODLOOP_ADMIN_TOKEN": "change-me-gateway-admin-token",
+        "X_URL": "postgresql://a:change-me-pg@db",
+    }
+    refused = subprocess.run(command, env=placeholder, capture_output=True, text=True)
+    assert refused.returncode == 78 and not marker.exists()
+    assert "MOODLOOP_ADMIN_TOKEN" in refused.stderr and "X_URL" in refused.stderr and "change-me" in refused.stderr
+    started = subprocess.run(command, env={**clean, "MOODLOOP_ADMIN_TOKEN": "9f8e7d"}, capture_output=True, text=True)
+    assert started.returncode == 0 and marker.exists(), started.stderr
+    dockerfile = (REPO_ROOT / "docker" / "moodloop.Dockerfile").read_text().splitlines()
+    assert '"/opt/moodloop/docker/entrypoint.sh"' in next(line for line in dockerfile if line.startswith("ENTRYPOINT"))
+    user = [line.split()[1] for line in dockerfile if line.startswith("USER ")][-1]
+    assert user.split(":")[0] not in ("root", "0")
