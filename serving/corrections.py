@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +30,9 @@ log = logging.getLogger("moodloop.serving")
 
 BATCH_PREFIX = "corrections-"
 LABELS_FILE = "labels.csv"  # the landing contract's labelled-images form: file,label
+# Who sent each label, beside labels.csv (the landing contract ignores .json files): a batch of
+# corrections is training data from outside, so its provenance travels with it.
+SENDERS_FILE = "senders.json"
 
 
 class RecentFaces:
@@ -57,7 +60,9 @@ class Corrections:
     labelled again keeps its last label). Once `per_batch` have gathered, one background worker
     delivers them as landing batch `corrections-<id>` (the id is a digest of the faces in it, so a
     retried delivery rewrites the same batch instead of making another); `delivered.jsonl` lists
-    the batches sent. The request that completes a batch does not wait for the landing zone."""
+    the batches sent. The request that completes a batch does not wait for the landing zone. Each
+    face's sender (the client's address, and whether it showed the feedback token) is kept beside
+    it (`<face>.sender`) and delivered as the batch's senders.json."""
 
     def __init__(
         self,
@@ -75,8 +80,9 @@ class Corrections:
         self._delivering = threading.Lock()  # one delivery at a time
         self.last_error = ""
 
-    def add(self, crop: np.ndarray, label: str, request_id: str, instance: int) -> bool:
-        """Keep one labelled face; True when it completed a batch (now on its way to the landing zone)."""
+    def add(self, crop: np.ndarray, label: str, request_id: str, instance: int, sender: str = "unknown") -> bool:
+        """Keep one labelled face and who labelled it; True when it completed a batch (now on its
+        way to the landing zone)."""
         if label not in EMOTIONS:
             raise ValueError(f"label {label!r} is not an emotion")
         ok, png = cv2.imencode(".png", np.asarray(crop, np.uint8))
@@ -88,6 +94,9 @@ class Corrections:
             for earlier in self._pending():
                 if earlier.stem.split("__", 1)[1] == face_id:  # relabelled: the last word counts
                     earlier.unlink()
+                    earlier.with_suffix(".sender").unlink(missing_ok=True)
+            # The sender first: a face in pending/ always has its sender beside it.
+            (self.pending_dir / f"{label}__{face_id}.sender").write_text(sender)
             staging = self.folder / f".{label}__{face_id}.png"  # outside pending/: never taken half-written
             staging.write_bytes(png.tobytes())
             staging.replace(self.pending_dir / f"{label}__{face_id}.png")
@@ -111,12 +120,15 @@ class Corrections:
                 pending = self._pending()
                 if len(pending) < self.per_batch:
                     return None
-                files, rows = {}, ["file,label"]
+                files, rows, senders = {}, ["file,label"], {}
                 for path in pending:
                     label, face_id = path.stem.split("__", 1)
                     files[f"faces/{face_id}.png"] = path.read_bytes()
                     rows.append(f"faces/{face_id}.png,{label}")
+                    sender = path.with_suffix(".sender")
+                    senders[f"faces/{face_id}.png"] = sender.read_text() if sender.exists() else "unknown"
                 files[LABELS_FILE] = ("\n".join(rows) + "\n").encode()
+                files[SENDERS_FILE] = json.dumps(senders, indent=1, sort_keys=True).encode()
             digest = hashlib.sha256("\n".join(p.name for p in pending).encode()).hexdigest()[:12]
             name = f"{BATCH_PREFIX}{digest}-{len(pending)}"
             try:
@@ -132,7 +144,9 @@ class Corrections:
             with self._lock:
                 for path in pending:  # only once the batch is in the landing zone
                     path.unlink(missing_ok=True)
-            record = {"time": time.time(), "batch": name, "faces": len(pending), "where": where}
+                    path.with_suffix(".sender").unlink(missing_ok=True)
+            by_sender = dict(Counter(senders.values()).most_common())
+            record = {"time": time.time(), "batch": name, "faces": len(pending), "where": where, "senders": by_sender}
             with (self.folder / "delivered.jsonl").open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             log.info(f"{len(pending)} corrected faces delivered to the landing zone as {where}")

@@ -314,10 +314,12 @@ class DataPlane:
         """A face classifier for photo/video analysis: crops [N,48,48] -> probabilities [N,7]."""
         return FaceClassifier(self, call, keep_faces)
 
-    def feedback(self, request_id: str, label: str | int, instance: int = 0) -> tuple[Feedback, dict]:
+    def feedback(
+        self, request_id: str, label: str | int, instance: int = 0, sender: str = "unknown"
+    ) -> tuple[Feedback, dict]:
         """Log the true label of a prediction (the canary analysis and the drift job read it); when
-        the face was analysed here (photo, video, webcam), keep it for the next landing batch of
-        corrections. Returns the record and what became of the face."""
+        the face was analysed here (photo, video, webcam), keep it and its sender for the next
+        landing batch of corrections. Returns the record and what became of the face."""
         if not request_id or not isinstance(request_id, str):
             raise ServingError("INVALID_ARGUMENT", "'request_id' is required (the x-request-id of the prediction)")
         try:
@@ -335,7 +337,7 @@ class DataPlane:
             face["why"] = "only faces of recent photo analyses are kept (not video or live frames)"
         else:
             try:
-                face["batch_complete"] = self.corrections.add(crop, name, request_id, int(instance))
+                face["batch_complete"] = self.corrections.add(crop, name, request_id, int(instance), sender)
             except OSError as error:  # the label is logged; only the copy for training failed
                 log.error(f"could not keep the corrected face {request_id}/{instance}: {error}")
                 face = {"kept": False, "why": "the face could not be stored for training; the label is logged"}

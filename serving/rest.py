@@ -436,8 +436,13 @@ class RestEndpoints:
             body = json.loads(await _body(request, 64 * 1024))
             if not isinstance(body, dict):
                 raise ServingError("INVALID_ARGUMENT", "body must be a JSON object")
+            sender = f"{client} (feedback token)" if token else client
             record, face = await self._in_thread(
-                self.dataplane.feedback, body.get("request_id", ""), body.get("label", ""), int(body.get("instance", 0))
+                self.dataplane.feedback,
+                body.get("request_id", ""),
+                body.get("label", ""),
+                int(body.get("instance", 0)),
+                sender,
             )
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as error:
             raise ServingError("INVALID_ARGUMENT", f"feedback: {error}") from None

@@ -315,6 +315,12 @@ def test_corrected_faces_become_a_landing_batch_the_data_contract_reads(running,
     assert by_face == {f"faces/{request_id}-{i}.png": e for i, e in enumerate(["sad", "fear", "angry"])}
     crops = {f.source: f.pixels for f in faces.faces}
     assert all(c.shape == (48, 48) for c in crops.values())
+    # who sent each label travels with the batch (the test client's address; no feedback token set)
+    assert json.loads((batch / "senders.json").read_text()) == {source: "127.0.0.1" for source in by_face}
+    (delivered,) = [
+        json.loads(line) for line in (tmp_path / "corrections" / "delivered.jsonl").read_text().splitlines()
+    ]
+    assert delivered["senders"] == {"127.0.0.1": 3}
     counts = http.get("/v1/panel").json()["corrections"]
     assert counts["delivered_batches"] == 1 and counts["delivered_faces"] == 3 and counts["pending"] == 1
     deadline, logged = time.monotonic() + 20, []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 
@@ -294,11 +295,16 @@ def test_corrected_faces_wait_on_disk_until_the_landing_zone_takes_the_batch(tmp
     counts = corrections.counts()
     assert counts["pending"] == 2 and "the S3 endpoint is down" in counts["last_error"] and delivered == []
     reachable[0] = True
-    corrections.add(face, "happy", "r1", 1)  # relabelled: the last word counts
+    corrections.add(face, "happy", "r1", 1, sender="10.0.0.9 (feedback token)")  # relabelled: the last word counts
     assert corrections.deliver_pending() == f"s3://bucket/landing/{delivered[0][0]}"
     name, files = delivered[0]
-    assert name.startswith("corrections-") and sorted(files) == ["faces/r1-0.png", "faces/r1-1.png", "labels.csv"]
+    assert name.startswith("corrections-")
+    assert sorted(files) == ["faces/r1-0.png", "faces/r1-1.png", "labels.csv", "senders.json"]
     assert files["labels.csv"].decode().splitlines() == ["file,label", "faces/r1-1.png,happy", "faces/r1-0.png,sad"]
+    # who sent each label; the relabelled face is the last sender's
+    senders = json.loads(files["senders.json"])
+    assert senders == {"faces/r1-0.png": "unknown", "faces/r1-1.png": "10.0.0.9 (feedback token)"}
+    assert not list(corrections.pending_dir.iterdir())  # no sender file left behind
     assert corrections.counts() | {"last_batch": None} == {
         "pending": 0,
         "per_batch": 2,
