@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -186,9 +185,7 @@ def test_retrain_goes_through_airflow_rest_api_v2_with_a_token(tmp_path):
             home=tmp_path,
             airflow={"url": f"http://127.0.0.1:{server.server_port}", "password_file": tmp_path / "passwords.json"},
         )
-        started = time.monotonic()
         run = drift.trigger_retrain(settings, conf)
-        assert time.monotonic() - started < 10
         # A run from before the drifted window is not joined: it may train on pre-shift data only.
         window = {"window": {"since": "2026-11-22 00:47:04+00:00"}}
         active_runs.append(_dag_run("old__z", "running", "2026-11-22T00:40:00Z"))
