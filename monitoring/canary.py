@@ -122,15 +122,11 @@ def slower_than(threshold_ms: float, rows: list[dict]) -> int:
 
 
 def binomial_upper_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p), exactly (summed in log space)."""
-    if k <= 0:
-        return 1.0
-    log_terms = [
-        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
-        for i in range(k, n + 1)
-    ]
-    top = max(log_terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in log_terms))
+    """P(X >= k) for X ~ Binomial(n, p), exactly (scipy's survival function, as the A/B gate's
+    McNemar test and the edge parity test use it)."""
+    from scipy.stats import binom
+
+    return 1.0 if k <= 0 else float(binom.sf(k - 1, n, p))
 
 
 def gateway_error_counts(metrics_url: str, model: str) -> dict[str, dict[str, float]] | None:
