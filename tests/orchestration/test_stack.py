@@ -236,7 +236,12 @@ def _kill_mid_training_and_restart(
     while api.task_states("train_emotion_model", run_id).get("Trainer") != "running":
         assert time.monotonic() < deadline, "Trainer never started"
         time.sleep(3)
-    time.sleep(10)  # mid-fit
+    # Mid-fit: the Trainer's task log shows its second epoch (Keras prints one line per epoch).
+    run_logs = settings.home / "airflow" / "logs" / "dag_id=train_emotion_model" / f"run_id={run_id}"
+    task_logs = run_logs / "task_id=Trainer"
+    while not any("Epoch 2/" in log.read_text(errors="replace") for log in task_logs.glob("attempt=*.log")):
+        assert time.monotonic() < deadline, f"the Trainer never reached its second epoch (task log in {task_logs})"
+        time.sleep(0.5)
     command = [sys.executable, "-m", "moodloop.local.stack"]
     scheduler = json.loads((settings.home / "stack" / "pids.json").read_text())["scheduler"]
     trainers = subprocess.run(["pgrep", "-f", "node_runner run .*--node Trainer"], capture_output=True, text=True)
