@@ -428,9 +428,18 @@ def start(settings: Settings, faces: int) -> int:
         return {d.dag_id for d in dags} >= set(DAG_IDS)
 
     _wait("the DAGs (dag-processor)", dags_parsed, 180)
-    for dag_id in DAG_IDS:
+    # Unpaused at creation; only a DAG paused since (by hand, before a restart) is unpaused here.
+    # Not one PATCH more: Airflow's api-server writes each one's audit log from its event loop,
+    # which on SQLite then waits on the database lock while a task's execution-API call in the same
+    # process holds it and needs that loop to commit. Both waited out the 30 s busy timeout, and a
+    # scheduler waiting meanwhile died on "database is locked" (seen at a start, as the first tasks
+    # began; nothing ran after).
+    dags = airflow.dags.get_dags(limit=100, _request_timeout=airflow.timeout).dags
+    paused = [d.dag_id for d in dags if d.dag_id in DAG_IDS and d.is_paused]
+    for dag_id in paused:
         airflow.dags.patch_dag(dag_id, DAGPatchBody(is_paused=False), _request_timeout=airflow.timeout)
-    print(f"==> DAGs unpaused: {', '.join(DAG_IDS)} ({time.monotonic() - started:.0f} s)", flush=True)
+    unpaused = f"unpaused {', '.join(paused)}" if paused else "none paused"
+    print(f"==> DAGs: {', '.join(DAG_IDS)}; {unpaused} ({time.monotonic() - started:.0f} s)", flush=True)
 
     password = json.loads(paths["passwords"].read_text())[ADMIN]
     airflow_ui = f"http://127.0.0.1:{settings.airflow.port}"

@@ -192,12 +192,15 @@ def test_a_chunked_multipart_upload_past_the_limit_is_refused_while_it_streams(h
         yield f"\r\n--{boundary}--\r\n".encode()
 
     with _normal_requests_meanwhile(http, f"chunked {route} upload past the limit"):
+        started = time.perf_counter()
         response = http.post(
             f"/v1/{route}:analyze",
             content=body(),
             headers={"content-type": f"multipart/form-data; boundary={boundary}"},
         )
+        took = time.perf_counter() - started
         plain = http.post(f"/v1/{route}:analyze", content=_chunks(2 * limit))  # raw bytes, chunked
+    print(f"chunked multipart {route} upload of {3 * limit:,} bytes: {response.status_code} in {took * 1000:.0f} ms")
     assert response.status_code == 413, response.text
     assert "limit" in response.json()["error"]
     assert plain.status_code == 413, plain.text
@@ -256,6 +259,10 @@ def test_timed_out_work_keeps_its_slot_and_a_full_server_refuses_at_once():
     finally:
         release.set()
         slots.close(wait=True)
+    print(
+        f"admission: refused {outcomes['refusal']} in {outcomes['refused_in_s'] * 1000:.1f} ms; "
+        f"{outcomes['threads_after_waves']} worker threads after 3 waves of 40 timed-out calls"
+    )
     # At once: a call that waited for a slot would wait out its own 10 s timeout (the stuck work
     # holds both slots for 30 s); 1 s keeps that apart with room for a busy machine's stalls.
     assert outcomes["refusal"] == "RESOURCE_EXHAUSTED" and outcomes["refused_in_s"] < 1.0, outcomes
