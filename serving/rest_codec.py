@@ -35,14 +35,25 @@ def _b64(text: object) -> bytes:
         raise ServingError("INVALID_ARGUMENT", 'a {"b64": ...} value is not valid base64') from None
 
 
-def _decode_value(value: Any) -> Any:
-    """Replace {"b64": ...} objects (at any depth) by bytes; leave the rest alone."""
+# A tensor has at most this many dimensions here (numpy's own limit, NPY_MAXDIMS in numpy 2). A
+# body nested deeper is no tensor; without this bound, JSON of a few kilobytes nested 500 deep
+# (the JSON parser takes up to 1,024) reached Python's recursion limit below: a 500, not a 400.
+MAX_TENSOR_DEPTH = 64
+
+
+def _decode_value(value: Any, depth: int = 0) -> Any:
+    """Replace {"b64": ...} objects (at any depth up to MAX_TENSOR_DEPTH) by bytes; leave the rest alone."""
     if isinstance(value, dict):
         if set(value) == {"b64"}:
             return _b64(value["b64"])
         raise ServingError("INVALID_ARGUMENT", "unexpected JSON object where a tensor value was expected")
     if isinstance(value, list):
-        return [_decode_value(v) for v in value]
+        if depth >= MAX_TENSOR_DEPTH:
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"a tensor value nested deeper than {MAX_TENSOR_DEPTH} lists (no tensor has as many dimensions)",
+            )
+        return [_decode_value(v, depth + 1) for v in value]
     if isinstance(value, str):
         return value.encode()
     return value

@@ -120,3 +120,22 @@ def test_moodloop_containers_refuse_the_placeholders_and_run_as_an_unprivileged_
     assert '"/opt/moodloop/docker/entrypoint.sh"' in next(line for line in dockerfile if line.startswith("ENTRYPOINT"))
     user = [line.split()[1] for line in dockerfile if line.startswith("USER ")][-1]
     assert user.split(":")[0] not in ("root", "0")
+
+
+def test_ci_workflows_pin_every_action_by_commit_and_grant_only_read_access():
+    """A tag can be moved to other code; a commit cannot. And a workflow's token gets only what the
+    jobs need: reading the repository."""
+    import re
+
+    workflows = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
+    assert workflows
+    for workflow in workflows:
+        text = workflow.read_text()
+        document = yaml.safe_load(text)
+        assert document.get("permissions") == {"contents": "read"}, workflow.name
+        for job_name, job in document["jobs"].items():
+            assert job.get("permissions", {"contents": "read"}) == {"contents": "read"}, (workflow.name, job_name)
+        uses = re.findall(r"^\s*(?:-\s*)?uses:\s*(\S+)", text, flags=re.MULTILINE)
+        assert uses, workflow.name
+        unpinned = [u for u in uses if not re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", u)]
+        assert not unpinned, (workflow.name, unpinned)
