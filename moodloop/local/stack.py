@@ -423,8 +423,10 @@ def start(settings: Settings, faces: int) -> int:
 
     airflow = api(settings)
 
+    dags: list = []
+
     def dags_parsed():
-        dags = airflow.dags.get_dags(limit=100, _request_timeout=airflow.timeout).dags
+        dags[:] = airflow.dags.get_dags(limit=100, _request_timeout=airflow.timeout).dags
         return {d.dag_id for d in dags} >= set(DAG_IDS)
 
     _wait("the DAGs (dag-processor)", dags_parsed, 180)
@@ -434,7 +436,6 @@ def start(settings: Settings, faces: int) -> int:
     # process holds it and needs that loop to commit. Both waited out the 30 s busy timeout, and a
     # scheduler waiting meanwhile died on "database is locked" (seen at a start, as the first tasks
     # began; nothing ran after).
-    dags = airflow.dags.get_dags(limit=100, _request_timeout=airflow.timeout).dags
     paused = [d.dag_id for d in dags if d.dag_id in DAG_IDS and d.is_paused]
     for dag_id in paused:
         airflow.dags.patch_dag(dag_id, DAGPatchBody(is_paused=False), _request_timeout=airflow.timeout)
