@@ -65,7 +65,7 @@ class VersionState:
 
 class Backend(Protocol):
     def predict(
-        self, model: str, version: int | None, label: str | None, signature: str, inputs: Tensors
+        self, model: str, version: int | None, label: str | None, signature: str, inputs: Tensors, typed: bool = False
     ) -> tuple[int, Tensors]: ...
 
     def signature_defs(self, model: str, version: int | None, label: str | None) -> tuple[int, dict]: ...
@@ -83,10 +83,15 @@ def _numpy_dtype(tensor_info: meta_graph_pb2.TensorInfo) -> np.dtype:
     return np.dtype(tf.as_dtype(tensor_info.dtype).as_numpy_dtype)
 
 
-def check_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef, inputs: Tensors) -> Tensors:
+def check_inputs(
+    signature_name: str, signature: meta_graph_pb2.SignatureDef, inputs: Tensors, typed: bool = False
+) -> Tensors:
     """Validate names and dtypes against the signature, as TF Serving does, and cast to its dtypes.
     Shapes are left to the model, as TF Serving leaves them to its session: a signature declaring
-    [-1, 1] that computes elementwise answers a [3] or a scalar input, and one that cannot says so."""
+    [-1, 1] that computes elementwise answers a [3] or a scalar input, and one that cannot says so.
+    `typed` inputs came with a dtype of their own (gRPC's TensorProto): TF Serving feeds them to the
+    session as sent, which refuses any dtype but the signature's, so they are never cast; REST's
+    JSON numbers have none and are read as the signature's dtype."""
     expected = set(signature.inputs)
     if set(inputs) != expected:
         unknown, missing = sorted(set(inputs) - expected), sorted(expected - set(inputs))
@@ -96,8 +101,15 @@ def check_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef, in
             "INVALID_ARGUMENT", f"{detail}. Inputs expected to be in the set {{{','.join(sorted(expected))}}}."
         )
     out = {}
-    for name, value in inputs.items():
+    for position, (name, value) in enumerate(sorted(inputs.items())):
         dtype = _numpy_dtype(signature.inputs[name])
+        sent = np.asarray(value).dtype
+        if typed and sent != dtype and not (dtype.kind == "O" and sent.kind in "OSU"):
+            # DirectSession's message for a feed of another dtype (FunctionCallFrame::SetArgs)
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"Expects arg[{position}] to be {_tf_type_name(dtype)} but {_tf_type_name(sent)} is provided",
+            )
         try:
             array = np.asarray(value, dtype=dtype)
         except (TypeError, ValueError, OverflowError):
@@ -112,11 +124,10 @@ def check_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef, in
 
 def _tf_type_name(dtype: np.dtype) -> str:
     """TF's name of a numpy dtype (float, double, int64, string), as TF Serving's messages say it."""
-    return (
-        "string"
-        if dtype.kind == "O"
-        else tf.as_dtype(dtype).name.replace("float32", "float").replace("float64", "double")
-    )
+    if dtype.kind in "OSU":
+        return "string"
+    names = {"float32": "float", "float64": "double", "float16": "half"}
+    return names.get(tf.as_dtype(dtype).name, tf.as_dtype(dtype).name)
 
 
 # ---------------------------------------------------------------- embedded backend
@@ -365,14 +376,14 @@ class EmbeddedBackend:
         return state.servables[version]
 
     def predict(
-        self, model: str, version: int | None, label: str | None, signature: str, inputs: Tensors
+        self, model: str, version: int | None, label: str | None, signature: str, inputs: Tensors, typed: bool = False
     ) -> tuple[int, Tensors]:
         signature = signature or "serving_default"
         for attempt in range(2):
             servable = self._resolve(model, version, label)
             if signature not in servable.batchers:
                 raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{signature}" not found.')
-            checked = check_inputs(signature, servable.signature_defs[signature], inputs)
+            checked = check_inputs(signature, servable.signature_defs[signature], inputs, typed)
             try:
                 return servable.version, servable.batchers[signature].submit(checked)
             except BatcherClosedError:
@@ -619,14 +630,14 @@ class TFServingBackend:
             spec.signature_name = signature
 
     def predict(
-        self, model: str, version: int | None, label: str | None, signature: str, inputs: Tensors
+        self, model: str, version: int | None, label: str | None, signature: str, inputs: Tensors, typed: bool = False
     ) -> tuple[int, Tensors]:
         from tensorflow_serving.apis import predict_pb2
 
         _, signature_defs = self.signature_defs(model, version, label)
         if signature and signature not in signature_defs:
             raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{signature}" not found.')
-        checked = check_inputs(signature, signature_defs[signature or "serving_default"], inputs)
+        checked = check_inputs(signature, signature_defs[signature or "serving_default"], inputs, typed)
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, model, version, label, signature)
         for name, value in checked.items():

@@ -52,6 +52,11 @@ class Call:
     client_id: str | None = None
     request_id: str = ""
 
+    @property
+    def typed(self) -> bool:
+        """Whether the inputs came with their own dtypes (gRPC's TensorProto; see check_inputs)."""
+        return self.api == "grpc"
+
 
 class FaceClassifier:
     """Photo and video analysis's model: `classifier(crops, context)` -> probabilities [N, 7] (logged),
@@ -204,7 +209,9 @@ class DataPlane:
         try:
             inputs = self.checked_inputs(inputs)
             try:
-                served_version, outputs = self.backend.predict(call.model, version, label, call.signature, inputs)
+                served_version, outputs = self.backend.predict(
+                    call.model, version, label, call.signature, inputs, call.typed
+                )
             except ServingError as error:
                 if error.code != "INVALID_ARGUMENT":
                     raise

@@ -535,6 +535,42 @@ def test_a_version_that_fails_to_load_is_reported_end_while_the_others_serve(own
     verify_predict(stub, 3.0, 7, model_name="m")
 
 
+@gateway_only
+def test_a_signature_that_raises_fails_its_requests_and_recovers_when_its_version_is_reloaded(own_server, tmp_path):
+    """Issue 27: a call that raises fails that request with the model's error, every time (the
+    batching thread goes on: the second answer comes as fast as the first, not at a deadline); the
+    version taken out of the config, mended on disk and named again serves the mended model."""
+    base = tmp_path / "m"
+
+    def save(broken: bool) -> None:
+        root = tf.train.Checkpoint()
+
+        def signature(x):
+            checks = [tf.debugging.Assert(tf.logical_not(broken), ["this version is broken"])]
+            with tf.control_dependencies(checks):
+                return {"y": x * 0.5 + 2.0}
+
+        root.f = tf.function(signature, input_signature=[tf.TensorSpec(None, tf.float32)])
+        shutil.rmtree(base / "00000007", ignore_errors=True)
+        _save(base / "00000007", root, root.f.get_concrete_function())
+
+    save(broken=True)
+    stub, client, running = own_server(_config("m", base), poll_seconds=0.5, wait_for=["m"])
+    for _ in range(2):
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            verify_predict(stub, 3.0, 7, model_name="m")
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert "this version is broken" in caught.value.details()
+        assert time.monotonic() - started < 10  # an answer, not a wait for the request's deadline
+    (tmp_path / "models.config").write_text("model_config_list {}")
+    _wait_for(lambda: [s.state for s in running.dataplane.backend.status("m", None, None)] == ["END"])
+    save(broken=False)
+    (tmp_path / "models.config").write_text(_config("m", base))
+    _wait_available(lambda name: running.dataplane.backend.status(name, None, None), ["m"], timeout=60)
+    verify_predict(stub, 3.0, 7, model_name="m")
+
+
 def _wait_for(condition, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -571,6 +607,13 @@ def test_wrong_dtypes_and_empty_names_are_invalid_arguments(prediction, models):
     with pytest.raises(grpc.RpcError) as caught:
         prediction.Predict(request, RPC_TIMEOUT)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # a TensorProto's dtype is fed as sent: a double for a float input is refused by TF Serving's
+    # session (the gateway used to cast it), while REST's JSON numbers take the signature's dtype
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([2.0], np.float64)))
+    with pytest.raises(grpc.RpcError) as caught:
+        prediction.Predict(request, RPC_TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "to be float but double is provided" in caught.value.details()
     request.model_spec.name = ""
     with pytest.raises(grpc.RpcError) as caught:
         prediction.Predict(request, RPC_TIMEOUT)
