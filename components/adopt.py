@@ -58,6 +58,7 @@ from moodloop.contracts import (
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
 )
+from moodloop.files import publish_version
 from moodloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -563,23 +564,6 @@ def _examples_outputs(module: AdoptedModule, serialized: list[bytes], batch: int
 # ---------------------------------------------------------------- push
 
 
-def _move_into_place(staging: Path, base: Path) -> int:
-    """One rename of the finished folder to <base>/<version>/: pollers (TF Serving, the embedded
-    backend) never see half a version. Versions are seconds since the epoch, as the Pusher's; a
-    version already taken (two pushes in one second, or a Pusher racing us) moves us one up."""
-    version = int(time.time())
-    while True:
-        final = base / str(version)
-        if not final.exists():
-            try:
-                os.rename(staging, final)
-                return version
-            except OSError:
-                if not final.exists():
-                    raise
-        version += 1
-
-
 def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_faces: FaceSource | None) -> Adopted:
     """Wrap, check and push the model at `model_path`. Raises AdoptError (NotServable when the
     InfraValidator refuses it); nothing is pushed then and no staging folder is left behind."""
@@ -659,7 +643,7 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
         if problems:
             raise NotServable("InfraValidator: NOT BLESSED, nothing pushed:\n  " + "\n  ".join(problems))
         _say("InfraValidator (model server): BLESSED: loads, replays its warm-up requests, answers every signature")
-        version = _move_into_place(staging, base)
+        version = publish_version(staging, base)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -47,6 +47,7 @@ from moodloop.contracts import (
     SIGNATURE_PIXELS,
 )
 from moodloop.edge_runtime import EdgeModel
+from moodloop.files import publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -316,18 +317,10 @@ def publish(out: Path, metadata: dict, version_dir: str) -> str:
     """Put the passing files and edge.json into `<version>/assets.extra/edge/`: staged beside it,
     then renamed in (a folder published before is renamed away first, then removed)."""
     target = Path(version_dir) / EDGE_DIR
-    staging = target.with_name(".edge-incoming")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in metadata["files"]:
-        shutil.copy(out / name, staging / name)
-    shutil.copy(out / EDGE_METADATA, staging / EDGE_METADATA)
-    previous = target.with_name(".edge-previous")
-    if target.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(target, previous)
-    os.replace(staging, target)
-    shutil.rmtree(previous, ignore_errors=True)
+    with publish_dir(target, replace=True) as staging:
+        for name in metadata["files"]:
+            shutil.copy(out / name, staging / name)
+        shutil.copy(out / EDGE_METADATA, staging / EDGE_METADATA)
     return str(target)
 
 

@@ -18,6 +18,7 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
 from moodloop.contracts import REFERENCE_PROFILE
+from moodloop.files import publish_version
 from moodloop.rollout import STABLE, Rollout
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,15 @@ class AtomicPusherExecutor(pusher_executor.Executor):
             return
         model_path = self.GetModelPath(input_dict)
         os.makedirs(base, exist_ok=True)
-        version = int(time.time())
-        while os.path.exists(os.path.join(base, str(version))):
-            version += 1  # two pushes in one second must not collide
+        staging = os.path.join(base, f".incoming-{uuid.uuid4().hex[:8]}")
+        try:
+            shutil.copytree(model_path, staging)
+            _add_reference_profile(input_dict, staging)
+            version = publish_version(staging, base)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         final = os.path.join(base, str(version))
-        staging = os.path.join(base, f".incoming-{version}-{uuid.uuid4().hex[:8]}")
-        shutil.copytree(model_path, staging)
-        _add_reference_profile(input_dict, staging)
-        os.replace(staging, final)
         log.info(f"pushed model version {version} to {final}")
         label_pushed_version(json.loads(exec_properties.get("custom_config") or "null") or {}, base, version)
         io_utils.copy_dir(model_path, model_push.uri)

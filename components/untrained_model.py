@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from components.model import INPUT_KEY, build_model
 from components.preprocessing import decode_images
 from components.trainer import export_serving_model
 from moodloop.contracts import FEATURE_IMAGE, FEATURE_LABEL
+from moodloop.files import publish_dir
 
 
 class _FixedTransform(keras.layers.Layer):
@@ -45,11 +45,9 @@ def export_version(model_base: Path, version: int, seed: int = 0, size: str = "t
     """Write <model_base>/<version>/ atomically (staging folder + rename), as the Pusher does."""
     keras.utils.set_random_seed(seed)
     model = build_model(size, augment=False)
-    staging = Path(model_base) / f".staging-{version}"
-    shutil.rmtree(staging, ignore_errors=True)
-    export_serving_model(model, _FixedTransformOutput(), str(staging))
     target = Path(model_base) / str(version)
-    os.replace(staging, target)
+    with publish_dir(target) as staging:
+        export_serving_model(model, _FixedTransformOutput(), str(staging))
     return target
 
 

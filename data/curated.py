@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import shutil
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -38,6 +36,7 @@ from moodloop.contracts import (
     FEATURE_LABEL,
     FEATURE_SLICES,
 )
+from moodloop.files import publish_dir
 from moodloop.image_properties import property_buckets
 
 _SPAN_DIR = re.compile(re.escape(CURATED_SPAN_PREFIX) + r"(\d+)$")
@@ -114,33 +113,30 @@ def write_span(
     spans = existing_spans(curated_dir)
     span = (max(spans) + 1) if spans else 1
     final = curated_dir / f"{CURATED_SPAN_PREFIX}{span:05d}"
-    staging = curated_dir / f".{final.name}.{os.getpid()}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     kept_slices = [attributes[i] if attributes is not None else face_slices(pixels[i]) for i in keep]
-    write_tfrecord_gz(
-        staging / "faces.tfrecord.gz",
-        (_example(pixels[i], labels[i], face) for i, face in zip(keep, kept_slices, strict=True)),
-    )
-    slice_counts = Counter(pair for face in kept_slices for pair in face.items())
-    kept_labels = np.array([labels[i] for i in keep])
-    # Labels outside 0..6 are counted apart; ExampleValidator stops such a span by the schema.
-    counts = np.bincount(kept_labels[(kept_labels >= 0) & (kept_labels < len(EMOTIONS))], minlength=len(EMOTIONS))
-    manifest = {
-        "span": span,
-        "source": source,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "written": len(keep),
-        "duplicates_skipped": duplicates,
-        "class_counts": dict(zip(EMOTIONS, map(int, counts), strict=True)),
-        "out_of_range_labels": int(len(kept_labels) - counts.sum()),
-        "slice_counts": {
-            key: {value: n for (k, value), n in sorted(slice_counts.items()) if k == key}
-            for key in sorted({key for key, _ in slice_counts})
-        },
-        **(extra or {}),
-        "hashes": hashes,
-    }
-    (staging / CURATED_MANIFEST).write_text(json.dumps(manifest, indent=1))
-    os.replace(staging, final)
+    with publish_dir(final) as staging:
+        write_tfrecord_gz(
+            staging / "faces.tfrecord.gz",
+            (_example(pixels[i], labels[i], face) for i, face in zip(keep, kept_slices, strict=True)),
+        )
+        slice_counts = Counter(pair for face in kept_slices for pair in face.items())
+        kept_labels = np.array([labels[i] for i in keep])
+        # Labels outside 0..6 are counted apart; ExampleValidator stops such a span by the schema.
+        counts = np.bincount(kept_labels[(kept_labels >= 0) & (kept_labels < len(EMOTIONS))], minlength=len(EMOTIONS))
+        manifest = {
+            "span": span,
+            "source": source,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "written": len(keep),
+            "duplicates_skipped": duplicates,
+            "class_counts": dict(zip(EMOTIONS, map(int, counts), strict=True)),
+            "out_of_range_labels": int(len(kept_labels) - counts.sum()),
+            "slice_counts": {
+                key: {value: n for (k, value), n in sorted(slice_counts.items()) if k == key}
+                for key in sorted({key for key, _ in slice_counts})
+            },
+            **(extra or {}),
+            "hashes": hashes,
+        }
+        (staging / CURATED_MANIFEST).write_text(json.dumps(manifest, indent=1))
     return SpanWritten(span, final, len(keep), duplicates)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from moodloop.contracts import READY_MARKER
+from moodloop.files import publish_dir
 from moodloop.settings import s3_client
 
 if TYPE_CHECKING:
@@ -93,19 +94,16 @@ class LocalLandingZone:
 
     def move(self, name: str, area: str, reports: dict[str, bytes]) -> str:
         destination = _unique(self.areas[area] / name)
-        staging = destination.with_name(f".{destination.name}.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for file_name, content in reports.items():
-            (staging / file_name).write_bytes(content)
-        source = self.fetch(name)
-        data = staging / "data"
-        if source.is_file():
-            data.mkdir()
-            self._transfer(source, data / source.name)
-        else:
-            self._transfer(source, data)
-        os.replace(staging, destination)
+        with publish_dir(destination) as staging:
+            for file_name, content in reports.items():
+                (staging / file_name).write_bytes(content)
+            source = self.fetch(name)
+            data = staging / "data"
+            if source.is_file():
+                data.mkdir()
+                self._transfer(source, data / source.name)
+            else:
+                self._transfer(source, data)
         return str(destination)
 
     def _transfer(self, source: Path, target: Path) -> None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -26,6 +31,62 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
+
+
+def atomic_copy(source: Path | str, path: Path | str) -> Path:
+    """Copy `source` to `path` through a hidden file beside it, then one rename."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        shutil.copyfile(source, staging)
+        staging.replace(path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return path
+
+
+@contextmanager
+def publish_dir(final: Path | str, ready_marker: str | None = None, replace: bool = False) -> Iterator[Path]:
+    """Fill a hidden staging folder beside `final`, then rename it to `final` in one step: a
+    poller (TF Serving, the landing watcher, the span resolver) sees no folder or a whole one.
+    `ready_marker` (contracts.READY_MARKER) is created in it last; `replace` swaps out a folder
+    already at `final` (renamed away first, then removed). On an error the staging folder goes."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+    staging.mkdir()
+    try:
+        yield staging
+        if ready_marker:
+            (staging / ready_marker).touch()
+        previous = final.with_name(f".{final.name}.previous")
+        if replace and final.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(final, previous)
+        os.replace(staging, final)
+        shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def publish_version(staging: Path | str, base: Path | str) -> int:
+    """Rename a finished model folder to <base>/<version>/ and return the version: seconds since
+    the epoch (TF Serving serves the highest number), one up for each number already taken (two
+    pushes in one second, or another pusher racing this one: the rename fails, never overwrites)."""
+    base = Path(base)
+    version = int(time.time())
+    while True:
+        final = base / str(version)
+        if not final.exists():
+            try:
+                os.rename(staging, final)  # onto an existing non-empty folder: an error, never a merge
+                return version
+            except OSError:
+                if not final.exists():
+                    raise
+        version += 1
 
 
 def path_safe(name: str) -> str:

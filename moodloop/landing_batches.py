@@ -7,11 +7,10 @@ name, before the landing zone's settle time has passed).
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from moodloop.contracts import READY_MARKER
+from moodloop.files import publish_dir
 from moodloop.settings import Settings, s3_client
 
 
@@ -31,13 +30,9 @@ def deliver_batch(settings: Settings, name: str, files: dict[str, bytes]) -> str
     target = Path(settings.landing_dir) / name
     if target.exists():  # delivered before (a retry after the journal failed): the same faces
         return str(target)
-    staging = target.with_name(f".{name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    for rel, content in files.items():
-        path = staging / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / READY_MARKER).touch()
-    os.replace(staging, target)
+    with publish_dir(target, ready_marker=READY_MARKER) as staging:
+        for rel, content in files.items():
+            path = staging / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
     return str(target)

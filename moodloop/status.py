@@ -8,12 +8,11 @@ monitoring/drift.py and monitoring/canary.py, read by the gateway (serving/panel
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from moodloop.files import atomic_write_text
+from moodloop.files import atomic_copy, atomic_write_text
 
 # {"verdict", "reasons", "candidate_accuracy", "champion_accuracy", "largest_slice_gap", "time"}; gate.png, bias.png
 GATE = "gate"
@@ -32,9 +31,7 @@ def write_status(status_dir: Path | str, name: str, status: dict[str, Any], file
     folder = Path(status_dir)
     folder.mkdir(parents=True, exist_ok=True)
     for target, source in (files or {}).items():
-        staging = folder / f".{target}.partial"
-        shutil.copyfile(source, staging)
-        staging.replace(folder / target)
+        atomic_copy(source, folder / target)
     atomic_write_text(folder / f"{name}.json", json.dumps({"time": time.time(), **status}, default=str, indent=1))
 
 

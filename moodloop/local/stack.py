@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moodloop.airflow_api import Airflow, unreachable_errors
+from moodloop.contracts import READY_MARKER
+from moodloop.files import publish_dir
 from moodloop.settings import REPO_ROOT, Settings
 from moodloop.status import CANARY, read_status
 
@@ -262,12 +264,10 @@ def drop_synthetic_batch(
     from data import landing, synthetic
 
     final = settings.landing_dir / name
-    staging = settings.landing_dir / f".{name}.partial"
     pixels, labels, attributes = synthetic.generate_with_attributes(faces, seed=seed, shift=shift or synthetic.Shift())
-    landing.write_fer2013_csv(zip(pixels, labels, strict=True), staging / "fer2013.csv", attributes=attributes)
-    landing.mark_synthetic(staging, f"seed {seed}, {shift or synthetic.Shift()}")
-    (staging / "_SUCCESS").touch()
-    os.replace(staging, final)
+    with publish_dir(final, ready_marker=READY_MARKER) as staging:
+        landing.write_fer2013_csv(zip(pixels, labels, strict=True), staging / "fer2013.csv", attributes=attributes)
+        landing.mark_synthetic(staging, f"seed {seed}, {shift or synthetic.Shift()}")
     return final
 
 
