@@ -35,7 +35,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
-from moodloop import models_config, slices, status
+from moodloop import slices, status
 from moodloop.contracts import (
     EMOTIONS,
     FEATURE_IMAGE,
@@ -47,6 +47,7 @@ from moodloop.contracts import (
 )
 from moodloop.image_properties import decode_grey
 from moodloop.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
+from moodloop.rollout import Rollout
 from moodloop.settings import GateSettings
 
 log = logging.getLogger(__name__)
@@ -310,18 +311,9 @@ class GateReport(artifact.Artifact):
 
 
 def champion_dir(model_base: str, serving_config: str, model_name: str) -> str | None:
-    """The SavedModel users get now: the `stable` label, else the newest version, else None."""
-
-    base = Path(model_base)
-    versions = models_config.version_folders(base)
-    if not versions:
-        return None
-    stable = None
-    if Path(serving_config).exists():
-        policy = models_config.policies(models_config.read(Path(serving_config))).get(model_name)
-        stable = policy.labels.get(models_config.STABLE) if policy else None
-    version = stable if stable in versions else max(versions)
-    return str(base / str(version))
+    """The folder of the champion (moodloop/rollout.py: `stable`, else the newest), else None."""
+    version = Rollout(Path(serving_config), model_name).champion(model_base)
+    return None if version is None else str(Path(model_base) / str(version))
 
 
 def split_examples(examples: list, split: str = "eval") -> tuple[list[bytes], np.ndarray]:

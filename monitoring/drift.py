@@ -40,6 +40,7 @@ from moodloop.contracts import (
     LOG_PREDICTIONS,
     LOG_PROBABILITY_COLUMNS,
     REFERENCE_PROFILE,
+    STABLE,
 )
 from moodloop.settings import Settings
 
@@ -78,7 +79,8 @@ def read_log(log_url: str, kind: str, since: pd.Timestamp | None = None, limit: 
 def reference_for(settings: Settings, window: pd.DataFrame) -> tuple[int | None, pd.DataFrame]:
     """The reference profile of the version that served most of the window's `stable` traffic
     (all traffic when there are no labels)."""
-    stable = window[window["model_label"] == "stable"] if (window["model_label"] == "stable").any() else window
+    served_stable = window["model_label"] == STABLE
+    stable = window[served_stable] if served_stable.any() else window
     for version in stable["model_version"].value_counts().index:
         path = settings.model_base / str(int(version)) / REFERENCE_PROFILE
         if path.exists():

@@ -38,6 +38,11 @@ FER2013_CLASS_COUNTS: dict[str, int] = {
     "neutral": 6198,
 }
 
+# The rollout contract: the version labels of models.config (TF Serving's version_labels) that say
+# which version users get (`stable`) and which is on trial (`canary`); the inference log records them.
+STABLE = "stable"
+CANARY = "canary"
+
 # The landing-batch contract: a batch is complete when this empty marker file is in it (or when
 # nothing in it changed for a while); it is never read as data.
 READY_MARKER = "_SUCCESS"

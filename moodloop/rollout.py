@@ -26,7 +26,7 @@ from moodloop import alerts, models_config
 from moodloop.files import atomic_write_text
 from moodloop.models_config import CANARY, STABLE
 
-__all__ = ["CANARY", "STABLE", "Rollout", "TrafficFile", "choose_label", "client_bucket"]
+__all__ = ["CANARY", "STABLE", "Rollout", "TrafficFile", "champion_version", "choose_label", "client_bucket"]
 
 
 def client_bucket(client_id: str) -> float:
@@ -40,6 +40,15 @@ def choose_label(client_id: str | None, labels: dict[str, int], canary_share: fl
     if CANARY in labels and canary_share > 0 and client_bucket(client_id or uuid.uuid4().hex) < canary_share:
         return CANARY
     return STABLE if STABLE in labels else None
+
+
+def champion_version(model_base: Path | str, labels: dict[str, int]) -> int | None:
+    """The version users get when they name none, and the one a candidate must beat: the `stable`
+    label's if its folder is on disk, else the newest version on disk, else None (no model yet)."""
+    on_disk = models_config.version_folders(Path(model_base))
+    if labels.get(STABLE) in on_disk:
+        return labels[STABLE]
+    return on_disk[-1] if on_disk else None
 
 
 class TrafficFile:
@@ -108,8 +117,15 @@ class Rollout:
         return TrafficFile(self.traffic_file, self.initial_share) if self.traffic_file else None
 
     def labels(self) -> dict[str, int]:
+        """The model's version labels in models.config ({} before the first push writes it)."""
+        if not self.serving_config.exists():
+            return {}
         policy = models_config.policies(models_config.read(self.serving_config)).get(self.model_name)
         return dict(policy.labels) if policy else {}
+
+    def champion(self, model_base: Path | str) -> int | None:
+        """champion_version with this model's labels."""
+        return champion_version(model_base, self.labels())
 
     def share(self) -> float:
         return self.traffic.share() if self.traffic else self.initial_share

@@ -25,9 +25,10 @@ import numpy as np
 from moodloop import models_config
 from moodloop.contracts import OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
 from moodloop.edge_runtime import EdgeModel
+from moodloop.rollout import STABLE, Rollout
 from moodloop.settings import Settings
 from serving.faces import FACE_DETECTORS, crop_faces, draw_faces, face_results, make_face_detector
-from serving.version_assets import published_edge_file, stable_or_newest
+from serving.version_assets import published_edge_file
 
 WINDOW = "moodloop live (q to quit)"
 
@@ -38,15 +39,12 @@ class LocalModel:
     as a device runs it."""
 
     def __init__(self, settings: Settings, tflite: str | None = None) -> None:
-        labels = {}
-        if settings.serving_config.exists():
-            policy = models_config.policies(models_config.read(settings.serving_config)).get(settings.model_name)
-            labels = policy.labels if policy else {}
-        self.version = stable_or_newest(settings.model_base, labels)
+        rollout = Rollout.from_settings(settings)
+        self.version = rollout.champion(settings.model_base)
         if self.version is None:
             raise SystemExit(f"no model version under {settings.model_base}: train one first (make run)")
         folder = models_config.version_path(settings.model_base, self.version)
-        chosen = "stable" if "stable" in labels else "newest"
+        chosen = STABLE if rollout.labels().get(STABLE) == self.version else "newest"
         self.described = f"version {self.version} ({chosen}) of {settings.model_base}"
         self._edge = None
         if tflite:

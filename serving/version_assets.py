@@ -13,16 +13,9 @@ from pathlib import Path
 
 from moodloop import models_config
 from moodloop.contracts import EDGE_DIR, EDGE_METADATA, MODEL_CARD_HTML, MODEL_CARD_JSON
+from moodloop.rollout import champion_version
 from serving.backends import ServingError
 from serving.dataplane import DataPlane
-
-
-def stable_or_newest(model_base: Path, labels: dict[str, int]) -> int | None:
-    """What users get when they name no version: `stable`, else the newest version on disk."""
-    if "stable" in labels:
-        return labels["stable"]
-    on_disk = models_config.version_folders(Path(model_base))
-    return on_disk[-1] if on_disk else None
 
 
 def published_edge_file(version_dir: Path, name: str) -> Path:
@@ -51,7 +44,7 @@ def version_folder(dataplane: DataPlane, model: str, version: int | None, label:
         labels = dataplane.backend.labels(model)
         if label is not None and label not in labels:
             raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
-        version = labels[label] if label is not None else stable_or_newest(settings.model_base, labels)
+        version = labels[label] if label is not None else champion_version(settings.model_base, labels)
         if version is None:
             raise ServingError("NOT_FOUND", f"no version of {model} yet")
     return version, models_config.version_path(settings.model_base, version)

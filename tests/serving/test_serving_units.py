@@ -11,10 +11,28 @@ import numpy as np
 import pytest
 
 from moodloop import models_config
-from moodloop.rollout import TrafficFile, choose_label, client_bucket
+from moodloop.rollout import Rollout, TrafficFile, choose_label, client_bucket
 from serving.backends import ServingError
 from serving.batching import BatchingParameters, DynamicBatcher
 from serving.rest_codec import parse_predict_request, predict_response
+
+
+def test_the_champion_is_stable_on_disk_else_the_newest_version_else_none(tmp_path):
+    """One answer to "which version do users get" (issue 29): the gate, warm start, the edge and
+    card endpoints and `moodloop live` all ask Rollout.champion."""
+    base, path = tmp_path / "models", tmp_path / "models.config"
+    rollout = Rollout(path, "emotion")
+    assert rollout.champion(base) is None  # no config, no version yet
+    for version in (3, 5):
+        (base / str(version)).mkdir(parents=True)
+        (base / str(version) / "saved_model.pb").write_bytes(b"")
+    assert rollout.champion(base) == 5  # no labels: the newest
+    models_config.ensure(path, "emotion", base)
+    models_config.set_label(path, "emotion", "stable", 3)
+    models_config.set_label(path, "emotion", "canary", 5)
+    assert rollout.champion(base) == 3
+    (base / "3" / "saved_model.pb").unlink()  # stable's model gone (deleted by hand): what is on disk
+    assert rollout.champion(base) == 5
 
 
 def test_models_config_labels_pin_versions_and_promote(tmp_path):
