@@ -8,7 +8,7 @@ moodloop adopt MODEL --scale ...         wrap an existing Keras/SavedModel class
 moodloop serve [--help]                  the gateway: TF Serving's REST :8501 and gRPC :8500, faces, videos
 moodloop models                          versions on disk, labels (stable, canary), canary share
 moodloop promote | rollback              move `stable` to the canary / drop the canary (models.config)
-moodloop settings                        the effective settings (MOODLOOP_* variables)
+moodloop settings [--reference]          the effective settings; --reference: every variable and meaning
 """
 
 from __future__ import annotations
@@ -170,7 +170,12 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_settings(_: argparse.Namespace) -> int:
+def cmd_settings(args: argparse.Namespace) -> int:
+    if args.reference:
+        from moodloop.settings_reference import markdown
+
+        sys.stdout.write(markdown())
+        return 0
     print(json.dumps(Settings.from_env().as_dict(), indent=2))
     return 0
 
@@ -347,7 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(name, help=text).set_defaults(func=func)
 
-    p = sub.add_parser("settings", help="print the effective settings")
+    p = sub.add_parser("settings", help="print the effective settings (--reference: every variable, default, meaning)")
+    p.add_argument(
+        "--reference", action="store_true", help="every MOODLOOP_* variable with its default and meaning (Markdown)"
+    )
     p.set_defaults(func=cmd_settings)
     return parser
 

@@ -92,10 +92,10 @@ def _read(
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainingSettings:
-    epochs: int = setting("MOODLOOP_EPOCHS", 10)
-    batch_size: int = setting("MOODLOOP_BATCH_SIZE", 64)
+    epochs: int = setting("MOODLOOP_EPOCHS", 10)  # training epochs of a cold start (a warm start runs a share of them)
+    batch_size: int = setting("MOODLOOP_BATCH_SIZE", 64)  # faces per training step
     model_size: str = setting("MOODLOOP_MODEL_SIZE", "small")  # tiny | small | medium | vgg
-    learning_rate: float = setting("MOODLOOP_LEARNING_RATE", 0.001)
+    learning_rate: float = setting("MOODLOOP_LEARNING_RATE", 0.001)  # Adam's learning rate of a cold start
     augment: bool = setting("MOODLOOP_AUGMENT", True)  # flips/shifts/zoom: on for real data; off speeds up tests
     seed: int = setting("MOODLOOP_SEED", 0)  # the same faces and seed train the same model
     span_window: int = setting("MOODLOOP_SPAN_WINDOW", 0)  # train on the newest N spans; 0 = all
@@ -107,7 +107,7 @@ class TrainingSettings:
     # today's held-out faces than on its own when trained (more: the data has moved, train cold)
     warm_max_accuracy_drop: float = setting("MOODLOOP_WARM_MAX_ACCURACY_DROP", 0.03)
     tune: bool = setting("MOODLOOP_TUNE", False)  # a TFX Tuner (KerasTuner random search) before the Trainer
-    tune_trials: int = setting("MOODLOOP_TUNE_TRIALS", 6)
+    tune_trials: int = setting("MOODLOOP_TUNE_TRIALS", 6)  # the Tuner's trials (each MOODLOOP_TUNE_EPOCHS epochs)
     tune_epochs: int = setting("MOODLOOP_TUNE_EPOCHS", 3)  # per trial
     # >1: the Trainer fits on that many worker processes with MultiWorkerMirroredStrategy
     # (components/distributed_training.py); the model is the same either way
@@ -127,8 +127,9 @@ class GateSettings:
     # The bias audit: a slice (moodloop/slices.py) with this many held-out faces is guarded like a
     # class: an accuracy drop beyond the bound that is significant blocks the candidate.
     min_slice_examples: int = setting("MOODLOOP_GATE_MIN_SLICE_EXAMPLES", 100)
+    # the bias audit: the accuracy drop a guarded slice may show
     max_slice_accuracy_drop: float = setting("MOODLOOP_GATE_MAX_SLICE_ACCURACY_DROP", 0.05)
-    bootstrap: int = setting("MOODLOOP_GATE_BOOTSTRAP", 1000)
+    bootstrap: int = setting("MOODLOOP_GATE_BOOTSTRAP", 1000)  # bootstrap resamples for the gate's confidence interval
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -137,16 +138,18 @@ class ServingSettings:
     # TF Serving's gRPC address for the tfserving backend; several replicas: host:port,host:port
     tfserving_target: str = setting("MOODLOOP_TFSERVING_TARGET", "127.0.0.1:8500")
     tfserving_health_seconds: float = setting("MOODLOOP_TFSERVING_HEALTH_SECONDS", 1.0)  # replica status checks
-    gateway_host: str = setting("MOODLOOP_GATEWAY_HOST", "127.0.0.1")
-    rest_port: int = setting("MOODLOOP_REST_PORT", 8501)
-    grpc_port: int = setting("MOODLOOP_GRPC_PORT", 8500)
+    gateway_host: str = setting("MOODLOOP_GATEWAY_HOST", "127.0.0.1")  # the address the gateway listens on
+    rest_port: int = setting("MOODLOOP_REST_PORT", 8501)  # TF Serving's REST API and the faces page
+    grpc_port: int = setting("MOODLOOP_GRPC_PORT", 8500)  # TF Serving's gRPC API
     poll_seconds: float = setting("MOODLOOP_SERVING_POLL_SECONDS", 2.0)  # re-read models.config, scan the base
+    # a request not answered by then fails with DEADLINE_EXCEEDED
     request_timeout_seconds: float = setting("MOODLOOP_REQUEST_TIMEOUT_SECONDS", 10.0)
     max_upload_bytes: int = setting("MOODLOOP_MAX_UPLOAD_BYTES", 32 * 1024 * 1024)  # photo / video / JSON body
     face_detector: str = setting("MOODLOOP_FACE_DETECTOR", "mtcnn")  # mtcnn (eyes, aligned) | haar (OpenCV)
     min_confidence: float = setting("MOODLOOP_MIN_CONFIDENCE", 0.5)  # below: the face is "uncertain"
     admin_token: str = setting("MOODLOOP_ADMIN_TOKEN", "")  # reload / promote / rollback; "" disables them
     log_buffer_records: int = setting("MOODLOOP_LOG_BUFFER_RECORDS", 20000)  # bounded: overflow is counted
+    # the inference log is written at least this often
     log_flush_seconds: float = setting("MOODLOOP_LOG_FLUSH_SECONDS", 5.0)
     # Faces corrected on the web page (or any feedback on an analysed face) gather here; this many
     # make a landing batch (images + labels.csv), which the next ingest and training see.
@@ -156,6 +159,7 @@ class ServingSettings:
     # Admission (serving/admission.py): requests working at once (threads, per API: REST and gRPC),
     # and how many more may wait for one; beyond that a request is refused at once (429 / RESOURCE_EXHAUSTED).
     max_concurrent_requests: int = setting("MOODLOOP_MAX_CONCURRENT_REQUESTS", 16)
+    # requests waiting for a batch; more are RESOURCE_EXHAUSTED (429)
     max_queued_requests: int = setting("MOODLOOP_MAX_QUEUED_REQUESTS", 64)
     # Feedback labels feed the canary's rollback rule and become training batches: who may send them.
     feedback_token: str = setting("MOODLOOP_FEEDBACK_TOKEN", "")  # "": anyone (a public faces page)
@@ -175,12 +179,13 @@ class CanarySettings:
     min_class_labels: int = setting("MOODLOOP_CANARY_MIN_CLASS_LABELS", 20)  # per side and class: recall tested
     max_class_f1_drop: float = setting("MOODLOOP_CANARY_MAX_CLASS_F1_DROP", 0.10)  # labels, significantly
     bootstrap: int = setting("MOODLOOP_CANARY_BOOTSTRAP", 1000)  # resamples of the per-class F1 test
-    alpha: float = setting("MOODLOOP_CANARY_ALPHA", 0.05)
+    alpha: float = setting("MOODLOOP_CANARY_ALPHA", 0.05)  # significance of the canary's one-sided tests
     max_accuracy_drop: float = setting("MOODLOOP_CANARY_MAX_ACCURACY_DROP", 0.02)  # labels: worse, significantly
     max_confidence_drop: float = setting("MOODLOOP_CANARY_MAX_CONFIDENCE_DROP", 0.10)  # no labels: mean top-1
     max_latency_ratio: float = setting("MOODLOOP_CANARY_MAX_LATENCY_RATIO", 2.0)  # p95 canary / p95 stable ...
     min_latency_increase_ms: float = setting("MOODLOOP_CANARY_MIN_LATENCY_INCREASE_MS", 20.0)  # ... and by this
     max_class_shift: float = setting("MOODLOOP_CANARY_MAX_CLASS_SHIFT", 0.25)  # no labels: TV from the expected mix
+    # error rate the canary may add over stable's
     max_error_rate_increase: float = setting("MOODLOOP_CANARY_MAX_ERROR_RATE_INCREASE", 0.02)
     every_minutes: float = setting("MOODLOOP_CANARY_EVERY_MINUTES", 5.0)  # the canary_analysis DAG's schedule
 
@@ -188,31 +193,34 @@ class CanarySettings:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DriftSettings:
     window_records: int = setting("MOODLOOP_DRIFT_WINDOW_RECORDS", 0)  # > 0: windows; 0: all new once min_records
-    min_records: int = setting("MOODLOOP_DRIFT_MIN_RECORDS", 200)
+    min_records: int = setting("MOODLOOP_DRIFT_MIN_RECORDS", 200)  # a window with fewer predictions is not judged
     share: float = setting("MOODLOOP_DRIFT_SHARE", 0.3)  # share of monitored columns that must drift
     cooldown_minutes: float = setting("MOODLOOP_DRIFT_COOLDOWN_MINUTES", 60.0)  # one shift, one retrain
     every_minutes: float = setting("MOODLOOP_DRIFT_EVERY_MINUTES", 10.0)  # the monitor_drift DAG's schedule
+    # the drift reports' Evidently workspace
     evidently_workspace: Path = setting("MOODLOOP_EVIDENTLY_WORKSPACE", under_home="evidently")
-    evidently_port: int = setting("MOODLOOP_EVIDENTLY_PORT", 8000)
+    evidently_port: int = setting("MOODLOOP_EVIDENTLY_PORT", 8000)  # the Evidently UI (the local stack starts it)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class S3Settings:
     endpoint_url: str = setting("MOODLOOP_S3_ENDPOINT_URL", "")  # "" = AWS
-    access_key: str = setting("MOODLOOP_S3_ACCESS_KEY", "")
-    secret_key: str = setting("MOODLOOP_S3_SECRET_KEY", "")
-    region: str = setting("MOODLOOP_S3_REGION", "us-east-1")
+    access_key: str = setting("MOODLOOP_S3_ACCESS_KEY", "")  # S3 credentials (the local S3 server generates its own)
+    secret_key: str = setting("MOODLOOP_S3_SECRET_KEY", "")  # S3 credentials (secret: never printed)
+    region: str = setting("MOODLOOP_S3_REGION", "us-east-1")  # S3 region name (SeaweedFS accepts any)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AirflowSettings:
     port: int = setting("MOODLOOP_AIRFLOW_PORT", 8080)  # the local stack's api-server
     url: str = setting("MOODLOOP_AIRFLOW_URL", "")  # REST API v2, where drift triggers retraining; "" = local port
-    user: str = setting("MOODLOOP_AIRFLOW_USER", "admin")
+    user: str = setting("MOODLOOP_AIRFLOW_USER", "admin")  # the Airflow user the drift job triggers retrains as
+    # its password (generated at the stack's first start, mode 600)
     password_file: Path = setting("MOODLOOP_AIRFLOW_PASSWORD_FILE", under_home="airflow/passwords.json")
     # local: LocalExecutor (one machine). celery: CeleryExecutor, tasks spread over Celery workers
     # through Redis; the local stack starts redis-server and `celery_workers` workers on 127.0.0.1.
     executor: str = setting("MOODLOOP_EXECUTOR", "local")
+    # Celery workers the local stack starts with MOODLOOP_EXECUTOR=celery
     celery_workers: int = setting("MOODLOOP_CELERY_WORKERS", 2)
     redis_port: int = setting("MOODLOOP_REDIS_PORT", 6379)  # the local stack's broker
     # This process's name among the Celery workers (the stack sets it per worker): Airflow records
@@ -224,7 +232,7 @@ class AirflowSettings:
 class AlertSettings:
     # Slack-compatible incoming webhook (moodloop/alerts.py); "" = no alerts. A secret: it is shown masked.
     webhook_url: str = setting("MOODLOOP_ALERT_WEBHOOK_URL", "")
-    timeout_seconds: float = setting("MOODLOOP_ALERT_TIMEOUT_SECONDS", 5.0)
+    timeout_seconds: float = setting("MOODLOOP_ALERT_TIMEOUT_SECONDS", 5.0)  # how long an alert's POST may take
 
 
 SECTIONS: dict[str, type] = {
@@ -248,10 +256,15 @@ SECRETS = {
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
+    # root of everything the loop writes; the other folders default to places under it
     home: Path = setting("MOODLOOP_HOME", REPO_ROOT / ".moodloop")
+    # the local landing zone: new batches arrive here
     landing_dir: Path = setting("MOODLOOP_LANDING_DIR", under_home="landing")
+    # the curated dataset: one TFRecord span per accepted batch
     curated_dir: Path = setting("MOODLOOP_CURATED_DIR", under_home="curated")
+    # batches that broke the data contract, whole, each with REPORT.md
     quarantine_dir: Path = setting("MOODLOOP_QUARANTINE_DIR", under_home="quarantine")
+    # accepted and duplicate batches after ingest
     archive_dir: Path = setting("MOODLOOP_ARCHIVE_DIR", under_home="archive")
     ingest_dir: Path = setting("MOODLOOP_INGEST_DIR", under_home="ingest")  # ledger and per-batch work folders
     landing_url: str = setting("MOODLOOP_LANDING_URL", "")  # "" = landing_dir; "s3://bucket": landing/ etc. there
@@ -259,29 +272,35 @@ class Settings:
     # The two environments' interpreters: Airflow tasks run TFX with the pipeline env's; the CLI
     # (pipeline env) runs the Great Expectations contract with the orchestration env's.
     pipeline_python: Path = setting("MOODLOOP_PIPELINE_PYTHON", REPO_ROOT / ".venv" / "pipeline" / "bin" / "python")
-    orchestration_python: Path = setting(
+    orchestration_python: Path = setting(  # the orchestration env's interpreter (Airflow, GX, Evidently)
         "MOODLOOP_ORCHESTRATION_PYTHON", REPO_ROOT / ".venv" / "orchestration" / "bin" / "python"
     )
+    # TFX's artifacts (one folder per component run)
     pipeline_root: Path = setting("MOODLOOP_PIPELINE_ROOT", under_home="tfx")
+    # ML Metadata's SQLite file (when MOODLOOP_METADATA_URL is unset)
     metadata_path: Path = setting("MOODLOOP_METADATA_PATH", under_home="tfx/metadata.sqlite")
     # ML Metadata in a database every Celery worker reaches (postgresql://user:password@host:port/db
     # or mysql://...); "" = SQLite at metadata_path, enough while every task runs on one machine.
     metadata_url: str = setting("MOODLOOP_METADATA_URL", "")
-    pipeline_name: str = setting("MOODLOOP_PIPELINE_NAME", "moodloop")
+    pipeline_name: str = setting("MOODLOOP_PIPELINE_NAME", "moodloop")  # the TFX pipeline's name in ML Metadata
     beam_args: tuple[str, ...] = setting("MOODLOOP_BEAM_ARGS", ())  # () = chosen by the faces to process
+    # spans from this many faces use the multi-process DirectRunner (4+ cores)
     beam_multiprocess_faces: int = setting("MOODLOOP_BEAM_MULTIPROCESS_FACES", 20000)
     # "embedded" (the gateway's backend, local) | "tfserving" (TFX InfraValidator, Docker)
     infra_validator: str = setting("MOODLOOP_INFRA_VALIDATOR", "embedded")
     max_image_bytes: int = setting("MOODLOOP_MAX_IMAGE_BYTES", 10 * 1024 * 1024)  # input limits, every reader
+    # an image declaring more pixels is refused before decoding (bombs)
     max_image_pixels: int = setting("MOODLOOP_MAX_IMAGE_PIXELS", 40_000_000)
     # The rollout contract: TF Serving's models.config (labels stable / canary) and the traffic file
     model_name: str = setting("MOODLOOP_MODEL_NAME", "emotion")
     model_base: Path = setting("MOODLOOP_MODEL_BASE", Path())  # default: <home>/models/<model_name>
+    # TF Serving's models.config: the version labels stable / canary
     serving_config: Path = setting("MOODLOOP_SERVING_CONFIG", under_home="serving/models.config")
     traffic_file: Path = setting("MOODLOOP_TRAFFIC_FILE", under_home="serving/traffic.json")  # re-read live
     corrections_dir: Path = setting("MOODLOOP_CORRECTIONS_DIR", under_home="serving/corrections")  # until a batch
     status_dir: Path = setting("MOODLOOP_STATUS_DIR", under_home="status")  # latest gate / drift verdicts
     carbon_country: str = setting("MOODLOOP_CARBON_COUNTRY", "USA")  # ISO 3166 alpha-3: the grid mix for CO2e
+    # TF Serving's batching parameters, read by the embedded backend too
     batching_config: Path = setting("MOODLOOP_BATCHING_CONFIG", REPO_ROOT / "serving" / "config" / "batching.config")
     inference_log_url: str = setting("MOODLOOP_INFERENCE_LOG_URL", "")  # folder or s3://; "" = <home>/inference_log
     training: TrainingSettings
