@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -34,13 +35,14 @@ from typing import TYPE_CHECKING
 from moodloop.airflow_api import Airflow, unreachable_errors
 from moodloop.contracts import READY_MARKER
 from moodloop.files import publish_dir
+from moodloop.local.services import STOP_TIMEOUT, SUPERVISOR, Service, Supervisor, read_state
 from moodloop.settings import REPO_ROOT, Settings
 from moodloop.status import CANARY, read_status
 
 if TYPE_CHECKING:  # imported where used: the stack's start-up does not need the generator
     from data import synthetic
 
-SERVICES = ("api-server", "scheduler", "dag-processor")
+AIRFLOW_SERVICES = ("api-server", "scheduler", "dag-processor")
 DAG_IDS = (
     "watch_landing",
     "ingest_faces",
@@ -84,7 +86,8 @@ def _paths(settings: Settings) -> dict[str, Path]:
         "passwords": airflow_home / "passwords.json",
         "secrets": airflow_home / "secrets.json",
         "stack_secrets": settings.home / "stack" / "secrets.json",
-        "pids": settings.home / "stack" / "pids.json",
+        "pids": settings.home / "stack" / "pids.json",  # the supervisor's pid, written by start
+        "services": settings.home / "stack" / "services.json",  # each service's pid and restarts (the supervisor's)
         "logs": settings.home / "stack" / "logs",
     }
 
@@ -192,13 +195,19 @@ def _proc_table() -> dict[int, tuple[int, int, int]]:
     return table
 
 
+def _leaders(settings: Settings) -> list[int]:
+    """The supervisor's pid and its services' (the latest of each)."""
+    paths = _paths(settings)
+    pids = json.loads(paths["pids"].read_text()) if paths["pids"].exists() else {}
+    return [*pids.values(), *(s["pid"] for s in read_state(paths["services"]).values())]
+
+
 def stack_processes(settings: Settings, leaders: list[int] | None = None) -> list[int]:
     """Every live process of this stack: in a service's session or process group, descending
     from a service, or carrying the stack's mark in its environment. (Airflow renames its
     processes with setproctitle, which can overwrite the environment block, hence all three.)"""
     if leaders is None:
-        pids_file = _paths(settings)["pids"]
-        leaders = list(json.loads(pids_file.read_text()).values()) if pids_file.exists() else []
+        leaders = _leaders(settings)
     table = _proc_table()
     members = {pid for pid, (_, group, session) in table.items() if group in leaders or session in leaders}
     members |= {pid for pid in leaders if pid in table}
@@ -277,51 +286,57 @@ def _api_server_healthy(settings: Settings) -> bool:
     return True
 
 
-def _start_redis(settings: Settings, paths: dict[str, Path]) -> int:
-    """Debian's redis-server on 127.0.0.1, the Celery broker: no persistence (a lost queued task is
-    failed by the scheduler's heartbeat check and retried), its own folder under the stack's home."""
-    if _port_open(settings.airflow.redis_port):  # another Redis (Debian's service?) would take our tasks
-        raise SystemExit(
-            f"port {settings.airflow.redis_port} is in use (a Redis of the system or of another stack?); "
-            "set MOODLOOP_REDIS_PORT to a free port"
+def service_table(settings: Settings) -> list[Service]:
+    """Every process of the stack, in start order: what the supervisor runs and restarts."""
+    paths = _paths(settings)
+    env = airflow_env(settings)
+    marked = {**os.environ, STACK_MARK: str(settings.home)}
+    services = []
+    if settings.airflow.executor == "celery":
+        # Debian's redis-server, the Celery broker: no persistence (a lost queued task is failed by
+        # the scheduler's heartbeat check and retried), its own folder under the stack's home.
+        folder = settings.home / "stack" / "redis"
+        folder.mkdir(parents=True, exist_ok=True)
+        port = settings.airflow.redis_port
+        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder)]
+        command += ["--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+        services.append(
+            Service(
+                REDIS, command, marked, ready=lambda: _port_open(port), about=f"127.0.0.1:{port}, the Celery broker"
+            )
         )
-    folder = settings.home / "stack" / "redis"
-    folder.mkdir(parents=True, exist_ok=True)
-    log = open(paths["logs"] / f"{REDIS}.log", "ab")  # noqa: SIM115 (the child keeps it)
-    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(settings.airflow.redis_port)]
-    command += ["--dir", str(folder), "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, STACK_MARK: str(settings.home)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    for name in AIRFLOW_SERVICES:
+        # The DAGs are unpaused at creation: without the execution API up, the scheduler's first
+        # task (monitor_drift's, at once) fails with "connection refused" and fails its run.
+        ready = (lambda: _api_server_healthy(settings)) if name == "api-server" else None
+        services.append(Service(name, [_airflow_bin(), name], env, ready=ready))
+    if settings.airflow.executor == "celery":
+        for number in range(1, settings.airflow.celery_workers + 1):
+            name = f"worker-{number}"
+            pid_file = paths["logs"].parent / f"{name}.pid"
+            command = [_airflow_bin(), "celery", "worker", "--celery-hostname", f"{name}@%h"]
+            # Its own pid file (two workers on one machine), and no log server: the task logs are
+            # files on this machine, which the api-server reads directly.
+            command += ["--pid", str(pid_file), "--skip-serve-logs"]
+            services.append(Service(name, command, {**env, "MOODLOOP_WORKER_NAME": name}, pid_file=pid_file))
+    services.append(
+        Service(GATEWAY, [str(settings.pipeline_python), "-m", "serving.gateway"], gateway_env(settings), REPO_ROOT)
     )
-    _wait("Redis", lambda: _port_open(settings.airflow.redis_port) or process.poll() is not None, 30, 0.2)
-    if process.poll() is not None:
-        raise SystemExit(f"redis-server exited ({process.returncode}); see {paths['logs'] / (REDIS + '.log')}")
-    print(f"==> {REDIS} started (pid {process.pid}, 127.0.0.1:{settings.airflow.redis_port}, the Celery broker)")
-    return process.pid
+    # The drift reports' UI: monitor_drift adds each window's report to this workspace.
+    workspace, port = settings.drift.evidently_workspace, settings.drift.evidently_port
+    command = [str(Path(sys.executable).with_name("evidently")), "ui", "--workspace", str(workspace)]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    services.append(Service(EVIDENTLY_UI, command, marked, about=f"http://127.0.0.1:{port}"))
+    return services
 
 
-def _start_celery_worker(name: str, env: dict[str, str], paths: dict[str, Path]) -> int:
-    log_path = paths["logs"] / f"{name}.log"
-    log = open(log_path, "ab")  # noqa: SIM115 (the child keeps it)
-    pid_file = paths["logs"].parent / f"{name}.pid"
-    pid_file.unlink(missing_ok=True)  # left by a killed worker, it would stop the new one starting
-    command = [_airflow_bin(), "celery", "worker", "--celery-hostname", f"{name}@%h"]
-    # Its own pid file (two workers on one machine), and no log server: the task logs are files
-    # on this machine, which the api-server reads directly.
-    command += ["--pid", str(pid_file), "--skip-serve-logs"]
-    process = subprocess.Popen(
-        command,
-        env={**env, "MOODLOOP_WORKER_NAME": name},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    print(f"==> Celery {name} started (pid {process.pid}, log {log_path})", flush=True)
-    return process.pid
+def supervise(settings: Settings) -> int:
+    """The supervisor process `start` launches (see moodloop/local/services.py)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # "connection refused" while the api-server starts
+    settings.drift.evidently_workspace.mkdir(parents=True, exist_ok=True)
+    paths = _paths(settings)
+    return Supervisor(service_table(settings), paths["logs"], paths["services"]).run()
 
 
 def _port_open(port: int) -> bool:
@@ -350,64 +365,12 @@ def start(settings: Settings, faces: int) -> int:
     # one writer, nor it them, so the four Airflow processes rarely wait for each other at all.
     with contextlib.closing(sqlite3.connect(paths["airflow_home"] / AIRFLOW_DB)) as db:
         db.execute("PRAGMA journal_mode=WAL")
-    pids: dict[str, int] = {}
-
-    def remember(service: str, pid: int) -> None:
-        # at once, so that `stop` finds what started even when a later step fails
-        pids[service] = pid
-        paths["pids"].write_text(json.dumps(pids))
-
-    if celery:
-        remember(REDIS, _start_redis(settings, paths))
-    for service in SERVICES:
-        log = open(paths["logs"] / f"{service}.log", "ab")  # noqa: SIM115 (the child keeps it)
-        process = subprocess.Popen(
-            [_airflow_bin(), service], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    if celery and _port_open(settings.airflow.redis_port):  # another Redis would take our tasks
+        print(
+            f"port {settings.airflow.redis_port} is in use (a Redis of the system or of another stack?); "
+            "set MOODLOOP_REDIS_PORT to a free port"
         )
-        remember(service, process.pid)
-        print(f"==> {service} started (pid {process.pid}, log {paths['logs'] / (service + '.log')})", flush=True)
-        if service == "api-server":
-            # The DAGs are unpaused at creation: without the execution API up, the scheduler's first
-            # task (monitor_drift's, at once) fails with "connection refused" and fails its run.
-            _wait("the api-server", lambda: _api_server_healthy(settings), 120)
-    if celery:
-        for number in range(1, settings.airflow.celery_workers + 1):
-            name = f"worker-{number}"
-            remember(name, _start_celery_worker(name, env, paths))
-    log = open(paths["logs"] / f"{GATEWAY}.log", "ab")  # noqa: SIM115 (the child keeps it)
-    process = subprocess.Popen(
-        [str(settings.pipeline_python), "-m", "serving.gateway"],
-        env=gateway_env(settings),
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    remember(GATEWAY, process.pid)
-    print(f"==> {GATEWAY} started (pid {process.pid}, log {paths['logs'] / (GATEWAY + '.log')})", flush=True)
-    # The drift reports' UI: monitor_drift adds each window's report to this workspace.
-    settings.drift.evidently_workspace.mkdir(parents=True, exist_ok=True)
-    log = open(paths["logs"] / f"{EVIDENTLY_UI}.log", "ab")  # noqa: SIM115 (the child keeps it)
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("evidently")),
-            "ui",
-            "--workspace",
-            str(settings.drift.evidently_workspace),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(settings.drift.evidently_port),
-        ],
-        env={**os.environ, STACK_MARK: str(settings.home)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    remember(EVIDENTLY_UI, process.pid)
-    print(
-        f"==> {EVIDENTLY_UI} started (pid {process.pid}, http://127.0.0.1:{settings.drift.evidently_port})", flush=True
-    )
+        return 2
     ports = (
         settings.airflow.port,
         settings.serving.rest_port,
@@ -417,6 +380,30 @@ def start(settings: Settings, faces: int) -> int:
     )
     ports = {name: str(port) for name, port in zip(PORT_VARIABLES, ports, strict=True)}
     (settings.home / "stack" / "ports.json").write_text(json.dumps(ports))
+    paths["services"].unlink(missing_ok=True)
+    with open(paths["logs"] / f"{SUPERVISOR}.log", "ab") as log:  # the child keeps its own copy
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "moodloop.local.stack", "supervise"],
+            env={**os.environ, STACK_MARK: str(settings.home)},
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    # at once, so that `stop` finds what started even when a later step fails
+    paths["pids"].write_text(json.dumps({SUPERVISOR: supervisor.pid}))
+    print(f"==> {SUPERVISOR} started (pid {supervisor.pid}, log {paths['logs'] / (SUPERVISOR + '.log')})", flush=True)
+
+    def service_started(name: str) -> dict | None:
+        if supervisor.poll() is not None:
+            raise SystemExit(f"error: the supervisor exited ({supervisor.returncode}); see {paths['logs']}")
+        return read_state(paths["services"]).get(name)
+
+    for service in service_table(settings):
+        state = _wait(service.name, lambda name=service.name: service_started(name), service.ready_timeout + 60, 0.2)
+        log_path = paths["logs"] / f"{service.name}.log"
+        about = f", {service.about}" if service.about else ""
+        print(f"==> {service.name} started (pid {state['pid']}{about}, log {log_path})", flush=True)
 
     _wait("the serving gateway", lambda: _gateway_health(settings), 120)
     from airflow_client.client.models.dag_patch_body import DAGPatchBody
@@ -469,11 +456,15 @@ def start(settings: Settings, faces: int) -> int:
 
 def status(settings: Settings) -> int:
     paths = _paths(settings)
-    pids = json.loads(paths["pids"].read_text()) if paths["pids"].exists() else {}
+    services = read_state(paths["services"])
     running = stack_processes(settings)
     print(f"stack home {settings.home}: {len(running)} process(es) running")
-    for service, pid in pids.items():
-        print(f"  {service:<14s} pid {pid:<8d} {'running' if _alive(pid) else 'STOPPED'}")
+    for service, state in services.items():
+        shown = state["state"] if _alive(state["pid"]) or state["state"] != "running" else "stopped"
+        shown = shown if shown == "running" else shown.upper()
+        restarts = f"  restarts {state['restarts']}" if state["restarts"] else ""
+        exits = f" (exit codes {', '.join(map(str, state['exit_codes']))})" if state["exit_codes"] else ""
+        print(f"  {service:<14s} pid {state['pid']:<8d} {shown}{restarts}{exits}")
     if running:
         try:
             airflow = api(settings)
@@ -523,15 +514,23 @@ def canary_summary(decision: dict) -> str:
 
 def stop(settings: Settings, timeout: float = 30.0) -> int:
     paths = _paths(settings)
-    pids = json.loads(paths["pids"].read_text()) if paths["pids"].exists() else {}
-    leaders = list(pids.values())
+    leaders = _leaders(settings)
     members = stack_processes(settings, leaders)
     if not members:
         print("nothing to stop: no moodloop process is running")
         paths["pids"].unlink(missing_ok=True)
         return 0
-    for service, pid in pids.items():
-        print(f"stopping {service} (pid {pid})")
+    for service, state in read_state(paths["services"]).items():
+        print(f"stopping {service} (pid {state['pid']})")
+    # The supervisor first, so that it restarts nothing: it stops its services (SIGTERM, then
+    # SIGKILL after STOP_TIMEOUT); what is left after it (task processes) is stopped below.
+    supervisor = json.loads(paths["pids"].read_text()).get(SUPERVISOR) if paths["pids"].exists() else None
+    if supervisor and _alive(supervisor):
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT + 5
+        while _alive(supervisor) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    members = stack_processes(settings, leaders)
     for pid in members:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -563,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("status", help="what is running, latest DAG runs, pushed model versions")
     sub.add_parser("stop", help="stop every process the start command started")
+    sub.add_parser("supervise", help="(run by start) start the services and restart any that exits")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command != "start":
@@ -571,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         return start(settings, args.faces)
     if args.command == "status":
         return status(settings)
+    if args.command == "supervise":
+        return supervise(settings)
     return stop(settings)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -243,11 +244,19 @@ def _kill_mid_training_and_restart(
         assert time.monotonic() < deadline, f"the Trainer never reached its second epoch (task log in {task_logs})"
         time.sleep(0.5)
     command = [sys.executable, "-m", "moodloop.local.stack"]
-    scheduler = json.loads((settings.home / "stack" / "pids.json").read_text())["scheduler"]
+    services = settings.home / "stack" / "services.json"
+    scheduler = json.loads(services.read_text())["scheduler"]["pid"]
     trainers = subprocess.run(["pgrep", "-f", "node_runner run .*--node Trainer"], capture_output=True, text=True)
     assert trainers.stdout.split(), "no Trainer process to kill"
     for pid in [scheduler, *map(int, trainers.stdout.split())]:
         os.kill(pid, 9)
+    # The supervisor starts the killed scheduler again (after 1 s) and `status` counts it.
+    restarted = lambda: json.loads(services.read_text())["scheduler"]  # noqa: E731
+    while restarted()["state"] != "running" or restarted()["pid"] == scheduler:
+        assert time.monotonic() < deadline, f"the scheduler was not started again: {restarted()}"
+        time.sleep(0.5)
+    shown = subprocess.run([*command, "status"], env=env, check=True, capture_output=True, text=True).stdout
+    assert re.search(r"scheduler +pid \d+ +running  restarts 1 \(exit codes -9\)", shown), shown
     subprocess.run([*command, "stop"], env=env, check=True, capture_output=True)
     versions = lambda: sorted(int(p.name) for p in settings.model_base.iterdir() if p.name.isdigit())  # noqa: E731
     assert versions() == sorted(before), "pushed before training ended"
