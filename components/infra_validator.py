@@ -15,9 +15,6 @@ import glob
 import logging
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +37,7 @@ from moodloop.contracts import (
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
 )
+from moodloop.gateway_process import start_process
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +84,6 @@ def write_warmup_requests(model_dir: str, model_name: str, serialized_examples: 
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ModelServerProcess:
     """moodloop's model server, started through its public entry point (`python -m serving.gateway`,
     what `moodloop serve` runs) on one model version, and asked through TF Serving's gRPC API: as
@@ -107,7 +99,6 @@ class ModelServerProcess:
         (base / "1").symlink_to(os.path.abspath(model_dir), target_is_directory=True)
         config = workdir / "models.config"
         models_config.ensure(config, model_name, base)
-        self.grpc_port, rest_port = _free_port(), _free_port()
         home = workdir / "home"
         environment = {
             **os.environ,
@@ -118,27 +109,14 @@ class ModelServerProcess:
             "MOODLOOP_TRAFFIC_FILE": str(home / "traffic.json"),
             "MOODLOOP_SERVING_POLL_SECONDS": "0.5",
         }
-        command = [
-            sys.executable,
-            "-m",
-            "serving.gateway",
-            "--backend",
-            "embedded",
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(self.grpc_port),
-            "--rest-port",
-            str(rest_port),
-            "--model-config",
-            str(config),
-        ]
-        self.log_path = workdir / "model_server.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        # ports 0: the server binds free ones and says which (no port picked here, bound there later)
+        flags = ["--backend", "embedded", "--host", "127.0.0.1", "--grpc-port", "0", "--rest-port", "0"]
+        self.gateway = start_process(environment, args=[*flags, "--model-config", str(config)])
+        self.grpc_port = self.gateway.grpc_port
+        self.process = self.gateway.process
 
     def log_tail(self, lines: int = 5) -> str:
-        return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+        return self.gateway.log_tail(lines)
 
     def wait_until_loaded(self, timeout_s: float = 180.0) -> str | None:
         """None once version 1 is AVAILABLE (its warm-up requests replayed), else why not."""
@@ -183,12 +161,7 @@ class ModelServerProcess:
         return {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.gateway.stop()
 
 
 def _gradient(rows: int) -> np.ndarray:
@@ -223,7 +196,10 @@ def check_in_model_server(model_dir: str, model_name: str, serialized_examples: 
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="moodloop-infra-") as tmp:
         started = time.perf_counter()
-        server = ModelServerProcess(model_dir, model_name, Path(tmp))
+        try:
+            server = ModelServerProcess(model_dir, model_name, Path(tmp))
+        except RuntimeError as error:  # the server did not come up at all: the model is not servable here
+            return [f"the model server did not start: {error}"]
         try:
             not_loaded = server.wait_until_loaded()
             if not_loaded:

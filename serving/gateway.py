@@ -13,9 +13,7 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import time
 
 from moodloop import models_config
+from moodloop.gateway_process import UP_LINE
 from moodloop.settings import Settings, s3_client
 from serving.batching import BatchingParameters
 
@@ -126,39 +125,6 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
         server.stop(grace=2).wait()
         dataplane.backend.close()
         dataplane.inference_log.close()
-
-
-# main()'s start-up line, which tells a parent process the ports chosen (port 0: any free one).
-UP_LINE = "gateway up: REST http://%s:%d  gRPC %s:%d  backend %s  models.config %s  inference log %s"
-_UP_PORTS = re.compile(r"gateway up: REST http://[^\s:]+:(\d+)\s+gRPC [^\s:]+:(\d+)")
-
-
-@dataclass
-class GatewayProcess:
-    process: subprocess.Popen
-    rest_port: int
-    grpc_port: int
-    lines: list[str]  # its output after the start-up line, read by `reader` (so the pipe never fills)
-    reader: threading.Thread
-
-
-def start_process(env: dict[str, str], command: list[str] | None = None) -> GatewayProcess:
-    """The gateway in a process of its own (`python -m serving.gateway`, or `command`, e.g.
-    `moodloop serve`), once it has said which ports it serves on (tests and benchmarks)."""
-    process = subprocess.Popen(
-        command or [sys.executable, "-m", "serving.gateway"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in process.stdout:
-        if match := _UP_PORTS.search(line):
-            lines: list[str] = []
-            reader = threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True)
-            reader.start()
-            return GatewayProcess(process, int(match[1]), int(match[2]), lines, reader)
-    raise RuntimeError(f"the gateway did not start (exit {process.wait()})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,9 @@ import pytest
 from components.untrained_model import TEST_VERSIONS, export_version
 from data import wheel_media
 from moodloop import models_config
+from moodloop.gateway_process import GatewayProcess, start_process
 from moodloop.settings import Settings
-from serving.gateway import GatewayProcess, serve_in_thread, start_process
+from serving.gateway import serve_in_thread
 
 ADMIN_TOKEN = "test-admin-token"
 TFSERVING = os.environ.get("MOODLOOP_TEST_TFSERVING", "")
