@@ -34,16 +34,8 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
 
 
 def atomic_copy(source: Path | str, path: Path | str) -> Path:
-    """Copy `source` to `path` through a hidden file beside it, then one rename."""
-    path = Path(path)
-    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        shutil.copyfile(source, staging)
-        staging.replace(path)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
-    return path
+    """Copy `source` (a status image or report: small) to `path` as atomic_write_bytes writes."""
+    return atomic_write_bytes(path, Path(source).read_bytes())
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 # The gateway's start-up line (serving/gateway.py main() prints it), which names the ports it bound.
@@ -28,11 +29,12 @@ class GatewayProcess:
     process: subprocess.Popen
     rest_port: int = 0
     grpc_port: int = 0
-    lines: list[str] = field(default_factory=list)  # its whole output, read by a thread (the pipe never fills)
+    # its latest output, read by a thread so the pipe never fills; bounded for a long-lived gateway
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=10_000))
     reader: threading.Thread | None = None
 
     def log_tail(self, count: int = 5) -> str:
-        return " | ".join(line.strip() for line in self.lines[-count:])
+        return " | ".join(line.strip() for line in list(self.lines)[-count:])
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM (the gateway flushes its inference log), SIGKILL after `timeout` s; -> exit code."""
