@@ -49,6 +49,7 @@ import numpy as np
 from data import landing, synthetic
 from monitoring import drift
 from moodloop.contracts import EMOTIONS
+from moodloop.gateway_process import GATEWAY_COMMAND, GatewayProcess, start_process
 from moodloop.local import stack
 from moodloop.local.s3server import free_port
 from moodloop.settings import Settings
@@ -84,17 +85,14 @@ class Drill:
             **(training or TRAINING),
             "MOODLOOP_HOME": str(home),
             "MOODLOOP_LOG_FLUSH_SECONDS": "1",
-            "MOODLOOP_REST_PORT": str(free_port()),
-            "MOODLOOP_GRPC_PORT": str(free_port()),
+            "MOODLOOP_REST_PORT": "0",  # any free port: start_gateway reads the ones it bound
+            "MOODLOOP_GRPC_PORT": "0",
         }
-        self.settings = Settings.from_env(
-            home=home,
-            drift={"window_records": args.window},
-            serving={"rest_port": int(self.env["MOODLOOP_REST_PORT"])},
-        )
+        self.settings = Settings.from_env(home=home, drift={"window_records": args.window})
         self.moodloop = str(self.settings.pipeline_python.with_name("moodloop"))
         self.rest = f"http://127.0.0.1:{self.env['MOODLOOP_REST_PORT']}"
-        self.gateway: subprocess.Popen | None = None
+        self.gateway: GatewayProcess | None = None
+        self.labels_delayed = 0  # labels the feedback rate limit sent back to wait (429, Retry-After)
 
     def run(self, *command: str) -> str:
         done = subprocess.run(command, env=self.env, cwd=REPO, capture_output=True, text=True)
@@ -109,14 +107,9 @@ class Drill:
         return path
 
     def start_gateway(self) -> None:
-        log = open(self.settings.home / "gateway.log", "ab")  # noqa: SIM115 (the child keeps it)
-        self.gateway = subprocess.Popen(
-            [str(self.settings.pipeline_python), "-m", "serving.gateway"],
-            env=self.env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        command = [str(self.settings.pipeline_python), *GATEWAY_COMMAND]
+        self.gateway = start_process(self.env, command=command, cwd=REPO)
+        self.rest = f"http://127.0.0.1:{self.gateway.rest_port}"
         self.wait_until(lambda: self.call("GET", "/healthz").get("ready"), 120, "the gateway")
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -126,7 +119,21 @@ class Drill:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return json.loads(response.read()) | {"_request_id": response.headers.get("x-request-id")}
         except urllib.error.HTTPError as error:
-            return json.loads(error.read()) | {"_status": error.code}
+            answer = json.loads(error.read()) | {"_status": error.code}
+            return answer | {"_retry_after": float(error.headers.get("retry-after") or 0)}
+
+    def send_label(self, body: dict) -> None:
+        """One feedback label, as a well-behaved labelling tool sends it: the drill plays every
+        labeller from one address, so it meets the gateway's per-client feedback rate; it waits
+        Retry-After and resends rather than lose a label (a lost label would bias the drill)."""
+        for _ in range(20):
+            sent = self.call("POST", "/v1/feedback", body)
+            if sent.get("_status") != 429:
+                break
+            self.labels_delayed += 1
+            time.sleep(max(sent["_retry_after"], 0.05))
+        if "_status" in sent:
+            raise RuntimeError(f"feedback refused ({sent['_status']}): {sent.get('error')}")
 
     @staticmethod
     def wait_until(check, timeout: float, what: str):
@@ -157,13 +164,7 @@ class Drill:
             right += int((predicted == labels[chunk]).sum())
             if feedback:
                 for i, truth in enumerate(labels[chunk]):
-                    sent = self.call(
-                        "POST",
-                        "/v1/feedback",
-                        {"request_id": answer["_request_id"], "instance": i, "label": EMOTIONS[truth]},
-                    )
-                    if "_status" in sent:  # a label lost (e.g. the feedback rate limit) would bias the drill
-                        raise RuntimeError(f"feedback refused ({sent['_status']}): {sent.get('error')}")
+                    self.send_label({"request_id": answer["_request_id"], "instance": i, "label": EMOTIONS[truth]})
         time.sleep(2.5)  # the inference log's flush
         return right / len(pixels)
 
@@ -190,8 +191,9 @@ class Drill:
 
     def stop(self) -> None:
         if self.gateway:
-            self.gateway.terminate()
-            self.gateway.wait(timeout=30)
+            self.gateway.stop(timeout=30)
+            # its latest lines, for a look after the drill (the process kept them in memory)
+            (self.settings.home / "gateway.log").write_text("".join(self.gateway.lines))
 
 
 def drill(args: argparse.Namespace, home: Path, training: dict | None = None) -> dict:
@@ -223,6 +225,7 @@ def drill(args: argparse.Namespace, home: Path, training: dict | None = None) ->
             figures["after_over_clean"] = figures["shifted_accuracy_after"] / figures["clean_accuracy"]
     finally:
         d.stop()
+    figures["labels_delayed_by_rate_limit"] = d.labels_delayed
     return figures
 
 
@@ -346,6 +349,7 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
     figures["train_runs_after_shift"] = train_runs_since(settings, shifted_wall)
     figures["canary_decisions"] = [decision_brief(d) for d in canary_decisions(home) if d.get("action") != "none"]
     figures["drift_reports"] = str(home / "monitoring" / "drift")
+    figures["labels_delayed_by_rate_limit"] = d.labels_delayed
     return figures
 
 

@@ -17,6 +17,7 @@ import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # The gateway's start-up line (serving/gateway.py main() prints it), which names the ports it bound.
 UP_LINE = "gateway up: REST http://%s:%d  gRPC %s:%d  backend %s  models.config %s  inference log %s"
@@ -47,13 +48,17 @@ class GatewayProcess:
 
 
 def start_process(
-    env: dict[str, str], command: list[str] | None = None, args: list[str] | None = None, timeout: float = 120.0
+    env: dict[str, str],
+    command: list[str] | None = None,
+    args: list[str] | None = None,
+    timeout: float = 120.0,
+    cwd: str | Path | None = None,
 ) -> GatewayProcess:
-    """Start `command` (default: this interpreter with `-m serving.gateway`, then `args`) and return
-    once it has printed its start-up line; RuntimeError with its last lines if it exits or stays
-    silent for `timeout` s (then it is killed)."""
-    command = command or [sys.executable, *GATEWAY_COMMAND, *(args or [])]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """Start `command` (default: this interpreter with `-m serving.gateway`), then `args`, in `cwd`
+    and return once it has printed its start-up line; RuntimeError with its last lines if it exits
+    or stays silent for `timeout` s (then it is killed)."""
+    command = [*(command or [sys.executable, *GATEWAY_COMMAND]), *(args or [])]
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     gateway = GatewayProcess(process)
     up = threading.Event()
 

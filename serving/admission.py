@@ -108,8 +108,13 @@ class RateLimiter:
 
     def allow(self, client: str) -> bool:
         """Take one request from the client's bucket; False when it is empty (answer 429)."""
+        return self.take(client) == 0.0
+
+    def take(self, client: str) -> float:
+        """Take one request from the client's bucket: 0.0 when allowed, else the seconds until the
+        bucket holds one again (a 429's Retry-After, RFC 9110 section 10.2.3)."""
         if self.per_minute <= 0:
-            return True  # no limit
+            return 0.0  # no limit
         now = self._clock()
         with self._lock:
             tokens, when = self._buckets.pop(client, (self.per_minute, now))
@@ -118,7 +123,7 @@ class RateLimiter:
             self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
             while len(self._buckets) > self.max_clients:
                 self._buckets.popitem(last=False)
-        return allowed
+        return 0.0 if allowed else (1.0 - tokens) * 60.0 / self.per_minute
 
 
 def bearer_matches(authorization: str, token: str) -> bool:

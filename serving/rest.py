@@ -424,14 +424,17 @@ class RestEndpoints:
     async def feedback(self, request: Request) -> Response:
         """A label for an earlier prediction. Labels feed the canary's rollback rule and become
         training batches, so the sender may be asked for MOODLOOP_FEEDBACK_TOKEN, and each client
-        address sends at most MOODLOOP_FEEDBACK_PER_MINUTE (429 beyond, before the body is read)."""
+        address sends at most MOODLOOP_FEEDBACK_PER_MINUTE (429 beyond, before the body is read, with
+        Retry-After: the whole seconds until the client may send the next)."""
         token = self.settings.serving.feedback_token
         if token and not bearer_matches(request.headers.get("authorization", ""), token):
             raise HttpError(401, "feedback needs the feedback token: Authorization: Bearer <MOODLOOP_FEEDBACK_TOKEN>")
         client = request.client.host if request.client else "unknown"
-        if not self.feedback_rate.allow(client):
+        if wait := self.feedback_rate.take(client):  # a well-behaved labeller waits Retry-After and resends
             per_minute = self.settings.serving.feedback_per_minute
-            raise ServingError("RESOURCE_EXHAUSTED", f"feedback rate limit: {per_minute:g} a minute per client")
+            refused = _error("RESOURCE_EXHAUSTED", f"feedback rate limit: {per_minute:g} a minute per client")
+            refused.headers["retry-after"] = str(math.ceil(wait))
+            return refused
         try:
             body = json.loads(await _body(request, 64 * 1024))
             if not isinstance(body, dict):

@@ -385,6 +385,9 @@ def test_the_feedback_rate_is_bounded_per_client_and_the_clients_remembered_are_
     limiter = RateLimiter(per_minute=60, max_clients=3, clock=lambda: now[0])
     assert all(limiter.allow("a") for _ in range(60))  # a burst of a minute's worth
     assert not limiter.allow("a")
+    assert limiter.take("a") == pytest.approx(1.0)  # the seconds until the bucket holds one again
+    now[0] += 0.25
+    assert limiter.take("a") == pytest.approx(0.75)
     assert limiter.allow("b")  # another client has its own bucket
     now[0] += 1.0  # a second refills one
     assert limiter.allow("a") and not limiter.allow("a")
@@ -433,4 +436,5 @@ def test_feedback_needs_its_token_when_one_is_set_and_a_flood_is_refused(guarded
     assert codes.count(202) <= 6 + refilled and 429 in codes, (codes, refilled)
     refused = guarded.post("/v1/feedback", json=body, headers=auth)
     assert refused.status_code == 429 and "6 a minute per client" in refused.json()["error"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 10  # one label back every 10 s
     _answers_normally(guarded)
