@@ -36,27 +36,17 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np
 import tensorflow as tf
 
-from components import explain
-from components.preprocessing import image_property_outputs, pixel_property_outputs
+from components import explain, model_contract
 from components.projection import pca_projection
 from moodloop.contracts import (
     CURATED_SPAN_PREFIX,
     EMBEDDING_DIMS,
     EMOTIONS,
-    FACE_SIZE,
     FEATURE_IMAGE,
     FEATURE_LABEL,
     NUM_CLASSES,
-    OUTPUT_CLASS_IDS,
-    OUTPUT_CLASSES,
-    OUTPUT_EMBEDDING,
-    OUTPUT_HEATMAP,
     OUTPUT_PROBABILITIES,
     REFERENCE_PROFILE,
-    SIGNATURE_EXAMPLES,
-    SIGNATURE_EXPLAIN,
-    SIGNATURE_IMAGES,
-    SIGNATURE_PIXELS,
 )
 from moodloop.files import publish_version
 from moodloop.settings import Settings
@@ -387,32 +377,18 @@ def _class_permutation(class_order: tuple[str, ...]) -> list[int]:
 # ---------------------------------------------------------------- the contract-3 wrapper
 
 
-class AdoptedModule(tf.Module):
-    """The model contract's signatures around an adopted classifier, with the classifier's own preprocessing
-    (components/trainer.py's _ServingModule has the same signatures around the Transform graph).
-
-    The signatures are traced with autograph off: they hold no Python control flow on tensors, and
-    autograph converting every Keras layer's `call` made the first trace of mini-Xception take 12 s
-    instead of half a second on 2 cores."""
+class AdoptedModule(model_contract.ServingModule):
+    """The model contract around an adopted classifier, with the classifier's own preprocessing
+    (decode -> grey or RGB -> its input size -> its scaling) and its class order."""
 
     def __init__(self, classifier: Classifier, preprocessing: Preprocessing, options: AdoptOptions):
-        super().__init__()
+        super().__init__(width=classifier.width)
         self.network = classifier.trackable  # tracked: the model's variables are saved with the wrapper
         self._call = classifier.call
         self._explain = classifier.explain
         self._prep = preprocessing
         self._logits = options.logits
         self._order = tf.constant(_class_permutation(options.class_order), tf.int32)
-        self._class_names = tf.constant(list(EMOTIONS))
-        # Variables, not constants: the PCA is fitted after the wrapper exists (on its own
-        # preprocessing) and before the signatures are traced and saved.
-        self.embedding_mean = tf.Variable(tf.zeros([classifier.width]), trainable=False)
-        self.embedding_components = tf.Variable(tf.eye(classifier.width, EMBEDDING_DIMS), trainable=False)
-        self._raw_spec = {FEATURE_IMAGE: tf.io.FixedLenFeature([], tf.string)}
-
-    def set_projection(self, mean: np.ndarray, components: np.ndarray) -> None:
-        self.embedding_mean.assign(mean)
-        self.embedding_components.assign(components)
 
     # preprocessing: anything in -> [N, H, W, C] float32 0..255 -> the model's scaling
     def _resize(self, images: tf.Tensor) -> tf.Tensor:
@@ -426,7 +402,8 @@ class AdoptedModule(tf.Module):
             return images / 127.5 - 1.0
         return images
 
-    def _decode(self, encoded: tf.Tensor) -> tf.Tensor:
+    def decode(self, encoded: tf.Tensor) -> tf.Tensor:
+        """[N] encoded images -> [N, H, W, C] float32 0..255 at the model's size (before its scaling)."""
         channels, shape = self._prep.channels, [self._prep.height, self._prep.width, self._prep.channels]
 
         def one(data: tf.Tensor) -> tf.Tensor:
@@ -436,68 +413,29 @@ class AdoptedModule(tf.Module):
 
         return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec(shape, tf.float32))
 
-    def _from_pixels(self, pixels: tf.Tensor) -> tf.Tensor:
+    def from_encoded(self, encoded: tf.Tensor) -> tf.Tensor:
+        return self._scale(self.decode(encoded))
+
+    def from_pixels(self, pixels: tf.Tensor) -> tf.Tensor:
+        # The pixels go to the model directly (no PNG round trip): one face crop, one resize.
         images = tf.cast(pixels, tf.float32)[..., tf.newaxis]
         if self._prep.channels == 3:
             images = tf.image.grayscale_to_rgb(images)
-        return self._resize(images)
+        return self._scale(self._resize(images))
 
     def hidden(self, images: tf.Tensor) -> tf.Tensor:
         """Feature-layer values for decoded images (0..255): what the PCA is fitted on."""
         return self._call(self._scale(images))[0]
 
-    def _predict(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        hidden, scores = self._call(self._scale(images))
+    def classify(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        hidden, scores = self._call(inputs)
         if self._logits:
             scores = tf.nn.softmax(scores, axis=-1)
-        probabilities = tf.gather(tf.cast(scores, tf.float32), self._order, axis=1)
-        class_ids = tf.argmax(probabilities, axis=-1)
-        return {
-            OUTPUT_PROBABILITIES: probabilities,
-            OUTPUT_CLASS_IDS: class_ids,
-            OUTPUT_CLASSES: tf.gather(self._class_names, class_ids),
-            OUTPUT_EMBEDDING: tf.matmul(tf.cast(hidden, tf.float32) - self.embedding_mean, self.embedding_components),
-        }
+        return hidden, tf.gather(tf.cast(scores, tf.float32), self._order, axis=1)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")], autograph=False)
-    def serve_images(self, images):
-        return {**self._predict(self._decode(images)), **image_property_outputs(images)}
-
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE], tf.uint8, name="pixels")], autograph=False
-    )
-    def serve_pixels(self, pixels):
-        # The pixels go to the model directly (no PNG round trip): one face crop, one resize.
-        return {**self._predict(self._from_pixels(pixels)), **pixel_property_outputs(pixels)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
-    def serve_examples(self, examples):
-        features = tf.io.parse_example(examples, self._raw_spec)
-        return self._predict(self._decode(features[FEATURE_IMAGE]))
-
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE], tf.uint8, name="pixels")], autograph=False
-    )
-    def serve_explain(self, pixels):
-        images = self._scale(self._from_pixels(pixels))
-        with tf.GradientTape() as tape:
-            tape.watch(images)  # records every step from the input, whether or not the weights are trainable
-            maps, scores = self._explain(images)
-            scores = tf.gather(tf.cast(scores, tf.float32), self._order, axis=1)
-            class_ids = tf.argmax(scores, axis=-1)
-            score = tf.gather(scores, class_ids, batch_dims=1)
-        heatmap = explain.face_heatmap(explain.class_activation_map(tape, score, maps))
-        return {OUTPUT_HEATMAP: heatmap, OUTPUT_CLASS_IDS: class_ids}
-
-
-def export_adopted(module: AdoptedModule, export_dir: Path) -> None:
-    signatures = {
-        SIGNATURE_IMAGES: module.serve_images.get_concrete_function(),
-        SIGNATURE_PIXELS: module.serve_pixels.get_concrete_function(),
-        SIGNATURE_EXAMPLES: module.serve_examples.get_concrete_function(),
-        SIGNATURE_EXPLAIN: module.serve_explain.get_concrete_function(),
-    }
-    tf.saved_model.save(module, str(export_dir), signatures=signatures)
+    def explain_scores(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        maps, scores = self._explain(inputs)
+        return maps, tf.gather(tf.cast(scores, tf.float32), self._order, axis=1)
 
 
 # ---------------------------------------------------------------- faces at hand
@@ -549,7 +487,7 @@ def faces_at_hand(
 def _decoded_faces(module: AdoptedModule, serialized: list[bytes], batch: int = 256):
     """The wrapper's own decode and resize, batch by batch, in one traced function."""
     decode = tf.function(
-        lambda s: module._decode(tf.io.parse_example(s, module._raw_spec)[FEATURE_IMAGE]), autograph=False
+        lambda s: module.decode(tf.io.parse_example(s, model_contract.REQUEST_FEATURES)[FEATURE_IMAGE]), autograph=False
     )
     for start in range(0, len(serialized), batch):
         yield decode(tf.constant(serialized[start : start + batch]))
@@ -623,7 +561,7 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
 
     # The pipeline's own pieces (they import TFX: seconds, so only once the model is known to fit).
     from components.ab_gate import write_reference_profile
-    from components.infra_validator import check_in_model_server, write_warmup_requests
+    from components.infra_validator import check_in_model_server
     from components.pipeline import PipelineConfig, pusher_config
     from components.pusher import label_pushed_version
 
@@ -633,8 +571,8 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
     # takes it for a version.
     staging = base / f".adopting-{uuid.uuid4().hex[:8]}"
     try:
-        export_adopted(module, staging)
-        write_warmup_requests(str(staging), settings.model_name, serialized[:WARMUP_FACES])
+        model_contract.export(module, staging)
+        model_contract.write_warmup_requests(str(staging), settings.model_name, serialized[:WARMUP_FACES])
         profile = staging / REFERENCE_PROFILE
         profile.parent.mkdir(parents=True, exist_ok=True)
         rows = write_reference_profile(str(profile), serialized, labels, outputs)

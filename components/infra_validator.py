@@ -25,10 +25,10 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import path_utils
 
+from components.model_contract import example_images, write_warmup_requests
 from moodloop import models_config
 from moodloop.contracts import (
     FACE_SIZE,
-    FEATURE_IMAGE,
     NUM_CLASSES,
     OUTPUT_HEATMAP,
     OUTPUT_PROBABILITIES,
@@ -51,37 +51,6 @@ def sample_examples(examples_uri: str, count: int) -> list[bytes]:
     files = sorted(glob.glob(os.path.join(examples_uri, "*")))
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)
     return [record.numpy() for record in dataset]
-
-
-def _images(serialized: list[bytes]) -> list[bytes]:
-    import tensorflow as tf
-
-    return [tf.train.Example.FromString(e).features.feature[FEATURE_IMAGE].bytes_list.value[0] for e in serialized]
-
-
-def write_warmup_requests(model_dir: str, model_name: str, serialized_examples: list[bytes]) -> str:
-    """assets.extra/tf_serving_warmup_requests: one PredictionLog per signature of the model contract."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    requests = {
-        SIGNATURE_IMAGES: {"images": tf.make_tensor_proto(_images(serialized_examples))},
-        SIGNATURE_PIXELS: {"pixels": tf.make_tensor_proto(np.zeros((1, FACE_SIZE, FACE_SIZE), np.uint8))},
-        SIGNATURE_EXAMPLES: {"examples": tf.make_tensor_proto(serialized_examples)},
-        SIGNATURE_EXPLAIN: {"pixels": tf.make_tensor_proto(np.zeros((1, FACE_SIZE, FACE_SIZE), np.uint8))},
-    }
-    path = path_utils.warmup_file_path(model_dir)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tf.io.TFRecordWriter(path) as writer:
-        for signature, inputs in requests.items():
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = signature
-            for key, proto in inputs.items():
-                request.inputs[key].CopyFrom(proto)
-            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
-    return path
 
 
 class ModelServerProcess:
@@ -206,7 +175,7 @@ def check_in_model_server(model_dir: str, model_name: str, serialized_examples: 
                 return [not_loaded]
             log.info(f"model server up, model loaded and warmed up in {time.perf_counter() - started:.1f} s")
             for signature, inputs in (
-                (SIGNATURE_IMAGES, {"images": np.array(_images(serialized_examples), dtype=object)}),
+                (SIGNATURE_IMAGES, {"images": np.array(example_images(serialized_examples), dtype=object)}),
                 (SIGNATURE_PIXELS, {"pixels": np.zeros((2, FACE_SIZE, FACE_SIZE), np.uint8)}),
                 (SIGNATURE_EXAMPLES, {"examples": np.array(serialized_examples, dtype=object)}),
                 (SIGNATURE_EXPLAIN, {"pixels": _gradient(2)}),

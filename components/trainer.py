@@ -23,30 +23,18 @@ import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.components.tuner.component import TunerFnResult
 
-from components import calibration, distributed_training, edge, explain, plots, tuning
+from components import calibration, distributed_training, edge, explain, model_contract, plots, tuning
 from components.ab_gate import champion_dir
 from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order, learning_rate_schedule
 from components.model_report import TRAINING_SUMMARY
-from components.preprocessing import LABEL_KEY, image_property_outputs, pixel_property_outputs
+from components.preprocessing import LABEL_KEY
 from components.projection import pca_projection
 from components.warm_start import WarmStart, save_weights, still_fits, warm_start
 from moodloop.contracts import (
-    EMBEDDING_DIMS,
     EMOTIONS,
     FACE_SIZE,
     FEATURE_IMAGE,
-    FEATURE_LABEL,
-    FEATURE_SLICES,
     NUM_CLASSES,
-    OUTPUT_CLASS_IDS,
-    OUTPUT_CLASSES,
-    OUTPUT_EMBEDDING,
-    OUTPUT_HEATMAP,
-    OUTPUT_PROBABILITIES,
-    SIGNATURE_EXAMPLES,
-    SIGNATURE_EXPLAIN,
-    SIGNATURE_IMAGES,
-    SIGNATURE_PIXELS,
 )
 
 log = logging.getLogger("components.trainer")
@@ -91,7 +79,7 @@ class _UntrackedKeras:
     """Keras objects kept out of tf.Module's tracking. A tracked Keras model makes
     tf.saved_model.save trace every layer's call for Keras's own loader (about 5 s per export),
     and nothing loads the exported model as Keras: it is served through its signatures. Its
-    weights are tracked on their own (`_ServingModule.weights`)."""
+    weights are tracked on their own (`CnnServingModule.weights`)."""
 
     def __init__(self, model) -> None:
         self.embedder = embedder(model)
@@ -108,91 +96,44 @@ def calibrated_probabilities(output_layer, hidden: tf.Tensor, temperature: tf.Te
     return tf.nn.softmax(logits / temperature)
 
 
-class _ServingModule(tf.Module):
-    """The four signatures of the model contract, all through the Transform graph."""
+class CnnServingModule(model_contract.ServingModule):
+    """The model contract around moodloop's CNN: every input goes through the Transform graph
+    (the training's own preprocessing), and the probabilities are temperature-calibrated."""
 
-    def __init__(
-        self,
-        model,
-        tf_transform_output,
-        projection: tuple[np.ndarray, np.ndarray] | None = None,
-        temperature: float = 1.0,
-    ):
-        super().__init__()
-        self._keras = _UntrackedKeras(model)
+    def __init__(self, model, tf_transform_output, temperature: float = 1.0) -> None:
+        keras_parts = _UntrackedKeras(model)
+        super().__init__(width=keras_parts.embedder.output_shape[-1])
+        self._keras = keras_parts
         self.weights = list(model.weights)
         self._temperature = tf.constant(temperature, tf.float32)
-        width = self._keras.embedder.output_shape[-1]
-        if projection is None:  # no fitted PCA (test models): the first EMBEDDING_DIMS units
-            projection = (np.zeros(width, np.float32), np.eye(width, EMBEDDING_DIMS, dtype=np.float32))
-        self._embedding_mean = tf.constant(projection[0], tf.float32)
-        self._embedding_components = tf.constant(projection[1], tf.float32)
         self.tft_layer = tf_transform_output.transform_features_layer()
-        raw_spec = tf_transform_output.raw_feature_spec()
-        for only_in_training_data in (FEATURE_LABEL, FEATURE_SLICES):  # requests carry the image alone
-            raw_spec.pop(only_in_training_data, None)
-        self._raw_spec = raw_spec
-        self._class_names = tf.constant(list(EMOTIONS))
 
-    def _predict(self, encoded: tf.Tensor, properties: dict[str, tf.Tensor] | None = None) -> dict[str, tf.Tensor]:
-        transformed = self.tft_layer({FEATURE_IMAGE: tf.reshape(encoded, [-1, 1])})
-        hidden = self._keras.embedder(transformed[INPUT_KEY], training=False)
-        probabilities = calibrated_probabilities(self._keras.output_layer, hidden, self._temperature)
-        class_ids = tf.argmax(probabilities, axis=-1)
-        return {
-            OUTPUT_PROBABILITIES: probabilities,
-            OUTPUT_CLASS_IDS: class_ids,
-            OUTPUT_CLASSES: tf.gather(self._class_names, class_ids),
-            OUTPUT_EMBEDDING: tf.matmul(hidden - self._embedding_mean, self._embedding_components),
-            **(properties or {}),
-        }
+    def from_encoded(self, encoded: tf.Tensor) -> tf.Tensor:
+        return self.tft_layer({FEATURE_IMAGE: tf.reshape(encoded, [-1, 1])})[INPUT_KEY]
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-    def serve_images(self, images):
-        return self._predict(images, image_property_outputs(images))
+    def from_pixels(self, pixels: tf.Tensor) -> tf.Tensor:
+        # Re-encoding keeps a single preprocessing path (the Transform graph) for every input.
+        return self.from_encoded(model_contract.encode_pngs(pixels))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE], tf.uint8, name="pixels")])
-    def serve_pixels(self, pixels):
-        return self._predict(_encoded(pixels), pixel_property_outputs(pixels))
+    def classify(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        hidden = self._keras.embedder(inputs, training=False)
+        return hidden, calibrated_probabilities(self._keras.output_layer, hidden, self._temperature)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE], tf.uint8, name="pixels")])
-    def serve_explain(self, pixels):
-        """Why: a heatmap per face of where the evidence for its predicted class lies (components/explain.py)."""
-        transformed = self.tft_layer({FEATURE_IMAGE: tf.reshape(_encoded(pixels), [-1, 1])})
-        with tf.GradientTape() as tape:
-            # The tape records from the (trainable) weights, so the maps' gradient is defined.
-            maps, hidden = self._keras.explainer(transformed[INPUT_KEY], training=False)
-            output = self._keras.output_layer
-            logits = tf.matmul(hidden, output.kernel) + output.bias
-            class_ids = tf.argmax(logits, axis=-1)
-            score = tf.gather(logits, class_ids, batch_dims=1)
-        heatmap = explain.face_heatmap(explain.class_activation_map(tape, score, maps))
-        return {OUTPUT_HEATMAP: heatmap, OUTPUT_CLASS_IDS: class_ids}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve_examples(self, examples):
-        features = tf.io.parse_example(examples, self._raw_spec)
-        return self._predict(features[FEATURE_IMAGE])
-
-
-def _encoded(pixels: tf.Tensor) -> tf.Tensor:
-    # Re-encoding keeps a single preprocessing path (the Transform graph) for every input.
-    return tf.map_fn(
-        lambda p: tf.io.encode_png(p[..., tf.newaxis]), pixels, fn_output_signature=tf.TensorSpec([], tf.string)
-    )
+    def explain_scores(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        maps, hidden = self._keras.explainer(inputs, training=False)
+        output = self._keras.output_layer
+        return maps, tf.matmul(hidden, output.kernel) + output.bias
 
 
 def export_serving_model(
     model, tf_transform_output, export_dir: str, projection=None, temperature: float = 1.0
 ) -> None:
-    module = _ServingModule(model, tf_transform_output, projection, temperature)
-    signatures = {
-        SIGNATURE_IMAGES: module.serve_images.get_concrete_function(),
-        SIGNATURE_PIXELS: module.serve_pixels.get_concrete_function(),
-        SIGNATURE_EXAMPLES: module.serve_examples.get_concrete_function(),
-        SIGNATURE_EXPLAIN: module.serve_explain.get_concrete_function(),
-    }
-    tf.saved_model.save(module, export_dir, signatures=signatures)
+    """moodloop's CNN as a version of the model contract; `projection` (mean, components) is the
+    fitted PCA of the feature layer (None: the first units, for untrained test models)."""
+    module = CnnServingModule(model, tf_transform_output, temperature)
+    if projection is not None:
+        module.set_projection(*projection)
+    model_contract.export(module, export_dir)
 
 
 def logits_of(model, images: np.ndarray) -> np.ndarray:

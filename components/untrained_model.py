@@ -1,9 +1,10 @@
 """Contract-compatible untrained SavedModels, made in seconds: for the serving tests, the
 benchmarks and CI's TF Serving job (`python -m components.untrained_model MODEL_BASE`).
 
-They go through the pipeline's own export (`components.trainer.export_serving_model`), so the
-signatures are exactly those a pushed model has; only the Transform graph is replaced by a fixed
-standardisation and the weights are untrained (different per seed, so versions answer differently).
+They go through the pipeline's own export (`components.trainer.export_serving_model`, on the model
+contract of components/model_contract.py), so the signatures are exactly those a pushed model has;
+only the Transform graph is replaced by a fixed standardisation and the weights are untrained
+(different per seed, so versions answer differently).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from components.infra_validator import check_in_model_server, write_warmup_requests
+from components.infra_validator import check_in_model_server
+from components.model_contract import write_warmup_requests
 from components.untrained_model import export_version
 from moodloop.contracts import FEATURE_IMAGE, FEATURE_LABEL
 
