@@ -24,14 +24,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np
 import tensorflow as tf

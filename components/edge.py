@@ -29,8 +29,6 @@ import shutil
 from pathlib import Path
 from typing import List  # noqa: UP035 - TFX's component decorator reads typing.List, not list
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 import numpy as np
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component

@@ -18,10 +18,6 @@ choices, on synthetic faces, where the generator knows where it drew the eyes, b
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 import tensorflow as tf
 
 from moodloop.contracts import FACE_SIZE

@@ -8,12 +8,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from moodloop import console
 from moodloop.contracts import EMOTIONS

@@ -9,10 +9,6 @@ The architecture follows the VGG variant that reaches 73.28 % on FER2013 (Khaire
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 import numpy as np
 import tf_keras as keras
 from tensorflow.python.autograph.core import config as autograph_config

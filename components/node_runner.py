@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 from moodloop import console
 from moodloop.energy import measured
 from moodloop.energy import record as energy_record

@@ -6,10 +6,6 @@ TFX's Transform imports this file by path.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 import tensorflow as tf
 import tensorflow_transform as tft
 

@@ -14,8 +14,6 @@ import logging
 import os
 import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft

@@ -10,11 +10,8 @@ only the Transform graph is replaced by a fixed standardisation and the weights 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf
 import tf_keras as keras
