@@ -2,7 +2,7 @@
 synthetic faces. The baseline is TFX's behaviour with plain DirectRunner args (`tfx defaults`:
 Beam's dill pickler, and TFX repackaging itself into an sdist before every Beam component);
 `in memory` is moodloop's default (the same runner, cloudpickle, the workers' dependencies named so
-that TFX packages nothing: moodloop/settings.py LOCAL_WORKER_ARGS); `multi-process` is the
+that TFX packages nothing: moodloop/core/settings.py LOCAL_WORKER_ARGS); `multi-process` is the
 DirectRunner on every core, which moodloop picks by itself from MOODLOOP_BEAM_MULTIPROCESS_FACES
 (20,000) faces on 4 or more cores (this benchmark is why not on fewer).
 
@@ -27,13 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moodloop import console
+from moodloop.core import console
 
 console.quiet_console()  # third-party chatter to each run's log file, before TensorFlow is imported
 
 from data import synthetic  # noqa: E402
 from data.curated import write_span  # noqa: E402
-from moodloop.settings import IN_MEMORY_BEAM_ARGS, MULTI_PROCESS_BEAM_ARGS, Settings  # noqa: E402
+from moodloop.core.settings import IN_MEMORY_BEAM_ARGS, MULTI_PROCESS_BEAM_ARGS, Settings  # noqa: E402
 
 BEAM_COMPONENTS = ("ImportExampleGen", "StatisticsGen", "Transform", "Evaluator")
 ARMS = {

@@ -48,11 +48,11 @@ import numpy as np
 
 from data import landing, synthetic
 from monitoring import drift
-from moodloop.contracts import EMOTIONS
-from moodloop.gateway_process import GATEWAY_COMMAND, GatewayProcess, start_process
+from moodloop.core.contracts import EMOTIONS
+from moodloop.core.gateway_process import GATEWAY_COMMAND, GatewayProcess, start_process
+from moodloop.core.settings import Settings
 from moodloop.local import stack
 from moodloop.local.s3server import free_port
-from moodloop.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 AFTER_FACES = 1000  # the retrained model is measured on this many new shifted faces (not fed back)

@@ -34,8 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moodloop.contracts import EMOTIONS, LOG_PREDICTIONS, LOG_PROBABILITY_COLUMNS
-from moodloop.log_records import PREDICTION_SCHEMA
+from moodloop.core.contracts import EMOTIONS, LOG_PREDICTIONS, LOG_PROBABILITY_COLUMNS
+from moodloop.core.log_records import PREDICTION_SCHEMA
 
 REPO = Path(__file__).resolve().parent.parent
 FILE_RECORDS = 50_000
@@ -110,7 +110,7 @@ def home_with(work: Path, name: str, window: int, old: int, rng: np.random.Gener
 JOB = """
 import sys, time
 from monitoring.drift import run_window
-from moodloop.settings import Settings
+from moodloop.core.settings import Settings
 started = time.perf_counter()
 result = run_window(Settings.from_env(), retrain=lambda settings, conf: {"benchmark": "no retrain"})
 print("RESULT", time.perf_counter() - started, result.outcome, result.window["records"], flush=True)

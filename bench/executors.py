@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moodloop.airflow_api import Airflow
+from moodloop.core.airflow_api import Airflow
 from moodloop.local.s3server import free_port
 from moodloop.local.stack import PORT_VARIABLES
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from moodloop.gateway_process import start_process
+from moodloop.core.gateway_process import start_process
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

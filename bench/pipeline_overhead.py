@@ -49,13 +49,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from moodloop import console
+from moodloop.core import console
 
 console.quiet_console()  # third-party chatter to each run's log file, before TensorFlow is imported
 
 from data import synthetic  # noqa: E402
 from data.curated import face_hash, write_span  # noqa: E402
-from moodloop.settings import Settings  # noqa: E402
+from moodloop.core.settings import Settings  # noqa: E402
 
 
 @dataclasses.dataclass

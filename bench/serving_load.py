@@ -41,7 +41,7 @@ import numpy as np
 
 from bench.gateway_process import process_cpu_seconds, start_gateway
 from bench.serving_throughput import baseline, encoded_faces, model_base_with_version_1
-from moodloop.contracts import METRIC_ERRORS
+from moodloop.core.contracts import METRIC_ERRORS
 
 REPO = Path(__file__).resolve().parent.parent
 PREDICT_PATH = "/v1/models/emotion:predict"

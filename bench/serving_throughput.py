@@ -33,9 +33,9 @@ import numpy as np
 from PIL import Image
 
 from bench.gateway_process import start_gateway
+from components.energy import measured
 from data import synthetic
-from moodloop.energy import measured
-from moodloop.settings import Settings
+from moodloop.core.settings import Settings
 from serving.batching import BatchingParameters
 
 REPO = Path(__file__).resolve().parent.parent

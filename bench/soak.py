@@ -32,7 +32,7 @@ import httpx
 from bench.gateway_process import start_gateway
 from bench.serving_load import PREDICT_PATH, rest_body, wrk
 from bench.serving_throughput import encoded_faces, model_base_with_version_1
-from moodloop.log_records import read_log
+from moodloop.core.log_records import read_log
 
 
 def resident_mb(pid: int) -> float:

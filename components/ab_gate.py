@@ -10,7 +10,7 @@ decide, not a single threshold.
   within the class (a percentile bootstrap is far too sure on a class of a few faces: it blocked
   2 of 4 faces).
   The bootstrap bound of each class's change is reported.
-- A bias audit over slices (moodloop/slices.py: image-property buckets, the generator's nuisance
+- A bias audit over slices (moodloop/core/slices.py: image-property buckets, the generator's nuisance
   attributes, a batch's extra columns): per slice the accuracy and recall of both models and the
   largest gap between the slices of an attribute; a slice with at least `min_slice_examples`
   faces blocks like a class (an accuracy drop beyond `max_slice_accuracy_drop`, significant by
@@ -35,20 +35,21 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
-from moodloop import slices, status
-from moodloop.contracts import (
+from moodloop.core import slices, status
+from moodloop.core.contracts import (
     EMOTIONS,
     FEATURE_IMAGE,
     FEATURE_LABEL,
     FEATURE_SLICES,
     OUTPUT_EMBEDDING,
     OUTPUT_PROBABILITIES,
+    REFERENCE_PROFILE,
     SIGNATURE_EXAMPLES,
 )
-from moodloop.image_properties import decode_grey
-from moodloop.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
-from moodloop.rollout import Rollout
-from moodloop.settings import GateSettings
+from moodloop.core.image_properties import decode_grey
+from moodloop.core.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
+from moodloop.core.rollout import Rollout
+from moodloop.core.settings import GateSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ GATE_REPORT_JSON = "gate_report.json"
 GATE_REPORT_PNG = "gate_report.png"
 BIAS_REPORT_JSON = "bias_report.json"
 BIAS_REPORT_PNG = "bias_report.png"
-PROFILE_FILE = "reference_profile.parquet"
 
 
 def mcnemar_exact_p(candidate_only: int, champion_only: int) -> float:
@@ -310,8 +310,21 @@ class GateReport(artifact.Artifact):
     TYPE_NAME = "MoodloopGateReport"
 
 
+class ReferenceProfile(artifact.Artifact):
+    """The candidate's held-out faces as inference-log rows (image properties, probabilities,
+    embedding, true label): what the drift jobs compare live traffic with. The A/B gate declares
+    it as an output; the Pusher takes it as an input and puts it in the version at REFERENCE_PROFILE."""
+
+    TYPE_NAME = "MoodloopReferenceProfile"
+
+
+def reference_profile_file(profile: artifact.Artifact) -> str:
+    """The profile's file inside its artifact: the same relative path as in a pushed version."""
+    return os.path.join(profile.uri, REFERENCE_PROFILE)
+
+
 def champion_dir(model_base: str, serving_config: str, model_name: str) -> str | None:
-    """The folder of the champion (moodloop/rollout.py: `stable`, else the newest), else None."""
+    """The folder of the champion (moodloop/core/rollout.py: `stable`, else the newest), else None."""
     version = Rollout(Path(serving_config), model_name).champion(model_base)
     return None if version is None else str(Path(model_base) / str(version))
 
@@ -374,6 +387,7 @@ def write_reference_profile(path: str, serialized: list[bytes], labels: np.ndarr
         )
         rows.append({**prediction_row(record), "label": EMOTIONS[int(label)]})
     schema = PREDICTION_SCHEMA.append(pa.field("label", pa.string()))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return len(rows)
 
@@ -415,10 +429,11 @@ def ABGate(
     evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
     report: OutputArtifact[GateReport],
+    reference_profile: OutputArtifact[ReferenceProfile],
     model_base: Parameter[str],
     serving_config: Parameter[str],
     model_name: Parameter[str],
-    # The thresholds (moodloop.settings.GateSettings, where their defaults live), one by one:
+    # The thresholds (moodloop.core.settings.GateSettings, where their defaults live), one by one:
     # a TFX component's parameters are primitives.
     min_accuracy: Parameter[float],
     max_accuracy_drop: Parameter[float],
@@ -431,7 +446,7 @@ def ABGate(
     status_dir: Parameter[str] = "",
 ) -> None:
     """Champion vs candidate on the same held-out faces; blesses (or not) for the Pusher. The
-    verdict and its picture are also the latest gate status (moodloop/status.py) in `status_dir`."""
+    verdict and its picture are also the latest gate status (moodloop/core/status.py) in `status_dir`."""
     from tfx.utils import path_utils
 
     from components import plots
@@ -455,10 +470,8 @@ def ABGate(
     result.update(champion=champion_path, candidate=model.uri, tfma_evaluation=evaluation.uri)
 
     os.makedirs(report.uri, exist_ok=True)
-    # The reference profile travels with the model: the Pusher copies it into the pushed version.
-    profile = os.path.join(report.uri, PROFILE_FILE)
+    profile = reference_profile_file(reference_profile)  # the Pusher puts it in the pushed version
     faces = write_reference_profile(profile, serialized, labels, outputs)
-    blessing.set_string_custom_property("reference_profile", profile)
     log.info(f"reference profile of {faces} held-out faces: {profile}")
     with open(os.path.join(report.uri, GATE_REPORT_JSON), "w") as fh:
         json.dump(result, fh, indent=1)

@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from components import explain, model_contract
 from components.projection import pca_projection
-from moodloop.contracts import (
+from moodloop.core.contracts import (
     CURATED_SPAN_PREFIX,
     EMBEDDING_DIMS,
     EMOTIONS,
@@ -45,8 +45,8 @@ from moodloop.contracts import (
     OUTPUT_PROBABILITIES,
     REFERENCE_PROFILE,
 )
-from moodloop.files import publish_version
-from moodloop.settings import Settings
+from moodloop.core.files import publish_version
+from moodloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from moodloop.settings import REPO_ROOT
+from moodloop.core.settings import REPO_ROOT
 
 SPEC_JSON = "spec.json"
 FACES_NPZ = "faces.npz"

@@ -35,7 +35,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 
 from components.ab_gate import split_examples
-from moodloop.contracts import (
+from moodloop.core.contracts import (
     EDGE_DIR,
     EDGE_METADATA,
     EMOTIONS,
@@ -44,8 +44,8 @@ from moodloop.contracts import (
     OUTPUT_PROBABILITIES,
     SIGNATURE_PIXELS,
 )
-from moodloop.edge_runtime import EdgeModel
-from moodloop.files import publish_dir
+from moodloop.core.edge_runtime import EdgeModel
+from moodloop.core.files import publish_dir
 
 log = logging.getLogger(__name__)
 

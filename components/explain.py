@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from moodloop.contracts import FACE_SIZE
+from moodloop.core.contracts import FACE_SIZE
 
 MIN_MAP_SHARE = 0.5  # the explained block's maps are at least this share of the input's side
 

@@ -26,8 +26,8 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import path_utils
 
 from components.model_contract import example_images, write_warmup_requests
-from moodloop import models_config
-from moodloop.contracts import (
+from moodloop.core import models_config
+from moodloop.core.contracts import (
     FACE_SIZE,
     NUM_CLASSES,
     OUTPUT_HEATMAP,
@@ -37,7 +37,7 @@ from moodloop.contracts import (
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
 )
-from moodloop.gateway_process import start_process
+from moodloop.core.gateway_process import start_process
 
 log = logging.getLogger(__name__)
 

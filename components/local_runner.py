@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from moodloop import console
-from moodloop.contracts import EMOTIONS
-from moodloop.energy import EnergyReading, measured
-from moodloop.energy import record as energy_record
-from moodloop.settings import Settings
+from components.energy import EnergyReading, measured
+from components.energy import record as energy_record
+from moodloop.core import console
+from moodloop.core.contracts import EMOTIONS
+from moodloop.core.settings import Settings
 
 
 @dataclasses.dataclass
@@ -35,7 +35,7 @@ class RunOutcome:
     # CPU seconds of this process per component (all its threads): steadier than wall time on a
     # machine whose speed swings (the same fit: 7-11 s wall, 11.6-12.3 s CPU)
     component_cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
-    component_energy: dict[str, EnergyReading] = dataclasses.field(default_factory=dict)  # moodloop/energy.py
+    component_energy: dict[str, EnergyReading] = dataclasses.field(default_factory=dict)  # components/energy.py
 
     def total_energy(self) -> EnergyReading:
         return sum(self.component_energy.values(), EnergyReading())

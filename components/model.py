@@ -14,7 +14,7 @@ import tf_keras as keras
 from tensorflow.python.autograph.core import config as autograph_config
 from tensorflow.python.autograph.core import config_lib as autograph_rules
 
-from moodloop.contracts import FACE_SIZE, NUM_CLASSES
+from moodloop.core.contracts import FACE_SIZE, NUM_CLASSES
 
 
 def keep_autograph_out_of_tf_keras() -> None:

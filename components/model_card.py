@@ -23,8 +23,9 @@ from tfx.types import standard_artifacts
 
 from components.ab_gate import BIAS_REPORT_PNG, GATE_REPORT_JSON, GateReport
 from components.edge import EdgeModels
+from components.energy import EnergyReading, recorded
 from components.model_report import REPORT_JSON, TRAINING_SUMMARY, ModelReport
-from moodloop.contracts import (
+from moodloop.core.contracts import (
     CURATED_MANIFEST,
     CURATED_SPAN_PREFIX,
     EDGE_METADATA,
@@ -32,8 +33,7 @@ from moodloop.contracts import (
     MODEL_CARD_HTML,
     MODEL_CARD_JSON,
 )
-from moodloop.energy import EnergyReading, recorded
-from moodloop.files import atomic_write_text
+from moodloop.core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def training_data(curated_dir: str, spans: list[int]) -> dict:
     return {
         "spans": rows,
         "class_counts": totals,
-        "slice_counts": slice_counts,  # faces per slice value (moodloop/slices.py), over the spans
+        "slice_counts": slice_counts,  # faces per slice value (moodloop/core/slices.py), over the spans
         "faces": sum(totals.values()),
         "synthetic_sources": synthetic,
     }

@@ -2,7 +2,7 @@
 
 Whatever the classifier (moodloop's CNN behind the Transform graph in components/trainer.py, or a
 team's own network with its own preprocessing in components/adopt.py), a version has:
-- four signatures (moodloop/contracts.py names them): encoded images, [N, 48, 48] uint8 pixels and
+- four signatures (moodloop/core/contracts.py names them): encoded images, [N, 48, 48] uint8 pixels and
   serialized tf.Examples, each answering probabilities, class_ids, classes and the embedding (the
   feature layer projected by a PCA baked into the model); the images and pixels signatures add the
   image properties the bias audit and the drift job slice by; and the explanation heatmaps;
@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from components import explain
 from components.preprocessing import image_property_outputs, pixel_property_outputs
-from moodloop.contracts import (
+from moodloop.core.contracts import (
     EMBEDDING_DIMS,
     EMOTIONS,
     FACE_SIZE,

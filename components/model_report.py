@@ -13,7 +13,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 
-from moodloop.contracts import EMOTIONS, FEATURE_SLICES
+from moodloop.core.contracts import EMOTIONS, FEATURE_SLICES
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _candidate_values(slice_metrics) -> dict[str, float]:
 
 
 def _slice_name(slice_metrics) -> str | None:
-    """`skin=dark` for a slice of the `slice` feature (moodloop/slices.py), else None."""
+    """`skin=dark` for a slice of the `slice` feature (moodloop/core/slices.py), else None."""
     keys = slice_metrics.slice_key.single_slice_keys
     if len(keys) == 1 and keys[0].column == FEATURE_SLICES:
         return keys[0].bytes_value.decode()

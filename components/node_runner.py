@@ -22,16 +22,17 @@ import sys
 import time
 from pathlib import Path
 
-from moodloop import console
-from moodloop.energy import measured
-from moodloop.energy import record as energy_record
-from moodloop.files import atomic_write_bytes, path_safe
-from moodloop.settings import REPO_ROOT, Settings
+from components.energy import measured
+from components.energy import record as energy_record
+from moodloop.core import console
+from moodloop.core.files import atomic_write_bytes, path_safe
+from moodloop.core.settings import REPO_ROOT, Settings, TrainingSettings
 
-console.quiet_console()  # before TensorFlow is imported (see moodloop/console.py)
+console.quiet_console()  # before TensorFlow is imported (see moodloop/core/console.py)
 
 NODES_FILE = REPO_ROOT / "components" / "pipeline_nodes.json"
-TRAIN_CONF_KEYS = ("epochs", "batch_size", "model_size", "learning_rate", "augment", "warm_start", "tune")
+# A run's conf may set any training setting by its field name (epochs, model_size, warm_start, tune, ...).
+TRAIN_CONF_KEYS = tuple(f.name for f in dataclasses.fields(TrainingSettings))
 # Components the DAG always has a task for but a run may leave out (the Tuner: MOODLOOP_TUNE or conf "tune").
 OPTIONAL_NODES = ("Tuner",)
 

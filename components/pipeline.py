@@ -17,7 +17,6 @@ from typing import Any
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
-from tfx.dsl.components.base import executor_spec
 from tfx.dsl.placeholder import placeholder as ph
 
 from components.ab_gate import ABGate
@@ -26,10 +25,10 @@ from components.infra_validator import EmbeddedInfraValidator
 from components.metadata_connection import connection_config
 from components.model_card import ModelCardGen
 from components.model_report import ModelReportGen
-from components.pusher import AtomicPusherExecutor
+from components.pusher import AtomicPusher
 from components.span_resolver import LatestVersionPerSpanStrategy
 from components.strict_example_validator import StrictExampleValidator
-from moodloop.contracts import (
+from moodloop.core.contracts import (
     CURATED_MANIFEST,
     CURATED_SPAN_PATTERN,
     CURATED_SPAN_PREFIX,
@@ -39,7 +38,14 @@ from moodloop.contracts import (
     OUTPUT_PROBABILITIES,
     SIGNATURE_EXAMPLES,
 )
-from moodloop.settings import IN_MEMORY_BEAM_ARGS, MULTI_PROCESS_BEAM_ARGS, REPO_ROOT, GateSettings, Settings
+from moodloop.core.settings import (
+    IN_MEMORY_BEAM_ARGS,
+    MULTI_PROCESS_BEAM_ARGS,
+    REPO_ROOT,
+    GateSettings,
+    Settings,
+    TrainingSettings,
+)
 
 # The module files' functions by their import paths, not the files by their paths: every executor
 # and every Beam worker runs where the repository is importable (the pipeline env installs it).
@@ -66,14 +72,12 @@ class PipelineConfig:
     tuner_fn: str  # the Tuner's
     model_base: str
     beam_pipeline_args: tuple[str, ...]
-    train_config: dict[str, Any]  # epochs, batch_size, model_size, learning_rate, seed
+    training: TrainingSettings  # the Trainer's and the Tuner's settings, a run's conf over them
     gate: GateSettings  # the Evaluator's thresholds and the A/B gate's
     canary_share: float  # the Pusher's first share for a new canary
-    span_window: int = 0
-    tune: bool = False  # a Tuner (KerasTuner random search) before the Trainer
     serving_config: str = ""  # models.config: the gate's champion is `stable`; the Pusher labels `canary`
     traffic_file: str = ""
-    status_dir: str = ""  # where the A/B gate's latest verdict is shown (moodloop/status.py)
+    status_dir: str = ""  # where the A/B gate's latest verdict is shown (moodloop/core/status.py)
     serving_status_url: str = ""  # TF Serving REST status of the model (the gateway's), for label moves
     model_name: str = "emotion"
     # "embedded": the gateway's embedded backend (local default); "tfserving": TFX's InfraValidator
@@ -84,28 +88,7 @@ class PipelineConfig:
     @classmethod
     def from_settings(cls, settings: Settings, **train_overrides: Any) -> PipelineConfig:
         """The pipeline's configuration from the settings; `train_overrides` (a run's conf: epochs,
-        tune, ...) replace the Trainer's values."""
-        train_config = {
-            "epochs": settings.training.epochs,
-            "batch_size": settings.training.batch_size,
-            "model_size": settings.training.model_size,
-            "learning_rate": settings.training.learning_rate,
-            "augment": settings.training.augment,
-            "seed": settings.training.seed,
-            "warm_start": settings.training.warm_start,
-            "warm_epochs_fraction": settings.training.warm_epochs_fraction,
-            "warm_learning_rate_factor": settings.training.warm_learning_rate_factor,
-            "warm_max_accuracy_drop": settings.training.warm_max_accuracy_drop,
-            "tune_trials": settings.training.tune_trials,
-            "tune_epochs": settings.training.tune_epochs,
-            "train_workers": settings.training.workers,
-            # where the Trainer finds the stable champion to warm-start from
-            "model_base": str(settings.model_base),
-            "serving_config": str(settings.serving_config),
-            "model_name": settings.model_name,
-        }
-        train_config.update({k: v for k, v in train_overrides.items() if v is not None})
-        tune = bool(train_config.pop("tune", settings.training.tune))
+        tune, ...) replace the training settings' values."""
         return cls(
             pipeline_name=settings.pipeline_name,
             pipeline_root=str(settings.pipeline_root),
@@ -117,9 +100,7 @@ class PipelineConfig:
             tuner_fn=TUNER_FN,
             model_base=str(settings.model_base),
             beam_pipeline_args=beam_args_for(settings),
-            train_config=train_config,
-            span_window=settings.training.span_window,
-            tune=tune,
+            training=settings.training.with_conf(**train_overrides),
             model_name=settings.model_name,
             infra_validator=settings.infra_validator,
             gate=settings.gate,
@@ -129,6 +110,20 @@ class PipelineConfig:
             canary_share=settings.canary.share,
             serving_status_url=f"{settings.gateway_url}/v1/models/{settings.model_name}",
         )
+
+
+def trainer_config(config: PipelineConfig) -> dict[str, Any]:
+    """The Trainer's and the Tuner's custom_config (JSON in the pipeline's IR): the training settings
+    whole, and where the stable champion is (warm start). components/trainer.py reads it back with
+    `training_from`, so a new training setting needs no key copied by hand."""
+    return {
+        "training": dataclasses.asdict(config.training),
+        "champion": {
+            "model_base": config.model_base,
+            "serving_config": config.serving_config,
+            "model_name": config.model_name,
+        },
+    }
 
 
 def curated_faces(curated_dir: Path, span_window: int = 0) -> int:
@@ -183,7 +178,7 @@ def infra_validator(config: PipelineConfig, model, examples):
 
 def eval_config(min_accuracy: float, max_accuracy_drop: float) -> tfma.EvalConfig:
     """Accuracy, per-class recall and the confusion matrix, overall, per emotion and per slice
-    (moodloop/slices.py); thresholds on the overall slice only (an unscoped TFMA threshold would
+    (moodloop/core/slices.py); thresholds on the overall slice only (an unscoped TFMA threshold would
     apply to every other slice too; the A/B gate guards the slices, paired against the champion)."""
     gate = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_accuracy}),
@@ -264,7 +259,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     # Every span curated so far, newest version of each; only after the new span validated.
     all_spans = tfx.dsl.Resolver(
         strategy_class=LatestVersionPerSpanStrategy,
-        config={"num_spans": config.span_window},
+        config={"num_spans": config.training.span_window},
         examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples, producer_component_id=example_gen.id),
     ).with_id("all_spans_resolver")
     all_spans.add_upstream_node(example_validator)
@@ -287,9 +282,9 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             # Trials are scored on a part of the train split: the eval split stays unseen until the Evaluator.
             train_args=tfx.proto.TrainArgs(splits=["train"]),
             eval_args=tfx.proto.EvalArgs(splits=["train"]),
-            custom_config=config.train_config,
+            custom_config=trainer_config(config),
         )
-        if config.tune
+        if config.training.tune
         else None
     )
     trainer = tfx.components.Trainer(
@@ -300,7 +295,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config=config.train_config,
+        custom_config=trainer_config(config),
     )
     # TFMA's baseline: the latest model the A/B gate blessed (the gate itself compares with `stable`).
     champion = tfx.dsl.Resolver(
@@ -330,15 +325,15 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     ).with_id("ABGate")
     infra = infra_validator(config, trainer.outputs["model"], example_gen.outputs["examples"])
     # No `model` input: the Pusher pushes the InfraValidator's stamped copy, warm-up records included.
-    pusher = tfx.components.Pusher(
+    pusher = AtomicPusher(
         model_blessing=gate.outputs["blessing"],
         infra_blessing=infra.outputs["blessing"],
+        reference_profile=gate.outputs["reference_profile"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_base)
         ),
         custom_config=pusher_config(config),
-        custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPusherExecutor),
-    )
+    ).with_id("Pusher")
     edge_exporter = EdgeExporter(
         model=trainer.outputs["model"],
         pushed_model=pusher.outputs["pushed_model"],

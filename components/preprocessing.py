@@ -10,13 +10,13 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from components.model import INPUT_KEY
-from moodloop.contracts import FACE_SIZE, FEATURE_IMAGE, FEATURE_LABEL
+from moodloop.core.contracts import FACE_SIZE, FEATURE_IMAGE, FEATURE_LABEL
 
 LABEL_KEY = "label_xf"
 
 
 def _property_outputs(grey: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> dict[str, tf.Tensor]:
-    """moodloop/image_properties.py in the graph: grey [N, 48, 48] float32 in 0..255."""
+    """moodloop/core/image_properties.py in the graph: grey [N, 48, 48] float32 in 0..255."""
     laplacian = (
         -4 * grey[:, 1:-1, 1:-1] + grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
     )

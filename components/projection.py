@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moodloop.contracts import EMBEDDING_DIMS
+from moodloop.core.contracts import EMBEDDING_DIMS
 
 
 def pca_projection(values: np.ndarray, dims: int = EMBEDDING_DIMS) -> tuple[np.ndarray, np.ndarray]:

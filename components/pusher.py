@@ -1,6 +1,7 @@
 """AtomicPusher: TFX's Pusher, except that a version appears in the model base path in one rename,
-and the pushed version is labelled through the rollout contract (moodloop/rollout.py): `stable`
-for the first model, `canary` after that."""
+with the A/B gate's reference profile inside it (a declared input), and the pushed version is
+labelled through the rollout contract (moodloop/core/rollout.py): `stable` for the first model,
+`canary` after that."""
 
 import json
 import logging
@@ -12,16 +13,23 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from tfx import types
 from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.components.base import base_component, executor_spec
 from tfx.proto import pusher_pb2
-from tfx.types import artifact_utils
-from tfx.utils import io_utils
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter
+from tfx.types.standard_component_specs import PusherSpec
+from tfx.utils import io_utils, json_utils
 
-from moodloop.contracts import REFERENCE_PROFILE
-from moodloop.files import publish_version
-from moodloop.rollout import STABLE, Rollout
+from components.ab_gate import ReferenceProfile, reference_profile_file
+from moodloop.core.contracts import REFERENCE_PROFILE
+from moodloop.core.files import publish_version
+from moodloop.core.rollout import STABLE, Rollout
 
 log = logging.getLogger(__name__)
+
+REFERENCE_PROFILE_KEY = "reference_profile"  # the Pusher's input from the A/B gate's output of that name
 
 
 class AtomicPusherExecutor(pusher_executor.Executor):
@@ -65,14 +73,49 @@ class AtomicPusherExecutor(pusher_executor.Executor):
 
 
 def _add_reference_profile(input_dict, model_dir: str) -> None:
-    """The A/B gate's reference profile goes into the version folder (the model contract's REFERENCE_PROFILE):
-    the drift jobs find the served model's reference beside it."""
+    """The A/B gate's reference profile goes into the version folder (the model contract's
+    REFERENCE_PROFILE): the drift jobs find the served model's reference beside it."""
+    for profile in input_dict.get(REFERENCE_PROFILE_KEY, []):
+        source = reference_profile_file(profile)
+        if os.path.exists(source):
+            target = os.path.join(model_dir, REFERENCE_PROFILE)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy(source, target)
 
-    for blessing in input_dict.get("model_blessing", []):
-        profile = blessing.get_string_custom_property("reference_profile")
-        if profile and os.path.exists(profile):
-            os.makedirs(os.path.dirname(os.path.join(model_dir, REFERENCE_PROFILE)), exist_ok=True)
-            shutil.copy(profile, os.path.join(model_dir, REFERENCE_PROFILE))
+
+class AtomicPusherSpec(PusherSpec):
+    """TFX's PusherSpec and one more input: the reference profile the A/B gate made."""
+
+    INPUTS = {**PusherSpec.INPUTS, REFERENCE_PROFILE_KEY: ChannelParameter(type=ReferenceProfile, optional=True)}
+
+
+class AtomicPusher(base_component.BaseComponent):
+    """TFX's Pusher (same parameters, same PushedModel output) with AtomicPusherExecutor and the
+    reference profile as a declared input, so the profile travels in ML Metadata's lineage rather
+    than as a path in the blessing's properties."""
+
+    SPEC_CLASS = AtomicPusherSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(AtomicPusherExecutor)
+
+    def __init__(
+        self,
+        model_blessing: types.BaseChannel,
+        infra_blessing: types.BaseChannel | None = None,
+        reference_profile: types.BaseChannel | None = None,
+        push_destination: pusher_pb2.PushDestination | None = None,
+        custom_config: dict | None = None,
+        model: types.BaseChannel | None = None,
+    ) -> None:
+        spec = AtomicPusherSpec(
+            model=model,
+            model_blessing=model_blessing,
+            infra_blessing=infra_blessing,
+            reference_profile=reference_profile,
+            push_destination=push_destination,
+            custom_config=json_utils.dumps(custom_config),
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel),
+        )
+        super().__init__(spec=spec)
 
 
 def label_pushed_version(config: dict, model_base: str, version: int) -> str | None:

@@ -28,12 +28,13 @@ from components.model_report import TRAINING_SUMMARY
 from components.preprocessing import LABEL_KEY
 from components.projection import pca_projection
 from components.warm_start import WarmStart, save_weights, still_fits, warm_start
-from moodloop.contracts import (
+from moodloop.core.contracts import (
     EMOTIONS,
     FACE_SIZE,
     FEATURE_IMAGE,
     NUM_CLASSES,
 )
+from moodloop.core.settings import TrainingSettings
 
 log = logging.getLogger("components.trainer")
 
@@ -141,20 +142,24 @@ def logits_of(model, images: np.ndarray) -> np.ndarray:
     return hidden @ layer.kernel.numpy() + layer.bias.numpy()
 
 
-def _warm_or_cold(model, config: dict) -> WarmStart:
-    if not config["warm_start"]:
+def training_from(custom_config: dict) -> TrainingSettings:
+    """The training settings the pipeline put in custom_config (components/pipeline.py trainer_config)."""
+    return TrainingSettings(**custom_config["training"])
+
+
+def _warm_or_cold(model, training: TrainingSettings, champion: dict) -> WarmStart:
+    if not training.warm_start:
         return WarmStart(False, "warm start is off (MOODLOOP_WARM_START=0 or the run's conf)")
-    if not config["model_base"]:
+    if not champion["model_base"]:
         return WarmStart(False, "no model base path given")
-    champion = champion_dir(config["model_base"], config["serving_config"], config["model_name"])
-    return warm_start(model, champion)
+    return warm_start(model, champion_dir(champion["model_base"], champion["serving_config"], champion["model_name"]))
 
 
 def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     """TFX Tuner (MOODLOOP_TUNE=1): a random search over learning rate, width and dropout."""
-    config = fn_args.custom_config
+    training = training_from(fn_args.custom_config)
     x_train, y_train = load_split(fn_args.train_files, tft.TFTransformOutput(fn_args.transform_graph_path))
-    tuner, fit_kwargs = tuning.make_tuner(x_train, y_train, config, fn_args.working_dir)
+    tuner, fit_kwargs = tuning.make_tuner(x_train, y_train, training, fn_args.working_dir)
     log.info(
         f"tuning: {tuner.oracle.max_trials} trials of {tuner.epochs} epochs on {len(fit_kwargs['y'])} training faces, "
         f"scored on {len(fit_kwargs['validation_data'][1])} others"
@@ -168,12 +173,10 @@ def run_fn(fn_args: FnArgs) -> None:
     and export the model contract's signatures with the Transform graph, the PCA projection of
     the embedding and the warm-start weights; the training summary goes to the model run.
 
-    `custom_config` is PipelineConfig.from_settings's train_config: every key is there, and the
+    `custom_config` holds the training settings whole (components/pipeline.py trainer_config): the
     defaults live in the settings only."""
-    config = fn_args.custom_config
-    epochs = int(config["epochs"])
-    batch_size = int(config["batch_size"])
-    learning_rate = float(config["learning_rate"])
+    training = training_from(fn_args.custom_config)
+    epochs, batch_size, learning_rate = training.epochs, training.batch_size, training.learning_rate
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
 
     started = time.perf_counter()
@@ -193,27 +196,27 @@ def run_fn(fn_args: FnArgs) -> None:
         learning_rate = float(tuned.pop("learning_rate", learning_rate))
         log.info(f"hyperparameters from the Tuner: learning rate {learning_rate:g}, {tuned}")
 
-    model_spec = {"size": config["model_size"], "learning_rate": learning_rate, "augment": bool(config["augment"])}
+    model_spec = {"size": training.model_size, "learning_rate": learning_rate, "augment": training.augment}
     model_spec.update(tuned)
-    workers = int(config["train_workers"])
+    workers = training.workers
     # One process: MirroredStrategy on a multi-GPU host, else the default. Several workers fit in
     # processes of their own (components/distributed_training.py); this one keeps the model.
     strategy = distributed_training.local_strategy() if workers == 1 else tf.distribute.get_strategy()
 
     def fresh_model():
-        keras.utils.set_random_seed(int(config["seed"]))
+        keras.utils.set_random_seed(training.seed)
         with strategy.scope():
             return build_model(**model_spec)
 
     model = fresh_model()
-    loaded = _warm_or_cold(model, config)
-    warm = still_fits(model, x_eval, y_eval, loaded, float(config["warm_max_accuracy_drop"]))
+    loaded = _warm_or_cold(model, training, fn_args.custom_config["champion"])
+    warm = still_fits(model, x_eval, y_eval, loaded, training.warm_max_accuracy_drop)
     if loaded.warm and not warm.warm:
         model = fresh_model()  # the champion's weights are loaded: back to a cold run's initialisation
     if warm.warm:
         # Fine-tuning: fewer epochs at a smaller learning rate than a cold fit (README, "Warm start").
-        epochs = max(1, round(epochs * float(config["warm_epochs_fraction"])))
-        learning_rate *= float(config["warm_learning_rate_factor"])
+        epochs = max(1, round(epochs * training.warm_epochs_fraction))
+        learning_rate *= training.warm_learning_rate_factor
         model.optimizer.learning_rate.assign(learning_rate)
     log.info(f"{warm.summary()}; {epochs} epochs at learning rate {learning_rate:g}")
     log.info(f"model {model.name}: {model.count_params():,} parameters")
@@ -233,7 +236,7 @@ def run_fn(fn_args: FnArgs) -> None:
                 "epochs": epochs,
                 "batch_size": batch_size,
                 "class_weight": weights,
-                "seed": int(config["seed"]),
+                "seed": training.seed,
                 "learning_rate": learning_rate,
             },
             workers,

@@ -17,7 +17,8 @@ import numpy as np
 from keras_tuner.src.engine.base_tuner import BaseTuner
 
 from components.model import build_model, class_weights
-from moodloop.contracts import NUM_CLASSES
+from moodloop.core.contracts import NUM_CLASSES
+from moodloop.core.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +67,21 @@ def _describe(values: dict) -> str:
 
 
 def make_tuner(
-    x: np.ndarray, y: np.ndarray, config: dict, directory: str
+    x: np.ndarray, y: np.ndarray, training: TrainingSettings, directory: str
 ) -> tuple[FaceTuner, dict[str, np.ndarray | tuple[np.ndarray, np.ndarray]]]:
     """The tuner and its search arguments: trials fit on the first four fifths of the training
     split and are scored on the last fifth."""
     cut = int(0.8 * len(y))
     tuner = FaceTuner(
-        model_size=config["model_size"],
-        augment=bool(config["augment"]),
-        epochs=int(config["tune_epochs"]),
-        batch_size=int(config["batch_size"]),
+        model_size=training.model_size,
+        augment=training.augment,
+        epochs=training.tune_epochs,
+        batch_size=training.batch_size,
         oracle=keras_tuner.oracles.RandomSearchOracle(
             objective=keras_tuner.Objective(OBJECTIVE, "max"),
-            max_trials=int(config["tune_trials"]),
+            max_trials=training.tune_trials,
             hyperparameters=search_space(),
-            seed=int(config["seed"]),
+            seed=training.seed,
         ),
         directory=directory,
         project_name="moodloop_tuner",

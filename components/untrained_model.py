@@ -19,8 +19,8 @@ import tf_keras as keras
 from components.model import INPUT_KEY, build_model
 from components.preprocessing import decode_images
 from components.trainer import export_serving_model
-from moodloop.contracts import FEATURE_IMAGE, FEATURE_LABEL
-from moodloop.files import publish_dir
+from moodloop.core.contracts import FEATURE_IMAGE, FEATURE_LABEL
+from moodloop.core.files import publish_dir
 
 
 class _FixedTransform(keras.layers.Layer):

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from moodloop.contracts import REFERENCE_PROFILE
+from moodloop.core.contracts import REFERENCE_PROFILE
 
 WARM_START_FILE = os.path.join("assets.extra", "warm_start.npz")
 

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG
 
-from moodloop import alerts
-from moodloop.settings import REPO_ROOT, Settings
+from moodloop.core import alerts
+from moodloop.core.settings import REPO_ROOT, Settings
 
 SETTINGS = Settings.from_env()
 PYTHON = SETTINGS.pipeline_python
@@ -29,7 +29,7 @@ with DAG(
     # A monitor that fails once (the api-server busy, a restart) tries again instead of failing its run.
     default_args={"retries": 1, "retry_delay": timedelta(seconds=20)},
     tags=["moodloop", "serving", "canary"],
-    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/alerts.py)
+    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/core/alerts.py)
     doc_md=__doc__,
 ) as dag:
     BashOperator(

@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from moodloop import alerts
-from moodloop.airflow_assets import CURATED_FACES
-from moodloop.settings import Settings
+from moodloop.core import alerts
+from moodloop.core.airflow_assets import CURATED_FACES
+from moodloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
     params={"batch": Param("", type="string", description="batch name in the landing zone")},
     default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
     tags=["moodloop", "ingest"],
-    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/alerts.py)
+    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/core/alerts.py)
     doc_md=__doc__,
 )
 def ingest_faces():

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from moodloop import alerts
-from moodloop.settings import Settings
+from moodloop.core import alerts
+from moodloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
     # A monitor that fails once (the api-server busy, a restart) tries again instead of failing its run.
     default_args={"retries": 1, "retry_delay": timedelta(seconds=20)},
     tags=["moodloop", "monitoring", "drift"],
-    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/alerts.py)
+    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/core/alerts.py)
     doc_md=__doc__,
 )
 def monitor_drift():

@@ -14,8 +14,8 @@ from datetime import datetime
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
-from moodloop import alerts
-from moodloop.settings import REPO_ROOT, Settings
+from moodloop.core import alerts
+from moodloop.core.settings import REPO_ROOT, Settings
 
 PYTHON = Settings.from_env().pipeline_python
 
@@ -27,7 +27,7 @@ with DAG(
     max_active_runs=1,
     params={"action": Param("rollback", type="string", enum=["promote", "rollback"], description="what to do")},
     tags=["moodloop", "serving", "canary"],
-    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/alerts.py)
+    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/core/alerts.py)
     doc_md=__doc__,
 ) as dag:
     BashOperator(

@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
-from moodloop import alerts
-from moodloop.airflow_assets import CURATED_FACES
-from moodloop.settings import REPO_ROOT, Settings
+from moodloop.core import alerts
+from moodloop.core.airflow_assets import CURATED_FACES
+from moodloop.core.settings import REPO_ROOT, Settings
 
 NODES = json.loads((REPO_ROOT / "components" / "pipeline_nodes.json").read_text())
 PYTHON = Settings.from_env().pipeline_python
@@ -38,7 +38,7 @@ with DAG(
     },
     default_args={"retries": 1, "retry_delay": timedelta(seconds=15)},
     tags=["moodloop", "training", "tfx"],
-    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/alerts.py)
+    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/core/alerts.py)
     doc_md=__doc__,
 ) as dag:
     compile_pipeline = BashOperator(

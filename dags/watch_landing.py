@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
-from moodloop import alerts
-from moodloop.settings import Settings
+from moodloop.core import alerts
+from moodloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
     catchup=False,
     max_active_runs=1,
     tags=["moodloop", "ingest"],
-    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/alerts.py)
+    on_failure_callback=alerts.airflow_run_failed,  # one message per failed run (moodloop/core/alerts.py)
     doc_md=__doc__,
 )
 def watch_landing():

@@ -3,7 +3,7 @@
 <curated>/span-<N>/faces.tfrecord.gz   tf.Example {image: PNG bytes, label: int64, slice: bytes list}
 <curated>/span-<N>/manifest.json       source batch, counts, slice counts, content hashes
 
-Every face carries its slices (moodloop/slices.py): its image-property buckets, computed here,
+Every face carries its slices (moodloop/core/slices.py): its image-property buckets, computed here,
 and the attributes its landing batch gave it (extra columns; the generator's nuisance draws).
 
 Faces are deduplicated by the SHA-256 of their 48x48 pixels against every earlier span, so a
@@ -27,8 +27,8 @@ import numpy as np
 
 from data.landing import encode_png
 from data.tfrecord import encode_example, write_tfrecord_gz
-from moodloop import slices
-from moodloop.contracts import (
+from moodloop.core import slices
+from moodloop.core.contracts import (
     CURATED_MANIFEST,
     CURATED_SPAN_PREFIX,
     EMOTIONS,
@@ -36,8 +36,8 @@ from moodloop.contracts import (
     FEATURE_LABEL,
     FEATURE_SLICES,
 )
-from moodloop.files import publish_dir
-from moodloop.image_properties import property_buckets
+from moodloop.core.files import publish_dir
+from moodloop.core.image_properties import property_buckets
 
 _SPAN_DIR = re.compile(re.escape(CURATED_SPAN_PREFIX) + r"(\d+)$")
 

@@ -25,9 +25,9 @@ from data.curated import existing_spans, face_slices, write_span
 from data.landing_contract import ContractLimits, render_report, validate
 from data.landing_zone import GivenBatch, LandingZone, batch_content_hash, landing_zone
 from data.readers import read_batch
-from moodloop import alerts, console
-from moodloop.contracts import CURATED_MANIFEST, SYNTHETIC_MARKER
-from moodloop.settings import Settings
+from moodloop.core import alerts, console
+from moodloop.core.contracts import CURATED_MANIFEST, SYNTHETIC_MARKER
+from moodloop.core.settings import Settings
 
 log = logging.getLogger("data.ingest")  # by name: `python -m data.ingest` runs it as __main__
 

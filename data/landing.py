@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moodloop.contracts import EMOTIONS, SYNTHETIC_MARKER
-from moodloop.encoded_images import encode_png
+from moodloop.core.contracts import EMOTIONS, SYNTHETIC_MARKER
+from moodloop.core.encoded_images import encode_png
 
 
 def write_fer2013_csv(

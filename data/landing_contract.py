@@ -19,8 +19,8 @@ import pandas as pd
 
 from data.curated import face_hash
 from data.readers import ReadResult
-from moodloop.contracts import EMOTIONS, NUM_CLASSES
-from moodloop.slices import MAX_VALUES_PER_ATTRIBUTE
+from moodloop.core.contracts import EMOTIONS, NUM_CLASSES
+from moodloop.core.slices import MAX_VALUES_PER_ATTRIBUTE
 
 SUITE_NAME = "landing_batch_contract"
 
@@ -133,7 +133,7 @@ def _expectations(limits: ContractLimits, attributes: list[str]) -> list[tuple[A
 
 
 def validate(result: ReadResult, limits: ContractLimits = ContractLimits()) -> ContractResult:
-    from moodloop.expectations import run_suite
+    from moodloop.core.expectations import run_suite
 
     frame = batch_frame(result)
     expectations = _expectations(limits, attribute_columns(frame))

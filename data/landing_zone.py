@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from moodloop.contracts import READY_MARKER
-from moodloop.files import publish_dir
-from moodloop.settings import s3_client
+from moodloop.core.contracts import READY_MARKER
+from moodloop.core.files import publish_dir
+from moodloop.core.settings import s3_client
 
 if TYPE_CHECKING:
-    from moodloop.settings import Settings
+    from moodloop.core.settings import Settings
 
 AREAS = ("archive", "quarantine")
 

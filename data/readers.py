@@ -1,11 +1,11 @@
-"""Readers for the layouts FER2013 users have (the landing-batch contract in moodloop/contracts.py).
+"""Readers for the layouts FER2013 users have (the landing-batch contract in moodloop/core/contracts.py).
 
 - `fer2013.csv`: columns `emotion,pixels[,Usage]`, pixels = 2304 space-separated 0..255 values.
 - Image folders: `<emotion>/*.png|jpg` or `train|test|.../<emotion>/*`, any size, grey or colour.
 - Images with a labels file: `labels.csv` with columns `file,label` (label = name or 0..6).
 
 Any further column of fer2013.csv or labels.csv (for example `group`) is a slice attribute of
-its faces (moodloop/slices.py): the bias audit in the A/B gate reports and guards each value.
+its faces (moodloop/core/slices.py): the bias audit in the A/B gate reports and guards each value.
 
 Every bad row or file is reported by row number or file name with the reason; good rows are
 kept. Nothing is dropped silently: read = kept + rejected, always.
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from moodloop import encoded_images, slices
-from moodloop.contracts import EMOTIONS, FACE_SIZE, READY_MARKER, emotion_index
+from moodloop.core import encoded_images, slices
+from moodloop.core.contracts import EMOTIONS, FACE_SIZE, READY_MARKER, emotion_index
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 LABELS_FILE = "labels.csv"
@@ -111,7 +111,7 @@ class ReadResult:
 def decode_face_and_side(data: bytes, max_pixels: int = 40_000_000) -> tuple[np.ndarray, int]:
     """Decode an encoded image (any size, grey or colour) to a 48x48 uint8 face, and the shorter
     side of the image as it was. What is accepted and refused, and the reasons, are the gateway's
-    too (moodloop/encoded_images.py): the size is checked from the header before pixels are decoded."""
+    too (moodloop/core/encoded_images.py): the size is checked from the header before pixels are decoded."""
     try:
         image = encoded_images.open_image(data, max_pixels)
         side = min(image.size)

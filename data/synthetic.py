@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from moodloop.contracts import EMOTIONS, FACE_SIZE, FER2013_CLASS_COUNTS
+from moodloop.core.contracts import EMOTIONS, FACE_SIZE, FER2013_CLASS_COUNTS
 
 _CANVAS = 96  # draw at 2x, then downsample: anti-aliased strokes at 48x48
 

@@ -36,12 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from moodloop import status
-from moodloop.contracts import EMOTIONS, LOG_FEEDBACK, LOG_PREDICTIONS, METRIC_REQUESTS, REFERENCE_PROFILE
-from moodloop.files import atomic_write_text
-from moodloop.log_records import read_log
-from moodloop.rollout import CANARY, STABLE, Rollout
-from moodloop.settings import CanarySettings, Settings
+from moodloop.core import status
+from moodloop.core.contracts import EMOTIONS, LOG_FEEDBACK, LOG_PREDICTIONS, METRIC_REQUESTS, REFERENCE_PROFILE
+from moodloop.core.files import atomic_write_text
+from moodloop.core.log_records import read_log
+from moodloop.core.rollout import CANARY, STABLE, Rollout
+from moodloop.core.settings import CanarySettings, Settings
 
 # ---------------------------------------------------------------- evidence
 

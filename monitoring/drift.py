@@ -31,9 +31,9 @@ from typing import Any
 
 import pandas as pd
 
-from moodloop import alerts, log_records, status
-from moodloop.airflow_api import Airflow
-from moodloop.contracts import (
+from moodloop.core import alerts, log_records, status
+from moodloop.core.airflow_api import Airflow
+from moodloop.core.contracts import (
     EMOTIONS,
     LOG_EMBEDDING_COLUMNS,
     LOG_FEEDBACK,
@@ -42,7 +42,7 @@ from moodloop.contracts import (
     REFERENCE_PROFILE,
     STABLE,
 )
-from moodloop.settings import Settings
+from moodloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class WindowResult:
 
 
 def read_log(log_url: str, kind: str, since: pd.Timestamp | None = None, limit: int | None = None) -> pd.DataFrame:
-    """The inference log as a frame, through the log's one reader (moodloop/log_records.py): it
+    """The inference log as a frame, through the log's one reader (moodloop/core/log_records.py): it
     reads only the partitions and files that can hold records after `since`."""
     return log_records.read_log(log_url, kind, since, limit).to_pandas()
 
@@ -110,7 +110,7 @@ def quality_expectations() -> list[tuple[Any, str]]:
 
 
 def check_quality(window: pd.DataFrame) -> list[dict[str, Any]]:
-    from moodloop.expectations import run_suite
+    from moodloop.core.expectations import run_suite
 
     missing = [
         c for c in ("predicted_class", "confidence", *PROPERTY_COLUMNS, *LOG_PROBABILITY_COLUMNS) if c not in window
@@ -329,7 +329,7 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
 
 
 def _alert(settings: Settings, result: WindowResult) -> None:
-    """A drift verdict or a data-quality incident posts one message (moodloop/alerts.py)."""
+    """A drift verdict or a data-quality incident posts one message (moodloop/core/alerts.py)."""
     ui = f"http://127.0.0.1:{settings.drift.evidently_port}"
     window = f"{result.window.get('records')} records until {result.window.get('until')}"
     if result.outcome == "drift":

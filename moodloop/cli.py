@@ -21,8 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from moodloop import console
-from moodloop.settings import REPO_ROOT, Settings
+from moodloop.core import console
+from moodloop.core.settings import REPO_ROOT, Settings
 
 EXIT_NOT_BLESSED = 3
 
@@ -172,7 +172,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 
 def cmd_settings(args: argparse.Namespace) -> int:
     if args.reference:
-        from moodloop.settings_reference import markdown
+        from moodloop.core.settings_reference import markdown
 
         sys.stdout.write(markdown())
         return 0
@@ -193,8 +193,8 @@ def cmd_live(args: argparse.Namespace) -> int:
 
 
 def cmd_models(_: argparse.Namespace) -> int:
-    from moodloop import models_config
-    from moodloop.rollout import Rollout
+    from moodloop.core import models_config
+    from moodloop.core.rollout import Rollout
 
     settings = Settings.from_env()
     models_config.ensure(settings.serving_config, settings.model_name, settings.model_base)
@@ -210,7 +210,7 @@ def cmd_models(_: argparse.Namespace) -> int:
 
 def _move_labels(action: str) -> int:
     """promote (stable := canary) or rollback (drop canary), written atomically into models.config."""
-    from moodloop.rollout import Rollout
+    from moodloop.core.rollout import Rollout
 
     settings = Settings.from_env()
     try:

@@ -28,7 +28,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.util import deprecation
 
-from moodloop import models_config
+from moodloop.core import models_config
 from serving.batching import BatcherClosedError, BatchingParameters, DynamicBatcher, QueueFullError, Tensors
 
 log = logging.getLogger("moodloop.serving")

@@ -22,9 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from moodloop.contracts import EMOTIONS
-from moodloop.landing_batches import deliver_batch
-from moodloop.settings import Settings
+from moodloop.core.contracts import EMOTIONS
+from moodloop.core.settings import Settings
+from serving.landing_batches import deliver_batch
 
 log = logging.getLogger("moodloop.serving")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from moodloop import encoded_images
-from moodloop.contracts import (
+from moodloop.core import encoded_images
+from moodloop.core.contracts import (
     EMOTIONS,
     OUTPUT_EMBEDDING,
     OUTPUT_HEATMAP,
@@ -26,9 +26,9 @@ from moodloop.contracts import (
     SIGNATURE_PIXELS,
     emotion_index,
 )
-from moodloop.log_records import Feedback, Prediction
-from moodloop.rollout import Rollout, TrafficFile, choose_label
-from moodloop.settings import Settings
+from moodloop.core.log_records import Feedback, Prediction
+from moodloop.core.rollout import Rollout, TrafficFile, choose_label
+from moodloop.core.settings import Settings
 from serving import examples as tf_examples
 from serving.backends import Backend, ServingError
 from serving.batching import Tensors
@@ -140,7 +140,7 @@ class DataPlane:
     def checked_inputs(self, inputs: Tensors) -> Tensors:
         """Bad input never reaches a decoder: at most MOODLOOP_MAX_INSTANCES instances, and each
         encoded image's header checked (format, declared pixels) first; what the model's decoder
-        cannot read as the readers do is handed over as a grey PNG (moodloop/encoded_images.py)."""
+        cannot read as the readers do is handed over as a grey PNG (moodloop/core/encoded_images.py)."""
         limit = self.settings.serving.max_instances
         for name, value in inputs.items():
             if value.ndim and len(value) > limit:

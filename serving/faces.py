@@ -21,8 +21,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from moodloop import encoded_images
-from moodloop.contracts import EMOTIONS, FACE_SIZE
+from moodloop.core import encoded_images
+from moodloop.core.contracts import EMOTIONS, FACE_SIZE
 from serving.tracking import IouTracker, Smoother, people_summary
 
 MAX_SEARCH_SIDE = 1024  # large photos are searched at this many pixels on the long side
@@ -217,7 +217,7 @@ def crop_faces(grey: np.ndarray, faces: list[Face]) -> np.ndarray:
 
 def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
     """Encoded photo -> RGB array. Accepted and refused as the training readers do
-    (moodloop/encoded_images.py): the size is checked from the header before any pixel is decoded
+    (moodloop/core/encoded_images.py): the size is checked from the header before any pixel is decoded
     (decompression bombs); truncated or non-image data raises BadMediaError with the reason."""
     try:
         return encoded_images.rgb_pixels(encoded_images.open_image(data, max_pixels))

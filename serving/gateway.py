@@ -24,9 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import time
 
-from moodloop import models_config
-from moodloop.gateway_process import UP_LINE
-from moodloop.settings import Settings, s3_client
+from moodloop.core import models_config
+from moodloop.core.gateway_process import UP_LINE
+from moodloop.core.settings import Settings, s3_client
 from serving.batching import BatchingParameters
 
 log = logging.getLogger("moodloop.serving")

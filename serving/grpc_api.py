@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from moodloop import models_config
+from moodloop.core import models_config
 from serving import examples as tf_examples
 from serving.admission import bearer_matches
 from serving.backends import ServingError

@@ -1,4 +1,4 @@
-"""The inference log (the inference-log contract in moodloop/contracts.py): one record per classified image.
+"""The inference log (the inference-log contract in moodloop/core/contracts.py): one record per classified image.
 
 Requests hand records to a bounded queue and return; a background thread computes the image
 properties, and writes Parquet files per hour partition, to a local folder or to S3 (boto3).
@@ -20,9 +20,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moodloop.contracts import LOG_FEEDBACK, LOG_PREDICTIONS
-from moodloop.files import atomic_write_bytes
-from moodloop.log_records import FEEDBACK_SCHEMA, PREDICTION_SCHEMA, Feedback, Prediction, prediction_row
+from moodloop.core.contracts import LOG_FEEDBACK, LOG_PREDICTIONS
+from moodloop.core.files import atomic_write_bytes
+from moodloop.core.log_records import FEEDBACK_SCHEMA, PREDICTION_SCHEMA, Feedback, Prediction, prediction_row
 
 log = logging.getLogger("moodloop.serving.log")
 

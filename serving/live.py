@@ -22,11 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from moodloop import models_config
-from moodloop.contracts import OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
-from moodloop.edge_runtime import EdgeModel
-from moodloop.rollout import STABLE, Rollout
-from moodloop.settings import Settings
+from moodloop.core import models_config
+from moodloop.core.contracts import OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
+from moodloop.core.edge_runtime import EdgeModel
+from moodloop.core.rollout import STABLE, Rollout
+from moodloop.core.settings import Settings
 from serving.faces import FACE_DETECTORS, crop_faces, draw_faces, face_results, make_face_detector
 from serving.version_assets import published_edge_file
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from moodloop.contracts import METRIC_ERRORS, METRIC_REQUEST_LATENCY, METRIC_REQUESTS
+from moodloop.core.contracts import METRIC_ERRORS, METRIC_REQUEST_LATENCY, METRIC_REQUESTS
 
 
 class GatewayMetrics:

@@ -1,13 +1,13 @@
 """The faces page's model panel: what serves (versions, `stable` / `canary`, the canary's share),
 the latest A/B gate verdict, drift verdict and canary decision (the status contract,
-moodloop/status.py) and the corrections gathered for the next landing batch. Transport-free,
+moodloop/core/status.py) and the corrections gathered for the next landing batch. Transport-free,
 like the data plane."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from moodloop import status
+from moodloop.core import status
 from serving.backends import ServingError
 from serving.dataplane import DataPlane
 

@@ -47,7 +47,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from moodloop import status
+from moodloop.core import status
 from serving import examples as tf_examples
 from serving.admission import RateLimiter, WorkSlots, bearer_matches
 from serving.backends import ServingError

@@ -20,7 +20,7 @@ from collections import deque
 
 import numpy as np
 
-from moodloop.contracts import EMOTIONS
+from moodloop.core.contracts import EMOTIONS
 
 Box = tuple[float, float, float, float]  # x, y, width, height
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from moodloop import models_config
-from moodloop.contracts import EDGE_DIR, EDGE_METADATA, MODEL_CARD_HTML, MODEL_CARD_JSON
-from moodloop.rollout import champion_version
+from moodloop.core import models_config
+from moodloop.core.contracts import EDGE_DIR, EDGE_METADATA, MODEL_CARD_HTML, MODEL_CARD_JSON
+from moodloop.core.rollout import champion_version
 from serving.backends import ServingError
 from serving.dataplane import DataPlane
 

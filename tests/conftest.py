@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from moodloop.settings import Settings
+from moodloop.core.settings import Settings
 
 # Small, fast training that learns the synthetic faces far above the 0.40 floor. At 15 epochs the
 # tiny model was still on the steep part of its learning curve (0.32 -> 0.60 between epochs 7 and

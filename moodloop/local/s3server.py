@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from moodloop.settings import REPO_ROOT, Settings
+from moodloop.core.settings import REPO_ROOT, Settings
 
 
 def _is_free(port: int) -> bool:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moodloop.files import atomic_write_text
+from moodloop.core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

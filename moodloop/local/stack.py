@@ -32,12 +32,12 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moodloop.airflow_api import Airflow, unreachable_errors
-from moodloop.contracts import READY_MARKER
-from moodloop.files import publish_dir
+from moodloop.core.airflow_api import Airflow, unreachable_errors
+from moodloop.core.contracts import READY_MARKER
+from moodloop.core.files import publish_dir
+from moodloop.core.settings import REPO_ROOT, Settings
+from moodloop.core.status import CANARY, read_status
 from moodloop.local.services import STOP_TIMEOUT, SUPERVISOR, Service, Supervisor, read_state
-from moodloop.settings import REPO_ROOT, Settings
-from moodloop.status import CANARY, read_status
 
 if TYPE_CHECKING:  # imported where used: the stack's start-up does not need the generator
     from data import synthetic

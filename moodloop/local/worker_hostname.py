@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 
-from moodloop.settings import Settings
+from moodloop.core.settings import Settings
 
 
 def hostname() -> str:

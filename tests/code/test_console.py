@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from moodloop.settings import REPO_ROOT
+from moodloop.core.settings import REPO_ROOT
 
 
 def test_third_party_warnings_go_to_the_log_file_and_errors_to_the_console(tmp_path: Path):
@@ -17,7 +17,7 @@ def test_third_party_warnings_go_to_the_log_file_and_errors_to_the_console(tmp_p
         f"""
         import logging, warnings
         from pathlib import Path
-        from moodloop import console
+        from moodloop.core import console
         console.quiet_console()
         warnings.warn("Support for google-cloud-storage < 3.0.0 will be removed", FutureWarning)  # at import
         logging.basicConfig(level=logging.INFO)  # what Beam does: must not add a console handler

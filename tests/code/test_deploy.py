@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from moodloop.settings import REPO_ROOT
+from moodloop.core.settings import REPO_ROOT
 
 HADOLINT = REPO_ROOT / ".venv" / "orchestration" / "bin" / "hadolint"
 

@@ -36,11 +36,11 @@ def test_every_docs_page_is_reachable_from_the_readme():
 
 
 def test_the_settings_reference_is_made_from_the_settings_and_current():
-    """docs/settings.md's table is generated from moodloop/settings.py: every MOODLOOP_* field with
+    """docs/settings.md's table is generated from moodloop/core/settings.py: every MOODLOOP_* field with
     its default and a meaning (its comment); a setting added without one, or a stale table, fails."""
-    from moodloop.settings_reference import current_doc_section, entries, markdown
+    from moodloop.core.settings_reference import current_doc_section, entries, markdown
 
     rows = entries()
     assert len(rows) == len({row.variable for row in rows}) > 50  # each variable once
     assert not [row.variable for row in rows if not row.meaning], "settings without a comment saying what they mean"
-    assert current_doc_section() == markdown(), "run: python -m moodloop.settings_reference --write"
+    assert current_doc_section() == markdown(), "run: python -m moodloop.core.settings_reference --write"

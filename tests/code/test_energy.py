@@ -1,4 +1,4 @@
-"""moodloop/energy.py: a block's energy from the kernel's counters read at its start and end."""
+"""components/energy.py: a block's energy from the kernel's counters read at its start and end."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("codecarbon")  # the pipeline env's; the orchestration env reads "not measured"
 
-from moodloop.energy import measured, power_model
+from components.energy import measured, power_model
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass"
 

@@ -1,12 +1,12 @@
-"""moodloop/files.py: the one way a folder or a model version appears (issue 29): whole or not at
+"""moodloop/core/files.py: the one way a folder or a model version appears (issue 29): whole or not at
 all, never over another one."""
 
 from __future__ import annotations
 
 import pytest
 
-from moodloop.contracts import READY_MARKER
-from moodloop.files import publish_dir, publish_version
+from moodloop.core.contracts import READY_MARKER
+from moodloop.core.files import publish_dir, publish_version
 
 
 def test_a_published_folder_appears_whole_with_its_marker_last(tmp_path):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from components.model import MODEL_SIZES, build_model, class_weights
 from moodloop import cli
-from moodloop.settings import Settings
+from moodloop.core.settings import Settings
 
 
 def test_settings_derive_paths_from_home_and_read_the_environment(own_home, monkeypatch):
@@ -19,6 +21,22 @@ def test_settings_derive_paths_from_home_and_read_the_environment(own_home, monk
     assert settings.beam_args == ("--runner=FlinkRunner", "--flink_master=host:8081")
     with pytest.raises(TypeError, match="unknown settings"):
         Settings.from_env(epochz=3)
+
+
+def test_training_settings_reach_the_trainer_whole_with_a_runs_conf_over_them(own_home, monkeypatch):
+    from components.pipeline import PipelineConfig, trainer_config
+    from components.trainer import training_from
+
+    monkeypatch.setenv("MOODLOOP_WARM_EPOCHS_FRACTION", "0.5")
+    settings = Settings.from_env(training={"model_size": "tiny"})
+    # a DAG run's conf: a JSON number, text from a form, None for "keep the setting"
+    config = PipelineConfig.from_settings(settings, epochs=3, tune="true", learning_rate=None)
+    training = training_from(json.loads(json.dumps(trainer_config(config))))  # as the IR carries it
+    assert training == settings.training.with_conf(epochs=3, tune=True)
+    assert (training.epochs, training.tune, training.model_size) == (3, True, "tiny")
+    assert training.warm_epochs_fraction == 0.5 and training.learning_rate == settings.training.learning_rate
+    with pytest.raises(TypeError, match="unknown training settings"):
+        PipelineConfig.from_settings(settings, epochz=3)
 
 
 def test_class_weights_favour_rare_classes_and_are_capped():
@@ -57,7 +75,7 @@ def test_curate_applies_the_ingest_contract_and_keeps_good_rows_only_when_asked(
     """`moodloop curate` runs the landing zone's ingest (contract, ledger, quarantine) on the
     user's file, which it copies, never moves."""
     from data.ingest import ledger_records
-    from moodloop.settings import REPO_ROOT, Settings
+    from moodloop.core.settings import REPO_ROOT, Settings
 
     sample = REPO_ROOT / "data" / "samples" / "fer2013_mixed.csv"
     before = sample.read_bytes()
@@ -84,7 +102,7 @@ def test_dag_node_list_matches_the_compiled_pipeline():
     import json
 
     from components.node_runner import NODES_FILE, _compiled, topology
-    from moodloop.settings import Settings
+    from moodloop.core.settings import Settings
 
     # Every component a run can have (the Tuner only when tuning): tasks a run leaves out succeed at once.
     assert topology(_compiled(Settings.from_env(), {"tune": True})) == json.loads(NODES_FILE.read_text())
@@ -94,7 +112,7 @@ def test_beam_runs_in_memory_for_small_spans_and_on_every_core_for_large_ones(ow
     from components.pipeline import MULTI_PROCESS_MIN_CORES, beam_args_for
     from data import synthetic
     from data.curated import write_span
-    from moodloop.settings import IN_MEMORY_BEAM_ARGS, MULTI_PROCESS_BEAM_ARGS
+    from moodloop.core.settings import IN_MEMORY_BEAM_ARGS, MULTI_PROCESS_BEAM_ARGS
 
     monkeypatch.setattr("os.cpu_count", lambda: MULTI_PROCESS_MIN_CORES)
     settings = Settings.from_env(beam_multiprocess_faces=50)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from moodloop.settings import REPO_ROOT
+from moodloop.core.settings import REPO_ROOT
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from data import curated, synthetic
-from moodloop.contracts import CURATED_MANIFEST
+from moodloop.core.contracts import CURATED_MANIFEST
 
 
 def test_spans_are_numbered_and_duplicates_are_skipped(tmp_path):
@@ -44,9 +44,9 @@ def test_span_records_decode_to_the_same_faces(tmp_path):
 def test_every_face_carries_its_slices_and_the_manifest_counts_them(tmp_path):
     import tensorflow as tf
 
-    from moodloop import slices
-    from moodloop.contracts import FEATURE_SLICES
-    from moodloop.image_properties import property_buckets
+    from moodloop.core import slices
+    from moodloop.core.contracts import FEATURE_SLICES
+    from moodloop.core.image_properties import property_buckets
 
     pixels, labels, attributes = synthetic.generate_with_attributes(30, seed=3)
     given = [curated.face_slices(p, a, source_side=48) for p, a in zip(pixels, attributes, strict=True)]

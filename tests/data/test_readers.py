@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from data import landing, readers, synthetic
-from moodloop.contracts import EMOTIONS, emotion_index
+from moodloop.core.contracts import EMOTIONS, emotion_index
 
 
 def test_mixed_fer2013_csv_names_each_bad_row_and_keeps_the_good_ones(mixed_csv):
@@ -170,7 +170,7 @@ def _encoded(image: Image.Image, fmt: str) -> bytes:
 def test_every_format_and_mode_reads_as_the_same_grey_face(tmp_path: Path):
     """CMYK, 16-bit, palette and alpha images, and every accepted format, give the grey face of the
     plain picture (16-bit scaled, not clipped to white); the gateway accepts the same set
-    (moodloop/encoded_images.py)."""
+    (moodloop/core/encoded_images.py)."""
     rng = np.random.default_rng(3)
     grey = np.kron(rng.integers(30, 220, (12, 12)), np.ones((8, 8))).astype(np.uint8)  # 96x96, flat blocks
     plain = Image.fromarray(grey, "L")

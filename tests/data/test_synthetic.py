@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data import synthetic
-from moodloop.contracts import EMOTIONS, FER2013_CLASS_COUNTS
+from moodloop.core.contracts import EMOTIONS, FER2013_CLASS_COUNTS
 
 
 def test_same_seed_same_faces_other_seed_other_faces():

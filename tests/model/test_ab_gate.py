@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from components.ab_gate import decide, describe, mcnemar_exact_p
-from moodloop.contracts import EMOTIONS, FER2013_CLASS_COUNTS
-from moodloop.settings import GateSettings
+from moodloop.core.contracts import EMOTIONS, FER2013_CLASS_COUNTS
+from moodloop.core.settings import GateSettings
 
 SHARES = np.array([FER2013_CLASS_COUNTS[e] for e in EMOTIONS], dtype=float)
 SHARES /= SHARES.sum()

@@ -25,8 +25,9 @@ import tf_keras as keras
 
 from components.adopt import AdoptError, AdoptOptions, adopt
 from data import synthetic, wheel_media
-from moodloop import cli, console, models_config
-from moodloop.contracts import (
+from moodloop import cli
+from moodloop.core import console, models_config
+from moodloop.core.contracts import (
     EMBEDDING_DIMS,
     EMOTIONS,
     REFERENCE_PROFILE,
@@ -34,7 +35,7 @@ from moodloop.contracts import (
     SIGNATURE_IMAGES,
     SIGNATURE_PIXELS,
 )
-from moodloop.settings import Settings
+from moodloop.core.settings import Settings
 
 FACES = 200  # for the PCA and the reference profile: enough for 8 components, and quick
 FER_OPTIONS = AdoptOptions(scale="minus-one-one", input_size=64, color="grey", faces=FACES)

@@ -46,7 +46,7 @@ def test_only_an_affine_transform_is_folded_into_the_edge_model():
 
     from components.model import INPUT_KEY
     from components.preprocessing import decode_images
-    from moodloop.contracts import FEATURE_IMAGE
+    from moodloop.core.contracts import FEATURE_IMAGE
 
     def layer(transform):
         return lambda features: {INPUT_KEY: transform(decode_images(tf.reshape(features[FEATURE_IMAGE], [-1])))}

@@ -13,7 +13,7 @@ from PIL import Image
 from components.infra_validator import check_in_model_server
 from components.model_contract import write_warmup_requests
 from components.untrained_model import export_version
-from moodloop.contracts import FEATURE_IMAGE, FEATURE_LABEL
+from moodloop.core.contracts import FEATURE_IMAGE, FEATURE_LABEL
 
 
 def _examples(n: int) -> list[bytes]:

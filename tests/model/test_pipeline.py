@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from data import landing, synthetic
-from moodloop import cli, status
+from moodloop import cli
+from moodloop.core import status
 
 pytestmark = pytest.mark.pipeline
 
@@ -79,7 +80,7 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     assert (settings.model_base / versions[0] / "assets.extra" / "warm_start.npz").stat().st_size > 0
     assert "INFRA BLESSED" in out
     # The first model of a model base is labelled stable (later ones are pushed as canary).
-    from moodloop import models_config
+    from moodloop.core import models_config
 
     policy = models_config.policies(models_config.read(settings.serving_config))["emotion"]
     assert policy.labels == {"stable": int(versions[0])}
@@ -89,7 +90,7 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     _check_slices(settings, out)
     _check_edge_files(settings.model_base / versions[0], out)
     _check_model_card(settings.model_base / versions[0])
-    # Energy per component and in total (moodloop/energy.py), and how it was obtained.
+    # Energy per component and in total (components/energy.py), and how it was obtained.
     energy = next(line for line in out.splitlines() if line.startswith("energy: "))
     assert " J (" in energy and "kWh" in energy and "g CO2e" in energy and "Trainer" in energy, energy
     assert "RAPL" in energy or "codecarbon estimate" in energy
@@ -157,7 +158,7 @@ def _check_edge_files(version: Path, out: str) -> None:
 
     import tensorflow as tf
 
-    from moodloop.edge_runtime import EdgeModel
+    from moodloop.core.edge_runtime import EdgeModel
 
     edge = json.loads((version / "assets.extra" / "edge" / "edge.json").read_text())
     reported = {
@@ -225,7 +226,7 @@ def test_candidate_worse_than_champion_is_not_pushed(home, fast_env, capsys):
     assert "NOT BLESSED, nothing pushed" in out
     assert "not better than the champion beyond chance" in out and "McNemar" in out
     assert _versions(settings.model_base) == before
-    # The faces page's model panel shows this latest verdict and its picture (moodloop/status.py).
+    # The faces page's model panel shows this latest verdict and its picture (moodloop/core/status.py).
     latest = status.read_status(settings.status_dir, status.GATE)
     assert latest["verdict"] == "REJECTED" and "beyond chance" in " ".join(latest["reasons"])
     assert status.status_file(settings.status_dir, status.GATE_IMAGE).read_bytes()[:4] == b"\x89PNG"
@@ -259,7 +260,7 @@ def test_span_that_breaks_the_schema_stops_the_run(fast_env, tmp_path, capsys):
 
 
 def test_a_clearly_better_candidate_passes_the_gate_and_is_pushed_as_canary(fast_env, tmp_path, capsys):
-    from moodloop import models_config
+    from moodloop.core import models_config
 
     # A weak first model (one epoch, floor off) becomes stable ...
     settings = fast_env(tmp_path / "home", MOODLOOP_MIN_ACCURACY="0.0", MOODLOOP_EPOCHS="1")

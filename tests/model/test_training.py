@@ -97,7 +97,7 @@ def test_warm_start_is_kept_only_while_the_champion_still_fits_todays_faces(tmp_
 
     from components.model import build_model
     from components.warm_start import WarmStart, still_fits
-    from moodloop.contracts import EMOTIONS, REFERENCE_PROFILE
+    from moodloop.core.contracts import EMOTIONS, REFERENCE_PROFILE
 
     model = build_model("tiny", augment=False)
     faces = np.random.default_rng(0).random((200, 48, 48, 1), dtype=np.float32)

@@ -9,8 +9,8 @@ import time
 from types import SimpleNamespace
 
 from data import landing, synthetic
-from moodloop import alerts
-from moodloop.settings import Settings
+from moodloop.core import alerts
+from moodloop.core.settings import Settings
 
 
 def test_a_quarantined_batch_posts_its_numbers(moodloop_home, webhook):

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 
 from data import synthetic
 from monitoring import drift
-from moodloop import status
-from moodloop.contracts import REFERENCE_PROFILE
-from moodloop.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
-from moodloop.settings import Settings
+from moodloop.core import status
+from moodloop.core.contracts import REFERENCE_PROFILE
+from moodloop.core.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
+from moodloop.core.settings import Settings
 
 
 def _rows(n: int, seed: int, shift: synthetic.Shift | None = None, t0: float = 0.0) -> list[dict]:
@@ -94,7 +94,7 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
     assert len(retrains) == 1 and retrains[0]["reason"] == "drift"
     assert Path(retrains[0]["report"]).read_text().lstrip().lower().startswith("<!doctype html")
     assert "cool-down" in results[1].retrain["suppressed"]
-    # The latest verdict, for the faces page's model panel (moodloop/status.py), with its report.
+    # The latest verdict, for the faces page's model panel (moodloop/core/status.py), with its report.
     latest = status.read_status(settings.status_dir, status.DRIFT)
     assert latest["outcome"] == "drift" and latest["drift_share"] >= settings.drift.share and latest["report"]
     report = status.status_file(settings.status_dir, status.DRIFT_REPORT)
@@ -124,7 +124,7 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
     assert panels == [panel.title for panel in drift.dashboard_panels()] and len(panels) == 4
     decisions = (settings.home / "monitoring" / "drift_decisions.jsonl").read_text().splitlines()
     assert [json.loads(line)["outcome"] for line in decisions] == ["no_drift"] * 5 + ["drift", "drift", "incident"]
-    # Each verdict that needs a person posted one message to the webhook (moodloop/alerts.py).
+    # Each verdict that needs a person posted one message to the webhook (moodloop/core/alerts.py).
     events = [message["moodloop"]["event"] for message in alerts_received]
     assert events == ["drift", "drift", "quality_incident"]
     drifted = alerts_received[0]

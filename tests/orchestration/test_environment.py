@@ -21,7 +21,7 @@ def test_pinned_versions_import():
 def test_shared_code_imports_without_tensorflow():
     # Settings, contracts and the readers serve both envs; none may pull TensorFlow in.
     code = (
-        "import sys; import moodloop.settings, moodloop.contracts, data.readers, data.synthetic; "
+        "import sys; import moodloop.core.settings, moodloop.core.contracts, data.readers, data.synthetic; "
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

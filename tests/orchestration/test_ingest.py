@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from data import landing, synthetic
-from moodloop.settings import Settings
+from moodloop.core.settings import Settings
 
 
 def _files(folder: Path) -> list[Path]:

@@ -9,8 +9,8 @@ import pytest
 
 from data import ingest, landing, synthetic
 from data.landing_zone import S3LandingZone
+from moodloop.core.settings import Settings, s3_client
 from moodloop.local.s3server import free_port, start_seaweedfs, stop, wait_for_s3
-from moodloop.settings import Settings, s3_client
 
 BUCKET = "moodloop-test"
 

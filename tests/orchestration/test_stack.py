@@ -28,10 +28,10 @@ from airflow_client.client.exceptions import ApiException
 from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
 
 from data import landing, synthetic
-from moodloop.airflow_api import Airflow
+from moodloop.core.airflow_api import Airflow
+from moodloop.core.settings import Settings
 from moodloop.local.s3server import free_port
 from moodloop.local.stack import stack_processes
-from moodloop.settings import Settings
 from tests.browser import artifact, chromium
 from tests.conftest import WIRING
 
@@ -114,7 +114,7 @@ def _check_one_task_per_component(api: Api, env: dict, settings: Settings, run_i
     assert (settings.model_base / versions[0] / "assets.extra" / "edge" / "edge.json").exists()  # EdgeExporter
     (energy_file,) = (settings.pipeline_root / "energy").glob("*/Trainer.json")
     energy = json.loads(energy_file.read_text())
-    assert energy["joules"] > 0 and energy["method"]  # each task measures its component (moodloop/energy.py)
+    assert energy["joules"] > 0 and energy["method"]  # each task measures its component (components/energy.py)
     # A cleared task of a finished run re-runs its component's process, which finds the execution
     # COMPLETE in ML Metadata and skips it: nothing is redone, nothing is re-pushed.
     node = [str(settings.pipeline_python), "-m", "components.node_runner", "run", "--run-id", run_id, "--node"]

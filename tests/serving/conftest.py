@@ -19,9 +19,9 @@ import pytest
 
 from components.untrained_model import TEST_VERSIONS, export_version
 from data import wheel_media
-from moodloop import models_config
-from moodloop.gateway_process import GatewayProcess, start_process
-from moodloop.settings import Settings
+from moodloop.core import models_config
+from moodloop.core.gateway_process import GatewayProcess, start_process
+from moodloop.core.settings import Settings
 from serving.gateway import serve_in_thread
 
 ADMIN_TOKEN = "test-admin-token"

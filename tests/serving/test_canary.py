@@ -21,12 +21,12 @@ from monitoring.canary import (
     side_stats,
     slower_than,
 )
-from moodloop import models_config
-from moodloop.contracts import EMOTIONS
+from moodloop.core import models_config
+from moodloop.core.contracts import EMOTIONS
+from moodloop.core.log_records import read_log
+from moodloop.core.rollout import Rollout
+from moodloop.core.settings import CanarySettings, Settings
 from moodloop.local.stack import canary_summary
-from moodloop.log_records import read_log
-from moodloop.rollout import Rollout
-from moodloop.settings import CanarySettings, Settings
 
 FAST = CanarySettings(steps=(0.1, 0.5, 1.0), bake_seconds=0, min_requests=30, min_labels=20, max_class_shift=1.01)
 

@@ -14,10 +14,11 @@ import httpx
 import numpy as np
 import pytest
 
-from moodloop import cli, models_config
-from moodloop.contracts import EMOTIONS
-from moodloop.edge_runtime import EdgeModel
-from moodloop.settings import Settings
+from moodloop import cli
+from moodloop.core import models_config
+from moodloop.core.contracts import EMOTIONS
+from moodloop.core.edge_runtime import EdgeModel
+from moodloop.core.settings import Settings
 from serving.gateway import serve_in_thread
 
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from data.wheel_media import LABELLED, MULTI_FACE, NO_FACE
-from moodloop.contracts import FACE_SIZE
-from moodloop.settings import Settings
+from moodloop.core.contracts import FACE_SIZE
+from moodloop.core.settings import Settings
 from serving.dataplane import DataPlane
 from serving.faces import (
     Face,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moodloop.log_records import read_log
+from moodloop.core.log_records import read_log
 from serving.tracking import CSV_COLUMNS
 from tests.browser import artifact, chromium, fake_camera_file
 
@@ -101,13 +101,13 @@ def test_a_photo_shows_every_face_why_and_takes_a_correction(page, media, runnin
 
 
 def test_the_model_panel_shows_the_latest_gate_with_its_bias_audit(page, running, tmp_path):
-    """A gate verdict as the ABGate records it (moodloop/status.py): the panel shows the reasons,
+    """A gate verdict as the ABGate records it (moodloop/core/status.py): the panel shows the reasons,
     the largest gap between slices and both pictures (the gate's, the bias audit's); and the latest
     canary decision with the evidence that decided and both sides' numbers."""
     from components import plots
     from components.ab_gate import decide
-    from moodloop import status
-    from moodloop.settings import GateSettings
+    from moodloop.core import status
+    from moodloop.core.settings import GateSettings
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 7, 1200)

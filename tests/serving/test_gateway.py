@@ -23,7 +23,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from moodloop.contracts import EMOTIONS
+from moodloop.core.contracts import EMOTIONS
 from tests.serving.conftest import ADMIN_TOKEN
 
 
@@ -197,7 +197,7 @@ def test_grpc_errors_carry_tf_serving_codes(channel):
 
 
 def test_canary_split_is_sticky_and_every_request_is_logged(running, http, labels, gateway_settings):
-    from moodloop.log_records import read_log
+    from moodloop.core.log_records import read_log
 
     labels(stable=1, canary=2)
     running.dataplane.traffic.set(0.10)
@@ -234,11 +234,11 @@ def test_the_model_measures_what_the_inference_log_needs_so_the_gateway_decodes_
     running, http, gateway_settings, monkeypatch
 ):
     """brightness, contrast, sharpness and size come out of the model's graph (real TF Serving
-    returns them too), equal to moodloop/image_properties.py's definition; the gateway's log
+    returns them too), equal to moodloop/core/image_properties.py's definition; the gateway's log
     writer never decodes an image for them."""
-    from moodloop import log_records
-    from moodloop.image_properties import image_properties
-    from moodloop.log_records import read_log
+    from moodloop.core import log_records
+    from moodloop.core.image_properties import image_properties
+    from moodloop.core.log_records import read_log
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the gateway decoded an image to log it")
@@ -288,7 +288,7 @@ def test_corrected_faces_become_a_landing_batch_the_data_contract_reads(running,
     """Feedback on analysed faces keeps each face; once N have gathered they are one landing batch
     (images + labels.csv), which the data stage reads like any other; the label is logged too."""
     from data.readers import read_batch
-    from moodloop.log_records import read_log
+    from moodloop.core.log_records import read_log
 
     settings = running.dataplane.settings
     corrections = running.dataplane.corrections  # a folder of its own: other tests' corrections stay out
@@ -387,7 +387,7 @@ def test_metrics_count_requests_by_version_and_label(http):
 def test_face_answers_name_the_version_that_read_them(http, media, labels, running):
     """Issue 27: with a canary live, one photo may be read by either version; the answer names it
     (as TF Serving's model_spec does), in the JSON and, for annotated media, in headers."""
-    from moodloop.rollout import choose_label
+    from moodloop.core.rollout import choose_label
 
     labels(stable=1, canary=2)
     share = running.dataplane.traffic.share()
@@ -517,7 +517,7 @@ def test_predict_refuses_bad_images_before_any_decoder_and_names_the_instance(ht
 
 def test_every_format_the_readers_accept_predicts_like_its_grey_png(http):
     """CMYK JPEG, GIF, BMP, WEBP, TIFF, 16-bit, palette and alpha PNGs: the gateway accepts what the
-    training readers accept and the model sees the same grey face (moodloop/encoded_images.py)."""
+    training readers accept and the model sees the same grey face (moodloop/core/encoded_images.py)."""
     grey = np.kron(np.random.default_rng(8).integers(30, 220, (12, 12)), np.ones((8, 8))).astype(np.uint8)
     plain = Image.fromarray(grey, "L")
     variants = [
@@ -669,7 +669,7 @@ def test_video_becomes_an_emotion_timeline(http, media, gateway_settings):
     assert http.post("/v1/videos:analyze?smooth=0", content=b"x").status_code == 400
 
     # One face, one log row: instances count across frames, and the whole clip took one side of the split.
-    from moodloop.log_records import read_log
+    from moodloop.core.log_records import read_log
 
     faces = sum(result["emotion_counts"].values())
     deadline = time.monotonic() + 20

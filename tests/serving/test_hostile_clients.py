@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from moodloop import models_config
+from moodloop.core import models_config
 from serving.admission import RateLimiter, WorkSlots
 from serving.backends import ServingError
 from serving.grpc_api import admin_refusal
@@ -363,7 +363,7 @@ def test_a_small_16_bit_png_of_40_megapixels_decodes_without_a_float_blow_up(tmp
     # ru_maxrss: Linux carries it over from the parent across fork and exec, here the test's.)
     script = (
         "import sys\n"
-        "from moodloop.encoded_images import decode_grey\n"
+        "from moodloop.core.encoded_images import decode_grey\n"
         "def hwm():\n"
         "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
         "data = open(sys.argv[1], 'rb').read()\n"

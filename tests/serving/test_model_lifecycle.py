@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.untrained_model import export_version
+from moodloop.core.log_records import Prediction
+from moodloop.core.settings import Settings, s3_client
 from moodloop.local.s3server import free_port, start_seaweedfs, stop, wait_for_s3
-from moodloop.log_records import Prediction
-from moodloop.settings import Settings, s3_client
 from serving.gateway import serve_in_thread
 from serving.inference_log import InferenceLog
 from tests.serving.conftest import start_gateway_process
@@ -183,7 +183,7 @@ def test_a_gateway_killed_under_load_loses_at_most_a_flush_interval_and_no_file_
     import os
     import signal
 
-    from moodloop.log_records import read_log
+    from moodloop.core.log_records import read_log
 
     home = tmp_path / "home"
     env = {

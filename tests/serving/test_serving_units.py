@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from moodloop import models_config
-from moodloop.rollout import Rollout, TrafficFile, choose_label, client_bucket
+from moodloop.core import models_config
+from moodloop.core.rollout import Rollout, TrafficFile, choose_label, client_bucket
 from serving.backends import ServingError
 from serving.batching import BatchingParameters, DynamicBatcher
 from serving.rest_codec import parse_predict_request, predict_response
@@ -250,7 +250,7 @@ def test_the_tracker_keeps_each_persons_id_across_frames():
 
 
 def test_people_summary_smoothing_and_csv_of_a_timeline():
-    from moodloop.contracts import EMOTIONS
+    from moodloop.core.contracts import EMOTIONS
     from serving.tracking import CSV_COLUMNS, Smoother, people_summary, timeline_csv
 
     smoother = Smoother(window=3)
@@ -291,7 +291,7 @@ def test_people_summary_smoothing_and_csv_of_a_timeline():
 
 
 def test_corrected_faces_wait_on_disk_until_the_landing_zone_takes_the_batch(tmp_path):
-    from moodloop.settings import Settings
+    from moodloop.core.settings import Settings
     from serving.corrections import Corrections, RecentFaces
 
     settings = Settings.from_env(home=tmp_path / "home", serving={"corrections_per_batch": 2})
@@ -352,7 +352,7 @@ def test_reading_a_window_of_the_log_opens_only_what_can_hold_it(tmp_path, monke
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from moodloop import log_records
+    from moodloop.core import log_records
 
     start = datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc)
     root = tmp_path / "predictions"

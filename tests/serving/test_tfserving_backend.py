@@ -10,8 +10,8 @@ import time
 import httpx
 import numpy as np
 
-from moodloop import models_config
-from moodloop.settings import Settings
+from moodloop.core import models_config
+from moodloop.core.settings import Settings
 from serving.gateway import serve_in_thread
 
 PIXELS = {"signature_name": "serving_pixels", "inputs": {"pixels": np.zeros((2, 48, 48), int).tolist()}}

@@ -48,7 +48,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from moodloop.settings import Settings
+from moodloop.core.settings import Settings
 from serving.gateway import serve_in_thread
 
 TESTDATA = Path(__file__).parent / "tfserving_testdata"

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from moodloop.contracts import EMOTIONS
+from moodloop.core.contracts import EMOTIONS
 
 
 class EdgeModel:

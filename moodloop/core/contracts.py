@@ -4,20 +4,20 @@ of these; each has one writer and one reader module, named here.
 - The landing-batch contract (data arrives): a folder of images, an image-folder tree or a
   FER2013 CSV, complete when READY_MARKER is in it. Read by data/readers.py, checked by
   data/landing_contract.py. The gateway delivers corrected faces as such batches
-  (moodloop/landing_batches.py).
+  (serving/landing_batches.py).
 - The curated-dataset contract (data -> training): TFRecord spans ExampleGen reads. Written by
   data/curated.py.
 - The model contract (training -> serving and monitoring): a SavedModel version with the four
   signatures below and its reference profile; which version serves as `stable` or `canary` is
-  the rollout contract (moodloop/rollout.py, over TF Serving's models.config).
+  the rollout contract (moodloop/core/rollout.py, over TF Serving's models.config).
 - The inference-log contract (serving -> monitoring): Parquet records by hour, written by
-  serving/inference_log.py from moodloop/log_records.py's rows, read by moodloop/log_records.py.
+  serving/inference_log.py from moodloop/core/log_records.py's rows, read by moodloop/core/log_records.py.
 - The serving-metrics contract (serving -> the canary analysis): the gateway's Prometheus names.
 - The status contract (training and monitoring -> the faces page's model panel): the latest A/B
-  gate and drift verdicts (moodloop/status.py).
+  gate and drift verdicts (moodloop/core/status.py).
 - The retrain-trigger contract (monitoring -> training): an Airflow REST API v2 run of the
-  training DAG with a conf naming the reason (moodloop/airflow_api.py), or the curated-faces
-  asset event (moodloop/airflow_assets.py).
+  training DAG with a conf naming the reason (moodloop/core/airflow_api.py), or the curated-faces
+  asset event (moodloop/core/airflow_assets.py).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ CURATED_SPAN_PATTERN = CURATED_SPAN_PREFIX + "{SPAN:5}/*.tfrecord.gz"  # span-00
 CURATED_MANIFEST = "manifest.json"
 FEATURE_IMAGE = "image"  # bytes: PNG-encoded face (any size; the model resizes to 48x48)
 FEATURE_LABEL = "label"  # int64: index into EMOTIONS
-# bytes list: the face's slices as "attribute=value" (moodloop/slices.py): image-property buckets
+# bytes list: the face's slices as "attribute=value" (moodloop/core/slices.py): image-property buckets
 # computed at ingest, the generator's nuisance attributes, a landing batch's extra columns. One
 # multivalent feature, so a batch may bring any column without a schema change; TFMA makes one
 # slice per value.
@@ -76,7 +76,7 @@ OUTPUT_EMBEDDING = "embedding"  # [N, EMBEDDING_DIMS] float32: penultimate layer
 EMBEDDING_DIMS = 8
 # What the inference log needs to know about each image, computed in the graph (serving_default and
 # serving_pixels), so neither the gateway nor a TF Serving client decodes an image in Python:
-# output name -> the log column (moodloop/image_properties.py defines them; the graph mirrors it).
+# output name -> the log column (moodloop/core/image_properties.py defines them; the graph mirrors it).
 OUTPUT_IMAGE_PROPERTIES = {
     "image_brightness": "brightness",  # [N] float32
     "image_contrast": "contrast",  # [N] float32

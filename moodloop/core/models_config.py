@@ -19,8 +19,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from moodloop.contracts import CANARY, STABLE
-from moodloop.files import atomic_write_text
+from moodloop.core.contracts import CANARY, STABLE
+from moodloop.core.files import atomic_write_text
 
 
 @dataclass(frozen=True)

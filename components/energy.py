@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from moodloop.files import atomic_write_text, path_safe
+from moodloop.core.files import atomic_write_text, path_safe
 
 JOULES_PER_KWH = 3.6e6
 RAPL_PACKAGES = "/sys/class/powercap/intel-rapl:[0-9]*"  # one per CPU package (sub-zones have a 2nd ':')

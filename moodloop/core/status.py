@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moodloop.files import atomic_copy, atomic_write_text
+from moodloop.core.files import atomic_copy, atomic_write_text
 
 # {"verdict", "reasons", "candidate_accuracy", "champion_accuracy", "largest_slice_gap", "time"}; gate.png, bias.png
 GATE = "gate"

@@ -18,9 +18,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from moodloop.settings import Settings
+from moodloop.core.settings import Settings
 
-log = logging.getLogger("moodloop.alerts")
+log = logging.getLogger("moodloop.core.alerts")
 
 DRIFT = "drift"
 QUALITY_INCIDENT = "quality_incident"

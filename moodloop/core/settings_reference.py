@@ -1,10 +1,10 @@
-"""The settings reference, made from moodloop/settings.py itself: every MOODLOOP_* variable with its
+"""The settings reference, made from moodloop/core/settings.py itself: every MOODLOOP_* variable with its
 section, default and meaning (the comment beside the field, and the comment block right above it).
 A new setting documents itself where it is declared; docs/settings.md holds the table between its
 markers, and tests/code/test_docs.py fails when it is not current.
 
-  python -m moodloop.settings_reference            print the reference (Markdown)
-  python -m moodloop.settings_reference --write    rewrite it in docs/settings.md
+  python -m moodloop.core.settings_reference            print the reference (Markdown)
+  python -m moodloop.core.settings_reference --write    rewrite it in docs/settings.md
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import sys
 import tokenize
 from pathlib import Path
 
-from moodloop import settings as settings_module
-from moodloop.settings import REPO_ROOT, SECTIONS, Settings
+from moodloop.core import settings as settings_module
+from moodloop.core.settings import REPO_ROOT, SECTIONS, Settings
 
 DOC = REPO_ROOT / "docs" / "settings.md"
-BEGIN = "<!-- settings reference: made by python -m moodloop.settings_reference --write -->"
+BEGIN = "<!-- settings reference: made by python -m moodloop.core.settings_reference --write -->"
 END = "<!-- end of the settings reference -->"
 
 
@@ -110,7 +110,7 @@ def write() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m moodloop.settings_reference",
+        prog="python -m moodloop.core.settings_reference",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,7 +1,7 @@
 """Slices: what the bias audit groups faces by (the curated-dataset contract's `slice` feature).
 
 FER2013 has no demographic columns, so moodloop slices by what it knows about a face:
-- image-property buckets computed at ingest (moodloop/image_properties.py: brightness, contrast,
+- image-property buckets computed at ingest (moodloop/core/image_properties.py: brightness, contrast,
   sharpness, face_size);
 - the synthetic generator's nuisance attributes when the faces are synthetic (skin, pose,
   lighting, occlusion), which it writes as extra columns of its batches;
@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from moodloop.image_properties import PROPERTY_ATTRIBUTES
+from moodloop.core.image_properties import PROPERTY_ATTRIBUTES
 
 # An attribute with more distinct values than this in one batch is an identifier, not a group:
 # one slice per face would tell nothing (the landing contract refuses it).

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moodloop.contracts import READY_MARKER
-from moodloop.files import publish_dir
-from moodloop.settings import Settings, s3_client
+from moodloop.core.contracts import READY_MARKER
+from moodloop.core.files import publish_dir
+from moodloop.core.settings import Settings, s3_client
 
 
 def deliver_batch(settings: Settings, name: str, files: dict[str, bytes]) -> str:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moodloop import alerts, models_config
-from moodloop.files import atomic_write_text
-from moodloop.models_config import CANARY, STABLE
+from moodloop.core import alerts, models_config
+from moodloop.core.files import atomic_write_text
+from moodloop.core.models_config import CANARY, STABLE
 
 __all__ = ["CANARY", "STABLE", "Rollout", "TrafficFile", "champion_version", "choose_label", "client_bucket"]
 
@@ -104,7 +104,7 @@ class Rollout:
     model_name: str
     initial_share: float = 0.1
     traffic_file: Path | None = None
-    settings: Any = None  # Settings, for the alert a rollback posts (moodloop/alerts.py); None: no alert
+    settings: Any = None  # Settings, for the alert a rollback posts (moodloop/core/alerts.py); None: no alert
 
     @classmethod
     def from_settings(cls, settings) -> Rollout:

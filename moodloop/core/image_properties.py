@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from moodloop import encoded_images
-from moodloop.contracts import FACE_SIZE
+from moodloop.core import encoded_images
+from moodloop.core.contracts import FACE_SIZE
 
 
 def image_properties(pixels: np.ndarray) -> dict[str, float]:
@@ -52,7 +52,7 @@ def property_buckets(pixels: np.ndarray, source_side: int | None = None) -> dict
 
 
 def decode_grey(encoded: bytes) -> np.ndarray | None:
-    """Encoded image -> grey pixels, as every door decodes them (moodloop/encoded_images.py); None
+    """Encoded image -> grey pixels, as every door decodes them (moodloop/core/encoded_images.py); None
     when it is not a readable image (a request the model rejected may hold anything)."""
     try:
         return encoded_images.decode_grey(encoded)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # moodloop/core/settings.py
 
 # Beam when MOODLOOP_BEAM_ARGS is not set: the in-memory DirectRunner with one worker, or the
 # multi-process DirectRunner on every core for spans from MOODLOOP_BEAM_MULTIPROCESS_FACES on a
@@ -113,6 +113,15 @@ class TrainingSettings:
     # (components/distributed_training.py); the model is the same either way
     workers: int = setting("MOODLOOP_TRAIN_WORKERS", 1)
 
+    def with_conf(self, **conf: Any) -> TrainingSettings:
+        """These settings with a run's conf over them (e.g. a DAG run's `{"epochs": 5}`): None keeps
+        the setting, text is read as the setting's type, an unknown name is a TypeError."""
+        by_name = {f.name: f for f in dataclasses.fields(self)}
+        if unknown := set(conf) - set(by_name):
+            raise TypeError(f"unknown training settings in the run's conf: {sorted(unknown)}")
+        given = {k: _parse(str(by_name[k].type), v) if isinstance(v, str) else v for k, v in conf.items()}
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GateSettings:
@@ -124,7 +133,7 @@ class GateSettings:
     alpha: float = setting("MOODLOOP_GATE_ALPHA", 0.05)  # false-promotion level of the superiority test
     min_examples: int = setting("MOODLOOP_GATE_MIN_EXAMPLES", 200)  # fewer held-out faces: no decision
     max_class_recall_drop: float = setting("MOODLOOP_GATE_MAX_CLASS_RECALL_DROP", 0.05)  # significant: blocks
-    # The bias audit: a slice (moodloop/slices.py) with this many held-out faces is guarded like a
+    # The bias audit: a slice (moodloop/core/slices.py) with this many held-out faces is guarded like a
     # class: an accuracy drop beyond the bound that is significant blocks the candidate.
     min_slice_examples: int = setting("MOODLOOP_GATE_MIN_SLICE_EXAMPLES", 100)
     # the bias audit: the accuracy drop a guarded slice may show
@@ -230,7 +239,7 @@ class AirflowSettings:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AlertSettings:
-    # Slack-compatible incoming webhook (moodloop/alerts.py); "" = no alerts. A secret: it is shown masked.
+    # Slack-compatible incoming webhook (moodloop/core/alerts.py); "" = no alerts. A secret: it is shown masked.
     webhook_url: str = setting("MOODLOOP_ALERT_WEBHOOK_URL", "")
     timeout_seconds: float = setting("MOODLOOP_ALERT_TIMEOUT_SECONDS", 5.0)  # how long an alert's POST may take
 

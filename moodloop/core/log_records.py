@@ -1,5 +1,5 @@
 """The inference-log contract's records: what one prediction and one feedback label look like in
-the inference log (moodloop/contracts.py names the columns), and the log's one reader. The
+the inference log (moodloop/core/contracts.py names the columns), and the log's one reader. The
 gateway writes them (serving/inference_log.py); the A/B gate writes the reference profile in the
 same shape, so that the drift job compares like with like; the canary analysis and the drift job
 read them back with `read_log`.
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from moodloop.contracts import EMOTIONS, LOG_EMBEDDING_COLUMNS, LOG_PREDICTIONS, LOG_PROBABILITY_COLUMNS
-from moodloop.image_properties import decode_grey, image_properties
+from moodloop.core.contracts import EMOTIONS, LOG_EMBEDDING_COLUMNS, LOG_PREDICTIONS, LOG_PROBABILITY_COLUMNS
+from moodloop.core.image_properties import decode_grey, image_properties
 
 
 @dataclass
