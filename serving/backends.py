@@ -74,6 +74,10 @@ class Backend(Protocol):
 
     def labels(self, model: str) -> dict[str, int]: ...
 
+    def sync(self) -> None:
+        """Load what the model config names now (TF Serving's ReloadConfig / the embedded poll)."""
+        ...
+
     def close(self) -> None: ...
 
 

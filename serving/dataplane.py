@@ -30,7 +30,7 @@ from moodloop.core.log_records import Feedback, Prediction
 from moodloop.core.rollout import Rollout, TrafficFile, choose_label
 from moodloop.core.settings import Settings
 from serving import examples as tf_examples
-from serving.backends import Backend, ServingError
+from serving.backends import Backend, ServingError, VersionState
 from serving.batching import Tensors
 from serving.corrections import Corrections, RecentFaces
 from serving.faces import FaceDetector, check_face_detector, make_face_detector
@@ -361,6 +361,25 @@ class DataPlane:
         return dataclasses.replace(Rollout.from_settings(self.settings), model_name=model)
 
     def reload(self) -> None:
-        sync = getattr(self.backend, "sync", None)
-        if sync:
-            sync()
+        self.backend.sync()
+
+    # the model server's own questions: the transports ask them here, never the backend itself
+    def model_status(self, name: str, version: int | None, label: str | None) -> list[VersionState]:
+        return self.backend.status(name, version, label)
+
+    def signature_defs(self, name: str, version: int | None, label: str | None) -> tuple[int, dict]:
+        return self.backend.signature_defs(name, version, label)
+
+    def labels(self, model: str) -> dict[str, int]:
+        return self.backend.labels(model)
+
+    def traffic_share(self) -> float:
+        """The canary's share of the traffic now (traffic.json)."""
+        return self.traffic.share()
+
+    def set_traffic_share(self, share: float) -> float:
+        self.traffic.set(share)
+        return self.traffic.share()
+
+    def close(self) -> None:
+        self.backend.close()

@@ -123,7 +123,7 @@ def serve_in_thread(settings: Settings, access_log: bool = False) -> Iterator[Ru
         rest.should_exit = True
         thread.join(10)
         server.stop(grace=2).wait()
-        dataplane.backend.close()
+        dataplane.close()
         dataplane.inference_log.close()
 
 

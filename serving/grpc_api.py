@@ -216,7 +216,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         if list(request.metadata_field) != ["signature_def"]:
             return _abort(context, ServingError("INVALID_ARGUMENT", "Metadata field signature_def is required"))
         try:
-            served, signature_defs = self.dataplane.backend.signature_defs(name, version, label)
+            served, signature_defs = self.dataplane.signature_defs(name, version, label)
         except ServingError as error:
             return _abort(context, error)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
@@ -236,7 +236,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
         name, version, label = _spec(request.model_spec)
         try:
-            states = self.dataplane.backend.status(name, version, label)
+            states = self.dataplane.model_status(name, version, label)
         except ServingError as error:
             return _abort(context, error)
         response = get_model_status_pb2.GetModelStatusResponse()

@@ -19,9 +19,9 @@ DRIFT_REPORT_PATH = "/v1/panel/drift.html"
 def model_panel(dataplane: DataPlane) -> dict:
     settings = dataplane.settings
     model = settings.model_name
-    labels = dataplane.backend.labels(model)
+    labels = dataplane.labels(model)
     try:
-        states = dataplane.backend.status(model, None, None)
+        states = dataplane.model_status(model, None, None)
     except ServingError as error:  # no version yet: the panel says so instead of failing
         states, waiting = [], error.message
     else:
@@ -50,7 +50,7 @@ def model_panel(dataplane: DataPlane) -> dict:
         "versions": versions,
         "waiting": waiting,
         "labels": labels,
-        "canary_share": dataplane.traffic.share() if "canary" in labels else 0.0,
+        "canary_share": dataplane.traffic_share() if "canary" in labels else 0.0,
         "gate": gate,
         "drift": drift,
         "canary": canary,

@@ -178,22 +178,25 @@ def parse_model_request(method: str, path: str) -> tuple[str, int | None, str | 
     )
 
 
-class RestEndpoints:
-    """The REST API's endpoints over one gateway; each raises, the app's handlers answer."""
+class _EndpointGroup:
+    """What every route group shares: the data plane and one set of work slots (admission is
+    gateway-wide, whichever group a request reaches). Each endpoint raises; the app's handlers answer."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, work: WorkSlots) -> None:
         self.dataplane = dataplane
         self.settings = dataplane.settings
         self.limit = dataplane.settings.serving.max_upload_bytes
-        serving = dataplane.settings.serving
-        self.work = WorkSlots(serving.max_concurrent_requests, serving.max_queued_requests)
-        self.feedback_rate = RateLimiter(serving.feedback_per_minute)
+        self.work = work
 
     async def _in_thread(self, function, *args, timeout: float | None = None):
         """The request's work on one of the gateway's work slots (serving/admission.py)."""
         return await self.work.run(function, *args, timeout=timeout or self.settings.serving.request_timeout_seconds)
 
-    # TF Serving's API
+
+class TFServingEndpoints(_EndpointGroup):
+    """TF Serving's REST API (api_rest.md): model status, metadata, predict, classify and regress, with
+    TF Serving's paths, bodies and errors; and its "Malformed request" for any other path under /v1."""
+
     async def tfserving_api(self, request: Request) -> Response:
         """Every request under /v1/models that is not one of moodloop's own subresources, dispatched
         as TF Serving's HttpRestApiHandler::ProcessRequest does."""
@@ -219,7 +222,7 @@ class RestEndpoints:
         raise ServingError("INVALID_ARGUMENT", f"Malformed request: {request.method} {request.scope['path']}")
 
     async def model_status(self, name: str, version: int | None, label: str | None) -> Response:
-        states = await self._in_thread(self.dataplane.backend.status, name, version, label)
+        states = await self._in_thread(self.dataplane.model_status, name, version, label)
         return JSONResponse(
             {
                 "model_version_status": [
@@ -236,7 +239,7 @@ class RestEndpoints:
     def _metadata(self, name: str, version: int | None, label: str | None) -> Response:
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        served, signature_defs = self.dataplane.backend.signature_defs(name, version, label)
+        served, signature_defs = self.dataplane.signature_defs(name, version, label)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for key, value in signature_defs.items():
             signature_map.signature_def[key].CopyFrom(value)
@@ -277,7 +280,7 @@ class RestEndpoints:
         signature_name = self._signature_name(body)
 
         def run() -> dict[str, Any]:
-            _, signature_defs = self.dataplane.backend.signature_defs(name, version, label)
+            _, signature_defs = self.dataplane.signature_defs(name, version, label)
             key = signature_name or "serving_default"
             signature = signature_defs.get(key)
             if signature is None:
@@ -309,7 +312,22 @@ class RestEndpoints:
         finite = all(math.isfinite(v) for v in _numbers(result["results"]))
         return _json_response(result, {"x-request-id": call.request_id}, finite)
 
-    # edge models for devices
+    def routes(self) -> list[Route]:
+        return [Route("/v1/models{rest:path}", self.tfserving_api, methods=ANY_METHOD)]  # TF Serving answers any
+
+    def fallback(self) -> list[Route]:
+        """Last: a path under /v1 that no route serves answers TF Serving's "Malformed request"."""
+        return [Route("/v1/{rest:path}", self.malformed, methods=ANY_METHOD)]
+
+
+class FacesEndpoints(_EndpointGroup):
+    """moodloop's own API for the people who analyse faces: photos and videos, feedback labels, the
+    faces page and its model panel, and each model's edge files and card."""
+
+    def __init__(self, dataplane: DataPlane, work: WorkSlots) -> None:
+        super().__init__(dataplane, work)
+        self.feedback_rate = RateLimiter(dataplane.settings.serving.feedback_per_minute)
+
     async def edge_metadata(self, request: Request) -> Response:
         base_url = str(request.base_url).rstrip("/")
         metadata = await self._in_thread(edge_metadata, self.dataplane, *_model_path(request), base_url)
@@ -324,7 +342,6 @@ class RestEndpoints:
         path = await self._in_thread(model_card, self.dataplane, *_model_path(request), as_json)
         return FileResponse(path, media_type="application/json" if as_json else "text/html")
 
-    # face analysis
     async def faces(self, request: Request) -> Response:
         dataplane, settings = self.dataplane, self.settings
         explain = _flag(request, "explain")
@@ -452,7 +469,6 @@ class RestEndpoints:
         answer = {"request_id": record.request_id, "instance": record.instance, "label": record.label, "face": face}
         return JSONResponse(answer, 202)
 
-    # the faces page
     async def page(self, request: Request) -> Response:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
@@ -468,23 +484,49 @@ class RestEndpoints:
 
         return endpoint
 
-    # operations
+    def model_subresources(self) -> list[Route]:
+        """moodloop's subresources of a model (edge files, card): before TF Serving's /v1/models."""
+        model = "/v1/models/{name:model}"
+        addressed = (model, model + "/versions/{version:digits}", model + "/labels/{label:model}")
+        return [
+            *(Route(path + "/edge", self.edge_metadata, methods=["GET"]) for path in addressed),
+            *(Route(path + "/edge/{file}", self.edge_file, methods=["GET"]) for path in addressed),
+            *(Route(path + "/card", self.card, methods=["GET"]) for path in addressed),
+        ]
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/faces:analyze", self.faces, methods=["POST"]),
+            Route("/v1/videos:analyze", self.videos, methods=["POST"]),
+            Route("/v1/feedback", self.feedback, methods=["POST"]),
+            Route("/", self.page, methods=["GET"]),
+            Mount("/ui", StaticFiles(directory=WEB_DIR), name="ui"),
+            Route("/v1/panel", self.panel, methods=["GET"]),
+            Route(GATE_IMAGE_PATH, self.panel_file_endpoint(status.GATE_IMAGE, "image/png"), methods=["GET"]),
+            Route(BIAS_IMAGE_PATH, self.panel_file_endpoint(status.BIAS_IMAGE, "image/png"), methods=["GET"]),
+            Route(DRIFT_REPORT_PATH, self.panel_file_endpoint(status.DRIFT_REPORT, "text/html"), methods=["GET"]),
+        ]
+
+
+class AdminEndpoints(_EndpointGroup):
+    """Operations: health, Prometheus metrics, and the token-protected label moves (reload, promote,
+    rollback, the canary's traffic share)."""
+
     async def metrics(self, request: Request) -> Response:
         self.dataplane.refresh_log_metrics()
         return Response(generate_latest(self.dataplane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def health(self, request: Request) -> Response:
         model = self.settings.model_name
-        labels = self.dataplane.backend.labels(model)
+        labels = self.dataplane.labels(model)
         try:
-            states = self.dataplane.backend.status(model, None, None)
+            states = self.dataplane.model_status(model, None, None)
         except ServingError as error:
             return JSONResponse({"ready": False, "reason": error.message}, status_code=503)
         available = [s.version for s in states if s.state == "AVAILABLE"]
         body = {"ready": bool(available), "model": model, "available_versions": available, "labels": labels}
         return JSONResponse(body, status_code=200 if available else 503)
 
-    # admin (Bearer token)
     def _authorise(self, request: Request) -> str:
         """The model the admin call is about; raises unless the caller holds the admin token."""
         if not self.settings.serving.admin_token:
@@ -502,15 +544,15 @@ class RestEndpoints:
 
     async def reload(self, request: Request) -> Response:
         model, _ = await self._admin(request, lambda _: run_in_threadpool(self.dataplane.reload))
-        return JSONResponse({"reloaded": True, "labels": self.dataplane.backend.labels(model)})
+        return JSONResponse({"reloaded": True, "labels": self.dataplane.labels(model)})
 
     async def promote(self, request: Request) -> Response:
         model, version = await self._admin(request, self._moving_labels(self.dataplane.promote))
-        return JSONResponse({"promoted": version, "labels": self.dataplane.backend.labels(model)})
+        return JSONResponse({"promoted": version, "labels": self.dataplane.labels(model)})
 
     async def rollback(self, request: Request) -> Response:
         model, version = await self._admin(request, self._moving_labels(self.dataplane.rollback))
-        return JSONResponse({"rolled_back": version, "labels": self.dataplane.backend.labels(model)})
+        return JSONResponse({"rolled_back": version, "labels": self.dataplane.labels(model)})
 
     def _moving_labels(self, move):
         async def action(model: str):
@@ -523,45 +565,36 @@ class RestEndpoints:
     async def traffic(self, request: Request) -> Response:
         async def action(_: str) -> float:
             if request.method == "PUT":
-                self.dataplane.traffic.set(json.loads(await _body(request, 4096))["canary_share"])
-            return self.dataplane.traffic.share()
+                return self.dataplane.set_traffic_share(json.loads(await _body(request, 4096))["canary_share"])
+            return self.dataplane.traffic_share()
 
         _, share = await self._admin(request, action)
         return JSONResponse({"canary_share": share})
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/metrics", self.metrics),
+            Route("/monitoring/prometheus/metrics", self.metrics),
+            Route("/healthz", self.health),
+            Route("/admin/reload", self.reload, methods=["POST"]),
+            Route("/admin/promote", self.promote, methods=["POST"]),
+            Route("/admin/rollback", self.rollback, methods=["POST"]),
+            Route("/admin/traffic", self.traffic, methods=["GET", "PUT"]),
+        ]
 
 
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def routes(endpoints: RestEndpoints) -> list[Route]:
-    """The REST API, one route per line. moodloop's own model subresources (edge files, card) come
-    first; then everything else under /v1/models goes to TF Serving's dispatcher, and any other
-    path under /v1 that no route below serves answers TF Serving's "Malformed request"."""
-    model = "/v1/models/{name:model}"
-    addressed = (model, model + "/versions/{version:digits}", model + "/labels/{label:model}")
-    return [
-        *(Route(path + "/edge", endpoints.edge_metadata, methods=["GET"]) for path in addressed),
-        *(Route(path + "/edge/{file}", endpoints.edge_file, methods=["GET"]) for path in addressed),
-        *(Route(path + "/card", endpoints.card, methods=["GET"]) for path in addressed),
-        Route("/v1/models{rest:path}", endpoints.tfserving_api, methods=ANY_METHOD),  # TF Serving answers any
-        Route("/v1/faces:analyze", endpoints.faces, methods=["POST"]),
-        Route("/v1/videos:analyze", endpoints.videos, methods=["POST"]),
-        Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
-        Route("/", endpoints.page, methods=["GET"]),
-        Mount("/ui", StaticFiles(directory=WEB_DIR), name="ui"),
-        Route("/v1/panel", endpoints.panel, methods=["GET"]),
-        Route(GATE_IMAGE_PATH, endpoints.panel_file_endpoint(status.GATE_IMAGE, "image/png"), methods=["GET"]),
-        Route(BIAS_IMAGE_PATH, endpoints.panel_file_endpoint(status.BIAS_IMAGE, "image/png"), methods=["GET"]),
-        Route(DRIFT_REPORT_PATH, endpoints.panel_file_endpoint(status.DRIFT_REPORT, "text/html"), methods=["GET"]),
-        Route("/metrics", endpoints.metrics),
-        Route("/monitoring/prometheus/metrics", endpoints.metrics),
-        Route("/healthz", endpoints.health),
-        Route("/admin/reload", endpoints.reload, methods=["POST"]),
-        Route("/admin/promote", endpoints.promote, methods=["POST"]),
-        Route("/admin/rollback", endpoints.rollback, methods=["POST"]),
-        Route("/admin/traffic", endpoints.traffic, methods=["GET", "PUT"]),
-        Route("/v1/{rest:path}", endpoints.malformed, methods=ANY_METHOD),
-    ]
+def routes(dataplane: DataPlane) -> list[Route]:
+    """The REST API: three route groups over one data plane, in the order they must be matched.
+    moodloop's subresources of a model (edge files, card) first; then everything else under
+    /v1/models goes to TF Serving's dispatcher; the faces API and operations; and last, any other
+    path under /v1 answers TF Serving's "Malformed request"."""
+    serving = dataplane.settings.serving
+    work = WorkSlots(serving.max_concurrent_requests, serving.max_queued_requests)
+    tfserving, faces, admin = (group(dataplane, work) for group in (TFServingEndpoints, FacesEndpoints, AdminEndpoints))
+    return [*faces.model_subresources(), *tfserving.routes(), *faces.routes(), *admin.routes(), *tfserving.fallback()]
 
 
 def _error(code: str, message: str) -> JSONResponse:
@@ -596,4 +629,4 @@ EXCEPTION_HANDLERS = {
 
 def create_app(dataplane: DataPlane) -> Starlette:
     """The gateway's REST app (ASGI): TF Serving's REST API and moodloop's own endpoints."""
-    return Starlette(routes=routes(RestEndpoints(dataplane)), exception_handlers=EXCEPTION_HANDLERS)
+    return Starlette(routes=routes(dataplane), exception_handlers=EXCEPTION_HANDLERS)

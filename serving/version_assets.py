@@ -41,7 +41,7 @@ def version_folder(dataplane: DataPlane, model: str, version: int | None, label:
     if model != settings.model_name:
         raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({model})")
     if version is None:
-        labels = dataplane.backend.labels(model)
+        labels = dataplane.labels(model)
         if label is not None and label not in labels:
             raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
         version = labels[label] if label is not None else champion_version(settings.model_base, labels)
