@@ -53,6 +53,10 @@ from moodloop.core.settings import GateSettings
 
 log = logging.getLogger(__name__)
 
+# Resamples of the paired bootstrap: enough for a 95 % interval to two decimals; not a setting
+# (no one needs to tune it: MOODLOOP_GATE_BOOTSTRAP was retired).
+BOOTSTRAP_RESAMPLES = 1000
+
 GATE_REPORT_JSON = "gate_report.json"
 GATE_REPORT_PNG = "gate_report.png"
 BIAS_REPORT_JSON = "bias_report.json"
@@ -101,7 +105,7 @@ class PairedChange:
         rng: np.random.Generator,
     ) -> "PairedChange":  # a string: this module has no postponed annotations (TFX parses the component)
         cand, champ = float(cand_correct.mean()), float(champ_correct.mean())
-        diff_boot = _bootstrap_means(cand_correct - champ_correct, thresholds.bootstrap, rng)
+        diff_boot = _bootstrap_means(cand_correct - champ_correct, BOOTSTRAP_RESAMPLES, rng)
         upper = float(np.quantile(diff_boot, 1 - thresholds.alpha))  # one-sided upper bound of the change
         change = cand_correct - champ_correct  # +1: only the candidate right, -1: only the champion
         p_worse = mcnemar_exact_p(int((change < 0).sum()), int((change > 0).sum()))
@@ -243,7 +247,7 @@ def decide(
     candidate_only = int(((cand_correct == 1) & (champ_correct == 0)).sum())
     champion_only = int(((cand_correct == 0) & (champ_correct == 1)).sum())
     p_value = mcnemar_exact_p(candidate_only, champion_only)
-    diffs = _bootstrap_means(cand_correct - champ_correct, thresholds.bootstrap, rng)
+    diffs = _bootstrap_means(cand_correct - champ_correct, BOOTSTRAP_RESAMPLES, rng)
     low, high = np.quantile(diffs, [thresholds.alpha / 2, 1 - thresholds.alpha / 2])
     result.update(
         champion_accuracy=float(champ_correct.mean()),
@@ -440,7 +444,6 @@ def ABGate(
     alpha: Parameter[float],
     min_examples: Parameter[int],
     max_class_recall_drop: Parameter[float],
-    bootstrap: Parameter[int],
     min_slice_examples: Parameter[int],
     max_slice_accuracy_drop: Parameter[float],
     status_dir: Parameter[str] = "",
@@ -457,7 +460,6 @@ def ABGate(
         alpha=alpha,
         min_examples=min_examples,
         max_class_recall_drop=max_class_recall_drop,
-        bootstrap=bootstrap,
         min_slice_examples=min_slice_examples,
         max_slice_accuracy_drop=max_slice_accuracy_drop,
     )

@@ -43,6 +43,10 @@ from moodloop.core.log_records import read_log
 from moodloop.core.rollout import CANARY, STABLE, Rollout
 from moodloop.core.settings import CanarySettings, Settings
 
+# Resamples of the per-class F1 bootstrap; not a setting (MOODLOOP_CANARY_BOOTSTRAP was retired:
+# no one needs to tune it).
+BOOTSTRAP_RESAMPLES = 1000
+
 # ---------------------------------------------------------------- evidence
 
 
@@ -184,7 +188,7 @@ def _label_checks(stable: dict, canary: dict, policy: CanarySettings) -> tuple[l
     tested = [
         e for e in EMOTIONS if min(stable["class_labelled"][e], canary["class_labelled"][e]) >= policy.min_class_labels
     ]
-    drops = class_f1_drops(stable["confusion"], canary["confusion"], tested, policy.bootstrap)
+    drops = class_f1_drops(stable["confusion"], canary["confusion"], tested, BOOTSTRAP_RESAMPLES)
     for emotion, (f1_stable, f1_canary, p_value) in drops.items():
         # Bonferroni: seven classes each tested at alpha would roll back a good canary too often.
         if f1_stable - f1_canary > policy.max_class_f1_drop and p_value < policy.alpha / len(tested):

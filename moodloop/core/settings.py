@@ -138,7 +138,6 @@ class GateSettings:
     min_slice_examples: int = setting("MOODLOOP_GATE_MIN_SLICE_EXAMPLES", 100)
     # the bias audit: the accuracy drop a guarded slice may show
     max_slice_accuracy_drop: float = setting("MOODLOOP_GATE_MAX_SLICE_ACCURACY_DROP", 0.05)
-    bootstrap: int = setting("MOODLOOP_GATE_BOOTSTRAP", 1000)  # bootstrap resamples for the gate's confidence interval
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -187,7 +186,6 @@ class CanarySettings:
     min_labels: int = setting("MOODLOOP_CANARY_MIN_LABELS", 100)  # per side: from here the labels decide
     min_class_labels: int = setting("MOODLOOP_CANARY_MIN_CLASS_LABELS", 20)  # per side and class: recall tested
     max_class_f1_drop: float = setting("MOODLOOP_CANARY_MAX_CLASS_F1_DROP", 0.10)  # labels, significantly
-    bootstrap: int = setting("MOODLOOP_CANARY_BOOTSTRAP", 1000)  # resamples of the per-class F1 test
     alpha: float = setting("MOODLOOP_CANARY_ALPHA", 0.05)  # significance of the canary's one-sided tests
     max_accuracy_drop: float = setting("MOODLOOP_CANARY_MAX_ACCURACY_DROP", 0.02)  # labels: worse, significantly
     max_confidence_drop: float = setting("MOODLOOP_CANARY_MAX_CONFIDENCE_DROP", 0.10)  # no labels: mean top-1

@@ -13,7 +13,7 @@ from moodloop.core.settings import GateSettings
 
 SHARES = np.array([FER2013_CLASS_COUNTS[e] for e in EMOTIONS], dtype=float)
 SHARES /= SHARES.sum()
-GATE = GateSettings(min_accuracy=0.4, alpha=0.05, min_examples=200, max_class_recall_drop=0.05, bootstrap=300)
+GATE = GateSettings(min_accuracy=0.4, alpha=0.05, min_examples=200, max_class_recall_drop=0.05)
 
 
 def faces(n: int, rng: np.random.Generator) -> np.ndarray:
