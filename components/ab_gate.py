@@ -37,14 +37,17 @@ from tfx.types import artifact, artifact_utils, standard_artifacts
 
 from moodloop.core import slices, status
 from moodloop.core.contracts import (
+    ADOPTED_RECORD,
     EMOTIONS,
     FEATURE_IMAGE,
     FEATURE_LABEL,
     FEATURE_SLICES,
     OUTPUT_EMBEDDING,
     OUTPUT_PROBABILITIES,
+    REAL_SOURCES,
     REFERENCE_PROFILE,
     SIGNATURE_EXAMPLES,
+    SOURCE_ATTRIBUTE,
 )
 from moodloop.core.image_properties import decode_grey
 from moodloop.core.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
@@ -194,6 +197,7 @@ def decide(
     champion: np.ndarray | None,
     thresholds: GateSettings,
     face_slices: list[dict[str, str]] | None = None,
+    champion_adopted: bool = False,
 ) -> dict:
     """The verdict and its numbers. `candidate` / `champion` are predicted class ids per face.
 
@@ -208,7 +212,10 @@ def decide(
       `change_upper_bound`, `mcnemar_p_worse` (exact, within the class) and `regression` (a drop
       beyond `max_class_recall_drop` that is significant: it blocks the candidate);
     - with `face_slices` (each face's slice attributes), `bias`: the audit (audit_slices); a
-      guarded slice's regression blocks the candidate.
+      guarded slice's regression blocks the candidate (the `source` slices among them: a
+      candidate worse on real faces is refused however much better it is on synthetic ones);
+    - `real_faces`: held-out faces whose source is real (REAL_SOURCES). Over a `champion_adopted`
+      (a team's own model) with none, the candidate is refused unless `allow_synthetic_over_real`.
     """
     rng = np.random.default_rng(0)  # the same faces and models, the same verdict
     n = len(labels)
@@ -219,6 +226,8 @@ def decide(
         "candidate_accuracy": accuracy,
         "thresholds": dataclasses.asdict(thresholds),
         "has_champion": champion is not None,
+        "champion_adopted": champion_adopted,
+        "real_faces": sum(face.get(SOURCE_ATTRIBUTE) in REAL_SOURCES for face in face_slices or []),
         "reasons": [],
     }
     champ_correct = (champion == labels).astype(np.float64) if champion is not None else None
@@ -293,6 +302,12 @@ def decide(
                 f"(McNemar exact p = {paired.p_worse:.3g} that it is worse, needs >= {thresholds.alpha}; "
                 f"allowed drop {thresholds.max_class_recall_drop})"
             )
+    if champion_adopted and result["real_faces"] == 0 and not thresholds.allow_synthetic_over_real:
+        reasons.append(
+            "the champion is a team's own (adopted) model and none of the held-out faces is real (no "
+            "source=batch or source=corrections faces yet): better scores on synthetic faces alone do not "
+            "replace it (MOODLOOP_ALLOW_SYNTHETIC_OVER_REAL=1 allows it)"
+        )
     for name, row in (result.get("bias") or {}).get("slices", {}).items():
         if row.get("regression"):
             reasons.append(
@@ -409,6 +424,9 @@ def describe(result: dict) -> list[str]:
         )
     elif result["examples"] >= result["thresholds"]["min_examples"]:
         lines.append("  no champion yet: the accuracy floor alone decides")
+    if "real_faces" in result:
+        adopted = "; the champion is a team's own (adopted) model" if result.get("champion_adopted") else ""
+        lines.append(f"  real held-out faces (source=batch or corrections): {result['real_faces']}{adopted}")
     bias = result.get("bias")
     if bias:
         guarded = sum(row["guarded"] for row in bias["slices"].values())
@@ -446,6 +464,7 @@ def ABGate(
     max_class_recall_drop: Parameter[float],
     min_slice_examples: Parameter[int],
     max_slice_accuracy_drop: Parameter[float],
+    allow_synthetic_over_real: Parameter[bool],
     status_dir: Parameter[str] = "",
 ) -> None:
     """Champion vs candidate on the same held-out faces; blesses (or not) for the Pusher. The
@@ -462,13 +481,15 @@ def ABGate(
         max_class_recall_drop=max_class_recall_drop,
         min_slice_examples=min_slice_examples,
         max_slice_accuracy_drop=max_slice_accuracy_drop,
+        allow_synthetic_over_real=allow_synthetic_over_real,
     )
     serialized, labels = split_examples(examples, "eval")
     outputs = predict(path_utils.serving_model_path(model.uri), serialized)
     candidate = outputs[OUTPUT_PROBABILITIES].argmax(axis=1)
     champion_path = champion_dir(model_base, serving_config, model_name)
     champion = predict(champion_path, serialized)[OUTPUT_PROBABILITIES].argmax(axis=1) if champion_path else None
-    result = decide(labels, candidate, champion, thresholds, example_slices(serialized))
+    adopted = bool(champion_path) and os.path.exists(os.path.join(champion_path, ADOPTED_RECORD))
+    result = decide(labels, candidate, champion, thresholds, example_slices(serialized), champion_adopted=adopted)
     result.update(champion=champion_path, candidate=model.uri, tfma_evaluation=evaluation.uri)
 
     os.makedirs(report.uri, exist_ok=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import shutil
 import time
@@ -36,6 +37,7 @@ import tensorflow as tf
 from components import explain, model_contract
 from components.projection import pca_projection
 from moodloop.core.contracts import (
+    ADOPTED_RECORD,
     CURATED_SPAN_PREFIX,
     EMBEDDING_DIMS,
     EMOTIONS,
@@ -499,6 +501,25 @@ def _examples_outputs(module: AdoptedModule, serialized: list[bytes], batch: int
 # ---------------------------------------------------------------- push
 
 
+def write_adopted_record(
+    version_dir: Path, classifier: Classifier, preprocessing: Preprocessing, options: AdoptOptions
+):
+    """ADOPTED_RECORD in the version: what was adopted and how it is read. It tells the A/B gate
+    that this champion is a team's own model (a synthetic-only candidate must not replace it)."""
+    record = {
+        "adopted_from": classifier.path.name,
+        "kind": classifier.kind,
+        "preprocessing": dataclasses.asdict(preprocessing),
+        "logits": options.logits,
+        "class_order": list(options.class_order),
+        "features": classifier.features,
+        "adopted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = version_dir / ADOPTED_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+
+
 def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_faces: FaceSource | None) -> Adopted:
     """Wrap, check and push the model at `model_path`. Raises AdoptError (NotServable when the
     InfraValidator refuses it); nothing is pushed then and no staging folder is left behind."""
@@ -573,6 +594,7 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
         profile = staging / REFERENCE_PROFILE
         profile.parent.mkdir(parents=True, exist_ok=True)
         rows = write_reference_profile(str(profile), serialized, labels, outputs)
+        write_adopted_record(staging, classifier, preprocessing, options)
         _say(f"wrapped in the model contract (4 signatures, warm-up records, reference profile of {rows} faces)")
         problems = check_in_model_server(str(staging), settings.model_name, serialized[:WARMUP_FACES])
         if problems:

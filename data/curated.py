@@ -29,12 +29,16 @@ from data.landing import encode_png
 from data.tfrecord import encode_example, write_tfrecord_gz
 from moodloop.core import slices
 from moodloop.core.contracts import (
+    CORRECTIONS_BATCH_PREFIX,
     CURATED_MANIFEST,
     CURATED_SPAN_PREFIX,
     EMOTIONS,
     FEATURE_IMAGE,
     FEATURE_LABEL,
     FEATURE_SLICES,
+    SOURCE_BATCH,
+    SOURCE_CORRECTIONS,
+    SOURCE_SYNTHETIC,
 )
 from moodloop.core.files import publish_dir
 from moodloop.core.image_properties import property_buckets
@@ -71,6 +75,14 @@ def known_hashes(curated_dir: Path) -> set[str]:
         manifest = json.loads((path / CURATED_MANIFEST).read_text())
         hashes.update(manifest["hashes"])
     return hashes
+
+
+def batch_source(batch: str, synthetic: bool) -> str:
+    """Where a landing batch's faces came from (their `source` slice): generated (the batch carries
+    SYNTHETIC_MARKER), corrections of served answers (the faces page's batches), or a team's batch."""
+    if synthetic:
+        return SOURCE_SYNTHETIC
+    return SOURCE_CORRECTIONS if batch.startswith(CORRECTIONS_BATCH_PREFIX) else SOURCE_BATCH
 
 
 def face_slices(

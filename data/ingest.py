@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data.curated import existing_spans, face_slices, write_span
+from data.curated import batch_source, existing_spans, face_slices, write_span
 from data.landing_contract import ContractLimits, render_report, validate
 from data.landing_zone import GivenBatch, LandingZone, batch_content_hash, landing_zone
 from data.readers import read_batch
 from moodloop.core import alerts, console
-from moodloop.core.contracts import CURATED_MANIFEST, SYNTHETIC_MARKER
+from moodloop.core.contracts import CURATED_MANIFEST, SOURCE_ATTRIBUTE, SYNTHETIC_MARKER
 from moodloop.core.settings import Settings
 
 log = logging.getLogger("data.ingest")  # by name: `python -m data.ingest` runs it as __main__
@@ -126,13 +126,16 @@ def curate(settings: Settings, checked: dict[str, Any], zone: LandingZone | None
         fetched = zone.fetch(batch)
         result = read_batch(fetched, settings.max_image_bytes, settings.max_image_pixels)
         synthetic = fetched.is_dir() and (fetched / SYNTHETIC_MARKER).is_file()
+        source = batch_source(batch, synthetic)
         written = write_span(
             settings.curated_dir,
             [f.pixels for f in result.faces],
             [f.label for f in result.faces],
             source=batch,
-            extra={"batch_hash": batch_hash, "synthetic": synthetic},
-            attributes=[face_slices(f.pixels, f.attributes, f.source_side) for f in result.faces],
+            extra={"batch_hash": batch_hash, "synthetic": synthetic, "source": source},
+            attributes=[
+                face_slices(f.pixels, f.attributes, f.source_side) | {SOURCE_ATTRIBUTE: source} for f in result.faces
+            ],
         )
         outcome = {"span": written.span, "written": written.written, "duplicates": written.duplicates}
     outcome["archived"] = zone.move(batch, "archive", _reports(settings, batch))

@@ -22,13 +22,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from moodloop.core.contracts import EMOTIONS
+from moodloop.core.contracts import CORRECTIONS_BATCH_PREFIX, EMOTIONS
 from moodloop.core.settings import Settings
 from serving.landing_batches import deliver_batch
 
 log = logging.getLogger("moodloop.serving")
 
-BATCH_PREFIX = "corrections-"
 LABELS_FILE = "labels.csv"  # the landing contract's labelled-images form: file,label
 # Who sent each label, beside labels.csv (the landing contract ignores .json files): a batch of
 # corrections is training data from outside, so its provenance travels with it.
@@ -130,7 +129,7 @@ class Corrections:
                 files[LABELS_FILE] = ("\n".join(rows) + "\n").encode()
                 files[SENDERS_FILE] = json.dumps(senders, indent=1, sort_keys=True).encode()
             digest = hashlib.sha256("\n".join(p.name for p in pending).encode()).hexdigest()[:12]
-            name = f"{BATCH_PREFIX}{digest}-{len(pending)}"
+            name = f"{CORRECTIONS_BATCH_PREFIX}{digest}-{len(pending)}"
             try:
                 where = self._deliver(self.settings, name, files)
             except Exception as error:  # noqa: BLE001 - the faces are safe on disk; the next correction retries

@@ -49,6 +49,13 @@ READY_MARKER = "_SUCCESS"
 # A batch of generated faces (data/synthetic.py) says so with this file beside its data; the readers
 # skip it, the curated manifest records it ("synthetic": true) and the model card says it plainly.
 SYNTHETIC_MARKER = "SYNTHETIC.md"
+# Corrected faces from the faces page land as batches named so (serving/corrections.py).
+CORRECTIONS_BATCH_PREFIX = "corrections-"
+# Where each curated face came from, as a slice `source=<value>` the A/B gate guards like any slice:
+# generated faces, a team's labelled batch, or corrections of served answers. The last two are real.
+SOURCE_ATTRIBUTE = "source"
+SOURCE_SYNTHETIC, SOURCE_BATCH, SOURCE_CORRECTIONS = "synthetic", "batch", "corrections"
+REAL_SOURCES = (SOURCE_BATCH, SOURCE_CORRECTIONS)
 
 # The curated-dataset contract: gzipped TFRecord files of tf.Example under
 # <curated>/span-<N>/, one span per accepted landing batch.
@@ -88,6 +95,9 @@ EDGE_DIR = "assets.extra/edge"  # in each pushed version: TFLite files that pass
 EDGE_METADATA = "edge.json"  # ... and what they are: files, sha256, labels, input and output spec, parity, latency
 MODEL_CARD_HTML = "assets.extra/model_card.html"  # in each pushed version: its model card for people ...
 MODEL_CARD_JSON = "assets.extra/model_card.json"  # ... and for machines (components/model_card.py)
+# In a version `moodloop adopt` made: what was adopted (file, format, preprocessing, class order),
+# so the gate knows the champion is a team's own model.
+ADOPTED_RECORD = "assets.extra/adopted.json"
 REFERENCE_PROFILE = "assets.extra/reference_profile.parquet"  # in each pushed version: its eval faces as
 # inference-log rows (contract 4 columns), the reference the drift jobs compare live traffic with
 

@@ -138,6 +138,10 @@ class GateSettings:
     min_slice_examples: int = setting("MOODLOOP_GATE_MIN_SLICE_EXAMPLES", 100)
     # the bias audit: the accuracy drop a guarded slice may show
     max_slice_accuracy_drop: float = setting("MOODLOOP_GATE_MAX_SLICE_ACCURACY_DROP", 0.05)
+    # Over an adopted champion (a team's own model) while none of the held-out faces is real
+    # (source=batch or corrections), a candidate is refused unless this is set: synthetic scores
+    # alone do not replace a model trained on real faces
+    allow_synthetic_over_real: bool = setting("MOODLOOP_ALLOW_SYNTHETIC_OVER_REAL", False)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,9 @@ FER2013 has no demographic columns, so moodloop slices by what it knows about a 
   sharpness, face_size);
 - the synthetic generator's nuisance attributes when the faces are synthetic (skin, pose,
   lighting, occlusion), which it writes as extra columns of its batches;
-- any extra column a landing batch carries (a `group` column in labels.csv or fer2013.csv).
+- any extra column a landing batch carries (a `group` column in labels.csv or fer2013.csv);
+- where the face came from, `source=synthetic|batch|corrections` (data/curated.py batch_source),
+  so the gate can tell real faces from generated ones.
 
 A face's slices travel as strings "attribute=value" in one multivalent tf.Example feature. Pure
 Python: the readers, the curator and the A/B gate share it.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+from moodloop.core.contracts import SOURCE_ATTRIBUTE
 from moodloop.core.image_properties import PROPERTY_ATTRIBUTES
 
 # An attribute with more distinct values than this in one batch is an identifier, not a group:
@@ -33,7 +36,7 @@ def attribute_name(column: str) -> str:
         raise ValueError(
             f"column {column!r} cannot name a slice: use 1-32 letters, digits or _, starting with a letter"
         )
-    if name in PROPERTY_ATTRIBUTES:
+    if name in PROPERTY_ATTRIBUTES or name == SOURCE_ATTRIBUTE:
         raise ValueError(f"column {column!r} is computed by moodloop itself at ingest; rename the column")
     return name
 

@@ -149,6 +149,7 @@ def test_extra_columns_become_slice_attributes_of_each_face(tmp_path: Path):
     ("header", "why"),
     [
         ("file,label,brightness", "computed by moodloop itself"),
+        ("file,label,Source", "computed by moodloop itself"),  # where a face came from is moodloop's to say
         ("file,label,group,Group", "two columns name the slice attribute 'group'"),
         ("file,label,%%", "cannot name a slice"),
     ],

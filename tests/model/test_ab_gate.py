@@ -190,3 +190,35 @@ def test_a_candidate_trained_without_dark_faces_passes_overall_but_is_blocked_on
     for other in ("skin=light", "skin=medium"):
         assert not result["bias"]["slices"][other]["regression"]
     assert result["bias"]["gaps"]["skin"]["worst"] == "dark"
+
+
+def test_a_teams_adopted_model_is_not_replaced_on_synthetic_faces_alone():
+    """Over an adopted champion, a candidate far better on synthetic held-out faces is refused while
+    none of them is real; MOODLOOP_ALLOW_SYNTHETIC_OVER_REAL lets it through, and real faces (a
+    team's batch or corrections) let the usual rules decide, their `source` slice guarded."""
+    import dataclasses
+
+    rng = np.random.default_rng(7)
+    labels = faces(1200, rng)
+    candidate, champion = predictions(labels, 0.71, rng), predictions(labels, 0.30, rng)
+    synthetic = [{"source": "synthetic"}] * len(labels)
+    refused = decide(labels, candidate, champion, GATE, synthetic, champion_adopted=True)
+    assert refused["verdict"] == "REJECTED" and refused["real_faces"] == 0
+    assert any("adopted" in r and "MOODLOOP_ALLOW_SYNTHETIC_OVER_REAL=1" in r for r in refused["reasons"])
+    assert "real held-out faces (source=batch or corrections): 0; the champion is a team's own" in "\n".join(
+        describe(refused)
+    )
+    allowed = dataclasses.replace(GATE, allow_synthetic_over_real=True)
+    assert decide(labels, candidate, champion, allowed, synthetic, champion_adopted=True)["blessed"]
+    assert decide(labels, candidate, champion, GATE, synthetic, champion_adopted=False)["blessed"]
+
+    # With real faces the usual rules decide; a candidate worse on them is refused by the slice
+    # guard, however much better it is on the synthetic ones.
+    mixed = [{"source": "batch"}] * 300 + synthetic[300:]
+    on_real = decide(labels, candidate, champion, GATE, mixed, champion_adopted=True)
+    assert on_real["blessed"] and on_real["real_faces"] == 300
+    worse_on_real = np.where(np.arange(len(labels)) < 300, predictions(labels, 0.10, rng), candidate)
+    better_champion_on_real = np.where(np.arange(len(labels)) < 300, labels, champion)
+    verdict = decide(labels, worse_on_real, better_champion_on_real, GATE, mixed, champion_adopted=True)
+    assert verdict["verdict"] == "REJECTED"
+    assert any(r.startswith("slice source=batch: accuracy fell") for r in verdict["reasons"]), verdict["reasons"]

@@ -106,6 +106,14 @@ def test_the_fer_model_is_pushed_stable_and_served_answers_like_the_raw_keras_mo
         assert line in printed
     version_dir = settings.model_base / str(result.version)
     assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").is_file()
+    # the version says it is a team's own model: the A/B gate guards it from synthetic-only candidates
+    record = json.loads((version_dir / "assets.extra" / "adopted.json").read_text())
+    assert (
+        record["kind"] == "Keras"
+        and record["adopted_from"].endswith(".hdf5")
+        and record["class_order"] == list(EMOTIONS)
+    )
+    assert record["preprocessing"] == {"height": 64, "width": 64, "color": "grey", "scale": "minus-one-one"}, record
     import pyarrow.parquet as pq
 
     profile = pq.read_table(version_dir / REFERENCE_PROFILE).to_pandas()

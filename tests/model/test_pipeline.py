@@ -115,6 +115,7 @@ def _check_slices(settings, out: str) -> None:
 
     assert "bias audit: " in out and "largest gap: " in out
     expected = {"skin=dark", "skin=light", "pose=frontal", "lighting=side", "occlusion=none", "face_size=medium"}
+    expected.add("source=synthetic")  # where the faces came from: the batch carries SYNTHETIC.md
     (tfma_report,) = settings.pipeline_root.glob("ModelReportGen/report/*/report.json")
     per_slice = json.loads(tfma_report.read_text())["per_slice"]
     assert expected <= set(per_slice) and any(name.startswith("brightness=") for name in per_slice)
@@ -260,7 +261,10 @@ def test_span_that_breaks_the_schema_stops_the_run(fast_env, tmp_path, capsys):
 
 
 def test_a_clearly_better_candidate_passes_the_gate_and_is_pushed_as_canary(fast_env, tmp_path, capsys):
+    import json
+
     from moodloop.core import models_config
+    from moodloop.core.contracts import CORRECTIONS_BATCH_PREFIX
 
     # A weak first model (one epoch, floor off) becomes stable ...
     settings = fast_env(tmp_path / "home", MOODLOOP_MIN_ACCURACY="0.0", MOODLOOP_EPOCHS="1")
@@ -270,13 +274,27 @@ def test_a_clearly_better_candidate_passes_the_gate_and_is_pushed_as_canary(fast
     capsys.readouterr()
     # ... then a candidate warm-started from it and trained further beats it on the same held-out faces
     # (half of 16 epochs, for a clear margin over a one-epoch champion).
+    # Corrected faces land as a `corrections-*` batch (the faces page's, tested through its API in
+    # tests/serving/test_gateway.py); here a stand-in of that shape: generated pixels, no SYNTHETIC.md.
     settings = fast_env(
         tmp_path / "home", MOODLOOP_MIN_ACCURACY="0.0", MOODLOOP_EPOCHS="16", MOODLOOP_WARM_EPOCHS_FRACTION="0.5"
     )
-    assert cli.main(["train"]) == 0
+    corrections = tmp_path / f"{CORRECTIONS_BATCH_PREFIX}stand-in-700"
+    pixels, labels = synthetic.generate_arrays(700, seed=55)
+    landing.write_fer2013_csv(zip(pixels, labels, strict=True), corrections / "fer2013.csv")
+    assert cli.main(["train", "--data", str(corrections)]) == 0
     out = capsys.readouterr().out
     assert "warm start: from the champion's weights" in out
     assert "A/B gate: BLESSED" in out and "McNemar" in out
+    # The corrections train (both spans: about 4/5 of 2,700 faces) and a fixed share of them is held
+    # out (ExampleGen splits each face by a hash of its bytes, so a face never changes side), where
+    # the gate guards their slice.
+    training = int(next(line for line in out.splitlines() if line.startswith("training on ")).split()[2])
+    assert training > 2000, training
+    bias_json = max(settings.pipeline_root.glob("ABGate/report/*/bias_report.json"), key=lambda p: p.stat().st_mtime)
+    held_out = json.loads(bias_json.read_text())["slices"]["source=corrections"]
+    assert 100 <= held_out["faces"] <= 200 and held_out["guarded"], held_out
+    assert "real held-out faces (source=batch or corrections): " in out
     second = [v for v in _versions(settings.model_base) if v != first]
     assert len(second) == 1
     labels = models_config.policies(models_config.read(settings.serving_config))["emotion"].labels

@@ -148,6 +148,7 @@ def test_a_batch_column_becomes_a_slice_and_an_identifier_column_is_refused(sett
     manifest = json.loads((settings.curated_dir / "span-00001" / "manifest.json").read_text())
     assert manifest["slice_counts"]["group"] == {"east": 20, "north": 20, "south": 20}
     assert manifest["slice_counts"]["face_size"] == {"large": 60}  # 96 px source images
+    assert manifest["slice_counts"]["source"] == {"batch": 60} and manifest["source"] == "batch"  # a team's: real
     assert set(manifest["slice_counts"]) >= {"brightness", "contrast", "sharpness"}
 
     _write_labelled_batch(settings, "ids", [f"person-{i}" for i in range(60)])
@@ -156,3 +157,18 @@ def test_a_batch_column_becomes_a_slice_and_an_identifier_column_is_refused(sett
     report = (settings.quarantine_dir / "ids" / "REPORT.md").read_text()
     assert "the extra column `group` groups faces: at most 50 distinct values" in report and "observed 60" in report
     assert len(_files(settings.quarantine_dir / "ids" / "data")) == 61  # nothing lost: 60 faces + labels.csv
+
+
+def test_every_face_says_where_it_came_from_generated_a_teams_batch_or_corrections(settings):
+    """The `source` slice the A/B gate guards: SYNTHETIC_MARKER makes a batch's faces `synthetic`, a
+    faces-page corrections batch (its name) makes them `corrections`, any other batch `batch`."""
+    from data.ingest import ingest
+    from moodloop.core.contracts import CORRECTIONS_BATCH_PREFIX
+
+    landing.mark_synthetic(_write_csv_batch(settings, "generated", seed=31, n=40))
+    _write_csv_batch(settings, f"{CORRECTIONS_BATCH_PREFIX}0123abcd-40", seed=32, n=40)
+    for batch, expected in (("generated", "synthetic"), (f"{CORRECTIONS_BATCH_PREFIX}0123abcd-40", "corrections")):
+        outcome = ingest(settings, batch)
+        assert outcome["decision"] == "curate", outcome
+        manifest = json.loads((settings.curated_dir / f"span-{outcome['span']:05d}" / "manifest.json").read_text())
+        assert manifest["slice_counts"]["source"] == {expected: 40}, (batch, manifest["slice_counts"])

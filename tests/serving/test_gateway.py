@@ -287,7 +287,9 @@ def test_feedback_attaches_a_label_to_a_request(http):
 def test_corrected_faces_become_a_landing_batch_the_data_contract_reads(running, http, media, monkeypatch, tmp_path):
     """Feedback on analysed faces keeps each face; once N have gathered they are one landing batch
     (images + labels.csv), which the data stage reads like any other; the label is logged too."""
+    from data.curated import batch_source
     from data.readers import read_batch
+    from moodloop.core.contracts import SYNTHETIC_MARKER
     from moodloop.core.log_records import read_log
 
     settings = running.dataplane.settings
@@ -309,6 +311,8 @@ def test_corrected_faces_become_a_landing_batch_the_data_contract_reads(running,
     assert relabel.json()["face"]["corrections"]["pending"] == 1  # a new batch starts
     (batch,) = set(settings.landing_dir.iterdir()) - before
     assert batch.name.startswith("corrections-") and (batch / "_SUCCESS").exists()
+    # the data stage will curate its faces as real ones, slice `source=corrections` (the gate guards it)
+    assert batch_source(batch.name, synthetic=(batch / SYNTHETIC_MARKER).exists()) == "corrections"
     faces = read_batch(batch)
     assert not faces.rejected
     by_face = {f.source: EMOTIONS[f.label] for f in faces.faces}
