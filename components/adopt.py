@@ -37,6 +37,7 @@ import tensorflow as tf
 from components import explain, model_contract
 from components.projection import pca_projection
 from moodloop.core.contracts import (
+    ADOPTED_KERAS_DIR,
     ADOPTED_RECORD,
     CURATED_SPAN_PREFIX,
     EMBEDDING_DIMS,
@@ -190,6 +191,11 @@ def _pooled(tensor, name: str):
 
 
 def _load_keras(path: Path, embedding_layer: str | None, trust_model: bool = False) -> Classifier:
+    return keras_classifier(load_keras_model(path, trust_model), path, embedding_layer)
+
+
+def load_keras_model(path: Path, trust_model: bool = False):
+    """The Keras model in `path`, loaded in safe mode unless `trust_model`; AdoptError if unreadable."""
     import tf_keras as keras
     from tf_keras.src.saving import serialization_lib
 
@@ -209,6 +215,13 @@ def _load_keras(path: Path, embedding_layer: str | None, trust_model: bool = Fal
         raise AdoptError(f"{path}: not readable as a Keras model: {type(error).__name__}: {error}") from None
     if not isinstance(model, keras.Model) or not getattr(model, "outputs", None):
         raise AdoptError(f"{path}: loaded, but it is not a Keras model with known inputs and outputs")
+    return model
+
+
+def keras_classifier(model, path: Path, embedding_layer: str | None = None) -> Classifier:
+    """A Keras classifier (loaded from `path`, or fine-tuned in memory from it) as adoption uses it."""
+    import tf_keras as keras
+
     if len(model.inputs) != 1:
         raise AdoptError(f"{path}: the model has {len(model.inputs)} inputs; moodloop adopts one image input")
     if len(model.outputs) != 1:
@@ -380,8 +393,12 @@ class AdoptedModule(model_contract.ServingModule):
     """The model contract around an adopted classifier, with the classifier's own preprocessing
     (decode -> grey or RGB -> its input size -> its scaling) and its class order."""
 
-    def __init__(self, classifier: Classifier, preprocessing: Preprocessing, options: AdoptOptions):
+    def __init__(
+        self, classifier: Classifier, preprocessing: Preprocessing, options: AdoptOptions, temperature: float = 1.0
+    ):
         super().__init__(width=classifier.width)
+        # softmax(log p / T): a fine-tuned network's calibration (components/fine_tune.py); 1 leaves p as it is
+        self._temperature = float(temperature)
         self.network = classifier.trackable  # tracked: the model's variables are saved with the wrapper
         self._call = classifier.call
         self._explain = classifier.explain
@@ -430,7 +447,10 @@ class AdoptedModule(model_contract.ServingModule):
         hidden, scores = self._call(inputs)
         if self._logits:
             scores = tf.nn.softmax(scores, axis=-1)
-        return hidden, tf.gather(tf.cast(scores, tf.float32), self._order, axis=1)
+        probabilities = tf.gather(tf.cast(scores, tf.float32), self._order, axis=1)
+        if self._temperature != 1.0:
+            probabilities = tf.nn.softmax(tf.math.log(tf.maximum(probabilities, 1e-12)) / self._temperature)
+        return hidden, probabilities
 
     def explain_scores(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         maps, scores = self._explain(inputs)
@@ -506,9 +526,22 @@ def write_adopted_record(
 ):
     """ADOPTED_RECORD in the version: what was adopted and how it is read. It tells the A/B gate
     that this champion is a team's own model (a synthetic-only candidate must not replace it)."""
+    keras_model = None
+    if classifier.kind == "Keras":  # kept whole, so that a retrain can fine-tune the team's network
+        keras_model = f"{ADOPTED_KERAS_DIR}/{classifier.path.name}"
+        target = version_dir / keras_model
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if classifier.path.is_dir():
+            shutil.copytree(classifier.path, target)
+        else:
+            shutil.copyfile(classifier.path, target)
     record = {
         "adopted_from": classifier.path.name,
         "kind": classifier.kind,
+        # None: a signature-only SavedModel has no Keras weights to fine-tune
+        "keras_model": keras_model,
+        "trust_model": options.trust_model,
+        "embedding_layer": options.embedding_layer,
         "preprocessing": dataclasses.asdict(preprocessing),
         "logits": options.logits,
         "class_order": list(options.class_order),

@@ -111,7 +111,8 @@ def card_content(
         },
         "calibration": calibration,
         "training": {
-            k: training.get(k) for k in ("epochs", "learning_rate", "fit_seconds", "warm_start", "hyperparameters")
+            k: training.get(k)
+            for k in ("epochs", "learning_rate", "fit_seconds", "warm_start", "hyperparameters", "trained")
         },
         "gate": {
             k: gate.get(k)
@@ -192,6 +193,14 @@ CALIBRATION_LINE = (
 )
 
 
+def _trained_html(trained: dict | None) -> str:
+    """Which network this version is and why: moodloop's CNN, or the champion's own fine-tuned."""
+    if not trained:
+        return ""
+    what = "The champion's own network, fine-tuned" if trained.get("from") == "champion" else "moodloop's CNN"
+    return f"<p><b>{what}</b>: {html.escape(str(trained.get('why', '')))}.</p>"
+
+
 def card_html(card: dict, bias_png: bytes | None = None) -> str:
     """The card as one self-contained page (no script, no external file: the bias audit's
     picture is inlined)."""
@@ -205,7 +214,8 @@ def card_html(card: dict, bias_png: bytes | None = None) -> str:
         ("Limitations", "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in card["limitations"]) + "</ul>"),
         (
             "Training data",
-            f"<p>{d['faces']} faces in {len(d['spans'])} span(s).</p>"
+            _trained_html(card["training"].get("trained"))
+            + f"<p>{d['faces']} faces in {len(d['spans'])} span(s).</p>"
             + _table([[s["span"], s["source"], s["faces"]] for s in d["spans"]], ["span", "source", "faces"])
             + _table([[k, v] for k, v in d["class_counts"].items()], ["emotion", "faces"])
             + _table(

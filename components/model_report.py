@@ -156,6 +156,7 @@ def ModelReportGen(
         "blessed": blessed,
         "reasons": reasons,
         "warm_start": training.get("warm_start"),
+        "trained": training.get("trained"),  # moodloop's CNN, or the champion's own network fine-tuned; why
         "hyperparameters": training.get("hyperparameters"),
         "calibration": {k: calibration[k] for k in ("temperature", "ece_before", "ece_after", "check_faces")}
         if calibration

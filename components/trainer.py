@@ -21,7 +21,7 @@ import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.components.tuner.component import TunerFnResult
 
-from components import calibration, distributed_training, edge, explain, model_contract, plots, tuning
+from components import calibration, distributed_training, edge, explain, fine_tune, model_contract, plots, tuning
 from components.ab_gate import champion_dir
 from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order, learning_rate_schedule
 from components.model_report import TRAINING_SUMMARY
@@ -147,12 +147,71 @@ def training_from(custom_config: dict) -> TrainingSettings:
     return TrainingSettings(**custom_config["training"])
 
 
-def _warm_or_cold(model, training: TrainingSettings, champion: dict) -> WarmStart:
+def _champion(where: dict) -> str | None:
+    """The stable champion's version folder (trainer_config's "champion"), or None."""
+    if not where["model_base"]:
+        return None
+    return champion_dir(where["model_base"], where["serving_config"], where["model_name"])
+
+
+def _warm_or_cold(model, training: TrainingSettings, champion: str | None) -> WarmStart:
     if not training.warm_start:
         return WarmStart(False, "warm start is off (MOODLOOP_WARM_START=0 or the run's conf)")
-    if not champion["model_base"]:
-        return WarmStart(False, "no model base path given")
-    return warm_start(model, champion_dir(champion["model_base"], champion["serving_config"], champion["model_name"]))
+    return warm_start(model, champion)
+
+
+def _write_summary(model_run_dir: str, summary: dict, curves: dict, calibrated) -> None:
+    """The training summary (model_report and the model card read it) and its two pictures."""
+    os.makedirs(model_run_dir, exist_ok=True)
+    with tf.io.gfile.GFile(os.path.join(model_run_dir, TRAINING_SUMMARY), "w") as fh:
+        json.dump(summary, fh, indent=1)
+    plots.training_curves(curves, os.path.join(model_run_dir, plots.TRAINING_CURVES_PNG))
+    plots.reliability_diagram(
+        calibrated.reliability_before,
+        calibrated.reliability_after,
+        (calibrated.ece_before, calibrated.ece_after),
+        calibrated.check_temperature,
+        os.path.join(model_run_dir, plots.RELIABILITY_PNG),
+    )
+
+
+def _fine_tune_champion(fn_args: FnArgs, training, target, why: str, tf_transform_output, faces) -> None:
+    """The run_fn of a fine-tuning run (components/fine_tune.py): the team's network trained
+    further, calibrated, projected and exported by the model contract. No edge source: the
+    EdgeExporter folds moodloop's Transform graph, which an adopted network does not use."""
+    x_train, y_train, x_eval, y_eval = faces
+    crops_train = fine_tune.raw_faces(tf_transform_output, x_train)
+    crops_eval = fine_tune.raw_faces(tf_transform_output, x_eval)
+    weights = class_weights(np.bincount(y_train, minlength=NUM_CLASSES)[:NUM_CLASSES].tolist())
+    started = time.perf_counter()
+    tuned = fine_tune.fit(target, training, (crops_train, y_train, crops_eval, y_eval), weights)
+    fit_s = time.perf_counter() - started
+    log.info(
+        f"fine-tuned {target.record['adopted_from']} for {tuned.epochs} epochs at learning rate "
+        f"{tuned.learning_rate:g} ({tuned.layers_learning} layers with weights learning) in {fit_s:.1f} s"
+    )
+    started = time.perf_counter()
+    calibrated = calibration.calibrate(
+        fine_tune.log_probabilities(fine_tune.serving_module(target, tuned), crops_eval), y_eval
+    )
+    log.info(calibrated.summary())
+    module = fine_tune.serving_module(target, tuned, calibrated.temperature)
+    module.set_projection(*fine_tune.fit_projection(module, crops_train))
+    summary = {
+        "history": tuned.curves,
+        "workers": 1,
+        "train_label_counts": np.bincount(y_train, minlength=NUM_CLASSES)[:NUM_CLASSES].tolist(),
+        "fit_seconds": fit_s,
+        "epochs": tuned.epochs,
+        "learning_rate": tuned.learning_rate,
+        "warm_start": {"warm": True, "reason": why},
+        "hyperparameters": {"learning_rate": tuned.learning_rate, "tuned": False},
+        "calibration": dataclasses.asdict(calibrated),
+        "trained": {"from": "champion", "why": why, "layers_learning": tuned.layers_learning},
+    }
+    _write_summary(fn_args.model_run_dir, summary, tuned.curves, calibrated)
+    fine_tune.export(target, tuned, module, fn_args.serving_model_dir, why)
+    log.info(f"calibration, embedding projection and export in {time.perf_counter() - started:.1f} s")
 
 
 def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
@@ -191,6 +250,13 @@ def run_fn(fn_args: FnArgs) -> None:
     )
     log.info(f"class weights: {', '.join(f'{EMOTIONS[k]} {w:.2f}' for k, w in weights.items())}")
 
+    champion = _champion(fn_args.custom_config["champion"])
+    target, why = fine_tune.choose(training, champion)
+    log.info(f"what this run trains: {why}")
+    if target is not None:
+        _fine_tune_champion(fn_args, training, target, why, tf_transform_output, (x_train, y_train, x_eval, y_eval))
+        return
+
     tuned = tuning.best_values(fn_args.hyperparameters)
     if tuned:
         learning_rate = float(tuned.pop("learning_rate", learning_rate))
@@ -209,7 +275,7 @@ def run_fn(fn_args: FnArgs) -> None:
             return build_model(**model_spec)
 
     model = fresh_model()
-    loaded = _warm_or_cold(model, training, fn_args.custom_config["champion"])
+    loaded = _warm_or_cold(model, training, champion)
     warm = still_fits(model, x_eval, y_eval, loaded, training.warm_max_accuracy_drop)
     if loaded.warm and not warm.warm:
         model = fresh_model()  # the champion's weights are loaded: back to a cold run's initialisation
@@ -276,17 +342,9 @@ def run_fn(fn_args: FnArgs) -> None:
         "warm_start": warm.as_dict(),
         "hyperparameters": {"learning_rate": learning_rate, **tuned, "tuned": bool(tuned)},
         "calibration": dataclasses.asdict(calibrated),
+        "trained": {"from": "moodloop", "why": why},
     }
-    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY), "w") as fh:
-        json.dump(summary, fh, indent=1)
-    plots.training_curves(curves, os.path.join(fn_args.model_run_dir, plots.TRAINING_CURVES_PNG))
-    plots.reliability_diagram(
-        calibrated.reliability_before,
-        calibrated.reliability_after,
-        (calibrated.ece_before, calibrated.ece_after),
-        calibrated.check_temperature,
-        os.path.join(fn_args.model_run_dir, plots.RELIABILITY_PNG),
-    )
+    _write_summary(fn_args.model_run_dir, summary, curves, calibrated)
     projection = fit_projection(model, x_train)
     export_serving_model(model, tf_transform_output, fn_args.serving_model_dir, projection, calibrated.temperature)
     save_weights(model, fn_args.serving_model_dir)

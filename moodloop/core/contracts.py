@@ -96,8 +96,10 @@ EDGE_METADATA = "edge.json"  # ... and what they are: files, sha256, labels, inp
 MODEL_CARD_HTML = "assets.extra/model_card.html"  # in each pushed version: its model card for people ...
 MODEL_CARD_JSON = "assets.extra/model_card.json"  # ... and for machines (components/model_card.py)
 # In a version `moodloop adopt` made: what was adopted (file, format, preprocessing, class order),
-# so the gate knows the champion is a team's own model.
+# so the gate knows the champion is a team's own model; and, for a Keras model, the model itself
+# (ADOPTED_KERAS_DIR/<its file>), which a retrain can fine-tune (MOODLOOP_TRAIN_FROM).
 ADOPTED_RECORD = "assets.extra/adopted.json"
+ADOPTED_KERAS_DIR = "assets.extra/adopted"
 REFERENCE_PROFILE = "assets.extra/reference_profile.parquet"  # in each pushed version: its eval faces as
 # inference-log rows (contract 4 columns), the reference the drift jobs compare live traffic with
 

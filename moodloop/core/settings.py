@@ -112,6 +112,14 @@ class TrainingSettings:
     # >1: the Trainer fits on that many worker processes with MultiWorkerMirroredStrategy
     # (components/distributed_training.py); the model is the same either way
     workers: int = setting("MOODLOOP_TRAIN_WORKERS", 1)
+    # What a retrain trains: `champion` fine-tunes the champion's own network (an adopted Keras
+    # model: its architecture, preprocessing and class order), `moodloop` trains moodloop's CNN
+    # (warm-started by the rules above), `auto` fine-tunes a champion that can be, else moodloop's CNN
+    train_from: str = setting("MOODLOOP_TRAIN_FROM", "auto")
+    fine_tune_epochs: int = setting("MOODLOOP_FINE_TUNE_EPOCHS", 3)  # epochs of a fine-tuning run
+    fine_tune_learning_rate: float = setting("MOODLOOP_FINE_TUNE_LEARNING_RATE", 0.0001)  # Adam's, small: keep skill
+    # how many of the network's last layers with weights learn; 0: all of them
+    fine_tune_layers: int = setting("MOODLOOP_FINE_TUNE_LAYERS", 0)
 
     def with_conf(self, **conf: Any) -> TrainingSettings:
         """These settings with a run's conf over them (e.g. a DAG run's `{"epochs": 5}`): None keeps
