@@ -87,6 +87,13 @@ def fine_tunable(champion_dir: str | None) -> tuple[FineTunable | None, str]:
     return FineTunable(Path(champion_dir), record, keras_path), f"the champion is the team's model {name}"
 
 
+def load_team_network(target: FineTunable):
+    """The champion's Keras network as it is in its version (before any fine-tuning)."""
+    from components.adopt import load_keras_model
+
+    return load_keras_model(target.keras_path, target.options.trust_model)
+
+
 def raw_faces(tf_transform_output, standardised: np.ndarray) -> np.ndarray:
     """The Transform graph's standardised faces back as 0..255 grey crops [N, 48, 48, 1].
 
