@@ -132,7 +132,7 @@ def curate(settings: Settings, checked: dict[str, Any], zone: LandingZone | None
             [f.pixels for f in result.faces],
             [f.label for f in result.faces],
             source=batch,
-            extra={"batch_hash": batch_hash, "synthetic": synthetic, "source": source},
+            extra={"batch_hash": batch_hash, "synthetic": synthetic, "faces_from": source},
             attributes=[
                 face_slices(f.pixels, f.attributes, f.source_side) | {SOURCE_ATTRIBUTE: source} for f in result.faces
             ],

@@ -56,10 +56,9 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     err = captured.err
     for noise in ("FutureWarning", "non-supported Python version", "adding '", "SetuptoolsDeprecationWarning"):
         assert noise not in out and noise not in err, noise
-    # Calibrated probabilities: the temperature is fitted on held-out faces and baked in.
-    calibration_line = next(line for line in out.splitlines() if line.startswith("calibration: temperature"))
-    ece_after = float(calibration_line.split("->")[1].split()[0])
-    assert ece_after < 0.1, calibration_line
+    # Calibrated probabilities: the temperature is fitted on held-out faces and baked in (checked
+    # below on 1,500 fresh faces: the run's own check half, ~190 faces, is too few to judge by).
+    assert any(line.startswith("calibration: temperature") for line in out.splitlines())
     reliability_png = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("reliability"))
     assert Path(reliability_png).read_bytes()[:4] == b"\x89PNG"
 
@@ -96,6 +95,12 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     assert "RAPL" in energy or "codecarbon estimate" in energy
 
     model = tf.saved_model.load(str(settings.model_base / versions[0]))
+    from components.calibration import expected_calibration_error
+
+    fresh, fresh_labels = synthetic.generate_arrays(1500, seed=HELD_OUT_SEED + 1)
+    probabilities = model.signatures["serving_pixels"](pixels=tf.constant(fresh))["probabilities"].numpy()
+    ece = expected_calibration_error(probabilities, fresh_labels)
+    assert ece < 0.1, f"expected calibration error {ece:.3f} on 1,500 fresh faces"
     pixels, labels = synthetic.generate_arrays(400, seed=HELD_OUT_SEED)
     encoded = tf.constant([landing.encode_png(p) for p in pixels])
     by_image = model.signatures["serving_default"](images=encoded)

@@ -148,7 +148,7 @@ def test_a_batch_column_becomes_a_slice_and_an_identifier_column_is_refused(sett
     manifest = json.loads((settings.curated_dir / "span-00001" / "manifest.json").read_text())
     assert manifest["slice_counts"]["group"] == {"east": 20, "north": 20, "south": 20}
     assert manifest["slice_counts"]["face_size"] == {"large": 60}  # 96 px source images
-    assert manifest["slice_counts"]["source"] == {"batch": 60} and manifest["source"] == "batch"  # a team's: real
+    assert manifest["slice_counts"]["source"] == {"batch": 60} and manifest["faces_from"] == "batch"  # a team's: real
     assert set(manifest["slice_counts"]) >= {"brightness", "contrast", "sharpness"}
 
     _write_labelled_batch(settings, "ids", [f"person-{i}" for i in range(60)])
