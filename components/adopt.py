@@ -375,7 +375,7 @@ def resolve_preprocessing(classifier: Classifier, options: AdoptOptions) -> Prep
     return Preprocessing(size[0], size[1], color, options.scale)
 
 
-def _class_permutation(class_order: tuple[str, ...]) -> list[int]:
+def class_permutation(class_order: tuple[str, ...]) -> list[int]:
     """Index into the model's outputs for each of EMOTIONS, so probabilities come in FER2013 order."""
     names = [name.strip().lower() for name in class_order]
     if sorted(names) != sorted(EMOTIONS):
@@ -404,7 +404,7 @@ class AdoptedModule(model_contract.ServingModule):
         self._explain = classifier.explain
         self._prep = preprocessing
         self._logits = options.logits
-        self._order = tf.constant(_class_permutation(options.class_order), tf.int32)
+        self._order = tf.constant(class_permutation(options.class_order), tf.int32)
 
     # preprocessing: anything in -> [N, H, W, C] float32 0..255 -> the model's scaling
     def _resize(self, images: tf.Tensor) -> tf.Tensor:
@@ -570,7 +570,7 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
         f"preprocessing: {preprocessing.describe()} "
         f"({'given: ' + ', '.join(given + ['scale']) if given else 'scale given; size and colour from the model'})"
     )
-    order = _class_permutation(options.class_order)
+    order = class_permutation(options.class_order)
     outputs_read = "logits, softmax applied" if options.logits else "probabilities"
     if order != list(range(NUM_CLASSES)):
         outputs_read += f", reordered from {','.join(options.class_order)} to FER2013's order"

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from components.adopt import AdoptedModule, AdoptOptions, Preprocessing, _class_permutation, keras_classifier
+from components.adopt import AdoptedModule, AdoptOptions, Preprocessing, class_permutation, keras_classifier
 from moodloop.core.contracts import ADOPTED_KERAS_DIR, ADOPTED_RECORD, FACE_SIZE, FEATURE_IMAGE
 from moodloop.core.settings import TrainingSettings
 
@@ -94,8 +94,9 @@ def load_team_network(target: FineTunable):
     return load_keras_model(target.keras_path, target.options.trust_model)
 
 
-def raw_faces(tf_transform_output, standardised: np.ndarray) -> np.ndarray:
-    """The Transform graph's standardised faces back as 0..255 grey crops [N, 48, 48, 1].
+def raw_faces(tf_transform_output, *standardised: np.ndarray) -> list[np.ndarray]:
+    """The Transform graph's standardised faces back as 0..255 grey crops [N, 48, 48, 1], one array
+    per array given (the graph is asked once).
 
     The graph maps a pixel p in 0..1 to (p - mean) / std with the training set's statistics; it is
     asked for a black and a white face, which gives both constants without reading them by name."""
@@ -115,7 +116,7 @@ def raw_faces(tf_transform_output, standardised: np.ndarray) -> np.ndarray:
     black, white = float(out[0].mean()), float(out[1].mean())
     std = 1.0 / (white - black)
     mean = -black * std
-    return np.clip((standardised * std + mean) * 255.0, 0.0, 255.0).astype(np.float32)
+    return [np.clip((faces * std + mean) * 255.0, 0.0, 255.0).astype(np.float32) for faces in standardised]
 
 
 def training_network(network, preprocessing: Preprocessing):
@@ -175,6 +176,7 @@ def fit(
     with tempfile.TemporaryDirectory(prefix="fine-tune-") as work:
         np.savez(Path(work) / FACES_FILE, *faces)
         job = {
+            "champion_dir": str(target.champion_dir),
             "keras_path": str(target.keras_path),
             "record": target.record,
             "training": dataclasses.asdict(training),
@@ -217,12 +219,12 @@ def _fit_here(work: Path) -> None:
     with np.load(work / FACES_FILE) as saved:
         x_train, y_train, x_eval, y_eval = (saved[f"arr_{i}"] for i in range(4))
     training = TrainingSettings(**job["training"])
-    target = FineTunable(Path(job["keras_path"]).parent, job["record"], Path(job["keras_path"]))
+    target = FineTunable(Path(job["champion_dir"]), job["record"], Path(job["keras_path"]))
     keras.utils.set_random_seed(training.seed)
     network = load_keras_model(target.keras_path, target.options.trust_model)
     learning = _freeze_all_but_last(network, training.fine_tune_layers)
     model = training_network(network, target.preprocessing)
-    order = np.array(_class_permutation(target.options.class_order))  # contract class k -> output order[k]
+    order = np.array(class_permutation(target.options.class_order))  # contract class k -> output order[k]
     model.compile(
         optimizer=keras.optimizers.Adam(training.fine_tune_learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=target.options.logits),

@@ -175,14 +175,14 @@ def _write_summary(model_run_dir: str, summary: dict, curves: dict, calibrated) 
     )
 
 
-def _fine_tune_champion(fn_args: FnArgs, training, target, why: str, tf_transform_output, faces) -> None:
+def _fine_tune_champion(
+    fn_args: FnArgs, training, target, why: str, tf_transform_output, faces, counts: list[int], weights: dict
+) -> None:
     """The run_fn of a fine-tuning run (components/fine_tune.py): the team's network trained
     further, calibrated, projected and exported by the model contract. No edge source: the
     EdgeExporter folds moodloop's Transform graph, which an adopted network does not use."""
     x_train, y_train, x_eval, y_eval = faces
-    crops_train = fine_tune.raw_faces(tf_transform_output, x_train)
-    crops_eval = fine_tune.raw_faces(tf_transform_output, x_eval)
-    weights = class_weights(np.bincount(y_train, minlength=NUM_CLASSES)[:NUM_CLASSES].tolist())
+    crops_train, crops_eval = fine_tune.raw_faces(tf_transform_output, x_train, x_eval)
     started = time.perf_counter()
     tuned = fine_tune.fit(target, training, (crops_train, y_train, crops_eval, y_eval), weights)
     fit_s = time.perf_counter() - started
@@ -200,7 +200,7 @@ def _fine_tune_champion(fn_args: FnArgs, training, target, why: str, tf_transfor
     summary = {
         "history": tuned.curves,
         "workers": 1,
-        "train_label_counts": np.bincount(y_train, minlength=NUM_CLASSES)[:NUM_CLASSES].tolist(),
+        "train_label_counts": counts,
         "fit_seconds": fit_s,
         "epochs": tuned.epochs,
         "learning_rate": tuned.learning_rate,
@@ -254,7 +254,8 @@ def run_fn(fn_args: FnArgs) -> None:
     target, why = fine_tune.choose(training, champion)
     log.info(f"what this run trains: {why}")
     if target is not None:
-        _fine_tune_champion(fn_args, training, target, why, tf_transform_output, (x_train, y_train, x_eval, y_eval))
+        faces = (x_train, y_train, x_eval, y_eval)
+        _fine_tune_champion(fn_args, training, target, why, tf_transform_output, faces, counts, weights)
         return
 
     tuned = tuning.best_values(fn_args.hyperparameters)
