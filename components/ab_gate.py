@@ -35,10 +35,13 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
-from moodloop.core import slices, status
+from components import accuracy_estimator
+from moodloop.core import encoded_images, slices, status
 from moodloop.core.contracts import (
+    ACCURACY_ESTIMATOR,
     ADOPTED_RECORD,
     EMOTIONS,
+    FACE_SIZE,
     FEATURE_IMAGE,
     FEATURE_LABEL,
     FEATURE_SLICES,
@@ -355,6 +358,26 @@ def reference_profile_file(profile: artifact.Artifact) -> str:
     return os.path.join(profile.uri, REFERENCE_PROFILE)
 
 
+def accuracy_estimator_file(profile: artifact.Artifact) -> str:
+    """The candidate's accuracy estimator, beside its profile in the same artifact."""
+    return os.path.join(profile.uri, ACCURACY_ESTIMATOR)
+
+
+def held_out_pixels(serialized: list[bytes]) -> np.ndarray:
+    """[N, 48, 48] uint8 grey faces of serialized examples, as the model's doors decode them."""
+    from PIL import Image
+
+    from components.model_contract import example_images
+
+    faces = []
+    for encoded in example_images(serialized):
+        grey = encoded_images.decode_grey(encoded)  # curated faces decode: the door checked them
+        if grey.shape != (FACE_SIZE, FACE_SIZE):
+            grey = np.asarray(Image.fromarray(grey).resize((FACE_SIZE, FACE_SIZE), Image.BICUBIC))
+        faces.append(grey)
+    return np.stack(faces).astype(np.uint8)
+
+
 def champion_dir(model_base: str, serving_config: str, model_name: str) -> str | None:
     """The folder of the champion (moodloop/core/rollout.py: `stable`, else the newest), else None."""
     version = Rollout(Path(serving_config), model_name).champion(model_base)
@@ -478,6 +501,8 @@ def ABGate(
     min_slice_examples: Parameter[int],
     max_slice_accuracy_drop: Parameter[float],
     allow_synthetic_over_real: Parameter[bool],
+    estimator_windows: Parameter[int],
+    estimator_window_faces: Parameter[int],
     status_dir: Parameter[str] = "",
 ) -> None:
     """Champion vs candidate on the same held-out faces; blesses (or not) for the Pusher. The
@@ -495,6 +520,8 @@ def ABGate(
         min_slice_examples=min_slice_examples,
         max_slice_accuracy_drop=max_slice_accuracy_drop,
         allow_synthetic_over_real=allow_synthetic_over_real,
+        estimator_windows=estimator_windows,
+        estimator_window_faces=estimator_window_faces,
     )
     serialized, labels = split_examples(examples, "eval")
     outputs = predict(path_utils.serving_model_path(model.uri), serialized)
@@ -509,6 +536,16 @@ def ABGate(
     profile = reference_profile_file(reference_profile)  # the Pusher puts it in the pushed version
     faces = write_reference_profile(profile, serialized, labels, outputs)
     log.info(f"reference profile of {faces} held-out faces: {profile}")
+    # How to know the candidate's accuracy without labels, fitted on the same held-out faces; it
+    # travels with the profile (the Pusher puts both in the version).
+    estimator = accuracy_estimator.fit(
+        path_utils.serving_model_path(model.uri),
+        held_out_pixels(serialized),
+        labels,
+        thresholds.estimator_windows,
+        thresholds.estimator_window_faces,
+    )
+    accuracy_estimator.write(estimator, accuracy_estimator_file(reference_profile))
     with open(os.path.join(report.uri, GATE_REPORT_JSON), "w") as fh:
         json.dump(result, fh, indent=1)
     plots.gate_report(result, os.path.join(report.uri, GATE_REPORT_PNG))

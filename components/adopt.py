@@ -37,6 +37,7 @@ import tensorflow as tf
 from components import explain, model_contract
 from components.projection import pca_projection
 from moodloop.core.contracts import (
+    ACCURACY_ESTIMATOR,
     ADOPTED_KERAS_DIR,
     ADOPTED_RECORD,
     CURATED_SPAN_PREFIX,
@@ -611,7 +612,8 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
     )
 
     # The pipeline's own pieces (they import TFX: seconds, so only once the model is known to fit).
-    from components.ab_gate import write_reference_profile
+    from components import accuracy_estimator
+    from components.ab_gate import held_out_pixels, write_reference_profile
     from components.infra_validator import check_in_model_server
     from components.pipeline import PipelineConfig, pusher_config
     from components.pusher import label_pushed_version
@@ -627,8 +629,16 @@ def adopt(model_path: Path, settings: Settings, options: AdoptOptions, fallback_
         profile = staging / REFERENCE_PROFILE
         profile.parent.mkdir(parents=True, exist_ok=True)
         rows = write_reference_profile(str(profile), serialized, labels, outputs)
+        gate = settings.gate  # its accuracy estimator, as the A/B gate fits one for a trained candidate
+        estimator = accuracy_estimator.fit(
+            str(staging), held_out_pixels(serialized), labels, gate.estimator_windows, gate.estimator_window_faces
+        )
+        accuracy_estimator.write(estimator, str(staging / ACCURACY_ESTIMATOR))
         write_adopted_record(staging, classifier, preprocessing, options)
-        _say(f"wrapped in the model contract (4 signatures, warm-up records, reference profile of {rows} faces)")
+        _say(
+            f"wrapped in the model contract (4 signatures, warm-up records, reference profile of {rows} faces, "
+            f"accuracy estimator: {estimator.error_q90:.1%} error on its fitting windows, 90th percentile)"
+        )
         problems = check_in_model_server(str(staging), settings.model_name, serialized[:WARMUP_FACES])
         if problems:
             raise NotServable("InfraValidator: NOT BLESSED, nothing pushed:\n  " + "\n  ".join(problems))

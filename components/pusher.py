@@ -22,8 +22,8 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.types.standard_component_specs import PusherSpec
 from tfx.utils import io_utils, json_utils
 
-from components.ab_gate import ReferenceProfile, reference_profile_file
-from moodloop.core.contracts import REFERENCE_PROFILE
+from components.ab_gate import ReferenceProfile, accuracy_estimator_file, reference_profile_file
+from moodloop.core.contracts import ACCURACY_ESTIMATOR, REFERENCE_PROFILE
 from moodloop.core.files import publish_version
 from moodloop.core.rollout import STABLE, Rollout
 
@@ -73,14 +73,18 @@ class AtomicPusherExecutor(pusher_executor.Executor):
 
 
 def _add_reference_profile(input_dict, model_dir: str) -> None:
-    """The A/B gate's reference profile goes into the version folder (the model contract's
-    REFERENCE_PROFILE): the drift jobs find the served model's reference beside it."""
+    """The A/B gate's reference profile and the accuracy estimator fitted beside it go into the
+    version folder (the model contract's REFERENCE_PROFILE, ACCURACY_ESTIMATOR): the drift jobs and
+    the canary analysis find the served model's reference and estimator beside it."""
     for profile in input_dict.get(REFERENCE_PROFILE_KEY, []):
-        source = reference_profile_file(profile)
-        if os.path.exists(source):
-            target = os.path.join(model_dir, REFERENCE_PROFILE)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.copy(source, target)
+        for source, name in (
+            (reference_profile_file(profile), REFERENCE_PROFILE),
+            (accuracy_estimator_file(profile), ACCURACY_ESTIMATOR),
+        ):
+            if os.path.exists(source):
+                target = os.path.join(model_dir, name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copy(source, target)
 
 
 class AtomicPusherSpec(PusherSpec):

@@ -12,9 +12,12 @@ Evidence in order of strength:
   `max_class_f1_drop`, significantly by a bootstrap within the class (Bonferroni over the classes
   tested). The label-free checks below are still measured and logged, but only inform: after a
   shift the broken champion's answers are the wrong yardstick, and hundreds of labels outweigh it.
-- Without enough labels, the label-free checks decide: mean confidence against stable's, and the
-  predicted-class mix against the mix the canary's own reference profile expects (what it
-  predicted on its held-out faces; stable's live mix only for a version without a profile).
+- Without enough labels, the label-free checks decide: each side's accuracy estimated without
+  labels (moodloop/core/accuracy_estimate.py, by the estimator each version carries: the canary
+  rolls back when its estimate is worse than stable's beyond both intervals), mean confidence
+  against stable's, and the predicted-class mix against the mix the canary's own reference
+  profile expects (what it predicted on its held-out faces; stable's live mix only for a version
+  without a profile).
 A step lasts at least the bake time and until both sides have enough requests; then the canary
 share ramps (10 % -> 50 % -> 100 % by default), and after the last step the canary is promoted
 (`stable` moves). Each decision names the evidence that decided and the numbers of both sides:
@@ -36,8 +39,15 @@ from pathlib import Path
 
 import numpy as np
 
-from moodloop.core import status
-from moodloop.core.contracts import EMOTIONS, LOG_FEEDBACK, LOG_PREDICTIONS, METRIC_REQUESTS, REFERENCE_PROFILE
+from moodloop.core import accuracy_estimate, status
+from moodloop.core.contracts import (
+    ACCURACY_ESTIMATOR,
+    EMOTIONS,
+    LOG_FEEDBACK,
+    LOG_PREDICTIONS,
+    METRIC_REQUESTS,
+    REFERENCE_PROFILE,
+)
 from moodloop.core.files import atomic_write_text
 from moodloop.core.log_records import read_log
 from moodloop.core.rollout import CANARY, STABLE, Rollout
@@ -250,8 +260,11 @@ def class_f1_drops(
 def _label_free_checks(
     stable: dict, canary: dict, policy: CanarySettings, reference_mix: dict[str, float] | None
 ) -> tuple[list[str], list[str]]:
-    """Mean confidence and the predicted-class mix -> (failed checks, findings)."""
+    """The estimated accuracies, mean confidence and the predicted-class mix -> (failed checks, findings)."""
     failed, findings = [], []
+    estimated = _estimate_check(stable, canary)
+    if estimated:
+        (failed if estimated[0] else findings).append(estimated[1])
     drop = stable["mean_confidence"] - canary["mean_confidence"]
     confidence = f"canary mean confidence {canary['mean_confidence']:.3f} vs stable {stable['mean_confidence']:.3f}"
     (failed if drop > policy.max_confidence_drop else findings).append(
@@ -275,6 +288,32 @@ def _label_free_checks(
             f"... and from stable's live mix by {total_variation(canary['class_mix'], stable['class_mix']):.2f}"
         )
     return failed, findings
+
+
+def _estimate_check(stable: dict, canary: dict) -> tuple[bool, str] | None:
+    """Canary vs stable by their accuracies estimated without labels, by the best method both
+    sides have (LEARNED, else ATC, else CBPE) -> (worse beyond both intervals?, the finding)."""
+    mine, theirs = canary.get("accuracy_estimate"), stable.get("accuracy_estimate")
+    if not mine or not theirs:
+        return None
+    order = (accuracy_estimate.LEARNED, accuracy_estimate.ATC, accuracy_estimate.CBPE)
+    method = next(m for m in order if m in mine and m in theirs)
+    c, s = (accuracy_estimate.AccuracyEstimate(**side[method]) for side in (mine, theirs))
+    worse = accuracy_estimate.worse_beyond_interval(c, s)
+    finding = f"estimated accuracy (no labels, {method.upper()}): canary {c}, stable {s}"
+    return worse, finding + (": the canary is worse beyond both intervals" if worse else "")
+
+
+def estimate_side(settings: Settings, version: int, rows: list[dict]) -> dict | None:
+    """One side's accuracy estimated without labels, by the estimator its version carries."""
+    if not rows:
+        return None
+    estimator = accuracy_estimate.load(settings.model_base / str(version) / ACCURACY_ESTIMATOR)
+    columns = {key: [r.get(key) for r in rows] for key in rows[0]}
+    try:
+        return accuracy_estimate.estimate_frame(columns, estimator)
+    except (TypeError, ValueError):  # rows without probabilities (an old log): no estimate, the rest decides
+        return None
 
 
 def _health_checks(
@@ -404,6 +443,10 @@ def analyze(
         for side in (STABLE, CANARY)
     }
     stable, canary = (side_stats(by_side[s], feedback) for s in (STABLE, CANARY))
+    for side, stats in ((STABLE, stable), (CANARY, canary)):
+        found = estimate_side(settings, labels[side], by_side[side])
+        if found:
+            stats["accuracy_estimate"] = found
     if stable["requests"] and canary["requests"]:
         limit = latency_limit_ms(stable["latency_p95_ms"], policy)
         canary["over_latency_limit"] = slower_than(limit, by_side[CANARY])
@@ -475,6 +518,9 @@ def describe(decision: dict) -> str:
             s = decision[side]
             if s.get("requests"):
                 accuracy = f", accuracy {s['accuracy']:.3f} on {s['labelled']} labels" if "accuracy" in s else ""
+                if s.get("accuracy_estimate"):
+                    found = s["accuracy_estimate"]
+                    accuracy += f", estimated {accuracy_estimate.AccuracyEstimate(**found[found['decides']])}"
                 lines.append(
                     f"  {side:<6} {s['requests']} predictions, mean confidence {s['mean_confidence']:.3f}, "
                     f"p95 {s['latency_p95_ms']:.1f} ms{accuracy}"

@@ -11,7 +11,9 @@ Each window (the records since the last window, once there are enough of them):
 3. triage: no drift / data-quality incident / drift. Drift triggers `train_emotion_model` through
    Airflow's REST API v2 with a conf naming the reason and the report, unless a retrain was
    triggered within the cool-down (one shift, one retrain) or one is already running;
-4. with feedback labels, live accuracy per model version is reported too.
+4. each model version's accuracy on the window is estimated without labels (its estimator,
+   moodloop/core/accuracy_estimate.py, travels in the version as ACCURACY_ESTIMATOR); with
+   feedback labels, the realised live accuracy is reported beside it.
 
 Runs in the orchestration env (Evidently, GX, pandas). `python -m monitoring.drift run` once;
 the DAG `monitor_drift` runs it on a schedule.
@@ -31,9 +33,10 @@ from typing import Any
 
 import pandas as pd
 
-from moodloop.core import alerts, log_records, status
+from moodloop.core import accuracy_estimate, alerts, log_records, status
 from moodloop.core.airflow_api import Airflow
 from moodloop.core.contracts import (
+    ACCURACY_ESTIMATOR,
     EMOTIONS,
     LOG_EMBEDDING_COLUMNS,
     LOG_FEEDBACK,
@@ -60,6 +63,7 @@ class WindowResult:
     drift: dict[str, Any] = field(default_factory=dict)
     quality_failures: list[dict[str, Any]] = field(default_factory=list)
     live_accuracy: dict[str, Any] = field(default_factory=dict)
+    accuracy_estimate: dict[str, Any] = field(default_factory=dict)  # per version: {method: estimate}
     report_html: str | None = None
     retrain: dict[str, Any] = field(default_factory=dict)
 
@@ -126,11 +130,17 @@ def check_quality(window: pd.DataFrame) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- 2. drift
 
 
+ESTIMATED, LABELLED = "estimated_accuracy", "labelled_correct"  # the accuracy columns the report averages
+
+
 def drift_report(
     reference: pd.DataFrame, current: pd.DataFrame, drift_share: float, metadata: dict[str, str] | None = None
 ):
-    """Evidently's DataDriftPreset over image properties, predictions and embeddings -> (snapshot, summary)."""
+    """Evidently's DataDriftPreset over image properties, predictions and embeddings -> (snapshot, summary).
+    Where the frames carry ESTIMATED and LABELLED (with_accuracy_columns), the report also averages
+    them: the accuracy estimated without labels and the realised one, per window, for the dashboard."""
     from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import MeanValue
     from evidently.presets import DataDriftPreset
 
     embedding = [c for c in LOG_EMBEDDING_COLUMNS if c in reference and c in current and reference[c].notna().all()]
@@ -140,13 +150,15 @@ def drift_report(
     # Windows hold a few hundred records: Evidently's default distance thresholds (Wasserstein 0.1)
     # would fire on sampling noise there, so numeric columns get the Kolmogorov-Smirnov test at a
     # strict p-value, which accounts for the window size.
-    report = Report(
-        [DataDriftPreset(columns=columns, drift_share=drift_share, num_method="ks", num_threshold=KS_P_VALUE)],
-        include_tests=True,
-    )
+    metrics = [DataDriftPreset(columns=columns, drift_share=drift_share, num_method="ks", num_threshold=KS_P_VALUE)]
+    averaged = [c for c in (ESTIMATED, LABELLED) if c in current and c in reference and current[c].notna().any()]
+    metrics += [MeanValue(column=c) for c in averaged]
+    definition = DataDefinition(numerical_columns=numerical + averaged, categorical_columns=["predicted_class"])
+    report = Report(metrics, include_tests=True)
+    kept = columns + averaged
     snapshot = report.run(
-        current_data=Dataset.from_pandas(current[columns].reset_index(drop=True), data_definition=definition),
-        reference_data=Dataset.from_pandas(reference[columns].reset_index(drop=True), data_definition=definition),
+        current_data=Dataset.from_pandas(current[kept].reset_index(drop=True), data_definition=definition),
+        reference_data=Dataset.from_pandas(reference[kept].reset_index(drop=True), data_definition=definition),
         timestamp=current["timestamp"].max().to_pydatetime() if "timestamp" in current and len(current) else None,
         metadata=metadata or {},
         tags=["moodloop", "drift"],
@@ -174,6 +186,36 @@ def drift_report(
     }
     summary = {"drift_share": share, "threshold": drift_share, "columns": per_column, "drifted_by_group": groups}
     return snapshot, summary
+
+
+def with_accuracy_columns(
+    reference: pd.DataFrame, window: pd.DataFrame, feedback: pd.DataFrame, estimates: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both frames with ESTIMATED (each row: its version's estimate for the window; on the reference:
+    the held-out truth) and LABELLED (1/0 where a feedback label says, else NaN)."""
+    decided = {int(v): found[found["decides"]]["accuracy"] for v, found in estimates.items()}
+    window = window.assign(**{ESTIMATED: window["model_version"].map(lambda v: decided.get(int(v)))})
+    if feedback.empty:
+        window[LABELLED] = float("nan")
+    else:
+        labels = feedback[["request_id", "instance", "label"]].drop_duplicates(["request_id", "instance"], keep="last")
+        truth = window[["request_id", "instance"]].merge(labels, how="left", on=["request_id", "instance"])["label"]
+        right = (window["predicted_class"].to_numpy() == truth.to_numpy()).astype(float)
+        window[LABELLED] = pd.Series(right, index=window.index).where(truth.notna().to_numpy())
+    if "label" in reference:
+        correct = (reference["predicted_class"] == reference["label"]).astype(float)
+        reference = reference.assign(**{ESTIMATED: correct.mean(), LABELLED: correct})
+    return reference, window
+
+
+def estimated_accuracy(settings: Settings, window: pd.DataFrame) -> dict[str, Any]:
+    """Each version's accuracy on its share of the window, estimated without labels (by the
+    estimator the version carries; CBPE alone for a version that carries none)."""
+    found = {}
+    for version, rows in window.groupby("model_version"):
+        estimator = accuracy_estimate.load(settings.model_base / str(int(version)) / ACCURACY_ESTIMATOR)
+        found[str(int(version))] = accuracy_estimate.estimate_frame(rows, estimator)
+    return found
 
 
 def live_accuracy(window: pd.DataFrame, feedback: pd.DataFrame) -> dict[str, Any]:
@@ -256,6 +298,15 @@ def dashboard_panels() -> list:
             "Image properties per window", per_column(PROPERTY_COLUMNS), "Kolmogorov-Smirnov p-value", size="half"
         ),
         line_plot_panel(
+            "Accuracy per window: estimated without labels, and on feedback labels where there are any",
+            [
+                PanelMetric(legend="estimated (no labels)", metric="MeanValue", metric_labels={"column": ESTIMATED}),
+                PanelMetric(legend="on feedback labels", metric="MeanValue", metric_labels={"column": LABELLED}),
+            ],
+            "accuracy",
+            size="full",
+        ),
+        line_plot_panel(
             "Predictions per window",
             per_column(("predicted_class", *PREDICTION_COLUMNS)),
             "class mix: Jensen-Shannon distance; confidence: Kolmogorov-Smirnov p-value",
@@ -289,7 +340,12 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
         result.outcome, result.reasons = "no_reference", [f"no reference profile for version {version}"]
     else:
         metadata = {"reference_version": str(version), "records": str(len(window)), "until": info["until"]}
-        snapshot, result.drift = drift_report(reference, window, settings.drift.share, metadata)
+        # feedback comes after its prediction: the labels of this window's requests are after its start
+        feedback = read_log(settings.inference_log_url, LOG_FEEDBACK, since)
+        result.live_accuracy = live_accuracy(window, feedback)
+        result.accuracy_estimate = estimated_accuracy(settings, window)
+        reference, current = with_accuracy_columns(reference, window, feedback, result.accuracy_estimate)
+        snapshot, result.drift = drift_report(reference, current, settings.drift.share, metadata)
         workspace, state["project_id"] = _workspace_project(settings, state)
         stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%dT%H%M%S")
         workspace.add_run(state["project_id"], snapshot, name=f"window until {info['until'][:19]} (v{version})")
@@ -297,9 +353,6 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
         html.parent.mkdir(parents=True, exist_ok=True)
         snapshot.save_html(str(html))
         result.report_html = str(html)
-        # feedback comes after its prediction: the labels of this window's requests are after its start
-        feedback = read_log(settings.inference_log_url, LOG_FEEDBACK, since)
-        result.live_accuracy = live_accuracy(window, feedback)
         if result.drift["drift_share"] >= settings.drift.share:
             groups = {g: c for g, c in result.drift["drifted_by_group"].items() if c}
             result.outcome = "drift"
@@ -317,6 +370,7 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
     state_path.write_text(json.dumps(state, indent=1))
     latest = {"outcome": result.outcome, "reasons": result.reasons, "window": info, "retrain": result.retrain}
     latest["drift_share"] = result.drift.get("drift_share")
+    latest["accuracy_estimate"], latest["live_accuracy"] = result.accuracy_estimate, result.live_accuracy
     latest["report"] = status.DRIFT_REPORT if result.report_html else None  # this window's, or none
     report = {status.DRIFT_REPORT: result.report_html} if result.report_html else {}
     try:
@@ -353,8 +407,8 @@ def describe(result: WindowResult) -> str:
     for column, value in (result.drift.get("columns") or {}).items():
         flag = "DRIFT" if value["drifted"] else "ok"
         lines.append(f"    {column:<16} {value['method']}: {value['score']:.4g} {flag}")
-    for version, value in result.live_accuracy.items():
-        lines.append(f"  live accuracy of version {version}: {value['accuracy']:.3f} on {value['labelled']} labels")
+    for version, found in result.accuracy_estimate.items():
+        lines.append(f"  version {version}: {accuracy_estimate.describe(found, result.live_accuracy.get(version))}")
     if result.report_html:
         lines.append(f"  report: {result.report_html} (and the Evidently UI, project '{PROJECT}')")
     if result.retrain:

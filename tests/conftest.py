@@ -28,6 +28,10 @@ FAST_TRAINING = {
     "MOODLOOP_LEARNING_RATE": "0.003",
     "MOODLOOP_BATCH_SIZE": "64",
     "MOODLOOP_MIN_ACCURACY": "0.40",
+    # The gate's accuracy estimator on fewer, smaller windows: the tests check its wiring; how well
+    # it estimates is bench/accuracy_estimate.py's subject.
+    "MOODLOOP_ESTIMATOR_WINDOWS": "40",
+    "MOODLOOP_ESTIMATOR_WINDOW_FACES": "100",
 }
 
 

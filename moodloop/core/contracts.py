@@ -102,6 +102,8 @@ ADOPTED_RECORD = "assets.extra/adopted.json"
 ADOPTED_KERAS_DIR = "assets.extra/adopted"
 REFERENCE_PROFILE = "assets.extra/reference_profile.parquet"  # in each pushed version: its eval faces as
 # inference-log rows (contract 4 columns), the reference the drift jobs compare live traffic with
+ACCURACY_ESTIMATOR = "assets.extra/accuracy_estimator.json"  # in each pushed version: how to estimate its
+# accuracy without labels (moodloop/core/accuracy_estimate.py LearnedEstimator), fitted on its held-out faces
 
 
 def emotion_index(name_or_index: str | int) -> int:

@@ -150,6 +150,10 @@ class GateSettings:
     # (source=batch or corrections), a candidate is refused unless this is set: synthetic scores
     # alone do not replace a model trained on real faces
     allow_synthetic_over_real: bool = setting("MOODLOOP_ALLOW_SYNTHETIC_OVER_REAL", False)
+    # The gate also fits each candidate's accuracy estimator (components/accuracy_estimator.py): this
+    # many windows of its held-out faces, most of them corrupted, of this many faces each
+    estimator_windows: int = setting("MOODLOOP_ESTIMATOR_WINDOWS", 200)
+    estimator_window_faces: int = setting("MOODLOOP_ESTIMATOR_WINDOW_FACES", 200)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,9 @@ from moodloop.core.files import atomic_copy, atomic_write_text
 
 # {"verdict", "reasons", "candidate_accuracy", "champion_accuracy", "largest_slice_gap", "time"}; gate.png, bias.png
 GATE = "gate"
-DRIFT = "drift"  # {"outcome", "reasons", "drift_share", "report": "drift.html" or None, "time"}; drift.html
+# the latest drift window: {"outcome", "reasons", "drift_share", "report": "drift.html" or None,
+# "accuracy_estimate" and "live_accuracy" (per version), "time"}; drift.html
+DRIFT = "drift"
 # the latest canary decision: {"action", "evidence": "labels"|"heuristics", "reasons", "findings", "stable",
 # "canary" (each side's numbers), "canary_version", "stable_version", "share", "time"}
 CANARY = "canary"

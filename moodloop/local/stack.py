@@ -32,11 +32,12 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from moodloop.core import accuracy_estimate
 from moodloop.core.airflow_api import Airflow, unreachable_errors
 from moodloop.core.contracts import READY_MARKER
 from moodloop.core.files import publish_dir
 from moodloop.core.settings import REPO_ROOT, Settings
-from moodloop.core.status import CANARY, read_status
+from moodloop.core.status import CANARY, DRIFT, read_status
 from moodloop.local.services import STOP_TIMEOUT, SUPERVISOR, Service, Supervisor, read_state
 
 if TYPE_CHECKING:  # imported where used: the stack's start-up does not need the generator
@@ -487,10 +488,23 @@ def status(settings: Settings) -> int:
             )
         except (urllib.error.URLError, OSError, ValueError) as exc:
             print(f"  gateway not answering: {exc}")
+    drift = read_status(settings.status_dir, DRIFT)
+    if drift is not None:
+        print("  " + drift_summary(drift))
     canary = read_status(settings.status_dir, CANARY)
     if canary is not None:
         print("  " + canary_summary(canary))
     return 0
+
+
+def drift_summary(latest: dict) -> str:
+    """The latest drift window: its verdict, and each version's accuracy estimated without labels
+    beside the realised one where feedback labels exist."""
+    line = f"latest drift window: {latest.get('outcome')} ({(latest.get('window') or {}).get('records', 0)} records)"
+    live = latest.get("live_accuracy") or {}
+    for version, found in (latest.get("accuracy_estimate") or {}).items():
+        line += f"; version {version}: {accuracy_estimate.describe(found, live.get(version))}"
+    return line
 
 
 def canary_summary(decision: dict) -> str:
@@ -504,6 +518,9 @@ def canary_summary(decision: dict) -> str:
         numbers = decision.get(side) or {}
         if numbers.get("requests"):
             accuracy = f", accuracy {numbers['accuracy']:.3f}" if "accuracy" in numbers else ""
+            if numbers.get("accuracy_estimate"):
+                found = numbers["accuracy_estimate"]
+                accuracy += f", estimated {accuracy_estimate.AccuracyEstimate(**found[found['decides']])}"
             line += (
                 f"; {side} {numbers['requests']} predictions, {numbers['labelled']} labelled{accuracy}, "
                 f"confidence {numbers['mean_confidence']:.3f}"

@@ -497,6 +497,15 @@ function section(title) {
   return heading;
 }
 
+const percent = (x) => (100 * x).toFixed(1) + "%";
+
+// A side's accuracy estimated without labels: the method that decides, its value and interval.
+function estimateText(found) {
+  if (!found) return "-";
+  const chosen = found[found.decides];
+  return `${percent(chosen.accuracy)} (${percent(chosen.low)}-${percent(chosen.high)}, ${found.decides.toUpperCase()})`;
+}
+
 // What decided (feedback labels, or the label-free checks when labels are too few) and both sides' numbers.
 function canaryDecision(decision) {
   const verdict = document.createElement("p");
@@ -510,7 +519,7 @@ function canaryDecision(decision) {
   if (decision.canary && decision.stable && decision.canary.requests && decision.stable.requests) {
     const table = document.createElement("table");
     table.id = "panel-canary-sides";
-    table.innerHTML = "<tr><th></th><th>predictions</th><th>labelled</th><th>accuracy</th><th>mean confidence</th><th>p95 ms</th></tr>";
+    table.innerHTML = "<tr><th></th><th>predictions</th><th>labelled</th><th>accuracy</th><th>estimated (no labels)</th><th>mean confidence</th><th>p95 ms</th></tr>";
     for (const side of ["stable", "canary"]) {
       const numbers = decision[side];
       const row = table.insertRow();
@@ -519,6 +528,7 @@ function canaryDecision(decision) {
         numbers.requests,
         numbers.labelled,
         numbers.accuracy != null ? (100 * numbers.accuracy).toFixed(1) + "%" : "-",
+        estimateText(numbers.accuracy_estimate),
         numbers.mean_confidence.toFixed(3),
         numbers.latency_p95_ms.toFixed(1),
       ]) row.insertCell().textContent = value;
@@ -587,6 +597,25 @@ function renderPanel(panel) {
     verdict.firstChild.textContent = panel.drift.outcome.replace("_", " ");
     verdict.append(when(panel.drift.time));
     body.append(verdict, reasonList(panel.drift.reasons));
+    const estimates = Object.entries(panel.drift.accuracy_estimate || {});
+    if (estimates.length) {
+      // Accuracy without labels (the version's estimator) beside the realised one where labels exist.
+      const table = document.createElement("table");
+      table.id = "panel-estimates";
+      table.innerHTML = "<tr><th>version</th><th>estimated accuracy</th><th>95% interval</th><th>labelled accuracy</th></tr>";
+      for (const [version, found] of estimates) {
+        const chosen = found[found.decides];
+        const live = (panel.drift.live_accuracy || {})[version];
+        const row = table.insertRow();
+        for (const value of [
+          version,
+          `${percent(chosen.accuracy)} (${found.decides.toUpperCase()}, ${chosen.faces} faces)`,
+          `${percent(chosen.low)} - ${percent(chosen.high)}`,
+          live ? `${percent(live.accuracy)} on ${live.labelled} labels` : "no labels yet",
+        ]) row.insertCell().textContent = value;
+      }
+      body.append(table);
+    }
     const links = document.createElement("p");
     if (panel.drift.report) {
       const report = document.createElement("a");

@@ -26,8 +26,9 @@ import tf_keras as keras
 from components.adopt import AdoptError, AdoptOptions, adopt
 from data import synthetic, wheel_media
 from moodloop import cli
-from moodloop.core import console, models_config
+from moodloop.core import accuracy_estimate, console, models_config
 from moodloop.core.contracts import (
+    ACCURACY_ESTIMATOR,
     EMBEDDING_DIMS,
     EMOTIONS,
     REFERENCE_PROFILE,
@@ -64,7 +65,9 @@ def home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def settings(home) -> Settings:
     return Settings.from_env(
-        home=home, serving={"rest_port": 0, "grpc_port": 0, "poll_seconds": 0.5, "log_flush_seconds": 0.5}
+        home=home,
+        serving={"rest_port": 0, "grpc_port": 0, "poll_seconds": 0.5, "log_flush_seconds": 0.5},
+        gate={"estimator_windows": 40, "estimator_window_faces": 100},  # its wiring here; its quality: the bench
     )
 
 
@@ -120,6 +123,10 @@ def test_the_fer_model_is_pushed_stable_and_served_answers_like_the_raw_keras_mo
     assert len(profile) == FACES and set(profile["label"]) <= set(EMOTIONS)
     assert profile[[f"emb_{i}" for i in range(EMBEDDING_DIMS)]].notna().all().all()
     assert np.allclose(profile[[f"prob_{e}" for e in EMOTIONS]].sum(axis=1), 1, atol=1e-3)
+    # ... and its accuracy estimator, fitted on the same faces, to know its accuracy without labels
+    estimator = accuracy_estimate.load(version_dir / ACCURACY_ESTIMATOR)
+    assert estimator is not None and len(estimator.accuracies) == 40 and "accuracy estimator" in printed
+    assert estimator.held_out.atc.held_out_faces == FACES
 
     from serving.gateway import serve_in_thread
 

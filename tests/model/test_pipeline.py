@@ -101,6 +101,7 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     probabilities = model.signatures["serving_pixels"](pixels=tf.constant(fresh))["probabilities"].numpy()
     ece = expected_calibration_error(probabilities, fresh_labels)
     assert ece < 0.1, f"expected calibration error {ece:.3f} on 1,500 fresh faces"
+    _check_accuracy_estimator(settings.model_base / versions[0], model, fresh, fresh_labels)
     pixels, labels = synthetic.generate_arrays(400, seed=HELD_OUT_SEED)
     encoded = tf.constant([landing.encode_png(p) for p in pixels])
     by_image = model.signatures["serving_default"](images=encoded)
@@ -111,6 +112,25 @@ def test_good_batch_is_pushed_and_classifies_held_out_faces(home, fast_env, tmp_
     majority = float(np.bincount(labels).max() / len(labels))
     assert accuracy > max(0.45, majority + 0.15), f"held-out accuracy {accuracy:.2f} (majority class {majority:.2f})"
     assert by_image["classes"].numpy()[0].decode() in synthetic.EMOTIONS
+
+
+def _check_accuracy_estimator(version: Path, model, pixels: np.ndarray, labels: np.ndarray) -> None:
+    """The version carries the accuracy estimator the gate fitted on its held-out faces: on fresh
+    clean faces, as on the gate's, its estimate brackets the true accuracy (an estimate that knew
+    nothing would not: the interval is a few points wide)."""
+    from components import accuracy_estimator
+    from moodloop.core import accuracy_estimate
+    from moodloop.core.contracts import ACCURACY_ESTIMATOR
+
+    estimator = accuracy_estimate.load(version / ACCURACY_ESTIMATOR)
+    assert estimator is not None and "none" in estimator.corruptions and len(estimator.corruptions) > 5
+    out = accuracy_estimator.answers(model.signatures["serving_pixels"], pixels)
+    truth = float((out["probabilities"].argmax(axis=1) == labels).mean())
+    features = accuracy_estimate.window_features(
+        out["probabilities"], {c: out[c] for c in accuracy_estimate.PROPERTIES}, out["embedding"], estimator.held_out
+    )
+    found = estimator.estimate(features, len(labels))
+    assert found.low <= truth <= found.high and found.high - found.low < 0.3, (found, truth)
 
 
 def _check_slices(settings, out: str) -> None:

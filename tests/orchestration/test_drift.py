@@ -10,20 +10,24 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data import synthetic
 from monitoring import drift
-from moodloop.core import status
-from moodloop.core.contracts import REFERENCE_PROFILE
+from moodloop.core import accuracy_estimate, status
+from moodloop.core.contracts import ACCURACY_ESTIMATOR, EMOTIONS, LOG_PROBABILITY_COLUMNS, REFERENCE_PROFILE
 from moodloop.core.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
 from moodloop.core.settings import Settings
 
 
-def _rows(n: int, seed: int, shift: synthetic.Shift | None = None, t0: float = 0.0) -> list[dict]:
+def _rows(
+    n: int, seed: int, shift: synthetic.Shift | None = None, t0: float = 0.0, labels: list[str] | None = None
+) -> list[dict]:
     """Log rows for synthetic faces; the 'model' is a fixed function of the pixels, so a shift in
-    the images moves its predictions and embedding the way a real model's would."""
+    the images moves its predictions and embedding the way a real model's would. `labels`, when
+    given, receives each face's true emotion."""
     rows = []
     rng = np.random.default_rng(seed)
     for i, face in enumerate(synthetic.generate(n, seed, shift or synthetic.Shift())):
@@ -48,7 +52,29 @@ def _rows(n: int, seed: int, shift: synthetic.Shift | None = None, t0: float = 0
             timestamp=t0 + i * 0.001,
         )
         rows.append(prediction_row(record))
+        if labels is not None:
+            labels.append(EMOTIONS[face.label])
     return rows
+
+
+def _estimator(reference: list[dict], truth: list[str], seed: int) -> accuracy_estimate.LearnedEstimator:
+    """The version's accuracy estimator, fitted as the gate fits one (components/accuracy_estimator.py)
+    but on this test's 'model': windows of its held-out rows, clean and shifted, with their truth."""
+    frame = pd.DataFrame(reference).assign(label=truth)
+    probabilities = frame[list(LOG_PROBABILITY_COLUMNS)].to_numpy()
+    held_out = accuracy_estimate.HeldOutStats.of(
+        probabilities,
+        frame["label"].map(EMOTIONS.index).to_numpy(),
+        {c: frame[c].to_numpy() for c in accuracy_estimate.PROPERTIES},
+        frame[accuracy_estimate.embedding_columns(frame.columns)].to_numpy(),
+    )
+    features, accuracies = [], []
+    for w, shift in enumerate([None] * 8 + [synthetic.Shift(brightness=-0.1 * k, blur=0.5 * k) for k in (1, 2, 3)] * 4):
+        window_truth: list[str] = []
+        window = pd.DataFrame(_rows(150, seed=seed + w, shift=shift, labels=window_truth))
+        features.append(accuracy_estimate.frame_features(window, held_out))
+        accuracies.append(float((window["predicted_class"] == pd.Series(window_truth)).mean()))
+    return accuracy_estimate.fit_learned(held_out, np.array(features), np.array(accuracies))
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -68,16 +94,26 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
         drift={"window_records": 300, "cooldown_minutes": 60},
         alerts={"webhook_url": url},
     )
-    _write(settings.model_base / "1" / REFERENCE_PROFILE, _rows(1500, seed=1))
+    truth: list[str] = []
+    reference = _rows(1500, seed=1, labels=truth)
+    # The version as the Pusher leaves it: its held-out faces with their labels, and its estimator.
+    profile = pa.Table.from_pylist(reference, schema=PREDICTION_SCHEMA).append_column("label", pa.array(truth))
+    (settings.model_base / "1" / REFERENCE_PROFILE).parent.mkdir(parents=True)
+    pq.write_table(profile, settings.model_base / "1" / REFERENCE_PROFILE)
+    estimator = _estimator(reference, truth, seed=5000)
+    (settings.model_base / "1" / ACCURACY_ESTIMATOR).write_text(json.dumps(estimator.as_dict()))
     retrains: list[dict] = []
 
     def retrain(_, conf):
         retrains.append(conf)
         return {"dag_run_id": f"manual__{len(retrains)}", "conf": conf}
 
-    t, outcomes = 1_000_000.0, []
+    t, outcomes, true_accuracy = 1_000_000.0, [], []
     for w in range(5):  # clean traffic
-        _log_window(settings, f"clean-{w}", _rows(300, seed=100 + w, t0=t))
+        window_truth: list[str] = []
+        rows = _rows(300, seed=100 + w, t0=t, labels=window_truth)
+        true_accuracy.append(np.mean([r["predicted_class"] == e for r, e in zip(rows, window_truth, strict=True)]))
+        _log_window(settings, f"clean-{w}", rows)
         outcomes.append(drift.run_window(settings, now=t + 1, retrain=retrain).outcome)
         t += 60
     assert outcomes == ["no_drift"] * 5 and retrains == []
@@ -94,9 +130,17 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
     assert len(retrains) == 1 and retrains[0]["reason"] == "drift"
     assert Path(retrains[0]["report"]).read_text().lstrip().lower().startswith("<!doctype html")
     assert "cool-down" in results[1].retrain["suppressed"]
+    # Each window's accuracy estimated without labels, by the estimator the version carries.
+    decisions = [json.loads(line) for line in (settings.home / "monitoring" / "drift_decisions.jsonl").open()]
+    estimated = [d["accuracy_estimate"]["1"] for d in decisions]
+    assert all(e["decides"] == accuracy_estimate.LEARNED for e in estimated)
+    for found, truth in zip(estimated[:5], true_accuracy, strict=True):
+        assert found["learned"]["low"] <= truth <= found["learned"]["high"], (found, truth)
+    assert "estimated accuracy" in drift.describe(results[0]) and "no labels yet" in drift.describe(results[0])
     # The latest verdict, for the faces page's model panel (moodloop/core/status.py), with its report.
     latest = status.read_status(settings.status_dir, status.DRIFT)
     assert latest["outcome"] == "drift" and latest["drift_share"] >= settings.drift.share and latest["report"]
+    assert latest["accuracy_estimate"]["1"]["decides"] == accuracy_estimate.LEARNED
     report = status.status_file(settings.status_dir, status.DRIFT_REPORT)
     assert report.read_bytes() == Path(results[1].report_html).read_bytes()
 
@@ -121,7 +165,11 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
     (project,) = workspace.list_projects()
     assert project.name == "moodloop drift" and len(workspace.list_runs(project.id)) == 7
     panels = [panel.title for panel in project.dashboard.model().panels]  # made once, not once per window
-    assert panels == [panel.title for panel in drift.dashboard_panels()] and len(panels) == 4
+    assert panels == [panel.title for panel in drift.dashboard_panels()] and len(panels) == 5
+    # The dashboard's accuracy panel reads each window's average of the estimated accuracy.
+    run = workspace.get_run(project.id, workspace.list_runs(project.id)[0])
+    shown = [m.display_name for m in run.metric_results.values()]
+    assert "Mean value of 'estimated_accuracy'" in shown
     decisions = (settings.home / "monitoring" / "drift_decisions.jsonl").read_text().splitlines()
     assert [json.loads(line)["outcome"] for line in decisions] == ["no_drift"] * 5 + ["drift", "drift", "incident"]
     # Each verdict that needs a person posted one message to the webhook (moodloop/core/alerts.py).

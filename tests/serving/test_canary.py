@@ -318,3 +318,38 @@ def test_without_labels_the_class_mix_is_held_to_the_canarys_reference_profile()
     # A version without a reference profile: stable's live mix is the only yardstick left.
     judgement = judge(stable, canary, None, unlabelled)
     assert judgement.verdict == "rollback" and "stable's live mix" in judgement.reasons[0]
+
+
+def test_without_labels_a_canary_estimated_worse_beyond_both_intervals_rolls_back():
+    """Issue 31: the accuracy estimated without labels (as analyze() adds it per side) decides when
+    labels are missing, and only informs when they are there."""
+    rng = np.random.default_rng(5)
+    truths = [EMOTIONS[i % 7] for i in range(400)]
+    stable = _side("stable", truths, _answers(truths, 0.8, rng))
+    canary = _side("canary", truths, _answers(truths, 0.8, rng))
+    mix = dict(canary["class_mix"])
+
+    def estimated(accuracy: float, half: float, method: str = "learned") -> dict:
+        low, high = accuracy - half, accuracy + half
+        numbers = {"method": method, "accuracy": accuracy, "low": low, "high": high, "faces": 400}
+        return {method: numbers, "cbpe": numbers | {"method": "cbpe"}, "decides": method}
+
+    stable["accuracy_estimate"] = estimated(0.80, 0.05)
+    canary["accuracy_estimate"] = estimated(0.55, 0.05)
+    unlabelled = CanarySettings(min_labels=10_000)
+    judgement = judge(stable, canary, None, unlabelled, reference_mix=mix)
+    assert judgement.verdict == "rollback" and judgement.evidence == "heuristics", judgement
+    assert judgement.reasons[0].startswith("estimated accuracy (no labels, LEARNED): canary 55.0%")
+    assert "worse beyond both intervals" in judgement.reasons[0]
+    # Overlapping intervals: a difference the estimates cannot tell from chance does not roll back.
+    canary["accuracy_estimate"] = estimated(0.72, 0.05)
+    judgement = judge(stable, canary, None, unlabelled, reference_mix=mix)
+    assert judgement.verdict == "pass" and any("estimated accuracy" in f for f in judgement.findings), judgement
+    # Versions with different estimators are compared by the best method both carry.
+    canary["accuracy_estimate"] = {"cbpe": estimated(0.5, 0.02, "cbpe")["cbpe"], "decides": "cbpe"}
+    judgement = judge(stable, canary, None, unlabelled, reference_mix=mix)
+    assert judgement.verdict == "rollback" and "CBPE" in judgement.reasons[0]
+    # With enough labels the labels decide: the same estimate only informs.
+    judgement = judge(stable, canary, None, CanarySettings(min_labels=100), reference_mix=mix)
+    assert judgement.evidence == "labels" and judgement.verdict == "pass", judgement
+    assert any("estimated accuracy" in f and "informs only" in f for f in judgement.findings)

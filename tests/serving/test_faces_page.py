@@ -103,7 +103,8 @@ def test_a_photo_shows_every_face_why_and_takes_a_correction(page, media, runnin
 def test_the_model_panel_shows_the_latest_gate_with_its_bias_audit(page, running, tmp_path):
     """A gate verdict as the ABGate records it (moodloop/core/status.py): the panel shows the reasons,
     the largest gap between slices and both pictures (the gate's, the bias audit's); and the latest
-    canary decision with the evidence that decided and both sides' numbers."""
+    canary decision with the evidence that decided and both sides' numbers; the latest drift window
+    with each version's accuracy estimated without labels beside the labelled one."""
     from components import plots
     from components.ab_gate import decide
     from moodloop.core import status
@@ -122,6 +123,18 @@ def test_the_model_panel_shows_the_latest_gate_with_its_bias_audit(page, running
     shown = {k: result.get(k) for k in ("verdict", "reasons", "examples", "candidate_accuracy", "champion_accuracy")}
     latest = shown | {"largest_slice_gap": result["bias"]["largest_gap"]}
     status.write_status(running.dataplane.settings.status_dir, status.GATE, latest, pictures)
+    # ... the drift job's latest window, with each version's accuracy estimated without labels
+    # (monitoring/drift.py) beside the labelled one ...
+    numbers = {"method": "learned", "accuracy": 0.781, "low": 0.702, "high": 0.86, "faces": 200}
+    estimated = {"learned": numbers, "cbpe": numbers | {"method": "cbpe", "accuracy": 0.9}, "decides": "learned"}
+    drift_window = {
+        "outcome": "drift",
+        "reasons": ["100% of the monitored columns drifted"],
+        "window": {"records": 200},
+        "accuracy_estimate": {"1": estimated},
+        "live_accuracy": {"1": {"labelled": 150, "accuracy": 0.76}},
+    }
+    status.write_status(running.dataplane.settings.status_dir, status.DRIFT, drift_window)
     # ... and the canary analysis's latest decision (monitoring/canary.py writes it the same way).
     side = {"requests": 500, "labelled": 480, "mean_confidence": 0.71, "latency_p95_ms": 6.2}
     canary_decision = {
@@ -130,7 +143,7 @@ def test_the_model_panel_shows_the_latest_gate_with_its_bias_audit(page, running
         "canary_version": 2,
         "stable_version": 1,
         "stable": {**side, "accuracy": 0.566},
-        "canary": {**side, "accuracy": 0.802},
+        "canary": {**side, "accuracy": 0.802, "accuracy_estimate": estimated},
         "reasons": ["step 1 passed: canary share -> 50%"],
         "findings": ["canary's predicted-class mix differs from stable's live mix by 0.30 (informs only)"],
     }
@@ -144,6 +157,10 @@ def test_the_model_panel_shows_the_latest_gate_with_its_bias_audit(page, running
     assert "ramp" in canary and "canary v2 vs stable v1" in canary and "decided on feedback labels" in canary
     sides = page.inner_text("#panel-canary-sides")
     assert "56.6%" in sides and "80.2%" in sides  # both sides' numbers
+    assert "78.1% (70.2%-86.0%, LEARNED)" in sides  # the canary's accuracy estimated without labels
+    estimates = page.inner_text("#panel-estimates")
+    assert "78.1% (LEARNED, 200 faces)" in estimates and "70.2% - 86.0%" in estimates
+    assert "76.0% on 150 labels" in estimates  # the realised accuracy beside the estimate
     assert "informs only" in page.inner_text("#panel-body")
     bias = page.locator("#panel-body img[alt^='the bias audit']")
     bias.wait_for()
