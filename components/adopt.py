@@ -403,25 +403,27 @@ class AdoptedModule(model_contract.ServingModule):
         self.network = classifier.trackable  # tracked: the model's variables are saved with the wrapper
         self._call = classifier.call
         self._explain = classifier.explain
-        self._prep = preprocessing
+        self.preprocessing = preprocessing
         self._logits = options.logits
         self._order = tf.constant(class_permutation(options.class_order), tf.int32)
 
     # preprocessing: anything in -> [N, H, W, C] float32 0..255 -> the model's scaling
     def _resize(self, images: tf.Tensor) -> tf.Tensor:
         # Antialiased: photos and large uploads shrink without aliasing; enlarging is plain bilinear.
-        return tf.image.resize(images, [self._prep.height, self._prep.width], antialias=True)
+        return tf.image.resize(images, [self.preprocessing.height, self.preprocessing.width], antialias=True)
 
-    def _scale(self, images: tf.Tensor) -> tf.Tensor:
-        if self._prep.scale == "unit":
+    def scale(self, images: tf.Tensor) -> tf.Tensor:
+        """[N, H, W, C] float32 0..255 at the model's size -> the model's input scaling."""
+        if self.preprocessing.scale == "unit":
             return images / 255.0
-        if self._prep.scale == "minus-one-one":
+        if self.preprocessing.scale == "minus-one-one":
             return images / 127.5 - 1.0
         return images
 
     def decode(self, encoded: tf.Tensor) -> tf.Tensor:
         """[N] encoded images -> [N, H, W, C] float32 0..255 at the model's size (before its scaling)."""
-        channels, shape = self._prep.channels, [self._prep.height, self._prep.width, self._prep.channels]
+        prep = self.preprocessing
+        channels, shape = prep.channels, [prep.height, prep.width, prep.channels]
 
         def one(data: tf.Tensor) -> tf.Tensor:
             # Straight from the upload to the model's size: no detour through 48x48.
@@ -431,18 +433,18 @@ class AdoptedModule(model_contract.ServingModule):
         return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec(shape, tf.float32))
 
     def from_encoded(self, encoded: tf.Tensor) -> tf.Tensor:
-        return self._scale(self.decode(encoded))
+        return self.scale(self.decode(encoded))
 
     def from_pixels(self, pixels: tf.Tensor) -> tf.Tensor:
         # The pixels go to the model directly (no PNG round trip): one face crop, one resize.
         images = tf.cast(pixels, tf.float32)[..., tf.newaxis]
-        if self._prep.channels == 3:
+        if self.preprocessing.channels == 3:
             images = tf.image.grayscale_to_rgb(images)
-        return self._scale(self._resize(images))
+        return self.scale(self._resize(images))
 
     def hidden(self, images: tf.Tensor) -> tf.Tensor:
         """Feature-layer values for decoded images (0..255): what the PCA is fitted on."""
-        return self._call(self._scale(images))[0]
+        return self._call(self.scale(images))[0]
 
     def classify(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         hidden, scores = self._call(inputs)

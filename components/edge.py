@@ -111,6 +111,33 @@ def export_edge_source(model, tf_transform_output, export_dir: str, temperature:
     return scale, offset
 
 
+def export_adopted_edge_source(module, export_dir: str) -> None:
+    """The edge source of a team's network (components/adopt.py AdoptedModule, e.g. fine-tuned by
+    components/fine_tune.py): pixels float32 [N, 48, 48, 1], 0..255 -> the calibrated probabilities
+    in the contract's class order, through the network's own preprocessing (its input size, colour
+    and scaling). Its resize enlarges without antialiasing: the same values for an enlargement, and
+    TFLite's builtin RESIZE_BILINEAR instead of ScaleAndTranslate, which has no builtin."""
+    import tensorflow as tf
+
+    prep = module.preprocessing
+
+    class EdgeSource(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module  # tracked: the network's variables are saved with it
+
+        @tf.function(input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE, 1], tf.float32, name=INPUT_NAME)])
+        def serve(self, pixels):
+            images = tf.image.grayscale_to_rgb(pixels) if prep.channels == 3 else pixels
+            if (prep.height, prep.width) != (FACE_SIZE, FACE_SIZE):
+                images = tf.image.resize(images, [prep.height, prep.width], antialias=False)
+            _, probabilities = module.classify(module.scale(images))
+            return {OUTPUT_PROBABILITIES: probabilities}
+
+    source = EdgeSource()
+    tf.saved_model.save(source, export_dir, signatures={"serving_default": source.serve.get_concrete_function()})
+
+
 # ---------------------------------------------------------------- conversion, parity, latency
 
 

@@ -80,3 +80,14 @@ def test_the_adopted_model_is_fine_tuned_and_not_replaced_on_synthetic_faces(fer
     print(f"group photo: adopted {before}, fine-tuned {after}")
     assert "happy" in before
     assert all(a == "happy" for b, a in zip(before, after, strict=True) if b == "happy"), (before, after)
+
+    # Edge files of the fine-tuned network, made and checked as the EdgeExporter makes them for a
+    # pushed version: its own preprocessing (48 -> 64, [-1, 1]) inside, TFLite's builtin ops only.
+    from components import edge
+
+    held_out, truth = synthetic.generate_arrays(300, seed=9)
+    results, metadata = edge.build_edge_files(
+        str(candidate.parent / edge.EDGE_SOURCE_DIR), str(candidate), pixels[:200], held_out, truth, tmp_path / "edge"
+    )
+    print("\n".join(edge.describe(results)))
+    assert "float16.tflite" in metadata["files"], edge.describe(results)
