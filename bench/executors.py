@@ -30,6 +30,7 @@ from moodloop.local.stack import PORT_VARIABLES
 
 TRAINING = {  # a short fit: the orchestration is what is compared, not the model
     "MOODLOOP_EPOCHS": "5",
+    "MOODLOOP_EARLY_STOP_PATIENCE": "0",  # exactly 5 epochs in every run: the same work under each executor
     "MOODLOOP_MODEL_SIZE": "tiny",
     "MOODLOOP_AUGMENT": "0",
     "MOODLOOP_LANDING_SETTLE_SECONDS": "2",

@@ -124,6 +124,8 @@ def bench_settings(home: Path, args: argparse.Namespace, **training) -> Settings
         home=home,
         training={
             "epochs": args.epochs,
+            # every epoch, as the bare fit runs them: the bench compares the same work
+            "early_stop_patience": 0,
             "model_size": args.model_size,
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,

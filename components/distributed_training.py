@@ -135,7 +135,7 @@ def worker_main(folder: Path) -> int:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     resolver = strategy.cluster_resolver
     chief = resolver.task_id == 0
-    from components.model import build_model, learning_rate_schedule
+    from components.model import build_model, training_callbacks
 
     spec = json.loads((folder / SPEC_JSON).read_text())
     fit = spec["fit"]
@@ -148,15 +148,18 @@ def worker_main(folder: Path) -> int:
         model = build_model(**spec["model"])
         model.set_weights(_load_weights(folder / INITIAL_WEIGHTS))
         model.optimizer.learning_rate.assign(float(fit["learning_rate"]))
+    callbacks, max_epochs = training_callbacks(
+        int(fit["epochs"]), int(fit.get("max_epochs", fit["epochs"])), int(fit.get("early_stop_patience", 0))
+    )
     history = model.fit(
         faces["x_train"],
         faces["y_train"],
         validation_data=(faces["x_eval"], faces["y_eval"]),
-        epochs=int(fit["epochs"]),
+        epochs=max_epochs,
         batch_size=int(fit["batch_size"]),
         shuffle=True,
         class_weight={int(k): float(v) for k, v in fit["class_weight"].items()},
-        callbacks=[learning_rate_schedule()],
+        callbacks=callbacks,
         verbose=2 if chief else 0,
     )
     # Every worker reads the weights: reading variables aggregated on read (batch normalisation's

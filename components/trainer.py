@@ -23,7 +23,7 @@ from tfx.components.tuner.component import TunerFnResult
 
 from components import calibration, distributed_training, edge, explain, fine_tune, model_contract, plots, tuning
 from components.ab_gate import champion_dir
-from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order, learning_rate_schedule
+from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order, training_callbacks
 from components.model_report import TRAINING_SUMMARY
 from components.preprocessing import LABEL_KEY
 from components.projection import pca_projection
@@ -179,8 +179,8 @@ def _fine_tune_champion(
     fn_args: FnArgs, training, target, why: str, tf_transform_output, faces, counts: list[int], weights: dict
 ) -> None:
     """The run_fn of a fine-tuning run (components/fine_tune.py): the team's network trained
-    further, calibrated, projected and exported by the model contract. No edge source: the
-    EdgeExporter folds moodloop's Transform graph, which an adopted network does not use."""
+    further, calibrated, projected and exported by the model contract, with an edge source of its
+    own preprocessing (the EdgeExporter converts and checks it as any version's)."""
     x_train, y_train, x_eval, y_eval = faces
     crops_train, crops_eval = fine_tune.raw_faces(tf_transform_output, x_train, x_eval)
     started = time.perf_counter()
@@ -211,6 +211,11 @@ def _fine_tune_champion(
     }
     _write_summary(fn_args.model_run_dir, summary, tuned.curves, calibrated)
     fine_tune.export(target, tuned, module, fn_args.serving_model_dir, why)
+    edge_source = os.path.join(os.path.dirname(fn_args.serving_model_dir), edge.EDGE_SOURCE_DIR)
+    try:
+        edge.export_adopted_edge_source(module, edge_source)
+    except (ValueError, TypeError) as error:  # a network that cannot be traced for the edge: the model still ships
+        log.warning(f"no edge source: {error}")
     log.info(f"calibration, embedding projection and export in {time.perf_counter() - started:.1f} s")
 
 
@@ -285,10 +290,14 @@ def run_fn(fn_args: FnArgs) -> None:
         epochs = max(1, round(epochs * training.warm_epochs_fraction))
         learning_rate *= training.warm_learning_rate_factor
         model.optimizer.learning_rate.assign(learning_rate)
-    log.info(f"{warm.summary()}; {epochs} epochs at learning rate {learning_rate:g}")
+    # A cold fit may go on while it still improves (training_callbacks); a warm one runs its share.
+    most = epochs if warm.warm else training.max_epochs
+    recipe, planned = training_callbacks(epochs, most, training.early_stop_patience)
+    more = f" (then on while the held-out loss improves, to {planned} at most)" if planned > epochs else ""
+    log.info(f"{warm.summary()}; {epochs} epochs{more} at learning rate {learning_rate:g}")
     log.info(f"model {model.name}: {model.count_params():,} parameters")
     callbacks = [
-        learning_rate_schedule(),
+        *recipe,
         # Scalars per epoch for TensorBoard; not the graph: writing it made a 2-epoch fit up to 1.9 s
         # slower in wall time (3.5-3.9 s without, 4.0-5.7 s with; measured on 4,800 faces).
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, write_graph=False),
@@ -301,10 +310,12 @@ def run_fn(fn_args: FnArgs) -> None:
             {"x_train": x_train, "y_train": y_train, "x_eval": x_eval, "y_eval": y_eval},
             {
                 "epochs": epochs,
+                "max_epochs": planned,
                 "batch_size": batch_size,
                 "class_weight": weights,
                 "seed": training.seed,
                 "learning_rate": learning_rate,
+                "early_stop_patience": training.early_stop_patience,
             },
             workers,
             os.path.join(fn_args.model_run_dir, "workers"),
@@ -315,7 +326,7 @@ def run_fn(fn_args: FnArgs) -> None:
             x_train,
             y_train,
             validation_data=(x_eval, y_eval),
-            epochs=epochs,
+            epochs=planned,
             batch_size=batch_size,
             shuffle=True,
             class_weight=weights,
@@ -324,10 +335,16 @@ def run_fn(fn_args: FnArgs) -> None:
         )
         curves = {k: [float(v) for v in values] for k, values in history.history.items()}
     fit_s = time.perf_counter() - started
+    ran = len(curves.get("loss", [])) or epochs
+    losses = curves.get("val_loss", [])
+    # EarlyStopping watches from epoch `epochs` on (training_callbacks)
+    best = epochs + int(np.argmin(losses[epochs - 1 :])) if planned > epochs and len(losses) >= epochs else ran
+    kept = f" (the held-out loss was best in epoch {best}: its weights are kept)" if planned > epochs else ""
     log.info(
-        f"fitted {epochs} epochs in {fit_s:.1f} s on {workers} worker(s), "
-        f"{strategy.num_replicas_in_sync} replica(s) each"
+        f"fitted {ran} epochs in {fit_s:.1f} s on {workers} worker(s), "
+        f"{strategy.num_replicas_in_sync} replica(s) each{kept}"
     )
+    epochs = ran
 
     started = time.perf_counter()
     calibrated = calibration.calibrate(logits_of(model, x_eval), y_eval)
@@ -339,6 +356,8 @@ def run_fn(fn_args: FnArgs) -> None:
         "train_label_counts": counts,
         "fit_seconds": fit_s,
         "epochs": epochs,
+        "max_epochs": planned,
+        "best_epoch": best,
         "learning_rate": learning_rate,
         "warm_start": warm.as_dict(),
         "hyperparameters": {"learning_rate": learning_rate, **tuned, "tuned": bool(tuned)},

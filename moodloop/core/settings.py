@@ -93,6 +93,11 @@ def _read(
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainingSettings:
     epochs: int = setting("MOODLOOP_EPOCHS", 10)  # training epochs of a cold start (a warm start runs a share of them)
+    # ... after which a cold fit goes on while its held-out loss still improves, up to this many
+    # epochs; it stops MOODLOOP_EARLY_STOP_PATIENCE epochs after its best one and keeps that one's
+    # weights (MOODLOOP_EPOCHS or fewer: exactly MOODLOOP_EPOCHS)
+    max_epochs: int = setting("MOODLOOP_MAX_EPOCHS", 40)
+    early_stop_patience: int = setting("MOODLOOP_EARLY_STOP_PATIENCE", 5)  # epochs without a better held-out loss
     batch_size: int = setting("MOODLOOP_BATCH_SIZE", 64)  # faces per training step
     model_size: str = setting("MOODLOOP_MODEL_SIZE", "small")  # tiny | small | medium | vgg
     learning_rate: float = setting("MOODLOOP_LEARNING_RATE", 0.001)  # Adam's learning rate of a cold start
@@ -150,10 +155,10 @@ class GateSettings:
     # (source=batch or corrections), a candidate is refused unless this is set: synthetic scores
     # alone do not replace a model trained on real faces
     allow_synthetic_over_real: bool = setting("MOODLOOP_ALLOW_SYNTHETIC_OVER_REAL", False)
-    # The gate also fits each candidate's accuracy estimator (components/accuracy_estimator.py): this
-    # many windows of its held-out faces, most of them corrupted, of this many faces each
+    # The gate also fits each candidate's accuracy estimator (components/accuracy_estimator.py) on
+    # this many windows of its held-out faces, most of them corrupted
     estimator_windows: int = setting("MOODLOOP_ESTIMATOR_WINDOWS", 200)
-    estimator_window_faces: int = setting("MOODLOOP_ESTIMATOR_WINDOW_FACES", 200)
+    estimator_window_faces: int = setting("MOODLOOP_ESTIMATOR_WINDOW_FACES", 200)  # held-out faces per window
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

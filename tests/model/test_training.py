@@ -156,3 +156,46 @@ def test_standardisation_statistics_do_not_depend_on_the_summation_order():
         rounded = rounded_statistic(tf.constant(sums, tf.float64)).numpy()
         assert np.float32(rounded[0]) == np.float32(rounded[1])
         np.testing.assert_array_equal(rounded, np.round(sums, STATISTIC_DECIMALS))  # as the bare fit rounds
+
+
+def test_a_cold_fit_goes_on_while_its_held_out_loss_improves_and_keeps_its_best_epoch():
+    """components/model.py training_callbacks: `epochs` always run; then on while the held-out loss
+    improves, to `max_epochs` at most, stopping `patience` epochs after the best, whose weights are
+    kept. A problem still being learned runs past `epochs`; one whose held-out loss only gets worse
+    (labels it cannot learn) stops `patience` epochs after its best watched epoch (the planned
+    fit's last is the first watched) and keeps that epoch's weights."""
+    import tf_keras as keras
+
+    from components.model import training_callbacks
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 8)).astype(np.float32)
+    learnable = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+
+    def fit(labels: np.ndarray, epochs: int, max_epochs: int, patience: int):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)])
+        model.compile(keras.optimizers.Adam(0.003), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        callbacks, planned = training_callbacks(epochs, max_epochs, patience)
+        history = model.fit(
+            x[:384],
+            labels[:384],
+            validation_data=(x[384:], labels[384:]),
+            epochs=planned,
+            verbose=0,
+            callbacks=callbacks,
+        )
+        return model, history.history["val_loss"]
+
+    assert training_callbacks(10, 10, 5)[1] == 10 and len(training_callbacks(10, 10, 5)[0]) == 1  # exactly 10
+    assert training_callbacks(10, 40, 0)[1] == 10  # patience 0: exactly `epochs`
+    _, losses = fit(learnable, epochs=3, max_epochs=30, patience=3)
+    assert len(losses) > 3  # still improving after 3 epochs: it went on
+
+    noise = rng.integers(0, 2, 512)  # nothing to learn: the held-out loss rises as it memorises
+    model, losses = fit(noise, epochs=5, max_epochs=60, patience=3)
+    assert len(losses) < 60, "it should stop once the held-out loss stops improving"
+    best = 4 + int(np.argmin(losses[4:]))  # watched from the 5th epoch on (index 4): the planned fit's last
+    assert len(losses) == best + 1 + 3  # patience epochs after the best
+    kept = model.evaluate(x[384:], noise[384:], verbose=0)
+    assert kept == pytest.approx(losses[best], rel=1e-4)  # the best epoch's weights, not the last's

@@ -165,8 +165,9 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     airflow = dataclasses.replace(
         settings, airflow=dataclasses.replace(settings.airflow, url=f"http://127.0.0.1:{port}")
     )
-    # 60 epochs: the Trainer is still fitting when it is killed below.
-    triggered = drift.trigger_retrain(airflow, {"reason": "drift", "report": "r.html", "epochs": 60})
+    # 60 epochs, every one of them: the Trainer is still fitting when it is killed below.
+    conf = {"reason": "drift", "report": "r.html", "epochs": 60, "early_stop_patience": 0}
+    triggered = drift.trigger_retrain(airflow, conf)
     run_id = triggered["dag_run_id"]
     assert drift.trigger_retrain(airflow, {"reason": "drift"})["already_running"] == run_id
     conf = api.airflow.dag_runs.get_dag_run("train_emotion_model", run_id, _request_timeout=30).conf
