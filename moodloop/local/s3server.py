@@ -83,8 +83,10 @@ def start_seaweedfs(
     )
     config.chmod(0o600)
     ports = {"master": free_port(), "volume": free_port(), "filer": free_port()}
+    (data_dir / "logs").mkdir(exist_ok=True)
     command = [
         weed_binary(),
+        f"-logdir={data_dir / 'logs'}",  # its glog files beside its data, not in /tmp
         "server",
         "-ip=127.0.0.1",
         f"-ip.bind={bind}",

@@ -6,7 +6,9 @@ any test module imports it.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 _SESSION = Path(tempfile.mkdtemp(prefix="moodloop-orch-tests-"))
+atexit.register(shutil.rmtree, _SESSION, ignore_errors=True)  # the session's Airflow and moodloop homes
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_SESSION / "airflow"),
