@@ -537,15 +537,17 @@ def ABGate(
     faces = write_reference_profile(profile, serialized, labels, outputs)
     log.info(f"reference profile of {faces} held-out faces: {profile}")
     # How to know the candidate's accuracy without labels, fitted on the same held-out faces; it
-    # travels with the profile (the Pusher puts both in the version).
-    estimator = accuracy_estimator.fit(
-        path_utils.serving_model_path(model.uri),
-        held_out_pixels(serialized),
-        labels,
-        thresholds.estimator_windows,
-        thresholds.estimator_window_faces,
-    )
-    accuracy_estimator.write(estimator, accuracy_estimator_file(reference_profile))
+    # travels with the profile (the Pusher puts both in the version). Only for a blessed candidate:
+    # a refused one is never pushed, and the fit costs its model 40,000 answers by default.
+    if result["blessed"]:
+        estimator = accuracy_estimator.fit(
+            path_utils.serving_model_path(model.uri),
+            held_out_pixels(serialized),
+            labels,
+            thresholds.estimator_windows,
+            thresholds.estimator_window_faces,
+        )
+        accuracy_estimator.write(estimator, accuracy_estimator_file(reference_profile))
     with open(os.path.join(report.uri, GATE_REPORT_JSON), "w") as fh:
         json.dump(result, fh, indent=1)
     plots.gate_report(result, os.path.join(report.uri, GATE_REPORT_PNG))

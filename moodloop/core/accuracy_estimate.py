@@ -38,9 +38,13 @@ estimator's bias under a shift it cannot see; the bench prints that bias.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+
+from moodloop.core.contracts import LOG_PROBABILITY_COLUMNS
 
 CBPE, ATC, LEARNED = "cbpe", "atc", "learned"
 METHODS = (CBPE, ATC, LEARNED)
@@ -199,8 +203,6 @@ def window_features(probabilities, properties: dict, embedding, held_out: HeldOu
 
 def frame_features(frame, held_out: HeldOutStats) -> np.ndarray:
     """window_features of inference-log rows (a pandas frame, or any mapping of columns)."""
-    from moodloop.core.contracts import LOG_PROBABILITY_COLUMNS
-
     probabilities = np.column_stack([np.asarray(frame[c], dtype=np.float64) for c in LOG_PROBABILITY_COLUMNS])
     properties = {c: np.asarray(frame[c], dtype=np.float64) for c in PROPERTIES}
     embedding = np.column_stack([np.asarray(frame[c], dtype=np.float64) for c in embedding_columns(frame.keys())])
@@ -285,9 +287,6 @@ def fit_learned(
 
 def load(path) -> LearnedEstimator | None:
     """The estimator a model version carries (ACCURACY_ESTIMATOR), or None if it has none."""
-    import json
-    from pathlib import Path
-
     path = Path(path)
     return LearnedEstimator.from_dict(json.loads(path.read_text())) if path.is_file() else None
 
@@ -296,8 +295,6 @@ def estimate_frame(frame, estimator: LearnedEstimator | None, method: str = METH
     """Every method's estimate for inference-log rows, as {method: estimate dict}: CBPE always,
     ATC and LEARNED when the version carries its estimator. "decides" names the one `method` picks
     (the best available)."""
-    from moodloop.core.contracts import LOG_PROBABILITY_COLUMNS
-
     if method not in METHODS:
         raise ValueError(f"accuracy estimate {method!r}: expected one of {METHODS}")
     probabilities = np.column_stack([np.asarray(frame[c], dtype=np.float64) for c in LOG_PROBABILITY_COLUMNS])
