@@ -3,7 +3,9 @@ inference log against the served model's reference profile: data quality (Great 
 first, then Evidently drift reports (image properties, predictions, embeddings) into the
 Evidently workspace and an HTML file, then triage. Drift triggers `train_emotion_model` (REST
 API v2, conf {"reason": "drift", ...}) at most once per cool-down, or joins a retrain that new
-data started; a data-quality incident is reported and retrains nothing.
+data started; a data-quality incident is reported and retrains nothing. A drifted window also
+fills the labelling queue (the faces page's Label tab) from the kept live faces, when they are kept
+(MOODLOOP_KEEP_LIVE_FACES), and faces kept longer than MOODLOOP_LIVE_FACES_DAYS are deleted.
 """
 
 from __future__ import annotations
@@ -38,9 +40,27 @@ def monitor_drift():
 
         result = drift.run_window(Settings.from_env())
         log.info(drift.describe(result))
-        return {"outcome": result.outcome, "report": result.report_html, "retrain": result.retrain}
+        return {
+            "outcome": result.outcome,
+            "report": result.report_html,
+            "retrain": result.retrain,
+            "since": result.window.get("since"),
+        }
 
-    judge_window()
+    @task
+    def queue_faces_to_label(judged: dict) -> dict:
+        """A drifted window: the kept live faces worth labelling go to the Label tab's queue."""
+        from monitoring import labelling
+
+        settings = Settings.from_env()
+        pruned = labelling.prune_live_faces(settings)
+        if judged["outcome"] != "drift":
+            return {"queued": 0, "why": f"the window's outcome is {judged['outcome']}", "pruned_hours": pruned}
+        queued = labelling.fill_queue(settings, judged["since"], reason=f"drift ({judged['report']})")
+        log.info(f"labelling queue: {queued}")
+        return queued | {"pruned_hours": pruned}
+
+    queue_faces_to_label(judge_window())
 
 
 monitor_drift()

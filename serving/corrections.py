@@ -68,11 +68,18 @@ class Corrections:
         settings: Settings,
         deliver: Callable[[Settings, str, dict[str, bytes]], str] = deliver_batch,
         background: bool = True,  # False: the caller runs deliver_pending (tests)
+        *,
+        folder: Path | None = None,  # default: MOODLOOP_CORRECTIONS_DIR
+        per_batch: int | None = None,  # default: MOODLOOP_CORRECTIONS_PER_BATCH
+        batch_prefix: str = CORRECTIONS_BATCH_PREFIX,
     ):
+        """The faces page's corrections by default; the Label tab's answers gather the same way
+        (serving/labelling.py: their own folder, MOODLOOP_LABEL_BUDGET a batch, `labelled-` batches)."""
         self.settings = settings
         self.background = background
-        self.per_batch = settings.serving.corrections_per_batch
-        self.folder = Path(settings.corrections_dir)
+        self.per_batch = per_batch or settings.serving.corrections_per_batch
+        self.batch_prefix = batch_prefix
+        self.folder = Path(folder or settings.corrections_dir)
         self.pending_dir = self.folder / "pending"
         self._deliver = deliver
         self._lock = threading.Lock()  # the pending folder's files
@@ -109,15 +116,16 @@ class Corrections:
             return []
         return sorted(p for p in self.pending_dir.glob("*__*.png") if not p.name.startswith("."))
 
-    def deliver_pending(self) -> str | None:
-        """Send the gathered faces as one landing batch; None when there were too few, another
-        delivery is running, or the landing zone refused (the faces stay; the next try sends them)."""
+    def deliver_pending(self, at_least: int | None = None) -> str | None:
+        """Send the gathered faces as one landing batch; None when there were fewer than `at_least`
+        (default: a whole batch), another delivery is running, or the landing zone refused (the
+        faces stay; the next try sends them)."""
         if not self._delivering.acquire(blocking=False):
             return None
         try:
             with self._lock:
                 pending = self._pending()
-                if len(pending) < self.per_batch:
+                if not pending or len(pending) < (self.per_batch if at_least is None else at_least):
                     return None
                 files, rows, senders = {}, ["file,label"], {}
                 for path in pending:
@@ -129,7 +137,7 @@ class Corrections:
                 files[LABELS_FILE] = ("\n".join(rows) + "\n").encode()
                 files[SENDERS_FILE] = json.dumps(senders, indent=1, sort_keys=True).encode()
             digest = hashlib.sha256("\n".join(p.name for p in pending).encode()).hexdigest()[:12]
-            name = f"{CORRECTIONS_BATCH_PREFIX}{digest}-{len(pending)}"
+            name = f"{self.batch_prefix}{digest}-{len(pending)}"
             try:
                 where = self._deliver(self.settings, name, files)
             except Exception as error:  # noqa: BLE001 - the faces are safe on disk; the next correction retries

@@ -35,6 +35,7 @@ from serving.batching import Tensors
 from serving.corrections import Corrections, RecentFaces
 from serving.faces import FaceDetector, check_face_detector, make_face_detector
 from serving.inference_log import InferenceLog
+from serving.labelling import LabellingDesk, LabelRefused
 from serving.metrics import GatewayMetrics
 
 log = logging.getLogger("moodloop.serving")
@@ -116,6 +117,7 @@ class DataPlane:
         self.face_detector = check_face_detector(settings.serving.face_detector)  # a bad value fails at start
         self.recent_faces = RecentFaces(settings.serving.recent_faces)
         self.corrections = Corrections(settings)
+        self.labelling = LabellingDesk(settings)
 
     @property
     def detector(self) -> FaceDetector:
@@ -285,7 +287,8 @@ class DataPlane:
         # Computed by the model (versions exported since the outputs exist): nothing to decode here.
         in_graph = {column: outputs[name] for name, column in OUTPUT_IMAGE_PROPERTIES.items() if name in outputs}
         if len(in_graph) == len(OUTPUT_IMAGE_PROPERTIES):
-            pixels = encoded = None
+            if not self.inference_log.faces_per_hour:  # kept only for the live-face sample
+                pixels = encoded = None
         else:
             in_graph = {}
         for i, probs in enumerate(probabilities):
@@ -349,6 +352,29 @@ class DataPlane:
                 log.error(f"could not keep the corrected face {request_id}/{instance}: {error}")
                 face = {"kept": False, "why": "the face could not be stored for training; the label is logged"}
         return record, face | {"corrections": self.corrections.counts()}
+
+    def label_next(self) -> dict:
+        return self.labelling.next_face()
+
+    def label_answer(self, face_id: str, answer: str, sender: str = "unknown") -> dict:
+        """One answer from the Label tab; an emotion is also the prediction's feedback label."""
+        if not isinstance(face_id, str) or not face_id or not isinstance(answer, str):
+            raise ServingError("INVALID_ARGUMENT", "'face_id' and 'answer' are required strings")
+        try:
+            face, complete = self.labelling.answer(face_id, answer, sender)
+        except LabelRefused as refused:
+            raise ServingError("INVALID_ARGUMENT", str(refused)) from None
+        except OSError as error:
+            log.error(f"could not keep the answer for {face_id}: {error}")
+            raise ServingError("UNAVAILABLE", "the answer could not be stored; send it again") from None
+        if answer in EMOTIONS:
+            label = Feedback(request_id=face["request_id"], instance=int(face["instance"]), label=answer)
+            self.inference_log.log(label)
+        return {"face_id": face_id, "answer": answer, "batch_complete": complete, **self.labelling.summary()}
+
+    def label_deliver(self) -> dict:
+        where = self.labelling.deliver_now()
+        return {"delivered": where, **self.labelling.summary()}
 
     # admin (token-protected by the transports)
     def promote(self, model: str) -> int:

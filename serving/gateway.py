@@ -45,6 +45,7 @@ def build(settings: Settings):
         buffer_records=settings.serving.log_buffer_records,
         flush_seconds=settings.serving.log_flush_seconds,
         s3_client_factory=lambda: s3_client(settings),
+        faces_per_hour=settings.serving.live_faces_per_hour if settings.serving.keep_live_faces else 0,
     )
     metrics = GatewayMetrics()
 

@@ -20,9 +20,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moodloop.core.contracts import LOG_FEEDBACK, LOG_PREDICTIONS
+from moodloop.core.contracts import LOG_FACES, LOG_FEEDBACK, LOG_PREDICTIONS
 from moodloop.core.files import atomic_write_bytes
-from moodloop.core.log_records import FEEDBACK_SCHEMA, PREDICTION_SCHEMA, Feedback, Prediction, prediction_row
+from moodloop.core.log_records import (
+    FACE_SCHEMA,
+    FEEDBACK_SCHEMA,
+    PREDICTION_SCHEMA,
+    Feedback,
+    Prediction,
+    face_row,
+    prediction_row,
+)
 
 log = logging.getLogger("moodloop.serving.log")
 
@@ -57,8 +65,16 @@ class InferenceLog:
         flush_seconds: float = 5.0,
         flush_records: int = 2000,
         s3_client_factory=None,
+        faces_per_hour: int = 0,
     ) -> None:
+        """`faces_per_hour` > 0 keeps the live-face sample (LOG_FACES): each predicted face's 48x48
+        PNG, at most that many per hour partition (counted per process: a restart starts the count
+        again); the rest are counted in `faces_not_kept`."""
         self.sink = _Sink(url, s3_client_factory)
+        self.faces_per_hour = faces_per_hour
+        self._faces_by_hour: dict[str, int] = {}
+        self.faces_not_kept = 0
+        self.faces_written = 0
         self.flush_seconds = flush_seconds
         # The bound covers every record held in memory: queued or waiting in the writer for a flush.
         self.buffer_records = buffer_records
@@ -122,6 +138,24 @@ class InferenceLog:
             self.write_errors += len(records)
             return len(records)
 
+    def _keep_face(self, record: Prediction, hour: str, groups: dict) -> None:
+        """Add the record's face to the live-face sample while this hour has room."""
+        if self.faces_per_hour <= 0:
+            return
+        if self._faces_by_hour.get(hour, 0) >= self.faces_per_hour:
+            self.faces_not_kept += 1
+            return
+        try:
+            row = face_row(record)
+        except Exception:  # noqa: BLE001 - a face that cannot be kept never costs its prediction's row
+            row = None
+        if row is None:
+            self.faces_not_kept += 1
+            return
+        self._faces_by_hour = {h: n for h, n in self._faces_by_hour.items() if h >= hour}  # older hours are done
+        self._faces_by_hour[hour] = self._faces_by_hour.get(hour, 0) + 1
+        groups.setdefault((LOG_FACES, hour), []).append(row)
+
     def _release(self, count: int) -> None:
         with self._held_lock:
             self._held -= count
@@ -136,6 +170,7 @@ class InferenceLog:
             try:
                 if isinstance(record, Prediction):
                     kind, row = LOG_PREDICTIONS, prediction_row(record)
+                    self._keep_face(record, row["timestamp"].strftime("date=%Y-%m-%d/hour=%H"), groups)
                 else:
                     kind, row = LOG_FEEDBACK, {**record.__dict__}
                     row["timestamp"] = datetime.fromtimestamp(record.timestamp, timezone.utc)
@@ -147,7 +182,7 @@ class InferenceLog:
             hour = row["timestamp"].strftime("date=%Y-%m-%d/hour=%H")
             groups.setdefault((kind, hour), []).append(row)
         for (kind, hour), rows in groups.items():
-            schema = PREDICTION_SCHEMA if kind == LOG_PREDICTIONS else FEEDBACK_SCHEMA
+            schema = {LOG_PREDICTIONS: PREDICTION_SCHEMA, LOG_FACES: FACE_SCHEMA}.get(kind, FEEDBACK_SCHEMA)
             name = f"{kind}/{hour}/part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
             try:
                 buffer = io.BytesIO()
@@ -162,6 +197,9 @@ class InferenceLog:
             if self.sink_failing:
                 log.info(f"inference log: {self.sink.url} is back; the kept records are written")
             self.sink_failing = False
+            if kind == LOG_FACES:  # copies of faces whose predictions are counted: not held records
+                self.faces_written += len(rows)
+                continue
             self.written += len(rows)
             done += len(rows)
         return done

@@ -13,6 +13,9 @@ moodloop's own:
   POST /v1/faces:analyze    a photo (body or multipart "file") -> faces, boxes, emotions [?explain=1]
   POST /v1/videos:analyze   a video -> an emotions timeline per person
   POST /v1/feedback         {"request_id": ..., "label": ..., "instance": 0}
+  GET  /v1/labelling/next   the next face the labelling queue asks about (the Label tab)
+  POST /v1/labelling/answer {"face_id": ..., "answer": <emotion> | "not_a_face" | "skip"}
+  POST /v1/labelling/deliver  the faces labelled so far, as a landing batch now
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/edge[/{file}]   TFLite files for devices
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/card [?format=json]   the version's model card
   GET  /v1/panel            the model panel: versions, labels, share, latest gate, drift and canary verdicts
@@ -443,20 +446,13 @@ class FacesEndpoints(_EndpointGroup):
         training batches, so the sender may be asked for MOODLOOP_FEEDBACK_TOKEN, and each client
         address sends at most MOODLOOP_FEEDBACK_PER_MINUTE (429 beyond, before the body is read, with
         Retry-After: the whole seconds until the client may send the next)."""
-        token = self.settings.serving.feedback_token
-        if token and not bearer_matches(request.headers.get("authorization", ""), token):
-            raise HttpError(401, "feedback needs the feedback token: Authorization: Bearer <MOODLOOP_FEEDBACK_TOKEN>")
-        client = request.client.host if request.client else "unknown"
-        if wait := self.feedback_rate.take(client):  # a well-behaved labeller waits Retry-After and resends
-            per_minute = self.settings.serving.feedback_per_minute
-            refused = _error("RESOURCE_EXHAUSTED", f"feedback rate limit: {per_minute:g} a minute per client")
-            refused.headers["retry-after"] = str(math.ceil(wait))
+        sender, refused = self._labeller(request)
+        if refused is not None:
             return refused
         try:
             body = json.loads(await _body(request, 64 * 1024))
             if not isinstance(body, dict):
                 raise ServingError("INVALID_ARGUMENT", "body must be a JSON object")
-            sender = f"{client} (feedback token)" if token else client
             record, face = await self._in_thread(
                 self.dataplane.feedback,
                 body.get("request_id", ""),
@@ -468,6 +464,48 @@ class FacesEndpoints(_EndpointGroup):
             raise ServingError("INVALID_ARGUMENT", f"feedback: {error}") from None
         answer = {"request_id": record.request_id, "instance": record.instance, "label": record.label, "face": face}
         return JSONResponse(answer, 202)
+
+    def _labeller(self, request: Request) -> tuple[str, Response | None]:
+        """Who sends a label -> (sender, None), or (sender, the 429 to answer). Labels feed the
+        canary's rule and training, so MOODLOOP_FEEDBACK_TOKEN is asked for when set (401), and each
+        client address sends at most MOODLOOP_FEEDBACK_PER_MINUTE (Retry-After: whole seconds)."""
+        token = self.settings.serving.feedback_token
+        if token and not bearer_matches(request.headers.get("authorization", ""), token):
+            raise HttpError(401, "labels need the feedback token: Authorization: Bearer <MOODLOOP_FEEDBACK_TOKEN>")
+        client = request.client.host if request.client else "unknown"
+        sender = f"{client} (feedback token)" if token else client
+        if wait := self.feedback_rate.take(client):  # a well-behaved labeller waits Retry-After and resends
+            per_minute = self.settings.serving.feedback_per_minute
+            refused = _error("RESOURCE_EXHAUSTED", f"feedback rate limit: {per_minute:g} a minute per client")
+            refused.headers["retry-after"] = str(math.ceil(wait))
+            return sender, refused
+        return sender, None
+
+    async def label_next(self, request: Request) -> Response:
+        """The next face the labelling queue asks about (the Label tab)."""
+        return JSONResponse(await self._in_thread(self.dataplane.label_next), headers={"Cache-Control": "no-store"})
+
+    async def label_answer(self, request: Request) -> Response:
+        """{"face_id": ..., "answer": <emotion> | "not_a_face" | "skip"}: the same token and rate
+        as feedback."""
+        sender, refused = self._labeller(request)
+        if refused is not None:
+            return refused
+        try:
+            body = json.loads(await _body(request, 16 * 1024))
+            if not isinstance(body, dict):
+                raise ServingError("INVALID_ARGUMENT", "body must be a JSON object")
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ServingError("INVALID_ARGUMENT", f"label: {error}") from None
+        answer = await self._in_thread(self.dataplane.label_answer, body.get("face_id"), body.get("answer"), sender)
+        return JSONResponse(answer, 202)
+
+    async def label_deliver(self, request: Request) -> Response:
+        """Send the faces labelled so far as a landing batch now, before the budget is reached."""
+        _, refused = self._labeller(request)
+        if refused is not None:
+            return refused
+        return JSONResponse(await self._in_thread(self.dataplane.label_deliver), 202)
 
     async def page(self, request: Request) -> Response:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
@@ -499,6 +537,9 @@ class FacesEndpoints(_EndpointGroup):
             Route("/v1/faces:analyze", self.faces, methods=["POST"]),
             Route("/v1/videos:analyze", self.videos, methods=["POST"]),
             Route("/v1/feedback", self.feedback, methods=["POST"]),
+            Route("/v1/labelling/next", self.label_next, methods=["GET"]),
+            Route("/v1/labelling/answer", self.label_answer, methods=["POST"]),
+            Route("/v1/labelling/deliver", self.label_deliver, methods=["POST"]),
             Route("/", self.page, methods=["GET"]),
             Mount("/ui", StaticFiles(directory=WEB_DIR), name="ui"),
             Route("/v1/panel", self.panel, methods=["GET"]),

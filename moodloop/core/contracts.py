@@ -51,6 +51,14 @@ READY_MARKER = "_SUCCESS"
 SYNTHETIC_MARKER = "SYNTHETIC.md"
 # Corrected faces from the faces page land as batches named so (serving/corrections.py).
 CORRECTIONS_BATCH_PREFIX = "corrections-"
+# Live faces labelled from the labelling queue (the faces page's Label tab) land as batches named so.
+LABELLED_BATCH_PREFIX = "labelled-"
+# The labelling queue's contract: <labelling_dir>/queue.json (the chosen faces, in the order to ask
+# them, with why each was chosen) and <labelling_dir>/faces/<face id>.png. The drift job writes it;
+# the gateway serves it to the Label tab and takes the answers.
+LABELLING_QUEUE = "queue.json"
+LABELLING_FACES = "faces"
+LABEL_NOT_A_FACE, LABEL_SKIP = "not_a_face", "skip"
 # Where each curated face came from, as a slice `source=<value>` the A/B gate guards like any slice:
 # generated faces, a team's labelled batch, or corrections of served answers. The last two are real.
 SOURCE_ATTRIBUTE = "source"
@@ -128,6 +136,10 @@ def emotion_index(name_or_index: str | int) -> int:
 # Probabilities are flat columns (prob_<emotion>) so Evidently reads them as plain numbers.
 LOG_PREDICTIONS = "predictions"
 LOG_FEEDBACK = "feedback"
+# The live-face sample (opt-in, MOODLOOP_KEEP_LIVE_FACES): the face each prediction saw, as a 48x48
+# grey PNG, with its probabilities and embedding, under faces/ in the same hour partitions. The
+# labelling queue (monitoring/labelling.py) chooses from it; nothing else reads faces back.
+LOG_FACES = "faces"
 LOG_IMAGE_PROPERTIES: tuple[str, ...] = (
     "brightness",  # mean grey level, 0..1
     "contrast",  # standard deviation of grey levels, 0..1

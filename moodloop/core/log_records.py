@@ -7,6 +7,7 @@ read them back with `read_log`.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -14,8 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
-from moodloop.core.contracts import EMOTIONS, LOG_EMBEDDING_COLUMNS, LOG_PREDICTIONS, LOG_PROBABILITY_COLUMNS
+from moodloop.core.contracts import (
+    EMOTIONS,
+    FACE_SIZE,
+    LOG_EMBEDDING_COLUMNS,
+    LOG_PREDICTIONS,
+    LOG_PROBABILITY_COLUMNS,
+)
 from moodloop.core.image_properties import decode_grey, image_properties
 
 
@@ -85,6 +93,29 @@ def prediction_row(record: Prediction) -> dict[str, object]:
     }
 
 
+def face_row(record: Prediction) -> dict[str, object] | None:
+    """The live-face sample's row (LOG_FACES): the face as the model saw it, a 48x48 grey PNG, with
+    the answer it got. None when the request carried no image (tf.Examples)."""
+    pixels = record.pixels if record.pixels is not None else (decode_grey(record.encoded) if record.encoded else None)
+    if pixels is None:
+        return None
+    face = Image.fromarray(np.asarray(pixels, dtype=np.uint8).reshape(np.shape(pixels)[:2]), mode="L")
+    if face.size != (FACE_SIZE, FACE_SIZE):
+        face = face.resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)
+    png = io.BytesIO()
+    face.save(png, format="PNG")
+    probabilities = np.asarray(record.probabilities, dtype=np.float64).reshape(-1)
+    return {
+        "timestamp": datetime.fromtimestamp(record.timestamp, timezone.utc),
+        "request_id": record.request_id,
+        "instance": record.instance,
+        "model_version": record.model_version,
+        "face_png": png.getvalue(),
+        **{c: float(p) for c, p in zip(LOG_PROBABILITY_COLUMNS, probabilities, strict=False)},
+        **embedding_columns(record.embedding),
+    }
+
+
 def embedding_columns(embedding: np.ndarray | None) -> dict[str, float | None]:
     values = list(np.asarray(embedding, dtype=np.float64).reshape(-1)) if embedding is not None else []
     return {c: (float(values[i]) if i < len(values) else None) for i, c in enumerate(LOG_EMBEDDING_COLUMNS)}
@@ -112,6 +143,17 @@ PREDICTION_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("face_width", pa.float64()),
         ("face_area_ratio", pa.float64()),
+        *[(c, pa.float64()) for c in LOG_EMBEDDING_COLUMNS],
+    ]
+)
+FACE_SCHEMA = pa.schema(
+    [
+        ("timestamp", pa.timestamp("ms", tz="UTC")),
+        ("request_id", pa.string()),
+        ("instance", pa.int32()),
+        ("model_version", pa.int64()),
+        ("face_png", pa.binary()),
+        *[(c, pa.float64()) for c in LOG_PROBABILITY_COLUMNS],
         *[(c, pa.float64()) for c in LOG_EMBEDDING_COLUMNS],
     ]
 )
@@ -183,7 +225,7 @@ def read_log(
     since: datetime | float | None = None,
     limit: int | None = None,
 ) -> pa.Table:
-    """The records of one kind (LOG_PREDICTIONS or LOG_FEEDBACK) under a local inference log, in
+    """The records of one kind (LOG_PREDICTIONS, LOG_FEEDBACK or LOG_FACES) under a local inference log, in
     time order; with `since` (a datetime or a Unix time), only those after it; with `limit`, only
     the first `limit` of those. Files being written (hidden names) are skipped. Empty table when
     there is none.

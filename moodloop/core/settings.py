@@ -193,6 +193,12 @@ class ServingSettings:
     # Feedback labels feed the canary's rollback rule and become training batches: who may send them.
     feedback_token: str = setting("MOODLOOP_FEEDBACK_TOKEN", "")  # "": anyone (a public faces page)
     feedback_per_minute: float = setting("MOODLOOP_FEEDBACK_PER_MINUTE", 1200.0)  # per client address; 0: no limit
+    # The live-face sample the labelling queue chooses from (opt-in: it keeps users' faces). On, the
+    # gateway writes each predicted face (48x48 grey PNG, probabilities, embedding) to the inference
+    # log's faces/ table, at most this many per hour, and the drift job deletes them after the days.
+    keep_live_faces: bool = setting("MOODLOOP_KEEP_LIVE_FACES", False)
+    live_faces_per_hour: int = setting("MOODLOOP_LIVE_FACES_PER_HOUR", 2000)  # beyond: not kept, counted
+    live_faces_days: float = setting("MOODLOOP_LIVE_FACES_DAYS", 7.0)  # retention of the kept faces
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -228,6 +234,11 @@ class DriftSettings:
     # the drift reports' Evidently workspace
     evidently_workspace: Path = setting("MOODLOOP_EVIDENTLY_WORKSPACE", under_home="evidently")
     evidently_port: int = setting("MOODLOOP_EVIDENTLY_PORT", 8000)  # the Evidently UI (the local stack starts it)
+    # The labelling queue (monitoring/labelling.py): when a window drifts and live faces are kept,
+    # the faces worth labelling are queued; their answers land as one batch of this many faces
+    label_budget: int = setting("MOODLOOP_LABEL_BUDGET", 500)
+    label_queue_faces: int = setting("MOODLOOP_LABEL_QUEUE_FACES", 1000)  # the most faces queued at once
+    label_strategy: str = setting("MOODLOOP_LABEL_STRATEGY", "loop")  # loop (uncertain and diverse) | random
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -327,6 +338,7 @@ class Settings:
     traffic_file: Path = setting("MOODLOOP_TRAFFIC_FILE", under_home="serving/traffic.json")  # re-read live
     corrections_dir: Path = setting("MOODLOOP_CORRECTIONS_DIR", under_home="serving/corrections")  # until a batch
     status_dir: Path = setting("MOODLOOP_STATUS_DIR", under_home="status")  # latest gate / drift verdicts
+    labelling_dir: Path = setting("MOODLOOP_LABELLING_DIR", under_home="labelling")  # queue and answers
     carbon_country: str = setting("MOODLOOP_CARBON_COUNTRY", "USA")  # ISO 3166 alpha-3: the grid mix for CO2e
     # TF Serving's batching parameters, read by the embedded backend too
     batching_config: Path = setting("MOODLOOP_BATCHING_CONFIG", REPO_ROOT / "serving" / "config" / "batching.config")

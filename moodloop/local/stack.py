@@ -103,6 +103,12 @@ def _secret(path: Path, key: str, make) -> str:
     return values[key]
 
 
+# The local stack keeps a sample of live faces for the labelling queue unless told not to: it is a
+# developer's own traffic on loopback. In production keeping users' faces is the operator's choice.
+def _keep_live_faces() -> dict[str, str]:
+    return {"MOODLOOP_KEEP_LIVE_FACES": os.environ.get("MOODLOOP_KEEP_LIVE_FACES", "1")}
+
+
 def airflow_env(settings: Settings) -> dict[str, str]:
     paths = _paths(settings)
     home = paths["airflow_home"]
@@ -114,6 +120,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         {
             STACK_MARK: str(settings.home),
             "MOODLOOP_HOME": str(settings.home),
+            **_keep_live_faces(),
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -251,6 +258,7 @@ def gateway_env(settings: Settings) -> dict[str, str]:
                 _paths(settings)["stack_secrets"], "gateway_admin_token", lambda: secrets.token_urlsafe(24)
             ),
             "PYTHONUNBUFFERED": "1",
+            **_keep_live_faces(),
         }
     )
     return env
