@@ -48,7 +48,7 @@ import numpy as np
 
 from data import landing, synthetic
 from monitoring import drift
-from moodloop.core.contracts import EMOTIONS
+from moodloop.core.contracts import EMOTIONS, LABELLED_BATCH_PREFIX
 from moodloop.core.gateway_process import GATEWAY_COMMAND, GatewayProcess, start_process
 from moodloop.core.settings import Settings
 from moodloop.local import stack
@@ -58,13 +58,15 @@ REPO = Path(__file__).resolve().parent.parent
 AFTER_FACES = 1000  # the retrained model is measured on this many new shifted faces (not fed back)
 # "dim": dimmer light (darker, flatter) and blurrier faces; most of the information is still there,
 # so a retrain can learn it, but not all: at equal data a model learns dim faces 0.94-0.96 as well
-# as clean ones (docs/monitoring.md, "How close dim sits to its own limit"). "harsh": so dark that dark features clip to black, so blurred and small
-# that a model trained on 4000 harsh faces alone reaches 0.40: no retrain can reach the goal there.
+# as clean ones (docs/monitoring.md, "How close dim sits to its own limit"). "harsh": so dark that
+# dark features clip to black, so blurred and small that a model trained on 4000 harsh faces alone
+# reaches 0.40: no retrain can reach the goal there.
 SHIFTS = {
     "dim": synthetic.Shift(brightness=-0.2, contrast=0.6, blur=0.4),
     "harsh": synthetic.Shift(brightness=-0.25, blur=1.0, face_scale=0.8),
 }
 NO_SHIFT = synthetic.Shift()
+LABEL_MODES = ("batch", "loop", "random")
 # The 2-core default model ("small"), without augmentation: the tiny test model underfits a
 # mixed clean + shifted set, and the A/B gate then (rightly) refuses the retrained candidate.
 TRAINING = {
@@ -81,15 +83,22 @@ class Drill:
         self, home: Path, args: argparse.Namespace, env: dict[str, str] | None = None, training: dict | None = None
     ) -> None:
         self.args = args
+        self.mode, self.budget = labels_of(args)
         self.env = env or {
             **os.environ,
             **(training or TRAINING),
+            **label_settings(args),
             "MOODLOOP_HOME": str(home),
             "MOODLOOP_LOG_FLUSH_SECONDS": "1",
             "MOODLOOP_REST_PORT": "0",  # any free port: start_gateway reads the ones it bound
             "MOODLOOP_GRPC_PORT": "0",
         }
-        self.settings = Settings.from_env(home=home, drift={"window_records": args.window})
+        self.settings = Settings.from_env(
+            home=home,
+            drift={"window_records": args.window, "label_budget": self.budget, "label_queue_faces": self.budget},
+            serving={"keep_live_faces": self.env.get("MOODLOOP_KEEP_LIVE_FACES") == "1"},
+        )
+        self.truth: dict[str, np.ndarray] = {}  # request id -> the true labels of its faces (the labellers' answers)
         self.moodloop = str(self.settings.pipeline_python.with_name("moodloop"))
         self.rest = f"http://127.0.0.1:{self.env['MOODLOOP_REST_PORT']}"
         self.gateway: GatewayProcess | None = None
@@ -163,6 +172,7 @@ class Drill:
             )
             predicted = np.array(answer["outputs"]["class_ids"])
             right += int((predicted == labels[chunk]).sum())
+            self.truth[answer["_request_id"]] = labels[chunk]
             if feedback:
                 for i, truth in enumerate(labels[chunk]):
                     self.send_label({"request_id": answer["_request_id"], "instance": i, "label": EMOTIONS[truth]})
@@ -179,6 +189,37 @@ class Drill:
 
     def labels(self) -> dict[str, int]:
         return self.call("GET", "/healthz").get("labels") or {}
+
+    def answer_queue(self, most: int) -> tuple[int, bool]:
+        """Play the labellers in the Label tab's API: answer up to `most` faces the queue asks
+        about, each with its true emotion (the generator's). -> (answered, a batch completed)."""
+        answered = 0
+        while answered < most:
+            face = self.call("GET", "/v1/labelling/next").get("face")
+            if face is None:
+                return answered, False
+            truth = EMOTIONS[int(self.truth[face["request_id"]][face["instance"]])]
+            for _ in range(20):  # the feedback rate applies to labels too: wait Retry-After
+                took = self.call("POST", "/v1/labelling/answer", {"face_id": face["face_id"], "answer": truth})
+                if took.get("_status") != 429:
+                    break
+                self.labels_delayed += 1
+                time.sleep(max(took["_retry_after"], 0.05))
+            if "_status" in took:
+                raise RuntimeError(f"the answer was refused ({took['_status']}): {took.get('error')}")
+            answered += 1
+            if took["batch_complete"]:
+                return answered, True
+        return answered, False
+
+    def labelled_batch(self, timeout: float = 60) -> Path:
+        """The landing batch the answers became (the gateway delivers it in the background)."""
+
+        def landed():
+            found = sorted(self.settings.landing_dir.glob(f"{LABELLED_BATCH_PREFIX}*/_SUCCESS"))
+            return found[-1].parent if found else None
+
+        return self.wait_until(landed, timeout, "the batch of labelled faces")
 
     def next_decision(self, seen: int, timeout: float) -> dict:
         """Wait for the drift job's next judged window (line `seen + 1` of drift_decisions.jsonl)."""
@@ -210,9 +251,13 @@ def drill(args: argparse.Namespace, home: Path, training: dict | None = None) ->
             return drift.run_window(d.settings, retrain=d.retrain).as_dict()
 
         def shifted_batch() -> None:
-            d.run(d.moodloop, "curate", str(d.batch("shifted", args.faces, seed=1, shift=args.shift)))
+            if d.mode == "batch":
+                d.run(d.moodloop, "curate", str(d.batch("shifted", d.budget, seed=1, shift=args.shift)))
 
         figures, shifted_at, _ = clean_then_shifted_windows(d, args, judge, shifted_batch)
+        if d.mode != "batch" and figures["windows_to_flag"]:
+            figures["labels"] = ask_and_label(d, args, figures)
+            figures["retrain"] = brief(d.retrain(d.settings, {"reason": "labelled faces landed"}))
         version = (figures.get("retrain") or {}).get("pushed_version")
         if version:
             d.wait_until(
@@ -230,6 +275,50 @@ def drill(args: argparse.Namespace, home: Path, training: dict | None = None) ->
     return figures
 
 
+def labels_of(args: argparse.Namespace) -> tuple[str, int]:
+    """--labels MODE:N -> (mode, N); `batch` without N: --faces."""
+    mode, _, n = (getattr(args, "labels", None) or "batch").partition(":")
+    if mode not in LABEL_MODES:
+        raise SystemExit(f"--labels {mode!r}: one of {', '.join(LABEL_MODES)} (e.g. loop:500)")
+    return mode, int(n) if n else args.faces
+
+
+def label_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The loop's labelling settings for a drill: the queue holds exactly the faces to label."""
+    mode, n = labels_of(args)
+    if mode == "batch":
+        return {}
+    return {
+        "MOODLOOP_KEEP_LIVE_FACES": "1",
+        "MOODLOOP_LABEL_STRATEGY": mode,
+        "MOODLOOP_LABEL_BUDGET": str(n),
+        "MOODLOOP_LABEL_QUEUE_FACES": str(n),
+    }
+
+
+def ask_and_label(d: Drill, args: argparse.Namespace, figures: dict) -> dict:
+    """In process, after the flag: users go on sending shifted faces (the pool the queue chooses
+    from: --label-pool, no feedback labels), the drift job's queue task runs (here called), the
+    labellers answer what the queue asks, and the batch of answers is curated."""
+    from monitoring import labelling
+
+    pool = getattr(args, "label_pool", 0) or 4 * d.budget
+    print(f"   users send {pool} more shifted faces; the drift job queues {d.budget} to label ({d.mode})", flush=True)
+    for w in range(0, pool, args.window):
+        d.traffic(seed=5000 + w, shift=args.shift, feedback=False, faces=min(args.window, pool - w))
+    since = json.loads((d.settings.home / "monitoring" / "drift_state.json").read_text()).get("drift_since")
+    queued = labelling.fill_queue(d.settings, since or None, reason="drift (the drill)")
+    started = time.monotonic()
+    answered, complete = d.answer_queue(d.budget)
+    if not complete:
+        raise RuntimeError(f"{answered} answers did not complete a batch of {d.budget} ({queued})")
+    batch = d.labelled_batch()
+    seconds = round(time.monotonic() - started, 1)
+    print(f"   {answered} faces labelled in {seconds} s; their batch {batch.name} lands", flush=True)
+    d.run(d.moodloop, "curate", str(batch))
+    return {"mode": d.mode, "budget": d.budget, "pool_faces": queued.get("from_faces"), "labelled": answered}
+
+
 def clean_then_shifted_windows(d: Drill, args: argparse.Namespace, judge, shifted_batch) -> tuple[dict, float, float]:
     """Phases 2 and 3, the same in both ways of running: clean windows, then the shift. `judge()`
     returns the drift job's verdict on the window just sent; `shifted_batch()` lands the shifted
@@ -244,7 +333,8 @@ def clean_then_shifted_windows(d: Drill, args: argparse.Namespace, judge, shifte
     figures["false_alarms"] = sum(o == "drift" for o in outcomes)
     figures["clean_accuracy"] = float(np.mean(clean_accuracy))
 
-    print(f"3. the shift ({args.shift_name}); a shifted labelled batch lands", flush=True)
+    arrives = "a shifted labelled batch lands" if d.mode == "batch" else "no labelled batch: the loop will ask"
+    print(f"3. the shift ({args.shift_name}); {arrives}", flush=True)
     shifted_at, shifted_wall = time.monotonic(), time.time()
     shifted_batch()
     figures["windows_to_flag"], before = None, []
@@ -288,6 +378,7 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
         {
             **TRAINING,
             **STACK_TIMINGS,
+            **label_settings(args),
             **{p: str(free_port()) for p in stack.PORT_VARIABLES},
             "MOODLOOP_HOME": str(home),
             "MOODLOOP_DRIFT_WINDOW_RECORDS": str(args.window),
@@ -308,12 +399,17 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
         return d.next_decision(next(judged), 600)
 
     def shifted_batch() -> None:  # into the landing zone: watch_landing and ingest_faces take it
-        stack.drop_synthetic_batch(settings, f"shifted-{time.strftime('%Y%m%dT%H%M%S')}", args.faces, 1, args.shift)
+        if d.mode == "batch":
+            name = f"shifted-{time.strftime('%Y%m%dT%H%M%S')}"
+            stack.drop_synthetic_batch(settings, name, d.budget, 1, args.shift)
 
     figures, shifted_at, shifted_wall = clean_then_shifted_windows(d, args, judge, shifted_batch)
 
     print("4. shifted traffic goes on while the loop retrains, canaries and promotes by itself", flush=True)
     deadline, canary, seeds = time.monotonic() + args.timeout, None, itertools.count()
+    labelled: dict = {"mode": d.mode, "budget": d.budget, "answered": 0, "complete": False}
+    if d.mode != "batch":
+        figures["labels"] = labelled
     while time.monotonic() < deadline:
         try:
             labels = d.labels()
@@ -339,6 +435,8 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
             break
         try:
             d.traffic(seed=4000 + next(seeds), shift=args.shift)
+            if d.mode != "batch" and not labelled["complete"]:
+                label_what_is_queued(d, labelled, shifted_at)
         except OSError as error:  # a request timed out while training holds the 2 cores
             print(f"   (a window of traffic failed: {error}; going on)", flush=True)
         time.sleep(args.pause)  # users, not a load test: leave the 2 cores to the training
@@ -352,6 +450,15 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
     figures["drift_reports"] = str(home / "monitoring" / "drift")
     figures["labels_delayed_by_rate_limit"] = d.labels_delayed
     return figures
+
+
+def label_what_is_queued(d: Drill, labelled: dict, shifted_at: float) -> None:
+    """On the stack: the labellers answer what monitor_drift's queue task has queued so far."""
+    answered, labelled["complete"] = d.answer_queue(d.budget - labelled["answered"])
+    labelled["answered"] += answered
+    if labelled["complete"]:
+        labelled["seconds_shift_to_labels_landed"] = round(time.monotonic() - shifted_at, 1)
+        print(f"   {labelled['answered']} faces labelled; their batch lands", flush=True)
 
 
 def canary_decisions(home: Path) -> list[dict]:
@@ -404,6 +511,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", action="store_true", help="run it on the local stack (Airflow schedules all)")
     parser.add_argument("--faces", type=int, default=4000, help="faces per labelled batch (clean, shifted)")
+    parser.add_argument(
+        "--labels",
+        default="batch",
+        help="how labels of the shifted faces arrive: batch[:N] (a labelled batch of N lands with the shift; "
+        "default --faces), loop:N (no batch: the loop queues the N live faces it wants labelled and the "
+        "drill answers them in the Label tab's API), random:N (the same with N faces drawn at random)",
+    )
+    parser.add_argument(
+        "--label-pool", type=int, default=0, help="--labels loop|random: live shifted faces to choose from (4 x N)"
+    )
     parser.add_argument("--shift", choices=sorted(SHIFTS), default="dim", help="which shift (default dim)")
     parser.add_argument("--window", type=int, default=200, help="requests per window")
     parser.add_argument("--clean-windows", type=int, help="clean windows (default 20; 5 with --stack)")

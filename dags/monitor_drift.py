@@ -4,8 +4,10 @@ first, then Evidently drift reports (image properties, predictions, embeddings) 
 Evidently workspace and an HTML file, then triage. Drift triggers `train_emotion_model` (REST
 API v2, conf {"reason": "drift", ...}) at most once per cool-down, or joins a retrain that new
 data started; a data-quality incident is reported and retrains nothing. A drifted window also
-fills the labelling queue (the faces page's Label tab) from the kept live faces, when they are kept
-(MOODLOOP_KEEP_LIVE_FACES), and faces kept longer than MOODLOOP_LIVE_FACES_DAYS are deleted.
+fills the labelling queue (the faces page's Label tab) from the live faces kept since the drift
+began, when they are kept (MOODLOOP_KEEP_LIVE_FACES): then drift does not trigger a retrain on
+the labels it already has; the batch of answers (MOODLOOP_LABEL_BUDGET faces) starts it. Faces
+kept longer than MOODLOOP_LIVE_FACES_DAYS are deleted.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def monitor_drift():
             "outcome": result.outcome,
             "report": result.report_html,
             "retrain": result.retrain,
-            "since": result.window.get("since"),
+            "drift_since": result.window.get("drift_since"),
         }
 
     @task
@@ -56,7 +58,9 @@ def monitor_drift():
         pruned = labelling.prune_live_faces(settings)
         if judged["outcome"] != "drift":
             return {"queued": 0, "why": f"the window's outcome is {judged['outcome']}", "pruned_hours": pruned}
-        queued = labelling.fill_queue(settings, judged["since"], reason=f"drift ({judged['report']})")
+        # every kept face since the drift began (None: since the log began)
+        since = judged["drift_since"] or None
+        queued = labelling.fill_queue(settings, since, reason=f"drift ({judged['report']})")
         log.info(f"labelling queue: {queued}")
         return queued | {"pruned_hours": pruned}
 

@@ -358,12 +358,26 @@ def run_window(settings: Settings, now: float | None = None, retrain=trigger_ret
             result.outcome = "drift"
             result.reasons = [f"{result.drift['drift_share']:.0%} of the monitored columns drifted: {groups}"]
             last = state.get("last_retrain", 0.0)
-            if now - last < settings.drift.cooldown_minutes * 60:
+            # Where the drift began (kept until a window without drift): the labelling queue
+            # chooses from the live faces since then, refreshed at every drifted window.
+            state.setdefault("drift_since", info["since"] or "")
+            if settings.serving.keep_live_faces:
+                # A retrain now would learn nothing new: the shifted faces have no labels yet. The
+                # labelling queue asks for them (monitor_drift's next task); their batch, or any
+                # new labelled batch, starts train_emotion_model through the curated-faces asset.
+                result.retrain = {
+                    "waits_for_labels": f"the labelling queue asks for MOODLOOP_LABEL_BUDGET="
+                    f"{settings.drift.label_budget} labels; their landing batch starts the retrain"
+                }
+            elif now - last < settings.drift.cooldown_minutes * 60:
                 result.retrain = {"suppressed": f"cool-down: drift started or joined a retrain {now - last:.0f} s ago"}
             else:
                 conf = {"reason": "drift", "report": str(html), "drifted": groups, "window": info}
                 result.retrain = retrain(settings, conf)
                 state["last_retrain"] = now
+    if result.outcome == "no_drift":
+        state.pop("drift_since", None)
+    info["drift_since"] = state.get("drift_since")
     _alert(settings, result)
     state["last_end"] = info["until"]
     state_path.parent.mkdir(parents=True, exist_ok=True)

@@ -106,11 +106,13 @@ def _pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
 
 
-def fill_queue(settings: Settings, since: datetime | float | None, reason: str, now: float | None = None) -> dict:
+def fill_queue(settings: Settings, since: datetime | float | str | None, reason: str, now: float | None = None) -> dict:
     """Queue the kept live faces since `since` worth labelling (MOODLOOP_LABEL_QUEUE_FACES at most,
     chosen by MOODLOOP_LABEL_STRATEGY); faces already answered are not asked again. Replaces the
     queue's unanswered faces. -> what was queued (for the drift decision and the task log)."""
     now = time.time() if now is None else now
+    if isinstance(since, str):  # as the drift state keeps it
+        since = pd.Timestamp(since).to_pydatetime()
     faces = log_records.read_log(settings.inference_log_url, LOG_FACES, since).to_pandas()
     folder = Path(settings.labelling_dir)
     answered = answered_ids(folder)

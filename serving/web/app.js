@@ -3,6 +3,7 @@
 // Video  -> POST /v1/videos:analyze            a timeline per person; annotated video, CSV, JSON
 // Webcam -> POST /v1/faces:analyze per frame   downscaled JPEG frames, up to two in flight
 // "that's wrong: it is ..." -> POST /v1/feedback;  the model panel <- GET /v1/panel
+// Label  -> GET /v1/labelling/next, POST /v1/labelling/answer (keys 1-7, 0 not a face, s skip)
 "use strict";
 
 const EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"];
@@ -658,12 +659,93 @@ async function refreshPanel() {
   }
 }
 
+// ---------------------------------------------------------------- label
+
+let labelFace = null; // the face on the desk, from GET /v1/labelling/next
+
+function labelSummary(answer) {
+  const labelled = answer.labelled || {};
+  const left = answer.waiting ? `${answer.waiting} of ${answer.queued} queued faces wait for a label` : "no face waits for a label";
+  const gathered = `${labelled.pending || 0} of ${answer.budget} labelled for the next batch`;
+  const sent = labelled.delivered_batches ? `; ${labelled.delivered_batches} batch(es) sent` : "";
+  return `${left} (${answer.strategy || "no queue yet"}): ${gathered}${sent}`;
+}
+
+async function nextLabelFace() {
+  clearError();
+  try {
+    const answer = await (await request("/v1/labelling/next")).json();
+    labelFace = answer.face;
+    $("label-summary").textContent = labelSummary(answer);
+    $("label-desk").hidden = !labelFace;
+    if (labelFace) {
+      $("label-face").src = "data:image/png;base64," + labelFace.png_b64;
+      $("label-why").textContent = `the model said ${labelFace.predicted} (${(100 * labelFace.confidence).toFixed(0)}%); asked because: ${labelFace.why}`;
+    }
+  } catch (error) {
+    showError("the labelling queue cannot be read: " + error.message);
+  }
+}
+
+async function answerLabel(answer) {
+  if (!labelFace) return;
+  clearError();
+  try {
+    const response = await request("/v1/labelling/answer", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ face_id: labelFace.face_id, answer }),
+    });
+    const took = await response.json();
+    $("label-sent").textContent = `${labelFace.face_id}: ${answer}` + (took.batch_complete ? "; a batch is on its way to the landing zone" : "");
+    await nextLabelFace();
+  } catch (error) {
+    showError("the answer was not sent: " + error.message);
+  }
+}
+
+async function deliverLabels() {
+  clearError();
+  try {
+    const answer = await (await request("/v1/labelling/deliver", { method: "POST" })).json();
+    $("label-sent").textContent = answer.delivered ? `sent as ${answer.delivered}` : "nothing labelled to send";
+    $("label-summary").textContent = labelSummary(answer);
+  } catch (error) {
+    showError("the labels were not sent: " + error.message);
+  }
+}
+
+function labelButtons() {
+  EMOTIONS.forEach((emotion, index) => {
+    const button = document.createElement("button");
+    button.textContent = `${index + 1} ${emotion}`;
+    button.dataset.answer = emotion;
+    button.style.borderColor = COLOURS[emotion];
+    $("label-buttons").append(button);
+  });
+  for (const button of document.querySelectorAll("#tab-label button[data-answer]")) {
+    button.addEventListener("click", () => answerLabel(button.dataset.answer));
+  }
+  document.addEventListener("keydown", (event) => {
+    if ($("tab-label").hidden || !labelFace || event.target.tagName === "INPUT") return;
+    const index = Number(event.key);
+    if (event.key >= "1" && event.key <= "7") answerLabel(EMOTIONS[index - 1]);
+    else if (event.key === "0") answerLabel("not_a_face");
+    else if (event.key === "s") answerLabel("skip");
+  });
+  $("label-deliver").addEventListener("click", deliverLabels);
+}
+
 // ---------------------------------------------------------------- wiring
 
 window.addEventListener("DOMContentLoaded", () => {
   for (const button of document.querySelectorAll("nav button")) {
-    button.addEventListener("click", () => showTab(button.dataset.tab));
+    button.addEventListener("click", () => {
+      showTab(button.dataset.tab);
+      if (button.dataset.tab === "label") nextLabelFace();
+    });
   }
+  labelButtons();
   $("photo-file").addEventListener("change", (event) => {
     if (event.target.files[0]) analyzePhoto(event.target.files[0]);
   });

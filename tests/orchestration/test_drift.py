@@ -128,6 +128,8 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
     assert [r.outcome for r in results] == ["drift", "drift"]
     assert "brightness" in results[0].drift["drifted_by_group"]["image_properties"]
     assert len(retrains) == 1 and retrains[0]["reason"] == "drift"
+    # where the drift began, kept across drifted windows: the labelling queue chooses from there
+    assert results[0].window["drift_since"] == results[1].window["drift_since"] == results[0].window["since"]
     assert Path(retrains[0]["report"]).read_text().lstrip().lower().startswith("<!doctype html")
     assert "cool-down" in results[1].retrain["suppressed"]
     # Each window's accuracy estimated without labels, by the estimator the version carries.
@@ -180,6 +182,35 @@ def test_clean_windows_pass_a_shift_retrains_once_and_bad_records_are_an_inciden
     assert drifted["moodloop"]["numbers"]["retrain"]["dag_run_id"] == "manual__1"
     assert "brightness" in str(drifted["moodloop"]["numbers"]["drifted"])
     assert "classes are emotions" in alerts_received[2]["moodloop"]["numbers"]["broken"]
+
+
+def test_with_live_faces_kept_drift_waits_for_the_labels_it_asks_for(tmp_path):
+    """Kept live faces (the labelling queue on): a drifted window retrains nothing on the labels
+    it already has, says so, and remembers where the drift began until a window without drift."""
+    settings = Settings.from_env(
+        home=tmp_path / "home",
+        inference_log_url=str(tmp_path / "home" / "inference_log"),
+        drift={"window_records": 300},
+        serving={"keep_live_faces": True},
+    )
+    reference = _rows(1500, seed=1)
+    (settings.model_base / "1" / REFERENCE_PROFILE).parent.mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pylist(reference, schema=PREDICTION_SCHEMA), settings.model_base / "1" / REFERENCE_PROFILE
+    )
+
+    def retrain(_, conf):
+        raise AssertionError(f"no retrain before the labels land: {conf}")
+
+    t, darker, results = 1_000_000.0, synthetic.Shift(brightness=-0.3, blur=1.5, face_scale=0.75), []
+    for w, shift in enumerate([None, darker, darker, None]):
+        _log_window(settings, f"window-{w}", _rows(300, seed=400 + w, shift=shift, t0=t))
+        results.append(drift.run_window(settings, now=t + 1, retrain=retrain))
+        t += 60
+    assert [r.outcome for r in results] == ["no_drift", "drift", "drift", "no_drift"]
+    assert "MOODLOOP_LABEL_BUDGET=500" in results[1].retrain["waits_for_labels"]
+    assert results[1].window["drift_since"] == results[2].window["drift_since"] == results[1].window["since"]
+    assert results[0].window["drift_since"] is None and results[3].window["drift_since"] is None
 
 
 def _dag_run(run_id: str, state: str, run_after: str) -> dict:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 
+from moodloop.core.contracts import EMOTIONS
 from tests.conftest import WIRING
 
 pytestmark = pytest.mark.pipeline
@@ -18,10 +20,15 @@ pytestmark = pytest.mark.pipeline
 DRILL = Path(__file__).resolve().parents[2] / "bench" / "drift_drill.py"
 
 
-def test_a_shift_is_flagged_and_retraining_starts_without_a_person(tmp_path):
+def _drill_module():
     spec = importlib.util.spec_from_file_location("drift_drill", DRILL)
     drift_drill = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(drift_drill)
+    return drift_drill
+
+
+def test_a_shift_is_flagged_and_retraining_starts_without_a_person(tmp_path):
+    drift_drill = _drill_module()
     args = argparse.Namespace(
         faces=2000, window=200, clean_windows=3, shift_windows=2, shift=drift_drill.SHIFTS["dim"], shift_name="dim"
     )
@@ -35,3 +42,38 @@ def test_a_shift_is_flagged_and_retraining_starts_without_a_person(tmp_path):
     if figures["retrain"]["pushed_version"]:
         assert figures["seconds_shift_to_new_model_serving"] > 0 and "shifted_accuracy_after" in figures
     assert list((tmp_path / "home" / "monitoring" / "drift").glob("drift-*.html"))
+
+
+def test_without_a_batch_the_loop_asks_for_labels_and_retrains_on_the_answers(tmp_path):
+    """--labels loop:N: no labelled batch lands with the shift; the drift job waits for labels, the
+    queue asks for N of the kept live faces, the labellers answer them through the Label tab's API,
+    and their batch is curated and retrained on."""
+    drift_drill = _drill_module()
+    args = argparse.Namespace(
+        faces=2000,
+        window=200,
+        clean_windows=2,
+        shift_windows=2,
+        shift=drift_drill.SHIFTS["dim"],
+        shift_name="dim",
+        labels="loop:60",
+        label_pool=240,
+    )
+    home = tmp_path / "home"
+    figures = drift_drill.drill(args, home, training=WIRING)
+    print(figures)
+    assert figures["windows_to_flag"] in (1, 2)
+    assert figures["labels"] == {
+        "mode": "loop",
+        "budget": 60,
+        "pool_faces": figures["labels"]["pool_faces"],
+        "labelled": 60,
+    }
+    assert figures["labels"]["pool_faces"] >= 240  # the flagged window's faces and the users' after it
+    queue = json.loads((home / "labelling" / "queue.json").read_text())
+    assert queue["strategy"] == "loop" and len(queue["faces"]) == 60
+    answers = [json.loads(line) for line in (home / "labelling" / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 60 and all(a["answer"] in EMOTIONS for a in answers)
+    (batch,) = (home / "archive").glob("*labelled-*")  # curated: the data contract took it whole
+    gate = figures["retrain"]["gate"]
+    assert gate and gate[0].startswith("A/B gate: "), gate  # the retrain on the answers reached the gate

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from components.untrained_model import TEST_VERSIONS, export_version
@@ -103,3 +104,45 @@ def labels(running, gateway_settings):
 def start_gateway_process(env: dict) -> GatewayProcess:
     """`moodloop serve` in a process of its own (to be killed or restarted by a test)."""
     return start_process(env, [sys.executable, "-m", "moodloop.cli", "serve"])
+
+
+@pytest.fixture
+def labelling_desk(running, tmp_path, monkeypatch):
+    """The running gateway keeping live faces (the labelling queue's opt-in), with a labelling
+    folder and a budget of 5 faces of its own. -> (its settings, the desk)."""
+    import dataclasses
+
+    from serving.labelling import LabellingDesk
+
+    settings = running.dataplane.settings
+    settings = dataclasses.replace(
+        settings,
+        labelling_dir=tmp_path / "labelling",
+        drift=dataclasses.replace(settings.drift, label_budget=5, label_queue_faces=10),
+        serving=dataclasses.replace(settings.serving, keep_live_faces=True),
+    )
+    monkeypatch.setattr(running.dataplane.inference_log, "faces_per_hour", 10_000)
+    desk = LabellingDesk(settings)
+    monkeypatch.setattr(running.dataplane, "labelling", desk)
+    return settings, desk
+
+
+def send_live_faces(http, settings: Settings, n: int, since) -> tuple[str, np.ndarray]:
+    """`n` dim SYNTHETIC faces as one live request; waits until the live-face sample holds them.
+    -> (the request id, the faces' true labels)."""
+    from data import synthetic
+    from moodloop.core.contracts import LOG_FACES
+    from moodloop.core.log_records import read_log
+
+    pixels, truth = synthetic.generate_arrays(n, seed=5, shift=synthetic.Shift(brightness=-0.2, contrast=0.6))
+    sent = http.post(
+        "/v1/models/emotion:predict", json={"signature_name": "serving_pixels", "inputs": {"pixels": pixels.tolist()}}
+    )
+    request_id = sent.headers["x-request-id"]
+    deadline, kept = time.monotonic() + 20, []
+    while time.monotonic() < deadline and len(kept) < n:  # the log is written in the background
+        kept = read_log(settings.inference_log_url, LOG_FACES, since).to_pylist()
+        kept = [r for r in kept if r["request_id"] == request_id]
+        time.sleep(0.3)
+    assert len(kept) == n, f"{len(kept)} of {n} live faces kept"
+    return request_id, truth

@@ -213,3 +213,59 @@ def test_errors_are_readable_messages(page, media):
     banner.wait_for(state="visible")
     assert "not a readable image" in banner.inner_text() and "Traceback" not in banner.inner_text()
     page.screenshot(path=str(artifact(SHOTS, "6-error.png")), full_page=True)
+
+
+def test_the_label_tab_asks_the_queued_faces_and_the_answers_land_as_a_batch(page, running, labelling_desk):
+    """The drift job's queue in the Label tab: one face at a time with why it is asked; keys and
+    buttons answer; at the budget the labels land as one batch the data contract reads."""
+    import dataclasses
+    from datetime import datetime, timedelta, timezone
+
+    import httpx
+
+    from data.readers import read_batch
+    from monitoring import labelling
+    from moodloop.core.contracts import EMOTIONS
+    from tests.serving.conftest import send_live_faces
+
+    settings, desk = labelling_desk
+    settings = dataclasses.replace(settings, drift=dataclasses.replace(settings.drift, label_budget=3))
+    desk.labelled.per_batch = desk.budget = 3
+    since = datetime.now(timezone.utc) - timedelta(seconds=1)
+    with httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=30) as http:
+        _, truth = send_live_faces(http, settings, 20, since)
+    assert labelling.fill_queue(settings, since, reason="drift (browser test)")["queued"] == 10
+    before = set(settings.landing_dir.iterdir()) if settings.landing_dir.exists() else set()
+
+    page.click("nav button[data-tab=label]")
+    page.wait_for_selector("#label-desk:not([hidden])")
+    assert "10 of 10 queued faces wait for a label (loop)" in page.inner_text("#label-summary")
+    assert "asked because: margin" in page.inner_text("#label-why")
+    page.screenshot(path=str(artifact(SHOTS, "8-label.png")), full_page=True)
+
+    def face_on_desk() -> str:
+        return page.eval_on_selector("#label-face", "img => img.src")
+
+    answered = []
+    for key in ("s", "0", "button", "4", "7"):  # skip, not a face, then three emotions: the truth
+        shown = face_on_desk()
+        face_id = desk.next_face()["face"]["face_id"]
+        emotion = EMOTIONS[truth[int(face_id.rsplit("-", 1)[1])]]
+        if key == "button":
+            page.click(f"#label-buttons button[data-answer={emotion}]")
+        else:
+            page.keyboard.press(key if key in "s0" else str(EMOTIONS.index(emotion) + 1))
+        page.wait_for_function("src => document.getElementById('label-face').src !== src", arg=shown)
+        answered.append((face_id, {"s": "skip", "0": "not_a_face"}.get(key, emotion)))
+    assert "5 of 10 queued faces wait" in page.inner_text("#label-summary")
+    assert "a batch is on its way to the landing zone" in page.inner_text("#label-sent")
+    page.screenshot(path=str(artifact(SHOTS, "9-label-answered.png")), full_page=True)
+
+    deadline = time.monotonic() + 20
+    while desk.labelled.counts()["delivered_batches"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (batch,) = set(settings.landing_dir.iterdir()) - before
+    assert batch.name.startswith("labelled-")
+    faces = read_batch(batch)
+    labelled = {f"faces/{face_id}.png": answer for face_id, answer in answered if answer in EMOTIONS}
+    assert {f.source: EMOTIONS[f.label] for f in faces.faces} == labelled and len(labelled) == 3

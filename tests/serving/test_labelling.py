@@ -21,7 +21,7 @@ from monitoring import labelling
 from moodloop.core.contracts import EMOTIONS, LOG_EMBEDDING_COLUMNS, LOG_FACES, LOG_PROBABILITY_COLUMNS
 from moodloop.core.log_records import Prediction, read_log
 from serving.inference_log import InferenceLog
-from serving.labelling import LabellingDesk
+from tests.serving.conftest import send_live_faces
 
 
 def _faces(probabilities: np.ndarray, embeddings: np.ndarray) -> pd.DataFrame:
@@ -108,38 +108,12 @@ def test_the_live_face_sample_is_bounded_per_hour_and_pruned_after_its_days(tmp_
     assert {f["request_id"] for f in read_log(tmp_path / "log", LOG_FACES).to_pylist()} == {"r0", "r1", "r2"}
 
 
-@pytest.fixture
-def desk(running, tmp_path, monkeypatch):
-    """The running gateway keeping live faces, with a labelling folder and a budget of 5 of its own."""
-    settings = running.dataplane.settings
-    settings = dataclasses.replace(
-        settings,
-        labelling_dir=tmp_path / "labelling",
-        drift=dataclasses.replace(settings.drift, label_budget=5, label_queue_faces=10),
-        serving=dataclasses.replace(settings.serving, keep_live_faces=True),
-    )
-    monkeypatch.setattr(running.dataplane.inference_log, "faces_per_hour", 10_000)
-    desk = LabellingDesk(settings)
-    monkeypatch.setattr(running.dataplane, "labelling", desk)
-    return settings, desk
-
-
-def test_drifted_faces_are_queued_labelled_in_the_label_tab_and_land_as_a_batch(running, desk):
-    settings, desk = desk
+def test_drifted_faces_are_queued_labelled_in_the_label_tab_and_land_as_a_batch(running, labelling_desk):
+    settings, desk = labelling_desk
     http = httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=30)
     assert http.get("/v1/labelling/next").json()["face"] is None  # nothing queued yet
     since = datetime.now(timezone.utc) - timedelta(seconds=1)
-    pixels, truth = synthetic.generate_arrays(40, seed=5, shift=synthetic.Shift(brightness=-0.2, contrast=0.6))
-    sent = http.post(
-        "/v1/models/emotion:predict", json={"signature_name": "serving_pixels", "inputs": {"pixels": pixels.tolist()}}
-    )
-    request_id = sent.headers["x-request-id"]
-    deadline, kept = time.monotonic() + 20, []
-    while time.monotonic() < deadline and len(kept) < 40:  # the log is written in the background
-        kept = read_log(settings.inference_log_url, LOG_FACES, since).to_pylist()
-        kept = [r for r in kept if r["request_id"] == request_id]
-        time.sleep(0.3)
-    assert len(kept) == 40
+    request_id, truth = send_live_faces(http, settings, 40, since)
 
     queued = labelling.fill_queue(settings, since, reason="drift (test)")
     assert queued == {"queued": 10, "strategy": "loop", "from_faces": 40, "budget": 5}
