@@ -1,6 +1,7 @@
 """The faces page's model panel: what serves (versions, `stable` / `canary`, the canary's share),
 the latest A/B gate verdict, drift verdict and canary decision (the status contract,
-moodloop/core/status.py) and the corrections gathered for the next landing batch. Transport-free,
+moodloop/core/status.py), the corrections gathered for the next landing batch and the labelling
+queue. Transport-free,
 like the data plane."""
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def model_panel(dataplane: DataPlane) -> dict:
         "canary": canary,
         "evidently_ui": f"http://127.0.0.1:{settings.drift.evidently_port}",
         "corrections": dataplane.corrections.counts(),
+        "labelling": dataplane.labelling.summary(),
         "face_detector": dataplane.face_detector,
         "min_confidence": settings.serving.min_confidence,
     }

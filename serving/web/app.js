@@ -645,6 +645,12 @@ function renderPanel(panel) {
     `${c.pending} of ${c.per_batch} corrected faces gathered for the next landing batch; ` +
     `${c.delivered_batches} batch(es) sent (${c.delivered_faces} faces)`;
   body.append(corrections);
+  if (panel.labelling && panel.labelling.queued) {
+    const queue = document.createElement("p");
+    queue.id = "panel-labelling";
+    queue.textContent = "Label tab: " + labelSummary(panel.labelling);
+    body.append(queue);
+  }
   const detector = document.createElement("p");
   detector.className = "summary";
   detector.textContent = `faces found by ${panel.face_detector}; "uncertain" below ${(100 * panel.min_confidence).toFixed(0)}% confidence`;

@@ -258,6 +258,7 @@ def test_the_label_tab_asks_the_queued_faces_and_the_answers_land_as_a_batch(pag
         page.wait_for_function("src => document.getElementById('label-face').src !== src", arg=shown)
         answered.append((face_id, {"s": "skip", "0": "not_a_face"}.get(key, emotion)))
     assert "5 of 10 queued faces wait" in page.inner_text("#label-summary")
+    page.wait_for_selector("#panel-labelling")  # the model panel says it too (refreshed every 5 s)
     assert "a batch is on its way to the landing zone" in page.inner_text("#label-sent")
     page.screenshot(path=str(artifact(SHOTS, "9-label-answered.png")), full_page=True)
 
