@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from moodloop.core import accuracy_estimate
 from moodloop.core.airflow_api import Airflow, unreachable_errors
-from moodloop.core.contracts import READY_MARKER
+from moodloop.core.contracts import LABELLING_QUEUE, READY_MARKER
 from moodloop.core.files import publish_dir
 from moodloop.core.settings import REPO_ROOT, Settings
 from moodloop.core.status import CANARY, DRIFT, read_status
@@ -499,16 +499,39 @@ def status(settings: Settings) -> int:
     drift = read_status(settings.status_dir, DRIFT)
     if drift is not None:
         print("  " + drift_summary(drift))
+    queue = labelling_summary(settings)
+    if queue:
+        print("  " + queue)
     canary = read_status(settings.status_dir, CANARY)
     if canary is not None:
         print("  " + canary_summary(canary))
     return 0
 
 
+def labelling_summary(settings: Settings) -> str:
+    """The labelling queue in one line ("" when none was filled): faces queued and answered."""
+    path = settings.labelling_dir / LABELLING_QUEUE
+    try:
+        queue = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    from monitoring import labelling  # pandas: only when there is a queue to read
+
+    answered = labelling.answered_ids(settings.labelling_dir)
+    waiting = sum(f["face_id"] not in answered for f in queue.get("faces", []))
+    return (
+        f"labelling queue ({queue.get('strategy')}): {waiting} of {len(queue.get('faces', []))} faces wait for a "
+        f"label in the faces page's Label tab ({settings.gateway_url}/); {len(answered)} answered so far, "
+        f"a batch every {queue.get('budget')} labelled faces"
+    )
+
+
 def drift_summary(latest: dict) -> str:
     """The latest drift window: its verdict, and each version's accuracy estimated without labels
     beside the realised one where feedback labels exist."""
     line = f"latest drift window: {latest.get('outcome')} ({(latest.get('window') or {}).get('records', 0)} records)"
+    if (latest.get("retrain") or {}).get("waits_for_labels"):
+        line += "; the retrain waits for the labels the queue asks for"
     live = latest.get("live_accuracy") or {}
     for version, found in (latest.get("accuracy_estimate") or {}).items():
         line += f"; version {version}: {accuracy_estimate.describe(found, live.get(version))}"

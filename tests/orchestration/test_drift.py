@@ -287,3 +287,18 @@ def test_retrain_goes_through_airflow_rest_api_v2_with_a_token(tmp_path):
         ("POST", "/auth/token"),
         ("GET", "/api/v2/dags/train_emotion_model/dagRuns?state=queued&state=running"),
     ]
+
+
+def test_make_status_says_what_the_labelling_queue_waits_for(tmp_path):
+    from moodloop.local import stack
+
+    settings = Settings.from_env(home=tmp_path / "home")
+    assert stack.labelling_summary(settings) == ""  # no queue filled yet: nothing to say
+    settings.labelling_dir.mkdir(parents=True)
+    faces = [{"face_id": f"r-{i}"} for i in range(4)]
+    (settings.labelling_dir / "queue.json").write_text(json.dumps({"strategy": "loop", "budget": 500, "faces": faces}))
+    (settings.labelling_dir / "answers.jsonl").write_text('{"face_id": "r-1", "answer": "sad"}\n{"torn')
+    line = stack.labelling_summary(settings)
+    assert line.startswith("labelling queue (loop): 3 of 4 faces wait for a label") and "1 answered" in line
+    waiting = {"outcome": "drift", "window": {"records": 300}, "retrain": {"waits_for_labels": "..."}}
+    assert "the retrain waits for the labels the queue asks for" in stack.drift_summary(waiting)
