@@ -95,7 +95,12 @@ class Drill:
         }
         self.settings = Settings.from_env(
             home=home,
-            drift={"window_records": args.window, "label_budget": self.budget, "label_queue_faces": self.budget},
+            drift={
+                "window_records": args.window,
+                "label_budget": self.budget,
+                "label_queue_faces": self.budget,
+                **({"label_strategy": self.mode} if self.mode != "batch" else {}),
+            },
             serving={"keep_live_faces": self.env.get("MOODLOOP_KEEP_LIVE_FACES") == "1"},
         )
         self.truth: dict[str, np.ndarray] = {}  # request id -> the true labels of its faces (the labellers' answers)
@@ -290,6 +295,8 @@ def label_settings(args: argparse.Namespace) -> dict[str, str]:
         return {}
     return {
         "MOODLOOP_KEEP_LIVE_FACES": "1",
+        # the drill sends its whole day's traffic within the hour: keep every face it sends
+        "MOODLOOP_LIVE_FACES_PER_HOUR": "100000",
         "MOODLOOP_LABEL_STRATEGY": mode,
         "MOODLOOP_LABEL_BUDGET": str(n),
         "MOODLOOP_LABEL_QUEUE_FACES": str(n),

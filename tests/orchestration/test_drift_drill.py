@@ -45,9 +45,10 @@ def test_a_shift_is_flagged_and_retraining_starts_without_a_person(tmp_path):
 
 
 def test_without_a_batch_the_loop_asks_for_labels_and_retrains_on_the_answers(tmp_path):
-    """--labels loop:N: no labelled batch lands with the shift; the drift job waits for labels, the
-    queue asks for N of the kept live faces, the labellers answer them through the Label tab's API,
-    and their batch is curated and retrained on."""
+    """--labels random:N (loop:N is the same path with another choice): no labelled batch lands
+    with the shift; the drift job waits for labels, the queue asks for N of the kept live faces,
+    the labellers answer them through the Label tab's API, and their batch is curated and
+    retrained on."""
     drift_drill = _drill_module()
     args = argparse.Namespace(
         faces=2000,
@@ -56,7 +57,7 @@ def test_without_a_batch_the_loop_asks_for_labels_and_retrains_on_the_answers(tm
         shift_windows=2,
         shift=drift_drill.SHIFTS["dim"],
         shift_name="dim",
-        labels="loop:60",
+        labels="random:60",
         label_pool=240,
     )
     home = tmp_path / "home"
@@ -71,7 +72,7 @@ def test_without_a_batch_the_loop_asks_for_labels_and_retrains_on_the_answers(tm
     }
     assert figures["labels"]["pool_faces"] >= 240  # the flagged window's faces and the users' after it
     queue = json.loads((home / "labelling" / "queue.json").read_text())
-    assert queue["strategy"] == "loop" and len(queue["faces"]) == 60
+    assert queue["strategy"] == "random" and len(queue["faces"]) == 60  # the strategy asked for, not the default
     answers = [json.loads(line) for line in (home / "labelling" / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 60 and all(a["answer"] in EMOTIONS for a in answers)
     (batch,) = (home / "archive").glob("*labelled-*")  # curated: the data contract took it whole
