@@ -69,8 +69,9 @@ class LabellingDesk:
                     continue
         return self._answered
 
-    def summary(self) -> dict:
-        queue = self._queue()
+    def summary(self, queue: dict | None = None) -> dict:
+        """The queue's counts (`queue`: one already read, so a request reads the file once)."""
+        queue = self._queue() if queue is None else queue
         with self._lock:
             answered = self._answered_ids()
             waiting = [f for f in queue.get("faces", []) if f["face_id"] not in answered]
@@ -95,8 +96,8 @@ class LabellingDesk:
             png = self.folder / LABELLING_FACES / f"{face['face_id']}.png"
             if png.is_file():  # a queue being replaced may have lost it: ask the next
                 picture = base64.b64encode(png.read_bytes()).decode()
-                return {"face": face | {"png_b64": picture}, **self.summary()}
-        return {"face": None, **self.summary()}
+                return {"face": face | {"png_b64": picture}, **self.summary(queue)}
+        return {"face": None, **self.summary(queue)}
 
     def answer(self, face_id: str, answer: str, sender: str) -> tuple[dict, bool]:
         """Record one answer. -> (the queued face, whether it completed a batch)."""
