@@ -108,6 +108,21 @@ def test_dag_node_list_matches_the_compiled_pipeline():
     assert topology(_compiled(Settings.from_env(), {"tune": True})) == json.loads(NODES_FILE.read_text())
 
 
+def test_no_execution_property_holds_a_backslash_that_ml_metadata_cannot_store_on_postgresql():
+    """ML Metadata 1.16 escapes string values for PostgreSQL with libpq's PQescapeLiteral and strips
+    the quotes it adds; a value with a backslash comes out as ` E'...` and the statement fails (the
+    Evaluator's EvalConfig did: a TFMA `config` JSON string inside its JSON). Every component's
+    properties, in every run shape, stay free of backslashes (components/evaluation_metrics.py)."""
+    from components.node_runner import _compiled
+    from moodloop.core.settings import Settings
+
+    for conf in ({}, {"tune": True}):
+        for node in _compiled(Settings.from_env(), conf).nodes:
+            for name, value in node.pipeline_node.parameters.parameters.items():
+                text = value.field_value.string_value
+                assert "\\" not in text, f"{node.pipeline_node.node_info.id}.{name}: {text[:200]}"
+
+
 def test_beam_runs_in_memory_for_small_spans_and_on_every_core_for_large_ones(own_home, monkeypatch):
     from components.pipeline import MULTI_PROCESS_MIN_CORES, beam_args_for
     from data import synthetic
