@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import itertools
 import json
 import os
@@ -50,7 +51,7 @@ from data import landing, synthetic
 from monitoring import drift
 from moodloop.core.contracts import EMOTIONS, LABELLED_BATCH_PREFIX
 from moodloop.core.gateway_process import GATEWAY_COMMAND, GatewayProcess, start_process
-from moodloop.core.settings import Settings
+from moodloop.core.settings import PROFILES, Settings
 from moodloop.local import stack
 from moodloop.local.s3server import free_port
 
@@ -392,6 +393,7 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
             **{p: str(free_port()) for p in stack.PORT_VARIABLES},
             "MOODLOOP_HOME": str(home),
             "MOODLOOP_DRIFT_WINDOW_RECORDS": str(args.window),
+            "MOODLOOP_PROFILE": args.profile,
         }
     )
     settings = Settings.from_env()
@@ -417,6 +419,7 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
 
     print("4. shifted traffic goes on while the loop retrains, canaries and promotes by itself", flush=True)
     deadline, canary, seeds = time.monotonic() + args.timeout, None, itertools.count()
+    lags: list[float | None] = []  # the scheduler's heartbeat age at each window (its health endpoint)
     labelled: dict = {"mode": d.mode, "budget": d.budget, "answered": 0, "complete": False}
     if d.mode != "batch":
         figures["labels"] = labelled
@@ -443,6 +446,7 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
             figures["canary_rolled_back"] = canary
             print(f"   the canary (version {canary}) was rolled back", flush=True)
             break
+        lags.append(heartbeat_lag(settings))
         try:
             d.traffic(seed=4000 + next(seeds), shift=args.shift)
             if d.mode != "batch" and not labelled["complete"]:
@@ -456,6 +460,7 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
         )
         figures["after_over_clean"] = figures["shifted_accuracy_after"] / figures["clean_accuracy"]
     figures["train_runs_after_shift"] = train_runs_since(settings, shifted_wall)
+    figures["scheduler_heartbeat_lag_s"] = lag_figures(lags)
     figures["canary_decisions"] = [decision_brief(d) for d in canary_decisions(home) if d.get("action") != "none"]
     figures["drift_reports"] = str(home / "monitoring" / "drift")
     figures["labels_delayed_by_rate_limit"] = d.labels_delayed
@@ -498,6 +503,25 @@ def decision_brief(decision: dict) -> dict:
     }
 
 
+def lag_figures(lags: list[float | None]) -> dict | None:
+    seen = [lag for lag in lags if lag is not None]
+    return {"median": float(np.median(seen)), "max": max(seen), "samples": len(seen)} if seen else None
+
+
+def heartbeat_lag(settings: Settings) -> float | None:
+    """Seconds since the scheduler's latest heartbeat, from Airflow's health endpoint (None when it
+    does not answer): how far behind a loaded machine, or a database, leaves the scheduler."""
+    try:
+        health = stack.api(settings).monitor.get_health(_request_timeout=10)
+        beat = health.scheduler.latest_scheduler_heartbeat
+    except Exception:  # noqa: BLE001 - a busy api-server: this sample is missing, not the drill
+        return None
+    if not beat:
+        return None
+    beat = beat if isinstance(beat, datetime.datetime) else datetime.datetime.fromisoformat(str(beat))
+    return round(time.time() - beat.timestamp(), 1)
+
+
 def train_runs_since(settings: Settings, since: float) -> list[dict]:
     """train_emotion_model's runs since the shift, and what started each (drift or new data)."""
 
@@ -511,6 +535,7 @@ def train_runs_since(settings: Settings, since: float) -> list[dict]:
             "run_type": r.run_type.value,
             "reason": (r.conf or {}).get("reason"),
             "state": r.state.value,
+            "seconds": round((r.end_date - r.start_date).total_seconds(), 1) if r.end_date and r.start_date else None,
         }
         for r in runs
         if r.run_after.timestamp() >= since
@@ -538,6 +563,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=2400, help="--stack: seconds to wait for each model")
     parser.add_argument("--pause", type=float, default=10, help="--stack: seconds between windows while retraining")
     parser.add_argument("--stop", action="store_true", help="--stack: stop the stack at the end")
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="embedded",
+        help="--stack: the stack's profile (production: PostgreSQL, Celery, two serving replicas)",
+    )
     parser.add_argument(
         "--home", type=Path, help="work folder (default: a new temporary one; .moodloop/drill-<time> with --stack)"
     )
