@@ -89,4 +89,9 @@ debian_tools "load generators for the serving benchmark" "wrk h2load" wrk nghttp
 # tests validate docker-compose.yml offline with docker-compose 1.29's `config` (no engine needed).
 debian_tools "Redis for Celery, docker-compose to validate the compose file" "redis-server docker-compose" \
     redis-server docker-compose
+# The production profile (MOODLOOP_PROFILE=production, the stack test) runs a PostgreSQL cluster of
+# its own; Debian keeps the server's binaries off PATH, under /usr/lib/postgresql/<version>/bin.
+if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" > /dev/null; then
+    debian_tools "PostgreSQL for the production profile" postgres postgresql
+fi
 step "done in $((SECONDS - START)) s: .venv/pipeline/bin/moodloop --help"

@@ -399,6 +399,12 @@ class DataPlane:
     def labels(self, model: str) -> dict[str, int]:
         return self.backend.labels(model)
 
+    def replicas(self) -> list[dict]:
+        """The TF Serving replicas behind the gateway and their health and calls ([] when it serves
+        with its embedded backend)."""
+        states = getattr(self.backend, "replica_states", None)
+        return states() if states is not None else []
+
     def traffic_share(self) -> float:
         """The canary's share of the traffic now (traffic.json)."""
         return self.traffic.share()

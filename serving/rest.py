@@ -566,6 +566,9 @@ class AdminEndpoints(_EndpointGroup):
             return JSONResponse({"ready": False, "reason": error.message}, status_code=503)
         available = [s.version for s in states if s.state == "AVAILABLE"]
         body = {"ready": bool(available), "model": model, "available_versions": available, "labels": labels}
+        replicas = self.dataplane.replicas()
+        if replicas:  # the tfserving backend: which replicas answer, and how many calls each took
+            body["replicas"] = replicas
         return JSONResponse(body, status_code=200 if available else 503)
 
     def _authorise(self, request: Request) -> str:

@@ -167,6 +167,11 @@ class ServingSettings:
     # TF Serving's gRPC address for the tfserving backend; several replicas: host:port,host:port
     tfserving_target: str = setting("MOODLOOP_TFSERVING_TARGET", "127.0.0.1:8500")
     tfserving_health_seconds: float = setting("MOODLOOP_TFSERVING_HEALTH_SECONDS", 1.0)  # replica status checks
+    # The local stack's serving replicas: 0 = the gateway serves with its embedded backend; N = N
+    # stand-ins for TF Serving (embedded-backend processes on gRPC ports replica_port, +1, ..), the
+    # gateway in front of them with the tfserving backend (2 in the production profile)
+    replicas: int = setting("MOODLOOP_SERVING_REPLICAS", 0)
+    replica_port: int = setting("MOODLOOP_REPLICA_PORT", 8510)  # the first replica's gRPC port
     gateway_host: str = setting("MOODLOOP_GATEWAY_HOST", "127.0.0.1")  # the address the gateway listens on
     rest_port: int = setting("MOODLOOP_REST_PORT", 8501)  # TF Serving's REST API and the faces page
     grpc_port: int = setting("MOODLOOP_GRPC_PORT", 8500)  # TF Serving's gRPC API
@@ -284,6 +289,11 @@ SECTIONS: dict[str, type] = {
     "airflow": AirflowSettings,
     "alerts": AlertSettings,
 }
+# What each profile changes, as variables for what the environment leaves unset (set ones win).
+PROFILES: dict[str, dict[str, str]] = {
+    "embedded": {},
+    "production": {"MOODLOOP_EXECUTOR": "celery", "MOODLOOP_SERVING_REPLICAS": "2"},
+}
 SECRETS = {
     ("s3", "secret_key"),
     ("serving", "admin_token"),
@@ -297,6 +307,14 @@ SECRETS = {
 class Settings:
     # root of everything the loop writes; the other folders default to places under it
     home: Path = setting("MOODLOOP_HOME", REPO_ROOT / ".moodloop")
+    # The local stack's shape (PROFILES): embedded = SQLite, LocalExecutor, the gateway's own
+    # backend; production = what docker-compose runs, as processes: PostgreSQL, Celery, replicas
+    profile: str = setting("MOODLOOP_PROFILE", "embedded")
+    # the production profile's PostgreSQL (Airflow's metadata, Celery's results, ML Metadata):
+    # a cluster of the stack's own, listening on 127.0.0.1 on this port
+    postgres_port: int = setting("MOODLOOP_POSTGRES_PORT", 5440)
+    # where that cluster's files live (as root: a folder the postgres user can reach)
+    postgres_dir: Path = setting("MOODLOOP_POSTGRES_DIR", under_home="stack/postgres")
     # the local landing zone: new batches arrive here
     landing_dir: Path = setting("MOODLOOP_LANDING_DIR", under_home="landing")
     # the curated dataset: one TFRecord span per accepted batch
@@ -362,7 +380,10 @@ class Settings:
 
         Paths default to folders under `home`, so overriding `home` moves them all.
         """
-        environ = {**(fallback or {}), **os.environ}
+        profile = overrides.get("profile") or {**(fallback or {}), **os.environ}.get("MOODLOOP_PROFILE") or "embedded"
+        if profile not in PROFILES:
+            raise ValueError(f"MOODLOOP_PROFILE={profile!r}: use one of {', '.join(PROFILES)}")
+        environ = {**(fallback or {}), **PROFILES[profile], **os.environ}
         home = overrides.pop("home", None) or environ.get("MOODLOOP_HOME") or REPO_ROOT / ".moodloop"
         home = Path(home).expanduser().resolve()
         sections = {name: overrides.pop(name, None) or {} for name in SECTIONS}

@@ -45,6 +45,10 @@ class Service:
     ready_timeout: float = 120.0
     pid_file: Path | None = None  # a pid file the service refuses to start over (Celery's): removed first
     about: str = ""  # what `start` prints beside it (an address, a role)
+    # A step that runs to its end before the next service starts (docker-compose's
+    # `service_completed_successfully`): done when it exits 0, run again after a pause if not.
+    oneshot: bool = False
+    stop_signal: int = signal.SIGTERM  # what asks it to stop (PostgreSQL: SIGINT, its fast shutdown)
 
 
 @dataclass
@@ -55,6 +59,7 @@ class _Running:
     exit_codes: list[int] = field(default_factory=list)
     restart_at: float | None = None  # when a crashed service is due to start again
     given_up: bool = False  # crashed past MAX_RESTARTS: left down
+    done: bool = False  # a oneshot service that exited 0
 
 
 def read_state(state_file: Path) -> dict[str, dict]:
@@ -84,7 +89,9 @@ class Supervisor:
                     break
                 self.running[service.name] = _Running(service, self._spawn(service))
                 self._write_state()
-                if service.ready is not None:
+                if service.oneshot:
+                    self._run_to_end(self.running[service.name])
+                elif service.ready is not None:
                     self._wait_ready(service)
             while not self.stopping:
                 self._watch()
@@ -119,6 +126,31 @@ class Supervisor:
             time.sleep(0.5)
         log.warning("%s not ready after %.0f s; starting the next services anyway", service.name, service.ready_timeout)
 
+    def _run_to_end(self, running: _Running) -> None:
+        """Wait for a oneshot service to exit; one that fails runs again (pause doubling) until
+        MAX_RESTARTS, then the stack goes on without it and status shows it given up."""
+        while not self.stopping:
+            code = running.process.poll()
+            if code is None:
+                time.sleep(0.2)
+                continue
+            running.exit_codes = [*running.exit_codes[-4:], code]
+            if code == 0:
+                running.done = True
+            elif running.restarts >= MAX_RESTARTS:
+                log.error("%s failed (%d) %d times: going on without it", running.service.name, code, running.restarts)
+                running.given_up = True
+            else:
+                pause = 2.0**running.restarts
+                log.warning("%s failed (%d); running it again in %.0f s", running.service.name, code, pause)
+                time.sleep(pause)
+                running.restarts += 1
+                running.process = self._spawn(running.service)
+                self._write_state()
+                continue
+            self._write_state()
+            return
+
     def _watch(self) -> None:
         now = time.monotonic()
         for name, running in self.running.items():
@@ -130,7 +162,7 @@ class Supervisor:
                     self._write_state()
                 continue
             code = running.process.poll()
-            if code is None or running.given_up:
+            if code is None or running.given_up or running.service.oneshot:
                 continue
             running.exit_codes = [*running.exit_codes[-4:], code]
             if running.restarts >= MAX_RESTARTS:
@@ -152,7 +184,9 @@ class Supervisor:
                 "restarts": running.restarts,
                 "exit_codes": running.exit_codes,
                 "state": (
-                    "given up"
+                    "done"
+                    if running.done
+                    else "given up"
                     if running.given_up
                     else "restarting"
                     if running.restart_at is not None
@@ -167,11 +201,12 @@ class Supervisor:
         self.stopping = True
 
     def _stop_all(self) -> None:
-        """SIGTERM every service's process group, in reverse start order, then SIGKILL what is left."""
+        """Stop every service's process group (SIGTERM, or its own stop signal), in reverse start
+        order, then SIGKILL what is left."""
         live = [r for r in reversed(self.running.values()) if r.process.poll() is None]
         for running in live:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(running.process.pid, signal.SIGTERM)
+                os.killpg(running.process.pid, running.service.stop_signal)
         deadline = time.monotonic() + STOP_TIMEOUT
         for running in live:
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -3,6 +3,9 @@
 gateway (embedded backend, TF Serving's REST and gRPC APIs) on the pushed models. Orchestration env;
 the gateway runs in the pipeline env. With MOODLOOP_EXECUTOR=celery: the CeleryExecutor, Debian's
 redis-server as the broker and MOODLOOP_CELERY_WORKERS (2) Celery workers, all on 127.0.0.1.
+With MOODLOOP_PROFILE=production: what docker-compose runs, as processes on this machine: a
+PostgreSQL cluster of the stack's own (Airflow's metadata, Celery's results, ML Metadata), the
+CeleryExecutor, and the gateway in front of MOODLOOP_SERVING_REPLICAS (2) serving replicas.
 
   python -m moodloop.local.stack start [--faces N]   start, unpause the DAGs, drop a first batch
   python -m moodloop.local.stack status              what runs, the latest DAG runs, pushed versions
@@ -38,6 +41,7 @@ from moodloop.core.contracts import LABELLING_QUEUE, READY_MARKER
 from moodloop.core.files import publish_dir
 from moodloop.core.settings import REPO_ROOT, Settings
 from moodloop.core.status import CANARY, DRIFT, read_status
+from moodloop.local import postgres
 from moodloop.local.services import STOP_TIMEOUT, SUPERVISOR, Service, Supervisor, read_state
 
 if TYPE_CHECKING:  # imported where used: the stack's start-up does not need the generator
@@ -55,11 +59,14 @@ DAG_IDS = (
 ADMIN = "admin"
 AIRFLOW_DB = "airflow.db"  # SQLite, in the stack's Airflow home
 STACK_MARK = "MOODLOOP_STACK_HOME"  # every process of the stack carries it in its environment
+STACK_PROFILE = "MOODLOOP_PROFILE"
 
 
 GATEWAY = "gateway"
 EVIDENTLY_UI = "evidently-ui"
 REDIS = "redis"
+POSTGRES = "postgres"
+AIRFLOW_DB_STEP = "airflow-db"  # a oneshot: the metadata DB created or migrated before Airflow starts
 CELERY_CONCURRENCY = 2  # task processes per Celery worker: 2 workers x 2 = LocalExecutor's 4
 EXECUTORS = ("local", "celery")
 
@@ -70,12 +77,15 @@ PORT_VARIABLES = (
     "MOODLOOP_GRPC_PORT",
     "MOODLOOP_EVIDENTLY_PORT",
     "MOODLOOP_REDIS_PORT",
+    "MOODLOOP_POSTGRES_PORT",
+    "MOODLOOP_REPLICA_PORT",
 )
 
 
 def saved_ports(home: Path) -> dict[str, str]:
-    """`status` and `stop` of a stack started on other ports (the drift drill's) find it by its
-    home alone: start saves the ports there (as variables; those set by hand still win)."""
+    """`status` and `stop` of a stack started on other ports (the drift drill's) or with another
+    profile find it by its home alone: start saves its ports and profile there (as variables;
+    those set by hand still win)."""
     saved = home / "stack" / "ports.json"
     return json.loads(saved.read_text()) if saved.exists() else {}
 
@@ -132,6 +142,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             # start()): the scheduler died on "database is locked" right after a start while the
             # api-server and the dag-processor wrote, and then nothing ran.
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / AIRFLOW_DB}?timeout=30",
+            STACK_PROFILE: settings.profile,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(paths["passwords"]),
             "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
@@ -156,12 +167,32 @@ def airflow_env(settings: Settings) -> dict[str, str]:
                 "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
                 "AIRFLOW__CELERY__BROKER_URL": f"{broker}/0",
                 # task states go to Redis too: SQLite (the metadata DB here) under several writers
-                # would only add lock waits; docker-compose keeps them in Postgres
+                # would only add lock waits; on PostgreSQL (below) they go there, as in docker-compose
                 "AIRFLOW__CELERY__RESULT_BACKEND": f"{broker}/1",
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(CELERY_CONCURRENCY),
             }
         )
+    if settings.profile == "production":
+        # docker-compose's databases: Airflow's metadata and Celery's results in `airflow`, ML
+        # Metadata in `mlmd` (every task of a run reaches it, whichever worker runs it)
+        password = postgres_password(settings)
+        env.update(
+            {
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url(
+                    settings, password, postgres.AIRFLOW_DATABASE, "postgresql+psycopg2"
+                ),
+                "MOODLOOP_METADATA_URL": postgres.url(settings, password, postgres.MLMD_DATABASE),
+            }
+        )
+        if settings.airflow.executor == "celery":
+            env["AIRFLOW__CELERY__RESULT_BACKEND"] = postgres.url(
+                settings, password, postgres.AIRFLOW_DATABASE, "db+postgresql+psycopg2"
+            )
     return env
+
+
+def postgres_password(settings: Settings) -> str:
+    return _secret(_paths(settings)["stack_secrets"], "postgres_password", lambda: secrets.token_urlsafe(24))
 
 
 def _airflow_bin() -> str:
@@ -261,6 +292,37 @@ def gateway_env(settings: Settings) -> dict[str, str]:
             **_keep_live_faces(),
         }
     )
+    if settings.serving.replicas:
+        targets = ",".join(f"127.0.0.1:{port}" for port in replica_ports(settings))
+        env.update({"MOODLOOP_SERVING_BACKEND": "tfserving", "MOODLOOP_TFSERVING_TARGET": targets})
+    return env
+
+
+def replica_ports(settings: Settings) -> list[int]:
+    """The serving replicas' gRPC ports: MOODLOOP_REPLICA_PORT and the ones after it."""
+    return [settings.serving.replica_port + number for number in range(settings.serving.replicas)]
+
+
+def replica_env(settings: Settings, number: int) -> dict[str, str]:
+    """A stand-in for one TF Serving replica: the gateway's embedded backend in a process of its
+    own, speaking TF Serving's gRPC, on the stack's model base and models.config, which it polls as
+    TF Serving does its --model_config_file (and takes pushed at once through
+    HandleReloadConfigRequest, with the gateway's admin token). Its own home keeps its own files
+    (its inference log is not the stack's: the gateway in front logs every request once)."""
+    env = {**gateway_env(settings), "PYTHONUNBUFFERED": "1"}
+    env.update(
+        {
+            "MOODLOOP_HOME": str(settings.home / "stack" / f"replica-{number}"),
+            "MOODLOOP_MODEL_BASE": str(settings.model_base),
+            "MOODLOOP_SERVING_CONFIG": str(settings.serving_config),
+            "MOODLOOP_MODEL_NAME": settings.model_name,
+            "MOODLOOP_SERVING_BACKEND": "embedded",
+            "MOODLOOP_SERVING_REPLICAS": "0",
+            "MOODLOOP_KEEP_LIVE_FACES": "0",
+            "MOODLOOP_REST_PORT": "0",  # any free port: what is served goes through the gateway
+            "MOODLOOP_GRPC_PORT": str(replica_ports(settings)[number - 1]),
+        }
+    )
     return env
 
 
@@ -301,6 +363,20 @@ def service_table(settings: Settings) -> list[Service]:
     env = airflow_env(settings)
     marked = {**os.environ, STACK_MARK: str(settings.home)}
     services = []
+    if settings.profile == "production":
+        password = postgres_password(settings)
+        services.append(
+            Service(
+                POSTGRES,
+                postgres.server_command(settings),
+                marked,
+                ready=lambda: postgres.ready(settings, password),
+                stop_signal=postgres.STOP_SIGNAL,
+                about=f"127.0.0.1:{settings.postgres_port}, databases {', '.join(postgres.DATABASES)}",
+            )
+        )
+    command = [sys.executable, "-m", "moodloop.local.stack", "prepare-db"]
+    services.append(Service(AIRFLOW_DB_STEP, command, env, REPO_ROOT, oneshot=True, about="created or migrated"))
     if settings.airflow.executor == "celery":
         # Debian's redis-server, the Celery broker: no persistence (a lost queued task is failed by
         # the scheduler's heartbeat check and retried), its own folder under the stack's home.
@@ -311,7 +387,11 @@ def service_table(settings: Settings) -> list[Service]:
         command += ["--save", "", "--appendonly", "no", "--protected-mode", "yes"]
         services.append(
             Service(
-                REDIS, command, marked, ready=lambda: _port_open(port), about=f"127.0.0.1:{port}, the Celery broker"
+                REDIS,
+                command,
+                marked,
+                ready=lambda port=port: _port_open(port),  # bound now: `port` is reused below
+                about=f"127.0.0.1:{port}, the Celery broker",
             )
         )
     for name in AIRFLOW_SERVICES:
@@ -328,15 +408,44 @@ def service_table(settings: Settings) -> list[Service]:
             # files on this machine, which the api-server reads directly.
             command += ["--pid", str(pid_file), "--skip-serve-logs"]
             services.append(Service(name, command, {**env, "MOODLOOP_WORKER_NAME": name}, pid_file=pid_file))
-    services.append(
-        Service(GATEWAY, [str(settings.pipeline_python), "-m", "serving.gateway"], gateway_env(settings), REPO_ROOT)
-    )
+    gateway = [str(settings.pipeline_python), "-m", "serving.gateway"]
+    for number, port in enumerate(replica_ports(settings), start=1):
+        services.append(
+            Service(
+                f"replica-{number}",
+                gateway,
+                replica_env(settings, number),
+                REPO_ROOT,
+                ready=lambda port=port: _port_open(port),
+                about=f"gRPC 127.0.0.1:{port}, a stand-in for TF Serving",
+            )
+        )
+    about = f"the tfserving backend over {settings.serving.replicas} replicas" if settings.serving.replicas else ""
+    services.append(Service(GATEWAY, gateway, gateway_env(settings), REPO_ROOT, about=about))
     # The drift reports' UI: monitor_drift adds each window's report to this workspace.
     workspace, port = settings.drift.evidently_workspace, settings.drift.evidently_port
     command = [str(Path(sys.executable).with_name("evidently")), "ui", "--workspace", str(workspace)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     services.append(Service(EVIDENTLY_UI, command, marked, about=f"http://127.0.0.1:{port}"))
     return services
+
+
+def prepare_airflow_db(settings: Settings) -> int:
+    """The `airflow-db` step (a oneshot service, before Airflow starts): the databases created on
+    PostgreSQL, Airflow's tables created or migrated, SQLite switched to write-ahead logging."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if settings.profile == "production":
+        created = postgres.create_databases(settings, postgres_password(settings))
+        logging.info("PostgreSQL databases created: %s", ", ".join(created) or "none (all there)")
+    env = airflow_env(settings)
+    subprocess.run([_airflow_bin(), "db", "migrate"], env=env, check=True)
+    if settings.profile != "production":
+        # Write-ahead logging (a property of the file, kept from now on): readers no longer block
+        # the one writer, nor it them, so the four Airflow processes rarely wait for each other.
+        with contextlib.closing(sqlite3.connect(_paths(settings)["airflow_home"] / AIRFLOW_DB)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+    logging.info("Airflow's metadata DB is ready")
+    return 0
 
 
 def supervise(settings: Settings) -> int:
@@ -353,42 +462,52 @@ def _port_open(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _refusal(settings: Settings) -> str:
+    """Why this stack cannot start here ("" when it can)."""
+    if stack_processes(settings):
+        return f"the stack is already running for {settings.home}: python -m moodloop.local.stack status"
+    if settings.airflow.executor not in EXECUTORS:
+        return f"MOODLOOP_EXECUTOR={settings.airflow.executor!r}: use one of {', '.join(EXECUTORS)}"
+    if settings.airflow.executor == "celery":
+        if not shutil.which("redis-server"):
+            return "MOODLOOP_EXECUTOR=celery needs Redis: sudo apt-get install redis-server (make setup does it)"
+        if _port_open(settings.airflow.redis_port):  # another Redis would take our tasks
+            return (
+                f"port {settings.airflow.redis_port} is in use (a Redis of the system or of another stack?); "
+                "set MOODLOOP_REDIS_PORT to a free port"
+            )
+    if settings.profile == "production" and _port_open(settings.postgres_port):
+        return f"port {settings.postgres_port} is in use: set MOODLOOP_POSTGRES_PORT to a free port"
+    return ""
+
+
 def start(settings: Settings, faces: int) -> int:
     paths = _paths(settings)
-    if stack_processes(settings):
-        print(f"the stack is already running for {settings.home}: python -m moodloop.local.stack status")
-        return 1
-    if settings.airflow.executor not in EXECUTORS:
-        print(f"MOODLOOP_EXECUTOR={settings.airflow.executor!r}: use one of {', '.join(EXECUTORS)}")
-        return 2
-    celery = settings.airflow.executor == "celery"
-    if celery and not shutil.which("redis-server"):
-        print("MOODLOOP_EXECUTOR=celery needs Redis: sudo apt-get install redis-server (make setup does it as root)")
-        return 2
+    refusal = _refusal(settings)
+    if refusal:
+        print(refusal)
+        return 1 if stack_processes(settings) else 2
+    production = settings.profile == "production"
     started = time.monotonic()
-    env = airflow_env(settings)
     paths["logs"].mkdir(parents=True, exist_ok=True)
-    print(f"==> Airflow metadata DB (SQLite) in {paths['airflow_home']}", flush=True)
-    subprocess.run([_airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
-    # Write-ahead logging (a property of the file, kept from now on): readers no longer block the
-    # one writer, nor it them, so the four Airflow processes rarely wait for each other at all.
-    with contextlib.closing(sqlite3.connect(paths["airflow_home"] / AIRFLOW_DB)) as db:
-        db.execute("PRAGMA journal_mode=WAL")
-    if celery and _port_open(settings.airflow.redis_port):  # another Redis would take our tasks
-        print(
-            f"port {settings.airflow.redis_port} is in use (a Redis of the system or of another stack?); "
-            "set MOODLOOP_REDIS_PORT to a free port"
-        )
-        return 2
+    if production:
+        if postgres.init(settings, postgres_password(settings)):
+            print(f"==> PostgreSQL cluster created in {postgres.data_dir(settings)}", flush=True)
+        database = f"PostgreSQL 127.0.0.1:{settings.postgres_port}, database {postgres.AIRFLOW_DATABASE}"
+    else:
+        database = f"SQLite in {paths['airflow_home']}"
+    print(f"==> profile {settings.profile}: Airflow's metadata DB is {database}", flush=True)
     ports = (
         settings.airflow.port,
         settings.serving.rest_port,
         settings.serving.grpc_port,
         settings.drift.evidently_port,
         settings.airflow.redis_port,
+        settings.postgres_port,
+        settings.serving.replica_port,
     )
-    ports = {name: str(port) for name, port in zip(PORT_VARIABLES, ports, strict=True)}
-    (settings.home / "stack" / "ports.json").write_text(json.dumps(ports))
+    saved = {name: str(port) for name, port in zip(PORT_VARIABLES, ports, strict=True)}
+    (settings.home / "stack" / "ports.json").write_text(json.dumps({**saved, STACK_PROFILE: settings.profile}))
     paths["services"].unlink(missing_ok=True)
     with open(paths["logs"] / f"{SUPERVISOR}.log", "ab") as log:  # the child keeps its own copy
         supervisor = subprocess.Popen(
@@ -408,10 +527,20 @@ def start(settings: Settings, faces: int) -> int:
             raise SystemExit(f"error: the supervisor exited ({supervisor.returncode}); see {paths['logs']}")
         return read_state(paths["services"]).get(name)
 
+    def service_ended(name: str) -> dict | None:
+        state = service_started(name)
+        return state if state and state["state"] in ("done", "given up") else None
+
     for service in service_table(settings):
         state = _wait(service.name, lambda name=service.name: service_started(name), service.ready_timeout + 60, 0.2)
         log_path = paths["logs"] / f"{service.name}.log"
         about = f", {service.about}" if service.about else ""
+        if service.oneshot:
+            state = _wait(service.name, lambda name=service.name: service_ended(name), 600, 0.5)
+            if state["state"] != "done":
+                raise SystemExit(f"error: {service.name} failed (exit codes {state['exit_codes']}); see {log_path}")
+            print(f"==> {service.name} done{about} (log {log_path})", flush=True)
+            continue
         print(f"==> {service.name} started (pid {state['pid']}{about}, log {log_path})", flush=True)
 
     _wait("the serving gateway", lambda: _gateway_health(settings), 120)
@@ -438,19 +567,35 @@ def start(settings: Settings, faces: int) -> int:
     unpaused = f"unpaused {', '.join(paused)}" if paused else "none paused"
     print(f"==> DAGs: {', '.join(DAG_IDS)}; {unpaused} ({time.monotonic() - started:.0f} s)", flush=True)
 
+    _welcome(settings, paths, faces)
+    return 0
+
+
+def _welcome(settings: Settings, paths: dict[str, Path], faces: int) -> None:
+    """What `start` prints once the stack is up: its addresses, the first batch, how to stop it."""
+    celery = settings.airflow.executor == "celery"
+    production = settings.profile == "production"
     password = json.loads(paths["passwords"].read_text())[ADMIN]
     airflow_ui = f"http://127.0.0.1:{settings.airflow.port}"
+    backend = "embedded backend"
+    if settings.serving.replicas:
+        backend = f"over {settings.serving.replicas} replicas on gRPC " + ", ".join(map(str, replica_ports(settings)))
     print(f"\nmoodloop is up.\n  faces page   {settings.gateway_url}/   (photos, videos, webcam, why?, corrections)")
     print(f"  Airflow UI   {airflow_ui}   user {ADMIN}   password {password}")
     print(
         f"  serving      REST {settings.gateway_url}/v1/models/{settings.model_name}"
-        f"   gRPC {settings.serving.gateway_host}:{settings.serving.grpc_port}   (TF Serving's APIs; embedded backend)"
+        f"   gRPC {settings.serving.gateway_host}:{settings.serving.grpc_port}   (TF Serving's APIs; {backend})"
     )
     print(f"  drift UI     http://127.0.0.1:{settings.drift.evidently_port}   (Evidently; DAG monitor_drift fills it)")
     if celery:
         print(
             f"  executor     Celery: {settings.airflow.celery_workers} workers (worker-1..), Redis broker "
             f"127.0.0.1:{settings.airflow.redis_port}; the task instances name the worker that ran them"
+        )
+    if production:
+        print(
+            f"  databases    PostgreSQL 127.0.0.1:{settings.postgres_port}: {postgres.AIRFLOW_DATABASE} (Airflow, "
+            f"Celery results), {postgres.MLMD_DATABASE} (ML Metadata); password in {paths['stack_secrets']}"
         )
     if faces > 0:
         batch = drop_synthetic_batch(settings, f"synthetic-{time.strftime('%Y%m%dT%H%M%S')}", faces, seed=0)
@@ -460,14 +605,13 @@ def start(settings: Settings, faces: int) -> int:
     # `make status` / `make stop` find a stack by MOODLOOP_HOME: name it when it is not the default.
     home = "" if settings.home == (REPO_ROOT / ".moodloop").resolve() else f"MOODLOOP_HOME={settings.home} "
     print(f"  status: {home}make status     stop: {home}make stop     logs: {paths['logs']}")
-    return 0
 
 
 def status(settings: Settings) -> int:
     paths = _paths(settings)
     services = read_state(paths["services"])
     running = stack_processes(settings)
-    print(f"stack home {settings.home}: {len(running)} process(es) running")
+    print(f"stack home {settings.home} (profile {settings.profile}): {len(running)} process(es) running")
     for service, state in services.items():
         shown = state["state"] if _alive(state["pid"]) or state["state"] != "running" else "stopped"
         shown = shown if shown == "running" else shown.upper()
@@ -485,6 +629,10 @@ def status(settings: Settings) -> int:
                 print(f"  {dag_id:<20s} {runs}")
         except (KeyError, *unreachable_errors()) as exc:
             print(f"  Airflow API not answering: {exc}")
+    if settings.profile == "production" and running:
+        tables = postgres.table_counts(settings, postgres_password(settings))
+        shown = ", ".join(f"{name} {count} tables" for name, count in tables.items()) or "not answering"
+        print(f"  PostgreSQL   127.0.0.1:{settings.postgres_port}  {shown}")
     versions = sorted(p.name for p in settings.model_base.glob("*") if p.name.isdigit())
     print(f"  model versions under {settings.model_base}: {', '.join(versions) or 'none yet'}")
     if running:
@@ -494,6 +642,9 @@ def status(settings: Settings) -> int:
                 f"  gateway :{settings.serving.rest_port}  serving versions {health.get('available_versions', [])}"
                 f"  labels {health.get('labels', {})}"
             )
+            for replica in health.get("replicas", []):
+                state = "healthy" if replica["healthy"] else f"DOWN ({replica['reason']})"
+                print(f"    replica {replica['target']}  {state}, {replica['calls']} calls")
         except (urllib.error.URLError, OSError, ValueError) as exc:
             print(f"  gateway not answering: {exc}")
     drift = read_status(settings.status_dir, DRIFT)
@@ -611,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="what is running, latest DAG runs, pushed model versions")
     sub.add_parser("stop", help="stop every process the start command started")
     sub.add_parser("supervise", help="(run by start) start the services and restart any that exits")
+    sub.add_parser("prepare-db", help="(run by the supervisor) create or migrate Airflow's metadata DB")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command != "start":
@@ -621,6 +773,8 @@ def main(argv: list[str] | None = None) -> int:
         return status(settings)
     if args.command == "supervise":
         return supervise(settings)
+    if args.command == "prepare-db":
+        return prepare_airflow_db(settings)
     return stop(settings)
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from moodloop.core.settings import REPO_ROOT
+from moodloop.core.settings import REPO_ROOT, Settings
 
 HADOLINT = REPO_ROOT / ".venv" / "orchestration" / "bin" / "hadolint"
 
@@ -42,10 +43,32 @@ def test_compose_runs_airflow_on_celery_workers_with_redis_and_a_shared_metadata
         env = services[name]["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
         assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:")
-        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
         assert env["MOODLOOP_METADATA_URL"].startswith("postgresql://") and "@postgres:" in env["MOODLOOP_METADATA_URL"]
         mounts = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in services[name]["volumes"]]
         assert "/moodloop" in mounts  # one volume for the pipeline root, the models and the task logs
+
+
+def test_compose_and_the_local_production_profile_describe_the_same_airflow(compose, tmp_path):
+    """One shape, two descriptions: docker-compose's Airflow services and the local stack's
+    production profile (MOODLOOP_PROFILE=production, which runs for real in
+    tests/orchestration/test_stack.py) set the same executor, broker and databases, through the
+    same drivers (compose had `db+postgresql://`, which SQLAlchemy 2 resolves to psycopg 3, not
+    installed: found by running the profile)."""
+    from moodloop.local import stack
+
+    local = stack.airflow_env(Settings.from_env(home=tmp_path, profile="production"))
+    composed = compose["services"]["airflow-scheduler"]["environment"]
+    assert local["AIRFLOW__CORE__EXECUTOR"] == composed["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert local["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == composed["AIRFLOW__CELERY__WORKER_CONCURRENCY"]
+    for key in (
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CELERY__RESULT_BACKEND",
+        "AIRFLOW__CELERY__BROKER_URL",
+        "MOODLOOP_METADATA_URL",
+    ):
+        here, there = urlsplit(local[key]), urlsplit(composed[key])
+        assert (here.scheme, here.path) == (there.scheme, there.path), key  # driver and database
 
 
 def test_compose_runs_two_tf_serving_replicas_behind_the_gateway(compose):

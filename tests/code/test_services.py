@@ -60,3 +60,42 @@ def test_a_crashed_service_is_started_again_up_to_the_limit_and_sigterm_stops_al
     finally:
         supervisor.kill()
     assert json.loads(state_file.read_text())["supervisor"]["pid"] == supervisor.pid
+
+
+ONESHOT = """
+import signal, sys
+from pathlib import Path
+from moodloop.local.services import Service, Supervisor
+folder = Path(sys.argv[1])
+count = folder / "count"
+table = [
+    # fails at its first run, succeeds at its second (after a pause of 1 s)
+    Service("prepare", ["sh", "-c", f"n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > {count}; "
+            '[ "$n" -ge 1 ]'], {}, oneshot=True),
+    # what it saw of the step when it started; stopped by SIGINT, as PostgreSQL is (its fast shutdown)
+    Service("after", ["sh", "-c", f"cat {count} > {folder / 'seen'}; trap 'echo INT > {folder / 'got'}; exit 0' INT; "
+            "while :; do sleep 0.1; done"], {}, stop_signal=signal.SIGINT),
+]
+Supervisor(table, folder / "logs", folder / "services.json").run()
+"""
+
+
+def test_a_oneshot_step_runs_to_success_before_the_next_service_and_a_service_stops_on_its_own_signal(
+    tmp_path: Path,
+):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    supervisor = subprocess.Popen([sys.executable, "-c", ONESHOT, str(tmp_path)], env=env)
+    try:
+        state_file = tmp_path / "services.json"
+        _wait_for(lambda: read_state(state_file).get("after", {}).get("state") == "running")
+        _wait_for(lambda: (tmp_path / "seen").exists())
+        assert (tmp_path / "seen").read_text().strip() == "2"  # started after the second, successful run
+        state = read_state(state_file)
+        assert state["prepare"]["state"] == "done" and state["prepare"]["exit_codes"] == [1, 0], state
+        time.sleep(1.0)  # done stays done: not run again
+        assert (tmp_path / "count").read_text().strip() == "2"
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(30) == 0
+        assert (tmp_path / "got").read_text().strip() == "INT"
+    finally:
+        supervisor.kill()

@@ -15,8 +15,11 @@ import json
 import os
 import re
 import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +34,7 @@ from data import landing, synthetic
 from moodloop.core.airflow_api import Airflow
 from moodloop.core.settings import Settings
 from moodloop.local.s3server import free_port
-from moodloop.local.stack import stack_processes
+from moodloop.local.stack import PORT_VARIABLES, stack_processes
 from tests.browser import artifact, chromium
 from tests.conftest import WIRING
 
@@ -71,36 +74,51 @@ class Api:
 
 
 def _ports() -> dict[str, str]:
-    from moodloop.local.stack import PORT_VARIABLES
-
     return {name: str(free_port()) for name in PORT_VARIABLES}
 
 
-# The loop's stack starts on Celery (Debian's redis-server, two workers): the production shape.
-# One stack start serves the loop's checks, Celery's and the kill test's (they were three starts);
-# after the kill the stack starts again on the LocalExecutor that `make run` uses by default.
+# The loop's stack starts in the production profile (MOODLOOP_PROFILE=production): PostgreSQL for
+# Airflow, Celery's results and ML Metadata, Celery on Debian's redis-server with two workers, the
+# gateway over two serving replicas. One stack start serves the loop's checks, the production
+# shape's and the kill test's; after the kill the stack starts again on the LocalExecutor (its
+# PostgreSQL stopped and started with it). `make run`'s default (SQLite) has a start of its own below.
 CELERY = shutil.which("redis-server") is not None
+POSTGRES = CELERY and any(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+
+
+def _stopped_clean(command: list[str], env: dict) -> None:
+    stopped = subprocess.run([*command, "stop"], env=env, capture_output=True, text=True)
+    print(stopped.stdout, stopped.stderr)
+    status = subprocess.run([*command, "status"], env=env, capture_output=True, text=True)
+    assert "0 process(es) running" in status.stdout, status.stdout
+    assert stopped.returncode == 0, stopped.stdout
+    # Redis, PostgreSQL, the Celery workers and the replicas too: nothing of the stack is left.
+    assert not stack_processes(Settings.from_env(home=env["MOODLOOP_HOME"]))
+    for port in {v for k, v in env.items() if k in PORT_VARIABLES}:
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still listening"
 
 
 @pytest.fixture
 def stack(tmp_path):
-    executor = {"MOODLOOP_EXECUTOR": "celery"} if CELERY else {}
-    if not CELERY:
-        print("redis-server missing (make setup installs it as root): the loop's stack runs on the LocalExecutor")
-    env = {**os.environ, **FAST, "MOODLOOP_HOME": str(tmp_path / "home"), **executor, **_ports()}
+    shape = {"MOODLOOP_EXECUTOR": "celery"} if CELERY else {}
+    if POSTGRES:
+        # As root PostgreSQL runs as the postgres user, which cannot enter pytest's 0700 folders.
+        folder = Path(tempfile.mkdtemp(prefix="moodloop-postgres-"))
+        folder.chmod(0o755)
+        shape = {"MOODLOOP_PROFILE": "production", "MOODLOOP_POSTGRES_DIR": str(folder / "cluster")}
+    else:
+        print("redis-server or PostgreSQL missing (make setup installs them as root): not the production profile")
+    env = {**os.environ, **FAST, "MOODLOOP_HOME": str(tmp_path / "home"), **shape, **_ports()}
     command = [sys.executable, "-m", "moodloop.local.stack"]
     started = subprocess.run([*command, "start", "--faces", "2000"], env=env, capture_output=True, text=True)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         yield env, started.stdout
     finally:
-        stopped = subprocess.run([*command, "stop"], env=env, capture_output=True, text=True)
-        print(stopped.stdout, stopped.stderr)
-        status = subprocess.run([*command, "status"], env=env, capture_output=True, text=True)
-        assert "0 process(es) running" in status.stdout, status.stdout
-        assert stopped.returncode == 0, stopped.stdout
-        # Redis and the Celery workers too: nothing of the stack is left.
-        assert not stack_processes(Settings.from_env(home=env["MOODLOOP_HOME"]))
+        _stopped_clean(command, env)
+        if POSTGRES:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_one_task_per_component(api: Api, env: dict, settings: Settings, run_id: str) -> None:
@@ -157,6 +175,8 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     if CELERY:
         assert "Celery: 2 workers" in output
         _check_tasks_ran_on_both_celery_workers(api, first["dag_run_id"])
+    if POSTGRES:
+        _check_production_shape(env, settings)
 
     # The drift job's trigger against the real REST API v2: a run with its conf, then, while that
     # run is queued or running, a second drift joins it instead of queueing another.
@@ -229,6 +249,30 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     _check_evidently_ui(int(env["MOODLOOP_EVIDENTLY_PORT"]), artifact("stack", "evidently-ui.png"))
 
 
+def test_make_run_default_comes_up_on_sqlite_and_stops_clean(tmp_path):
+    """`make run`'s default profile (the loop's test above runs the production one): Airflow on a
+    SQLite file in write-ahead-logging mode, the LocalExecutor, the gateway on its embedded backend;
+    a scheduled run succeeds, and `stop` leaves no process and no listening port."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MOODLOOP_PROFILE", "MOODLOOP_EXECUTOR")}
+    env = {**env, **FAST, "MOODLOOP_HOME": str(tmp_path / "home"), **_ports()}
+    command = [sys.executable, "-m", "moodloop.local.stack"]
+    started = subprocess.run([*command, "start", "--faces", "0"], env=env, capture_output=True, text=True)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "profile embedded: Airflow's metadata DB is SQLite" in started.stdout
+        assert "embedded backend" in started.stdout and "Celery" not in started.stdout
+        password = started.stdout.split("password ", 1)[1].split()[0]
+        api = Api(int(env["MOODLOOP_AIRFLOW_PORT"]), password)
+        api.wait_for("watch_landing", lambda runs: any(r["state"] == "success" for r in runs), 180, "a watch run")
+        database = tmp_path / "home" / "airflow" / "airflow.db"
+        with sqlite3.connect(database) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        shown = subprocess.run([*command, "status"], env=env, check=True, capture_output=True, text=True).stdout
+        assert "(profile embedded)" in shown and "PostgreSQL" not in shown and "replica" not in shown, shown
+    finally:
+        _stopped_clean(command, env)
+
+
 def _kill_mid_training_and_restart(
     api: Api, env: dict, settings: Settings, run_id: str, before: list[int]
 ) -> tuple[dict, list[int]]:
@@ -263,7 +307,7 @@ def _kill_mid_training_and_restart(
     versions = lambda: sorted(int(p.name) for p in settings.model_base.iterdir() if p.name.isdigit())  # noqa: E731
     assert versions() == sorted(before), "pushed before training ended"
 
-    env = {k: v for k, v in env.items() if k != "MOODLOOP_EXECUTOR"}  # make run's default
+    env = {**env, "MOODLOOP_EXECUTOR": "local"}  # make run's executor (on the same databases)
     restarted = subprocess.run([*command, "start", "--faces", "0"], env=env, capture_output=True, text=True)
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     assert "executor     Celery" not in restarted.stdout
@@ -285,6 +329,41 @@ def _kill_mid_training_and_restart(
     for version in new:
         assert (settings.model_base / str(version) / "saved_model.pb").exists()
     return env, after
+
+
+def _check_production_shape(env: dict, settings: Settings) -> None:
+    """Airflow's and ML Metadata's tables are in the stack's PostgreSQL (no SQLite file anywhere
+    under the home), the first run's tasks and executions are rows there, and the gateway spread
+    the requests over both replicas; `status` shows all of it."""
+    import psycopg2
+
+    assert not list(settings.home.rglob("*.db")) and not list(settings.home.rglob("*.sqlite")), "a SQLite file"
+    password = json.loads((settings.home / "stack" / "secrets.json").read_text())["postgres_password"]
+    rows = {}
+    for database, table in (("airflow", "task_instance"), ("mlmd", "execution")):
+        connection = psycopg2.connect(
+            host="127.0.0.1", port=env["MOODLOOP_POSTGRES_PORT"], user="moodloop", password=password, dbname=database
+        )
+        with connection, connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {table}")
+            rows[database] = cursor.fetchone()[0]
+        connection.close()
+    assert rows["airflow"] > 10 and rows["mlmd"] >= 6, rows  # every TFX component's execution
+    base = f"http://127.0.0.1:{env['MOODLOOP_REST_PORT']}"
+    pixels, _ = synthetic.generate_arrays(2, seed=5)
+    body = json.dumps({"signature_name": "serving_pixels", "instances": pixels.tolist()}).encode()
+    for _ in range(20):
+        with urllib.request.urlopen(urllib.request.Request(base + "/v1/models/emotion:predict", data=body), timeout=30):
+            pass
+    with urllib.request.urlopen(base + "/healthz", timeout=10) as response:
+        replicas = json.loads(response.read())["replicas"]
+    assert len(replicas) == 2 and all(r["healthy"] and r["calls"] >= 5 for r in replicas), replicas
+    command = [sys.executable, "-m", "moodloop.local.stack", "status"]
+    shown = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+    assert "(profile production)" in shown and re.search(r"PostgreSQL .* airflow \d+ tables, mlmd \d+ tables", shown)
+    for service in ("postgres", "redis", "worker-1", "worker-2", "replica-1", "replica-2"):
+        assert re.search(rf"^  {service} +pid \d+ +running", shown, re.MULTILINE), shown
+    assert shown.count("healthy,") == 2, shown
 
 
 def _check_gateway_serves(rest_port: int, version: int) -> None:
