@@ -5,14 +5,14 @@ Postgres). One function turns the setting into MLMD's ConnectionConfig for every
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ml_metadata.proto import metadata_store_pb2
 
 
 def connection_config(location: str) -> metadata_store_pb2.ConnectionConfig:
-    """`location`: a SQLite file's path, or postgresql://user:password@host:port/database, or
-    mysql://user:password@host:port/database."""
+    """`location`: a SQLite file's path, or postgresql://user:password@host:port/database (or
+    postgresql://user@host:port/database?passfile=PATH), or mysql://user:password@host:port/database."""
     if "://" not in location:
         return metadata_store_pb2.ConnectionConfig(
             sqlite=metadata_store_pb2.SqliteMetadataSourceConfig(
@@ -26,11 +26,15 @@ def connection_config(location: str) -> metadata_store_pb2.ConnectionConfig:
     if not (url.hostname and database):
         raise ValueError(f"metadata database URL {redacted(location)}: give scheme://user:password@host:port/database")
     if url.scheme in ("postgresql", "postgres"):
-        return metadata_store_pb2.ConnectionConfig(
-            postgresql=metadata_store_pb2.PostgreSQLDatabaseConfig(
-                host=url.hostname, port=str(url.port or 5432), user=user, password=password, dbname=database
-            )
+        config = metadata_store_pb2.PostgreSQLDatabaseConfig(
+            host=url.hostname, port=str(url.port or 5432), user=user, dbname=database
         )
+        if password:
+            config.password = password
+        passfile = parse_qs(url.query).get("passfile")
+        if passfile:  # libpq's password file: the URL (shown in logs and IRs) holds no secret
+            config.passfile = passfile[0]
+        return metadata_store_pb2.ConnectionConfig(postgresql=config)
     if url.scheme == "mysql":
         return metadata_store_pb2.ConnectionConfig(
             mysql=metadata_store_pb2.MySQLDatabaseConfig(

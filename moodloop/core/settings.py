@@ -289,6 +289,7 @@ SECTIONS: dict[str, type] = {
     "airflow": AirflowSettings,
     "alerts": AlertSettings,
 }
+POSTGRES_ROLE = "moodloop"  # the production profile's database role
 # What each profile changes, as variables for what the environment leaves unset (set ones win).
 PROFILES: dict[str, dict[str, str]] = {
     "embedded": {},
@@ -403,8 +404,19 @@ class Settings:
 
     @property
     def metadata_location(self) -> str:
-        """ML Metadata's store: the database URL when one is set, else the SQLite file's path."""
-        return self.metadata_url or str(self.metadata_path)
+        """ML Metadata's store: the database URL when one is set; in the production profile the
+        stack's PostgreSQL (the password in a libpq password file, never in the URL); else the
+        SQLite file's path."""
+        if self.metadata_url:
+            return self.metadata_url
+        if self.profile == "production":
+            return f"postgresql://{POSTGRES_ROLE}@127.0.0.1:{self.postgres_port}/mlmd?passfile={self.postgres_passfile}"
+        return str(self.metadata_path)
+
+    @property
+    def postgres_passfile(self) -> Path:
+        """The production profile's libpq password file (mode 600, written by the stack's start)."""
+        return self.postgres_dir / "pgpass"
 
     @property
     def gateway_url(self) -> str:

@@ -174,14 +174,14 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         )
     if settings.profile == "production":
         # docker-compose's databases: Airflow's metadata and Celery's results in `airflow`, ML
-        # Metadata in `mlmd` (every task of a run reaches it, whichever worker runs it)
+        # Metadata in `mlmd` (every task of a run reaches it, whichever worker runs it: the
+        # profile's settings name it, Settings.metadata_location, its password in a libpq file)
         password = postgres_password(settings)
         env.update(
             {
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url(
                     settings, password, postgres.AIRFLOW_DATABASE, "postgresql+psycopg2"
                 ),
-                "MOODLOOP_METADATA_URL": postgres.url(settings, password, postgres.MLMD_DATABASE),
             }
         )
         if settings.airflow.executor == "celery":
@@ -493,6 +493,7 @@ def start(settings: Settings, faces: int) -> int:
     if production:
         if postgres.init(settings, postgres_password(settings)):
             print(f"==> PostgreSQL cluster created in {postgres.data_dir(settings)}", flush=True)
+        postgres.write_passfile(settings, postgres_password(settings))
         database = f"PostgreSQL 127.0.0.1:{settings.postgres_port}, database {postgres.AIRFLOW_DATABASE}"
     else:
         database = f"SQLite in {paths['airflow_home']}"

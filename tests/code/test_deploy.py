@@ -57,7 +57,8 @@ def test_compose_and_the_local_production_profile_describe_the_same_airflow(comp
     installed: found by running the profile)."""
     from moodloop.local import stack
 
-    local = stack.airflow_env(Settings.from_env(home=tmp_path, profile="production"))
+    settings = Settings.from_env(home=tmp_path, profile="production")
+    local = {**stack.airflow_env(settings), "MOODLOOP_METADATA_URL": settings.metadata_location}
     composed = compose["services"]["airflow-scheduler"]["environment"]
     assert local["AIRFLOW__CORE__EXECUTOR"] == composed["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert local["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == composed["AIRFLOW__CELERY__WORKER_CONCURRENCY"]
