@@ -1,12 +1,15 @@
 """The local stack as a user meets it, in one stack start: `python -m moodloop.local.stack start`
-brings Airflow 3 up, the loop runs by itself (watch -> ingest -> train -> push) with the run's
-tasks spread over two Celery workers (MOODLOOP_EXECUTOR=celery: Debian's redis-server as the
-broker), one task per TFX component, and a finished component run again is skipped. The REST API
-v2 needs a token and triggers training; that run's scheduler and Trainer are killed mid-fit and
-the stack is started again on the LocalExecutor (`make run`'s default), and the run ends cleanly.
-A bad and a good batch dropped together end in quarantine and curated, the UI (headless Chromium)
-shows the runs, the drift monitor's report opens in the Evidently UI, and `stop` leaves no process
-behind, Redis and the workers included."""
+in the production profile (PostgreSQL for Airflow, Celery's results and ML Metadata; Celery on
+Debian's redis-server with two workers; the gateway over two serving replicas) brings Airflow 3
+up, the loop runs by itself (watch -> ingest -> train -> push) with the run's tasks spread over
+both workers, one task per TFX component, and a finished component run again is skipped. Tables
+and rows are in PostgreSQL, no SQLite file is written, requests reach both replicas. The REST API
+v2 needs a token and triggers training; the Celery worker running its Trainer is killed mid-fit
+(the try is retried), then the scheduler and the Trainer, and the stack (PostgreSQL with it) is
+started again on the LocalExecutor; the run ends cleanly. A bad and a good batch dropped together
+end in quarantine and curated, the UI (headless Chromium) shows the runs, the drift monitor's
+report opens in the Evidently UI, and `stop` leaves no process and no listening port behind.
+`make run`'s default (SQLite, LocalExecutor, embedded backend) has a start of its own."""
 
 from __future__ import annotations
 
@@ -56,6 +59,9 @@ class Api:
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         tasks = self.airflow.task_instances.get_task_instances(dag_id, run_id, _request_timeout=30).task_instances
         return {t.task_id: t.state for t in tasks}
+
+    def task(self, dag_id: str, run_id: str, task_id: str):
+        return self.airflow.task_instances.get_task_instance(dag_id, run_id, task_id, _request_timeout=30)
 
     def trigger(self, dag_id: str, conf: dict) -> str:
         body = TriggerDAGRunPostBody(logical_date=None, conf=conf)
@@ -273,27 +279,60 @@ def test_make_run_default_comes_up_on_sqlite_and_stops_clean(tmp_path):
         _stopped_clean(command, env)
 
 
+def _trainer_processes() -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "node_runner run .*--node Trainer"], capture_output=True, text=True)
+    assert found.stdout.split(), "no Trainer process to kill"
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def _wait_mid_fit(api: Api, settings: Settings, run_id: str, attempt: int, deadline: float) -> None:
+    """Until the Trainer's try `attempt` runs and its task log shows its second epoch (Keras prints
+    one line per epoch)."""
+    while api.task_states("train_emotion_model", run_id).get("Trainer") != "running":
+        assert time.monotonic() < deadline, f"Trainer try {attempt} never started"
+        time.sleep(3)
+    run_logs = settings.home / "airflow" / "logs" / "dag_id=train_emotion_model" / f"run_id={run_id}"
+    log = run_logs / "task_id=Trainer" / f"attempt={attempt}.log"
+    while not (log.exists() and "Epoch 2/" in log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"the Trainer's try {attempt} never reached its second epoch ({log})"
+        time.sleep(0.5)
+
+
+def _kill_the_worker_mid_fit(api: Api, settings: Settings, run_id: str, deadline: float) -> None:
+    """SIGKILL the Celery worker whose task runs the Trainer, and the Trainer's process: its
+    heartbeat stops, the scheduler fails that try and retries it (retries=1) on a worker."""
+    trainer = api.task("train_emotion_model", run_id, "Trainer")
+    worker = (trainer.hostname or "").split("@")[0]
+    pid = json.loads((settings.home / "stack" / "services.json").read_text())[worker]["pid"]
+    os.killpg(pid, 9)
+    for process in _trainer_processes():
+        os.kill(process, 9)
+    while True:
+        trainer = api.task("train_emotion_model", run_id, "Trainer")
+        if trainer.try_number >= 2 and trainer.state == "running":
+            break
+        assert trainer.state != "failed" or trainer.try_number >= 2, f"the killed try was not retried: {trainer}"
+        assert time.monotonic() < deadline, f"the Trainer was not retried after {worker} was killed: {trainer}"
+        time.sleep(3)
+    print(f"Trainer of {run_id}: {worker} killed mid-fit, try {trainer.try_number} runs on {trainer.hostname}")
+
+
 def _kill_mid_training_and_restart(
     api: Api, env: dict, settings: Settings, run_id: str, before: list[int]
 ) -> tuple[dict, list[int]]:
-    """SIGKILL the scheduler and the running Trainer of `run_id`, `stop`, `start` again with the
-    LocalExecutor, and wait for the run to end. -> (the restarted stack's env, pushed versions)."""
-    deadline = time.monotonic() + 600
-    while api.task_states("train_emotion_model", run_id).get("Trainer") != "running":
-        assert time.monotonic() < deadline, "Trainer never started"
-        time.sleep(3)
-    # Mid-fit: the Trainer's task log shows its second epoch (Keras prints one line per epoch).
-    run_logs = settings.home / "airflow" / "logs" / "dag_id=train_emotion_model" / f"run_id={run_id}"
-    task_logs = run_logs / "task_id=Trainer"
-    while not any("Epoch 2/" in log.read_text(errors="replace") for log in task_logs.glob("attempt=*.log")):
-        assert time.monotonic() < deadline, f"the Trainer never reached its second epoch (task log in {task_logs})"
-        time.sleep(0.5)
+    """On Celery, SIGKILL the worker running `run_id`'s Trainer mid-fit: the try is failed and
+    retried. Then SIGKILL the scheduler and the running Trainer, `stop` (PostgreSQL too, in the
+    production profile), `start` again with the LocalExecutor, and wait for the run to end.
+    -> (the restarted stack's env, pushed versions)."""
+    deadline = time.monotonic() + 900
+    _wait_mid_fit(api, settings, run_id, attempt=1, deadline=deadline)
+    if CELERY:
+        _kill_the_worker_mid_fit(api, settings, run_id, deadline)
+        _wait_mid_fit(api, settings, run_id, attempt=2, deadline=deadline)
     command = [sys.executable, "-m", "moodloop.local.stack"]
     services = settings.home / "stack" / "services.json"
     scheduler = json.loads(services.read_text())["scheduler"]["pid"]
-    trainers = subprocess.run(["pgrep", "-f", "node_runner run .*--node Trainer"], capture_output=True, text=True)
-    assert trainers.stdout.split(), "no Trainer process to kill"
-    for pid in [scheduler, *map(int, trainers.stdout.split())]:
+    for pid in [scheduler, *_trainer_processes()]:
         os.kill(pid, 9)
     # The supervisor starts the killed scheduler again (after 1 s) and `status` counts it.
     restarted = lambda: json.loads(services.read_text())["scheduler"]  # noqa: E731
