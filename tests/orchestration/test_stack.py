@@ -3,10 +3,11 @@ in the production profile (PostgreSQL for Airflow, Celery's results and ML Metad
 Debian's redis-server with two workers; the gateway over two serving replicas) brings Airflow 3
 up, the loop runs by itself (watch -> ingest -> train -> push) with the run's tasks spread over
 both workers, one task per TFX component, and a finished component run again is skipped. Tables
-and rows are in PostgreSQL, no SQLite file is written, requests reach both replicas. The REST API
-v2 needs a token and triggers training; the Celery worker running its Trainer is killed mid-fit
-(the try is retried), then the scheduler and the Trainer, and the stack (PostgreSQL with it) is
-started again on the LocalExecutor; the run ends cleanly. A bad and a good batch dropped together
+and rows are in PostgreSQL, no SQLite file is written, requests reach both replicas, and one
+replica killed under load fails no request. The REST API v2 needs a token and triggers training;
+the Celery worker running its Trainer is killed mid-fit (the try is retried), then the scheduler
+and the Trainer, and the stack (PostgreSQL with it) is started again on the LocalExecutor; the
+run ends cleanly. A bad and a good batch dropped together
 end in quarantine and curated, the UI (headless Chromium) shows the runs, the drift monitor's
 report opens in the Evidently UI, and `stop` leaves no process and no listening port behind.
 `make run`'s default (SQLite, LocalExecutor, embedded backend) has a start of its own."""
@@ -403,6 +404,38 @@ def _check_production_shape(env: dict, settings: Settings) -> None:
     for service in ("postgres", "redis", "worker-1", "worker-2", "replica-1", "replica-2"):
         assert re.search(rf"^  {service} +pid \d+ +running", shown, re.MULTILINE), shown
     assert shown.count("healthy,") == 2, shown
+    _kill_a_replica_under_load(base + "/v1/models/emotion:predict", body, settings)
+
+
+def _kill_a_replica_under_load(url: str, body: bytes, settings: Settings) -> None:
+    """Clients send without pause while replica-1 is killed (SIGKILL) and started again by the
+    supervisor: no request fails (the gateway retries an UNAVAILABLE call on the other replica)."""
+    import threading
+
+    outcomes: list[int | str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as response:
+                    outcomes.append(response.status)
+            except (urllib.error.URLError, OSError) as error:
+                outcomes.append(str(error))
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for thread in clients:
+        thread.start()
+    time.sleep(1.0)
+    replica = json.loads((settings.home / "stack" / "services.json").read_text())["replica-1"]["pid"]
+    os.killpg(replica, 9)
+    time.sleep(3.0)
+    stop.set()
+    for thread in clients:
+        thread.join(timeout=60)
+    failed = [o for o in outcomes if o != 200]
+    print(f"replica-1 killed under load: {len(outcomes)} requests, {len(failed)} failed")
+    assert len(outcomes) > 10 and not failed, failed[:5]
 
 
 def _check_gateway_serves(rest_port: int, version: int) -> None:
