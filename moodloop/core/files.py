@@ -33,6 +33,18 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def write_private_text(path: Path | str, text: str) -> Path:
+    """Write a secret (a password, a token) readable by its owner only from the first byte: the
+    file is created with mode 600, not written and then chmod-ed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    path.chmod(0o600)  # a file that existed keeps its old mode through os.open
+    return path
+
+
 def atomic_copy(source: Path | str, path: Path | str) -> Path:
     """Copy `source` (a status image or report: small) to `path` as atomic_write_bytes writes."""
     return atomic_write_bytes(path, Path(source).read_bytes())

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from moodloop.core.files import write_private_text
 from moodloop.core.settings import POSTGRES_ROLE, Settings
 
 ROLE = POSTGRES_ROLE
@@ -98,13 +99,7 @@ def init(settings: Settings, password: str) -> bool:
 def write_passfile(settings: Settings, password: str) -> Path:
     """libpq's password file for the stack's role (mode 600): what ML Metadata connects with, so
     its URL (in logs, in compiled pipelines) holds no password (Settings.metadata_location)."""
-    path = settings.postgres_passfile
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
-    with os.fdopen(descriptor, "w") as file:
-        file.write(f"127.0.0.1:{settings.postgres_port}:*:{ROLE}:{password}\n")
-    path.chmod(0o600)
-    return path
+    return write_private_text(settings.postgres_passfile, f"127.0.0.1:{settings.postgres_port}:*:{ROLE}:{password}\n")
 
 
 def server_command(settings: Settings) -> list[str]:

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from moodloop.core.files import write_private_text
 from moodloop.core.settings import REPO_ROOT, Settings
 
 
@@ -68,7 +69,8 @@ def start_seaweedfs(
     """Start `weed server` with master, volume, filer and S3 on loopback ports; returns the process."""
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "s3-identities.json"
-    config.write_text(
+    write_private_text(
+        config,
         json.dumps(
             {
                 "identities": [
@@ -79,9 +81,8 @@ def start_seaweedfs(
                     }
                 ]
             }
-        )
+        ),
     )
-    config.chmod(0o600)
     ports = {"master": free_port(), "volume": free_port(), "filer": free_port()}
     (data_dir / "logs").mkdir(exist_ok=True)
     command = [

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from moodloop.core import accuracy_estimate
 from moodloop.core.airflow_api import Airflow, unreachable_errors
 from moodloop.core.contracts import LABELLING_QUEUE, READY_MARKER
-from moodloop.core.files import publish_dir
+from moodloop.core.files import publish_dir, write_private_text
 from moodloop.core.settings import REPO_ROOT, Settings
 from moodloop.core.status import CANARY, DRIFT, read_status
 from moodloop.local import postgres
@@ -107,9 +107,7 @@ def _secret(path: Path, key: str, make) -> str:
     values = json.loads(path.read_text()) if path.exists() else {}
     if key not in values:
         values[key] = make()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(values))
-        path.chmod(0o600)
+        write_private_text(path, json.dumps(values))
     return values[key]
 
 
