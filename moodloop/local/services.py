@@ -127,33 +127,42 @@ class Supervisor:
         log.warning("%s not ready after %.0f s; starting the next services anyway", service.name, service.ready_timeout)
 
     def _run_to_end(self, running: _Running) -> None:
-        """Wait for a oneshot service to exit; one that fails runs again (pause doubling) until
-        MAX_RESTARTS, then the stack goes on without it and status shows it given up."""
+        """Wait for a oneshot service to exit; one that fails runs again after the same pauses as a
+        crashed service, and past MAX_RESTARTS the stack goes on without it (status: given up)."""
         while not self.stopping:
             code = running.process.poll()
             if code is None:
                 time.sleep(0.2)
                 continue
-            running.exit_codes = [*running.exit_codes[-4:], code]
             if code == 0:
+                running.exit_codes = [*running.exit_codes[-4:], code]
                 running.done = True
-            elif running.restarts >= MAX_RESTARTS:
-                log.error("%s failed (%d) %d times: going on without it", running.service.name, code, running.restarts)
-                running.given_up = True
-            else:
-                pause = 2.0**running.restarts
-                log.warning("%s failed (%d); running it again in %.0f s", running.service.name, code, pause)
-                time.sleep(pause)
-                running.restarts += 1
-                running.process = self._spawn(running.service)
-                self._write_state()
-                continue
+                break
+            pause = self._pause_after(running, code)
+            if pause is None:
+                break
+            time.sleep(pause)
+            running.restarts += 1
+            running.process = self._spawn(running.service)
             self._write_state()
-            return
+        self._write_state()
+
+    def _pause_after(self, running: _Running, code: int) -> float | None:
+        """Record an exit that should not have happened (a crash, a failed oneshot step). -> the
+        pause before it runs again (1, 2, 4 ... s), or None past MAX_RESTARTS: left down."""
+        running.exit_codes = [*running.exit_codes[-4:], code]
+        name = running.service.name
+        if running.restarts >= MAX_RESTARTS:
+            log.error("%s exited (%d) after %d restarts: left down", name, code, running.restarts)
+            running.given_up = True
+            return None
+        pause = 2.0**running.restarts
+        log.warning("%s exited (%d); starting it again in %.0f s", name, code, pause)
+        return pause
 
     def _watch(self) -> None:
         now = time.monotonic()
-        for name, running in self.running.items():
+        for running in self.running.values():
             if running.restart_at is not None:
                 if now >= running.restart_at:
                     running.restart_at = None
@@ -164,15 +173,9 @@ class Supervisor:
             code = running.process.poll()
             if code is None or running.given_up or running.service.oneshot:
                 continue
-            running.exit_codes = [*running.exit_codes[-4:], code]
-            if running.restarts >= MAX_RESTARTS:
-                log.error("%s exited (%d) after %d restarts: left down", name, code, running.restarts)
-                running.given_up = True
-                self._write_state()
-                continue
-            pause = 2.0**running.restarts
-            log.warning("%s exited (%d); starting it again in %.0f s", name, code, pause)
-            running.restart_at = now + pause
+            pause = self._pause_after(running, code)
+            if pause is not None:
+                running.restart_at = now + pause
             self._write_state()
 
     def _write_state(self) -> None:
