@@ -290,6 +290,7 @@ SECTIONS: dict[str, type] = {
     "alerts": AlertSettings,
 }
 POSTGRES_ROLE = "moodloop"  # the production profile's database role
+POSTGRES_MLMD_DATABASE = "mlmd"  # and its ML Metadata database
 # What each profile changes, as variables for what the environment leaves unset (set ones win).
 PROFILES: dict[str, dict[str, str]] = {
     "embedded": {},
@@ -410,7 +411,10 @@ class Settings:
         if self.metadata_url:
             return self.metadata_url
         if self.profile == "production":
-            return f"postgresql://{POSTGRES_ROLE}@127.0.0.1:{self.postgres_port}/mlmd?passfile={self.postgres_passfile}"
+            return (
+                f"postgresql://{POSTGRES_ROLE}@127.0.0.1:{self.postgres_port}/{POSTGRES_MLMD_DATABASE}"
+                f"?passfile={self.postgres_passfile}"
+            )
         return str(self.metadata_path)
 
     @property

@@ -21,11 +21,11 @@ import tempfile
 from pathlib import Path
 
 from moodloop.core.files import write_private_text
-from moodloop.core.settings import POSTGRES_ROLE, Settings
+from moodloop.core.settings import POSTGRES_MLMD_DATABASE, POSTGRES_ROLE, Settings
 
 ROLE = POSTGRES_ROLE
 AIRFLOW_DATABASE = "airflow"
-MLMD_DATABASE = "mlmd"
+MLMD_DATABASE = POSTGRES_MLMD_DATABASE
 DATABASES = (AIRFLOW_DATABASE, MLMD_DATABASE)
 SYSTEM_USER = "postgres"  # who owns and runs the cluster when the stack runs as root
 STOP_SIGNAL = signal.SIGINT  # PostgreSQL's "fast" shutdown: ends the sessions, then stops cleanly

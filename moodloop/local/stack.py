@@ -536,7 +536,8 @@ def start(settings: Settings, faces: int) -> int:
         about = f", {service.about}" if service.about else ""
         if service.oneshot:
             state = _wait(service.name, lambda name=service.name: service_ended(name), 600, 0.5)
-            if state["state"] != "done":
+            if state["state"] != "done":  # nothing after it can work: stop what started (PostgreSQL)
+                stop(settings)
                 raise SystemExit(f"error: {service.name} failed (exit codes {state['exit_codes']}); see {log_path}")
             print(f"==> {service.name} done{about} (log {log_path})", flush=True)
             continue
