@@ -392,11 +392,15 @@ def _check_production_shape(env: dict, settings: Settings) -> None:
     base = f"http://127.0.0.1:{env['MOODLOOP_REST_PORT']}"
     pixels, _ = synthetic.generate_arrays(2, seed=5)
     body = json.dumps({"signature_name": "serving_pixels", "instances": pixels.tolist()}).encode()
-    for _ in range(20):
+    # Until each replica took 5 calls (a replica briefly out of rotation on a loaded machine takes
+    # none meanwhile), 200 requests at most.
+    for _ in range(200):
         with urllib.request.urlopen(urllib.request.Request(base + "/v1/models/emotion:predict", data=body), timeout=30):
             pass
-    with urllib.request.urlopen(base + "/healthz", timeout=10) as response:
-        replicas = json.loads(response.read())["replicas"]
+        with urllib.request.urlopen(base + "/healthz", timeout=10) as response:
+            replicas = json.loads(response.read())["replicas"]
+        if all(r["calls"] >= 5 for r in replicas):
+            break
     assert len(replicas) == 2 and all(r["healthy"] and r["calls"] >= 5 for r in replicas), replicas
     command = [sys.executable, "-m", "moodloop.local.stack", "status"]
     shown = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
