@@ -68,6 +68,21 @@ REDIS = "redis"
 POSTGRES = "postgres"
 AIRFLOW_DB_STEP = "airflow-db"  # a oneshot: the metadata DB created or migrated before Airflow starts
 CELERY_CONCURRENCY = 2  # task processes per Celery worker: 2 workers x 2 = LocalExecutor's 4
+# How Airflow behaves wherever moodloop runs it: the local stack sets these, and docker-compose's
+# Airflow services must set the same values (tests/code/test_deploy.py holds the two together).
+AIRFLOW_BEHAVIOUR = {
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+    # Celery workers told apart by name (`worker-1@host`) where several share a machine.
+    "AIRFLOW__CORE__HOSTNAME_CALLABLE": "moodloop.local.worker_hostname.hostname",
+    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+    # A task whose process died (killed, machine restarted) is failed and retried within about a
+    # minute instead of Airflow's default five.
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
+    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(CELERY_CONCURRENCY),
+}
 EXECUTORS = ("local", "celery")
 
 
@@ -130,31 +145,23 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             "MOODLOOP_HOME": str(settings.home),
             **_keep_live_faces(),
             "AIRFLOW_HOME": str(home),
+            **AIRFLOW_BEHAVIOUR,
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             # Each LocalExecutor worker is a ~130 MB fork; 4 is plenty on 2 cores.
             "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "moodloop.local.worker_hostname.hostname",
             # A writer waits up to 30 s for SQLite's lock instead of 5 (with the WAL journal, see
             # start()): the scheduler died on "database is locked" right after a start while the
             # api-server and the dag-processor wrote, and then nothing ran.
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / AIRFLOW_DB}?timeout=30",
             STACK_PROFILE: settings.profile,
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(paths["passwords"]),
             "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            # A task whose process died (killed, machine restarted) is failed and retried within
-            # about a minute instead of Airflow's default five.
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
-            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -167,7 +174,6 @@ def airflow_env(settings: Settings) -> dict[str, str]:
                 # task states go to Redis too: SQLite (the metadata DB here) under several writers
                 # would only add lock waits; on PostgreSQL (below) they go there, as in docker-compose
                 "AIRFLOW__CELERY__RESULT_BACKEND": f"{broker}/1",
-                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(CELERY_CONCURRENCY),
             }
         )
     if settings.profile == "production":

@@ -72,6 +72,53 @@ def test_compose_and_the_local_production_profile_describe_the_same_airflow(comp
         assert (here.scheme, here.path) == (there.scheme, there.path), key  # driver and database
 
 
+# Airflow variables the two descriptions set to different values, each for a reason.
+PLACED_DIFFERENTLY = {
+    # where: the container's host names and paths vs loopback, free ports and the stack's home
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
+    "AIRFLOW__CELERY__BROKER_URL",
+    # secrets: .env's in compose, generated per stack home locally
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+    # size: 16 task slots in containers, 4 on the 2-core machines the local stack runs on
+    "AIRFLOW__CORE__PARALLELISM",
+}
+# Set by one side only, each for a reason.
+LOCAL_ONLY = {
+    "AIRFLOW__API__HOST",  # loopback only (compose publishes the container's 8080)
+    "AIRFLOW__API__PORT",  # a free port (compose: the default 8080)
+    "AIRFLOW__API__BASE_URL",
+    "AIRFLOW__CORE__DAGS_FOLDER",  # the checkout's dags/ (compose: the image's ENV, /opt/moodloop/dags)
+    "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK",  # Airflow's default, said: no port 8974 per stack
+}
+COMPOSE_ONLY = {
+    "AIRFLOW__LOGGING__BASE_LOG_FOLDER",  # the shared volume (locally: under AIRFLOW_HOME, the default)
+}
+
+
+def test_compose_sets_every_airflow_variable_the_local_production_profile_sets(compose, tmp_path):
+    """So that compose cannot drift from what runs: every AIRFLOW__ variable of the production
+    profile's Airflow processes is in each of compose's Airflow services with the same value,
+    unless it is listed above with its reason (placed differently, or one side's only); a variable
+    added to either side and not classified fails here. The image sets DAGS_FOLDER itself."""
+    from moodloop.local import stack
+
+    local = stack.airflow_env(Settings.from_env(home=tmp_path, profile="production"))
+    local = {k: v for k, v in local.items() if k.startswith("AIRFLOW__")}
+    assert stack.AIRFLOW_BEHAVIOUR.items() <= local.items()
+    dockerfile = (REPO_ROOT / "docker" / "moodloop.Dockerfile").read_text()
+    assert "AIRFLOW__CORE__DAGS_FOLDER=/opt/moodloop/dags" in dockerfile
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-worker"):
+        composed = {k: str(v) for k, v in compose["services"][name]["environment"].items() if k.startswith("AIRFLOW__")}
+        assert sorted(local.keys() - composed.keys() - LOCAL_ONLY) == [], f"{name} lacks them"
+        assert sorted(composed.keys() - local.keys() - COMPOSE_ONLY) == [], f"the local stack lacks {name}'s"
+        assert sorted(LOCAL_ONLY & composed.keys()) == [] and sorted(COMPOSE_ONLY & local.keys()) == []
+        differ = {k for k in local.keys() & composed.keys() if local[k] != composed[k]}
+        assert sorted(differ - PLACED_DIFFERENTLY) == [], f"{name} says otherwise"
+
+
 def test_compose_runs_two_tf_serving_replicas_behind_the_gateway(compose):
     services = compose["services"]
     replicas = [name for name, s in services.items() if str(s.get("image", "")).startswith("tensorflow/serving")]
