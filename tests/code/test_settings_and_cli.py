@@ -108,6 +108,28 @@ def test_dag_node_list_matches_the_compiled_pipeline():
     assert topology(_compiled(Settings.from_env(), {"tune": True})) == json.loads(NODES_FILE.read_text())
 
 
+def test_a_run_without_the_tuner_skips_its_task_without_importing_tensorflow(own_home):
+    """The Tuner's task is on every run's critical path (Trainer waits for it); a run that leaves it
+    out must answer at once, not after TensorFlow's import (it took 9 s of each run on the stack)."""
+    import subprocess
+    import sys
+
+    from components.node_runner import run_dir
+    from moodloop.core.settings import REPO_ROOT
+
+    folder = run_dir(Settings.from_env(), "r1")
+    folder.mkdir(parents=True)
+    (folder / "nodes.json").write_text(json.dumps(["ImportExampleGen", "Trainer"]))
+    script = (
+        "import sys; from components import node_runner;"
+        "code = node_runner.main(['run', '--run-id', 'r1', '--node', 'Tuner']);"
+        "print(code, 'tensorflow' in sys.modules, 'tfx' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert "nothing to do" in done.stdout
+    assert done.stdout.splitlines()[-1] == "0 False False", done.stdout + done.stderr
+
+
 def test_no_execution_property_holds_a_backslash_that_ml_metadata_cannot_store_on_postgresql():
     """ML Metadata 1.16 escapes string values for PostgreSQL with libpq's PQescapeLiteral and strips
     the quotes it adds; a value with a backslash comes out as ` E'...` and the statement fails (the
