@@ -536,10 +536,22 @@ def train_runs_since(settings: Settings, since: float) -> list[dict]:
             "reason": (r.conf or {}).get("reason"),
             "state": r.state.value,
             "seconds": round((r.end_date - r.start_date).total_seconds(), 1) if r.end_date and r.start_date else None,
+            "tasks": task_timings(airflow, r.dag_run_id),
         }
         for r in runs
         if r.run_after.timestamp() >= since
     ]
+
+
+def task_timings(airflow, run_id: str) -> dict[str, list[float | None]]:
+    """{task: [seconds queued before it ran, seconds it ran]} in start order: where a run's time goes
+    (the scheduler's and the executor's waits, or the work itself)."""
+    tasks = airflow.task_instances.get_task_instances(
+        "train_emotion_model", run_id, _request_timeout=airflow.timeout
+    ).task_instances
+    started = sorted((t for t in tasks if t.start_date), key=lambda t: t.start_date)
+    seconds = lambda a, b: round((b - a).total_seconds(), 1) if a and b else None  # noqa: E731
+    return {t.task_id: [seconds(t.queued_when, t.start_date), seconds(t.start_date, t.end_date)] for t in started}
 
 
 def main(argv: list[str] | None = None) -> int:
