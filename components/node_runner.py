@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imports TensorFlow (~8 s on 2 cores): only once the node has work, not before the check above
     # (a left-out Tuner took 9 s of every run's critical path to say "nothing to do").
     from components.strict_example_validator import DataAnomaliesError
+
     log_file = run_dir(settings, args.run_id) / f"{args.node}.log"
     print(f"{args.node}: full TFX log in {log_file}", flush=True)
     try:
