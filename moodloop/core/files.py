@@ -34,15 +34,11 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
 
 
 def write_private_text(path: Path | str, text: str) -> Path:
-    """Write a secret (a password, a token) readable by its owner only from the first byte: the
-    file is created with mode 600, not written and then chmod-ed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-    path.chmod(0o600)  # a file that existed keeps its old mode through os.open
-    return path
+    """Write a secret (a password, a token) readable by its owner only from the first byte, and
+    never half-written (a stack's secrets file truncated by a crash would lose its PostgreSQL
+    password): atomic_write_text's temporary file comes from mkstemp, mode 600, and the rename
+    keeps that mode whatever the old file had."""
+    return atomic_write_text(path, text)
 
 
 def atomic_copy(source: Path | str, path: Path | str) -> Path:

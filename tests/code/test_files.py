@@ -1,7 +1,11 @@
 """moodloop/core/files.py: the one way a folder or a model version appears (issue 29): whole or not at
-all, never over another one."""
+all, never over another one; a secret is private from its first byte."""
 
 from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +49,24 @@ def test_versions_published_in_one_second_take_the_next_free_number(tmp_path):
         versions.append(publish_version(staging, base))
     assert len(set(versions)) == 3 and versions == sorted(versions)
     assert [(base / str(v) / "saved_model.pb").read_text() for v in versions] == ["0", "1", "2"]
+
+
+def test_a_secret_is_private_from_its_first_byte_and_replaces_a_readable_file_whole(tmp_path, monkeypatch):
+    from moodloop.core.files import write_private_text
+
+    secret = tmp_path / "stack" / "secrets.json"
+    secret.parent.mkdir()
+    secret.write_text("old")
+    secret.chmod(0o644)
+    seen = []
+    real_replace = os.replace
+
+    def replace(source, target):  # the moment before the rename: the new bytes' file as it is
+        seen.append((stat.S_IMODE(os.stat(source).st_mode), Path(source).read_text(), secret.read_text()))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    write_private_text(secret, '{"postgres_password": "p"}')
+    assert seen == [(0o600, '{"postgres_password": "p"}', "old")]  # written aside, private, then renamed
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and secret.read_text() == '{"postgres_password": "p"}'
+    assert [p.name for p in secret.parent.iterdir()] == ["secrets.json"]
