@@ -68,6 +68,7 @@ SHIFTS = {
 }
 NO_SHIFT = synthetic.Shift()
 LABEL_MODES = ("batch", "loop", "random")
+SEED_STRIDE = 100_000  # --seed N: every generator seed the drill uses moves by N x this (they stay apart)
 # The 2-core default model ("small"), without augmentation: the tiny test model underfits a
 # mixed clean + shifted set, and the A/B gate then (rightly) refuses the retrained candidate.
 TRAINING = {
@@ -85,9 +86,12 @@ class Drill:
     ) -> None:
         self.args = args
         self.mode, self.budget = labels_of(args)
+        # --seed N draws other faces everywhere (batches, traffic, labels) and seeds the training
+        self.seed_base = SEED_STRIDE * getattr(args, "seed", 0)
         self.env = env or {
             **os.environ,
             **(training or TRAINING),
+            "MOODLOOP_SEED": str(getattr(args, "seed", 0)),
             **label_settings(args),
             "MOODLOOP_HOME": str(home),
             "MOODLOOP_LOG_FLUSH_SECONDS": "1",
@@ -117,7 +121,7 @@ class Drill:
         return done.stdout
 
     def batch(self, name: str, n: int, seed: int, shift: synthetic.Shift | None) -> Path:
-        pixels, labels = synthetic.generate_arrays(n, seed=seed, shift=shift or synthetic.Shift())
+        pixels, labels = synthetic.generate_arrays(n, seed=self.seed_base + seed, shift=shift or synthetic.Shift())
         path = self.settings.home / "drill" / name / "fer2013.csv"
         landing.write_fer2013_csv(zip(pixels, labels, strict=True), path)
         return path
@@ -168,7 +172,7 @@ class Drill:
     ) -> float:
         """One window of live requests (25 faces each) with feedback labels; returns the accuracy."""
         n = faces or self.args.window
-        pixels, labels = synthetic.generate_arrays(n, seed=seed, shift=shift or synthetic.Shift())
+        pixels, labels = synthetic.generate_arrays(n, seed=self.seed_base + seed, shift=shift or synthetic.Shift())
         path = f"/v1/models/emotion/labels/{label}:predict" if label else "/v1/models/emotion:predict"
         right = 0
         for start in range(0, len(pixels), 25):
@@ -333,13 +337,20 @@ def clean_then_shifted_windows(d: Drill, args: argparse.Namespace, judge, shifte
     labelled faces. -> (figures, shift time on the monotonic clock, shift time on the wall clock)."""
     print(f"2. {args.clean_windows} clean windows of {args.window} requests; the drift job judges each", flush=True)
     figures: dict = {"clean_windows": args.clean_windows}
-    outcomes, clean_accuracy = [], []
+    outcomes, clean_accuracy, calls = [], [], []
     for w in range(args.clean_windows):
         clean_accuracy.append(d.traffic(seed=1000 + w, shift=None))
-        outcomes.append(judge()["outcome"])
+        decision = judge()
+        outcomes.append(decision["outcome"])
+        calls.append(closest_call(w + 1, decision))
         print(f"   clean window {w + 1}: {outcomes[-1]}, accuracy {clean_accuracy[-1]:.3f}", flush=True)
     figures["false_alarms"] = sum(o == "drift" for o in outcomes)
     figures["clean_accuracy"] = float(np.mean(clean_accuracy))
+    # How near the clean windows came to a false alarm: the window with the most drifted columns
+    # (then the lowest p-value), and its lowest p-values against the test's level
+    judged_calls = [c for c in calls if c is not None]
+    if judged_calls:
+        figures["closest_clean_call"] = max(judged_calls, key=lambda c: (c["drift_share"], -c["lowest_p"][0][1]))
 
     arrives = "a shifted labelled batch lands" if d.mode == "batch" else "no labelled batch: the loop will ask"
     print(f"3. the shift ({args.shift_name}); {arrives}", flush=True)
@@ -355,6 +366,24 @@ def clean_then_shifted_windows(d: Drill, args: argparse.Namespace, judge, shifte
             break
     figures["shifted_accuracy_before"] = float(np.mean(before))
     return figures, shifted_at, shifted_wall
+
+
+def closest_call(window: int, decision: dict) -> dict | None:
+    """A clean window's verdict in numbers: the share of drifted columns (and the share that flags)
+    and its three lowest p-values (per column: Kolmogorov-Smirnov's, chi-square's for the predicted
+    class; a column drifts below drift.KS_P_VALUE)."""
+    summary = decision.get("drift") or {}
+    columns = summary.get("columns") or {}
+    p_values = sorted(((column, row["score"]) for column, row in columns.items()), key=lambda pair: pair[1])
+    if not p_values:
+        return None
+    return {
+        "window": window,
+        "drift_share": summary.get("drift_share", 0.0),
+        "flags_at": summary.get("threshold"),
+        "ks_level": drift.KS_P_VALUE,
+        "lowest_p": [(column, round(p, 5)) for column, p in p_values[:3]],
+    }
 
 
 def brief(retrain: dict | None) -> dict:
@@ -393,6 +422,7 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
             **{p: str(free_port()) for p in stack.PORT_VARIABLES},
             "MOODLOOP_HOME": str(home),
             "MOODLOOP_DRIFT_WINDOW_RECORDS": str(args.window),
+            "MOODLOOP_SEED": str(args.seed),
             "MOODLOOP_PROFILE": args.profile,
         }
     )
@@ -569,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
         "--label-pool", type=int, default=0, help="--labels loop|random: live shifted faces to choose from (4 x N)"
     )
     parser.add_argument("--shift", choices=sorted(SHIFTS), default="dim", help="which shift (default dim)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="another draw of every face and of the training (default 0: the usual)"
+    )
     parser.add_argument("--window", type=int, default=200, help="requests per window")
     parser.add_argument("--clean-windows", type=int, help="clean windows (default 20; 5 with --stack)")
     parser.add_argument("--shift-windows", type=int, default=4, help="shifted windows at most before giving up")

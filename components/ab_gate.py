@@ -36,6 +36,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
 from components import accuracy_estimator
+from components.span_resolver import span_of
 from moodloop.core import encoded_images, slices, status
 from moodloop.core.contracts import (
     ACCURACY_ESTIMATOR,
@@ -51,6 +52,7 @@ from moodloop.core.contracts import (
     REFERENCE_PROFILE,
     SIGNATURE_EXAMPLES,
     SOURCE_ATTRIBUTE,
+    SOURCE_LABELLED,
 )
 from moodloop.core.image_properties import decode_grey
 from moodloop.core.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
@@ -207,6 +209,28 @@ def _f1(labels: np.ndarray, predicted: np.ndarray, k: int) -> float:
     return 2 * right / max(1, int((predicted == k).sum() + (labels == k).sum()))
 
 
+def _judged_faces(n: int, current: np.ndarray | None, thresholds: GateSettings) -> tuple[np.ndarray, dict]:
+    """The mask of the faces the superiority test judges, and what it says about them."""
+    every = np.ones(n, dtype=bool)
+    if current is None or not current.any():
+        return every, {"on": "all", "faces": n, "why": "all held-out faces"}
+    current = np.asarray(current, dtype=bool)
+    faces = int(current.sum())
+    if faces < thresholds.min_current_examples or faces == n:
+        why = (
+            f"all held-out faces: the current traffic's {faces} are fewer than {thresholds.min_current_examples} "
+            "(MOODLOOP_GATE_MIN_CURRENT_EXAMPLES)"
+            if faces < thresholds.min_current_examples
+            else "all held-out faces (all of them are current traffic)"
+        )
+        return every, {"on": "all", "faces": n, "why": why}
+    why = (
+        f"current traffic: the {faces} held-out faces of the newest span, live faces labelled on the loop's "
+        f"request; the other {n - faces} (earlier traffic) are guarded against a significant drop"
+    )
+    return current, {"on": "current", "faces": faces, "why": why}
+
+
 def decide(
     labels: np.ndarray,
     candidate: np.ndarray,
@@ -214,14 +238,26 @@ def decide(
     thresholds: GateSettings,
     face_slices: list[dict[str, str]] | None = None,
     champion_adopted: bool = False,
+    current: np.ndarray | None = None,
 ) -> dict:
     """The verdict and its numbers. `candidate` / `champion` are predicted class ids per face.
+
+    Which faces judge: all held-out faces, unless `current` (a mask: the faces that stand for what
+    users send now, see `current_traffic`) holds at least `min_current_examples`. Then the
+    superiority test and the per-class guard judge those faces, and the others (earlier traffic) are
+    guarded like a slice: an accuracy drop beyond `max_slice_accuracy_drop` that is significant
+    blocks. After a drift the held-out faces are mostly yesterday's; judged on all of them, a
+    candidate that heals today's traffic with 500 labels was refused (0.863 vs 0.870 on 898 faces,
+    90 % of them pre-shift). Which rule applies follows from the spans, never from which test
+    passes, so the false-promotion level stays `alpha`.
 
     The result (report.json's `gate`):
     - `verdict`: BLESSED, REJECTED, or UNDECIDED (fewer held-out faces than `min_examples`);
       `blessed`: the verdict as a boolean; `reasons`: one sentence per rule that refused;
-    - `examples`, `candidate_accuracy`, `thresholds`, `has_champion`;
-    - with a champion: `champion_accuracy`, `accuracy_difference` (candidate - champion) and its
+    - `examples` (all held-out faces), `thresholds`, `has_champion`, `all_faces` (both accuracies on
+      all of them; the floor applies there);
+    - `judged`: `on` ("all" or "current"), `faces`, and `why`; the numbers below are on those faces:
+    - `candidate_accuracy`; with a champion: `champion_accuracy`, `accuracy_difference` (candidate - champion) and its
       bootstrap interval `accuracy_difference_ci`, `mcnemar` (faces only the candidate got right,
       only the champion got right, and the one-sided exact p-value that the candidate is better);
     - `per_class`: per emotion, its `faces`, both recalls, their `change`, the bootstrap
@@ -231,15 +267,20 @@ def decide(
       guarded slice's regression blocks the candidate (the `source` slices among them: a
       candidate worse on real faces is refused however much better it is on synthetic ones);
     - `real_faces`: held-out faces whose source is real (REAL_SOURCES). Over a `champion_adopted`
-      (a team's own model) with none, the candidate is refused unless `allow_synthetic_over_real`.
+      (a team's own model) with none, the candidate is refused unless `allow_synthetic_over_real`;
+    - judged on current faces, `earlier`: the guard of the other faces (both accuracies, `faces`,
+      `mcnemar_p_worse`, `regression`).
     """
     rng = np.random.default_rng(0)  # the same faces and models, the same verdict
     n = len(labels)
     cand_correct = (candidate == labels).astype(np.float64)
     accuracy = float(cand_correct.mean()) if n else 0.0
+    judged, judged_on = _judged_faces(n, current if champion is not None else None, thresholds)
     result: dict = {
         "examples": n,
-        "candidate_accuracy": accuracy,
+        "judged": judged_on,
+        "candidate_accuracy": float(cand_correct[judged].mean()) if judged.any() else 0.0,
+        "all_faces": {"candidate_accuracy": accuracy},
         "thresholds": dataclasses.asdict(thresholds),
         "has_champion": champion is not None,
         "champion_adopted": champion_adopted,
@@ -269,22 +310,46 @@ def decide(
         return result
 
     assert champ_correct is not None
-    candidate_only = int(((cand_correct == 1) & (champ_correct == 0)).sum())
-    champion_only = int(((cand_correct == 0) & (champ_correct == 1)).sum())
+    result["all_faces"]["champion_accuracy"] = float(champ_correct.mean())
+    # from here on the faces judged (all of them, or the current traffic's)
+    labels, candidate, champion = labels[judged], candidate[judged], champion[judged]
+    cand_judged, champ_judged = cand_correct[judged], champ_correct[judged]
+    candidate_only = int(((cand_judged == 1) & (champ_judged == 0)).sum())
+    champion_only = int(((cand_judged == 0) & (champ_judged == 1)).sum())
     p_value = mcnemar_exact_p(candidate_only, champion_only)
-    diffs = _bootstrap_means(cand_correct - champ_correct, BOOTSTRAP_RESAMPLES, rng)
+    diffs = _bootstrap_means(cand_judged - champ_judged, BOOTSTRAP_RESAMPLES, rng)
     low, high = np.quantile(diffs, [thresholds.alpha / 2, 1 - thresholds.alpha / 2])
     result.update(
-        champion_accuracy=float(champ_correct.mean()),
-        accuracy_difference=float(cand_correct.mean() - champ_correct.mean()),
+        champion_accuracy=float(champ_judged.mean()),
+        accuracy_difference=float(cand_judged.mean() - champ_judged.mean()),
         accuracy_difference_ci=[float(low), float(high)],
         mcnemar={"candidate_only": candidate_only, "champion_only": champion_only, "p_value": p_value},
     )
     if p_value >= thresholds.alpha:
+        on = "" if judged_on["on"] == "all" else f" on the {judged_on['faces']} faces of current traffic"
         reasons.append(
-            f"not better than the champion beyond chance: accuracy {accuracy:.4f} against the champion's "
-            f"{result['champion_accuracy']:.4f}, McNemar exact p = {p_value:.3g} (needs < {thresholds.alpha})"
+            f"not better than the champion beyond chance{on}: accuracy {result['candidate_accuracy']:.4f} against "
+            f"the champion's {result['champion_accuracy']:.4f}, McNemar exact p = {p_value:.3g} "
+            f"(needs < {thresholds.alpha})"
         )
+    if judged_on["on"] == "current":
+        earlier = PairedChange.of(
+            cand_correct[~judged], champ_correct[~judged], thresholds, thresholds.max_slice_accuracy_drop, rng
+        )
+        result["earlier"] = {
+            "faces": int((~judged).sum()),
+            "candidate_accuracy": earlier.candidate,
+            "champion_accuracy": earlier.champion,
+            "change_upper_bound": earlier.change_upper_bound,
+            "mcnemar_p_worse": earlier.p_worse,
+            "regression": earlier.regression,
+        }
+        if earlier.regression:
+            reasons.append(
+                f"earlier traffic: accuracy fell from {earlier.champion:.3f} to {earlier.candidate:.3f} on "
+                f"{int((~judged).sum())} faces (McNemar exact p = {earlier.p_worse:.3g} that it is worse, needs >= "
+                f"{thresholds.alpha}; allowed drop {thresholds.max_slice_accuracy_drop})"
+            )
 
     per_class = {}
     for k, emotion in enumerate(EMOTIONS):
@@ -293,7 +358,7 @@ def decide(
         if count == 0:
             continue
         paired = PairedChange.of(
-            cand_correct[members], champ_correct[members], thresholds, thresholds.max_class_recall_drop, rng
+            cand_judged[members], champ_judged[members], thresholds, thresholds.max_class_recall_drop, rng
         )
         # A recall drop blocks only when precision did not pay for it (the class's F1 fell too): a
         # champion broken by a shift that calls every flat, dim face "neutral" has an inflated
@@ -321,7 +386,7 @@ def decide(
     if champion_adopted and result["real_faces"] == 0 and not thresholds.allow_synthetic_over_real:
         reasons.append(
             "the champion is a team's own (adopted) model and none of the held-out faces is real (no "
-            "source=batch or source=corrections faces yet): better scores on synthetic faces alone do not "
+            "source=batch, corrections or labelled faces yet): better scores on synthetic faces alone do not "
             "replace it (MOODLOOP_ALLOW_SYNTHETIC_OVER_REAL=1 allows it)"
         )
     for name, row in (result.get("bias") or {}).get("slices", {}).items():
@@ -386,16 +451,38 @@ def champion_dir(model_base: str, serving_config: str, model_name: str) -> str |
 
 def split_examples(examples: list, split: str = "eval") -> tuple[list[bytes], np.ndarray]:
     """Serialized tf.Examples of one split of every span, and their labels."""
+    serialized, labels, _ = split_examples_by_span(examples, split)
+    return serialized, labels
+
+
+def split_examples_by_span(examples: list, split: str = "eval") -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """Serialized tf.Examples of one split of every span, their labels, and each one's span."""
     import tensorflow as tf
 
-    files = []
+    serialized: list[bytes] = []
+    spans: list[int] = []
     for item in examples:
-        files += sorted(glob.glob(os.path.join(artifact_utils.get_split_uri([item], split), "*")))
-    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+        files = sorted(glob.glob(os.path.join(artifact_utils.get_split_uri([item], split), "*")))
+        records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")] if files else []
+        serialized += records
+        spans += [span_of(item)] * len(records)
     labels = np.array(
-        [tf.train.Example.FromString(s).features.feature[FEATURE_LABEL].int64_list.value[0] for s in serialized]
+        [tf.train.Example.FromString(s).features.feature[FEATURE_LABEL].int64_list.value[0] for s in serialized],
+        dtype=np.int64,
     )
-    return serialized, labels
+    return serialized, labels, np.array(spans, dtype=np.int64)
+
+
+def current_traffic(spans: np.ndarray, face_slices: list[dict[str, str]]) -> np.ndarray:
+    """The faces that stand for what users send now: the newest span's, when that span is live faces
+    labelled on the loop's request (source=labelled: the labelling queue's batch after a drift).
+    Otherwise none, and the gate judges on every held-out face: a regular batch is no more today's
+    traffic than the spans before it."""
+    if not len(spans):
+        return np.zeros(0, dtype=bool)
+    newest = spans == spans.max()
+    labelled = np.array([face.get(SOURCE_ATTRIBUTE) == SOURCE_LABELLED for face in face_slices], dtype=bool)
+    return newest & labelled if labelled[newest].all() else np.zeros(len(spans), dtype=bool)
 
 
 def example_slices(serialized: list[bytes]) -> list[dict[str, str]]:
@@ -449,6 +536,9 @@ def write_reference_profile(path: str, serialized: list[bytes], labels: np.ndarr
 
 def describe(result: dict) -> list[str]:
     lines = [f"A/B gate: {result['verdict']} on {result['examples']} held-out faces"]
+    judged = result.get("judged") or {"on": "all"}
+    if judged["on"] != "all" or "MOODLOOP_GATE_MIN_CURRENT_EXAMPLES" in judged.get("why", ""):
+        lines.append(f"  judged on {judged['why']}")
     lines.append(f"  candidate accuracy {result['candidate_accuracy']:.4f}")
     if result.get("champion_accuracy") is not None:
         low, high = result["accuracy_difference_ci"]
@@ -460,9 +550,15 @@ def describe(result: dict) -> list[str]:
         )
     elif result["examples"] >= result["thresholds"]["min_examples"]:
         lines.append("  no champion yet: the accuracy floor alone decides")
+    earlier = result.get("earlier")
+    if earlier:
+        lines.append(
+            f"  earlier traffic ({earlier['faces']} faces): candidate {earlier['candidate_accuracy']:.4f}, champion "
+            f"{earlier['champion_accuracy']:.4f}, McNemar p = {earlier['mcnemar_p_worse']:.3g} that it is worse"
+        )
     if "real_faces" in result:
         adopted = "; the champion is a team's own (adopted) model" if result.get("champion_adopted") else ""
-        lines.append(f"  real held-out faces (source=batch or corrections): {result['real_faces']}{adopted}")
+        lines.append(f"  real held-out faces (source=batch, corrections or labelled): {result['real_faces']}{adopted}")
     bias = result.get("bias")
     if bias:
         guarded = sum(row["guarded"] for row in bias["slices"].values())
@@ -500,6 +596,7 @@ def ABGate(
     max_class_recall_drop: Parameter[float],
     min_slice_examples: Parameter[int],
     max_slice_accuracy_drop: Parameter[float],
+    min_current_examples: Parameter[int],
     allow_synthetic_over_real: Parameter[bool],
     estimator_windows: Parameter[int],
     estimator_window_faces: Parameter[int],
@@ -519,17 +616,20 @@ def ABGate(
         max_class_recall_drop=max_class_recall_drop,
         min_slice_examples=min_slice_examples,
         max_slice_accuracy_drop=max_slice_accuracy_drop,
+        min_current_examples=min_current_examples,
         allow_synthetic_over_real=allow_synthetic_over_real,
         estimator_windows=estimator_windows,
         estimator_window_faces=estimator_window_faces,
     )
-    serialized, labels = split_examples(examples, "eval")
+    serialized, labels, spans = split_examples_by_span(examples, "eval")
     outputs = predict(path_utils.serving_model_path(model.uri), serialized)
     candidate = outputs[OUTPUT_PROBABILITIES].argmax(axis=1)
     champion_path = champion_dir(model_base, serving_config, model_name)
     champion = predict(champion_path, serialized)[OUTPUT_PROBABILITIES].argmax(axis=1) if champion_path else None
     adopted = bool(champion_path) and os.path.exists(os.path.join(champion_path, ADOPTED_RECORD))
-    result = decide(labels, candidate, champion, thresholds, example_slices(serialized), champion_adopted=adopted)
+    face_slices = example_slices(serialized)
+    current = current_traffic(spans, face_slices) if champion is not None else None
+    result = decide(labels, candidate, champion, thresholds, face_slices, adopted, current)
     result.update(champion=champion_path, candidate=model.uri, tfma_evaluation=evaluation.uri)
 
     os.makedirs(report.uri, exist_ok=True)
@@ -555,7 +655,7 @@ def ABGate(
         json.dump({"verdict": result["verdict"], **result["bias"]}, fh, indent=1)
     plots.bias_report(result["bias"], result["verdict"], os.path.join(report.uri, BIAS_REPORT_PNG))
     if status_dir:
-        shown = ("verdict", "reasons", "examples", "candidate_accuracy", "champion_accuracy")
+        shown = ("verdict", "reasons", "examples", "judged", "candidate_accuracy", "champion_accuracy")
         latest = {key: result.get(key) for key in shown} | {"candidate": model.uri}
         latest["largest_slice_gap"] = result["bias"]["largest_gap"]
         try:

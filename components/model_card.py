@@ -25,6 +25,7 @@ from components.ab_gate import BIAS_REPORT_PNG, GATE_REPORT_JSON, GateReport
 from components.edge import EdgeModels
 from components.energy import EnergyReading, recorded
 from components.model_report import REPORT_JSON, TRAINING_SUMMARY, ModelReport
+from components.span_resolver import span_of
 from moodloop.core.contracts import (
     CURATED_MANIFEST,
     CURATED_SPAN_PREFIX,
@@ -311,7 +312,7 @@ def ModelCardGen(
         log.info("model card: nothing was pushed in this run")
         return
     version_dir = pushed_model.get_string_custom_property("pushed_destination")
-    spans = [e.get_int_custom_property("span") for e in examples]  # ExampleGen keeps it as a custom property
+    spans = [span_of(e) for e in examples]
     run_id = pipeline_run_id or None
     card = card_content(
         os.path.basename(version_dir),

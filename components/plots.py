@@ -102,8 +102,10 @@ def gate_report(result: dict, path: str) -> str:
     title = f"A/B gate: {result['verdict']} ({result['examples']} faces)"
     if result.get("mcnemar"):
         low, high = result["accuracy_difference_ci"]
+        judged = result.get("judged") or {}
+        on = f" on {judged['faces']} faces of current traffic" if judged.get("on") == "current" else ""
         title += (
-            f"\naccuracy {result['candidate_accuracy']:.3f} vs {result['champion_accuracy']:.3f}, "
+            f"\naccuracy{on} {result['candidate_accuracy']:.3f} vs {result['champion_accuracy']:.3f}, "
             f"diff CI [{low:+.3f}, {high:+.3f}], McNemar p = {result['mcnemar']['p_value']:.3g}"
         )
     ax.set_title(title, fontsize=10)

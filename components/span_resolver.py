@@ -10,6 +10,11 @@ def _int_property(item: Any, name: str) -> int:
     return item.get_int_custom_property(name) if item.has_custom_property(name) else 0
 
 
+def span_of(examples: Any) -> int:
+    """An Examples artifact's span: ExampleGen keeps it as a custom property (0 when it has none)."""
+    return _int_property(examples, "span")
+
+
 class LatestVersionPerSpanStrategy(ResolverStrategy):
     """All spans (or the newest `num_spans`), one Examples artifact each: the newest one.
 

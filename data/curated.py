@@ -36,8 +36,10 @@ from moodloop.core.contracts import (
     FEATURE_IMAGE,
     FEATURE_LABEL,
     FEATURE_SLICES,
+    LABELLED_BATCH_PREFIX,
     SOURCE_BATCH,
     SOURCE_CORRECTIONS,
+    SOURCE_LABELLED,
     SOURCE_SYNTHETIC,
 )
 from moodloop.core.files import publish_dir
@@ -79,10 +81,13 @@ def known_hashes(curated_dir: Path) -> set[str]:
 
 def batch_source(batch: str, synthetic: bool) -> str:
     """Where a landing batch's faces came from (their `source` slice): generated (the batch carries
-    SYNTHETIC_MARKER), corrections of served answers (the faces page's batches), or a team's batch."""
+    SYNTHETIC_MARKER), corrections of served answers (the faces page's batches), live faces labelled
+    on the loop's request (the Label tab's batches), or a team's batch."""
     if synthetic:
         return SOURCE_SYNTHETIC
-    return SOURCE_CORRECTIONS if batch.startswith(CORRECTIONS_BATCH_PREFIX) else SOURCE_BATCH
+    if batch.startswith(CORRECTIONS_BATCH_PREFIX):
+        return SOURCE_CORRECTIONS
+    return SOURCE_LABELLED if batch.startswith(LABELLED_BATCH_PREFIX) else SOURCE_BATCH
 
 
 def face_slices(

@@ -60,10 +60,12 @@ LABELLING_QUEUE = "queue.json"
 LABELLING_FACES = "faces"
 LABEL_NOT_A_FACE, LABEL_SKIP = "not_a_face", "skip"
 # Where each curated face came from, as a slice `source=<value>` the A/B gate guards like any slice:
-# generated faces, a team's labelled batch, or corrections of served answers. The last two are real.
+# generated faces, a team's labelled batch, corrections of served answers, or live faces labelled on
+# the loop's request (the labelling queue's batches). The last three are real.
 SOURCE_ATTRIBUTE = "source"
 SOURCE_SYNTHETIC, SOURCE_BATCH, SOURCE_CORRECTIONS = "synthetic", "batch", "corrections"
-REAL_SOURCES = (SOURCE_BATCH, SOURCE_CORRECTIONS)
+SOURCE_LABELLED = "labelled"
+REAL_SOURCES = (SOURCE_BATCH, SOURCE_CORRECTIONS, SOURCE_LABELLED)
 
 # The curated-dataset contract: gzipped TFRecord files of tf.Example under
 # <curated>/span-<N>/, one span per accepted landing batch.

@@ -149,10 +149,15 @@ class GateSettings:
     # The bias audit: a slice (moodloop/core/slices.py) with this many held-out faces is guarded like a
     # class: an accuracy drop beyond the bound that is significant blocks the candidate.
     min_slice_examples: int = setting("MOODLOOP_GATE_MIN_SLICE_EXAMPLES", 100)
+    # After a drift the held-out faces are mostly earlier traffic; when the newest span is live faces
+    # labelled on the loop's request (source=labelled), its held-out faces stand for what users send
+    # now and the gate judges on them from this many (McNemar is exact at any size: fewer faces cost
+    # power, not false promotions; a labelling budget of 500 holds ~100 out)
+    min_current_examples: int = setting("MOODLOOP_GATE_MIN_CURRENT_EXAMPLES", 50)
     # the bias audit: the accuracy drop a guarded slice may show
     max_slice_accuracy_drop: float = setting("MOODLOOP_GATE_MAX_SLICE_ACCURACY_DROP", 0.05)
     # Over an adopted champion (a team's own model) while none of the held-out faces is real
-    # (source=batch or corrections), a candidate is refused unless this is set: synthetic scores
+    # (source=batch, corrections or labelled), a candidate is refused unless this is set: synthetic scores
     # alone do not replace a model trained on real faces
     allow_synthetic_over_real: bool = setting("MOODLOOP_ALLOW_SYNTHETIC_OVER_REAL", False)
     # The gate also fits each candidate's accuracy estimator (components/accuracy_estimator.py) on

@@ -14,7 +14,8 @@ from typing import Any
 
 from moodloop.core.files import atomic_copy, atomic_write_text
 
-# {"verdict", "reasons", "candidate_accuracy", "champion_accuracy", "largest_slice_gap", "time"}; gate.png, bias.png
+# {"verdict", "reasons", "examples", "judged" (which faces: all, or the current traffic's), "candidate_accuracy",
+# "champion_accuracy", "largest_slice_gap", "time"}; gate.png, bias.png
 GATE = "gate"
 # the latest drift window: {"outcome", "reasons", "drift_share", "report": "drift.html" or None,
 # "accuracy_estimate" and "live_accuracy" (per version), "time"}; drift.html

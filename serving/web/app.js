@@ -569,7 +569,9 @@ function renderPanel(panel) {
     verdict.firstChild.textContent = panel.gate.verdict;
     const accuracy = panel.gate.candidate_accuracy != null ? `candidate ${(100 * panel.gate.candidate_accuracy).toFixed(1)}%` : "";
     const champion = panel.gate.champion_accuracy != null ? `, champion ${(100 * panel.gate.champion_accuracy).toFixed(1)}%` : "";
-    verdict.append(`${accuracy}${champion} · ${when(panel.gate.time)}`);
+    // after a drift the gate judges on the current traffic's faces (components/ab_gate.py): say so
+    const judged = panel.gate.judged && panel.gate.judged.on === "current" ? ` on current traffic (${panel.gate.judged.faces} faces)` : "";
+    verdict.append(`${accuracy}${champion}${judged} · ${when(panel.gate.time)}`);
     body.append(verdict, reasonList(panel.gate.reasons));
     const gap = panel.gate.largest_slice_gap;
     if (gap) {

@@ -67,3 +67,12 @@ def test_every_face_carries_its_slices_and_the_manifest_counts_them(tmp_path):
     plain = curated.write_span(tmp_path / "plain", list(pixels[:5]), list(labels[:5]), source="p")
     manifest = json.loads((plain.path / CURATED_MANIFEST).read_text())
     assert set(manifest["slice_counts"]) == {"brightness", "contrast", "sharpness"}
+
+
+def test_each_batch_names_where_its_faces_came_from():
+    """The `source` slice the A/B gate guards (and judges on: the labelling queue's batch after a
+    drift is today's traffic, components/ab_gate.py current_traffic)."""
+    assert curated.batch_source("labelled-5932484e6038-500", synthetic=False) == "labelled"
+    assert curated.batch_source("corrections-20261204T2120", synthetic=False) == "corrections"
+    assert curated.batch_source("fer2013-team", synthetic=False) == "batch"
+    assert curated.batch_source("labelled-5932484e6038-500", synthetic=True) == "synthetic"

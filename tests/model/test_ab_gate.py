@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.ab_gate import decide, describe, mcnemar_exact_p
+from components.ab_gate import current_traffic, decide, describe, mcnemar_exact_p
 from moodloop.core.contracts import EMOTIONS, FER2013_CLASS_COUNTS
 from moodloop.core.settings import GateSettings
 
@@ -113,6 +113,79 @@ def test_too_few_faces_means_no_decision_and_first_model_faces_the_floor():
     assert rejected["verdict"] == "REJECTED" and "below the floor" in rejected["reasons"][0]
 
 
+def after_a_drift(rng: np.random.Generator, earlier_skill: float, current_faces: int = 100):
+    """Held-out faces as after a shift healed with 500 labels from the queue: 800 of yesterday's
+    traffic, where both models are good, and `current_faces` of today's (the labelled batch's),
+    where the champion is broken by the shift and the candidate learned it."""
+    labels = faces(800 + current_faces, rng)
+    current = np.arange(len(labels)) >= 800
+    champion = predictions(labels, np.where(current, 0.50, 0.87), rng)
+    candidate = predictions(labels, np.where(current, 0.80, earlier_skill), rng)
+    return labels, candidate, champion, current
+
+
+def test_after_a_drift_the_gate_judges_on_the_current_traffic_and_guards_the_earlier():
+    """Issue 31's drill with --labels loop:500: judged on all 898 held-out faces (90 % pre-shift), the
+    gate refused a candidate that healed the shifted traffic (0.863 vs 0.870, p = 0.77)."""
+    rng = np.random.default_rng(11)
+    labels, candidate, champion, current = after_a_drift(rng, earlier_skill=0.85)
+    on_all = decide(labels, candidate, champion, GATE)
+    assert on_all["verdict"] == "REJECTED" and on_all["judged"]["on"] == "all"
+
+    result = decide(labels, candidate, champion, GATE, current=current)
+    assert result["verdict"] == "BLESSED", result["reasons"]
+    assert result["judged"] == {"on": "current", "faces": 100, "why": result["judged"]["why"]}
+    assert "100 held-out faces of the newest span" in result["judged"]["why"]
+    assert result["candidate_accuracy"] - result["champion_accuracy"] > 0.2  # on the current faces
+    assert result["mcnemar"]["p_value"] < GATE.alpha
+    assert result["earlier"]["faces"] == 800 and not result["earlier"]["regression"]
+    assert result["all_faces"]["candidate_accuracy"] == pytest.approx((candidate == labels).mean())
+    assert "judged on current traffic: the 100 held-out faces" in "\n".join(describe(result))
+
+
+def test_a_candidate_that_heals_today_by_forgetting_yesterday_is_refused():
+    rng = np.random.default_rng(12)
+    labels, candidate, champion, current = after_a_drift(rng, earlier_skill=0.70)
+    result = decide(labels, candidate, champion, GATE, current=current)
+    assert result["mcnemar"]["p_value"] < GATE.alpha  # better on today's faces ...
+    assert result["earlier"]["regression"] and result["verdict"] == "REJECTED"  # ... not at that price
+    assert [r for r in result["reasons"] if r.startswith("earlier traffic: accuracy fell from")]
+
+
+def test_too_few_current_faces_and_no_champion_judge_on_all_faces():
+    rng = np.random.default_rng(13)
+    labels, candidate, champion, current = after_a_drift(rng, earlier_skill=0.85, current_faces=30)
+    few = decide(labels, candidate, champion, GATE, current=current)
+    assert few["judged"]["on"] == "all" and "MOODLOOP_GATE_MIN_CURRENT_EXAMPLES" in few["judged"]["why"]
+    assert "earlier" not in few
+    first = decide(labels, candidate, None, GATE, current=current)
+    assert first["judged"]["on"] == "all" and first["verdict"] == "BLESSED"
+
+
+def test_an_equal_candidate_judged_on_current_faces_is_rarely_promoted_by_chance():
+    rng = np.random.default_rng(14)
+    trials, promoted = 400, 0
+    for _ in range(trials):
+        labels = faces(900, rng)
+        current = np.arange(len(labels)) >= 800
+        skill = np.where(current, 0.6, 0.85)  # the same for both
+        champion = predictions(labels, skill, rng)
+        candidate = np.where(rng.random(len(labels)) < 0.5, champion, predictions(labels, skill, rng))
+        promoted += decide(labels, candidate, champion, GATE, current=current)["blessed"]
+    print(f"false-promotion rate on current faces {promoted / trials:.3f} over {trials} seeds (alpha {GATE.alpha})")
+    assert promoted / trials <= GATE.alpha
+
+
+def test_the_current_traffic_is_the_newest_span_only_when_it_is_labelled_live_faces():
+    labelled, batch = {"source": "labelled", "light": "dim"}, {"source": "synthetic"}
+    spans = np.array([1, 1, 1, 2, 2])
+    assert current_traffic(spans, [batch] * 3 + [labelled] * 2).tolist() == [False, False, False, True, True]
+    # a regular batch is no more today's traffic than the spans before it
+    assert not current_traffic(spans, [labelled] * 3 + [batch] * 2).any()
+    assert not current_traffic(spans, [batch] * 4 + [labelled]).any()  # a mixed newest span
+    assert current_traffic(np.array([], dtype=np.int64), []).size == 0
+
+
 def test_the_bias_audit_reports_every_slice_and_guards_those_with_enough_faces():
     rng = np.random.default_rng(6)
     labels = faces(3000, rng)
@@ -205,7 +278,7 @@ def test_a_teams_adopted_model_is_not_replaced_on_synthetic_faces_alone():
     refused = decide(labels, candidate, champion, GATE, synthetic, champion_adopted=True)
     assert refused["verdict"] == "REJECTED" and refused["real_faces"] == 0
     assert any("adopted" in r and "MOODLOOP_ALLOW_SYNTHETIC_OVER_REAL=1" in r for r in refused["reasons"])
-    assert "real held-out faces (source=batch or corrections): 0; the champion is a team's own" in "\n".join(
+    assert "real held-out faces (source=batch, corrections or labelled): 0; the champion is a team's own" in "\n".join(
         describe(refused)
     )
     allowed = dataclasses.replace(GATE, allow_synthetic_over_real=True)

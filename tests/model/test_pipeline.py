@@ -319,7 +319,7 @@ def test_a_clearly_better_candidate_passes_the_gate_and_is_pushed_as_canary(fast
     bias_json = max(settings.pipeline_root.glob("ABGate/report/*/bias_report.json"), key=lambda p: p.stat().st_mtime)
     held_out = json.loads(bias_json.read_text())["slices"]["source=corrections"]
     assert 100 <= held_out["faces"] <= 200 and held_out["guarded"], held_out
-    assert "real held-out faces (source=batch or corrections): " in out
+    assert "real held-out faces (source=batch, corrections or labelled): " in out
     second = [v for v in _versions(settings.model_base) if v != first]
     assert len(second) == 1
     labels = models_config.policies(models_config.read(settings.serving_config))["emotion"].labels

@@ -35,6 +35,9 @@ def test_a_shift_is_flagged_and_retraining_starts_without_a_person(tmp_path):
     figures = drift_drill.drill(args, tmp_path / "home", training=WIRING)
     print(figures)
     assert figures["false_alarms"] == 0
+    closest = figures["closest_clean_call"]  # how near a clean window came to an alarm, in numbers
+    assert 1 <= closest["window"] <= 3 and closest["drift_share"] < closest["flags_at"]
+    assert len(closest["lowest_p"]) == 3 and closest["lowest_p"][0][1] <= closest["lowest_p"][2][1]
     assert figures["windows_to_flag"] in (1, 2)
     assert figures["shifted_accuracy_before"] < figures["clean_accuracy"]  # the shift hurt the served model
     gate = figures["retrain"]["gate"]
@@ -72,5 +75,7 @@ def test_without_a_batch_the_loop_asks_for_labels_and_retrains_on_the_answers(tm
     answers = [json.loads(line) for line in (home / "labelling" / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 40 and all(a["answer"] in EMOTIONS for a in answers)
     (batch,) = (home / "archive").glob("*labelled-*")  # curated: the data contract took it whole
+    (newest,) = sorted((home / "curated").glob("span-*"))[-1:]  # as live faces labelled on request
+    assert json.loads((newest / "manifest.json").read_text())["faces_from"] == "labelled"
     gate = figures["retrain"]["gate"]
     assert gate and gate[0].startswith("A/B gate: "), gate  # the retrain on the answers reached the gate

@@ -115,13 +115,15 @@ def test_the_model_panel_shows_the_latest_gate_with_its_bias_audit(page, running
     group = rng.choice(["north", "south"], size=len(labels))
     champion = np.where(rng.random(len(labels)) < 0.7, labels, (labels + 1) % 7)
     candidate = np.where(rng.random(len(labels)) < np.where(group == "south", 0.4, 0.9), labels, (labels + 1) % 7)
-    result = decide(labels, candidate, champion, GateSettings(), [{"group": g} for g in group])
+    # judged on today's traffic (the newest span is the labelling queue's batch: the last 200 faces)
+    today = np.arange(len(labels)) >= 1000
+    result = decide(labels, candidate, champion, GateSettings(), [{"group": g} for g in group], current=today)
     pictures = {
         status.GATE_IMAGE: plots.gate_report(result, str(tmp_path / "gate.png")),
         status.BIAS_IMAGE: plots.bias_report(result["bias"], result["verdict"], str(tmp_path / "bias.png")),
     }
-    shown = {k: result.get(k) for k in ("verdict", "reasons", "examples", "candidate_accuracy", "champion_accuracy")}
-    latest = shown | {"largest_slice_gap": result["bias"]["largest_gap"]}
+    shown = ("verdict", "reasons", "examples", "judged", "candidate_accuracy", "champion_accuracy")
+    latest = {k: result.get(k) for k in shown} | {"largest_slice_gap": result["bias"]["largest_gap"]}
     status.write_status(running.dataplane.settings.status_dir, status.GATE, latest, pictures)
     # ... the drift job's latest window, with each version's accuracy estimated without labels
     # (monitoring/drift.py) beside the labelled one ...
@@ -153,6 +155,7 @@ def test_the_model_panel_shows_the_latest_gate_with_its_bias_audit(page, running
     gap.wait_for(timeout=15_000)  # the panel refreshes every 5 s
     assert "group" in gap.inner_text() and "south worst" in gap.inner_text()
     assert "slice group=south: accuracy fell" in page.inner_text("#panel-body")
+    assert "on current traffic (200 faces)" in page.inner_text("#panel-body")  # which faces judged
     canary = page.inner_text("#panel-canary")
     assert "ramp" in canary and "canary v2 vs stable v1" in canary and "decided on feedback labels" in canary
     sides = page.inner_text("#panel-canary-sides")

@@ -1,0 +1,108 @@
+"""How many labels does healing take? The in-process drift drill three ways, on the same seeds:
+`batch:4000` (a labelled batch of 4,000 shifted faces lands with the shift: today's behaviour, the
+yardstick), `loop:500` (no batch: the loop queues the 500 live faces it wants labelled, uncertainty
+x diversity, and the drill answers them in the Label tab's API) and `random:500` (the same with 500
+faces drawn at random: the baseline the loop's choice is measured against).
+
+Per run it prints the shifted accuracy after the retrain; per seed the ratio loop/batch and the
+margin loop - random; then their means and spreads. Goals (issue 31): loop's shifted accuracy
+>= 0.95 of batch's in the same run, and loop above random by a margin larger than its spread.
+
+  .venv/orchestration/bin/python bench/label_budget.py                 # 3 seeds, ~60 minutes on 2 cores
+  .venv/orchestration/bin/python bench/label_budget.py --seeds 0 --clean-windows 2
+
+Runs in the orchestration env; training and serving run in the pipeline env. SYNTHETIC faces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import drift_drill
+
+MODES = ("batch:4000", "loop:500", "random:500")
+GOAL_LOOP_OVER_BATCH = 0.95
+
+
+def one_run(mode: str, seed: int, clean_windows: int, shift: str) -> dict:
+    args = argparse.Namespace(
+        stack=False,
+        faces=4000,
+        labels=mode,
+        label_pool=0,
+        shift_name=shift,
+        shift=drift_drill.SHIFTS[shift],
+        window=200,
+        clean_windows=clean_windows,
+        shift_windows=4,
+        seed=seed,
+    )
+    home = Path(tempfile.mkdtemp(prefix=f"moodloop-labels-{mode.replace(':', '')}-{seed}-"))
+    started = time.monotonic()
+    try:
+        figures = drift_drill.drill(args, home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    figures["seconds"] = round(time.monotonic() - started, 1)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="drill seeds (default 0 1 2)")
+    parser.add_argument("--clean-windows", type=int, default=3, help="clean windows before the shift (default 3)")
+    parser.add_argument("--shift", choices=sorted(drift_drill.SHIFTS), default="dim")
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    args = parser.parse_args(argv)
+
+    rows: dict[tuple[int, str], dict] = {}
+    for seed in args.seeds:
+        for mode in MODES:
+            print(f"\n=== seed {seed}, --labels {mode} ===", flush=True)
+            rows[seed, mode] = one_run(mode, seed, args.clean_windows, args.shift)
+
+    print(f"\n== label budget (in-process drill, shift {args.shift}, SYNTHETIC faces) ==")
+    print(f"{'seed':>4} {'mode':>11} {'flagged':>7} {'clean':>6} {'before':>6} {'after':>6} {'gate':>9} {'s':>6}")
+    for (seed, mode), f in rows.items():
+        gate = " ".join((f.get("retrain") or {}).get("gate") or ["-"])
+        verdict = next((w for w in ("BLESSED", "REJECTED", "UNDECIDED") if w in gate), "-")
+        after = f.get("shifted_accuracy_after")
+        print(
+            f"{seed:>4} {mode:>11} {str(f['windows_to_flag']):>7} {f['clean_accuracy']:6.3f} "
+            f"{f['shifted_accuracy_before']:6.3f} {after if after is None else format(after, '6.3f'):>6} "
+            f"{verdict:>9} {f['seconds']:6.0f}"
+        )
+
+    def after(seed: int, mode: str) -> float:  # a refused retrain leaves the champion: its accuracy
+        f = rows[seed, mode]
+        return f.get("shifted_accuracy_after", f["shifted_accuracy_before"])
+
+    ratios = np.array([after(s, "loop:500") / after(s, "batch:4000") for s in args.seeds])
+    margins = np.array([after(s, "loop:500") - after(s, "random:500") for s in args.seeds])
+    spread = lambda a: float(a.std(ddof=1)) if len(a) > 1 else float("nan")  # noqa: E731
+    print(
+        f"loop/batch shifted accuracy after: {ratios.mean():.3f} (per seed {', '.join(f'{r:.3f}' for r in ratios)}; "
+        f"goal >= {GOAL_LOOP_OVER_BATCH}: {'met' if ratios.min() >= GOAL_LOOP_OVER_BATCH else 'NOT met'} on every seed)"
+    )
+    print(
+        f"loop - random: {margins.mean():+.3f} points of accuracy, spread (sd over seeds) {spread(margins):.3f} "
+        f"(per seed {', '.join(f'{m:+.3f}' for m in margins)}; goal: the margin above its spread: "
+        f"{'met' if len(margins) > 1 and margins.mean() > spread(margins) else 'NOT met'})"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({f"{s} {m}": f for (s, m), f in rows.items()}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
