@@ -193,7 +193,8 @@ class Drill:
         """What the drift job calls: here the pipeline itself instead of the Airflow DAG run."""
         out = self.run(self.moodloop, "train")
         pushed = re.search(r"pushed version (\d+)", out)
-        lines = [line.strip() for line in out.splitlines() if line.startswith(("A/B gate:", "  - "))]
+        kept = ("A/B gate:", "  judged on", "  candidate accuracy", "  champion accuracy", "  earlier traffic", "  - ")
+        lines = [line.strip() for line in out.splitlines() if line.startswith(kept)]
         verdict = list(dict.fromkeys(lines))
         return {"pushed_version": int(pushed[1]) if pushed else None, "gate": verdict, "conf": conf}
 

@@ -69,21 +69,27 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for mode in MODES:
             print(f"\n=== seed {seed}, --labels {mode} ===", flush=True)
-            rows[seed, mode] = one_run(mode, seed, args.clean_windows, args.shift)
+            rows[seed, mode] = f = one_run(mode, seed, args.clean_windows, args.shift)
+            after = f.get("shifted_accuracy_after")
+            print(f"=== after the retrain: {'nothing pushed' if after is None else f'{after:.3f}'}; {f.get('retrain')}")
+            if args.json:  # after every run: an hour's figures survive a failure in a later one
+                args.json.write_text(json.dumps({f"{s} {m}": v for (s, m), v in rows.items()}, indent=1, default=str))
 
     print(f"\n== label budget (in-process drill, shift {args.shift}, SYNTHETIC faces) ==")
-    print(f"{'seed':>4} {'mode':>11} {'flagged':>7} {'clean':>6} {'before':>6} {'after':>6} {'gate':>9} {'s':>6}")
+    columns = (("seed", 4), ("mode", 11), ("flagged", 7), ("clean", 6), ("before", 6), ("after", 6), ("gate", 9))
+    print(" ".join(f"{name:>{width}}" for name, width in (*columns, ("on", 7), ("s", 6))))
     for (seed, mode), f in rows.items():
-        gate = " ".join((f.get("retrain") or {}).get("gate") or ["-"])
-        verdict = next((w for w in ("BLESSED", "REJECTED", "UNDECIDED") if w in gate), "-")
+        gate = (f.get("retrain") or {}).get("gate") or ["-"]
+        verdict = next((w for w in ("BLESSED", "REJECTED", "UNDECIDED") if w in gate[0]), "-")
+        judged = "current" if any(line.startswith("judged on current traffic") for line in gate) else "all"
         after = f.get("shifted_accuracy_after")
         print(
             f"{seed:>4} {mode:>11} {str(f['windows_to_flag']):>7} {f['clean_accuracy']:6.3f} "
-            f"{f['shifted_accuracy_before']:6.3f} {after if after is None else format(after, '6.3f'):>6} "
-            f"{verdict:>9} {f['seconds']:6.0f}"
+            f"{f['shifted_accuracy_before']:6.3f} {'-' if after is None else format(after, '.3f'):>6} "
+            f"{verdict:>9} {judged:>7} {f['seconds']:6.0f}"
         )
 
-    def after(seed: int, mode: str) -> float:  # a refused retrain leaves the champion: its accuracy
+    def after(seed: int, mode: str) -> float:  # nothing pushed ("-"): the champion stays, at its accuracy
         f = rows[seed, mode]
         return f.get("shifted_accuracy_after", f["shifted_accuracy_before"])
 
@@ -95,12 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         f"goal >= {GOAL_LOOP_OVER_BATCH}: {'met' if ratios.min() >= GOAL_LOOP_OVER_BATCH else 'NOT met'} on every seed)"
     )
     print(
-        f"loop - random: {margins.mean():+.3f} points of accuracy, spread (sd over seeds) {spread(margins):.3f} "
-        f"(per seed {', '.join(f'{m:+.3f}' for m in margins)}; goal: the margin above its spread: "
+        f"loop - random: {100 * margins.mean():+.1f} points of accuracy, spread (sd over seeds) "
+        f"{100 * spread(margins):.1f} (per seed {', '.join(f'{100 * m:+.1f}' for m in margins)}; "
+        "goal: the margin above its spread: "
         f"{'met' if len(margins) > 1 and margins.mean() > spread(margins) else 'NOT met'})"
     )
-    if args.json:
-        args.json.write_text(json.dumps({f"{s} {m}": f for (s, m), f in rows.items()}, indent=1, default=str))
     return 0
 
 
