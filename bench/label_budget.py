@@ -61,13 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="drill seeds (default 0 1 2)")
     parser.add_argument("--clean-windows", type=int, default=3, help="clean windows before the shift (default 3)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), help=f"which runs (default {' '.join(MODES)})")
     parser.add_argument("--shift", choices=sorted(drift_drill.SHIFTS), default="dim")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     args = parser.parse_args(argv)
 
     rows: dict[tuple[int, str], dict] = {}
     for seed in args.seeds:
-        for mode in MODES:
+        for mode in args.modes:
             print(f"\n=== seed {seed}, --labels {mode} ===", flush=True)
             rows[seed, mode] = f = one_run(mode, seed, args.clean_windows, args.shift)
             after = f.get("shifted_accuracy_after")
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         f = rows[seed, mode]
         return f.get("shifted_accuracy_after", f["shifted_accuracy_before"])
 
+    if set(args.modes) != set(MODES):
+        return 0  # the comparisons need all three on each seed
     ratios = np.array([after(s, "loop:500") / after(s, "batch:4000") for s in args.seeds])
     margins = np.array([after(s, "loop:500") - after(s, "random:500") for s in args.seeds])
     spread = lambda a: float(a.std(ddof=1)) if len(a) > 1 else float("nan")  # noqa: E731
