@@ -77,6 +77,14 @@ def training_data(curated_dir: str, spans: list[int]) -> dict:
     }
 
 
+def _judged_faces(gate: dict) -> str:
+    """Which held-out faces the gate's accuracies are on: all, or today's traffic (components/ab_gate.py)."""
+    judged = gate.get("judged") or {}
+    if judged.get("on") == "current":
+        return f"the {judged['faces']} held-out faces of current traffic (of {gate.get('examples')})"
+    return f"{gate.get('examples')} faces"
+
+
 def card_content(
     version: str, data: dict, report: dict, training: dict, gate: dict, edge: dict, energy: dict, run_id: str | None
 ) -> dict:
@@ -117,7 +125,7 @@ def card_content(
         },
         "gate": {
             k: gate.get(k)
-            for k in ("verdict", "reasons", "examples", "candidate_accuracy", "champion_accuracy", "mcnemar")
+            for k in ("verdict", "reasons", "examples", "judged", "candidate_accuracy", "champion_accuracy", "mcnemar")
         },
         "lineage": {
             "pipeline_run_id": run_id,
@@ -237,7 +245,7 @@ def card_html(card: dict, bias_png: bytes | None = None) -> str:
         (
             "A/B gate",
             f"<p><b>{html.escape(str(g.get('verdict')))}</b>: candidate {_percent(g.get('candidate_accuracy'))}, "
-            f"champion {_percent(g.get('champion_accuracy'))} on {g.get('examples')} faces.</p>"
+            f"champion {_percent(g.get('champion_accuracy'))} on {_judged_faces(g)}.</p>"
             + "<ul>"
             + "".join(f"<li>{html.escape(r)}</li>" for r in g.get("reasons") or [])
             + "</ul>",

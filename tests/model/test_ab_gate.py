@@ -176,6 +176,20 @@ def test_an_equal_candidate_judged_on_current_faces_is_rarely_promoted_by_chance
     assert promoted / trials <= GATE.alpha
 
 
+def test_the_model_card_says_which_faces_the_gate_judged():
+    from components import model_card
+
+    rng = np.random.default_rng(11)
+    labels, candidate, champion, current = after_a_drift(rng, earlier_skill=0.85)
+    gate = decide(labels, candidate, champion, GATE, current=current)
+    data = {"spans": [], "class_counts": {}, "faces": 4500, "synthetic_sources": []}
+    card = model_card.card_content("7", data, {"accuracy": 0.8}, {}, gate, {}, {}, "run-7")
+    assert card["gate"]["judged"]["on"] == "current"
+    page = model_card.card_html(card)
+    accuracy = f"candidate {100 * gate['candidate_accuracy']:.1f} %"
+    assert accuracy in page and "on the 100 held-out faces of current traffic (of 900)" in page
+
+
 def test_the_current_traffic_is_the_newest_span_only_when_it_is_labelled_live_faces():
     labelled, batch = {"source": "labelled", "light": "dim"}, {"source": "synthetic"}
     spans = np.array([1, 1, 1, 2, 2])
