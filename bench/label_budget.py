@@ -57,6 +57,11 @@ def one_run(mode: str, seed: int, clean_windows: int, shift: str) -> dict:
     return figures
 
 
+def spread(values: np.ndarray) -> float:
+    """The sample standard deviation over the seeds (nan for one seed)."""
+    return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="drill seeds (default 0 1 2)")
@@ -98,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # the comparisons need all three on each seed
     ratios = np.array([after(s, "loop:500") / after(s, "batch:4000") for s in args.seeds])
     margins = np.array([after(s, "loop:500") - after(s, "random:500") for s in args.seeds])
-    spread = lambda a: float(a.std(ddof=1)) if len(a) > 1 else float("nan")  # noqa: E731
     print(
         f"loop/batch shifted accuracy after: {ratios.mean():.3f} (per seed {', '.join(f'{r:.3f}' for r in ratios)}; "
         f"goal >= {GOAL_LOOP_OVER_BATCH}: {'met' if ratios.min() >= GOAL_LOOP_OVER_BATCH else 'NOT met'} on every seed)"

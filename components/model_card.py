@@ -77,7 +77,7 @@ def training_data(curated_dir: str, spans: list[int]) -> dict:
     }
 
 
-def _judged_faces(gate: dict) -> str:
+def _gate_faces_text(gate: dict) -> str:
     """Which held-out faces the gate's accuracies are on: all, or today's traffic (components/ab_gate.py)."""
     judged = gate.get("judged") or {}
     if judged.get("on") == "current":
@@ -245,7 +245,7 @@ def card_html(card: dict, bias_png: bytes | None = None) -> str:
         (
             "A/B gate",
             f"<p><b>{html.escape(str(g.get('verdict')))}</b>: candidate {_percent(g.get('candidate_accuracy'))}, "
-            f"champion {_percent(g.get('champion_accuracy'))} on {_judged_faces(g)}.</p>"
+            f"champion {_percent(g.get('champion_accuracy'))} on {_gate_faces_text(g)}.</p>"
             + "<ul>"
             + "".join(f"<li>{html.escape(r)}</li>" for r in g.get("reasons") or [])
             + "</ul>",
