@@ -57,6 +57,7 @@ from moodloop.local.s3server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 AFTER_FACES = 1000  # the retrained model is measured on this many new shifted faces (not fed back)
+AFTER_SEED = 3000  # ... drawn with this generator seed (plus --seed's stride)
 # "dim": dimmer light (darker, flatter) and blurrier faces; most of the information is still there,
 # so a retrain can learn it, but not all: at equal data a model learns dim faces 0.94-0.96 as well
 # as clean ones (docs/monitoring.md, "How close dim sits to its own limit"). "harsh": so dark that
@@ -90,7 +91,7 @@ class Drill:
         self.seed_base = SEED_STRIDE * getattr(args, "seed", 0)
         self.env = env or {
             **os.environ,
-            **(training or TRAINING),
+            **(TRAINING if training is None else training),
             "MOODLOOP_SEED": str(getattr(args, "seed", 0)),
             **label_settings(args),
             "MOODLOOP_HOME": str(home),
@@ -277,13 +278,19 @@ def drill(args: argparse.Namespace, home: Path, training: dict | None = None) ->
             figures["seconds_shift_to_new_model_serving"] = round(time.monotonic() - shifted_at, 1)
             label = "canary" if "canary" in d.call("GET", "/healthz")["labels"] else "stable"
             figures["shifted_accuracy_after"] = d.traffic(
-                seed=3000, shift=args.shift, label=label, feedback=False, faces=AFTER_FACES
+                seed=AFTER_SEED, shift=args.shift, label=label, feedback=False, faces=AFTER_FACES
             )
             figures["after_over_clean"] = figures["shifted_accuracy_after"] / figures["clean_accuracy"]
     finally:
         d.stop()
     figures["labels_delayed_by_rate_limit"] = d.labels_delayed
     return figures
+
+
+def training_of(args: argparse.Namespace) -> dict[str, str]:
+    """The drill's training settings, or none of its own with --product-defaults (issue 31.3: the
+    drill should heal with what a user gets)."""
+    return {} if getattr(args, "product_defaults", False) else TRAINING
 
 
 def labels_of(args: argparse.Namespace) -> tuple[str, int]:
@@ -417,7 +424,7 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
 
     os.environ.update(
         {
-            **TRAINING,
+            **training_of(args),
             **STACK_TIMINGS,
             **label_settings(args),
             **{p: str(free_port()) for p in stack.PORT_VARIABLES},
@@ -487,7 +494,7 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
         time.sleep(args.pause)  # users, not a load test: leave the 2 cores to the training
     if "new_stable_version" in figures:
         figures["shifted_accuracy_after"] = d.traffic(
-            seed=3000, shift=args.shift, label="stable", feedback=False, faces=AFTER_FACES
+            seed=AFTER_SEED, shift=args.shift, label="stable", feedback=False, faces=AFTER_FACES
         )
         figures["after_over_clean"] = figures["shifted_accuracy_after"] / figures["clean_accuracy"]
     figures["train_runs_after_shift"] = train_runs_since(settings, shifted_wall)
@@ -616,6 +623,11 @@ def main(argv: list[str] | None = None) -> int:
         help="--stack: the stack's profile (production: PostgreSQL, Celery, two serving replicas)",
     )
     parser.add_argument(
+        "--product-defaults",
+        action="store_true",
+        help="train with the product's default settings, not the drill's (" + ", ".join(TRAINING) + ")",
+    )
+    parser.add_argument(
         "--home", type=Path, help="work folder (default: a new temporary one; .moodloop/drill-<time> with --stack)"
     )
     args = parser.parse_args(argv)
@@ -636,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
     else:
         home = args.home or Path(tempfile.mkdtemp(prefix="moodloop-drill-"))
-        figures = drill(args, home)
+        figures = drill(args, home, training=training_of(args))
     where = "local stack" if args.stack else "in process"
     knobs = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(args.shift).items() if v != getattr(NO_SHIFT, k))
     print(f"\n== drift drill ({where}, shift {args.shift_name}: {knobs}; SYNTHETIC faces) ==")
