@@ -123,7 +123,17 @@ def trainer_config(config: PipelineConfig) -> dict[str, Any]:
             "serving_config": config.serving_config,
             "model_name": config.model_name,
         },
+        # where the newest span's faces came from (its manifest's `faces_from`): a span of live faces
+        # labelled on the loop's request follows a drift, and the Trainer then trains cold
+        "newest_span_source": newest_span_source(Path(config.curated_dir)),
     }
+
+
+def newest_span_source(curated_dir: Path) -> str | None:
+    """The newest curated span's `faces_from` (data/ingest.py: synthetic, batch, corrections,
+    labelled), or None before the first span (or for a span curated before the field existed)."""
+    manifests = sorted(curated_dir.glob(f"{CURATED_SPAN_PREFIX}*/{CURATED_MANIFEST}"))
+    return json.loads(manifests[-1].read_text()).get("faces_from") if manifests else None
 
 
 def curated_faces(curated_dir: Path, span_window: int = 0) -> int:

@@ -33,6 +33,7 @@ from moodloop.core.contracts import (
     FACE_SIZE,
     FEATURE_IMAGE,
     NUM_CLASSES,
+    SOURCE_LABELLED,
 )
 from moodloop.core.settings import TrainingSettings
 
@@ -154,9 +155,19 @@ def _champion(where: dict) -> str | None:
     return champion_dir(where["model_base"], where["serving_config"], where["model_name"])
 
 
-def _warm_or_cold(model, training: TrainingSettings, champion: str | None) -> WarmStart:
+def _warm_or_cold(model, training: TrainingSettings, champion: str | None, newest_source: str | None) -> WarmStart:
     if not training.warm_start:
         return WarmStart(False, "warm start is off (MOODLOOP_WARM_START=0 or the run's conf)")
+    if newest_source == SOURCE_LABELLED:
+        # The labelling queue asks only after the drift job has judged today's traffic moved, and the
+        # fit check below would measure on held-out faces that are ~90 % earlier traffic: a warm run's
+        # few epochs at a small rate then left today's faces unlearned (the stack's drill, 2026-12-05:
+        # 0.583 against the champion's 0.658 on them, refused; cold runs healed on every seed).
+        return WarmStart(
+            False,
+            "the newest span is live faces labelled on the loop's request after a drift: the traffic has moved",
+            champion,
+        )
     return warm_start(model, champion)
 
 
@@ -281,7 +292,7 @@ def run_fn(fn_args: FnArgs) -> None:
             return build_model(**model_spec)
 
     model = fresh_model()
-    loaded = _warm_or_cold(model, training, champion)
+    loaded = _warm_or_cold(model, training, champion, fn_args.custom_config.get("newest_span_source"))
     warm = still_fits(model, x_eval, y_eval, loaded, training.warm_max_accuracy_drop)
     if loaded.warm and not warm.warm:
         model = fresh_model()  # the champion's weights are loaded: back to a cold run's initialisation

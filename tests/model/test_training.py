@@ -4,6 +4,8 @@ of Keras (which cost about 28 s per training process)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy.special import softmax
@@ -121,6 +123,37 @@ def test_warm_start_is_kept_only_while_the_champion_still_fits_todays_faces(tmp_
     assert "no reference profile" in still_fits(model, faces, labels, unprofiled, 0.05).reason
     cold = WarmStart(False, "no champion yet")
     assert still_fits(model, faces, labels, cold, 0.0) is cold
+
+
+def test_a_retrain_on_faces_labelled_after_a_drift_trains_cold(tmp_path):
+    """The labelling queue asks only after a drift; when the newest curated span is its answers
+    (faces_from=labelled), the Trainer does not warm-start from the champion, whose fit check would
+    measure on mostly earlier faces (the stack drill: a warm run's 3 epochs left today's faces
+    unlearned). Any other newest span keeps the warm-start rules; the source is read at compile time
+    from the newest span's manifest."""
+    from components.model import build_model
+    from components.pipeline import newest_span_source
+    from components.trainer import _warm_or_cold
+    from components.warm_start import save_weights
+    from moodloop.core.settings import TrainingSettings
+
+    champion = build_model("tiny", augment=False)
+    save_weights(champion, str(tmp_path / "champion"))
+    model = build_model("tiny", augment=False)
+    untouched = [w.copy() for w in model.get_weights()]
+    training = TrainingSettings()
+    after_drift = _warm_or_cold(model, training, str(tmp_path / "champion"), "labelled")
+    assert not after_drift.warm and "labelled on the loop's request after a drift" in after_drift.reason
+    for a, b in zip(untouched, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the champion's weights were not loaded
+    assert _warm_or_cold(model, training, str(tmp_path / "champion"), "batch").warm
+
+    curated = tmp_path / "curated"
+    assert newest_span_source(curated) is None
+    for span, source in ((1, "synthetic"), (2, "labelled"), (10, "batch")):
+        (curated / f"span-{span:05d}").mkdir(parents=True)
+        (curated / f"span-{span:05d}" / "manifest.json").write_text(json.dumps({"faces_from": source}))
+    assert newest_span_source(curated) == "batch"  # span 10, not span 2: by number
 
 
 def test_canonical_order_depends_on_the_faces_only_not_on_their_order_or_standardisation():
