@@ -4,8 +4,10 @@ yardstick), `loop:500` (no batch: the loop queues the 500 live faces it wants la
 x diversity, and the drill answers them in the Label tab's API) and `random:500` (the same with 500
 faces drawn at random: the baseline the loop's choice is measured against).
 
-Per run it prints the shifted accuracy after the retrain; per seed the ratio loop/batch and the
-margin loop - random; then their means and spreads. Goals (issue 31): loop's shifted accuracy
+Per run it prints the shifted accuracy after the retrain and the retrain's candidate's own
+(`trained`: pushed or refused, on the same faces: what the labels taught); per seed the ratio
+loop/batch and the margin loop - random; then their means and spreads. `--product-defaults`
+trains with the product's settings instead of the drill's (issue 31.3). Goals (issue 31): loop's shifted accuracy
 >= 0.95 of batch's in the same run, and loop above random by a margin larger than its spread.
 
   .venv/orchestration/bin/python bench/label_budget.py                 # 3 seeds, ~60 minutes on 2 cores
