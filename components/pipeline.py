@@ -132,13 +132,18 @@ def trainer_config(config: PipelineConfig) -> dict[str, Any]:
 def newest_span_source(curated_dir: Path) -> str | None:
     """The newest curated span's `faces_from` (data/ingest.py: synthetic, batch, corrections,
     labelled), or None before the first span (or for a span curated before the field existed)."""
-    manifests = sorted(curated_dir.glob(f"{CURATED_SPAN_PREFIX}*/{CURATED_MANIFEST}"))
+    manifests = span_manifests(curated_dir)
     return json.loads(manifests[-1].read_text()).get("faces_from") if manifests else None
+
+
+def span_manifests(curated_dir: Path) -> list[Path]:
+    """Every curated span's manifest, oldest span first (span folders are numbered with 5 digits)."""
+    return sorted(curated_dir.glob(f"{CURATED_SPAN_PREFIX}*/{CURATED_MANIFEST}"))
 
 
 def curated_faces(curated_dir: Path, span_window: int = 0) -> int:
     """Faces in the spans a run trains on (the newest `span_window`, or all), from their manifests."""
-    spans = sorted(curated_dir.glob(f"{CURATED_SPAN_PREFIX}*/{CURATED_MANIFEST}"))
+    spans = span_manifests(curated_dir)
     if span_window:
         spans = spans[-span_window:]
     return sum(json.loads(path.read_text())["written"] for path in spans)

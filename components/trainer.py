@@ -162,7 +162,8 @@ def _warm_or_cold(model, training: TrainingSettings, champion: str | None, newes
         # The labelling queue asks only after the drift job has judged today's traffic moved, and the
         # fit check below would measure on held-out faces that are ~90 % earlier traffic: a warm run's
         # few epochs at a small rate then left today's faces unlearned (the stack's drill, 2026-12-05:
-        # 0.583 against the champion's 0.658 on them, refused; cold runs healed on every seed).
+        # 0.583 against the champion's 0.658 on them, refused); cold runs learned them (in process,
+        # seeds 0-2: 0.78-0.79 on fresh shifted faces against the champion's 0.75-0.77).
         return WarmStart(
             False,
             "the newest span is live faces labelled on the loop's request after a drift: the traffic has moved",
