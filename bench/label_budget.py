@@ -58,6 +58,7 @@ def one_run(mode: str, seed: int, clean_windows: int, shift: str, product_defaul
     try:
         figures = drift_drill.drill(args, home, training=drift_drill.training_of(args))
         figures["candidate_shifted_accuracy"] = candidate_accuracy(home, seed, shift)
+        figures["self_training"] = self_training_of(home)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     figures["seconds"] = round(time.monotonic() - started, 1)
@@ -100,6 +101,18 @@ def candidate_accuracy(home: Path, seed: int, shift: str) -> float | None:
     return float(done.stdout.strip().splitlines()[-1])
 
 
+def self_training_of(home: Path) -> dict | None:
+    """The retrain's self-training report (the Trainer's summary): how many of the kept live faces
+    nobody answered were pseudo-labelled; None when it had none (a batch, or self-training off)."""
+    runs = (home / "tfx" / "Trainer" / "model_run").glob("*/history.json")
+    summaries = sorted(runs, key=lambda p: int(p.parent.name))
+    return json.loads(summaries[-1].read_text()).get("self_training") if len(summaries) > 1 else None
+
+
+def pseudo(report: dict | None) -> str:
+    return f"{report['pseudo_labelled']}/{report['unanswered_faces']}" if report else "-"
+
+
 def spread(values: np.ndarray) -> float:
     """The sample standard deviation over the seeds (nan for one seed)."""
     return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
@@ -131,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     # trained: the retrain's candidate on the same shifted faces, pushed or not (what its labels taught)
     columns = (("seed", 4), ("mode", 11), ("flagged", 7), ("clean", 6), ("before", 6), ("trained", 7))
     columns += (("after", 6), ("gate", 9))
-    print(" ".join(f"{name:>{width}}" for name, width in (*columns, ("on", 7), ("s", 6))))
+    # pseudo: the kept live faces the retrain's self-training pseudo-labelled, of those nobody answered
+    print(" ".join(f"{name:>{width}}" for name, width in (*columns, ("on", 7), ("pseudo", 11), ("s", 6))))
     for (seed, mode), f in rows.items():
         gate = (f.get("retrain") or {}).get("gate") or ["-"]
         verdict = next((w for w in ("BLESSED", "REJECTED", "UNDECIDED") if w in gate[0]), "-")
@@ -140,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{seed:>4} {mode:>11} {str(f['windows_to_flag']):>7} {f['clean_accuracy']:6.3f} "
             f"{f['shifted_accuracy_before']:6.3f} {number(f.get('candidate_shifted_accuracy')):>7} {number(after):>6} "
-            f"{verdict:>9} {judged:>7} {f['seconds']:6.0f}"
+            f"{verdict:>9} {judged:>7} {pseudo(f.get('self_training')):>11} {f['seconds']:6.0f}"
         )
 
     def after(seed: int, mode: str) -> float:  # nothing pushed ("-"): the champion stays, at its accuracy

@@ -121,7 +121,15 @@ def card_content(
         "calibration": calibration,
         "training": {
             k: training.get(k)
-            for k in ("epochs", "learning_rate", "fit_seconds", "warm_start", "hyperparameters", "trained")
+            for k in (
+                "epochs",
+                "learning_rate",
+                "fit_seconds",
+                "warm_start",
+                "hyperparameters",
+                "trained",
+                "self_training",
+            )
         },
         "gate": {
             k: gate.get(k)
@@ -210,6 +218,17 @@ def _trained_html(trained: dict | None) -> str:
     return f"<p><b>{what}</b>: {html.escape(str(trained.get('why', '')))}.</p>"
 
 
+def _self_training_html(report: dict | None) -> str:
+    """components/self_training.py's part in this version, when a retrain after a drift had one."""
+    if not report:
+        return ""
+    return (
+        f"<p><b>Self-training</b>: {report['pseudo_labelled']} of {report['unanswered_faces']} kept live faces "
+        f"nobody labelled were pseudo-labelled by a first fit (at least {report['threshold']:g} sure) and trained "
+        "on; they are in none of the held-out faces this card reports.</p>"
+    )
+
+
 def card_html(card: dict, bias_png: bytes | None = None) -> str:
     """The card as one self-contained page (no script, no external file: the bias audit's
     picture is inlined)."""
@@ -224,6 +243,7 @@ def card_html(card: dict, bias_png: bytes | None = None) -> str:
         (
             "Training data",
             _trained_html(card["training"].get("trained"))
+            + _self_training_html(card["training"].get("self_training"))
             + f"<p>{d['faces']} faces in {len(d['spans'])} span(s).</p>"
             + _table([[s["span"], s["source"], s["faces"]] for s in d["spans"]], ["span", "source", "faces"])
             + _table([[k, v] for k, v in d["class_counts"].items()], ["emotion", "faces"])

@@ -157,6 +157,7 @@ def ModelReportGen(
         "reasons": reasons,
         "warm_start": training.get("warm_start"),
         "trained": training.get("trained"),  # moodloop's CNN, or the champion's own network fine-tuned; why
+        "self_training": training.get("self_training"),  # after a drift: the pseudo-labelled kept live faces
         "hyperparameters": training.get("hyperparameters"),
         "calibration": {k: calibration[k] for k in ("temperature", "ece_before", "ece_after", "check_faces")}
         if calibration

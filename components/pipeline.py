@@ -34,9 +34,11 @@ from moodloop.core.contracts import (
     CURATED_SPAN_PREFIX,
     FEATURE_LABEL,
     FEATURE_SLICES,
+    LABELLING_QUEUE,
     NUM_CLASSES,
     OUTPUT_PROBABILITIES,
     SIGNATURE_EXAMPLES,
+    SOURCE_LABELLED,
 )
 from moodloop.core.settings import (
     IN_MEMORY_BEAM_ARGS,
@@ -79,6 +81,8 @@ class PipelineConfig:
     traffic_file: str = ""
     status_dir: str = ""  # where the A/B gate's latest verdict is shown (moodloop/core/status.py)
     serving_status_url: str = ""  # TF Serving REST status of the model (the gateway's), for label moves
+    inference_log_url: str = ""  # the kept live faces, which self-training pseudo-labels after a drift
+    labelling_dir: str = ""  # the labelling queue and its answers
     model_name: str = "emotion"
     # "embedded": the gateway's embedded backend (local default); "tfserving": TFX's InfraValidator
     # with TF Serving in Docker (needs a Docker engine: docker-compose, CI)
@@ -109,6 +113,8 @@ class PipelineConfig:
             status_dir=str(settings.status_dir),
             canary_share=settings.canary.share,
             serving_status_url=f"{settings.gateway_url}/v1/models/{settings.model_name}",
+            inference_log_url=str(settings.inference_log_url),
+            labelling_dir=str(settings.labelling_dir),
         )
 
 
@@ -126,7 +132,24 @@ def trainer_config(config: PipelineConfig) -> dict[str, Any]:
         # where the newest span's faces came from (its manifest's `faces_from`): a span of live faces
         # labelled on the loop's request follows a drift, and the Trainer then trains cold
         "newest_span_source": newest_span_source(Path(config.curated_dir)),
+        # ... and then the kept live faces nobody labelled, which it pseudo-labels (self_training_pool)
+        "self_training": self_training_pool(config),
     }
+
+
+def self_training_pool(config: PipelineConfig) -> dict | None:
+    """components/self_training.py's Pool when this run retrains on the labelling queue's answers
+    (the newest span is `labelled`) and self-training is on: the inference log, when the queue's
+    kept faces began, and the labelling folder (whose journal says which faces were answered)."""
+    if not (config.training.self_train and config.labelling_dir and config.inference_log_url):
+        return None
+    if newest_span_source(Path(config.curated_dir)) != SOURCE_LABELLED:
+        return None
+    try:
+        queue = json.loads((Path(config.labelling_dir) / LABELLING_QUEUE).read_text())
+    except (OSError, ValueError):  # no queue: the labelled faces came some other way
+        return None
+    return {"log_url": config.inference_log_url, "since": queue.get("since"), "labelling_dir": config.labelling_dir}
 
 
 def newest_span_source(curated_dir: Path) -> str | None:

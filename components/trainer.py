@@ -21,7 +21,17 @@ import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.components.tuner.component import TunerFnResult
 
-from components import calibration, distributed_training, edge, explain, fine_tune, model_contract, plots, tuning
+from components import (
+    calibration,
+    distributed_training,
+    edge,
+    explain,
+    fine_tune,
+    model_contract,
+    plots,
+    self_training,
+    tuning,
+)
 from components.ab_gate import champion_dir
 from components.model import INPUT_KEY, build_model, class_weights, in_canonical_order, training_callbacks
 from components.model_report import TRAINING_SUMMARY
@@ -231,6 +241,44 @@ def _fine_tune_champion(
     log.info(f"calibration, embedding projection and export in {time.perf_counter() - started:.1f} s")
 
 
+def _accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
+    return float((model.predict(images, batch_size=256, verbose=0).argmax(axis=1) == labels).mean())
+
+
+def _self_train(first, fresh_model, fit, pool, training: TrainingSettings, tf_transform_output, faces) -> tuple:
+    """After a drift (components/self_training.py): `first`, fitted with the answered faces,
+    pseudo-labels the kept live faces nobody answered that it is sure of, and a fresh model is
+    fitted on the training faces and those. -> (the model, its curves or None when nothing was
+    pseudo-labelled and `first` stays the candidate, the report for the training summary)."""
+    x_train, y_train, x_eval, y_eval = faces
+    started = time.perf_counter()
+    encoded = self_training.unanswered_faces(pool, training.self_train_max_faces)
+    images = self_training.transformed(tf_transform_output.transform_features_layer(), encoded)
+    probabilities = first.predict(images, batch_size=256, verbose=0) if len(images) else np.zeros((0, NUM_CLASSES))
+    pseudo = self_training.pseudo_label(probabilities, images, training.self_train_confidence)
+    report = {**pseudo.report, "first_fit_held_out_accuracy": _accuracy(first, x_eval, y_eval)}
+    if not len(pseudo.labels):
+        log.info(
+            f"self-training: none of {len(images)} unanswered kept live faces is >= "
+            f"{training.self_train_confidence:g} sure; the first fit is the candidate"
+        )
+        return first, None, report
+    log.info(
+        f"self-training: {len(pseudo.labels)} of {len(images)} unanswered kept live faces pseudo-labelled "
+        f"(>= {training.self_train_confidence:g} sure; per class "
+        f"{dict(zip(EMOTIONS, pseudo.report['per_class'], strict=True))}) in {time.perf_counter() - started:.1f} s; "
+        f"the first fit scored {report['first_fit_held_out_accuracy']:.4f} held out; fitting again on "
+        f"{len(y_train)} + {len(pseudo.labels)} faces (they only train: the held-out faces are people's labels)"
+    )
+    x = np.concatenate([x_train, pseudo.images])
+    y = np.concatenate([y_train, pseudo.labels])
+    second = fresh_model()
+    curves = fit(second, x, y, class_weights(np.bincount(y, minlength=NUM_CLASSES)[:NUM_CLASSES].tolist()))
+    report["held_out_accuracy"] = _accuracy(second, x_eval, y_eval)
+    log.info(f"self-training: the second fit scored {report['held_out_accuracy']:.4f} held out")
+    return second, curves, report
+
+
 def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     """TFX Tuner (MOODLOOP_TUNE=1): a random search over learning rate, width and dropout."""
     training = training_from(fn_args.custom_config)
@@ -315,6 +363,7 @@ def run_fn(fn_args: FnArgs) -> None:
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, write_graph=False),
     ]
     started = time.perf_counter()
+    self_trained = None
     if workers > 1:
         curves = distributed_training.fit_on_workers(
             model,
@@ -334,18 +383,29 @@ def run_fn(fn_args: FnArgs) -> None:
             log=log.info,
         )
     else:
-        history = model.fit(
-            x_train,
-            y_train,
-            validation_data=(x_eval, y_eval),
-            epochs=planned,
-            batch_size=batch_size,
-            shuffle=True,
-            class_weight=weights,
-            callbacks=callbacks,
-            verbose=2,  # one line per epoch: readable in the Airflow task log
-        )
-        curves = {k: [float(v) for v in values] for k, values in history.history.items()}
+
+        def fit(model, x, y, class_weight) -> dict[str, list[float]]:
+            history = model.fit(
+                x,
+                y,
+                validation_data=(x_eval, y_eval),
+                epochs=planned,
+                batch_size=batch_size,
+                shuffle=True,
+                class_weight=class_weight,
+                callbacks=callbacks,
+                verbose=2,  # one line per epoch: readable in the Airflow task log
+            )
+            return {k: [float(v) for v in values] for k, values in history.history.items()}
+
+        curves = fit(model, x_train, y_train, weights)
+        pool = self_training.Pool.of(fn_args.custom_config.get("self_training"))
+        if pool is not None and not warm.warm:
+            faces = (x_train, y_train, x_eval, y_eval)
+            model, second_curves, self_trained = _self_train(
+                model, fresh_model, fit, pool, training, tf_transform_output, faces
+            )
+            curves = second_curves or curves
     fit_s = time.perf_counter() - started
     ran = len(curves.get("loss", [])) or epochs
     losses = curves.get("val_loss", [])
@@ -375,6 +435,7 @@ def run_fn(fn_args: FnArgs) -> None:
         "hyperparameters": {"learning_rate": learning_rate, **tuned, "tuned": bool(tuned)},
         "calibration": dataclasses.asdict(calibrated),
         "trained": {"from": "moodloop", "why": why},
+        "self_training": self_trained,
     }
     _write_summary(fn_args.model_run_dir, summary, curves, calibrated)
     projection = fit_projection(model, x_train)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moodloop.core import log_records
+from moodloop.core import labelling_journal, log_records
 from moodloop.core.contracts import (
     EMOTIONS,
     LABELLING_FACES,
@@ -115,7 +115,7 @@ def fill_queue(settings: Settings, since: datetime | float | str | None, reason:
         since = pd.Timestamp(since).to_pydatetime()
     faces = log_records.read_log(settings.inference_log_url, LOG_FACES, since).to_pandas()
     folder = Path(settings.labelling_dir)
-    answered = answered_ids(folder)
+    answered = labelling_journal.answered_ids(folder)
     if not faces.empty:
         faces["face_id"] = faces["request_id"] + "-" + faces["instance"].astype(str)
         faces = faces[~faces["face_id"].isin(answered)].drop_duplicates("face_id").reset_index(drop=True)
@@ -147,6 +147,11 @@ def fill_queue(settings: Settings, since: datetime | float | str | None, reason:
         )
     queue = {
         "created": now,
+        # the kept faces the queue chose from began here (Unix time; None: since the log began): the
+        # Trainer's self-training pseudo-labels the unanswered ones (components/self_training.py)
+        "since": (since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp()
+        if isinstance(since, datetime)
+        else since,
         "reason": reason,
         "strategy": strategy,
         "kept_faces": int(len(faces)),
@@ -155,18 +160,6 @@ def fill_queue(settings: Settings, since: datetime | float | str | None, reason:
     }
     atomic_write_bytes(folder / LABELLING_QUEUE, json.dumps(queue, indent=1).encode())
     return {"queued": len(entries), "strategy": strategy, "from_faces": int(len(faces)), "budget": queue["budget"]}
-
-
-def answered_ids(folder: Path) -> set[str]:
-    """Faces someone has answered (labelled, not a face, or skipped), from the gateway's journal."""
-    journal = folder / "answers.jsonl"
-    ids = set()
-    for line in journal.read_text().splitlines() if journal.is_file() else []:
-        try:
-            ids.add(json.loads(line)["face_id"])
-        except (ValueError, KeyError):  # a line torn by a crash
-            continue
-    return ids
 
 
 def prune_live_faces(settings: Settings, now: float | None = None) -> int:

@@ -19,11 +19,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from moodloop.core import labelling_journal
 from moodloop.core.contracts import (
     EMOTIONS,
     LABEL_NOT_A_FACE,
     LABEL_SKIP,
     LABELLED_BATCH_PREFIX,
+    LABELLING_ANSWERS,
     LABELLING_FACES,
     LABELLING_QUEUE,
 )
@@ -60,13 +62,7 @@ class LabellingDesk:
 
     def _answered_ids(self) -> set[str]:
         if self._answered is None:
-            self._answered = set()
-            journal = self.folder / "answers.jsonl"
-            for line in journal.read_text().splitlines() if journal.is_file() else []:
-                try:
-                    self._answered.add(json.loads(line)["face_id"])
-                except (ValueError, KeyError):  # a line torn by a crash
-                    continue
+            self._answered = labelling_journal.answered_ids(self.folder)
         return self._answered
 
     def summary(self, queue: dict | None = None) -> dict:
@@ -114,7 +110,7 @@ class LabellingDesk:
         record = {"time": time.time(), "face_id": face_id, "answer": answer, "sender": sender}
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with (self.folder / "answers.jsonl").open("a") as fh:
+            with (self.folder / LABELLING_ANSWERS).open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             self._answered_ids().add(face_id)
         return face, complete

@@ -58,6 +58,9 @@ LABELLED_BATCH_PREFIX = "labelled-"
 # the gateway serves it to the Label tab and takes the answers.
 LABELLING_QUEUE = "queue.json"
 LABELLING_FACES = "faces"
+# Every answer, one JSON line each ({"face_id", "answer", ...}): the gateway appends, the queue and
+# the Trainer's self-training read which faces were answered (moodloop/core/labelling_journal.py)
+LABELLING_ANSWERS = "answers.jsonl"
 LABEL_NOT_A_FACE, LABEL_SKIP = "not_a_face", "skip"
 # Where each curated face came from, as a slice `source=<value>` the A/B gate guards like any slice:
 # generated faces, a team's labelled batch, corrections of served answers, or live faces labelled on

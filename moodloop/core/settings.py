@@ -111,6 +111,12 @@ class TrainingSettings:
     # ... and only while the champion still fits: its weights may score at most this much lower on
     # today's held-out faces than on its own when trained (more: the data has moved, train cold)
     warm_max_accuracy_drop: float = setting("MOODLOOP_WARM_MAX_ACCURACY_DROP", 0.03)
+    # Self-training after a drift (components/self_training.py): when the newest span is the labelling
+    # queue's answers, a first fit pseudo-labels the kept live faces nobody answered that it is
+    # sure of, and a second cold fit learns from both; they never enter the held-out faces
+    self_train: bool = setting("MOODLOOP_SELF_TRAIN", True)
+    self_train_confidence: float = setting("MOODLOOP_SELF_TRAIN_CONFIDENCE", 0.9)  # a pseudo-label's top probability
+    self_train_max_faces: int = setting("MOODLOOP_SELF_TRAIN_MAX_FACES", 8000)  # the newest unanswered faces
     tune: bool = setting("MOODLOOP_TUNE", False)  # a TFX Tuner (KerasTuner random search) before the Trainer
     tune_trials: int = setting("MOODLOOP_TUNE_TRIALS", 6)  # the Tuner's trials (each MOODLOOP_TUNE_EPOCHS epochs)
     tune_epochs: int = setting("MOODLOOP_TUNE_EPOCHS", 3)  # per trial

@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moodloop.core import accuracy_estimate
+from moodloop.core import accuracy_estimate, labelling_journal
 from moodloop.core.airflow_api import Airflow, unreachable_errors
 from moodloop.core.contracts import LABELLING_QUEUE, READY_MARKER
 from moodloop.core.files import publish_dir, write_private_text
@@ -672,9 +672,7 @@ def labelling_summary(settings: Settings) -> str:
         queue = json.loads(path.read_text())
     except (OSError, ValueError):
         return ""
-    from monitoring import labelling  # pandas: only when there is a queue to read
-
-    answered = labelling.answered_ids(settings.labelling_dir)
+    answered = labelling_journal.answered_ids(settings.labelling_dir)
     waiting = sum(f["face_id"] not in answered for f in queue.get("faces", []))
     return (
         f"labelling queue ({queue.get('strategy')}): {waiting} of {len(queue.get('faces', []))} faces wait for a "

@@ -188,6 +188,10 @@ def test_the_model_card_says_which_faces_the_gate_judged():
     page = model_card.card_html(card)
     accuracy = f"candidate {100 * gate['candidate_accuracy']:.1f} %"
     assert accuracy in page and "on the 100 held-out faces of current traffic (of 900)" in page
+    assert "Self-training" not in page  # this version had none
+    trained = {"self_training": {"pseudo_labelled": 1184, "unanswered_faces": 3500, "threshold": 0.9}}
+    card = model_card.card_content("8", data, {"accuracy": 0.8}, trained, gate, {}, {}, "run-8")
+    assert "1184 of 3500 kept live faces nobody labelled were pseudo-labelled" in model_card.card_html(card)
 
 
 def test_the_current_traffic_is_the_newest_span_only_when_it_is_labelled_live_faces():

@@ -5,6 +5,7 @@ of Keras (which cost about 28 s per training process)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +155,46 @@ def test_a_retrain_on_faces_labelled_after_a_drift_trains_cold(tmp_path):
         (curated / f"span-{span:05d}").mkdir(parents=True)
         (curated / f"span-{span:05d}" / "manifest.json").write_text(json.dumps({"faces_from": source}))
     assert newest_span_source(curated) == "batch"  # span 10, not span 2: by number
+
+
+def test_self_training_runs_only_on_a_retrain_on_the_labelling_queues_answers(tmp_path):
+    """The Trainer is given the kept live faces to pseudo-label only when the newest span is the
+    queue's answers and there is a queue (its `since` says where the kept faces began), and only
+    with self-training on; it keeps the faces it is sure of, with its own answer as their label."""
+    from components.pipeline import PipelineConfig, self_training_pool
+    from components.self_training import pseudo_label
+    from moodloop.core.settings import Settings
+
+    settings = Settings.from_env(home=tmp_path)
+    config = PipelineConfig.from_settings(settings)
+    curated, labelling_dir = Path(config.curated_dir), Path(config.labelling_dir)
+    (curated / "span-00001").mkdir(parents=True)
+    manifest = curated / "span-00001" / "manifest.json"
+    manifest.write_text(json.dumps({"faces_from": "batch", "written": 10}))
+    labelling_dir.mkdir(parents=True)
+    (labelling_dir / "queue.json").write_text(json.dumps({"since": 1764900000.5, "faces": []}))
+    assert self_training_pool(config) is None  # a regular batch: no drift behind it
+    manifest.write_text(json.dumps({"faces_from": "labelled", "written": 10}))
+    assert self_training_pool(config) == {
+        "log_url": str(settings.inference_log_url),
+        "since": 1764900000.5,
+        "labelling_dir": str(labelling_dir),
+    }
+    assert self_training_pool(PipelineConfig.from_settings(settings, self_train=False)) is None
+    (labelling_dir / "queue.json").unlink()
+    assert self_training_pool(config) is None  # the answers came some other way
+
+    probabilities = np.array([[0.95, 0.05, 0, 0, 0, 0, 0], [0.5, 0.5, 0, 0, 0, 0, 0], [0, 0, 0, 0.9, 0.1, 0, 0]])
+    images = np.arange(3, dtype=np.float32).reshape(3, 1, 1, 1)
+    pseudo = pseudo_label(probabilities, images, 0.9)
+    assert pseudo.labels.tolist() == [0, 3] and pseudo.images.ravel().tolist() == [0.0, 2.0]
+    assert pseudo.report == {
+        "unanswered_faces": 3,
+        "pseudo_labelled": 2,
+        "threshold": 0.9,
+        "per_class": [1, 0, 0, 1, 0, 0, 0],
+    }
+    assert pseudo_label(np.zeros((0, 7)), np.zeros((0, 48, 48, 1)), 0.9).report["pseudo_labelled"] == 0
 
 
 def test_canonical_order_depends_on_the_faces_only_not_on_their_order_or_standardisation():

@@ -79,3 +79,10 @@ def test_without_a_batch_the_loop_asks_for_labels_and_retrains_on_the_answers(tm
     assert json.loads((newest / "manifest.json").read_text())["faces_from"] == "labelled"
     gate = figures["retrain"]["gate"]
     assert gate and gate[0].startswith("A/B gate: "), gate  # the retrain on the answers reached the gate
+    # The Trainer's self-training found the kept live faces nobody answered (and only those): the
+    # queue's pool less the 40 answered
+    runs = (home / "tfx" / "Trainer" / "model_run").glob("*/history.json")
+    summaries = sorted(runs, key=lambda path: int(path.parent.name))  # by execution id: the retrain's last
+    self_trained = json.loads(summaries[-1].read_text())["self_training"]
+    assert self_trained["unanswered_faces"] == labels["pool_faces"] - 40, self_trained
+    assert self_trained["pseudo_labelled"] == sum(self_trained["per_class"]) <= self_trained["unanswered_faces"]

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from components import self_training
 from data import synthetic
 from data.readers import read_batch
 from monitoring import labelling
@@ -143,6 +144,13 @@ def test_drifted_faces_are_queued_labelled_in_the_label_tab_and_land_as_a_batch(
     assert not faces.rejected and len(faces.faces) == 5
     expected = {f"faces/{face_id}.png": EMOTIONS[truth[int(face_id.rsplit("-", 1)[1])]] for face_id in asked[2:]}
     assert {f.source: EMOTIONS[f.label] for f in faces.faces} == expected
+
+    # the Trainer's self-training reads the kept faces since the queue's `since`, less every answered one
+    assert queue["since"] == since.timestamp()
+    pool = self_training.Pool(str(settings.inference_log_url), queue["since"], str(settings.labelling_dir))
+    unanswered = self_training.unanswered_faces(pool, most=1000)
+    assert len(unanswered) == 33 and all(png.startswith(b"\x89PNG") for png in unanswered)
+    assert len(self_training.unanswered_faces(pool, most=5)) == 5
 
     # a new queue from the same faces does not ask again what was answered
     again = labelling.fill_queue(settings, since, reason="drift (again)")
