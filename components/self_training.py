@@ -10,7 +10,9 @@ people's labels alone, so a wrong pseudo-label can cost a candidate its blessing
 Measured before it was built (a bare fit, the drill's dim shift, seed 0, 2026-12-05): 4,000 clean
 faces + 500 loop-chosen labels reached 0.710 on fresh dim faces; adding the 1,184 of 3,500
 unlabelled dim faces it was >= 0.9 sure of (97 % of those pseudo-labels right) reached 0.796; a
-second round 0.787 (no gain, so one round); the 4,000-face labelled batch 0.832.
+second round 0.787 (no gain, so one round); the 4,000-face labelled batch 0.832. In the product it
+helped on some draws and not on others (docs/benchmarks.md), so the second fit is the candidate
+only when it scores at least as well as the first on the held-out faces (people's labels).
 """
 
 from __future__ import annotations
