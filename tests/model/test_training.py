@@ -197,6 +197,59 @@ def test_self_training_runs_only_on_a_retrain_on_the_labelling_queues_answers(tm
     assert pseudo_label(np.zeros((0, 7)), np.zeros((0, 48, 48, 1)), 0.9).report["pseudo_labelled"] == 0
 
 
+class _Answers:
+    """A stand-in model that answers each face with a fixed distribution: face value v -> class v % 7
+    with probability `sure`, except faces listed in `wrong`, answered as class 6."""
+
+    def __init__(self, sure: float, wrong: tuple[int, ...] = ()) -> None:
+        self.sure, self.wrong = sure, wrong
+
+    def predict(self, images, batch_size=None, verbose=0):
+        values = np.asarray(images).reshape(len(images), -1)[:, 0].astype(int)
+        classes = np.where(np.isin(values, self.wrong), 6, values % 7)
+        out = np.full((len(values), 7), (1 - self.sure) / 6)
+        out[np.arange(len(values)), classes] = self.sure
+        return out
+
+
+def test_self_training_keeps_the_second_fit_only_when_people_s_labels_do_not_say_it_is_worse(monkeypatch):
+    """components/trainer.py _self_train: the first fit pseudo-labels the unanswered faces it is sure
+    of, a fresh model is fitted on the training faces and those, and that one is the candidate
+    unless it scores lower on the held-out faces (people's labels) than the first."""
+    from components import self_training, trainer
+    from moodloop.core.settings import TrainingSettings
+
+    unanswered = np.arange(10, 30, dtype=np.float32).reshape(20, 1, 1, 1)
+    monkeypatch.setattr(self_training, "unanswered_faces", lambda pool, most: [b"png"] * 20)
+    monkeypatch.setattr(self_training, "transformed", lambda layer, encoded: unanswered)
+
+    class TransformOutput:
+        def transform_features_layer(self):
+            return None
+
+    x_eval = np.arange(7, dtype=np.float32).reshape(7, 1, 1, 1)
+    y_eval = np.arange(7)
+    faces = (np.zeros((3, 1, 1, 1), np.float32), np.zeros(3, np.int64), x_eval, y_eval)
+    fitted = []
+
+    def fit(model, x, y, class_weight):
+        fitted.append((len(y), sorted(class_weight)))
+        return {"loss": [1.0]}
+
+    first = _Answers(0.95)
+    for second, kept in ((_Answers(0.95), "second"), (_Answers(0.95, wrong=(0, 1)), "first")):
+        fitted.clear()
+        model, curves, report = trainer._self_train(
+            first, lambda s=second: s, fit, None, TrainingSettings(), TransformOutput(), faces
+        )
+        assert fitted == [(3 + 20, list(range(7)))]  # the 3 training faces and the 20 pseudo-labelled
+        assert report["pseudo_labelled"] == 20 and report["kept"] == kept
+        assert report["first_fit_held_out_accuracy"] == 1.0
+        assert (model, curves) == ((second, {"loss": [1.0]}) if kept == "second" else (first, None))
+    unsure = trainer._self_train(_Answers(0.5), lambda: None, fit, None, TrainingSettings(), TransformOutput(), faces)
+    assert unsure[1] is None and unsure[2]["pseudo_labelled"] == 0  # nothing sure enough: no second fit
+
+
 def test_canonical_order_depends_on_the_faces_only_not_on_their_order_or_standardisation():
     from components.model import in_canonical_order
 
