@@ -122,6 +122,7 @@ def trainer_config(config: PipelineConfig) -> dict[str, Any]:
     """The Trainer's and the Tuner's custom_config (JSON in the pipeline's IR): the training settings
     whole, and where the stable champion is (warm start). components/trainer.py reads it back with
     `training_from`, so a new training setting needs no key copied by hand."""
+    newest_source = newest_span_source(Path(config.curated_dir))
     return {
         "training": dataclasses.asdict(config.training),
         "champion": {
@@ -131,19 +132,20 @@ def trainer_config(config: PipelineConfig) -> dict[str, Any]:
         },
         # where the newest span's faces came from (its manifest's `faces_from`): a span of live faces
         # labelled on the loop's request follows a drift, and the Trainer then trains cold
-        "newest_span_source": newest_span_source(Path(config.curated_dir)),
+        "newest_span_source": newest_source,
         # ... and then the kept live faces nobody labelled, which it pseudo-labels (self_training_pool)
-        "self_training": self_training_pool(config),
+        "self_training": self_training_pool(config, newest_source),
     }
 
 
-def self_training_pool(config: PipelineConfig) -> dict | None:
+def self_training_pool(config: PipelineConfig, newest_source: str | None) -> dict | None:
     """components/self_training.py's Pool when this run retrains on the labelling queue's answers
-    (the newest span is `labelled`) and self-training is on: the inference log, when the queue's
-    kept faces began, and the labelling folder (whose journal says which faces were answered)."""
+    (`newest_source`, the newest span's, is `labelled`) and self-training is on: the inference log,
+    when the queue's kept faces began, and the labelling folder (whose journal says which faces
+    were answered)."""
     if not (config.training.self_train and config.labelling_dir and config.inference_log_url):
         return None
-    if newest_span_source(Path(config.curated_dir)) != SOURCE_LABELLED:
+    if newest_source != SOURCE_LABELLED:
         return None
     try:
         queue = json.loads((Path(config.labelling_dir) / LABELLING_QUEUE).read_text())

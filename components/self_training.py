@@ -58,14 +58,9 @@ def unanswered_faces(pool: Pool, most: int) -> list[bytes]:
     if str(pool.log_url).startswith("s3://"):
         log.info("self-training skipped: the kept live faces are in S3, which the Trainer does not read")
         return []
-    table = log_records.read_log(pool.log_url, LOG_FACES, since=pool.since)
-    if table.num_rows == 0:
-        return []
-    faces = table.to_pandas()
-    faces["face_id"] = faces["request_id"] + "-" + faces["instance"].astype(str)
-    answered = labelling_journal.answered_ids(Path(pool.labelling_dir))
-    faces = faces[~faces["face_id"].isin(answered)].drop_duplicates("face_id")
-    return [bytes(png) for png in faces["face_png"].tail(most)]
+    faces = log_records.read_log(pool.log_url, LOG_FACES, since=pool.since).to_pandas()
+    faces = labelling_journal.unanswered(faces, Path(pool.labelling_dir))
+    return [bytes(png) for png in faces["face_png"].tail(most)] if not faces.empty else []
 
 
 def transformed(tft_layer, encoded: list[bytes]) -> np.ndarray:

@@ -115,10 +115,7 @@ def fill_queue(settings: Settings, since: datetime | float | str | None, reason:
         since = pd.Timestamp(since).to_pydatetime()
     faces = log_records.read_log(settings.inference_log_url, LOG_FACES, since).to_pandas()
     folder = Path(settings.labelling_dir)
-    answered = labelling_journal.answered_ids(folder)
-    if not faces.empty:
-        faces["face_id"] = faces["request_id"] + "-" + faces["instance"].astype(str)
-        faces = faces[~faces["face_id"].isin(answered)].drop_duplicates("face_id").reset_index(drop=True)
+    faces = labelling_journal.unanswered(faces, folder)
     if faces.empty:
         why = "no live faces kept since the window began" + (
             "" if settings.serving.keep_live_faces else " (MOODLOOP_KEEP_LIVE_FACES is off)"

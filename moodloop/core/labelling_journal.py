@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from moodloop.core.contracts import LABELLING_ANSWERS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def answered_ids(folder: Path) -> set[str]:
@@ -20,3 +24,13 @@ def answered_ids(folder: Path) -> set[str]:
         except (ValueError, KeyError):  # a line torn by a crash
             continue
     return ids
+
+
+def unanswered(faces: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """The kept live faces (the inference log's faces table) nobody has answered, each once, with
+    its `face_id` (request id - instance, as the queue names it)."""
+    if faces.empty:
+        return faces
+    faces = faces.assign(face_id=faces["request_id"] + "-" + faces["instance"].astype(str))
+    answered = answered_ids(folder)
+    return faces[~faces["face_id"].isin(answered)].drop_duplicates("face_id").reset_index(drop=True)

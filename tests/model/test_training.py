@@ -161,7 +161,7 @@ def test_self_training_runs_only_on_a_retrain_on_the_labelling_queues_answers(tm
     """The Trainer is given the kept live faces to pseudo-label only when the newest span is the
     queue's answers and there is a queue (its `since` says where the kept faces began), and only
     with self-training on; it keeps the faces it is sure of, with its own answer as their label."""
-    from components.pipeline import PipelineConfig, self_training_pool
+    from components.pipeline import PipelineConfig, trainer_config
     from components.self_training import pseudo_label
     from moodloop.core.settings import Settings
 
@@ -173,16 +173,16 @@ def test_self_training_runs_only_on_a_retrain_on_the_labelling_queues_answers(tm
     manifest.write_text(json.dumps({"faces_from": "batch", "written": 10}))
     labelling_dir.mkdir(parents=True)
     (labelling_dir / "queue.json").write_text(json.dumps({"since": 1764900000.5, "faces": []}))
-    assert self_training_pool(config) is None  # a regular batch: no drift behind it
+    assert trainer_config(config)["self_training"] is None  # a regular batch: no drift behind it
     manifest.write_text(json.dumps({"faces_from": "labelled", "written": 10}))
-    assert self_training_pool(config) == {
+    assert trainer_config(config)["self_training"] == {
         "log_url": str(settings.inference_log_url),
         "since": 1764900000.5,
         "labelling_dir": str(labelling_dir),
     }
-    assert self_training_pool(PipelineConfig.from_settings(settings, self_train=False)) is None
+    assert trainer_config(PipelineConfig.from_settings(settings, self_train=False))["self_training"] is None
     (labelling_dir / "queue.json").unlink()
-    assert self_training_pool(config) is None  # the answers came some other way
+    assert trainer_config(config)["self_training"] is None  # the answers came some other way
 
     probabilities = np.array([[0.95, 0.05, 0, 0, 0, 0, 0], [0.5, 0.5, 0, 0, 0, 0, 0], [0, 0, 0, 0.9, 0.1, 0, 0]])
     images = np.arange(3, dtype=np.float32).reshape(3, 1, 1, 1)
