@@ -35,7 +35,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
-from components import accuracy_estimator
+from components import accuracy_estimator, live_faces
 from components.span_resolver import span_of
 from moodloop.core import encoded_images, slices, status
 from moodloop.core.contracts import (
@@ -52,9 +52,10 @@ from moodloop.core.contracts import (
     REFERENCE_PROFILE,
     SIGNATURE_EXAMPLES,
     SOURCE_ATTRIBUTE,
+    SOURCE_FEEDBACK,
     SOURCE_LABELLED,
 )
-from moodloop.core.image_properties import decode_grey
+from moodloop.core.image_properties import decode_grey, property_buckets
 from moodloop.core.log_records import PREDICTION_SCHEMA, Prediction, prediction_row
 from moodloop.core.rollout import Rollout
 from moodloop.core.settings import GateSettings
@@ -69,6 +70,10 @@ GATE_REPORT_JSON = "gate_report.json"
 GATE_REPORT_PNG = "gate_report.png"
 BIAS_REPORT_JSON = "bias_report.json"
 BIAS_REPORT_PNG = "bias_report.png"
+
+# The newest feedback-labelled live faces since a drift the gate judges on (components/live_faces.py):
+# McNemar's test gains little past a few thousand faces, and each costs both models a prediction.
+MOST_FEEDBACK_FACES = 5000
 
 
 def mcnemar_exact_p(candidate_only: int, champion_only: int) -> float:
@@ -209,7 +214,9 @@ def _f1(labels: np.ndarray, predicted: np.ndarray, k: int) -> float:
     return 2 * right / max(1, int((predicted == k).sum() + (labels == k).sum()))
 
 
-def _judged_faces(n: int, current: np.ndarray | None, thresholds: GateSettings) -> tuple[np.ndarray, dict]:
+def _judged_faces(
+    n: int, current: np.ndarray | None, thresholds: GateSettings, face_slices: list[dict[str, str]] | None = None
+) -> tuple[np.ndarray, dict]:
     """The mask of the faces the superiority test judges, and what it says about them."""
     every = np.ones(n, dtype=bool)
     if current is None or not current.any():
@@ -224,11 +231,16 @@ def _judged_faces(n: int, current: np.ndarray | None, thresholds: GateSettings) 
             else "all held-out faces (all of them are current traffic)"
         )
         return every, {"on": "all", "faces": n, "why": why}
+    # the current faces are the loop's asked-for ones (the newest span's) and feedback-labelled ones
+    sources = [face.get(SOURCE_ATTRIBUTE) for face in face_slices] if face_slices else [None] * n
+    feedback = sum(source == SOURCE_FEEDBACK for source, now in zip(sources, current, strict=True) if now)
+    asked = faces - feedback
     why = (
-        f"current traffic: the {faces} held-out faces of the newest span, live faces labelled on the loop's "
-        f"request; the other {n - faces} (earlier traffic) are guarded against a significant drop"
+        f"current traffic: {faces} live faces labelled by people since the drift ({asked} held out of those the "
+        f"loop asked about, {feedback} with a feedback label); the other {n - faces} (earlier traffic) are "
+        "guarded against a significant drop"
     )
-    return current, {"on": "current", "faces": faces, "why": why}
+    return current, {"on": "current", "faces": faces, "asked": asked, "feedback": feedback, "why": why}
 
 
 def decide(
@@ -275,7 +287,7 @@ def decide(
     n = len(labels)
     cand_correct = (candidate == labels).astype(np.float64)
     accuracy = float(cand_correct.mean()) if n else 0.0
-    judged, judged_on = _judged_faces(n, current if champion is not None else None, thresholds)
+    judged, judged_on = _judged_faces(n, current if champion is not None else None, thresholds, face_slices)
     result: dict = {
         "examples": n,
         "judged": judged_on,
@@ -485,6 +497,29 @@ def current_traffic(spans: np.ndarray, face_slices: list[dict[str, str]]) -> np.
     return newest & labelled if labelled[newest].all() else np.zeros(len(spans), dtype=bool)
 
 
+def feedback_examples(pool: live_faces.Pool | None) -> tuple[list[bytes], np.ndarray]:
+    """The kept live faces since the drift that carry a feedback label (components/live_faces.py), as
+    held-out tf.Examples of the curated contract with the slice source=feedback: typical current
+    traffic that no training set holds. The faces the loop asked about are the champion's hard
+    ones (the queue chose those it was unsure of); these are what users send."""
+    import tensorflow as tf
+
+    if pool is None:
+        return [], np.zeros(0, np.int64)
+    encoded, labels = live_faces.feedback_labelled_faces(pool, MOST_FEEDBACK_FACES)
+    examples = []
+    for png, label in zip(encoded, labels, strict=True):
+        pixels = decode_grey(png)
+        attributes = (property_buckets(pixels) if pixels is not None else {}) | {SOURCE_ATTRIBUTE: SOURCE_FEEDBACK}
+        feature = {
+            FEATURE_IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+            FEATURE_LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+            FEATURE_SLICES: tf.train.Feature(bytes_list=tf.train.BytesList(value=slices.encode(attributes))),
+        }
+        examples.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return examples, labels
+
+
 def example_slices(serialized: list[bytes]) -> list[dict[str, str]]:
     """Each face's slice attributes (the curated contract's `slice` feature; {} on older spans)."""
     import tensorflow as tf
@@ -502,6 +537,13 @@ def predict(model_dir: str, serialized: list[bytes], batch: int = 256) -> dict[s
     signature = tf.saved_model.load(model_dir).signatures[SIGNATURE_EXAMPLES]
     chunks = [signature(examples=tf.constant(serialized[i : i + batch])) for i in range(0, len(serialized), batch)]
     return {key: np.concatenate([c[key].numpy() for c in chunks]) for key in (chunks[0] if chunks else {})}
+
+
+def predict_classes(model_dir: str, serialized: list[bytes]) -> np.ndarray:
+    """The model's answer (class id) per serialized tf.Example."""
+    if not serialized:
+        return np.zeros(0, np.int64)
+    return predict(model_dir, serialized)[OUTPUT_PROBABILITIES].argmax(axis=1)
 
 
 def write_reference_profile(path: str, serialized: list[bytes], labels: np.ndarray, outputs: dict) -> int:
@@ -601,6 +643,9 @@ def ABGate(
     estimator_windows: Parameter[int],
     estimator_window_faces: Parameter[int],
     status_dir: Parameter[str] = "",
+    # After a drift, where the kept live faces are (JSON of components/live_faces.py's Pool; "null":
+    # not after a drift): those with a feedback label judge as current traffic.
+    feedback_pool: Parameter[str] = "",
 ) -> None:
     """Champion vs candidate on the same held-out faces; blesses (or not) for the Pusher. The
     verdict and its picture are also the latest gate status (moodloop/core/status.py) in `status_dir`."""
@@ -623,13 +668,24 @@ def ABGate(
     )
     serialized, labels, spans = split_examples_by_span(examples, "eval")
     outputs = predict(path_utils.serving_model_path(model.uri), serialized)
-    candidate = outputs[OUTPUT_PROBABILITIES].argmax(axis=1)
     champion_path = champion_dir(model_base, serving_config, model_name)
-    champion = predict(champion_path, serialized)[OUTPUT_PROBABILITIES].argmax(axis=1) if champion_path else None
-    adopted = bool(champion_path) and os.path.exists(os.path.join(champion_path, ADOPTED_RECORD))
     face_slices = example_slices(serialized)
-    current = current_traffic(spans, face_slices) if champion is not None else None
-    result = decide(labels, candidate, champion, thresholds, face_slices, adopted, current)
+    current = current_traffic(spans, face_slices)
+    # The curated held-out faces (above) make the reference profile and the accuracy estimator;
+    # the feedback-labelled live faces since a drift only judge, beside them.
+    live, live_labels = feedback_examples(live_faces.Pool.of(json.loads(feedback_pool or "null")))
+    if live:
+        log.info(f"{len(live)} feedback-labelled live faces since the drift judge as current traffic too")
+    judged_faces = serialized + live
+    judged_labels = np.concatenate([labels, live_labels])
+    candidate = np.concatenate(
+        [outputs[OUTPUT_PROBABILITIES].argmax(axis=1), predict_classes(path_utils.serving_model_path(model.uri), live)]
+    )
+    champion = predict_classes(champion_path, judged_faces) if champion_path else None
+    adopted = bool(champion_path) and os.path.exists(os.path.join(champion_path, ADOPTED_RECORD))
+    face_slices += example_slices(live)
+    current = np.concatenate([current, np.ones(len(live), dtype=bool)]) if champion is not None else None
+    result = decide(judged_labels, candidate, champion, thresholds, face_slices, adopted, current)
     result.update(champion=champion_path, candidate=model.uri, tfma_evaluation=evaluation.uri)
 
     os.makedirs(report.uri, exist_ok=True)

@@ -81,7 +81,9 @@ def _gate_faces_text(gate: dict) -> str:
     """Which held-out faces the gate's accuracies are on: all, or today's traffic (components/ab_gate.py)."""
     judged = gate.get("judged") or {}
     if judged.get("on") == "current":
-        return f"the {judged['faces']} held-out faces of current traffic (of {gate.get('examples')})"
+        feedback = judged.get("feedback") or 0
+        where = f", {feedback} of them with a feedback label" if feedback else ""
+        return f"the {judged['faces']} held-out faces of current traffic (of {gate.get('examples')}{where})"
     return f"{gate.get('examples')} faces"
 
 

@@ -138,20 +138,22 @@ def trainer_config(config: PipelineConfig) -> dict[str, Any]:
     }
 
 
-def self_training_pool(config: PipelineConfig, newest_source: str | None) -> dict | None:
-    """components/self_training.py's Pool when this run retrains on the labelling queue's answers
-    (`newest_source`, the newest span's, is `labelled`) and self-training is on: the inference log,
-    when the queue's kept faces began, and the labelling folder (whose journal says which faces
-    were answered)."""
-    if not (config.training.self_train and config.labelling_dir and config.inference_log_url):
-        return None
-    if newest_source != SOURCE_LABELLED:
+def live_faces_since_drift(config: PipelineConfig, newest_source: str | None) -> dict | None:
+    """components/live_faces.py's Pool when this run retrains on the labelling queue's answers
+    (`newest_source`, the newest span's, is `labelled`): the inference log, when the queue's kept
+    faces began, and the labelling folder (whose journal says which faces were answered)."""
+    if not (config.labelling_dir and config.inference_log_url) or newest_source != SOURCE_LABELLED:
         return None
     try:
         queue = json.loads((Path(config.labelling_dir) / LABELLING_QUEUE).read_text())
     except (OSError, ValueError):  # no queue: the labelled faces came some other way
         return None
     return {"log_url": config.inference_log_url, "since": queue.get("since"), "labelling_dir": config.labelling_dir}
+
+
+def self_training_pool(config: PipelineConfig, newest_source: str | None) -> dict | None:
+    """The kept live faces since the drift (live_faces_since_drift) when self-training is on."""
+    return live_faces_since_drift(config, newest_source) if config.training.self_train else None
 
 
 def newest_span_source(curated_dir: Path) -> str | None:
@@ -363,6 +365,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         model_name=config.model_name,
         **dataclasses.asdict(config.gate),  # the thresholds, one parameter each (GateSettings' fields)
         status_dir=config.status_dir,
+        # after a drift, the feedback-labelled live faces since it judge too (typical current traffic)
+        feedback_pool=json.dumps(live_faces_since_drift(config, newest_span_source(Path(config.curated_dir)))),
     ).with_id("ABGate")
     infra = infra_validator(config, trainer.outputs["model"], example_gen.outputs["examples"])
     # No `model` input: the Pusher pushes the InfraValidator's stamped copy, warm-up records included.

@@ -13,18 +13,17 @@ unlabelled dim faces it was >= 0.9 sure of (97 % of those pseudo-labels right) r
 second round 0.787 (no gain, so one round); the 4,000-face labelled batch 0.832. In the product it
 helped on some draws and not on others (docs/benchmarks.md), so the second fit is the candidate
 only when it scores at least as well as the first on the held-out faces (people's labels).
+Which kept faces are unlabelled (not answered, no feedback label): components/live_faces.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import numpy as np
 
-from moodloop.core import labelling_journal, log_records
-from moodloop.core.contracts import FACE_SIZE, FEATURE_IMAGE, LOG_FACES, NUM_CLASSES
+from moodloop.core.contracts import FACE_SIZE, FEATURE_IMAGE, NUM_CLASSES
 
 log = logging.getLogger("components.self_training")
 
@@ -32,35 +31,10 @@ ENCODE_BATCH = 512  # faces per call of the Transform graph
 
 
 @dataclasses.dataclass(frozen=True)
-class Pool:
-    """Where the Trainer finds the unlabelled faces (components/pipeline.py self_training_pool):
-    the inference log's kept live faces after `since` (the drifted window's start, from the
-    labelling queue), less the faces people answered (the labelling journal in `labelling_dir`)."""
-
-    log_url: str
-    since: float | None  # Unix time
-    labelling_dir: str
-
-    @classmethod
-    def of(cls, config: dict | None) -> Pool | None:
-        return cls(**config) if config else None
-
-
-@dataclasses.dataclass(frozen=True)
 class PseudoLabels:
     images: np.ndarray  # [M, 48, 48, 1] transformed faces the model was sure of
     labels: np.ndarray  # [M] its answers
     report: dict  # for the run's summary: kept, unanswered, pseudo-labelled, threshold, per class
-
-
-def unanswered_faces(pool: Pool, most: int) -> list[bytes]:
-    """The kept live faces' PNG bytes since the drift that nobody answered, the newest `most`."""
-    if str(pool.log_url).startswith("s3://"):
-        log.info("self-training skipped: the kept live faces are in S3, which the Trainer does not read")
-        return []
-    faces = log_records.read_log(pool.log_url, LOG_FACES, since=pool.since).to_pandas()
-    faces = labelling_journal.unanswered(faces, Path(pool.labelling_dir))
-    return [bytes(png) for png in faces["face_png"].tail(most)] if not faces.empty else []
 
 
 def transformed(tft_layer, encoded: list[bytes]) -> np.ndarray:

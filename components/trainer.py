@@ -27,6 +27,7 @@ from components import (
     edge,
     explain,
     fine_tune,
+    live_faces,
     model_contract,
     plots,
     self_training,
@@ -253,7 +254,7 @@ def _self_train(first, fresh_model, fit, pool, training: TrainingSettings, tf_tr
     the report for the training summary)."""
     x_train, y_train, x_eval, y_eval = faces
     started = time.perf_counter()
-    encoded = self_training.unanswered_faces(pool, training.self_train_max_faces)
+    encoded = live_faces.unanswered_faces(pool, training.self_train_max_faces)
     images = self_training.transformed(tf_transform_output.transform_features_layer(), encoded)
     probabilities = first.predict(images, batch_size=256, verbose=0) if len(images) else np.zeros((0, NUM_CLASSES))
     pseudo = self_training.pseudo_label(probabilities, images, training.self_train_confidence)
@@ -407,7 +408,7 @@ def run_fn(fn_args: FnArgs) -> None:
             return {k: [float(v) for v in values] for k, values in history.history.items()}
 
         curves = fit(model, x_train, y_train, weights)
-        pool = self_training.Pool.of(fn_args.custom_config.get("self_training"))
+        pool = live_faces.Pool.of(fn_args.custom_config.get("self_training"))
         if pool is not None and not warm.warm:
             faces = (x_train, y_train, x_eval, y_eval)
             model, second_curves, self_trained = _self_train(

@@ -64,11 +64,12 @@ LABELLING_ANSWERS = "answers.jsonl"
 LABEL_NOT_A_FACE, LABEL_SKIP = "not_a_face", "skip"
 # Where each curated face came from, as a slice `source=<value>` the A/B gate guards like any slice:
 # generated faces, a team's labelled batch, corrections of served answers, or live faces labelled on
-# the loop's request (the labelling queue's batches). The last three are real.
+# the loop's request (the labelling queue's batches). The last three are real. After a drift the
+# gate also judges on kept live faces with a feedback label (never curated: they only judge).
 SOURCE_ATTRIBUTE = "source"
 SOURCE_SYNTHETIC, SOURCE_BATCH, SOURCE_CORRECTIONS = "synthetic", "batch", "corrections"
-SOURCE_LABELLED = "labelled"
-REAL_SOURCES = (SOURCE_BATCH, SOURCE_CORRECTIONS, SOURCE_LABELLED)
+SOURCE_LABELLED, SOURCE_FEEDBACK = "labelled", "feedback"
+REAL_SOURCES = (SOURCE_BATCH, SOURCE_CORRECTIONS, SOURCE_LABELLED, SOURCE_FEEDBACK)
 
 # The curated-dataset contract: gzipped TFRecord files of tf.Example under
 # <curated>/span-<N>/, one span per accepted landing batch.

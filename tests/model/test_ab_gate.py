@@ -134,13 +134,22 @@ def test_after_a_drift_the_gate_judges_on_the_current_traffic_and_guards_the_ear
 
     result = decide(labels, candidate, champion, GATE, current=current)
     assert result["verdict"] == "BLESSED", result["reasons"]
-    assert result["judged"] == {"on": "current", "faces": 100, "why": result["judged"]["why"]}
-    assert "100 held-out faces of the newest span" in result["judged"]["why"]
+    assert result["judged"] == {
+        "on": "current",
+        "faces": 100,
+        "asked": 100,
+        "feedback": 0,
+        "why": result["judged"]["why"],
+    }
+    assert (
+        "100 live faces labelled by people since the drift (100 held out of those the loop asked"
+        in result["judged"]["why"]
+    )
     assert result["candidate_accuracy"] - result["champion_accuracy"] > 0.2  # on the current faces
     assert result["mcnemar"]["p_value"] < GATE.alpha
     assert result["earlier"]["faces"] == 800 and not result["earlier"]["regression"]
     assert result["all_faces"]["candidate_accuracy"] == pytest.approx((candidate == labels).mean())
-    assert "judged on current traffic: the 100 held-out faces" in "\n".join(describe(result))
+    assert "judged on current traffic: 100 live faces labelled by people" in "\n".join(describe(result))
 
 
 def test_a_candidate_that_heals_today_by_forgetting_yesterday_is_refused():
@@ -150,6 +159,44 @@ def test_a_candidate_that_heals_today_by_forgetting_yesterday_is_refused():
     assert result["mcnemar"]["p_value"] < GATE.alpha  # better on today's faces ...
     assert result["earlier"]["regression"] and result["verdict"] == "REJECTED"  # ... not at that price
     assert [r for r in result["reasons"] if r.startswith("earlier traffic: accuracy fell from")]
+
+
+def test_feedback_labelled_live_faces_judge_beside_the_hard_faces_the_loop_asked_about():
+    """The stack's drill with --labels loop:500 (2026-12-05): on the 101 held-out faces the queue had
+    asked about (the champion's hard ones) the candidate scored 0.713 against 0.723 and was refused,
+    while on 1,000 typical shifted faces it was better, 0.812 against 0.765. Live faces with a
+    feedback label since the drift are typical traffic: with them the gate sees the gain."""
+    from components import model_card
+
+    rng = np.random.default_rng(15)
+    labels = faces(800 + 100 + 1000, rng)
+    earlier, asked = np.arange(len(labels)) < 800, (np.arange(len(labels)) >= 800) & (np.arange(len(labels)) < 900)
+    champion = predictions(labels, np.select([earlier, asked], [0.87, 0.72], 0.765), rng)
+    candidate = predictions(labels, np.select([earlier, asked], [0.86, 0.71], 0.812), rng)
+    source = np.select([earlier, asked], ["synthetic", "labelled"], "feedback")
+    face_slices = [{"source": str(s)} for s in source]
+    without = np.flatnonzero(source != "feedback")  # the gate before feedback faces judged
+    refused = decide(
+        labels[without],
+        candidate[without],
+        champion[without],
+        GATE,
+        [face_slices[i] for i in without],
+        current=asked[without],
+    )
+    assert refused["judged"]["faces"] == 100 and refused["verdict"] == "REJECTED"
+
+    result = decide(labels, candidate, champion, GATE, face_slices, current=~earlier)
+    assert result["verdict"] == "BLESSED", result["reasons"]
+    assert result["judged"] | {"why": ""} == {"on": "current", "faces": 1100, "asked": 100, "feedback": 1000, "why": ""}
+    assert "(100 held out of those the loop asked about, 1000 with a feedback label)" in result["judged"]["why"]
+    assert result["earlier"]["faces"] == 800 and not result["earlier"]["regression"]
+    assert result["real_faces"] == 1100  # feedback faces are people's labels of real traffic
+    assert result["bias"]["slices"]["source=feedback"]["faces"] == 1000
+    data = {"spans": [], "class_counts": {}, "faces": 5000, "synthetic_sources": []}
+    card = model_card.card_content("9", data, {"accuracy": 0.8}, {}, result, {}, {}, "run-9")
+    page = model_card.card_html(card)
+    assert "on the 1100 held-out faces of current traffic (of 1900, 1000 of them with a feedback label)" in page
 
 
 def test_too_few_current_faces_and_no_champion_judge_on_all_faces():

@@ -161,7 +161,7 @@ def test_self_training_runs_only_on_a_retrain_on_the_labelling_queues_answers(tm
     """The Trainer is given the kept live faces to pseudo-label only when the newest span is the
     queue's answers and there is a queue (its `since` says where the kept faces began), and only
     with self-training on; it keeps the faces it is sure of, with its own answer as their label."""
-    from components.pipeline import PipelineConfig, trainer_config
+    from components.pipeline import PipelineConfig, live_faces_since_drift, trainer_config
     from components.self_training import pseudo_label
     from moodloop.core.settings import Settings
 
@@ -180,7 +180,10 @@ def test_self_training_runs_only_on_a_retrain_on_the_labelling_queues_answers(tm
         "since": 1764900000.5,
         "labelling_dir": str(labelling_dir),
     }
-    assert trainer_config(PipelineConfig.from_settings(settings, self_train=False))["self_training"] is None
+    no_self_training = PipelineConfig.from_settings(settings, self_train=False)
+    assert trainer_config(no_self_training)["self_training"] is None
+    # ... while the A/B gate still judges on the feedback-labelled ones among the same kept faces
+    assert live_faces_since_drift(no_self_training, "labelled") == trainer_config(config)["self_training"]
     (labelling_dir / "queue.json").unlink()
     assert trainer_config(config)["self_training"] is None  # the answers came some other way
 
@@ -216,11 +219,11 @@ def test_self_training_keeps_the_second_fit_only_when_people_s_labels_do_not_say
     """components/trainer.py _self_train: the first fit pseudo-labels the unanswered faces it is sure
     of, a fresh model is fitted on the training faces and those, and that one is the candidate
     unless it scores lower on the held-out faces (people's labels) than the first."""
-    from components import self_training, trainer
+    from components import live_faces, self_training, trainer
     from moodloop.core.settings import TrainingSettings
 
     unanswered = np.arange(10, 30, dtype=np.float32).reshape(20, 1, 1, 1)
-    monkeypatch.setattr(self_training, "unanswered_faces", lambda pool, most: [b"png"] * 20)
+    monkeypatch.setattr(live_faces, "unanswered_faces", lambda pool, most: [b"png"] * 20)
     monkeypatch.setattr(self_training, "transformed", lambda layer, encoded: unanswered)
 
     class TransformOutput:

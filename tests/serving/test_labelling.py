@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from components import self_training
+from components import live_faces
+from components.ab_gate import feedback_examples
 from data import synthetic
 from data.readers import read_batch
 from monitoring import labelling
@@ -145,12 +146,30 @@ def test_drifted_faces_are_queued_labelled_in_the_label_tab_and_land_as_a_batch(
     expected = {f"faces/{face_id}.png": EMOTIONS[truth[int(face_id.rsplit("-", 1)[1])]] for face_id in asked[2:]}
     assert {f.source: EMOTIONS[f.label] for f in faces.faces} == expected
 
-    # the Trainer's self-training reads the kept faces since the queue's `since`, less every answered one
+    # Users label 4 more kept faces by feedback (one twice: the latest counts), and one answered face
+    # too: the A/B gate judges on the 4, and self-training pseudo-labels neither them nor the answered
+    unasked = [i for i in range(40) if f"{request_id}-{i}" not in asked][:4]
+    for i in unasked:
+        sent = http.post("/v1/feedback", json={"request_id": request_id, "instance": i, "label": "angry"})
+        assert sent.status_code == 202, sent.text
+    for i in [*unasked, int(asked[-1].rsplit("-", 1)[1])]:
+        http.post("/v1/feedback", json={"request_id": request_id, "instance": i, "label": EMOTIONS[truth[i]]})
     assert queue["since"] == since.timestamp()
-    pool = self_training.Pool(str(settings.inference_log_url), queue["since"], str(settings.labelling_dir))
-    unanswered = self_training.unanswered_faces(pool, most=1000)
-    assert len(unanswered) == 33 and all(png.startswith(b"\x89PNG") for png in unanswered)
-    assert len(self_training.unanswered_faces(pool, most=5)) == 5
+    pool = live_faces.Pool(str(settings.inference_log_url), queue["since"], str(settings.labelling_dir))
+    deadline = time.monotonic() + 20
+    while len(judging := live_faces.feedback_labelled_faces(pool, most=1000)[1]) < 4 and time.monotonic() < deadline:
+        time.sleep(0.3)  # the feedback log is written in the background
+    assert judging.tolist() == [truth[i] for i in unasked]
+    unanswered = live_faces.unanswered_faces(pool, most=1000)
+    assert len(unanswered) == 29 and all(png.startswith(b"\x89PNG") for png in unanswered)
+    assert len(live_faces.unanswered_faces(pool, most=5)) == 5
+    import tensorflow as tf
+
+    examples, labels = feedback_examples(pool)
+    parsed = [tf.train.Example.FromString(e).features.feature for e in examples]
+    assert [f["label"].int64_list.value[0] for f in parsed] == labels.tolist() == judging.tolist()
+    assert all(b"source=feedback" in f["slice"].bytes_list.value for f in parsed)
+    assert len(feedback_examples(None)[0]) == 0  # not after a drift: none
 
     # a new queue from the same faces does not ask again what was answered
     again = labelling.fill_queue(settings, since, reason="drift (again)")

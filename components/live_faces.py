@@ -1,0 +1,82 @@
+"""The kept live faces since a drift, as the retrain after it uses them.
+
+After a drift the loop keeps a sample of the live faces (the inference log's faces table) and asks
+people to label a few hundred of them (the labelling queue). The kept faces then split three ways,
+each used once:
+- the faces people answered in the Label tab: a curated span like any batch (training and held-out
+  faces), so they are not read here;
+- the faces with a feedback label (`POST /v1/feedback`, from a user or a labelling tool that labels
+  what it is sent, not what the loop asked for): typical traffic that no model trained on, so the
+  A/B gate judges on them (components/ab_gate.py);
+- the rest, unlabelled: the Trainer pseudo-labels those it is sure of (components/self_training.py).
+A face with a feedback label never trains by self-training: a candidate judged on faces it learned
+from its own answers would be judged on its homework.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from moodloop.core import labelling_journal, log_records
+from moodloop.core.contracts import EMOTIONS, LOG_FACES, LOG_FEEDBACK
+
+log = logging.getLogger("components.live_faces")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """Where the retrain finds the kept live faces (components/pipeline.py live_faces_since_drift):
+    the inference log's kept faces after `since` (the drifted window's start, from the labelling
+    queue), less the faces people answered (the labelling journal in `labelling_dir`)."""
+
+    log_url: str
+    since: float | None  # Unix time
+    labelling_dir: str
+
+    @classmethod
+    def of(cls, config: dict | None) -> Pool | None:
+        return cls(**config) if config else None
+
+
+def _unanswered_with_feedback(pool: Pool):
+    """The kept faces since the drift nobody answered in the Label tab, each with its latest feedback
+    label (`feedback`: an EMOTIONS index, -1 without one), oldest first. None when the log is in S3."""
+    if str(pool.log_url).startswith("s3://"):
+        log.info("the kept live faces are in S3, which the retrain does not read: none are used")
+        return None
+    faces = log_records.read_log(pool.log_url, LOG_FACES, since=pool.since).to_pandas()
+    faces = labelling_journal.unanswered(faces, Path(pool.labelling_dir))
+    if faces.empty:
+        return faces.assign(feedback=np.zeros(0, np.int64))
+    feedback = log_records.read_log(pool.log_url, LOG_FEEDBACK, since=pool.since).to_pandas()
+    index = {emotion: i for i, emotion in enumerate(EMOTIONS)}
+    latest: dict[str, int] = {}  # a face labelled twice keeps its latest label
+    for request_id, instance, label in zip(
+        feedback.get("request_id", []), feedback.get("instance", []), feedback.get("label", []), strict=True
+    ):
+        if label in index:
+            latest[f"{request_id}-{instance}"] = index[label]
+    return faces.assign(feedback=[latest.get(face_id, -1) for face_id in faces["face_id"]])
+
+
+def unanswered_faces(pool: Pool, most: int) -> list[bytes]:
+    """The kept live faces' PNG bytes since the drift that nobody labelled (neither in the Label tab
+    nor by feedback), the newest `most`: what self-training may pseudo-label."""
+    faces = _unanswered_with_feedback(pool)
+    if faces is None or faces.empty:
+        return []
+    return [bytes(png) for png in faces[faces["feedback"] < 0]["face_png"].tail(most)]
+
+
+def feedback_labelled_faces(pool: Pool, most: int) -> tuple[list[bytes], np.ndarray]:
+    """The kept live faces since the drift that carry a feedback label and were not answered in the
+    Label tab (so no training set holds them), the newest `most`: (PNG bytes, EMOTIONS indices)."""
+    faces = _unanswered_with_feedback(pool)
+    if faces is None or faces.empty:
+        return [], np.zeros(0, np.int64)
+    labelled = faces[faces["feedback"] >= 0].tail(most)
+    return [bytes(png) for png in labelled["face_png"]], labelled["feedback"].to_numpy(np.int64)
