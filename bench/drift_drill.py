@@ -58,6 +58,7 @@ from moodloop.local.s3server import free_port
 REPO = Path(__file__).resolve().parent.parent
 AFTER_FACES = 1000  # the retrained model is measured on this many new shifted faces (not fed back)
 AFTER_SEED = 3000  # ... drawn with this generator seed (plus --seed's stride)
+DEFAULT_LABEL_MODE_FEEDBACK_SHARE = 0.25  # --labels loop|random: users label a quarter of their faces
 # "dim": dimmer light (darker, flatter) and blurrier faces; most of the information is still there,
 # so a retrain can learn it, but not all: at equal data a model learns dim faces 0.94-0.96 as well
 # as clean ones (docs/monitoring.md, "How close dim sits to its own limit"). "harsh": so dark that
@@ -87,6 +88,7 @@ class Drill:
     ) -> None:
         self.args = args
         self.mode, self.budget = labels_of(args)
+        self.feedback_share = feedback_share_of(args, self.mode)
         # --seed N draws other faces everywhere (batches, traffic, labels) and seeds the training
         self.seed_base = SEED_STRIDE * getattr(args, "seed", 0)
         self.env = env or {
@@ -114,6 +116,7 @@ class Drill:
         self.rest = f"http://127.0.0.1:{self.env['MOODLOOP_REST_PORT']}"
         self.gateway: GatewayProcess | None = None
         self.labels_delayed = 0  # labels the feedback rate limit sent back to wait (429, Retry-After)
+        self.feedback_sent = 0  # feedback labels on live faces (not the Label tab's answers)
 
     def run(self, *command: str) -> str:
         done = subprocess.run(command, env=self.env, cwd=REPO, capture_output=True, text=True)
@@ -155,6 +158,7 @@ class Drill:
             time.sleep(max(sent["_retry_after"], 0.05))
         if "_status" in sent:
             raise RuntimeError(f"feedback refused ({sent['_status']}): {sent.get('error')}")
+        self.feedback_sent += 1
 
     @staticmethod
     def wait_until(check, timeout: float, what: str):
@@ -171,11 +175,12 @@ class Drill:
     def traffic(
         self, seed: int, shift: synthetic.Shift | None, label: str = "", feedback: bool = True, faces: int = 0
     ) -> float:
-        """One window of live requests (25 faces each) with feedback labels; returns the accuracy."""
+        """One window of live requests (25 faces each) with feedback labels on --feedback-share of the
+        faces; returns the accuracy."""
         n = faces or self.args.window
         pixels, labels = synthetic.generate_arrays(n, seed=self.seed_base + seed, shift=shift or synthetic.Shift())
         path = f"/v1/models/emotion/labels/{label}:predict" if label else "/v1/models/emotion:predict"
-        right = 0
+        right, share_draws = 0, np.random.default_rng(self.seed_base + seed)
         for start in range(0, len(pixels), 25):
             chunk = slice(start, start + 25)
             answer = self.call(
@@ -184,9 +189,10 @@ class Drill:
             predicted = np.array(answer["outputs"]["class_ids"])
             right += int((predicted == labels[chunk]).sum())
             self.truth[answer["_request_id"]] = labels[chunk]
-            if feedback:
+            if feedback:  # users label a share of what they send (--feedback-share)
                 for i, truth in enumerate(labels[chunk]):
-                    self.send_label({"request_id": answer["_request_id"], "instance": i, "label": EMOTIONS[truth]})
+                    if share_draws.random() < self.feedback_share:
+                        self.send_label({"request_id": answer["_request_id"], "instance": i, "label": EMOTIONS[truth]})
         time.sleep(2.5)  # the inference log's flush
         return right / len(pixels)
 
@@ -284,6 +290,7 @@ def drill(args: argparse.Namespace, home: Path, training: dict | None = None) ->
     finally:
         d.stop()
     figures["labels_delayed_by_rate_limit"] = d.labels_delayed
+    figures["feedback"] = {"share": d.feedback_share, "labels_sent": d.feedback_sent}
     return figures
 
 
@@ -299,6 +306,19 @@ def labels_of(args: argparse.Namespace) -> tuple[str, int]:
     if mode not in LABEL_MODES:
         raise SystemExit(f"--labels {mode!r}: one of {', '.join(LABEL_MODES)} (e.g. loop:500)")
     return mode, int(n) if n else args.faces
+
+
+def feedback_share_of(args: argparse.Namespace, mode: str) -> float:
+    """The share of live faces users label by feedback: --feedback-share, by default every face
+    with a batch (today's drill) and a quarter with loop or random labels, where labels are few.
+    The A/B gate judges a retrain after a drift on those faces too (typical traffic, which the
+    queue's choice is not), and self-training leaves them alone (components/live_faces.py)."""
+    share = getattr(args, "feedback_share", None)
+    if share is None:
+        return 1.0 if mode == "batch" else DEFAULT_LABEL_MODE_FEEDBACK_SHARE
+    if not 0.0 <= share <= 1.0:
+        raise SystemExit(f"--feedback-share {share}: a share between 0 and 1")
+    return share
 
 
 def label_settings(args: argparse.Namespace) -> dict[str, str]:
@@ -500,8 +520,10 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
     figures["train_runs_after_shift"] = train_runs_since(settings, shifted_wall)
     figures["scheduler_heartbeat_lag_s"] = lag_figures(lags)
     figures["canary_decisions"] = [decision_brief(d) for d in canary_decisions(home) if d.get("action") != "none"]
+    figures["gate_verdicts"] = gate_verdicts(settings)
     figures["drift_reports"] = str(home / "monitoring" / "drift")
     figures["labels_delayed_by_rate_limit"] = d.labels_delayed
+    figures["feedback"] = {"share": d.feedback_share, "labels_sent": d.feedback_sent}
     return figures
 
 
@@ -521,6 +543,21 @@ def canary_decisions(home: Path) -> list[dict]:
 
 def rolled_back(home: Path, version: int) -> bool:
     return any(d.get("action") == "rollback" and d.get("canary_version") == version for d in canary_decisions(home))
+
+
+def gate_verdicts(settings: Settings) -> list[dict]:
+    """Each A/B gate verdict of the drill's stack, oldest first: on which faces, both accuracies."""
+    reports = sorted(
+        (settings.pipeline_root / "ABGate" / "report").glob("*/gate_report.json"), key=lambda p: p.stat().st_mtime
+    )
+    verdicts = []
+    for path in reports:
+        gate = json.loads(path.read_text())
+        judged = {k: v for k, v in (gate.get("judged") or {}).items() if k != "why"}
+        numbers = {k: round(gate[k], 3) for k in ("candidate_accuracy", "champion_accuracy") if k in gate}
+        p_value = (gate.get("mcnemar") or {}).get("p_value")
+        verdicts.append({"verdict": gate.get("verdict"), "judged": judged, **numbers, "mcnemar_p": p_value})
+    return verdicts
 
 
 def decision_brief(decision: dict) -> dict:
@@ -605,6 +642,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--label-pool", type=int, default=0, help="--labels loop|random: live shifted faces to choose from (4 x N)"
+    )
+    parser.add_argument(
+        "--feedback-share",
+        type=float,
+        help="share of live faces the users label by feedback (default 1 with --labels batch, "
+        f"{DEFAULT_LABEL_MODE_FEEDBACK_SHARE} with loop or random: labels are few there)",
     )
     parser.add_argument("--shift", choices=sorted(SHIFTS), default="dim", help="which shift (default dim)")
     parser.add_argument(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from moodloop.core.contracts import EMOTIONS, LOG_FACES
+from moodloop.core.contracts import EMOTIONS, LOG_FACES, LOG_FEEDBACK
 from moodloop.core.log_records import read_log
 from tests.conftest import WIRING
 
@@ -80,13 +80,27 @@ def test_without_a_batch_the_loop_asks_for_labels_and_retrains_on_the_answers(tm
     assert json.loads((newest / "manifest.json").read_text())["faces_from"] == "labelled"
     gate = figures["retrain"]["gate"]
     assert gate and gate[0].startswith("A/B gate: "), gate  # the retrain on the answers reached the gate
-    # The Trainer's self-training found the kept live faces nobody answered (and only those): at
-    # least the queue's pool less the 40 answered, at most every face kept since the queue's `since`
-    # less those 40 (faces flushed to the log after the queue was filled may count: bounds, not
-    # timing)
+    # The kept live faces since the queue's `since` split three ways (components/live_faces.py): the
+    # 40 answered (curated), those with a feedback label (the drill's users label a quarter of the
+    # flagged window's faces: the A/B gate judges on them) and the rest (self-training's)
+    kept = read_log(home / "inference_log", LOG_FACES, since=queue["since"]).to_pandas()
+    kept_ids = set(kept["request_id"] + "-" + kept["instance"].astype(str))
+    feedback = read_log(home / "inference_log", LOG_FEEDBACK, since=queue["since"]).to_pandas()
+    answered = {a["face_id"] for a in answers}
+    with_feedback = (set(feedback["request_id"] + "-" + feedback["instance"].astype(str)) & kept_ids) - answered
+    assert figures["feedback"]["share"] == 0.25 and with_feedback
+    reports = (home / "tfx" / "ABGate" / "report").glob("*/gate_report.json")
+    (report,) = sorted(reports, key=lambda path: int(path.parent.name))[-1:]  # the retrain's
+    assert json.loads(report.read_text())["bias"]["slices"]["source=feedback"]["faces"] == len(with_feedback)
+    # self-training found the kept faces nobody labelled (and only those): at least the queue's pool
+    # less the answered and the feedback-labelled, at most every face kept since `since` less those
+    # (faces flushed to the log after the queue was filled may count: bounds, not timing)
     runs = (home / "tfx" / "Trainer" / "model_run").glob("*/history.json")
     summaries = sorted(runs, key=lambda path: int(path.parent.name))  # by execution id: the retrain's last
     self_trained = json.loads(summaries[-1].read_text())["self_training"]
-    kept_since = read_log(home / "inference_log", LOG_FACES, since=queue["since"]).num_rows
-    assert labels["pool_faces"] - 40 <= self_trained["unanswered_faces"] <= kept_since - 40, (self_trained, kept_since)
+    labelled = 40 + len(with_feedback)
+    assert labels["pool_faces"] - labelled <= self_trained["unanswered_faces"] <= len(kept_ids) - labelled, (
+        self_trained,
+        len(kept_ids),
+    )
     assert self_trained["pseudo_labelled"] == sum(self_trained["per_class"]) <= self_trained["unanswered_faces"]
