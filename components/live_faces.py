@@ -1,5 +1,8 @@
 """The kept live faces since a drift, as the retrain after it uses them.
 
+The newest kept faces, drift or not, are also the real-face anchors of fine-tuning a team's
+adopted network (components/fine_tune.py: `newest_kept_faces`).
+
 After a drift the loop keeps a sample of the live faces (the inference log's faces table) and asks
 people to label a few hundred of them (the labelling queue). The kept faces then split three ways,
 each used once:
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +84,17 @@ def feedback_labelled_faces(pool: Pool, most: int) -> tuple[list[bytes], np.ndar
         return [], np.zeros(0, np.int64)
     labelled = faces[faces["feedback"] >= 0].tail(most)
     return [bytes(png) for png in labelled["face_png"]], labelled["feedback"].to_numpy(np.int64)
+
+
+ANCHOR_HOURS = 24  # the anchors are read from the last day of kept faces: bounded by its hourly cap
+
+
+def newest_kept_faces(log_url: str, most: int) -> list[bytes]:
+    """The newest `most` kept live faces of the last ANCHOR_HOURS (PNG bytes), any label or none."""
+    if most <= 0 or not log_url:
+        return []
+    if str(log_url).startswith("s3://"):
+        log.info("the kept live faces are in S3, which the retrain does not read: none are used")
+        return []
+    faces = log_records.read_log(log_url, LOG_FACES, since=time.time() - ANCHOR_HOURS * 3600).to_pandas()
+    return [bytes(png) for png in faces["face_png"].tail(most)] if not faces.empty else []

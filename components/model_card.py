@@ -217,7 +217,15 @@ def _trained_html(trained: dict | None) -> str:
     if not trained:
         return ""
     what = "The champion's own network, fine-tuned" if trained.get("from") == "champion" else "moodloop's CNN"
-    return f"<p><b>{what}</b>: {html.escape(str(trained.get('why', '')))}.</p>"
+    anchors = ""
+    if trained.get("from") == "champion":
+        anchors = (
+            f" {trained['anchors']} kept live faces kept its own answers while it learned (real-face anchors, "
+            f"{trained.get('anchor_weight', 0):g} of the weight)."
+            if trained.get("anchors")
+            else " No kept live faces anchored it on real faces."
+        )
+    return f"<p><b>{what}</b>: {html.escape(str(trained.get('why', '')))}.{anchors}</p>"
 
 
 def _self_training_html(report: dict | None) -> str:

@@ -135,6 +135,8 @@ def trainer_config(config: PipelineConfig) -> dict[str, Any]:
         "newest_span_source": newest_source,
         # ... and then the kept live faces nobody labelled, which it pseudo-labels (self_training_pool)
         "self_training": self_training_pool(config, newest_source),
+        # the inference log, whose newest kept faces anchor a fine-tuning run (components/fine_tune.py)
+        "inference_log_url": config.inference_log_url,
     }
 
 

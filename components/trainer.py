@@ -206,12 +206,21 @@ def _fine_tune_champion(
     own preprocessing (the EdgeExporter converts and checks it as any version's)."""
     x_train, y_train, x_eval, y_eval = faces
     crops_train, crops_eval = fine_tune.raw_faces(tf_transform_output, x_train, x_eval)
+    log_url = fn_args.custom_config.get("inference_log_url") or ""
+    anchors = fine_tune.anchor_faces(live_faces.newest_kept_faces(log_url, training.fine_tune_anchors))
+    if not len(anchors) and training.fine_tune_anchors and training.fine_tune_anchor_weight:
+        log.warning(
+            "no kept live faces to anchor the fine-tuning on real faces (MOODLOOP_KEEP_LIVE_FACES=1 keeps "
+            "them): the network learns from the batch's faces alone"
+        )
     started = time.perf_counter()
-    tuned = fine_tune.fit(target, training, (crops_train, y_train, crops_eval, y_eval), weights)
+    tuned = fine_tune.fit(target, training, (crops_train, y_train, crops_eval, y_eval), weights, anchors)
     fit_s = time.perf_counter() - started
+    anchored = f"; {tuned.anchors} kept live faces kept its own answers" if tuned.anchors else ""
     log.info(
         f"fine-tuned {target.record['adopted_from']} for {tuned.epochs} epochs at learning rate "
         f"{tuned.learning_rate:g} ({tuned.layers_learning} layers with weights learning) in {fit_s:.1f} s"
+        f"{anchored}"
     )
     started = time.perf_counter()
     calibrated = calibration.calibrate(
@@ -230,7 +239,13 @@ def _fine_tune_champion(
         "warm_start": {"warm": True, "reason": why},
         "hyperparameters": {"learning_rate": tuned.learning_rate, "tuned": False},
         "calibration": dataclasses.asdict(calibrated),
-        "trained": {"from": "champion", "why": why, "layers_learning": tuned.layers_learning},
+        "trained": {
+            "from": "champion",
+            "why": why,
+            "layers_learning": tuned.layers_learning,
+            "anchors": tuned.anchors,
+            "anchor_weight": tuned.anchor_weight,
+        },
     }
     _write_summary(fn_args.model_run_dir, summary, tuned.curves, calibrated)
     fine_tune.export(target, tuned, module, fn_args.serving_model_dir, why)

@@ -28,6 +28,11 @@ NO_FACE = "free-mountain-vector-01.jpg"  # a mountain landscape, no face
 PHOTOS = (*LABELLED, MULTI_FACE, "single_face.jpg", NO_FACE)
 VIDEOS = ("single_face.mp4", "no_face.mp4")
 MEDIA = PHOTOS + VIDEOS
+# Real faces none of the judged photos above show (LABELLED, MULTI_FACE): two videos of one person
+# each (472 and 72 frames) and two photos; bench/adopted_retrain.py anchors fine-tuning on them, as
+# the kept live faces anchor it in the product (components/fine_tune.py).
+ANCHOR_VIDEOS = ("WolfgangLanger_Pexels.mp4", "single_face.mp4")
+ANCHOR_PHOTOS = ("Image_with_alpha.png", "single_face.jpg")
 
 
 FER = "fer==25.10.3"

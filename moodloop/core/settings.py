@@ -131,6 +131,11 @@ class TrainingSettings:
     fine_tune_learning_rate: float = setting("MOODLOOP_FINE_TUNE_LEARNING_RATE", 0.0001)  # Adam's, small: keep skill
     # how many of the network's last layers with weights learn; 0: all of them
     fine_tune_layers: int = setting("MOODLOOP_FINE_TUNE_LAYERS", 0)
+    # Real-face anchors (components/fine_tune.py): without them synthetic faces turned a real smile
+    # "neutral". The newest kept live faces of the last day, at most this many (0: none) ...
+    fine_tune_anchors: int = setting("MOODLOOP_FINE_TUNE_ANCHORS", 2000)
+    # ... keep the network's own answers while it learns, weighing this share of the labelled faces
+    fine_tune_anchor_weight: float = setting("MOODLOOP_FINE_TUNE_ANCHOR_WEIGHT", 1.0)
 
     def with_conf(self, **conf: Any) -> TrainingSettings:
         """These settings with a run's conf over them (e.g. a DAG run's `{"epochs": 5}`): None keeps

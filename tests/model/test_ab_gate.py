@@ -239,6 +239,13 @@ def test_the_model_card_says_which_faces_the_gate_judged():
     trained = {"self_training": {"pseudo_labelled": 1184, "unanswered_faces": 3500, "threshold": 0.9}}
     card = model_card.card_content("8", data, {"accuracy": 0.8}, trained, gate, {}, {}, "run-8")
     assert "1184 of 3500 kept live faces nobody labelled were pseudo-labelled" in model_card.card_html(card)
+    fine_tuned = {"trained": {"from": "champion", "why": "the champion is adopted", "anchors": 29}}
+    fine_tuned["trained"]["anchor_weight"] = 0.3
+    page = model_card.card_html(model_card.card_content("9", data, {"accuracy": 0.8}, fine_tuned, gate, {}, {}, "r"))
+    assert "fine-tuned</b>: the champion is adopted. 29 kept live faces kept its own answers" in page
+    fine_tuned["trained"]["anchors"] = 0
+    page = model_card.card_html(model_card.card_content("9", data, {"accuracy": 0.8}, fine_tuned, gate, {}, {}, "r"))
+    assert "No kept live faces anchored it on real faces." in page
 
 
 def test_the_current_traffic_is_the_newest_span_only_when_it_is_labelled_live_faces():

