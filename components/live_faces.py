@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from moodloop.core import labelling_journal, log_records
-from moodloop.core.contracts import EMOTIONS, LOG_FACES, LOG_FEEDBACK
+from moodloop.core.contracts import API_FACES_PAGE, EMOTIONS, LOG_FACES, LOG_FEEDBACK, LOG_PREDICTIONS
 
 log = logging.getLogger("components.live_faces")
 
@@ -46,9 +46,13 @@ class Pool:
         return cls(**config) if config else None
 
 
+UNLABELLED, CORRECTED = -1, -2  # a face's `feedback` without a label, or with one that is a correction
+
+
 def _unanswered_with_feedback(pool: Pool):
     """The kept faces since the drift nobody answered in the Label tab, each with its latest feedback
-    label (`feedback`: an EMOTIONS index, -1 without one), oldest first. None when the log is in S3."""
+    label (`feedback`: an EMOTIONS index, UNLABELLED, or CORRECTED), oldest first. None when the log
+    is in S3."""
     if str(pool.log_url).startswith("s3://"):
         log.info("the kept live faces are in S3, which the retrain does not read: none are used")
         return None
@@ -64,7 +68,15 @@ def _unanswered_with_feedback(pool: Pool):
     ):
         if label in index:
             latest[f"{request_id}-{instance}"] = index[label]
-    return faces.assign(feedback=[latest.get(face_id, -1) for face_id in faces["face_id"]])
+    # Feedback on a face of a photo the faces page analysed is a correction: it lands as a batch and
+    # trains, so it neither judges nor is pseudo-labelled.
+    if latest:
+        predictions = log_records.read_log(pool.log_url, LOG_PREDICTIONS, since=pool.since).to_pandas()
+        page = predictions[predictions["api"] == API_FACES_PAGE] if not predictions.empty else predictions
+        for face_id in page["request_id"] + "-" + page["instance"].astype(str) if not page.empty else []:
+            if face_id in latest:
+                latest[face_id] = CORRECTED
+    return faces.assign(feedback=[latest.get(face_id, UNLABELLED) for face_id in faces["face_id"]])
 
 
 def unanswered_faces(pool: Pool, most: int) -> list[bytes]:
@@ -73,7 +85,7 @@ def unanswered_faces(pool: Pool, most: int) -> list[bytes]:
     faces = _unanswered_with_feedback(pool)
     if faces is None or faces.empty:
         return []
-    return [bytes(png) for png in faces[faces["feedback"] < 0]["face_png"].tail(most)]
+    return [bytes(png) for png in faces[faces["feedback"] == UNLABELLED]["face_png"].tail(most)]
 
 
 def feedback_labelled_faces(pool: Pool, most: int) -> tuple[list[bytes], np.ndarray]:

@@ -51,6 +51,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from moodloop.core import status
+from moodloop.core.contracts import API_FACES_PAGE
 from serving import examples as tf_examples
 from serving.admission import RateLimiter, WorkSlots, bearer_matches
 from serving.backends import ServingError
@@ -363,7 +364,7 @@ class FacesEndpoints(_EndpointGroup):
 
             return await self._in_thread(run)
 
-        return await self._analyze(request, "faces", "image/jpeg", analyze)
+        return await self._analyze(request, API_FACES_PAGE, "image/jpeg", analyze)
 
     async def videos(self, request: Request) -> Response:
         dataplane, settings = self.dataplane, self.settings
@@ -413,7 +414,7 @@ class FacesEndpoints(_EndpointGroup):
         data = await self._upload(request)
         try:
             # Photos keep their face crops for corrections; videos and live webcam frames (live=1) do not.
-            keep_faces = api == "faces" and not _flag(request, "live")
+            keep_faces = api == API_FACES_PAGE and not _flag(request, "live")
             classify = self.dataplane.classifier(call, keep_faces)
             result, media = await analyze(data, classify, _flag(request, "annotate"))
         except ValueError as error:  # what the decoders say of a broken or hostile file

@@ -142,9 +142,13 @@ def emotion_index(name_or_index: str | int) -> int:
 # Probabilities are flat columns (prob_<emotion>) so Evidently reads them as plain numbers.
 LOG_PREDICTIONS = "predictions"
 LOG_FEEDBACK = "feedback"
+# The `api` of a face the faces page analysed (photos, and webcam frames): feedback on a photo's face
+# is a correction, which becomes training data (serving/corrections.py); on a predict call it is not.
+API_FACES_PAGE = "faces"
 # The live-face sample (opt-in, MOODLOOP_KEEP_LIVE_FACES): the face each prediction saw, as a 48x48
 # grey PNG, with its probabilities and embedding, under faces/ in the same hour partitions. The
-# labelling queue (monitoring/labelling.py) chooses from it; nothing else reads faces back.
+# labelling queue (monitoring/labelling.py) chooses from it; a retrain reads it back
+# (components/live_faces.py: self-training, the A/B gate's feedback-labelled faces, fine-tuning's anchors).
 LOG_FACES = "faces"
 LOG_IMAGE_PROPERTIES: tuple[str, ...] = (
     "brightness",  # mean grey level, 0..1

@@ -110,6 +110,38 @@ def test_the_live_face_sample_is_bounded_per_hour_and_pruned_after_its_days(tmp_
     assert {f["request_id"] for f in read_log(tmp_path / "log", LOG_FACES).to_pylist()} == {"r0", "r1", "r2"}
 
 
+def test_kept_faces_split_into_answered_feedback_labelled_corrected_and_unlabelled(tmp_path):
+    """components/live_faces.py: since the drift, a face answered in the Label tab is curated; one
+    with a feedback label judges (the A/B gate); one of a photo the faces page analysed whose
+    feedback is a correction trains as curated data, so it does neither; the rest self-train."""
+    from moodloop.core.log_records import Feedback
+
+    pixels, _ = synthetic.generate_arrays(6, seed=4)
+    log = InferenceLog(str(tmp_path / "log"), flush_seconds=60, faces_per_hour=100)
+    since = time.time() - 1
+    for i, face in enumerate(pixels):
+        prediction = _prediction(i, face, time.time())
+        prediction.api = "faces" if i == 3 else "rest"  # r3: a face of a photo on the faces page
+        log.log(prediction)
+    for request_id, label in (("r1", "sad"), ("r2", "angry"), ("r2", "happy"), ("r3", "fear"), ("r4", "bored")):
+        log.log(Feedback(request_id, 0, label))
+    log.close()
+    (tmp_path / "labelling").mkdir()
+    (tmp_path / "labelling" / "answers.jsonl").write_text('{"face_id": "r0-0", "answer": "sad"}\n')
+    pool = live_faces.Pool(str(tmp_path / "log"), since, str(tmp_path / "labelling"))
+    judging, labels = live_faces.feedback_labelled_faces(pool, most=10)
+    assert labels.tolist() == [EMOTIONS.index("sad"), EMOTIONS.index("happy")]  # r1, r2 (its latest label)
+    assert [np.asarray(Image.open(io.BytesIO(png))).tolist() for png in judging] == [
+        pixels[1].tolist(),
+        pixels[2].tolist(),
+    ]
+    unlabelled = live_faces.unanswered_faces(pool, most=10)  # r4 (an unknown label is none) and r5
+    assert [np.asarray(Image.open(io.BytesIO(png))).tolist() for png in unlabelled] == [
+        pixels[4].tolist(),
+        pixels[5].tolist(),
+    ]
+
+
 def test_drifted_faces_are_queued_labelled_in_the_label_tab_and_land_as_a_batch(running, labelling_desk):
     settings, desk = labelling_desk
     http = httpx.Client(base_url=f"http://127.0.0.1:{running.rest_port}", timeout=30)
