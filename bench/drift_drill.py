@@ -478,7 +478,9 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
     print("4. shifted traffic goes on while the loop retrains, canaries and promotes by itself", flush=True)
     deadline, canary, seeds = time.monotonic() + args.timeout, None, itertools.count()
     lags: list[float | None] = []  # the scheduler's heartbeat age at each window (its health endpoint)
-    labelled: dict = {"mode": d.mode, "budget": d.budget, "answered": 0, "complete": False}
+    rounds = getattr(args, "label_rounds", 1)
+    labelled: dict = {"mode": d.mode, "budget": d.budget, "rounds": rounds, "answered": 0, "batches": 0}
+    labelled["complete"] = False
     if d.mode != "batch":
         figures["labels"] = labelled
     while time.monotonic() < deadline:
@@ -528,12 +530,16 @@ def stack_drill(args: argparse.Namespace, home: Path) -> dict:
 
 
 def label_what_is_queued(d: Drill, labelled: dict, shifted_at: float) -> None:
-    """On the stack: the labellers answer what monitor_drift's queue task has queued so far."""
-    answered, labelled["complete"] = d.answer_queue(d.budget - labelled["answered"])
+    """On the stack: the labellers answer what monitor_drift's queue task has queued so far, one
+    budget after another while the drift lasts, for --label-rounds budgets at most."""
+    answered, batch_complete = d.answer_queue(d.budget * (labelled["batches"] + 1) - labelled["answered"])
     labelled["answered"] += answered
-    if labelled["complete"]:
-        labelled["seconds_shift_to_labels_landed"] = round(time.monotonic() - shifted_at, 1)
-        print(f"   {labelled['answered']} faces labelled; their batch lands", flush=True)
+    if batch_complete:
+        labelled["batches"] += 1
+        labelled.setdefault("seconds_shift_to_labels_landed", [])
+        labelled["seconds_shift_to_labels_landed"].append(round(time.monotonic() - shifted_at, 1))
+        labelled["complete"] = labelled["batches"] >= labelled["rounds"]
+        print(f"   {labelled['answered']} faces labelled; their batch lands (round {labelled['batches']})", flush=True)
 
 
 def canary_decisions(home: Path) -> list[dict]:
@@ -642,6 +648,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--label-pool", type=int, default=0, help="--labels loop|random: live shifted faces to choose from (4 x N)"
+    )
+    parser.add_argument(
+        "--label-rounds",
+        type=int,
+        default=1,
+        help="--stack --labels loop|random: the labellers go on answering the queue while the drift lasts, "
+        "up to this many batches of N (default 1)",
     )
     parser.add_argument(
         "--feedback-share",
