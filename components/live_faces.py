@@ -1,19 +1,21 @@
-"""The kept live faces since a drift, as the retrain after it uses them.
+"""The kept live faces (the inference log's faces table, MOODLOOP_KEEP_LIVE_FACES), as a retrain
+uses them.
 
-The newest kept faces, drift or not, are also the real-face anchors of fine-tuning a team's
-adopted network (components/fine_tune.py: `newest_kept_faces`).
-
-After a drift the loop keeps a sample of the live faces (the inference log's faces table) and asks
-people to label a few hundred of them (the labelling queue). The kept faces then split three ways,
-each used once:
+After a drift the loop asks people to label a few hundred of the faces kept since it began (the
+labelling queue). Those kept faces then split four ways, each used once:
 - the faces people answered in the Label tab: a curated span like any batch (training and held-out
   faces), so they are not read here;
 - the faces with a feedback label (`POST /v1/feedback`, from a user or a labelling tool that labels
   what it is sent, not what the loop asked for): typical traffic that no model trained on, so the
   A/B gate judges on them (components/ab_gate.py);
+- the faces of photos the faces page analysed whose feedback is a correction: a corrections batch
+  trains on them, so they do neither of the above or below;
 - the rest, unlabelled: the Trainer pseudo-labels those it is sure of (components/self_training.py).
 A face with a feedback label never trains by self-training: a candidate judged on faces it learned
 from its own answers would be judged on its homework.
+
+Drift or not, the newest kept faces are also the real-face anchors of fine-tuning a team's adopted
+network (components/fine_tune.py, `newest_kept_faces`).
 """
 
 from __future__ import annotations
