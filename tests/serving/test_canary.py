@@ -44,10 +44,11 @@ def send_traffic(http, settings, n: int, accuracy: dict[str, float], seed: int) 
     """n unpinned requests from n clients; feedback labels make each side right with the given rate."""
     rng = np.random.default_rng(seed)
     ids = set()
-    for _ in range(n):
+    for i in range(n):
         pixels = rng.integers(0, 255, (1, 48, 48)).tolist()
         body = {"signature_name": "serving_pixels", "inputs": {"pixels": pixels}}
-        response = http.post("/v1/models/emotion:predict", json=body, headers={"x-client-id": uuid.uuid4().hex})
+        # client ids of this seed: the same split into stable and canary on every run
+        response = http.post("/v1/models/emotion:predict", json=body, headers={"x-client-id": f"client-{seed}-{i}"})
         assert response.status_code == 200
         ids.add(response.headers["x-request-id"])
     rows = wait_for_rows(settings, ids)
@@ -57,12 +58,15 @@ def send_traffic(http, settings, n: int, accuracy: dict[str, float], seed: int) 
         right = rng.random() < accuracy[row["model_label"]]
         truth = row["predicted_class"] if right else EMOTIONS[(EMOTIONS.index(row["predicted_class"]) + 1) % 7]
         assert http.post("/v1/feedback", json={"request_id": row["request_id"], "label": truth}).status_code == 202
-    time.sleep(1.5)  # the feedback flush
+    deadline = time.monotonic() + 60
+    while not ids <= {r["request_id"] for r in read_log(settings.inference_log_url, "feedback").to_pylist()}:
+        assert time.monotonic() < deadline, "feedback labels missing from the inference log"
+        time.sleep(0.3)  # the feedback flush
     return sides
 
 
 def wait_for_rows(settings, ids: set[str]) -> list[dict]:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         rows = [r for r in read_log(settings.inference_log_url).to_pylist() if r["request_id"] in ids]
         if len(rows) == len(ids):
@@ -82,6 +86,10 @@ def test_a_good_canary_is_ramped_then_promoted(running, canary_home):
         decision = analyze(canary_home, FAST, metrics_url=metrics)
         print(describe(decision))
         shares.append(sides["canary"] / sum(sides.values()))
+        deadline = time.monotonic() + 10  # the gateway re-reads the traffic share every 0.5 s
+        while decision["action"] == "ramp" and running.dataplane.traffic.share() != pytest.approx(decision["share"]):
+            assert time.monotonic() < deadline, "the gateway did not take the new traffic share"
+            time.sleep(0.1)
         assert decision["action"] == ("promote" if step == 2 else "ramp"), decision["reasons"]
     assert shares[0] < 0.2 and 0.35 < shares[1] < 0.65 and shares[2] == 1.0  # the split followed the ramp
     policy = models_config.policies(models_config.read(canary_home.serving_config))["emotion"]
@@ -141,10 +149,10 @@ def test_without_labels_a_canary_that_answers_differently_is_rolled_back(running
     assert analyze(canary_home, strict, metrics_url=metrics)["action"] == "wait"
     rng = np.random.default_rng(3)
     ids = set()
-    for _ in range(200):
+    for i in range(200):  # client ids of their own: the same split on every run
         body = {"signature_name": "serving_pixels", "inputs": {"pixels": rng.integers(0, 255, (1, 48, 48)).tolist()}}
         ids.add(
-            http.post("/v1/models/emotion:predict", json=body, headers={"x-client-id": uuid.uuid4().hex}).headers[
+            http.post("/v1/models/emotion:predict", json=body, headers={"x-client-id": f"unlabelled-{i}"}).headers[
                 "x-request-id"
             ]
         )

@@ -71,7 +71,9 @@ def test_new_version_hot_loads_while_requests_flow_and_broken_ones_are_refused(t
             (base / "3" / "variables").mkdir(parents=True)
             (base / "4").mkdir()
             (base / "4" / "saved_model.pb").write_bytes(b"\x00 half written garbage")
-            time.sleep(1.5)
+            # traffic flows until the version poller has tried (and refused) the corrupt one
+            _wait(lambda: _status(client).get("4", ("",))[0] == "END")
+            time.sleep(0.5)
         finally:
             stop_flag.set()
             for worker in workers:
@@ -270,9 +272,9 @@ def test_the_log_keeps_its_records_while_s3_is_down_and_writes_them_when_it_retu
         stop(server)
         for i in range(5, 205):  # 200 more while S3 is down: 150 fit in the buffer, 50 overflow
             log.log(_prediction(i))
-        time.sleep(3)  # several flushes fail meanwhile
+        _wait(lambda: log.sink_failing)  # a flush failed (after the S3 client's own retries)
+        time.sleep(1.0)  # and more flushes fail meanwhile
         assert (log.written, log.buffered(), log.dropped, log.write_errors) == (5, 150, 50, 0)
-        assert log.sink_failing
         server = start_seaweedfs(tmp_path / "s3", port, access, secret, log_file=tmp_path / "weed.log")
         wait_for_s3(client, "logs")
         _wait(lambda: log.written == 155, timeout=120)

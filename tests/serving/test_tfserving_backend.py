@@ -17,6 +17,13 @@ from serving.gateway import serve_in_thread
 PIXELS = {"signature_name": "serving_pixels", "inputs": {"pixels": np.zeros((2, 48, 48), int).tolist()}}
 
 
+def _wait_until(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not in {timeout:.0f} s: {what}"
+        time.sleep(0.05)
+
+
 def test_a_gateway_in_front_of_a_tf_serving_protocol_server(running, gateway_settings, tmp_path):
     front_settings = dataclasses.replace(
         gateway_settings,
@@ -101,13 +108,16 @@ def test_two_replicas_share_the_load_and_one_killed_under_load_fails_no_request(
             clients = [threading.Thread(target=client) for _ in range(4)]
             for thread in clients:
                 thread.start()
-            time.sleep(2.0)
+            # Polled, not slept: on a loaded machine the clients and the health check run late.
+            _wait_until(lambda: all(r["calls"] > 20 for r in backend.replica_states()), "both replicas took a share")
             before_kill = {r["target"]: r["calls"] for r in backend.replica_states()}
             replicas[0].process.send_signal(signal.SIGKILL)
             replicas[0].process.wait(timeout=30)
-            time.sleep(1.0)  # the health check has seen it by now
+            _wait_until(lambda: not backend.replica_states()[0]["healthy"], "the health check saw the dead replica")
+            time.sleep(0.5)  # a request picked before the health check saw it may still be counted
             dead_calls = backend.replica_states()[0]["calls"]
-            time.sleep(2.0)
+            survivor = backend.replica_states()[1]["calls"]
+            _wait_until(lambda: backend.replica_states()[1]["calls"] > survivor + 20, "the survivor took the load")
             stop.set()
             for thread in clients:
                 thread.join(timeout=60)
@@ -117,7 +127,7 @@ def test_two_replicas_share_the_load_and_one_killed_under_load_fails_no_request(
             r.process.kill()
             r.process.wait(timeout=30)
 
-    assert len(outcomes) > 100 and set(outcomes) == {200}, sorted(set(outcomes))
+    assert len(outcomes) > 40 and set(outcomes) == {200}, sorted(set(outcomes))
     assert all(calls > 20 for calls in before_kill.values()), before_kill  # both took a share
     assert not states[0]["healthy"] and "UNAVAILABLE" in states[0]["reason"], states[0]
     assert states[0]["calls"] == dead_calls  # nothing sent to the dead one once it was seen dead
