@@ -51,6 +51,7 @@ from data import landing, synthetic
 from monitoring import drift
 from moodloop.core.contracts import EMOTIONS, LABELLED_BATCH_PREFIX
 from moodloop.core.gateway_process import GATEWAY_COMMAND, GatewayProcess, start_process
+from moodloop.core.log_records import read_log
 from moodloop.core.settings import PROFILES, Settings
 from moodloop.local import stack
 from moodloop.local.s3server import free_port
@@ -180,7 +181,7 @@ class Drill:
         n = faces or self.args.window
         pixels, labels = synthetic.generate_arrays(n, seed=self.seed_base + seed, shift=shift or synthetic.Shift())
         path = f"/v1/models/emotion/labels/{label}:predict" if label else "/v1/models/emotion:predict"
-        right, share_draws = 0, np.random.default_rng(self.seed_base + seed)
+        right, share_draws, window_began = 0, np.random.default_rng(self.seed_base + seed), time.time()
         for start in range(0, len(pixels), 25):
             chunk = slice(start, start + 25)
             answer = self.call(
@@ -193,8 +194,26 @@ class Drill:
                 for i, truth in enumerate(labels[chunk]):
                     if share_draws.random() < self.feedback_share:
                         self.send_label({"request_id": answer["_request_id"], "instance": i, "label": EMOTIONS[truth]})
-        time.sleep(2.5)  # the inference log's flush
+        self.wait_for_flush(answer["_request_id"], window_began)
         return right / len(pixels)
+
+    def wait_for_flush(self, request_id: str, since: float, timeout: float = 120) -> None:
+        """Until the gateway's inference log holds `request_id` (the window's last request), so the
+        drift job judges the whole window; a log in S3 is given a few flush periods instead."""
+        log_url = str(self.settings.inference_log_url)
+        if log_url.startswith("s3://"):
+            time.sleep(2.5)
+            return
+        deadline = time.monotonic() + timeout
+
+        def logged() -> bool:
+            table = read_log(log_url, since=since - 1)
+            return table.num_rows > 0 and request_id in set(table.column("request_id").to_pylist())
+
+        while not logged():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"request {request_id} not in the inference log after {timeout:.0f} s")
+            time.sleep(0.3)
 
     def retrain(self, settings: Settings, conf: dict) -> dict:
         """What the drift job calls: here the pipeline itself instead of the Airflow DAG run."""
