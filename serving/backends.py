@@ -29,6 +29,7 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.util import deprecation
 
 from moodloop.core import models_config
+from moodloop.core.files import version_of
 from serving.batching import BatcherClosedError, BatchingParameters, DynamicBatcher, QueueFullError, Tensors
 
 log = logging.getLogger("moodloop.serving")
@@ -522,9 +523,10 @@ class TFServingBackend:
         self._stop = threading.Event()
         self._checker: threading.Thread | None = None
         # GetModelMetadata per request would double the RPCs: signature defs are cached briefly
-        # (a new version or label move shows within SIGNATURE_TTL seconds), labels by file mtime.
+        # (a new version or label move shows within SIGNATURE_TTL seconds); labels are re-read when
+        # the config file changes (files.version_of).
         self._signature_cache: dict[tuple, tuple[float, int, dict]] = {}
-        self._labels_cache: tuple[float, dict] = (-1.0, {})
+        self._labels_cache: tuple[tuple[int, int, int] | None, dict] = (None, {})
         self._available_cache: dict[str, tuple[float, set[int]]] = {}
 
     def _connect(self, target: str) -> _Replica:
@@ -716,10 +718,10 @@ class TFServingBackend:
 
     def labels(self, model: str) -> dict[str, int]:
         try:
-            mtime = self.config_path.stat().st_mtime
-            if mtime != self._labels_cache[0]:
+            version = version_of(self.config_path)
+            if version != self._labels_cache[0]:
                 policies = models_config.policies(models_config.read(self.config_path))
-                self._labels_cache = (mtime, {name: dict(p.labels) for name, p in policies.items()})
+                self._labels_cache = (version, {name: dict(p.labels) for name, p in policies.items()})
         except (OSError, ValueError):
             return {}
         # Only labels TF Serving can already serve: right after a push it has not re-read the

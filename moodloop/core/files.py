@@ -14,6 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def version_of(path: Path) -> tuple[int, int, int]:
+    """What changes whenever the file does: (inode, mtime in ns, size). An atomic rewrite is a new
+    inode, so two writes within one tick of a coarse file-system clock still differ; by the mtime
+    alone a reader could keep the first of two quick writes."""
+    stat = os.stat(path)
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     """Write to a hidden temporary file beside `path`, then rename it over `path`."""
     path = Path(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from moodloop.core import alerts, models_config
-from moodloop.core.files import atomic_write_text
+from moodloop.core.files import atomic_write_text, version_of
 from moodloop.core.models_config import CANARY, STABLE
 
 __all__ = ["CANARY", "STABLE", "Rollout", "TrafficFile", "champion_version", "choose_label", "client_bucket"]
@@ -59,7 +59,7 @@ class TrafficFile:
     def __init__(self, path: Path, default_share: float) -> None:
         self.path = Path(path)
         self.default_share = default_share
-        self._mtime: float | None = None
+        self._version: tuple[int, int, int] | None = None
         self._share = default_share
         self._checked = float("-inf")
 
@@ -71,20 +71,20 @@ class TrafficFile:
             return self._share
         self._checked = now
         try:
-            mtime = self.path.stat().st_mtime
+            version = version_of(self.path)
         except FileNotFoundError:
             return self.default_share
-        if mtime != self._mtime:
+        if version != self._version:
             try:
                 self._share = _valid(json.loads(self.path.read_text())["canary_share"])
-                self._mtime = mtime
+                self._version = version
             except (ValueError, KeyError, TypeError, OSError):
                 pass  # a broken file keeps the last good share; `set` rewrites it
         return self._share
 
     def set(self, share: float) -> None:
         atomic_write_text(self.path, json.dumps({"canary_share": _valid(share)}))
-        self._share, self._mtime, self._checked = _valid(share), self.path.stat().st_mtime, time.monotonic()
+        self._share, self._version, self._checked = _valid(share), version_of(self.path), time.monotonic()
 
 
 def _valid(share: object) -> float:
