@@ -64,12 +64,13 @@ def _unanswered_with_feedback(pool: Pool):
         return faces.assign(feedback=np.zeros(0, np.int64))
     feedback = log_records.read_log(pool.log_url, LOG_FEEDBACK, since=pool.since).to_pandas()
     index = {emotion: i for i, emotion in enumerate(EMOTIONS)}
+    kept = set(faces["face_id"])  # feedback on anything else is not held: bounded by the kept faces
     latest: dict[str, int] = {}  # a face labelled twice keeps its latest label
     for request_id, instance, label in zip(
         feedback.get("request_id", []), feedback.get("instance", []), feedback.get("label", []), strict=True
     ):
-        if label in index:
-            latest[f"{request_id}-{instance}"] = index[label]
+        if label in index and (face_id := f"{request_id}-{instance}") in kept:
+            latest[face_id] = index[label]
     # Feedback on a face of a photo the faces page analysed is a correction: it lands as a batch and
     # trains, so it neither judges nor is pseudo-labelled.
     if latest:

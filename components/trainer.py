@@ -207,8 +207,9 @@ def _fine_tune_champion(
     x_train, y_train, x_eval, y_eval = faces
     crops_train, crops_eval = fine_tune.raw_faces(tf_transform_output, x_train, x_eval)
     log_url = fn_args.custom_config.get("inference_log_url") or ""
-    anchors = fine_tune.anchor_faces(live_faces.newest_kept_faces(log_url, training.fine_tune_anchors))
-    if not len(anchors) and training.fine_tune_anchors and training.fine_tune_anchor_weight:
+    wanted = training.fine_tune_anchors if training.fine_tune_anchor_weight > 0 else 0  # weight 0: not read
+    anchors = fine_tune.anchor_faces(live_faces.newest_kept_faces(log_url, wanted))
+    if wanted and not len(anchors):
         log.warning(
             "no kept live faces to anchor the fine-tuning on real faces (MOODLOOP_KEEP_LIVE_FACES=1 keeps "
             "them): the network learns from the batch's faces alone"
