@@ -6,8 +6,8 @@ faces drawn at random: the baseline the loop's choice is measured against).
 
 Per run it prints the shifted accuracy after the retrain and the retrain's candidate's own
 (`trained`: pushed or refused, on the same faces: what the labels taught); per seed the ratio
-loop/batch and the margin loop - random; then their means and spreads. `--product-defaults`
-trains with the product's settings instead of the drill's (issue 31.3). Goals (issue 31): loop's shifted accuracy
+loop/batch and the margin loop - random; then their means and spreads. Every run trains with
+the product's default settings (as the drill does). Goals (issue 31): loop's shifted accuracy
 >= 0.95 of batch's in the same run, and loop above random by a margin larger than its spread.
 
   .venv/orchestration/bin/python bench/label_budget.py                 # 3 seeds, ~60 minutes on 2 cores
@@ -39,7 +39,7 @@ MODES = ("batch:4000", "loop:500", "random:500")
 GOAL_LOOP_OVER_BATCH = 0.95
 
 
-def one_run(mode: str, seed: int, clean_windows: int, shift: str, product_defaults: bool = False) -> dict:
+def one_run(mode: str, seed: int, clean_windows: int, shift: str) -> dict:
     args = argparse.Namespace(
         stack=False,
         faces=4000,
@@ -51,12 +51,11 @@ def one_run(mode: str, seed: int, clean_windows: int, shift: str, product_defaul
         clean_windows=clean_windows,
         shift_windows=4,
         seed=seed,
-        product_defaults=product_defaults,
     )
     home = Path(tempfile.mkdtemp(prefix=f"moodloop-labels-{mode.replace(':', '')}-{seed}-"))
     started = time.monotonic()
     try:
-        figures = drift_drill.drill(args, home, training=drift_drill.training_of(args))
+        figures = drift_drill.drill(args, home)
         figures["candidate_shifted_accuracy"] = candidate_accuracy(home, seed, shift)
         figures["self_training"] = self_training_of(home)
     finally:
@@ -125,16 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(MODES), help=f"which runs (default {' '.join(MODES)})")
     parser.add_argument("--shift", choices=sorted(drift_drill.SHIFTS), default="dim")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
-    parser.add_argument(
-        "--product-defaults", action="store_true", help="train with the product's defaults, not the drill's settings"
-    )
     args = parser.parse_args(argv)
 
     rows: dict[tuple[int, str], dict] = {}
     for seed in args.seeds:
         for mode in args.modes:
             print(f"\n=== seed {seed}, --labels {mode} ===", flush=True)
-            rows[seed, mode] = f = one_run(mode, seed, args.clean_windows, args.shift, args.product_defaults)
+            rows[seed, mode] = f = one_run(mode, seed, args.clean_windows, args.shift)
             after = f.get("shifted_accuracy_after")
             print(f"=== after the retrain: {'nothing pushed' if after is None else f'{after:.3f}'}; {f.get('retrain')}")
             if args.json:  # after every run: an hour's figures survive a failure in a later one
