@@ -31,10 +31,26 @@ def _is_free(port: int) -> bool:
         return True
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        return int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    """A free loopback port whose +10000 neighbour is free too: SeaweedFS serves gRPC there."""
+    """A free loopback port whose +10000 neighbour is free too: SeaweedFS serves gRPC there.
+
+    Both below the kernel's ephemeral range: a port is bound some time after it was found free,
+    and in that range any outgoing connection of the machine may take it meanwhile."""
+    lowest, highest = 10000, _first_ephemeral_port() - 10001
+    if highest < 12000:  # an ephemeral range that starts unusually low: no room below it
+        lowest, highest = 20000, 45000
     for _ in range(200):
-        port = random.randint(20000, 45000)
+        port = random.randint(lowest, highest)
         if _is_free(port) and _is_free(port + 10000):
             return port
     raise RuntimeError("no free port pair found on 127.0.0.1")

@@ -251,9 +251,10 @@ def test_the_loop_runs_by_itself_and_answers_rest_and_the_ui(stack, tmp_path):
     pixels, _ = synthetic.generate_arrays(250, seed=123)
     body = json.dumps({"signature_name": "serving_pixels", "inputs": {"pixels": pixels.tolist()}}).encode()
     gateway = f"http://127.0.0.1:{env['MOODLOOP_REST_PORT']}/v1/models/emotion:predict"
+    sent_at = time.time()
     with urllib.request.urlopen(urllib.request.Request(gateway, data=body), timeout=60) as response:
         assert response.status == 200
-    time.sleep(8)  # the inference log's flush interval
+    _wait_until_logged(settings, since=sent_at - 1, rows=len(pixels))
     run_id = api.trigger("monitor_drift", {})
     api.wait_for(
         "monitor_drift",
@@ -286,6 +287,17 @@ def test_make_run_default_comes_up_on_sqlite_and_stops_clean(tmp_path):
         assert "(profile embedded)" in shown and "PostgreSQL" not in shown and "replica" not in shown, shown
     finally:
         _stopped_clean(command, env)
+
+
+def _wait_until_logged(settings: Settings, since: float, rows: int, timeout: float = 120) -> None:
+    """Until the gateway's inference log holds `rows` predictions since `since` (it flushes on a
+    period, later on a loaded machine), so the drift job judges them all."""
+    from moodloop.core.log_records import read_log
+
+    deadline = time.monotonic() + timeout
+    while (logged := read_log(settings.inference_log_url, since=since).num_rows) < rows:
+        assert time.monotonic() < deadline, f"{logged} of {rows} predictions in the inference log after {timeout} s"
+        time.sleep(0.5)
 
 
 def _trainer_processes() -> list[int]:
