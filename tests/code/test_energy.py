@@ -49,5 +49,6 @@ def test_a_sleeping_block_costs_its_ram_and_almost_no_cpu():
     import psutil
 
     ram_watts = model.ram_watts(psutil.Process().memory_info().rss / 1e9)
-    assert reading.seconds == pytest.approx(1.0, abs=0.2)
+    # the block's wall time: a sleep never ends early, and may end late on a loaded machine
+    assert 0.99 <= reading.seconds < 2.0, reading
     assert reading.joules == pytest.approx(ram_watts * reading.seconds, rel=0.05), reading
