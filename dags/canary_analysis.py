@@ -14,11 +14,14 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG
 
-from moodloop.core import alerts
+from moodloop.core import alerts, warm_python
 from moodloop.core.settings import REPO_ROOT, Settings
 
 SETTINGS = Settings.from_env()
 PYTHON = SETTINGS.pipeline_python
+# Each task runs `python -m MODULE` through the stack's warm Python when it runs (no TensorFlow
+# import of its own), else in its own process as before: moodloop/core/warm_python.py
+WARM = warm_python.__name__
 
 with DAG(
     dag_id="canary_analysis",
@@ -34,6 +37,6 @@ with DAG(
 ) as dag:
     BashOperator(
         task_id="analyze_canary",
-        bash_command=f'"{PYTHON}" -m monitoring.canary analyze',
+        bash_command=f'"{PYTHON}" -m {WARM} monitoring.canary analyze',
         cwd=str(REPO_ROOT),
     )

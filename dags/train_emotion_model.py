@@ -15,12 +15,15 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
-from moodloop.core import alerts
+from moodloop.core import alerts, warm_python
 from moodloop.core.airflow_assets import CURATED_FACES
 from moodloop.core.settings import REPO_ROOT, Settings
 
 NODES = json.loads((REPO_ROOT / "components" / "pipeline_nodes.json").read_text())
 PYTHON = Settings.from_env().pipeline_python
+# Each task runs `python -m MODULE` through the stack's warm Python when it runs (no TensorFlow
+# import of its own), else in its own process as before: moodloop/core/warm_python.py
+WARM = warm_python.__name__
 RUN_ENV = {"RUN_ID": "{{ run_id }}", "RUN_CONF": "{{ dag_run.conf | tojson }}"}
 
 with DAG(
@@ -43,7 +46,7 @@ with DAG(
 ) as dag:
     compile_pipeline = BashOperator(
         task_id="compile_pipeline",
-        bash_command=f'"{PYTHON}" -m components.node_runner compile --run-id "$RUN_ID" --conf "$RUN_CONF"',
+        bash_command=f'"{PYTHON}" -m {WARM} components.node_runner compile --run-id "$RUN_ID" --conf "$RUN_CONF"',
         env=RUN_ENV,
         append_env=True,
         cwd=str(REPO_ROOT),
@@ -51,7 +54,7 @@ with DAG(
     components = {
         node["id"]: BashOperator(
             task_id=node["id"],
-            bash_command=f'"{PYTHON}" -m components.node_runner run --run-id "$RUN_ID" --node {node["id"]}',
+            bash_command=f'"{PYTHON}" -m {WARM} components.node_runner run --run-id "$RUN_ID" --node {node["id"]}',
             env=RUN_ENV,
             append_env=True,
             cwd=str(REPO_ROOT),

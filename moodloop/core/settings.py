@@ -288,6 +288,12 @@ class AirflowSettings:
     # This process's name among the Celery workers (the stack sets it per worker): Airflow records
     # it as the task instance's hostname, so one can tell which worker ran what on one machine.
     worker_name: str = setting("MOODLOOP_WORKER_NAME", "")
+    # The local stack's warm Python (moodloop/core/warm_python.py): the pipeline env's tasks fork
+    # from a process that imported TensorFlow and TFX once, instead of importing them (5-7 s a task)
+    warm_python: bool = setting("MOODLOOP_WARM_PYTHON", True)
+    warm_python_socket: Path = setting(
+        "MOODLOOP_WARM_PYTHON_SOCKET", under_home="stack/warm-python.sock"
+    )  # where it listens (mode 600: this user only)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moodloop.core import accuracy_estimate, labelling_journal
+from moodloop.core import accuracy_estimate, labelling_journal, warm_python
 from moodloop.core.airflow_api import Airflow, unreachable_errors
 from moodloop.core.contracts import LABELLING_QUEUE, READY_MARKER
 from moodloop.core.files import publish_dir, write_private_text
@@ -64,6 +64,23 @@ STACK_PROFILE = "MOODLOOP_PROFILE"
 
 GATEWAY = "gateway"
 EVIDENTLY_UI = "evidently-ui"
+WARM_PYTHON = "warm-python"
+# What the warm Python imports once (moodloop/core/warm_python.py): what a training run's tasks
+# import, not the modules they run (those run fresh in each task's process)
+WARM_PYTHON_PRELOAD = (
+    "tensorflow",
+    "tf_keras",
+    "apache_beam",
+    "tensorflow_transform",
+    "tensorflow_data_validation",
+    "tensorflow_model_analysis",
+    "tfx.dsl.compiler.compiler",
+    "tfx.orchestration.metadata",
+    "tfx.orchestration.portable.launcher",
+    "tfx.orchestration.local.runner_utils",
+    "components.pipeline",
+    "components.trainer",
+)
 REDIS = "redis"
 POSTGRES = "postgres"
 AIRFLOW_DB_STEP = "airflow-db"  # a oneshot: the metadata DB created or migrated before Airflow starts
@@ -431,7 +448,24 @@ def service_table(settings: Settings) -> list[Service]:
     command = [str(Path(sys.executable).with_name("evidently")), "ui", "--workspace", str(workspace)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     services.append(Service(EVIDENTLY_UI, command, marked, about=f"http://127.0.0.1:{port}"))
+    warm = warm_python_service(settings, marked)
+    if warm is not None:
+        services.append(warm)
     return services
+
+
+def warm_python_service(settings: Settings, env: dict[str, str]) -> Service | None:
+    """The pipeline env's warm Python: last, and never waited for (a task that comes before its
+    socket exists imports TensorFlow itself, as without it)."""
+    socket_path = settings.airflow.warm_python_socket
+    if not settings.airflow.warm_python:
+        return None
+    if len(str(socket_path)) > warm_python.MAX_SOCKET_PATH:
+        logging.warning("no warm Python: its socket path is longer than a Unix socket allows: %s", socket_path)
+        return None
+    command = [str(settings.pipeline_python), "-m", "moodloop.core.warm_python", "--serve"]
+    command += ["--socket", str(socket_path), "--preload", ",".join(WARM_PYTHON_PRELOAD)]
+    return Service(WARM_PYTHON, command, env, REPO_ROOT, about=f"{socket_path}, the pipeline tasks' imports done once")
 
 
 def prepare_airflow_db(settings: Settings) -> int:
