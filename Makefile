@@ -51,8 +51,9 @@ format: setup  ## ruff format + autofix
 	.venv/orchestration/bin/ruff check --fix .
 	.venv/orchestration/bin/ruff format .
 
-bench: setup  ## benchmarks, each as a ratio to its baseline: pipeline vs bare fit; gateway vs raw model (Python and C clients); MTCNN vs Haar; webcam frames/s
+bench: setup  ## benchmarks, each as a ratio to its baseline: pipeline vs bare fit; tasks warm vs own process; gateway vs raw model (Python and C clients); MTCNN vs Haar; webcam frames/s
 	$(PIPELINE_PY) bench/pipeline_overhead.py --sizes 2000 10000 --warm
+	$(PIPELINE_PY) bench/task_start.py
 	$(PIPELINE_PY) bench/serving_throughput.py
 	$(PIPELINE_PY) bench/serving_load.py
 	$(PIPELINE_PY) bench/face_detection.py
