@@ -8,8 +8,8 @@ is skipped in its run): `compile` (the compile_pipeline task), `ImportSchemaGen`
 `champion_resolver` (the components without upstream data). Rounds alternate cold and warm, so a
 busy moment hurts both alike.
 
-Prints per task the median wall time of each side and their ratio (goal: >= 5x on the tasks whose
-own work is small, which is most of a run's dozen tasks), and the task processes' own CPU time:
+Prints per task the median wall time of each side and their ratio, and the three together (goal:
+>= 5x: most of a run's dozen tasks do little work of their own), and the task processes' CPU time:
 the warm side's work happens in the server's fork, so its client must stay near zero CPU (it
 only waits).
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moodloop.local.stack import WARM_PYTHON_PRELOAD  # noqa: E402 - after the path
+from moodloop.local.stack import WARM_PYTHON_PRELOAD
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ("compile", "ImportSchemaGen", "champion_resolver")
