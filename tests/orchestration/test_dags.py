@@ -35,6 +35,7 @@ def test_train_dag_has_one_task_per_tfx_component_wired_like_the_pipeline(dagbag
     for node in NODES:
         task = dag.get_task(node["id"])
         assert task.upstream_task_ids == {"compile_pipeline", *node["upstream"]}
+        assert "-m moodloop.core.warm_python components.node_runner run --run-id" in task.bash_command
         assert f"--node {node['id']}" in task.bash_command
     assert dag.max_active_runs == 1, "one training at a time"
     assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["curated_faces"]
@@ -50,7 +51,8 @@ def test_ingest_dag_branches_to_curate_quarantine_or_skip(dagbag):
 def test_canary_dags_run_the_analysis_on_a_schedule_and_promote_or_rollback_by_hand(dagbag):
     analysis = dagbag.dags["canary_analysis"]
     assert analysis.schedule is not None and analysis.max_active_runs == 1
-    assert "-m monitoring.canary analyze" in analysis.get_task("analyze_canary").bash_command
+    # through the stack's warm Python when it runs (moodloop/core/warm_python.py), else on its own
+    assert "-m moodloop.core.warm_python monitoring.canary analyze" in analysis.get_task("analyze_canary").bash_command
     control = dagbag.dags["serving_control"]
     assert control.params["action"] == "rollback"  # the safe default
     assert control.params.get_param("action").schema["enum"] == ["promote", "rollback"]
