@@ -159,10 +159,11 @@ def _keep(conn: socket.socket) -> int:
     if request["python"] != _identity():
         _send(conn, {"cold": f"the server runs {_identity()}, the task {request['python']}"})
         return 0
+    keeper = os.getpid()
     task = os.fork()
     if task == 0:
         conn.close()
-        _run_task(request, fds)
+        _run_task(request, fds, keeper)
     for fd in fds:
         os.close(fd)
     signal.signal(signal.SIGTERM, lambda *_: _stop(task))  # the server's service stopped
@@ -213,11 +214,13 @@ def _stop(task: int) -> None:
     os._exit(0)
 
 
-def _run_task(request: dict, fds: list[int]) -> None:
+def _run_task(request: dict, fds: list[int], keeper: int) -> None:
     """In the task's process: become the task (its stdio, folder, environment), run it, exit."""
     code = 1
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with its keeper
+        if os.getppid() != keeper:  # the keeper died before the line above: nobody waits for this task
+            os._exit(1)
         os.setpgid(0, 0)  # its own group: stopped with the processes it starts
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         devnull = os.open(os.devnull, os.O_RDONLY)
