@@ -486,7 +486,9 @@ def analyze(
         decision.update(action="rollback", reasons=reasons)
     elif verdict == "wait" or baked < policy.bake_seconds:
         reasons = reasons or [f"baking: {baked:.0f} s of {policy.bake_seconds:.0f} s in step {step + 1}"]
-        decision.update(action="wait", reasons=reasons)
+        decision.update(
+            action="wait", reasons=reasons, bake_left_seconds=round(max(0.0, policy.bake_seconds - baked), 1)
+        )
     elif step + 1 < len(policy.steps):
         share = policy.steps[step + 1]
         rollout.set_share(share)
@@ -497,7 +499,12 @@ def analyze(
             errors_at_start=gateway_error_counts(metrics_url, settings.model_name),
         )
         _write_json(state_path, state)
-        decision.update(action="ramp", share=share, reasons=[f"step {step + 1} passed: canary share -> {share:.0%}"])
+        decision.update(
+            action="ramp",
+            share=share,
+            bake_left_seconds=policy.bake_seconds,
+            reasons=[f"step {step + 1} passed: canary share -> {share:.0%}"],
+        )
     else:
         try:
             promoted = rollout.promote(expected_canary=canary_version)
@@ -538,13 +545,41 @@ def describe(decision: dict) -> str:
     return "\n".join(lines)
 
 
+def next_look(decision: dict, policy: CanarySettings) -> float | None:
+    """Seconds until this canary's step has baked, when that comes before the next scheduled
+    analysis (`every_minutes`); else None. Why: a step should end when its bake ends, not at the
+    first scheduled run after it. With the schedule alone each step took up to one period more
+    than its bake (the stack's drill: bake 50 s, a run a minute, 60-65 s a step)."""
+    left = decision.get("bake_left_seconds")
+    if decision.get("action") not in ("wait", "ramp") or not left:
+        return None
+    return left if left < policy.every_minutes * 60 else None
+
+
+def analyze_until_scheduled(settings: Settings, policy: CanarySettings, sleep=time.sleep) -> dict:
+    """`analyze`, then again whenever a step's bake ends before the next scheduled run (at most a
+    period of waiting each time, so a run never outlasts its schedule by much). -> the last decision."""
+    decision = analyze(settings, policy)
+    print(describe(decision), flush=True)
+    while (pause := next_look(decision, policy)) is not None:
+        print(
+            f"step {decision['step'] + 1 + (decision['action'] == 'ramp')} has baked in {pause:.0f} s, before the "
+            "next scheduled analysis: looking again then",
+            flush=True,
+        )
+        sleep(pause + 1.0)  # a second past the bake: the step has surely baked
+        decision = analyze(settings, policy)
+        print(describe(decision), flush=True)
+    return decision
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitoring.canary", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["analyze", "status"])
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "analyze":
-        print(describe(analyze(settings, settings.canary)), flush=True)
+        analyze_until_scheduled(settings, settings.canary)
         return 0
     state_path, log_path = _paths(settings)
     print(f"state: {state_path.read_text() if state_path.exists() else 'no canary under analysis'}")

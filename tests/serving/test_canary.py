@@ -385,3 +385,29 @@ def test_without_labels_a_canary_estimated_worse_beyond_both_intervals_rolls_bac
     judgement = judge(stable, canary, None, CanarySettings(min_labels=100), reference_mix=mix)
     assert judgement.evidence == "labels" and judgement.verdict == "pass", judgement
     assert any("estimated accuracy" in f and "informs only" in f for f in judgement.findings)
+
+
+def test_a_step_ends_when_its_bake_ends_not_at_the_next_scheduled_run(monkeypatch):
+    """The schedule runs the analysis every `every_minutes`; a step whose bake ends before the next
+    run is judged when it ends (the run waits for it), step after step, until a decision needs no
+    look before the next run. A wait for anything but the bake, or a bake longer than the period,
+    is left to the schedule."""
+    from monitoring import canary
+
+    policy = CanarySettings(bake_seconds=50, every_minutes=1.0)
+    decisions = iter(
+        [
+            {"action": "wait", "step": 0, "bake_left_seconds": 50.0, "reasons": ["0 canary / 0 stable predictions"]},
+            {"action": "ramp", "step": 0, "bake_left_seconds": 50.0, "reasons": ["step 1 passed"]},
+            {"action": "wait", "step": 1, "bake_left_seconds": 2.5, "reasons": ["baking: 48 s of 50 s in step 2"]},
+            {"action": "promote", "step": 1, "reasons": ["every step passed"]},
+        ]
+    )
+    monkeypatch.setattr(canary, "analyze", lambda settings, policy: next(decisions))
+    monkeypatch.setattr(canary, "describe", lambda decision: decision["action"])
+    slept: list[float] = []
+    assert canary.analyze_until_scheduled(None, policy, sleep=slept.append)["action"] == "promote"
+    assert slept == [51.0, 51.0, 3.5]  # each a second past the bake's end
+    assert canary.next_look({"action": "wait", "bake_left_seconds": 0.0}, policy) is None  # baked: short of requests
+    assert canary.next_look({"action": "wait", "bake_left_seconds": 70.0}, policy) is None  # the next run comes first
+    assert canary.next_look({"action": "rollback", "bake_left_seconds": 50.0}, policy) is None
