@@ -112,7 +112,7 @@ def _identity() -> dict:
 # ---- the server's side ----------------------------------------------------------------------
 
 
-def serve(socket_path: Path, preload: list[str]) -> None:
+def serve(socket_path: Path, preload: list[str]) -> int:
     from moodloop.core import console
 
     # As a task's own process: third-party start-up noise (CUDA probes, FutureWarnings) goes to the
@@ -137,8 +137,16 @@ def serve(socket_path: Path, preload: list[str]) -> None:
     finally:
         os.umask(old_umask)
     listener.listen(64)
+    code = _own_code()
     while True:
         conn, _ = listener.accept()
+        changed = [path for path, mtime in code.items() if _mtime(path) != mtime]
+        if changed:  # its imports are not the checkout's any more: this task runs on its own, and
+            # the server ends (the stack's supervisor starts it again, importing the new code)
+            _refuse(conn, f"{len(changed)} of its modules changed since it started ({changed[0]}); it restarts")
+            socket_path.unlink(missing_ok=True)
+            print(f"warm python: {changed[0]} and {len(changed) - 1} more changed since the start; exiting")
+            return 3
         sys.stdout.flush()
         sys.stderr.flush()
         if os.fork() == 0:
@@ -146,6 +154,31 @@ def serve(socket_path: Path, preload: list[str]) -> None:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os._exit(_keep(conn))
         conn.close()
+
+
+def _own_code() -> dict[str, int]:
+    """The files of the imported modules that belong to this checkout (under the import path's
+    first entry, the repository), with their modification times: the code a task of the checkout
+    expects. An edited file there means the task would run old code in a fork of this process."""
+    checkout = os.path.abspath(sys.path[0] or os.getcwd()) + os.sep
+    files = {getattr(module, "__file__", None) for module in list(sys.modules.values())}
+    return {path: _mtime(path) for path in files if path and os.path.abspath(path).startswith(checkout)}
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
+
+
+def _refuse(conn: socket.socket, why: str) -> None:
+    """Tell a task to run on its own (its request read, its file descriptors closed)."""
+    with conn, contextlib.suppress(OSError, ValueError):
+        _, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST_BYTES, 2)
+        for fd in fds:
+            os.close(fd)
+        _send(conn, {"cold": why})
 
 
 def _keep(conn: socket.socket) -> int:
@@ -259,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", type=Path, required=True, help="the Unix socket to listen on")
     parser.add_argument("--preload", default="", help="modules to import once, comma-separated")
     args = parser.parse_args(argv)
-    serve(args.socket, [name for name in args.preload.split(",") if name])
-    return 0
+    return serve(args.socket, [name for name in args.preload.split(",") if name])
 
 
 if __name__ == "__main__":

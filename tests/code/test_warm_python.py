@@ -21,20 +21,24 @@ from moodloop.core.settings import REPO_ROOT
 TARGET = "tests.code.warm_target"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A warm Python that imported TensorFlow, as the stack's imports it."""
-    folder = tmp_path_factory.mktemp("warm")
+def start_server(folder: Path, preload: str) -> tuple[subprocess.Popen, Path]:
     socket_path = folder / "warm.sock"
     command = [sys.executable, "-m", "moodloop.core.warm_python", "--serve", "--socket", str(socket_path)]
     process = subprocess.Popen(
-        [*command, "--preload", "tensorflow"], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [*command, "--preload", preload], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     deadline = time.monotonic() + 120
     while not socket_path.exists():
         assert process.poll() is None, process.stdout.read().decode()
         assert time.monotonic() < deadline, "the warm Python did not listen within 120 s"
         time.sleep(0.2)
+    return process, socket_path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A warm Python that imported TensorFlow, as the stack's imports it."""
+    process, socket_path = start_server(tmp_path_factory.mktemp("warm"), "tensorflow")
     yield socket_path
     process.terminate()
     process.wait(timeout=30)
@@ -116,3 +120,23 @@ def test_a_request_that_is_not_a_task_is_refused(server):
             conn.connect(str(server))
             socket.send_fds(conn, [payload], fds)
             assert "error" in json.loads(conn.recv(4096)), payload
+
+
+def test_after_its_checkout_changed_a_task_runs_on_its_own_and_the_server_restarts(tmp_path):
+    """A fork would run the code the server imported, not the edited file: the task is told to run
+    in its own process (the new code), and the server exits for the stack's supervisor to start it
+    again."""
+    process, socket_path = start_server(tmp_path, "tests.code.warm_preloaded")
+    try:
+        code, _, err = ended(run(socket_path, "echo", "0"))
+        assert code == 0 and "running the task in its own process" not in err  # warm while unchanged
+        edited = REPO_ROOT / "tests" / "code" / "warm_preloaded.py"
+        later = edited.stat().st_mtime + 5
+        os.utime(edited, (later, later))
+        code, out, err = ended(run(socket_path, "echo", "0"))
+        assert code == 0 and json.loads(out)["parent"] == os.getpid(), err  # it ran in its own process
+        assert "warm_preloaded.py" in err and "running the task in its own process" in err, err
+        assert process.wait(timeout=30) == 3 and not socket_path.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
