@@ -1,6 +1,6 @@
-"""canary_analysis: every 5 minutes (MOODLOOP_CANARY_EVERY_MINUTES), judge the live canary
-against stable on the inference log, then wait, ramp its traffic share (10 % -> 50 % -> 100 %),
-promote it, or roll it back.
+"""canary_analysis: every 5 minutes (MOODLOOP_CANARY_EVERY_MINUTES) and when the Pusher ends (the
+`pushed_models` asset), judge the live canary against stable on the inference log, then wait, ramp
+its traffic share (10 % -> 50 % -> 100 %), promote it, or roll it back.
 
 Runs monitoring/canary.py in the pipeline env (it reads TF Serving's models.config). Each run's
 log shows the decision and its numbers; all decisions are in <home>/serving/canary_decisions.jsonl.
@@ -12,9 +12,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG
+from airflow.sdk import DAG, AssetOrTimeSchedule, DeltaTriggerTimetable
 
 from moodloop.core import alerts, warm_python
+from moodloop.core.airflow_assets import PUSHED_MODELS
 from moodloop.core.settings import REPO_ROOT, Settings
 
 SETTINGS = Settings.from_env()
@@ -25,7 +26,10 @@ WARM = warm_python.__name__
 
 with DAG(
     dag_id="canary_analysis",
-    schedule=timedelta(minutes=SETTINGS.canary.every_minutes),
+    # its period, and at once when the Pusher ends (a new canary's first step starts then)
+    schedule=AssetOrTimeSchedule(
+        timetable=DeltaTriggerTimetable(timedelta(minutes=SETTINGS.canary.every_minutes)), assets=[PUSHED_MODELS]
+    ),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -16,7 +16,7 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
 from moodloop.core import alerts, warm_python
-from moodloop.core.airflow_assets import CURATED_FACES
+from moodloop.core.airflow_assets import CURATED_FACES, PUSHED_MODELS
 from moodloop.core.settings import REPO_ROOT, Settings
 
 NODES = json.loads((REPO_ROOT / "components" / "pipeline_nodes.json").read_text())
@@ -59,6 +59,7 @@ with DAG(
             append_env=True,
             cwd=str(REPO_ROOT),
             doc_md=f"TFX component `{node['id']}` (upstream: {', '.join(node['upstream']) or 'none'})",
+            outlets=[PUSHED_MODELS] if node["id"] == "Pusher" else [],  # starts canary_analysis
         )
         for node in NODES
     }

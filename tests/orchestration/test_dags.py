@@ -51,6 +51,9 @@ def test_ingest_dag_branches_to_curate_quarantine_or_skip(dagbag):
 def test_canary_dags_run_the_analysis_on_a_schedule_and_promote_or_rollback_by_hand(dagbag):
     analysis = dagbag.dags["canary_analysis"]
     assert analysis.schedule is not None and analysis.max_active_runs == 1
+    # on its period and at once when the Pusher ends: a canary's first step starts when it is pushed
+    assert [asset.name for asset in analysis.timetable.asset_condition.objects] == ["pushed_models"]
+    assert [asset.name for asset in dagbag.dags["train_emotion_model"].get_task("Pusher").outlets] == ["pushed_models"]
     # through the stack's warm Python when it runs (moodloop/core/warm_python.py), else on its own
     assert "-m moodloop.core.warm_python monitoring.canary analyze" in analysis.get_task("analyze_canary").bash_command
     control = dagbag.dags["serving_control"]
