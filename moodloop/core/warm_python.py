@@ -85,13 +85,17 @@ def run_warm(socket_path: Path, argv: list[str]) -> int | None:
         request = {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "python": _identity()}
         sys.stdout.flush()
         sys.stderr.flush()
-        socket.send_fds(conn, [json.dumps(request).encode()], [sys.stdout.fileno(), sys.stderr.fileno()])
-        reply = _reply(conn)
-        if reply.get("cold"):  # another interpreter or checkout: the server cannot run it
-            print(f"warm python: {reply['cold']}; running the task in its own process", file=sys.stderr)
-            return None
+        try:
+            socket.send_fds(conn, [json.dumps(request).encode()], [sys.stdout.fileno(), sys.stderr.fileno()])
+            reply = _reply(conn)
+        except OSError as error:  # the server went away before it took the task
+            reply = {"cold": f"the server went away ({error})"}
         if "error" in reply:
             raise SystemExit(f"error: warm python refused the task: {reply['error']}")
+        if "pid" not in reply:  # another interpreter or checkout, edited code, or no server after all
+            why = reply.get("cold") or reply.get("closed")
+            print(f"warm python: {why}; running the task in its own process", file=sys.stderr)
+            return None
         # Blocks until the task ends; if this process is killed, the keeper stops the task.
         ended = _reply(conn)
         if "exit" not in ended:
