@@ -40,6 +40,9 @@ import traceback
 from pathlib import Path
 
 MAX_REQUEST_BYTES = 1 << 20  # argv + environment; a larger request is refused
+# A task's process sends its request as soon as it connects: a connection that sends nothing for
+# this long is dropped (its keeper, a fork of the server, would otherwise wait for ever)
+REQUEST_SECONDS = 10.0
 TASK_STOP_SECONDS = 10.0  # SIGTERM, then SIGKILL
 _PR_SET_PDEATHSIG = 1
 # A Unix socket's path is at most 107 bytes (sun_path); a longer one cannot be bound
@@ -179,6 +182,7 @@ def _mtime(path: str) -> int:
 def _refuse(conn: socket.socket, why: str) -> None:
     """Tell a task to run on its own (its request read, its file descriptors closed)."""
     with conn, contextlib.suppress(OSError, ValueError):
+        conn.settimeout(REQUEST_SECONDS)  # the server's own loop waits on this one
         _, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST_BYTES, 2)
         for fd in fds:
             os.close(fd)
@@ -188,7 +192,9 @@ def _refuse(conn: socket.socket, why: str) -> None:
 def _keep(conn: socket.socket) -> int:
     """The keeper of one task: check the request, fork the task, report how it ended."""
     try:
+        conn.settimeout(REQUEST_SECONDS)
         data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST_BYTES, 2)
+        conn.settimeout(None)  # from here it waits as long as the task runs
         request = _checked(json.loads(data), fds)
     except (OSError, ValueError, TypeError) as exc:
         _send(conn, {"error": str(exc)})

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from moodloop.core import warm_python
 from moodloop.core.settings import REPO_ROOT
 
 TARGET = "tests.code.warm_target"
@@ -120,6 +121,14 @@ def test_a_request_that_is_not_a_task_is_refused(server):
             conn.connect(str(server))
             socket.send_fds(conn, [payload], fds)
             assert "error" in json.loads(conn.recv(4096)), payload
+
+    # A connection that sends nothing neither holds up other tasks nor stays open for ever.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as silent:
+        silent.settimeout(warm_python.REQUEST_SECONDS + 30)
+        silent.connect(str(server))
+        code, _, err = ended(run(server, "echo", "0"))
+        assert code == 0 and "running the task in its own process" not in err, err
+        assert "error" in json.loads(silent.recv(4096) or b'{"error": "closed"}')
 
 
 def test_after_its_checkout_changed_a_task_runs_on_its_own_and_the_server_restarts(tmp_path):
