@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from moodloop.core import warm_python
 from moodloop.local.stack import WARM_PYTHON_PRELOAD
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,16 +62,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per side (default 5)")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="moodloop-task-start-"))
-    socket_path = home / "warm.sock"
+    socket_path, server_log = home / "warm.sock", home / "warm-python.log"
     env = {**os.environ, "MOODLOOP_HOME": str(home), "MOODLOOP_WARM_PYTHON_SOCKET": str(socket_path)}
-    server_command = [sys.executable, "-m", "moodloop.core.warm_python", "--serve", "--socket", str(socket_path)]
-    server_command += ["--preload", ",".join(WARM_PYTHON_PRELOAD)]
     started = time.perf_counter()
-    server = subprocess.Popen(server_command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with server_log.open("wb") as log:  # the server keeps its own copy
+        command = warm_python.serve_command(sys.executable, socket_path, WARM_PYTHON_PRELOAD)
+        server = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         while not socket_path.exists():
             if server.poll() is not None:
-                raise SystemExit(f"error: the warm Python exited:\n{server.stdout.read().decode()}")
+                raise SystemExit(f"error: the warm Python exited:\n{server_log.read_text()}")
             time.sleep(0.1)
         print(f"warm Python listening after {time.perf_counter() - started:.1f} s (its imports, once)", flush=True)
         seconds = {(task, warm): [] for task in TASKS for warm in (False, True)}
@@ -83,6 +85,7 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
 
     print(f"\n{'task':20s} {'own process (s)':>16s} {'warm (s)':>10s} {'ratio':>7s} {'CPU own/warm (s)':>18s}")
     for task in TASKS:

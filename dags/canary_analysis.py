@@ -22,7 +22,7 @@ SETTINGS = Settings.from_env()
 PYTHON = SETTINGS.pipeline_python
 # Each task runs `python -m MODULE` through the stack's warm Python when it runs (no TensorFlow
 # import of its own), else in its own process as before: moodloop/core/warm_python.py
-WARM = warm_python.__name__
+WARM = warm_python.MODULE
 
 with DAG(
     dag_id="canary_analysis",

@@ -23,7 +23,7 @@ NODES = json.loads((REPO_ROOT / "components" / "pipeline_nodes.json").read_text(
 PYTHON = Settings.from_env().pipeline_python
 # Each task runs `python -m MODULE` through the stack's warm Python when it runs (no TensorFlow
 # import of its own), else in its own process as before: moodloop/core/warm_python.py
-WARM = warm_python.__name__
+WARM = warm_python.MODULE
 RUN_ENV = {"RUN_ID": "{{ run_id }}", "RUN_CONF": "{{ dag_run.conf | tojson }}"}
 
 with DAG(

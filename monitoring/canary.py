@@ -562,11 +562,7 @@ def analyze_until_scheduled(settings: Settings, policy: CanarySettings, sleep=ti
     decision = analyze(settings, policy)
     print(describe(decision), flush=True)
     while (pause := next_look(decision, policy)) is not None:
-        print(
-            f"step {decision['step'] + 1 + (decision['action'] == 'ramp')} has baked in {pause:.0f} s, before the "
-            "next scheduled analysis: looking again then",
-            flush=True,
-        )
+        print(f"the step has baked in {pause:.0f} s, before the next scheduled run: looking again then", flush=True)
         sleep(pause + 1.0)  # a second past the bake: the step has surely baked
         decision = analyze(settings, policy)
         print(describe(decision), flush=True)

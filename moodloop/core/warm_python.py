@@ -39,6 +39,7 @@ import time
 import traceback
 from pathlib import Path
 
+MODULE = "moodloop.core.warm_python"  # what `python -m` runs, for a task or the server
 MAX_REQUEST_BYTES = 1 << 20  # argv + environment; a larger request is refused
 # A task's process sends its request as soon as it connects: a connection that sends nothing for
 # this long is dropped (its keeper, a fork of the server, would otherwise wait for ever)
@@ -117,6 +118,11 @@ def _identity() -> dict:
 
 
 # ---- the server's side ----------------------------------------------------------------------
+
+
+def serve_command(python: str | Path, socket_path: Path, preload: tuple[str, ...] | list[str]) -> list[str]:
+    """The command line of a server (the local stack's service, the benchmark's, the tests')."""
+    return [str(python), "-m", MODULE, "--serve", "--socket", str(socket_path), "--preload", ",".join(preload)]
 
 
 def serve(socket_path: Path, preload: list[str]) -> int:

@@ -463,8 +463,7 @@ def warm_python_service(settings: Settings, env: dict[str, str]) -> Service | No
     if len(str(socket_path)) > warm_python.MAX_SOCKET_PATH:
         logging.warning("no warm Python: its socket path is longer than a Unix socket allows: %s", socket_path)
         return None
-    command = [str(settings.pipeline_python), "-m", "moodloop.core.warm_python", "--serve"]
-    command += ["--socket", str(socket_path), "--preload", ",".join(WARM_PYTHON_PRELOAD)]
+    command = warm_python.serve_command(settings.pipeline_python, socket_path, WARM_PYTHON_PRELOAD)
     return Service(WARM_PYTHON, command, env, REPO_ROOT, about=f"{socket_path}, the pipeline tasks' imports done once")
 
 

@@ -24,10 +24,8 @@ TARGET = "tests.code.warm_target"
 
 def start_server(folder: Path, preload: str) -> tuple[subprocess.Popen, Path]:
     socket_path = folder / "warm.sock"
-    command = [sys.executable, "-m", "moodloop.core.warm_python", "--serve", "--socket", str(socket_path)]
-    process = subprocess.Popen(
-        [*command, "--preload", preload], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    command = warm_python.serve_command(sys.executable, socket_path, [preload])
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not socket_path.exists():
         assert process.poll() is None, process.stdout.read().decode()
